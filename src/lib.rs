@@ -1,0 +1,12 @@
+//! `concentrator`: a userspace VPN headend.
+//!
+//! Layers, from the wire up:
+//! - [`proto`]: the sans-IO protocol core (messages, handshake, transport keys, replay window,
+//!   timers). No sockets, no threads, no clock reads, no `unsafe`.
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`sys`]: the kernel edge (TUN, UDP sockets, routes, nftables); the only place with `unsafe`.
+//! - [`session_table`], [`dataplane`], [`control`]: the server's engine.
+
+pub mod config;
+pub mod proto;
+pub mod sys;

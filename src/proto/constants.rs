@@ -1,0 +1,53 @@
+//! Timers and limits. Each names where it comes from.
+
+use std::time::Duration;
+
+/// Noise protocol name. Noise spec rev. 34, section 8 (naming) and 9 (the `psk2` modifier).
+pub const NOISE_PARAMS: &str = "Noise_IKpsk2_25519_AESGCM_SHA256";
+/// Prologue mixed into every handshake hash: binds both sides to this protocol and version
+/// (Noise spec section 6: "prologue").
+pub const NOISE_PROLOGUE: &[u8] = b"concentrator v1";
+
+/// Initiate a new handshake once the current keypair is this old. WireGuard whitepaper
+/// section 6.1 (`Rekey-After-Time`).
+pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+/// Never use a keypair older than this. WireGuard whitepaper section 6.1 (`Reject-After-Time`).
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+/// Keep retrying a handshake for at most this long before giving up. WireGuard whitepaper
+/// section 6.1 (`Rekey-Attempt-Time`).
+pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
+/// Retry an unanswered initiation after this long (plus jitter). WireGuard whitepaper
+/// section 6.1 (`Rekey-Timeout`).
+pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Up to this much random jitter is added to each retry, so that many clients restarted at once
+/// do not retry in lockstep. WireGuard whitepaper section 6.1 (jitter of up to 333 ms).
+pub const REKEY_TIMEOUT_JITTER_MAX: Duration = Duration::from_millis(333);
+/// Send a keepalive when data was received but nothing sent for this long. WireGuard whitepaper
+/// section 6.1 (`Keepalive-Timeout`).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Zero all keys of a peer after this long without a new handshake. WireGuard whitepaper
+/// section 6.3 (`Reject-After-Time` x 3).
+pub const ZERO_KEYS_AFTER: Duration = Duration::from_secs(180 * 3);
+/// The cookie secret is replaced this often. WireGuard whitepaper section 5.4.7 (two minutes).
+pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
+/// An initiator keeps a received cookie this long. WireGuard whitepaper section 5.4.7.
+pub const COOKIE_LIFETIME: Duration = Duration::from_secs(120);
+
+/// Rekey after this many messages under one key. AES-GCM confidentiality limit, RFC 9001
+/// section 6.6 and appendix B.1.1: with packets of at most 2^7 blocks of 16 bytes (2048 bytes,
+/// above the largest MTU we allow), an attacker's advantage stays below 2^-57 up to 2^28
+/// packets; we rekey at half of that.
+pub const REKEY_AFTER_MESSAGES: u64 = 1 << 27;
+/// Refuse to send or receive under a key after this many messages (same source: the hard limit).
+pub const REJECT_AFTER_MESSAGES: u64 = 1 << 28;
+
+/// Width of the replay window in counters. RFC 6479 style; must be at least 2048 (our own
+/// requirement, so that reordering across workers and queues does not drop packets).
+pub const REPLAY_WINDOW: u64 = 4096 - 32;
+
+/// Largest inner MTU the handshake may assign: keeps every sealed packet under 2^7 AES blocks,
+/// the assumption behind [`REJECT_AFTER_MESSAGES`].
+pub const MAX_MTU: u16 = 1920;
+/// Smallest inner MTU: IPv4 requires every link to carry 576-byte datagrams (RFC 791); we use
+/// the IPv6 minimum, 1280 (RFC 8200 section 5), so that IPv6 inside always works.
+pub const MIN_MTU: u16 = 1280;

@@ -1,0 +1,14 @@
+//! The sans-IO protocol core.
+//!
+//! Nothing in here opens a socket, spawns a thread, reads a clock or uses `unsafe`: the caller
+//! passes the current time ([`time::Instant`]) and the buffers, and gets back what to send and what
+//! to deliver. The wire format is specified in `docs/protocol.md`.
+#![forbid(unsafe_code)]
+
+pub mod constants;
+pub mod cookie;
+pub mod keys;
+pub mod ratelimit;
+pub mod replay;
+pub mod time;
+pub mod wire;
