@@ -10,5 +10,6 @@ pub mod cookie;
 pub mod keys;
 pub mod ratelimit;
 pub mod replay;
+pub mod rng;
 pub mod time;
 pub mod wire;
