@@ -1,0 +1,971 @@
+//! The server's configuration (`config/server.toml`).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+
+use super::keys::{PresharedKey, PublicKey, StaticSecret};
+use super::{
+    check_ifname, int_in_range, parse_toml, read_file, read_key_file, resolve, AddressPool,
+    AddressPool6, ConfigError, Problems, STRING_SOURCE,
+};
+use crate::proto::constants::{MAX_MTU, MIN_MTU};
+
+/// Default UDP port, WireGuard's.
+pub const DEFAULT_LISTEN_PORT: u16 = 51820;
+/// Default inner MTU: 1500 less the outer IPv6, UDP and transport headers, as WireGuard.
+pub const DEFAULT_MTU: u16 = 1420;
+/// Default TUN name; the kernel replaces `%d` by the first free number.
+pub const DEFAULT_SERVER_TUN_NAME: &str = "ctr%d";
+/// Most worker threads accepted.
+pub const MAX_WORKERS: usize = 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    private_key_file: Option<String>,
+    listen_port: Option<i64>,
+    listen_addresses: Option<Vec<String>>,
+    address: Option<String>,
+    address6: Option<String>,
+    mtu: Option<i64>,
+    workers: Option<i64>,
+    client_to_client: Option<bool>,
+    nat: Option<String>,
+    offloads: Option<bool>,
+    tun_name: Option<String>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    public_key: Option<String>,
+    preshared_key_file: Option<String>,
+    address: Option<String>,
+    address6: Option<String>,
+}
+
+/// One `[[peer]]`, resolved.
+#[derive(Debug)]
+pub struct PeerConfig {
+    /// The client's static public key.
+    pub public_key: PublicKey,
+    /// The pre-shared key, when `preshared_key_file` is set.
+    pub preshared_key: Option<PresharedKey>,
+    /// Where the pre-shared key was read from (absolute or relative to the working directory).
+    pub preshared_key_file: Option<PathBuf>,
+    /// The client's virtual IPv4 address: fixed in the file, or assigned from the pool.
+    pub address: Ipv4Addr,
+    /// Whether `address` was fixed in the file.
+    pub fixed_address: bool,
+    /// The client's virtual IPv6 address, when the server has `address6`.
+    pub address6: Option<Ipv6Addr>,
+    /// Whether `address6` was fixed in the file.
+    pub fixed_address6: bool,
+}
+
+/// The server's configuration, resolved and validated.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// The server's static private key, read from `private_key_file`.
+    pub private_key: StaticSecret,
+    /// Where the private key was read from.
+    pub private_key_file: PathBuf,
+    /// UDP port.
+    pub listen_port: u16,
+    /// Underlay addresses to bind (at least one).
+    pub listen_addresses: Vec<IpAddr>,
+    /// The server's virtual IPv4 address and the client subnet.
+    pub address: Ipv4Net,
+    /// The server's virtual IPv6 address and the client subnet, if any.
+    pub address6: Option<Ipv6Net>,
+    /// Inner MTU, within `MIN_MTU..=MAX_MTU`.
+    pub mtu: u16,
+    /// Worker threads, `1..=MAX_WORKERS`.
+    pub workers: usize,
+    /// Whether clients may reach each other through the server.
+    pub client_to_client: bool,
+    /// Egress interface to masquerade behind, if any.
+    pub nat: Option<String>,
+    /// Whether TUN/UDP offloads may be used (false is the kill switch).
+    pub offloads: bool,
+    /// TUN interface name (may hold one `%d`).
+    pub tun_name: String,
+    /// The peers, in file order, each with its address assigned.
+    pub peers: Vec<PeerConfig>,
+    /// The IPv4 pool with the server's and every peer's address taken, for live changes.
+    pub pool: AddressPool,
+    /// The IPv6 pool, when `address6` is set.
+    pub pool6: Option<AddressPool6>,
+}
+
+impl ServerConfig {
+    /// Loads and validates `path`. Relative key paths are relative to the file's directory.
+    /// Returns the config and its warnings, or every problem found.
+    pub fn load(path: &Path) -> Result<(Self, Vec<String>), ConfigError> {
+        let (text, dir) = read_file(path)?;
+        Self::parse(&text, &dir, path)
+    }
+
+    /// Parses and validates `text`; relative key paths are resolved against `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<(Self, Vec<String>), ConfigError> {
+        Self::parse(text, base_dir, Path::new(STRING_SOURCE))
+    }
+
+    fn parse(text: &str, base_dir: &Path, file: &Path) -> Result<(Self, Vec<String>), ConfigError> {
+        let raw: RawServer = parse_toml(text, file)?;
+        let mut problems = Problems::default();
+        let mut warnings = Vec::new();
+        match validate(raw, base_dir, &mut problems, &mut warnings) {
+            Some(cfg) if problems.is_empty() => Ok((cfg, warnings)),
+            _ => Err(problems.into_error(file)),
+        }
+    }
+
+    /// The peer with this public key.
+    pub fn peer(&self, key: &PublicKey) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.public_key == *key)
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(MAX_WORKERS)
+}
+
+fn validate(
+    raw: RawServer,
+    base_dir: &Path,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Option<ServerConfig> {
+    let (private_key, private_key_file) = match &raw.private_key_file {
+        None => {
+            problems.push(
+                "private_key_file",
+                "missing; add `private_key_file = \"/etc/concentrator/server.key\"`, a file \
+                 holding the server's base64 X25519 private key",
+            );
+            (None, PathBuf::new())
+        }
+        Some(p) => {
+            let path = resolve(base_dir, p);
+            let key = read_key_file(
+                &path,
+                "private_key_file",
+                "X25519 private key",
+                StaticSecret::from_base64,
+                problems,
+                warnings,
+            );
+            (key, path)
+        }
+    };
+
+    let listen_port = int_in_range(
+        raw.listen_port,
+        i64::from(DEFAULT_LISTEN_PORT),
+        1..=65535,
+        "listen_port",
+        "0 is not a usable port; WireGuard's default is 51820",
+        problems,
+    ) as u16;
+
+    let listen_addresses = listen_addresses(raw.listen_addresses, problems);
+    let address = server_address(raw.address.as_deref(), problems);
+    let address6 = raw
+        .address6
+        .as_deref()
+        .and_then(|a| server_address6(a, problems));
+
+    let mtu = int_in_range(
+        raw.mtu,
+        i64::from(DEFAULT_MTU),
+        i64::from(MIN_MTU)..=i64::from(MAX_MTU),
+        "mtu",
+        "1420 suits a 1500-byte underlay",
+        problems,
+    ) as u16;
+    let workers = int_in_range(
+        raw.workers,
+        default_workers() as i64,
+        1..=MAX_WORKERS as i64,
+        "workers",
+        "leave it out to use one per core",
+        problems,
+    ) as usize;
+
+    if let Some(nat) = &raw.nat {
+        check_ifname(nat, false, "nat", problems);
+    }
+    let tun_name = raw
+        .tun_name
+        .unwrap_or_else(|| DEFAULT_SERVER_TUN_NAME.to_string());
+    check_ifname(&tun_name, true, "tun_name", problems);
+
+    let peers = peers(raw.peer, base_dir, address, address6, problems, warnings);
+
+    let address = address?;
+    let (pool, pool6, peers) = assign(address, address6, peers, problems);
+    Some(ServerConfig {
+        private_key: private_key?,
+        private_key_file,
+        listen_port,
+        listen_addresses,
+        address,
+        address6,
+        mtu,
+        workers,
+        client_to_client: raw.client_to_client.unwrap_or(false),
+        nat: raw.nat,
+        offloads: raw.offloads.unwrap_or(true),
+        tun_name,
+        peers: peers?,
+        pool,
+        pool6,
+    })
+}
+
+fn listen_addresses(raw: Option<Vec<String>>, problems: &mut Problems) -> Vec<IpAddr> {
+    let Some(raw) = raw else {
+        return vec![
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ];
+    };
+    if raw.is_empty() {
+        problems.push(
+            "listen_addresses",
+            "is empty, so the server could not receive anything; list at least one address, \
+             e.g. [\"0.0.0.0\", \"::\"], or leave the field out for both",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        let field = format!("listen_addresses[{i}]");
+        match a.trim().parse::<IpAddr>() {
+            Ok(ip) if out.contains(&ip) => {
+                problems.push(field, format!("{ip} is listed twice; remove one"))
+            }
+            Ok(ip) => out.push(ip),
+            Err(_) => problems.push(
+                field,
+                format!("{a:?} is not an IP address; write e.g. \"0.0.0.0\", \"::\" or \"192.0.2.1\" (no port: that is listen_port)"),
+            ),
+        }
+    }
+    out
+}
+
+fn server_address(raw: Option<&str>, problems: &mut Problems) -> Option<Ipv4Net> {
+    let Some(raw) = raw else {
+        problems.push(
+            "address",
+            "missing; add the server's virtual address with the client subnet's prefix, \
+             e.g. `address = \"10.66.0.1/16\"`",
+        );
+        return None;
+    };
+    let net: Ipv4Net = match raw.trim().parse() {
+        Ok(n) => n,
+        Err(_) => {
+            let hint = if raw.trim().parse::<Ipv4Addr>().is_ok() {
+                format!(
+                    "the prefix length is missing; write e.g. \"{}/16\"",
+                    raw.trim()
+                )
+            } else {
+                "write an IPv4 address with the subnet's prefix, e.g. \"10.66.0.1/16\" \
+                 (IPv6 goes in address6)"
+                    .to_string()
+            };
+            problems.push("address", format!("{raw:?} is not valid; {hint}"));
+            return None;
+        }
+    };
+    if net.prefix_len() > 30 {
+        problems.push(
+            "address",
+            format!(
+                "the /{} subnet leaves no room for clients; use a prefix of /30 or shorter, \
+                 e.g. \"{}/16\"",
+                net.prefix_len(),
+                net.addr()
+            ),
+        );
+        return None;
+    }
+    if net.addr() == net.network() || net.addr() == net.broadcast() {
+        problems.push(
+            "address",
+            format!(
+                "{} is the network or broadcast address of {}; give the server a host \
+                 address, e.g. \"{}/{}\"",
+                net.addr(),
+                net.trunc(),
+                Ipv4Addr::from(u32::from(net.network()) + 1),
+                net.prefix_len()
+            ),
+        );
+        return None;
+    }
+    Some(net)
+}
+
+fn server_address6(raw: &str, problems: &mut Problems) -> Option<Ipv6Net> {
+    let net: Ipv6Net = match raw.trim().parse() {
+        Ok(n) => n,
+        Err(_) => {
+            problems.push(
+                "address6",
+                format!("{raw:?} is not valid; write an IPv6 address with the subnet's prefix, e.g. \"fd66::1/64\""),
+            );
+            return None;
+        }
+    };
+    if net.prefix_len() > 126 {
+        problems.push(
+            "address6",
+            format!(
+                "the /{} subnet leaves no room for clients; use /64 (or at most /126)",
+                net.prefix_len()
+            ),
+        );
+        return None;
+    }
+    if net.addr() == net.network() || net.addr() == net.broadcast() {
+        problems.push(
+            "address6",
+            format!(
+                "{} is the first or last address of {}; give the server another, e.g. \"{}/{}\"",
+                net.addr(),
+                net.trunc(),
+                Ipv6Addr::from(u128::from(net.network()) + 1),
+                net.prefix_len()
+            ),
+        );
+        return None;
+    }
+    Some(net)
+}
+
+/// A peer parsed from the file, before address assignment. `None` key: the key was bad.
+struct Parsed {
+    public_key: Option<PublicKey>,
+    preshared_key: Option<PresharedKey>,
+    preshared_key_file: Option<PathBuf>,
+    address: Option<Ipv4Addr>,
+    address6: Option<Ipv6Addr>,
+}
+
+fn peers(
+    raw: Vec<RawPeer>,
+    base_dir: &Path,
+    net: Option<Ipv4Net>,
+    net6: Option<Ipv6Net>,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Vec<Parsed> {
+    let mut keys: HashMap<PublicKey, usize> = HashMap::new();
+    let mut addrs: HashMap<Ipv4Addr, usize> = HashMap::new();
+    let mut addrs6: HashMap<Ipv6Addr, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        let f = |name: &str| format!("peer[{i}].{name}");
+        let public_key = match p.public_key.as_deref() {
+            None => {
+                problems.push(
+                    f("public_key"),
+                    "missing; add the client's base64 public key (`wg pubkey < client.key`)",
+                );
+                None
+            }
+            Some(text) => {
+                match PublicKey::from_base64(text) {
+                    Err(e) => {
+                        problems.push(f("public_key"), e.to_string());
+                        None
+                    }
+                    Ok(k) if *k.as_bytes() == [0; 32] => {
+                        problems.push(
+                            f("public_key"),
+                            "is all zeros, not a real key; paste the client's public key",
+                        );
+                        None
+                    }
+                    Ok(k) => match keys.get(&k) {
+                        Some(first) => {
+                            problems.push(
+                            f("public_key"),
+                            format!("same key as peer[{first}]; remove one of the two [[peer]] blocks"),
+                        );
+                            None
+                        }
+                        None => {
+                            keys.insert(k, i);
+                            Some(k)
+                        }
+                    },
+                }
+            }
+        };
+        let (preshared_key, preshared_key_file) = match &p.preshared_key_file {
+            None => (None, None),
+            Some(path) => {
+                let path = resolve(base_dir, path);
+                let key = read_key_file(
+                    &path,
+                    &f("preshared_key_file"),
+                    "pre-shared key (`wg genpsk`)",
+                    PresharedKey::from_base64,
+                    problems,
+                    warnings,
+                );
+                (key, Some(path))
+            }
+        };
+        let address = p
+            .address
+            .as_deref()
+            .and_then(|a| peer_address(a, net, &f("address"), &mut addrs, i, problems));
+        let address6 = p
+            .address6
+            .as_deref()
+            .and_then(|a| peer_address6(a, net6, &f("address6"), &mut addrs6, i, problems));
+        out.push(Parsed {
+            public_key,
+            preshared_key,
+            preshared_key_file,
+            address,
+            address6,
+        });
+    }
+    out
+}
+
+/// Parses `a` (optionally with `/32`), checks it against the subnet and earlier peers.
+fn peer_address(
+    a: &str,
+    net: Option<Ipv4Net>,
+    field: &str,
+    seen: &mut HashMap<Ipv4Addr, usize>,
+    i: usize,
+    problems: &mut Problems,
+) -> Option<Ipv4Addr> {
+    let a = a.trim();
+    let ip = match a.strip_suffix("/32").unwrap_or(a).parse::<Ipv4Addr>() {
+        Ok(ip) => ip,
+        Err(_) => {
+            problems.push(field, format!("{a:?} is not an IPv4 address; write one address of the subnet, e.g. \"10.66.0.7\", or leave the field out to assign one"));
+            return None;
+        }
+    };
+    let net = net?; // The server's address is wrong: reported there.
+    let sub = net.trunc();
+    if !sub.contains(&ip) {
+        problems.push(field, format!("{ip} is outside the client subnet {sub}; pick an address inside it or leave the field out"));
+    } else if ip == sub.network() || ip == sub.broadcast() {
+        problems.push(field, format!("{ip} is the network or broadcast address of {sub}; pick a host address or leave the field out"));
+    } else if ip == net.addr() {
+        problems.push(
+            field,
+            format!("{ip} is the server's own address; pick another or leave the field out"),
+        );
+    } else if let Some(first) = seen.get(&ip) {
+        problems.push(
+            field,
+            format!("{ip} is already peer[{first}]'s address; give each peer its own"),
+        );
+    } else {
+        seen.insert(ip, i);
+        return Some(ip);
+    }
+    None
+}
+
+fn peer_address6(
+    a: &str,
+    net: Option<Ipv6Net>,
+    field: &str,
+    seen: &mut HashMap<Ipv6Addr, usize>,
+    i: usize,
+    problems: &mut Problems,
+) -> Option<Ipv6Addr> {
+    let a = a.trim();
+    let ip = match a.strip_suffix("/128").unwrap_or(a).parse::<Ipv6Addr>() {
+        Ok(ip) => ip,
+        Err(_) => {
+            problems.push(field, format!("{a:?} is not an IPv6 address; write one address of the subnet, e.g. \"fd66::7\", or leave the field out"));
+            return None;
+        }
+    };
+    let Some(net) = net else {
+        problems.push(field, "the server has no IPv6 subnet; add `address6 = \"fd66::1/64\"` at the top of the file, or remove this field");
+        return None;
+    };
+    let sub = net.trunc();
+    if !sub.contains(&ip) {
+        problems.push(field, format!("{ip} is outside the client subnet {sub}; pick an address inside it or leave the field out"));
+    } else if ip == sub.network() || ip == sub.broadcast() {
+        problems.push(
+            field,
+            format!(
+                "{ip} is the first or last address of {sub}; pick another or leave the field out"
+            ),
+        );
+    } else if ip == net.addr() {
+        problems.push(
+            field,
+            format!("{ip} is the server's own address; pick another or leave the field out"),
+        );
+    } else if let Some(first) = seen.get(&ip) {
+        problems.push(
+            field,
+            format!("{ip} is already peer[{first}]'s address; give each peer its own"),
+        );
+    } else {
+        seen.insert(ip, i);
+        return Some(ip);
+    }
+    None
+}
+
+/// Assigns addresses: fixed ones first, then the others in public-key order, so that the same
+/// set of peers always gets the same addresses whatever their order in the file. `None` peers
+/// when any peer could not be completed (its problem is already reported).
+fn assign(
+    net: Ipv4Net,
+    net6: Option<Ipv6Net>,
+    parsed: Vec<Parsed>,
+    problems: &mut Problems,
+) -> (AddressPool, Option<AddressPool6>, Option<Vec<PeerConfig>>) {
+    let mut pool = AddressPool::new(net);
+    let mut pool6 = net6.map(AddressPool6::new);
+    for p in &parsed {
+        if let Some(a) = p.address {
+            pool.reserve(a);
+        }
+        if let (Some(a), Some(pool6)) = (p.address6, pool6.as_mut()) {
+            pool6.reserve(a);
+        }
+    }
+    let mut order: Vec<(usize, PublicKey)> = parsed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.public_key.map(|k| (i, k)))
+        .collect();
+    order.sort_by_key(|&(_, k)| k);
+
+    let mut v4: Vec<Option<Ipv4Addr>> = parsed.iter().map(|p| p.address).collect();
+    let mut v6: Vec<Option<Ipv6Addr>> = parsed.iter().map(|p| p.address6).collect();
+    let mut full_reported = false;
+    for (i, key) in order {
+        if v4[i].is_none() {
+            v4[i] = pool.allocate(key.as_bytes());
+            if v4[i].is_none() && !full_reported {
+                full_reported = true;
+                problems.push(
+                    format!("peer[{i}].address"),
+                    format!(
+                        "no free address left: the client subnet {} has {} host addresses, \
+                         one is the server's, and there are {} peers; use a larger subnet in \
+                         `address` (a shorter prefix, e.g. /16) or remove peers",
+                        pool.network(),
+                        pool.usable(),
+                        parsed.len()
+                    ),
+                );
+            }
+        }
+        if let Some(pool6) = pool6.as_mut() {
+            if v6[i].is_none() {
+                v6[i] = pool6.allocate(key.as_bytes());
+            }
+        }
+    }
+
+    let mut peers = Vec::with_capacity(parsed.len());
+    for (i, p) in parsed.into_iter().enumerate() {
+        let (Some(public_key), Some(address)) = (p.public_key, v4[i]) else {
+            return (pool, pool6, None);
+        };
+        if p.preshared_key_file.is_some() && p.preshared_key.is_none() {
+            return (pool, pool6, None);
+        }
+        peers.push(PeerConfig {
+            public_key,
+            preshared_key: p.preshared_key,
+            preshared_key_file: p.preshared_key_file,
+            address,
+            fixed_address: p.address.is_some(),
+            address6: v6[i],
+            fixed_address6: p.address6.is_some(),
+        });
+    }
+    (pool, pool6, Some(peers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{b64, key_file, set_mode, temp_dir};
+    use super::*;
+
+    fn key(i: u8) -> [u8; 32] {
+        let mut k = [i; 32];
+        k[31] = 0x40;
+        k
+    }
+
+    /// A valid config (server key in a temp dir) with `top` fields and then `peers`.
+    fn cfg(top: &str, peers: &str) -> (String, PathBuf) {
+        let dir = temp_dir("server");
+        key_file(&dir, "server.key", &key(200));
+        let text = format!(
+            "private_key_file = \"server.key\"\naddress = \"10.66.0.1/24\"\n{top}\n{peers}"
+        );
+        (text, dir)
+    }
+
+    fn load(top: &str, peers: &str) -> Result<(ServerConfig, Vec<String>), ConfigError> {
+        let (text, dir) = cfg(top, peers);
+        ServerConfig::from_toml_str(&text, &dir)
+    }
+
+    fn peer(i: u8) -> String {
+        format!("[[peer]]\npublic_key = \"{}\"\n", b64(&key(i)))
+    }
+
+    fn peer_at(i: u8, addr: &str) -> String {
+        format!("{}address = \"{addr}\"\n", peer(i))
+    }
+
+    #[track_caller]
+    fn fails_on(top: &str, peers: &str, field: &str) -> ConfigError {
+        let err = load(top, peers).expect_err("must fail");
+        assert!(err.has_field(field), "no problem for {field}: {err}");
+        err
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let (c, w) = load("", &peer(1)).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.listen_port, 51820);
+        assert_eq!(c.listen_addresses.len(), 2);
+        assert_eq!(c.mtu, 1420);
+        assert!(c.workers >= 1);
+        assert!(!c.client_to_client && c.offloads);
+        assert_eq!(c.tun_name, "ctr%d");
+        assert!(c.private_key_file.is_absolute());
+        assert_eq!(*c.private_key.to_bytes(), key(200));
+        assert_eq!(c.peers[0].public_key.as_bytes(), &key(1));
+        assert!(c.pool.is_taken(c.peers[0].address));
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let (text, dir) = cfg(
+            "",
+            &format!("{}preshared_key_file = \"peer.psk\"\n", peer(1)),
+        );
+        key_file(&dir, "peer.psk", &key(77));
+        let (c, _) = ServerConfig::from_toml_str(&text, &dir).unwrap();
+        assert_eq!(
+            c.peers[0].preshared_key.as_ref().unwrap().as_bytes(),
+            &key(77)
+        );
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains(&b64(&key(200))) && !dbg.contains(&b64(&key(77))),
+            "{dbg}"
+        );
+        assert!(
+            !dbg.contains("200, 200") && !dbg.contains("77, 77"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn missing_required_fields() {
+        let err = ServerConfig::from_toml_str("", Path::new("/tmp")).unwrap_err();
+        assert!(
+            err.has_field("private_key_file") && err.has_field("address"),
+            "{err}"
+        );
+        let err = fails_on("", "[[peer]]\n", "peer[0].public_key");
+        assert!(err.problems[0].message.contains("missing"));
+    }
+
+    #[test]
+    fn private_key_file_missing_or_bad() {
+        let err = ServerConfig::from_toml_str(
+            "private_key_file = \"nope.key\"\naddress = \"10.66.0.1/24\"",
+            &temp_dir("nokey"),
+        )
+        .unwrap_err();
+        assert!(err.has_field("private_key_file"), "{err}");
+        let dir = temp_dir("badkey");
+        std::fs::write(dir.join("k"), "hello").unwrap();
+        let err = ServerConfig::from_toml_str(
+            "private_key_file = \"k\"\naddress = \"10.66.0.1/24\"",
+            &dir,
+        )
+        .unwrap_err();
+        assert!(err.has_field("private_key_file"), "{err}");
+    }
+
+    #[test]
+    fn permission_warning() {
+        let (text, dir) = cfg("", "");
+        set_mode(&dir.join("server.key"), 0o644);
+        let (_, w) = ServerConfig::from_toml_str(&text, &dir).unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("private_key_file") && w[0].contains("chmod 600"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn bad_public_key() {
+        fails_on("", "[[peer]]\npublic_key = \"abc\"\n", "peer[0].public_key");
+        fails_on(
+            "",
+            &format!("{}[[peer]]\npublic_key = \"AAAA\"\n", peer(1)),
+            "peer[1].public_key",
+        );
+        fails_on(
+            "",
+            &format!("[[peer]]\npublic_key = \"{}\"\n", b64(&[0; 32])),
+            "peer[0].public_key",
+        );
+    }
+
+    #[test]
+    fn duplicate_public_key() {
+        let err = fails_on(
+            "",
+            &format!("{}{}{}", peer(1), peer(2), peer(1)),
+            "peer[2].public_key",
+        );
+        assert!(err.problems[0].message.contains("peer[0]"), "{err}");
+    }
+
+    #[test]
+    fn bad_preshared_key_file() {
+        fails_on(
+            "",
+            &format!("{}preshared_key_file = \"missing.psk\"\n", peer(1)),
+            "peer[0].preshared_key_file",
+        );
+    }
+
+    #[test]
+    fn address_rules() {
+        let (_, dir) = cfg("", "");
+        let with = |addr: &str| {
+            let text = format!("private_key_file = \"server.key\"\naddress = \"{addr}\"\n");
+            ServerConfig::from_toml_str(&text, &dir).map(|_| ())
+        };
+        for bad in [
+            "10.66.0.1/31",
+            "10.66.0.1/32",
+            "10.66.0.1",
+            "10.66.0.0/24",
+            "10.66.0.255/24",
+            "fd00::1/64",
+            "x",
+        ] {
+            let err = with(bad).expect_err(bad);
+            assert!(err.has_field("address"), "{bad}: {err}");
+        }
+        with("10.66.0.1/30").unwrap();
+        assert!(with("10.66.0.1").unwrap_err().problems[0]
+            .message
+            .contains("prefix length is missing"));
+    }
+
+    #[test]
+    fn address6_rules() {
+        fails_on("address6 = \"fd66::1/127\"", "", "address6");
+        fails_on("address6 = \"fd66::/64\"", "", "address6");
+        fails_on("address6 = \"10.0.0.1/24\"", "", "address6");
+        let (c, _) = load("address6 = \"fd66::1/64\"", &peer(1)).unwrap();
+        let a6 = c.peers[0].address6.unwrap();
+        assert!(c.address6.unwrap().trunc().contains(&a6));
+    }
+
+    #[test]
+    fn mtu_range() {
+        fails_on("mtu = 1279", "", "mtu");
+        fails_on("mtu = 9000", "", "mtu");
+        assert_eq!(load("mtu = 1280", "").unwrap().0.mtu, 1280);
+    }
+
+    #[test]
+    fn workers_range() {
+        fails_on("workers = 0", "", "workers");
+        fails_on("workers = 1025", "", "workers");
+        assert_eq!(load("workers = 3", "").unwrap().0.workers, 3);
+    }
+
+    #[test]
+    fn listen_port_nonzero() {
+        fails_on("listen_port = 0", "", "listen_port");
+        fails_on("listen_port = 65536", "", "listen_port");
+    }
+
+    #[test]
+    fn listen_addresses_rules() {
+        let err = fails_on("listen_addresses = []", "", "listen_addresses");
+        assert!(err.problems[0].message.contains("empty"));
+        fails_on(
+            "listen_addresses = [\"0.0.0.0\", \"nope\"]",
+            "",
+            "listen_addresses[1]",
+        );
+        fails_on(
+            "listen_addresses = [\"::\", \"::\"]",
+            "",
+            "listen_addresses[1]",
+        );
+        let (c, _) = load("listen_addresses = [\"127.0.0.1\"]", "").unwrap();
+        assert_eq!(c.listen_addresses, vec![IpAddr::from([127, 0, 0, 1])]);
+    }
+
+    #[test]
+    fn interface_names() {
+        fails_on("tun_name = \"this-name-is-too-long\"", "", "tun_name");
+        fails_on("nat = \"eth 0\"", "", "nat");
+        assert_eq!(
+            load("nat = \"eth0\"", "").unwrap().0.nat.as_deref(),
+            Some("eth0")
+        );
+    }
+
+    #[test]
+    fn peer_fixed_address_rules() {
+        fails_on("", &peer_at(1, "10.67.0.5"), "peer[0].address");
+        fails_on("", &peer_at(1, "10.66.0.0"), "peer[0].address");
+        fails_on("", &peer_at(1, "10.66.0.255"), "peer[0].address");
+        fails_on("", &peer_at(1, "10.66.0.1"), "peer[0].address");
+        fails_on("", &peer_at(1, "banana"), "peer[0].address");
+        let err = fails_on(
+            "",
+            &format!("{}{}", peer_at(1, "10.66.0.9"), peer_at(2, "10.66.0.9")),
+            "peer[1].address",
+        );
+        assert!(err.problems[0].message.contains("peer[0]"));
+        let (c, _) = load("", &peer_at(1, "10.66.0.9/32")).unwrap();
+        assert_eq!(c.peers[0].address, Ipv4Addr::new(10, 66, 0, 9));
+        assert!(c.peers[0].fixed_address);
+    }
+
+    #[test]
+    fn peer_address6_needs_server_address6() {
+        let p = format!("{}address6 = \"fd66::7\"\n", peer(1));
+        fails_on("", &p, "peer[0].address6");
+        fails_on(
+            "address6 = \"fd66::1/64\"",
+            &format!("{}address6 = \"fd67::7\"\n", peer(1)),
+            "peer[0].address6",
+        );
+        let (c, _) = load("address6 = \"fd66::1/64\"", &p).unwrap();
+        assert_eq!(c.peers[0].address6, Some("fd66::7".parse().unwrap()));
+    }
+
+    #[test]
+    fn many_problems_reported_together() {
+        let peers = format!(
+            "{}{}[[peer]]\npublic_key = \"bad\"\naddress = \"10.99.0.1\"\n",
+            peer(1),
+            peer(1)
+        );
+        let (text, dir) = cfg(
+            "mtu = 10\nworkers = 0\nlisten_port = 0\nlisten_addresses = []\ntun_name = \"a b\"",
+            &peers,
+        );
+        let err = ServerConfig::from_toml_str(&text, &dir).unwrap_err();
+        for f in [
+            "mtu",
+            "workers",
+            "listen_port",
+            "listen_addresses",
+            "tun_name",
+            "peer[1].public_key",
+            "peer[2].public_key",
+            "peer[2].address",
+        ] {
+            assert!(err.has_field(f), "missing {f}: {err}");
+        }
+        let shown = err.to_string();
+        assert_eq!(shown.lines().count(), err.problems.len());
+        assert!(
+            shown.lines().all(|l| l.starts_with("<string>: ")),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn addresses_are_stable_and_order_independent() {
+        let peers: Vec<String> = (1..=20).map(peer).collect();
+        let forward = peers.concat();
+        let backward: String = peers.iter().rev().cloned().collect();
+        let fixed = peer_at(50, "10.66.0.100");
+        let assign = |p: &str| {
+            let (c, _) = load("", p).unwrap();
+            let mut v: Vec<(PublicKey, Ipv4Addr)> =
+                c.peers.iter().map(|p| (p.public_key, p.address)).collect();
+            v.sort();
+            v
+        };
+        let a = assign(&format!("{forward}{fixed}"));
+        assert_eq!(a, assign(&format!("{forward}{fixed}")));
+        assert_eq!(a, assign(&format!("{fixed}{backward}")));
+        let unique: std::collections::HashSet<_> = a.iter().map(|x| x.1).collect();
+        assert_eq!(unique.len(), 21);
+        // A key keeps its address when unrelated peers come and go (barring collisions).
+        let alone = assign(&peer(7));
+        assert_eq!(
+            alone[0],
+            *a.iter().find(|x| x.0.as_bytes() == &key(7)).unwrap()
+        );
+    }
+
+    #[test]
+    fn slash29_fills_and_seventh_peer_is_an_error() {
+        // A /29 has 6 host addresses, one of them the server's: 5 peers fit.
+        let (text, dir) = cfg("", "");
+        let text = text.replace("10.66.0.1/24", "10.66.0.1/29");
+        let five: String = (1..=5).map(peer).collect();
+        let (c, _) = ServerConfig::from_toml_str(&format!("{text}{five}"), &dir).unwrap();
+        let mut got: Vec<Ipv4Addr> = c.peers.iter().map(|p| p.address).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            (2..=6)
+                .map(|h| Ipv4Addr::new(10, 66, 0, h))
+                .collect::<Vec<_>>()
+        );
+        let six: String = (1..=6).map(peer).collect();
+        let err = ServerConfig::from_toml_str(&format!("{text}{six}"), &dir).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(
+            err.problems[0].field.starts_with("peer[")
+                && err.problems[0].field.ends_with("].address"),
+            "{err}"
+        );
+        assert!(
+            err.problems[0].message.contains("no free address")
+                && err.problems[0].message.contains("10.66.0.0/29"),
+            "{err}"
+        );
+    }
+}
