@@ -7,11 +7,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::keys::{PresharedKey, PublicKey, StaticSecret};
 use super::{
     check_ifname, int_in_range, parse_toml, read_file, read_key_file, resolve, ConfigError,
     Problems, STRING_SOURCE,
 };
+use crate::proto::keys::{PresharedKey, PublicKey, StaticSecret};
 
 /// Default keepalive interval in seconds.
 pub const DEFAULT_PERSISTENT_KEEPALIVE: u16 = 25;
@@ -122,7 +122,7 @@ fn validate(
             let key = read_key_file(
                 &path,
                 "private_key_file",
-                "X25519 private key",
+                "X25519 private key (`concentrator genkey` or `wg genkey`)",
                 StaticSecret::from_base64,
                 problems,
                 warnings,
@@ -135,7 +135,7 @@ fn validate(
         None => {
             problems.push(
                 "server_public_key",
-                "missing; add the server's base64 public key (`wg pubkey < server.key` on the server)",
+                "missing; add the server's base64 public key (`concentrator pubkey < server.key` on the server, or `wg pubkey`)",
             );
             None
         }
@@ -185,7 +185,7 @@ fn validate(
             let key = read_key_file(
                 &path,
                 "preshared_key_file",
-                "pre-shared key (`wg genpsk`)",
+                "pre-shared key (`concentrator genkey` or `wg genpsk`)",
                 PresharedKey::from_base64,
                 problems,
                 warnings,

@@ -17,7 +17,6 @@ mod server;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use zeroize::Zeroizing;
 
 pub use client::ClientConfig;
@@ -204,98 +203,6 @@ pub(crate) fn resolve(base_dir: &Path, p: &str) -> PathBuf {
     } else {
         base_dir.join(p)
     }
-}
-
-// TODO(keys): use crate::proto::keys once it is committed; this stand-in has the same API.
-pub(crate) mod keys {
-    use std::fmt;
-
-    use zeroize::Zeroizing;
-
-    /// An X25519 public key.
-    #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-    pub struct PublicKey([u8; 32]);
-
-    impl PublicKey {
-        /// Decodes base64.
-        pub fn from_base64(text: &str) -> Result<Self, String> {
-            super::decode_key(text).map(|k| Self(*k))
-        }
-        /// The raw bytes.
-        pub const fn as_bytes(&self) -> &[u8; 32] {
-            &self.0
-        }
-    }
-
-    impl fmt::Debug for PublicKey {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            use base64::Engine as _;
-            let b = base64::engine::general_purpose::STANDARD.encode(self.0);
-            write!(f, "PublicKey({b})")
-        }
-    }
-
-    /// An X25519 private key.
-    pub struct StaticSecret(Zeroizing<[u8; 32]>);
-
-    impl StaticSecret {
-        /// Decodes base64.
-        pub fn from_base64(text: &str) -> Result<Self, String> {
-            super::decode_key(text).map(Self)
-        }
-        /// The raw bytes.
-        pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
-            self.0.clone()
-        }
-    }
-
-    impl fmt::Debug for StaticSecret {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("StaticSecret(<redacted>)")
-        }
-    }
-
-    /// A pre-shared key.
-    pub struct PresharedKey(Zeroizing<[u8; 32]>);
-
-    impl PresharedKey {
-        /// Decodes base64.
-        pub fn from_base64(text: &str) -> Result<Self, String> {
-            super::decode_key(text).map(Self)
-        }
-        /// The raw bytes.
-        pub fn as_bytes(&self) -> &[u8; 32] {
-            &self.0
-        }
-    }
-
-    impl fmt::Debug for PresharedKey {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("PresharedKey(<redacted>)")
-        }
-    }
-}
-
-/// Decodes a base64 32-byte key. The error says what is wrong.
-pub(crate) fn decode_key(text: &str) -> Result<Zeroizing<[u8; 32]>, String> {
-    let bytes = Zeroizing::new(
-        base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(|_| {
-                "the key is not valid base64: a key is 44 characters of standard base64 \
-                 (32 bytes); generate one with `wg genkey`"
-                    .to_string()
-            })?,
-    );
-    if bytes.len() != 32 {
-        return Err(format!(
-            "the key decodes to {} bytes, but a key is exactly 32 bytes (44 base64 characters)",
-            bytes.len()
-        ));
-    }
-    let mut key = Zeroizing::new([0u8; 32]);
-    key.copy_from_slice(&bytes);
-    Ok(key)
 }
 
 /// Reads and decodes a key file (`private_key_file`, `preshared_key_file`) with `parse`.
@@ -509,13 +416,6 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("/nonexistent/server.toml: (file): "));
-    }
-
-    #[test]
-    fn decode_key_errors() {
-        assert!(decode_key("not base64!").unwrap_err().contains("base64"));
-        assert!(decode_key("AAAA").unwrap_err().contains("to 3 bytes"));
-        assert_eq!(*decode_key(&b64(&[7; 32])).unwrap(), [7; 32]);
     }
 
     #[test]

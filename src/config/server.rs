@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-use super::keys::{PresharedKey, PublicKey, StaticSecret};
 use super::{
     check_ifname, int_in_range, parse_toml, read_file, read_key_file, resolve, AddressPool,
     AddressPool6, ConfigError, Problems, STRING_SOURCE,
 };
 use crate::proto::constants::{MAX_MTU, MIN_MTU};
+use crate::proto::keys::{PresharedKey, PublicKey, StaticSecret};
 
 /// Default UDP port, WireGuard's.
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
@@ -76,6 +76,8 @@ pub struct ServerConfig {
     pub private_key: StaticSecret,
     /// Where the private key was read from.
     pub private_key_file: PathBuf,
+    /// The server's public key (derived from `private_key`).
+    pub public_key: PublicKey,
     /// UDP port.
     pub listen_port: u16,
     /// Underlay addresses to bind (at least one).
@@ -160,7 +162,7 @@ fn validate(
             let key = read_key_file(
                 &path,
                 "private_key_file",
-                "X25519 private key",
+                "X25519 private key (`concentrator genkey` or `wg genkey`)",
                 StaticSecret::from_base64,
                 problems,
                 warnings,
@@ -210,13 +212,17 @@ fn validate(
         .unwrap_or_else(|| DEFAULT_SERVER_TUN_NAME.to_string());
     check_ifname(&tun_name, true, "tun_name", problems);
 
-    let peers = peers(raw.peer, base_dir, address, address6, problems, warnings);
+    let server_key = private_key.as_ref().map(StaticSecret::public_key);
+    let peers = peers(
+        raw.peer, base_dir, server_key, address, address6, problems, warnings,
+    );
 
     let address = address?;
     let (pool, pool6, peers) = assign(address, address6, peers, problems);
     Some(ServerConfig {
         private_key: private_key?,
         private_key_file,
+        public_key: server_key?,
         listen_port,
         listen_addresses,
         address,
@@ -368,6 +374,7 @@ struct Parsed {
 fn peers(
     raw: Vec<RawPeer>,
     base_dir: &Path,
+    server_key: Option<PublicKey>,
     net: Option<Ipv4Net>,
     net6: Option<Ipv6Net>,
     problems: &mut Problems,
@@ -383,7 +390,7 @@ fn peers(
             None => {
                 problems.push(
                     f("public_key"),
-                    "missing; add the client's base64 public key (`wg pubkey < client.key`)",
+                    "missing; add the client's base64 public key (`concentrator pubkey < client.key` or `wg pubkey`)",
                 );
                 None
             }
@@ -397,6 +404,13 @@ fn peers(
                         problems.push(
                             f("public_key"),
                             "is all zeros, not a real key; paste the client's public key",
+                        );
+                        None
+                    }
+                    Ok(k) if Some(k) == server_key => {
+                        problems.push(
+                            f("public_key"),
+                            "is the server's own public key; use the client's public key",
                         );
                         None
                     }
@@ -423,7 +437,7 @@ fn peers(
                 let key = read_key_file(
                     &path,
                     &f("preshared_key_file"),
-                    "pre-shared key (`wg genpsk`)",
+                    "pre-shared key (`concentrator genkey` or `wg genpsk`)",
                     PresharedKey::from_base64,
                     problems,
                     warnings,
@@ -746,6 +760,15 @@ mod tests {
             &format!("[[peer]]\npublic_key = \"{}\"\n", b64(&[0; 32])),
             "peer[0].public_key",
         );
+    }
+
+    #[test]
+    fn peer_with_server_key() {
+        let own = StaticSecret::from_bytes(key(200)).public_key();
+        let p = format!("[[peer]]\npublic_key = \"{own}\"\n");
+        let err = fails_on("", &p, "peer[0].public_key");
+        assert!(err.problems[0].message.contains("server's own"), "{err}");
+        assert_eq!(load("", "").unwrap().0.public_key, own);
     }
 
     #[test]
