@@ -134,6 +134,9 @@ fn describe_toml_error(text: &str, err: &toml::de::Error) -> (String, String) {
         return ("(syntax)".into(), format!("{msg}; fix the TOML"));
     };
     let start = span.start.min(text.len());
+    if !text.is_char_boundary(start) || !text.is_char_boundary(span.end.min(text.len())) {
+        return ("(syntax)".into(), format!("{msg}; fix the TOML"));
+    }
     let before = &text[..start];
     let line_no = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -427,6 +430,29 @@ mod tests {
         assert_eq!(p.field, "peer[1].publik_key", "{p}");
         assert!(p.message.contains("unknown field"), "{p}");
         assert!(p.message.contains("line 5, column 1"), "{p}");
+    }
+
+    #[test]
+    fn display_prints_every_problem_with_the_file() {
+        let dir = testutil::temp_dir("display");
+        let path = dir.join("server.toml");
+        std::fs::write(
+            &path,
+            "address = \"10.66.0.1/31\"\nmtu = 9000\n[[peer]]\npublic_key = \"x\"\n",
+        )
+        .unwrap();
+        let err = ServerConfig::load(&path).unwrap_err();
+        let shown = err.to_string();
+        println!("{shown}");
+        let prefix = format!("{}: ", path.display());
+        let fields: Vec<&str> = shown
+            .lines()
+            .map(|l| l.strip_prefix(&prefix).unwrap().split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            fields,
+            ["private_key_file", "address", "mtu", "peer[0].public_key"]
+        );
     }
 
     #[test]
