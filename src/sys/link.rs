@@ -1,0 +1,282 @@
+//! Links, addresses, routes and forwarding, set up with the `ip` command (iproute2).
+
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
+
+use super::error::SysError;
+use super::json::{self, Json};
+
+/// Runs `ip <args>`; on failure the error carries the command line and its stderr.
+fn ip(args: &[&str]) -> Result<String, SysError> {
+    run("ip", "iproute2", args, None)
+}
+
+/// Runs `program` with `args` (and `stdin` piped in when given), returning its stdout.
+pub(crate) fn run(
+    program: &'static str,
+    package: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, SysError> {
+    use std::io::Write;
+    let command = format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SysError::ToolMissing { program, package },
+            _ => SysError::io(format!("running `{command}`"), e),
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| SysError::io(format!("writing to `{command}`"), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| SysError::io(format!("waiting for `{command}`"), e))?;
+    if !out.status.success() {
+        return Err(SysError::Command {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sets the MTU of `dev` and brings it up.
+pub fn set_up(dev: &str, mtu: u32) -> Result<(), SysError> {
+    ip(&["link", "set", "dev", dev, "mtu", &mtu.to_string(), "up"]).map(drop)
+}
+
+/// Adds address `addr` (with its prefix length, e.g. `10.0.0.1/24`) to `dev`. IPv6
+/// addresses skip duplicate address detection so they are usable at once.
+pub fn add_address(dev: &str, addr: IpNet) -> Result<(), SysError> {
+    let a = addr.to_string();
+    let mut args = vec!["addr", "add", &a, "dev", dev];
+    if matches!(addr, IpNet::V6(_)) {
+        args.push("nodad");
+    }
+    ip(&args).map(drop)
+}
+
+/// Adds a route to `dest` through `dev`.
+pub fn add_route(dest: IpNet, dev: &str) -> Result<(), SysError> {
+    ip(&["route", "add", &dest.trunc().to_string(), "dev", dev]).map(drop)
+}
+
+/// Deletes the route to `dest` through `dev`.
+pub fn delete_route(dest: IpNet, dev: &str) -> Result<(), SysError> {
+    ip(&["route", "del", &dest.trunc().to_string(), "dev", dev]).map(drop)
+}
+
+/// Where the kernel would send a packet: the answer of `ip route get`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// The next hop, when not directly connected.
+    pub gateway: Option<IpAddr>,
+    /// The outgoing interface.
+    pub dev: String,
+    /// The preferred source address.
+    pub src: Option<IpAddr>,
+}
+
+/// Asks the kernel how it would route a packet to `dest` (`ip -j route get`).
+pub fn route_get(dest: IpAddr) -> Result<RouteInfo, SysError> {
+    let out = ip(&["-j", "route", "get", &dest.to_string()])?;
+    parse_route_get(&out)
+}
+
+/// Parses the JSON printed by `ip -j route get`.
+fn parse_route_get(text: &str) -> Result<RouteInfo, SysError> {
+    let bad = |detail: String| SysError::Parse {
+        what: "`ip -j route get` output".into(),
+        detail,
+    };
+    let doc = json::parse(text.trim()).map_err(bad)?;
+    let first = match &doc {
+        Json::Array(items) => items.first(),
+        _ => None,
+    }
+    .ok_or_else(|| bad(format!("expected a non-empty array, got {text:?}")))?;
+    let addr = |key: &str| -> Result<Option<IpAddr>, SysError> {
+        match first.get(key).and_then(Json::as_str) {
+            None => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| bad(format!("bad {key} {s:?}"))),
+        }
+    };
+    let dev = first
+        .get("dev")
+        .and_then(Json::as_str)
+        .ok_or_else(|| bad(format!("no \"dev\" in {text:?}")))?;
+    Ok(RouteInfo {
+        gateway: addr("gateway")?,
+        dev: dev.to_owned(),
+        src: addr("prefsrc")?,
+    })
+}
+
+/// The host prefix (/32 or /128) for `addr`.
+fn host_net(addr: IpAddr) -> IpNet {
+    IpNet::from(addr)
+}
+
+/// Adds a host route to `dest` along the path described by `info` (typically taken from
+/// [`route_get`] before a default route is moved into the tunnel, so that the tunnel's own
+/// packets keep their way out).
+pub fn add_host_route_via(dest: IpAddr, info: &RouteInfo) -> Result<(), SysError> {
+    let d = host_net(dest).to_string();
+    let gw = info.gateway.map(|g| g.to_string());
+    let mut args = vec!["route", "add", &d];
+    if let Some(gw) = &gw {
+        args.extend(["via", gw.as_str()]);
+    }
+    args.extend(["dev", info.dev.as_str()]);
+    ip(&args).map(drop)
+}
+
+/// Turns IP forwarding on or off for IPv4 (`v4`, `/proc/sys/net/ipv4/ip_forward`) or IPv6
+/// (`/proc/sys/net/ipv6/conf/all/forwarding`) in the caller's network namespace. Returns
+/// the previous value, so it can be restored.
+pub fn set_ip_forward(v4: bool, enable: bool) -> Result<bool, SysError> {
+    let path = if v4 {
+        "/proc/sys/net/ipv4/ip_forward"
+    } else {
+        "/proc/sys/net/ipv6/conf/all/forwarding"
+    };
+    let old =
+        std::fs::read_to_string(path).map_err(|e| SysError::io(format!("reading {path}"), e))?;
+    let previous = match old.trim() {
+        "0" => false,
+        "1" => true,
+        other => {
+            return Err(SysError::Parse {
+                what: path.into(),
+                detail: format!("expected 0 or 1, got {other:?}"),
+            })
+        }
+    };
+    std::fs::write(path, if enable { "1\n" } else { "0\n" })
+        .map_err(|e| SysError::io(format!("writing {path}"), e))?;
+    Ok(previous)
+}
+
+/// Routes added through this guard are deleted when it is dropped (best effort; failures
+/// are logged with `tracing::warn`).
+#[derive(Debug, Default)]
+pub struct RouteGuard {
+    routes: Vec<(IpNet, String)>,
+}
+
+impl RouteGuard {
+    /// An empty guard.
+    pub fn new() -> RouteGuard {
+        RouteGuard::default()
+    }
+
+    /// [`add_route`], remembering the route for removal.
+    pub fn add_route(&mut self, dest: IpNet, dev: &str) -> Result<(), SysError> {
+        add_route(dest, dev)?;
+        self.routes.push((dest, dev.to_owned()));
+        Ok(())
+    }
+
+    /// [`add_host_route_via`], remembering the route for removal.
+    pub fn add_host_route_via(&mut self, dest: IpAddr, info: &RouteInfo) -> Result<(), SysError> {
+        add_host_route_via(dest, info)?;
+        self.routes.push((host_net(dest), info.dev.clone()));
+        Ok(())
+    }
+
+    /// The routes this guard will delete, oldest first.
+    pub fn routes(&self) -> &[(IpNet, String)] {
+        &self.routes
+    }
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        for (dest, dev) in self.routes.drain(..).rev() {
+            if let Err(e) = delete_route(dest, &dev) {
+                tracing::warn!(%dest, %dev, error = %e, "could not remove route");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::testutil::{is_root_or_skip, Netns};
+
+    #[test]
+    fn route_get_loopback_parses() {
+        let info = route_get("127.0.0.1".parse().unwrap()).expect("ip route get");
+        assert_eq!(info.dev, "lo");
+        assert_eq!(info.gateway, None);
+        assert_eq!(info.src, Some("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn parses_gateway_routes() {
+        let text = r#"[{"dst":"8.8.8.8","gateway":"192.0.2.1","dev":"eth0","prefsrc":"192.0.2.2","flags":[],"uid":0,"cache":[]}]"#;
+        let info = parse_route_get(text).unwrap();
+        assert_eq!(info.gateway, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(info.dev, "eth0");
+        assert_eq!(info.src, Some("192.0.2.2".parse().unwrap()));
+        assert!(parse_route_get("[]").is_err());
+        assert!(parse_route_get(r#"[{"gateway":"x","dev":"a"}]"#).is_err());
+    }
+
+    #[test]
+    fn command_errors_carry_stderr() {
+        let err = set_up("ctr-no-such-dev0", 1400).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("ip link set dev ctr-no-such-dev0"), "{msg}");
+        assert!(msg.to_lowercase().contains("cannot find device"), "{msg}");
+    }
+
+    #[test]
+    fn routes_and_forwarding_in_netns() {
+        if !is_root_or_skip("routes_and_forwarding_in_netns") {
+            return;
+        }
+        let ns = Netns::new();
+        ns.run(|| {
+            let dest: IpNet = "198.51.100.0/24".parse().unwrap();
+            {
+                let mut guard = RouteGuard::new();
+                guard.add_route(dest, "lo").unwrap();
+                let info = route_get("198.51.100.9".parse().unwrap()).unwrap();
+                assert_eq!(info.dev, "lo");
+                let host: IpAddr = "203.0.113.5".parse().unwrap();
+                guard.add_host_route_via(host, &info).unwrap();
+                assert_eq!(route_get(host).unwrap().dev, "lo");
+                assert_eq!(guard.routes().len(), 2);
+            }
+            let table = ip(&["route", "show", "table", "main"]).unwrap();
+            assert!(
+                !table.contains("198.51.100.0"),
+                "route left behind: {table}"
+            );
+            assert!(!table.contains("203.0.113.5"), "route left behind: {table}");
+
+            assert!(!set_ip_forward(true, true).unwrap());
+            assert!(set_ip_forward(true, false).unwrap());
+            let prev6 = set_ip_forward(false, true).unwrap();
+            assert!(set_ip_forward(false, prev6).unwrap());
+        });
+    }
+}
