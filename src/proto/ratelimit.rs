@@ -1,0 +1,344 @@
+//! Per-source token buckets for handshake initiations.
+//!
+//! A handshake costs the responder Diffie-Hellman operations, so under load each source may
+//! start only a few per second. Time comes from the caller; memory is bounded by
+//! `max_sources` entries.
+//!
+//! When the table is full, entries whose bucket has refilled completely are swept first (they
+//! carry no state a fresh entry would not have). If it is still full, new sources are refused:
+//! the limiter fails closed, because failing open would let an attacker who cycles through
+//! many addresses switch it off. Sources already in the table keep their own buckets, so
+//! established clients are not starved by the flood.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::time::Instant;
+
+/// Initiations per second a source may sustain. WireGuard's ratelimiter
+/// (`drivers/net/wireguard/ratelimiter.c`, `PACKETS_PER_SECOND`).
+pub const DEFAULT_PACKETS_PER_SECOND: u32 = 20;
+/// Initiations a quiet source may send at once. WireGuard's ratelimiter (`PACKETS_BURSTABLE`).
+pub const DEFAULT_BURST: u32 = 5;
+/// Sources tracked at most: about 64 bytes each with the table's overhead, so 4 MiB. WireGuard
+/// sizes its table from RAM and caps it at 8 x 8192 = 65536 entries.
+pub const DEFAULT_MAX_SOURCES: usize = 65_536;
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// What a source is keyed by: an IPv4 address, or the /64 of an IPv6 address, since one host
+/// usually owns a whole /64 and could otherwise use 2^64 keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SourceKey {
+    V4([u8; 4]),
+    V6([u8; 8]),
+}
+
+impl SourceKey {
+    fn of(src: IpAddr) -> Self {
+        // IPv4-mapped IPv6 (from a dual-stack socket) is the IPv4 host it maps.
+        match src.to_canonical() {
+            IpAddr::V4(ip) => SourceKey::V4(ip.octets()),
+            IpAddr::V6(ip) => {
+                let o = ip.octets();
+                SourceKey::V6([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
+            }
+        }
+    }
+}
+
+/// One source's bucket. Tokens are counted in nanoseconds of refill time, so refilling is
+/// one saturating addition and no floating point is needed.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: u64,
+    last: Instant,
+}
+
+/// Per-source token-bucket limiter for handshake initiations.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    /// Refill time of one token, in nanoseconds.
+    cost: u64,
+    /// Bucket size, in nanoseconds: `cost * burst`.
+    capacity: u64,
+    max_sources: usize,
+    /// std's `HashMap` hashes with a random SipHash key, so an attacker cannot pick sources
+    /// that collide.
+    buckets: HashMap<SourceKey, Bucket>,
+    /// No entry can be fully refilled before this, so a sweep earlier would be wasted work.
+    next_sweep: Instant,
+}
+
+impl Default for RateLimiter {
+    /// WireGuard's limits: [`DEFAULT_PACKETS_PER_SECOND`], [`DEFAULT_BURST`],
+    /// [`DEFAULT_MAX_SOURCES`].
+    fn default() -> Self {
+        RateLimiter::new(
+            DEFAULT_PACKETS_PER_SECOND,
+            DEFAULT_BURST,
+            DEFAULT_MAX_SOURCES,
+        )
+    }
+}
+
+impl RateLimiter {
+    /// A limiter letting each source send `burst` initiations at once and `packets_per_second`
+    /// sustained, tracking at most `max_sources` sources. Zero rates are raised to one (a
+    /// limiter that refuses everything is not a rate limit); `max_sources` of zero refuses all.
+    pub fn new(packets_per_second: u32, burst: u32, max_sources: usize) -> Self {
+        let cost = (NANOS_PER_SEC / u64::from(packets_per_second.max(1))).max(1);
+        RateLimiter {
+            cost,
+            capacity: cost.saturating_mul(u64::from(burst.max(1))),
+            max_sources,
+            buckets: HashMap::new(),
+            next_sweep: Instant::default(),
+        }
+    }
+
+    /// Whether `src` may start a handshake `now`; takes a token if so. Refuses sources not yet
+    /// tracked while the table is full of active ones.
+    pub fn allow(&mut self, src: IpAddr, now: Instant) -> bool {
+        let key = SourceKey::of(src);
+        if let Some(bucket) = self.buckets.get_mut(&key) {
+            refill(bucket, self.capacity, now);
+            return match bucket.tokens.checked_sub(self.cost) {
+                Some(left) => {
+                    bucket.tokens = left;
+                    true
+                }
+                None => false,
+            };
+        }
+        if self.buckets.len() >= self.max_sources {
+            if now >= self.next_sweep {
+                self.sweep(now);
+            }
+            if self.buckets.len() >= self.max_sources {
+                return false;
+            }
+        }
+        // A new source starts with a full bucket, minus this packet.
+        self.buckets.insert(
+            key,
+            Bucket {
+                tokens: self.capacity - self.cost,
+                last: now,
+            },
+        );
+        true
+    }
+
+    /// Forgets every source whose bucket has refilled completely by `now`. Called by
+    /// [`RateLimiter::allow`] when the table is full; a caller may also call it from a timer to
+    /// give memory back.
+    pub fn sweep(&mut self, now: Instant) {
+        let capacity = self.capacity;
+        let mut soonest_full = u64::MAX;
+        self.buckets.retain(|_, bucket| {
+            refill(bucket, capacity, now);
+            let missing = capacity - bucket.tokens;
+            if missing > 0 {
+                soonest_full = soonest_full.min(missing);
+            }
+            missing > 0
+        });
+        // Taking tokens only delays refilling, so nothing frees up before the soonest entry.
+        self.next_sweep = now + Duration::from_nanos(soonest_full);
+    }
+
+    /// Number of sources tracked.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether no source is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// Adds the tokens earned since the bucket was last seen. A `now` earlier than that earns
+/// nothing, so a clock stepping back cannot mint tokens.
+fn refill(bucket: &mut Bucket, capacity: u64, now: Instant) {
+    let earned = now.as_nanos().saturating_sub(bucket.last.as_nanos());
+    bucket.tokens = bucket.tokens.saturating_add(earned).min(capacity);
+    bucket.last = bucket.last.max(now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(ms: u64) -> Instant {
+        Instant::from_nanos(ms * 1_000_000)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn drain(rl: &mut RateLimiter, src: IpAddr, now: Instant) -> usize {
+        (0..100).take_while(|_| rl.allow(src, now)).count()
+    }
+
+    #[test]
+    fn burst_then_refuse() {
+        let mut rl = RateLimiter::default();
+        assert_eq!(drain(&mut rl, ip("192.0.2.1"), ms(0)), 5);
+        assert!(!rl.allow(ip("192.0.2.1"), ms(0)));
+    }
+
+    #[test]
+    fn refills_at_the_configured_rate() {
+        let mut rl = RateLimiter::new(20, 5, 16);
+        let src = ip("192.0.2.1");
+        assert_eq!(drain(&mut rl, src, ms(0)), 5);
+        // One token every 50 ms.
+        assert!(!rl.allow(src, ms(49)));
+        assert!(rl.allow(src, ms(50)));
+        assert!(!rl.allow(src, ms(50)));
+        assert!(rl.allow(src, ms(100)));
+        // Sustained: one second gives 20, not more.
+        let mut allowed = 0;
+        for t in (101..=1101).step_by(5) {
+            allowed += usize::from(rl.allow(src, ms(t)));
+        }
+        assert_eq!(allowed, 20);
+    }
+
+    #[test]
+    fn bucket_caps_at_burst() {
+        let mut rl = RateLimiter::new(20, 5, 16);
+        let src = ip("192.0.2.1");
+        assert!(rl.allow(src, ms(0)));
+        // An hour of silence still only allows a burst.
+        assert_eq!(drain(&mut rl, src, ms(3_600_000)), 5);
+    }
+
+    #[test]
+    fn sources_are_independent() {
+        let mut rl = RateLimiter::new(1, 2, 16);
+        assert_eq!(drain(&mut rl, ip("192.0.2.1"), ms(0)), 2);
+        assert_eq!(drain(&mut rl, ip("192.0.2.2"), ms(0)), 2);
+        assert_eq!(drain(&mut rl, ip("2001:db8::1"), ms(0)), 2);
+        assert_eq!(rl.len(), 3);
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64() {
+        let mut rl = RateLimiter::new(1, 3, 16);
+        assert!(rl.allow(ip("2001:db8:0:1::1"), ms(0)));
+        assert!(rl.allow(ip("2001:db8:0:1:ffff::2"), ms(0)));
+        assert!(rl.allow(ip("2001:db8:0:1::3"), ms(0)));
+        assert!(!rl.allow(ip("2001:db8:0:1:dead:beef::"), ms(0)));
+        // The next /64 is another source.
+        assert!(rl.allow(ip("2001:db8:0:2::1"), ms(0)));
+        assert_eq!(rl.len(), 2);
+    }
+
+    #[test]
+    fn ipv4_mapped_counts_as_ipv4() {
+        let mut rl = RateLimiter::new(1, 1, 16);
+        assert!(rl.allow(ip("192.0.2.7"), ms(0)));
+        assert!(!rl.allow(ip("::ffff:192.0.2.7"), ms(0)));
+        assert_eq!(rl.len(), 1);
+    }
+
+    #[test]
+    fn full_table_fails_closed_for_new_sources() {
+        let mut rl = RateLimiter::new(20, 5, 2);
+        assert!(rl.allow(ip("192.0.2.1"), ms(0)));
+        assert!(rl.allow(ip("192.0.2.2"), ms(0)));
+        assert!(!rl.allow(ip("192.0.2.3"), ms(0)));
+        assert!(!rl.allow(ip("2001:db8::1"), ms(10)));
+        // Known sources keep their buckets.
+        assert!(rl.allow(ip("192.0.2.1"), ms(10)));
+        assert_eq!(rl.len(), 2);
+    }
+
+    #[test]
+    fn full_table_sweeps_refilled_entries() {
+        let mut rl = RateLimiter::new(20, 5, 2);
+        assert!(rl.allow(ip("192.0.2.1"), ms(0)));
+        assert!(rl.allow(ip("192.0.2.2"), ms(20)));
+        // 192.0.2.1 is full again after 50 ms; 192.0.2.2 only at 70 ms.
+        assert!(!rl.allow(ip("192.0.2.3"), ms(49)));
+        assert!(rl.allow(ip("192.0.2.3"), ms(50)));
+        assert_eq!(rl.len(), 2);
+        // The swept source starts over with a full burst.
+        assert!(rl.allow(ip("192.0.2.2"), ms(70)));
+        assert!(!rl.allow(ip("192.0.2.1"), ms(70)));
+    }
+
+    #[test]
+    fn sweeps_are_skipped_until_something_can_be_freed() {
+        let mut rl = RateLimiter::new(20, 5, 1);
+        assert!(rl.allow(ip("192.0.2.1"), ms(0)));
+        assert!(!rl.allow(ip("192.0.2.2"), ms(1)));
+        // The sweep at 1 ms learnt that nothing refills before 50 ms.
+        assert_eq!(rl.next_sweep, ms(50));
+        assert!(!rl.allow(ip("192.0.2.2"), ms(30)));
+        assert_eq!(rl.next_sweep, ms(50));
+        assert!(rl.allow(ip("192.0.2.2"), ms(50)));
+    }
+
+    #[test]
+    fn explicit_sweep_frees_memory() {
+        let mut rl = RateLimiter::new(20, 5, 16);
+        for i in 0..10 {
+            assert!(rl.allow(IpAddr::from([10, 0, 0, i]), ms(0)));
+        }
+        assert!(rl.allow(ip("10.0.0.1"), ms(40)));
+        rl.sweep(ms(60));
+        assert_eq!(rl.len(), 1);
+        rl.sweep(ms(100));
+        assert!(rl.is_empty());
+    }
+
+    #[test]
+    fn zero_sources_refuses_everything() {
+        let mut rl = RateLimiter::new(20, 5, 0);
+        assert!(!rl.allow(ip("192.0.2.1"), ms(0)));
+        assert!(!rl.allow(ip("192.0.2.1"), ms(1_000_000)));
+    }
+
+    #[test]
+    fn zero_rates_are_raised_to_one() {
+        let mut rl = RateLimiter::new(0, 0, 4);
+        let src = ip("192.0.2.1");
+        assert_eq!(drain(&mut rl, src, ms(0)), 1);
+        assert!(!rl.allow(src, ms(999)));
+        assert!(rl.allow(src, ms(1000)));
+    }
+
+    #[test]
+    fn extreme_rates_and_times_do_not_overflow() {
+        let mut rl = RateLimiter::new(u32::MAX, u32::MAX, 4);
+        let src = ip("192.0.2.1");
+        assert!(rl.allow(src, Instant::from_nanos(u64::MAX)));
+        assert!(rl.allow(src, Instant::from_nanos(0)));
+        rl.sweep(Instant::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn clock_stepping_back_mints_no_tokens() {
+        let mut rl = RateLimiter::new(20, 1, 4);
+        let src = ip("192.0.2.1");
+        assert!(rl.allow(src, ms(1000)));
+        assert!(!rl.allow(src, ms(0)));
+        assert!(!rl.allow(src, ms(1049)));
+        assert!(rl.allow(src, ms(1050)));
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_flood() {
+        let mut rl = RateLimiter::new(20, 5, 100);
+        for i in 0..10_000u32 {
+            let _ = rl.allow(IpAddr::from(i.to_be_bytes()), ms(u64::from(i / 100)));
+        }
+        assert!(rl.len() <= 100);
+    }
+}
