@@ -8,5 +8,8 @@
 //! - [`session_table`], [`dataplane`], [`control`]: the server's engine.
 
 pub mod config;
+pub mod control;
+pub mod dataplane;
 pub mod proto;
+pub mod session_table;
 pub mod sys;

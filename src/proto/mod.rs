@@ -5,11 +5,17 @@
 //! to deliver. The wire format is specified in `docs/protocol.md`.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod constants;
 pub mod cookie;
+pub mod handshake;
+pub mod ip;
+pub mod keypair;
 pub mod keys;
 pub mod ratelimit;
 pub mod replay;
 pub mod rng;
+pub mod server;
+pub mod session;
 pub mod time;
 pub mod wire;

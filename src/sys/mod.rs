@@ -14,9 +14,12 @@ pub mod error;
 mod json;
 pub mod link;
 pub mod nft;
+pub mod poll;
+pub mod signals;
 #[cfg(test)]
 mod testutil;
 pub mod tun;
 pub mod udp;
+pub mod uring;
 
 pub use error::SysError;

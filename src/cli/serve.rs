@@ -1,0 +1,235 @@
+//! The server: `concentrator --config server.toml [--workers N]`.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ipnet::IpNet;
+
+use concentrator::config::ServerConfig;
+use concentrator::control::{Control, HandshakeStats, HANDSHAKE_QUEUE};
+use concentrator::dataplane::stats::SharedCounters;
+use concentrator::dataplane::worker::{self, WorkerContext};
+use concentrator::proto::keys::{PresharedKey, StaticSecret};
+use concentrator::proto::rng::OsRandom;
+use concentrator::proto::server::{PeerConfig, Server};
+use concentrator::proto::wire::AddressAssignment;
+use concentrator::session_table::SessionTable;
+use concentrator::sys::{clock, link, nft, signals, tun::Tun, udp};
+
+/// Options from the command line that override the file.
+pub struct ServeOptions {
+    /// `--workers`.
+    pub workers: Option<usize>,
+}
+
+/// What the server set up and must take down again, in reverse order.
+struct Setup {
+    masquerade: Option<nft::Masquerade>,
+    previous_forwarding: Option<bool>,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(m) = self.masquerade.take() {
+            if let Err(e) = m.remove() {
+                tracing::warn!(error = %e, "could not remove the NAT rules");
+            }
+        }
+        if self.previous_forwarding == Some(false) {
+            let _ = link::set_ip_forward(true, false);
+        }
+    }
+}
+
+fn peer_configs(config: &ServerConfig) -> Vec<PeerConfig> {
+    config
+        .peers
+        .iter()
+        .map(|p| PeerConfig {
+            public_key: p.public_key,
+            psk: p
+                .preshared_key
+                .as_ref()
+                .map(|k| PresharedKey::from_bytes(*k.as_bytes()))
+                .unwrap_or_else(PresharedKey::zero),
+            assignment: AddressAssignment {
+                ipv4: p.address,
+                ipv4_prefix: config.address.prefix_len(),
+                ipv6: p.address6.zip(config.address6.map(|n| n.prefix_len())),
+                mtu: config.mtu,
+            },
+        })
+        .collect()
+}
+
+fn bind_sockets(config: &ServerConfig, workers: usize) -> Result<Vec<Vec<UdpSocket>>> {
+    let addrs: Vec<SocketAddr> = config
+        .listen_addresses
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, config.listen_port))
+        .collect();
+    // SO_REUSEPORT would silently share the port with another instance of ours: probe first
+    // with a plain bind, which fails if anyone holds the port.
+    for addr in &addrs {
+        UdpSocket::bind(addr).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+                "UDP port {} is already in use on {}: stop the other process or change listen_port",
+                addr.port(),
+                addr.ip()
+            ),
+            _ => anyhow::anyhow!("cannot bind UDP {addr}: {e}"),
+        })?;
+    }
+    (0..workers)
+        .map(|_| {
+            addrs
+                .iter()
+                .map(|a| udp::bind_reuseport(*a).with_context(|| format!("binding UDP {a}")))
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
+    let (config, warnings) = ServerConfig::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let workers = options.workers.unwrap_or(config.workers);
+    if workers == 0 || workers > 1024 {
+        bail!("--workers must be between 1 and 1024 (got {workers})");
+    }
+    signals::block();
+
+    let mut tun = Tun::open(&config.tun_name, workers, false).context("creating the TUN device")?;
+    let dev = tun.name().to_string();
+    link::add_address(&dev, IpNet::V4(config.address)).context("setting the TUN address")?;
+    if let Some(a6) = config.address6 {
+        link::add_address(&dev, IpNet::V6(a6)).context("setting the TUN IPv6 address")?;
+    }
+    link::set_up(&dev, config.mtu as u32).context("bringing the TUN up")?;
+
+    let mut setup = Setup {
+        masquerade: None,
+        previous_forwarding: None,
+    };
+    // Clients reach hosts behind the server, so the kernel must forward.
+    setup.previous_forwarding =
+        Some(link::set_ip_forward(true, true).context("enabling IPv4 forwarding")?);
+    if config.address6.is_some() {
+        let _ = link::set_ip_forward(false, true);
+    }
+    if let Some(iface) = &config.nat {
+        let subnet = IpNet::V4(config.address.trunc());
+        setup.masquerade =
+            Some(nft::Masquerade::install(subnet, iface).context("installing the NAT rule")?);
+    }
+
+    let sockets = bind_sockets(&config, workers)?;
+    let reply_sockets = sockets[0]
+        .iter()
+        .map(|s| s.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()?;
+
+    let now = clock::monotonic_now();
+    let mut server = Server::new(
+        StaticSecret::from_bytes(*config.private_key.to_bytes()),
+        now,
+        &mut OsRandom,
+    );
+    let table = Arc::new(SessionTable::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (hs_tx, hs_rx) = crossbeam_channel::bounded(HANDSHAKE_QUEUE);
+    let hs_stats = Arc::new(HandshakeStats::default());
+    let _ = &mut server;
+    let mut control = Control::new(
+        server,
+        table.clone(),
+        hs_rx,
+        reply_sockets,
+        hs_stats.clone(),
+        stop.clone(),
+    );
+    for peer in peer_configs(&config) {
+        control.add_peer(peer);
+    }
+
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let counters: Vec<Arc<SharedCounters>> = (0..workers)
+        .map(|_| Arc::new(SharedCounters::default()))
+        .collect();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for ((id, queue), socks) in tun.take_queues().into_iter().enumerate().zip(sockets) {
+        let ctx = WorkerContext {
+            id,
+            core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
+            tun: queue,
+            sockets: socks,
+            table: table.clone(),
+            handshakes: hs_tx.clone(),
+            counters: counters[id].clone(),
+            stop: stop.clone(),
+            client_to_client: config.client_to_client,
+        };
+        let stop_all = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{id}"))
+                .spawn(move || {
+                    if let Err(e) = worker::run(ctx) {
+                        tracing::error!(worker = id, error = %e, "worker failed; stopping");
+                        stop_all.store(true, Ordering::Relaxed);
+                    }
+                })?,
+        );
+    }
+    drop(hs_tx);
+    threads.push(
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control.run())?,
+    );
+
+    tracing::info!(
+        interface = %dev,
+        port = config.listen_port,
+        workers,
+        peers = config.peers.len(),
+        "concentrator is up"
+    );
+    while !stop.load(Ordering::Relaxed) {
+        match signals::wait(Duration::from_millis(200)) {
+            Some(signals::Signal::Stop) => break,
+            Some(signals::Signal::Reload) => {
+                tracing::warn!("SIGHUP: reload is not implemented yet; ignoring")
+            }
+            None => {}
+        }
+    }
+    tracing::info!("stopping");
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    for (id, c) in counters.iter().enumerate() {
+        let c = c.snapshot();
+        tracing::info!(
+            worker = id,
+            tun_rx = c.tun_rx_packets,
+            tun_tx = c.tun_tx_packets,
+            udp_rx = c.udp_rx_packets,
+            udp_tx = c.udp_tx_packets,
+            drops = c.total_drops(),
+            "worker counters"
+        );
+    }
+    drop(setup);
+    drop(tun);
+    Ok(())
+}

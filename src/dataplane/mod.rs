@@ -1,0 +1,5 @@
+//! The per-worker data plane: io_uring loops moving packets between a TUN queue and UDP
+//! sockets, sealing and opening them in place.
+
+pub mod stats;
+pub mod worker;

@@ -1,0 +1,183 @@
+//! Per-worker counters: the worker counts in plain integers and publishes them once per batch
+//! into atomics that the control thread and `show` read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why the data plane dropped a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// A TUN packet for an address no peer owns.
+    NoPeer,
+    /// The peer has not been heard from yet, so we do not know where to send.
+    NoEndpoint,
+    /// The peer has no valid keypair.
+    NoKeypair,
+    /// A datagram that is no message of ours, or malformed.
+    Malformed,
+    /// A transport message for a receiver index nobody holds.
+    UnknownIndex,
+    /// A replayed or too old counter.
+    Replay,
+    /// Failed authentication (tampered, or wrong key).
+    Authentication,
+    /// A key past its time or message limit.
+    KeyExpired,
+    /// Decrypted fine but claims an inner source address the peer does not own.
+    SpoofedSource,
+    /// A handshake message that found the control thread's queue full.
+    HandshakeQueueFull,
+    /// A message type the server never receives (responses, cookie replies).
+    UnexpectedType,
+    /// The kernel refused a send or write.
+    IoError,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 12] = [
+        DropReason::NoPeer,
+        DropReason::NoEndpoint,
+        DropReason::NoKeypair,
+        DropReason::Malformed,
+        DropReason::UnknownIndex,
+        DropReason::Replay,
+        DropReason::Authentication,
+        DropReason::KeyExpired,
+        DropReason::SpoofedSource,
+        DropReason::HandshakeQueueFull,
+        DropReason::UnexpectedType,
+        DropReason::IoError,
+    ];
+
+    /// Stable snake_case name (metrics labels, JSON keys).
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::NoPeer => "no_peer",
+            DropReason::NoEndpoint => "no_endpoint",
+            DropReason::NoKeypair => "no_keypair",
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownIndex => "unknown_index",
+            DropReason::Replay => "replay",
+            DropReason::Authentication => "authentication",
+            DropReason::KeyExpired => "key_expired",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::HandshakeQueueFull => "handshake_queue_full",
+            DropReason::UnexpectedType => "unexpected_type",
+            DropReason::IoError => "io_error",
+        }
+    }
+}
+
+/// A worker's counters as plain numbers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets read from the TUN queue.
+    pub tun_rx_packets: u64,
+    /// Bytes read from the TUN queue.
+    pub tun_rx_bytes: u64,
+    /// Packets written to the TUN queue.
+    pub tun_tx_packets: u64,
+    /// Bytes written to the TUN queue.
+    pub tun_tx_bytes: u64,
+    /// Datagrams received on the UDP sockets.
+    pub udp_rx_packets: u64,
+    /// Bytes received on the UDP sockets.
+    pub udp_rx_bytes: u64,
+    /// Datagrams sent.
+    pub udp_tx_packets: u64,
+    /// Bytes sent.
+    pub udp_tx_bytes: u64,
+    /// Client-to-client packets relayed without the TUN.
+    pub relayed_packets: u64,
+    /// Handshake messages passed to the control thread.
+    pub handshakes_forwarded: u64,
+    /// Drops, indexed by [`DropReason`].
+    pub drops: [u64; DropReason::ALL.len()],
+}
+
+impl Counters {
+    /// Counts one drop.
+    pub fn drop(&mut self, why: DropReason) {
+        self.drops[why as usize] += 1;
+    }
+
+    /// Sum of all drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
+
+/// The published copy, one per worker (on its own cache lines).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct SharedCounters {
+    values: [AtomicU64; 10 + DropReason::ALL.len()],
+}
+
+impl SharedCounters {
+    /// Publishes `c` (only the owning worker writes).
+    pub fn publish(&self, c: &Counters) {
+        let plain = [
+            c.tun_rx_packets,
+            c.tun_rx_bytes,
+            c.tun_tx_packets,
+            c.tun_tx_bytes,
+            c.udp_rx_packets,
+            c.udp_rx_bytes,
+            c.udp_tx_packets,
+            c.udp_tx_bytes,
+            c.relayed_packets,
+            c.handshakes_forwarded,
+        ];
+        for (slot, v) in self.values.iter().zip(plain.iter().chain(c.drops.iter())) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads the last published values.
+    pub fn snapshot(&self) -> Counters {
+        let v: Vec<u64> = self
+            .values
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        let mut c = Counters {
+            tun_rx_packets: v[0],
+            tun_rx_bytes: v[1],
+            tun_tx_packets: v[2],
+            tun_tx_bytes: v[3],
+            udp_rx_packets: v[4],
+            udp_rx_bytes: v[5],
+            udp_tx_packets: v[6],
+            udp_tx_bytes: v[7],
+            relayed_packets: v[8],
+            handshakes_forwarded: v[9],
+            ..Counters::default()
+        };
+        c.drops.copy_from_slice(&v[10..]);
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_then_snapshot_round_trips() {
+        let mut c = Counters {
+            tun_rx_packets: 3,
+            udp_tx_bytes: 99,
+            relayed_packets: 2,
+            ..Default::default()
+        };
+        c.drop(DropReason::SpoofedSource);
+        c.drop(DropReason::SpoofedSource);
+        c.drop(DropReason::IoError);
+        let shared = SharedCounters::default();
+        shared.publish(&c);
+        assert_eq!(shared.snapshot(), c);
+        assert_eq!(c.total_drops(), 3);
+    }
+}

@@ -1,0 +1,348 @@
+//! One data-plane worker: a TUN queue, its UDP sockets and an io_uring, on one core.
+//!
+//! Slots `0..tun_slots` live on the TUN side: a read from the TUN, sealed in place, sent to the
+//! peer, then read again. The other slots live on a socket: a datagram received, opened in place,
+//! written to the TUN (or relayed to another client), then received into again. Every
+//! submission of a loop iteration goes to the kernel in one `io_uring_enter`, and all its
+//! completions are handled as one batch under one pinned view of the session table.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use super::stats::{Counters, DropReason, SharedCounters};
+use crate::proto::ip;
+use crate::proto::keypair::TransportError;
+use crate::proto::session::SessionError;
+use crate::proto::time::Instant;
+use crate::proto::wire::{self, MessageType, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN};
+use crate::session_table::{SessionTable, TableGuard};
+use crate::sys::clock::monotonic_now;
+use crate::sys::uring::{Completion, Op, Uring};
+
+/// Room for the largest datagram: header + MTU (at most `MAX_MTU`) + tag, rounded up.
+pub const SLOT_BYTES: usize = 2048;
+/// Reads kept in flight on the TUN queue.
+pub const TUN_READS_IN_FLIGHT: usize = 64;
+/// Receives kept in flight on each socket.
+pub const RECVS_IN_FLIGHT: usize = 64;
+/// How long a worker sleeps in the kernel at most, so it notices `stop` and publishes counters.
+const WAIT: Duration = Duration::from_millis(100);
+
+/// A handshake message for the control thread.
+#[derive(Debug, Clone)]
+pub struct HandshakeMessage {
+    /// The message (an initiation is the only kind a server receives).
+    pub bytes: [u8; INITIATION_LEN],
+    /// Who sent it.
+    pub src: SocketAddr,
+}
+
+/// Everything a worker owns or shares.
+pub struct WorkerContext {
+    /// Worker number (for logs and counters).
+    pub id: usize,
+    /// The core to pin to, if any.
+    pub core: Option<core_affinity::CoreId>,
+    /// This worker's TUN queue.
+    pub tun: OwnedFd,
+    /// This worker's sockets (one per underlay family).
+    pub sockets: Vec<UdpSocket>,
+    /// The shared session table.
+    pub table: Arc<SessionTable>,
+    /// Where handshake messages go.
+    pub handshakes: Sender<HandshakeMessage>,
+    /// Where the counters are published.
+    pub counters: Arc<SharedCounters>,
+    /// Set to stop.
+    pub stop: Arc<AtomicBool>,
+    /// Relay client-to-client packets inside the worker.
+    pub client_to_client: bool,
+}
+
+const TUN_FILE: u8 = 0;
+
+/// What became of a slot's packet when it was not dropped.
+enum Outcome {
+    /// Handed to the kernel again (sent or written); the slot comes back with that completion.
+    Queued,
+    /// Done with (a keepalive, a handshake passed on): the slot can be re-armed.
+    Consumed,
+}
+
+struct Worker {
+    ctx: WorkerContext,
+    ring: Uring,
+    counters: Counters,
+    tun_slots: u32,
+}
+
+/// Runs a worker until `stop` is set. Returns an error only if the ring cannot be used at all.
+pub fn run(ctx: WorkerContext) -> Result<(), crate::sys::error::SysError> {
+    if let Some(core) = ctx.core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(
+                worker = ctx.id,
+                core = core.id,
+                "could not pin worker to its core"
+            );
+        }
+    }
+    let mut files = vec![ctx.tun.as_raw_fd()];
+    files.extend(ctx.sockets.iter().map(|s| s.as_raw_fd()));
+    let tun_slots = TUN_READS_IN_FLIGHT as u32;
+    let slots = TUN_READS_IN_FLIGHT + RECVS_IN_FLIGHT * ctx.sockets.len();
+    let ring = Uring::new(
+        &files,
+        slots,
+        SLOT_BYTES,
+        (slots * 2).next_power_of_two() as u32,
+    )?;
+    let mut worker = Worker {
+        ctx,
+        ring,
+        counters: Counters::default(),
+        tun_slots,
+    };
+    worker.arm_all();
+    worker.run_loop();
+    Ok(())
+}
+
+impl Worker {
+    fn home_socket(&self, slot: u32) -> u8 {
+        (1 + (slot - self.tun_slots) as usize / RECVS_IN_FLIGHT) as u8
+    }
+
+    fn socket_for(&self, dest: &SocketAddr) -> Option<u8> {
+        self.ctx
+            .sockets
+            .iter()
+            .position(|s| {
+                s.local_addr()
+                    .map(|a| a.is_ipv4() == dest.is_ipv4())
+                    .unwrap_or(false)
+            })
+            .map(|i| (i + 1) as u8)
+    }
+
+    fn arm_all(&mut self) {
+        for slot in 0..self.ring.slot_count() as u32 {
+            self.rearm(slot);
+        }
+    }
+
+    /// Puts a slot back to its home operation.
+    fn rearm(&mut self, slot: u32) {
+        let result = if slot < self.tun_slots {
+            self.ring.read(
+                slot,
+                TUN_FILE,
+                TRANSPORT_HEADER_LEN,
+                SLOT_BYTES - TRANSPORT_HEADER_LEN - TAG_LEN,
+            )
+        } else {
+            let file = self.home_socket(slot);
+            self.ring.recv(slot, file, 0, SLOT_BYTES)
+        };
+        if let Err(e) = result {
+            tracing::error!(worker = self.ctx.id, slot, error = %e, "could not re-arm an I/O slot");
+        }
+    }
+
+    fn run_loop(&mut self) {
+        let mut batch: Vec<Completion> = Vec::with_capacity(self.ring.slot_count() * 2);
+        let table = self.ctx.table.clone();
+        while !self.ctx.stop.load(Ordering::Relaxed) {
+            batch.clear();
+            match self.ring.submit_and_wait(WAIT) {
+                Ok(done) => batch.extend_from_slice(done),
+                Err(e) => {
+                    tracing::error!(worker = self.ctx.id, error = %e, "io_uring wait failed; worker stops");
+                    break;
+                }
+            }
+            let now = monotonic_now();
+            let guard = table.guard();
+            for c in &batch {
+                self.complete(c, now, &table, &guard);
+            }
+            drop(guard);
+            self.ctx.counters.publish(&self.counters);
+        }
+        self.ctx.counters.publish(&self.counters);
+    }
+
+    fn complete(
+        &mut self,
+        c: &Completion,
+        now: Instant,
+        table: &SessionTable,
+        guard: &TableGuard<'_>,
+    ) {
+        if c.result < 0 {
+            if c.result != -libc::ECANCELED && c.result != -libc::EAGAIN && c.result != -libc::EINTR
+            {
+                self.counters.drop(DropReason::IoError);
+                tracing::debug!(worker = self.ctx.id, op = ?c.op, errno = -c.result, "I/O error");
+            }
+            self.rearm(c.slot);
+            return;
+        }
+        let n = c.result as usize;
+        match c.op {
+            Op::Read => {
+                self.counters.tun_rx_packets += 1;
+                self.counters.tun_rx_bytes += n as u64;
+                match self.egress(c.slot, n, now, table, guard) {
+                    Ok(Outcome::Queued) => {}
+                    Ok(Outcome::Consumed) => self.rearm(c.slot),
+                    Err(why) => {
+                        self.counters.drop(why);
+                        self.rearm(c.slot);
+                    }
+                }
+            }
+            Op::Recv => {
+                self.counters.udp_rx_packets += 1;
+                self.counters.udp_rx_bytes += n as u64;
+                match self.ingress(c.slot, n, now, table, guard) {
+                    Ok(Outcome::Queued) => {}
+                    Ok(Outcome::Consumed) => self.rearm(c.slot),
+                    Err(why) => {
+                        self.counters.drop(why);
+                        self.rearm(c.slot);
+                    }
+                }
+            }
+            Op::Send => {
+                self.counters.udp_tx_packets += 1;
+                self.counters.udp_tx_bytes += n as u64;
+                self.rearm(c.slot);
+            }
+            Op::Write => {
+                self.counters.tun_tx_packets += 1;
+                self.counters.tun_tx_bytes += n as u64;
+                self.rearm(c.slot);
+            }
+        }
+    }
+
+    /// A packet from the TUN at `buf[16..16 + n]`: seal it for the peer owning its destination.
+    fn egress(
+        &mut self,
+        slot: u32,
+        n: usize,
+        now: Instant,
+        table: &SessionTable,
+        guard: &TableGuard<'_>,
+    ) -> Result<Outcome, DropReason> {
+        let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
+        let (_, dst) = ip::addresses(&buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n])
+            .ok_or(DropReason::Malformed)?;
+        let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
+        self.seal_and_send(slot, n, peer, now)
+    }
+
+    fn seal_and_send(
+        &mut self,
+        slot: u32,
+        n: usize,
+        peer: &crate::session_table::PeerEntry,
+        now: Instant,
+    ) -> Result<Outcome, DropReason> {
+        let endpoint = peer.endpoint().ok_or(DropReason::NoEndpoint)?;
+        let file = self.socket_for(&endpoint).ok_or(DropReason::NoEndpoint)?;
+        let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
+        let len = peer.session.encrypt(buf, n, now).map_err(session_drop)?;
+        peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.ring
+            .send(slot, file, 0, len, endpoint)
+            .map_err(|_| DropReason::IoError)?;
+        Ok(Outcome::Queued)
+    }
+
+    /// A datagram at `buf[..n]`: a transport message is opened and written to the TUN (or
+    /// relayed); a handshake message goes to the control thread.
+    fn ingress(
+        &mut self,
+        slot: u32,
+        n: usize,
+        now: Instant,
+        table: &SessionTable,
+        guard: &TableGuard<'_>,
+    ) -> Result<Outcome, DropReason> {
+        let src = self.ring.source(slot).ok_or(DropReason::Malformed)?;
+        let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
+        let datagram = &mut buf[..n];
+        match wire::message_type(datagram) {
+            Ok(MessageType::Transport) => {}
+            Ok(MessageType::Initiation) => {
+                let mut bytes = [0u8; INITIATION_LEN];
+                bytes.copy_from_slice(datagram);
+                return match self
+                    .ctx
+                    .handshakes
+                    .try_send(HandshakeMessage { bytes, src })
+                {
+                    Ok(()) => {
+                        self.counters.handshakes_forwarded += 1;
+                        Ok(Outcome::Consumed)
+                    }
+                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                        Err(DropReason::HandshakeQueueFull)
+                    }
+                };
+            }
+            Ok(_) => return Err(DropReason::UnexpectedType),
+            Err(_) => return Err(DropReason::Malformed),
+        }
+        let index = wire::transport_receiver_index(datagram).ok_or(DropReason::Malformed)?;
+        let peer = table
+            .by_index(index, guard)
+            .ok_or(DropReason::UnknownIndex)?;
+        let received = peer
+            .session
+            .decrypt(index, datagram, now)
+            .map_err(session_drop)?;
+        // Authenticated: the peer's endpoint follows it (roaming).
+        peer.roam_to(src);
+        if received.plaintext.is_empty() {
+            return Ok(Outcome::Consumed); // keepalive
+        }
+        let packet = &datagram[received.plaintext.clone()];
+        let (inner_src, inner_dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
+        if !peer.owns_source(inner_src) {
+            return Err(DropReason::SpoofedSource);
+        }
+        let len = ip::stated_len(packet).ok_or(DropReason::Malformed)?;
+        peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        if self.ctx.client_to_client {
+            if let Some(other) = table.by_address(inner_dst, guard) {
+                self.counters.relayed_packets += 1;
+                return self.seal_and_send(slot, len, other, now);
+            }
+        }
+        self.ring
+            .write(slot, TUN_FILE, TRANSPORT_HEADER_LEN, len)
+            .map_err(|_| DropReason::IoError)?;
+        Ok(Outcome::Queued)
+    }
+}
+
+fn session_drop(e: SessionError) -> DropReason {
+    match e {
+        SessionError::NoKeypair => DropReason::NoKeypair,
+        SessionError::UnknownIndex => DropReason::UnknownIndex,
+        SessionError::Transport(t) => match t {
+            TransportError::Replay(_) => DropReason::Replay,
+            TransportError::Authentication => DropReason::Authentication,
+            TransportError::KeyExpired | TransportError::KeyExhausted => DropReason::KeyExpired,
+            TransportError::BufferTooSmall | TransportError::Malformed => DropReason::Malformed,
+        },
+    }
+}

@@ -1,0 +1,341 @@
+//! The client's side of a tunnel, sans-IO: handshakes, rekeys, keepalives and retries, all
+//! driven by the `now` the caller passes.
+//!
+//! The caller's loop: feed every datagram from the server to [`Client::receive`], seal every
+//! packet from the TUN with [`Client::encrypt`], call [`Client::poll_transmit`] until it returns
+//! `None` after each of those and whenever [`Client::next_timeout`] passes.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::constants::{
+    KEEPALIVE_TIMEOUT, REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+};
+use super::cookie::{CookieJar, MacKeys};
+use super::handshake::{HandshakeError, Initiation, InitiatorKeys};
+use super::keys::{PresharedKey, PublicKey, StaticSecret};
+use super::rng::Random;
+use super::session::{Session, SessionError};
+use super::time::{Instant, Tai64N};
+use super::wire::{self, AddressAssignment, MessageType, INITIATION_LEN, TRANSPORT_MIN_LEN};
+
+/// Start a new handshake when packets we sent have had no answer for this long. WireGuard
+/// whitepaper section 6.5: `Keepalive-Timeout + Rekey-Timeout`.
+pub const NEW_HANDSHAKE_AFTER_SILENCE: Duration =
+    Duration::from_secs(KEEPALIVE_TIMEOUT.as_secs() + REKEY_TIMEOUT.as_secs());
+
+/// What the client needs to know to connect.
+pub struct ClientConfig {
+    /// Our static key.
+    pub secret: StaticSecret,
+    /// The server's static public key.
+    pub server: PublicKey,
+    /// The pre-shared key, or [`PresharedKey::zero`].
+    pub psk: PresharedKey,
+    /// Send a keepalive after this long without sending anything (keeps NAT state alive and
+    /// lets us notice a dead server); `None` = off.
+    pub persistent_keepalive: Option<Duration>,
+}
+
+/// What a received datagram turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// An IP packet for the TUN, at this range of the buffer.
+    Packet(Range<usize>),
+    /// An authenticated keepalive.
+    Keepalive,
+    /// A handshake completed; the server assigned this address (same on every rekey).
+    Connected(AddressAssignment),
+    /// The server is under load and sent a cookie; the next initiation will carry it.
+    CookieReceived,
+    /// Dropped, for this reason.
+    Dropped(DropReason),
+}
+
+/// Why the client dropped a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a message of ours, or malformed.
+    Malformed,
+    /// A handshake message that failed.
+    Handshake(HandshakeError),
+    /// A transport message that failed.
+    Transport(SessionError),
+    /// A cookie reply we cannot use.
+    BadCookie,
+}
+
+/// Counters for operators and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Initiations sent.
+    pub initiations_sent: u64,
+    /// Handshakes completed.
+    pub handshakes_completed: u64,
+    /// Handshake series abandoned after `REKEY_ATTEMPT_TIME`.
+    pub handshakes_abandoned: u64,
+    /// Keepalives sent.
+    pub keepalives_sent: u64,
+}
+
+/// The client's tunnel state.
+pub struct Client {
+    config: ClientConfig,
+    own_mac_keys: MacKeys,
+    cookies: CookieJar,
+    session: Arc<Session>,
+    handshake: Option<Initiation>,
+    /// First initiation of the current series of attempts.
+    series_started: Option<Instant>,
+    /// When the next initiation is due (retry, or after an abandoned series).
+    retry_at: Option<Instant>,
+    /// The wall clock at `epoch`, to derive strictly increasing TAI64N timestamps.
+    wall_at_epoch: Duration,
+    epoch: Instant,
+    last_timestamp: Tai64N,
+    /// Oldest packet we sent that nothing has answered since.
+    unanswered_since: Option<Instant>,
+    assignment: Option<AddressAssignment>,
+    keepalive_pending: bool,
+    stats: ClientStats,
+}
+
+impl Client {
+    /// A client that will connect at the first [`Client::poll_transmit`]. `wall_clock` is the
+    /// time since the Unix epoch at `now`; it only seeds handshake timestamps.
+    pub fn new(config: ClientConfig, now: Instant, wall_clock: Duration) -> Self {
+        let own_public = config.secret.public_key();
+        Client {
+            own_mac_keys: MacKeys::new(own_public.as_bytes()),
+            cookies: CookieJar::new(config.server.as_bytes()),
+            config,
+            session: Arc::new(Session::new()),
+            handshake: None,
+            series_started: None,
+            retry_at: Some(now),
+            wall_at_epoch: wall_clock,
+            epoch: now,
+            last_timestamp: Tai64N::default(),
+            unanswered_since: None,
+            assignment: None,
+            keepalive_pending: false,
+            stats: ClientStats::default(),
+        }
+    }
+
+    /// The session (shared with any thread that seals or opens for it).
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// The address the server assigned, once connected.
+    pub fn assignment(&self) -> Option<&AddressAssignment> {
+        self.assignment.as_ref()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        self.stats
+    }
+
+    /// Seals the IP packet at `buf[16..16 + len]`; returns the datagram length. Without a valid
+    /// keypair the packet cannot go and a handshake is scheduled.
+    pub fn encrypt(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Result<usize, SessionError> {
+        match self.session.encrypt(buf, len, now) {
+            Ok(n) => {
+                self.unanswered_since.get_or_insert(now);
+                Ok(n)
+            }
+            Err(e) => {
+                self.want_handshake(now);
+                Err(e)
+            }
+        }
+    }
+
+    /// Handles one datagram from the server, decrypting in place.
+    pub fn receive(&mut self, buf: &mut [u8], now: Instant) -> ClientEvent {
+        match wire::message_type(buf) {
+            Ok(MessageType::Transport) => self.receive_transport(buf, now),
+            Ok(MessageType::Response) => self.receive_response(buf, now),
+            Ok(MessageType::CookieReply) => match self.cookies.accept_cookie_reply(buf, now) {
+                Ok(()) => {
+                    // Answer at once with an initiation that carries the cookie.
+                    if self.handshake.is_some() {
+                        self.retry_at = Some(now);
+                    }
+                    ClientEvent::CookieReceived
+                }
+                Err(_) => ClientEvent::Dropped(DropReason::BadCookie),
+            },
+            _ => ClientEvent::Dropped(DropReason::Malformed),
+        }
+    }
+
+    fn receive_transport(&mut self, buf: &mut [u8], now: Instant) -> ClientEvent {
+        let Some(index) = wire::transport_receiver_index(buf) else {
+            return ClientEvent::Dropped(DropReason::Malformed);
+        };
+        match self.session.decrypt(index, buf, now) {
+            Ok(received) => {
+                self.unanswered_since = None;
+                if received.plaintext.is_empty() {
+                    ClientEvent::Keepalive
+                } else {
+                    ClientEvent::Packet(received.plaintext)
+                }
+            }
+            Err(e) => ClientEvent::Dropped(DropReason::Transport(e)),
+        }
+    }
+
+    fn receive_response(&mut self, buf: &[u8], now: Instant) -> ClientEvent {
+        let Some(pending) = self.handshake.take() else {
+            return ClientEvent::Dropped(DropReason::Handshake(HandshakeError::Unexpected));
+        };
+        if wire::Response::new_checked(buf).map(|r| r.receiver_index()) != Ok(pending.local_index) {
+            self.handshake = Some(pending);
+            return ClientEvent::Dropped(DropReason::Handshake(HandshakeError::Unexpected));
+        }
+        match pending.finish(buf, &self.own_mac_keys, now) {
+            Ok((keypair, assignment)) => {
+                self.session.install(Arc::new(keypair), now);
+                self.series_started = None;
+                self.retry_at = None;
+                self.unanswered_since = None;
+                // The server holds the new keys as `next` until it hears from us under them.
+                self.keepalive_pending = true;
+                self.stats.handshakes_completed += 1;
+                self.assignment = Some(assignment);
+                ClientEvent::Connected(assignment)
+            }
+            Err(e) => ClientEvent::Dropped(DropReason::Handshake(e)),
+        }
+    }
+
+    fn want_handshake(&mut self, now: Instant) {
+        if self.handshake.is_none() && self.retry_at.is_none() {
+            self.retry_at = Some(now);
+        }
+    }
+
+    fn timestamp(&mut self, now: Instant) -> Tai64N {
+        let mut t = Tai64N::from_unix(self.wall_at_epoch + (now - self.epoch));
+        if t <= self.last_timestamp {
+            // Two initiations within one clock tick still get increasing timestamps.
+            t = Tai64N::from_unix(self.last_unix() + Duration::from_nanos(1));
+        }
+        self.last_timestamp = t;
+        t
+    }
+
+    fn last_unix(&self) -> Duration {
+        let secs = u64::from_be_bytes(self.last_timestamp.0[..8].try_into().expect("8 bytes"));
+        let nanos = u32::from_be_bytes(self.last_timestamp.0[8..].try_into().expect("4 bytes"));
+        Duration::new(secs.saturating_sub(1 << 62), nanos)
+    }
+
+    /// True when the current keypair should be replaced (age, message counts, or silence).
+    fn needs_rekey(&self, now: Instant) -> bool {
+        let Some(current) = self.session.current(now) else {
+            return true;
+        };
+        now - current.created >= REKEY_AFTER_TIME
+            || current.wants_rekey_by_count()
+            || self
+                .unanswered_since
+                .is_some_and(|t| now - t >= NEW_HANDSHAKE_AFTER_SILENCE)
+    }
+
+    fn send_initiation(
+        &mut self,
+        now: Instant,
+        rng: &mut impl Random,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let out: &mut [u8; INITIATION_LEN] = out.get_mut(..INITIATION_LEN)?.try_into().ok()?;
+        let series_started = *self.series_started.get_or_insert(now);
+        if now - series_started >= REKEY_ATTEMPT_TIME {
+            // Give up on this series: erase every key, pause, then start afresh.
+            self.handshake = None;
+            self.series_started = None;
+            self.session.clear();
+            self.stats.handshakes_abandoned += 1;
+            self.retry_at = Some(now + REKEY_TIMEOUT);
+            return None;
+        }
+        let timestamp = self.timestamp(now);
+        let index = rng.next_u32();
+        let keys = InitiatorKeys {
+            own: &self.config.secret,
+            server: &self.config.server,
+            psk: &self.config.psk,
+        };
+        let initiation = Initiation::start(keys, index, timestamp, &mut self.cookies, now, out);
+        self.handshake = Some(initiation);
+        let jitter = rng.next_u64() % (REKEY_TIMEOUT_JITTER_MAX.as_nanos() as u64 + 1);
+        self.retry_at = Some(now + REKEY_TIMEOUT + Duration::from_nanos(jitter));
+        self.stats.initiations_sent += 1;
+        Some(INITIATION_LEN)
+    }
+
+    fn send_keepalive(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let n = self
+            .session
+            .encrypt(out.get_mut(..TRANSPORT_MIN_LEN)?, 0, now)
+            .ok()?;
+        self.stats.keepalives_sent += 1;
+        Some(n)
+    }
+
+    /// Returns the next datagram the client wants sent (an initiation or a keepalive), written
+    /// into `out` (at least 148 bytes). Call until it returns `None`.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        rng: &mut impl Random,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        if self.session.is_stale(now) && self.session.last_handshake().is_some() {
+            self.session.clear();
+        }
+        if self.handshake.is_none() && self.retry_at.is_none() && self.needs_rekey(now) {
+            self.retry_at = Some(now);
+        }
+        if self.retry_at.is_some_and(|t| now >= t) {
+            if let Some(n) = self.send_initiation(now, rng, out) {
+                return Some(n);
+            }
+        }
+        let keepalive_due = self.keepalive_pending
+            || self.session.needs_keepalive(now)
+            || self
+                .config
+                .persistent_keepalive
+                .is_some_and(|every| self.session.last_sent().is_none_or(|t| now - t >= every));
+        if keepalive_due && self.session.current(now).is_some() {
+            self.keepalive_pending = false;
+            let n = self.send_keepalive(now, out)?;
+            // A keepalive expects an answer (the server's passive keepalive) like any packet.
+            self.unanswered_since.get_or_insert(now);
+            return Some(n);
+        }
+        None
+    }
+
+    /// The latest time by which [`Client::poll_transmit`] should be called again.
+    pub fn next_timeout(&self, now: Instant) -> Instant {
+        let mut next = now + Duration::from_secs(1);
+        if let Some(t) = self.retry_at {
+            next = next.min(t);
+        }
+        next.max(now)
+    }
+}

@@ -1,0 +1,245 @@
+//! The server's handshake side, sans-IO: the responder plus the peers it knows, their last
+//! accepted timestamps, their sessions and the receiver indexes in use.
+//!
+//! The engine's control thread owns one `Server`; workers only ever see the `Arc<Session>`s it
+//! hands out (and publish them in their lock-free tables by index and by address).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::handshake::{HandshakeError, Responder, ResponderAction};
+use super::keys::{PresharedKey, PublicKey, StaticSecret};
+use super::rng::Random;
+use super::session::Session;
+use super::time::{Instant, Tai64N};
+use super::wire::{AddressAssignment, RESPONSE_LEN};
+
+/// A peer the server accepts.
+#[derive(Debug)]
+pub struct PeerConfig {
+    /// Its static public key.
+    pub public_key: PublicKey,
+    /// Its pre-shared key ([`PresharedKey::zero`] when none).
+    pub psk: PresharedKey,
+    /// The address (and MTU) it is told in every handshake response.
+    pub assignment: AddressAssignment,
+}
+
+struct Peer {
+    config: PeerConfig,
+    last_timestamp: Option<Tai64N>,
+    session: Arc<Session>,
+}
+
+/// The result of a handshake message the server answered.
+#[derive(Debug)]
+pub enum HandshakeReply {
+    /// A cookie reply of this length was written; nothing else changed.
+    Cookie(usize),
+    /// A new session keypair: a response of this length was written.
+    Established(Established),
+}
+
+/// A completed handshake.
+#[derive(Debug)]
+pub struct Established {
+    /// Length of the response written.
+    pub len: usize,
+    /// Who.
+    pub peer: PublicKey,
+    /// Its session (with the new keypair waiting as `next`).
+    pub session: Arc<Session>,
+    /// The receiver index of the new keypair.
+    pub local_index: u32,
+    /// Receiver indexes no longer in use (replaced unconfirmed keypairs).
+    pub retired_indexes: Vec<u32>,
+}
+
+/// What a periodic [`Server::tick`] found.
+#[derive(Debug, Default)]
+pub struct TickReport {
+    /// Peers that should get a keepalive now.
+    pub keepalives: Vec<PublicKey>,
+    /// Receiver indexes that no keypair holds any more: remove them from index tables.
+    pub retired_indexes: Vec<u32>,
+}
+
+/// The server's protocol state.
+pub struct Server {
+    responder: Responder,
+    peers: HashMap<PublicKey, Peer>,
+    /// Which peer owns each receiver index in use; indexes are never reused while held.
+    index_owner: HashMap<u32, PublicKey>,
+}
+
+impl Server {
+    /// A server with the static key `secret` and no peers.
+    pub fn new(secret: StaticSecret, now: Instant, rng: &mut impl Random) -> Self {
+        Server {
+            responder: Responder::new(secret, now, rng),
+            peers: HashMap::new(),
+            index_owner: HashMap::new(),
+        }
+    }
+
+    /// Our static public key.
+    pub fn public_key(&self) -> &PublicKey {
+        self.responder.public_key()
+    }
+
+    /// Adds (or replaces the configuration of) a peer; returns its session. A replaced peer
+    /// keeps its session and timestamp.
+    pub fn add_peer(&mut self, config: PeerConfig) -> Arc<Session> {
+        match self.peers.get_mut(&config.public_key) {
+            Some(peer) => {
+                peer.config = config;
+                peer.session.clone()
+            }
+            None => {
+                let session = Arc::new(Session::new());
+                let key = config.public_key;
+                self.peers.insert(
+                    key,
+                    Peer {
+                        config,
+                        last_timestamp: None,
+                        session: session.clone(),
+                    },
+                );
+                session
+            }
+        }
+    }
+
+    /// Removes a peer, erases its keys and returns the receiver indexes it held.
+    pub fn remove_peer(&mut self, key: &PublicKey) -> Option<Vec<u32>> {
+        let peer = self.peers.remove(key)?;
+        peer.session.clear();
+        let mut freed = Vec::new();
+        self.index_owner.retain(|index, owner| {
+            let keep = owner != key;
+            if !keep {
+                freed.push(*index);
+            }
+            keep
+        });
+        Some(freed)
+    }
+
+    /// The session of a configured peer.
+    pub fn session(&self, key: &PublicKey) -> Option<&Arc<Session>> {
+        self.peers.get(key).map(|p| &p.session)
+    }
+
+    /// The peer and session holding receiver index `index`.
+    pub fn by_index(&self, index: u32) -> Option<(PublicKey, Arc<Session>)> {
+        let key = self.index_owner.get(&index)?;
+        Some((*key, self.peers.get(key)?.session.clone()))
+    }
+
+    /// Number of configured peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn allocate_index(&mut self, owner: PublicKey, rng: &mut impl Random) -> u32 {
+        loop {
+            let index = rng.next_u32();
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.index_owner.entry(index) {
+                slot.insert(owner);
+                return index;
+            }
+        }
+    }
+
+    /// Handles a handshake initiation from `src`; see [`Responder::handle_initiation`] for
+    /// what `under_load` changes. Unknown peers and replayed initiations create nothing and get
+    /// no answer.
+    pub fn handle_initiation(
+        &mut self,
+        msg: &[u8],
+        src: SocketAddr,
+        now: Instant,
+        under_load: bool,
+        rng: &mut impl Random,
+        out: &mut [u8],
+    ) -> Result<HandshakeReply, HandshakeError> {
+        let verified = match self
+            .responder
+            .handle_initiation(msg, src, now, under_load, rng, out)?
+        {
+            ResponderAction::CookieReply(len) => return Ok(HandshakeReply::Cookie(len)),
+            ResponderAction::Verified(v) => v,
+        };
+        let peer = self
+            .peers
+            .get(&verified.peer)
+            .ok_or(HandshakeError::UnknownPeer)?;
+        if peer
+            .last_timestamp
+            .is_some_and(|last| verified.timestamp <= last)
+        {
+            return Err(HandshakeError::Replayed);
+        }
+        let key = verified.peer;
+        let timestamp = verified.timestamp;
+        let local_index = self.allocate_index(key, rng);
+        let peer = self.peers.get_mut(&key).expect("looked up above");
+        let response: &mut [u8; RESPONSE_LEN] = out
+            .get_mut(..RESPONSE_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(HandshakeError::Malformed)?;
+        let keypair = match verified.respond(
+            &peer.config.psk,
+            &peer.config.assignment,
+            local_index,
+            now,
+            response,
+        ) {
+            Ok(k) => k,
+            Err(e) => {
+                self.index_owner.remove(&local_index);
+                return Err(e);
+            }
+        };
+        peer.last_timestamp = Some(timestamp);
+        let session = peer.session.clone();
+        let retired_indexes = session.install(Arc::new(keypair), now);
+        for index in &retired_indexes {
+            self.index_owner.remove(index);
+        }
+        Ok(HandshakeReply::Established(Established {
+            len: RESPONSE_LEN,
+            peer: key,
+            session,
+            local_index,
+            retired_indexes,
+        }))
+    }
+
+    /// Periodic housekeeping (call about once a second): erases the keys of sessions without a
+    /// handshake for `ZERO_KEYS_AFTER`, forgets indexes no keypair holds, lists peers due a
+    /// passive keepalive.
+    pub fn tick(&mut self, now: Instant) -> TickReport {
+        let mut report = TickReport::default();
+        for (key, peer) in &self.peers {
+            if peer.session.last_handshake().is_some() && peer.session.is_stale(now) {
+                peer.session.clear();
+            } else if peer.session.needs_keepalive(now) {
+                report.keepalives.push(*key);
+            }
+        }
+        let peers = &self.peers;
+        self.index_owner.retain(|index, owner| {
+            let held = peers
+                .get(owner)
+                .is_some_and(|p| p.session.local_indexes().contains(index));
+            if !held {
+                report.retired_indexes.push(*index);
+            }
+            held
+        });
+        report
+    }
+}

@@ -1,0 +1,520 @@
+//! Deterministic simulations of a client and a server (the sans-IO core only) over a link whose
+//! loss, duplication, reordering and latency the test controls, on a simulated clock.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use concentrator::proto::client::{Client, ClientConfig, ClientEvent};
+use concentrator::proto::constants::{REJECT_AFTER_TIME, REKEY_AFTER_TIME, ZERO_KEYS_AFTER};
+use concentrator::proto::ip;
+use concentrator::proto::keys::{PresharedKey, StaticSecret};
+use concentrator::proto::rng::{Random, SeededRandom};
+use concentrator::proto::server::{HandshakeReply, PeerConfig, Server};
+use concentrator::proto::session::SessionError;
+use concentrator::proto::time::Instant;
+use concentrator::proto::wire::{
+    self, AddressAssignment, MessageType, TAG_LEN, TRANSPORT_HEADER_LEN,
+};
+
+const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 7);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+const CLIENT_UDP: &str = "192.0.2.10:40000";
+
+fn assignment() -> AddressAssignment {
+    AddressAssignment {
+        ipv4: CLIENT_ADDR,
+        ipv4_prefix: 16,
+        ipv6: None,
+        mtu: 1420,
+    }
+}
+
+/// A minimal IPv4 packet with `seq` in its payload.
+fn packet(src: Ipv4Addr, dst: Ipv4Addr, seq: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 24];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&24u16.to_be_bytes());
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..24].copy_from_slice(&seq.to_be_bytes());
+    p
+}
+
+fn seq_of(p: &[u8]) -> u32 {
+    u32::from_be_bytes(p[20..24].try_into().unwrap())
+}
+
+/// Loss, duplication and reordering, each a probability in parts per thousand.
+#[derive(Clone, Copy, Default)]
+struct LinkFaults {
+    loss: u64,
+    duplicate: u64,
+    reorder: u64,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy, Debug)]
+enum Side {
+    ToServer,
+    ToClient,
+}
+
+struct Sim {
+    now: Instant,
+    rng: SeededRandom,
+    faults: LinkFaults,
+    latency: Duration,
+    in_flight: BTreeMap<(Instant, u64), (Side, Vec<u8>)>,
+    seq: u64,
+    client: Client,
+    server: Server,
+    server_key_bytes: [u8; 32],
+    client_secret_bytes: [u8; 32],
+    link_up: bool,
+    under_load: bool,
+    /// Sequence numbers delivered at each end.
+    at_server: Vec<u32>,
+    at_client: Vec<u32>,
+    cookie_replies: u64,
+    handshake_errors: Vec<String>,
+}
+
+fn server_with_client(
+    server_secret: [u8; 32],
+    client_public: concentrator::proto::keys::PublicKey,
+    now: Instant,
+) -> Server {
+    let mut server = Server::new(
+        StaticSecret::from_bytes(server_secret),
+        now,
+        &mut SeededRandom(99),
+    );
+    server.add_peer(PeerConfig {
+        public_key: client_public,
+        psk: PresharedKey::zero(),
+        assignment: assignment(),
+    });
+    server
+}
+
+impl Sim {
+    fn new(seed: u64, faults: LinkFaults) -> Sim {
+        let mut rng = SeededRandom(seed);
+        let mut server_key_bytes = [0u8; 32];
+        rng.fill(&mut server_key_bytes);
+        let mut client_secret_bytes = [0u8; 32];
+        rng.fill(&mut client_secret_bytes);
+        let now = Instant::from_nanos(1_000_000_000);
+        let client_secret = StaticSecret::from_bytes(client_secret_bytes);
+        let server_public = StaticSecret::from_bytes(server_key_bytes).public_key();
+        let server = server_with_client(server_key_bytes, client_secret.public_key(), now);
+        let client = Sim::make_client(client_secret_bytes, server_public, now);
+        Sim {
+            now,
+            rng,
+            faults,
+            latency: Duration::from_millis(20),
+            in_flight: BTreeMap::new(),
+            seq: 0,
+            client,
+            server,
+            server_key_bytes,
+            client_secret_bytes,
+            link_up: true,
+            under_load: false,
+            at_server: Vec::new(),
+            at_client: Vec::new(),
+            cookie_replies: 0,
+            handshake_errors: Vec::new(),
+        }
+    }
+
+    fn make_client(
+        secret: [u8; 32],
+        server: concentrator::proto::keys::PublicKey,
+        now: Instant,
+    ) -> Client {
+        Client::new(
+            ClientConfig {
+                secret: StaticSecret::from_bytes(secret),
+                server,
+                psk: PresharedKey::zero(),
+                persistent_keepalive: Some(Duration::from_secs(25)),
+            },
+            now,
+            Duration::from_secs(1_700_000_000) + Duration::from_nanos(now.as_nanos()),
+        )
+    }
+
+    fn chance(&mut self, per_mille: u64) -> bool {
+        per_mille > 0 && self.rng.next_u64() % 1000 < per_mille
+    }
+
+    fn transmit(&mut self, side: Side, bytes: Vec<u8>) {
+        if !self.link_up || self.chance(self.faults.loss) {
+            return;
+        }
+        let copies = if self.chance(self.faults.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let extra = if self.chance(self.faults.reorder) {
+                Duration::from_millis(self.rng.next_u64() % 50)
+            } else {
+                Duration::ZERO
+            };
+            self.seq += 1;
+            self.in_flight.insert(
+                (self.now + self.latency + extra, self.seq),
+                (side, bytes.clone()),
+            );
+        }
+    }
+
+    fn client_poll(&mut self) {
+        let mut buf = [0u8; 256];
+        while let Some(n) = self.client.poll_transmit(self.now, &mut self.rng, &mut buf) {
+            self.transmit(Side::ToServer, buf[..n].to_vec());
+        }
+    }
+
+    fn server_tick(&mut self) {
+        let report = self.server.tick(self.now);
+        for key in report.keepalives {
+            let session = self.server.session(&key).unwrap().clone();
+            let mut buf = [0u8; 32];
+            if let Ok(n) = session.encrypt(&mut buf, 0, self.now) {
+                self.transmit(Side::ToClient, buf[..n].to_vec());
+            }
+        }
+    }
+
+    /// The client sends IP packet `seq` to the backend.
+    fn client_sends(&mut self, seq: u32) -> Result<(), SessionError> {
+        self.client_sends_from(CLIENT_ADDR, seq)
+    }
+
+    fn client_sends_from(&mut self, src: Ipv4Addr, seq: u32) -> Result<(), SessionError> {
+        let p = packet(src, BACKEND, seq);
+        let mut buf = vec![0u8; TRANSPORT_HEADER_LEN + p.len() + TAG_LEN];
+        buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + p.len()].copy_from_slice(&p);
+        let n = self.client.encrypt(&mut buf, p.len(), self.now)?;
+        self.transmit(Side::ToServer, buf[..n].to_vec());
+        self.client_poll();
+        Ok(())
+    }
+
+    /// The server sends IP packet `seq` to the client.
+    fn server_sends(&mut self, seq: u32) -> Result<(), SessionError> {
+        let key = StaticSecret::from_bytes(self.client_secret_bytes).public_key();
+        let session = self.server.session(&key).unwrap().clone();
+        let p = packet(BACKEND, CLIENT_ADDR, seq);
+        let mut buf = vec![0u8; TRANSPORT_HEADER_LEN + p.len() + TAG_LEN];
+        buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + p.len()].copy_from_slice(&p);
+        let n = session.encrypt(&mut buf, p.len(), self.now)?;
+        self.transmit(Side::ToClient, buf[..n].to_vec());
+        Ok(())
+    }
+
+    fn deliver_to_server(&mut self, mut bytes: Vec<u8>) {
+        let src: SocketAddr = CLIENT_UDP.parse().unwrap();
+        match wire::message_type(&bytes) {
+            Ok(MessageType::Initiation) => {
+                let mut out = [0u8; 148];
+                match self.server.handle_initiation(
+                    &bytes,
+                    src,
+                    self.now,
+                    self.under_load,
+                    &mut self.rng,
+                    &mut out,
+                ) {
+                    Ok(HandshakeReply::Cookie(n)) => {
+                        self.cookie_replies += 1;
+                        self.transmit(Side::ToClient, out[..n].to_vec());
+                    }
+                    Ok(HandshakeReply::Established(e)) => {
+                        self.transmit(Side::ToClient, out[..e.len].to_vec())
+                    }
+                    Err(e) => self.handshake_errors.push(e.to_string()),
+                }
+            }
+            Ok(MessageType::Transport) => {
+                let index = wire::transport_receiver_index(&bytes).unwrap();
+                let Some((key, session)) = self.server.by_index(index) else {
+                    return;
+                };
+                let _ = key;
+                if let Ok(r) = session.decrypt(index, &mut bytes, self.now) {
+                    if !r.plaintext.is_empty() {
+                        let p = &bytes[r.plaintext];
+                        let (src, _) = ip::addresses(p).unwrap();
+                        if ip::source_allowed(&assignment(), src) {
+                            self.at_server.push(seq_of(p));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn deliver_to_client(&mut self, mut bytes: Vec<u8>) {
+        if let ClientEvent::Packet(r) = self.client.receive(&mut bytes, self.now) {
+            self.at_client.push(seq_of(&bytes[r]));
+        }
+        self.client_poll();
+    }
+
+    /// Advances the clock to `until`, delivering everything due and running timers every
+    /// 100 ms.
+    fn run_until(&mut self, until: Instant) {
+        while self.now < until {
+            let step = self.now + Duration::from_millis(100);
+            while let Some((&(at, id), _)) = self.in_flight.first_key_value() {
+                if at > step.min(until) {
+                    break;
+                }
+                let (side, bytes) = self.in_flight.remove(&(at, id)).unwrap();
+                self.now = self.now.max(at);
+                match side {
+                    Side::ToServer => self.deliver_to_server(bytes),
+                    Side::ToClient => self.deliver_to_client(bytes),
+                }
+            }
+            self.now = step.min(until);
+            self.client_poll();
+            self.server_tick();
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    fn restart_server(&mut self) {
+        let client_public = StaticSecret::from_bytes(self.client_secret_bytes).public_key();
+        self.server = server_with_client(self.server_key_bytes, client_public, self.now);
+        // Datagrams in flight to the old process are lost with it.
+        self.in_flight
+            .retain(|_, (side, _)| *side == Side::ToClient);
+    }
+}
+
+#[test]
+fn handshake_then_data_both_ways() {
+    let mut sim = Sim::new(1, LinkFaults::default());
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        sim.client.assignment(),
+        Some(&assignment()),
+        "the server's assignment reached the client"
+    );
+    for i in 0..10 {
+        sim.client_sends(i).unwrap();
+        sim.server_sends(100 + i).unwrap();
+    }
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.at_server, (0..10).collect::<Vec<_>>());
+    assert_eq!(sim.at_client, (100..110).collect::<Vec<_>>());
+}
+
+#[test]
+fn rekeys_under_steady_traffic_without_losing_a_packet() {
+    let mut sim = Sim::new(2, LinkFaults::default());
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    let mut sent = 0u32;
+    // Ten simulated minutes, a packet each way every 50 ms.
+    for _ in 0..(10 * 60 * 20) {
+        sim.client_sends(sent).unwrap();
+        sim.server_sends(sent).unwrap();
+        sent += 1;
+        sim.run_for(Duration::from_millis(50));
+    }
+    sim.run_for(Duration::from_secs(1));
+    let completed = sim.client.stats().handshakes_completed;
+    assert!(
+        completed >= 5,
+        "600 s of traffic needs a rekey every 120 s; saw {completed} handshakes"
+    );
+    assert_eq!(
+        sim.at_server,
+        (0..sent).collect::<Vec<_>>(),
+        "client to server: every packet, once, in order"
+    );
+    assert_eq!(
+        sim.at_client,
+        (0..sent).collect::<Vec<_>>(),
+        "server to client: every packet, once, in order"
+    );
+}
+
+#[test]
+fn lossy_duplicating_reordering_link_still_connects_and_never_duplicates() {
+    let mut sim = Sim::new(
+        3,
+        LinkFaults {
+            loss: 200,
+            duplicate: 200,
+            reorder: 300,
+        },
+    );
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(60));
+    assert!(
+        sim.client.assignment().is_some(),
+        "handshake retries got through 20% loss"
+    );
+    for i in 0..2000 {
+        let _ = sim.client_sends(i);
+        let _ = sim.server_sends(i);
+        sim.run_for(Duration::from_millis(10));
+    }
+    sim.run_for(Duration::from_secs(2));
+    for (name, got) in [("server", &sim.at_server), ("client", &sim.at_client)] {
+        let unique: HashSet<_> = got.iter().collect();
+        assert_eq!(
+            unique.len(),
+            got.len(),
+            "{name} saw a duplicate despite the replay window"
+        );
+        assert!(
+            got.len() > 1000,
+            "{name} got only {} of 2000 with 20% loss",
+            got.len()
+        );
+    }
+}
+
+#[test]
+fn keys_expire_when_the_server_goes_silent() {
+    let mut sim = Sim::new(4, LinkFaults::default());
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    sim.client_sends(1).unwrap();
+    sim.link_up = false;
+    sim.run_for(REJECT_AFTER_TIME);
+    assert_eq!(
+        sim.client_sends(2),
+        Err(SessionError::NoKeypair),
+        "no key is used after REJECT_AFTER_TIME"
+    );
+    sim.run_for(ZERO_KEYS_AFTER);
+    assert!(
+        sim.client.session().local_indexes().is_empty(),
+        "every keypair erased"
+    );
+    assert!(
+        sim.client.stats().handshakes_abandoned >= 1,
+        "gave up after REKEY_ATTEMPT_TIME"
+    );
+    // The link comes back: the client reconnects by itself.
+    sim.link_up = true;
+    sim.run_for(Duration::from_secs(10));
+    sim.client_sends(3).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.at_server.last(), Some(&3));
+}
+
+#[test]
+fn client_reconnects_after_the_server_restarts() {
+    let mut sim = Sim::new(5, LinkFaults::default());
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    sim.restart_server();
+    let restarted = sim.now;
+    let mut i = 0;
+    // The client keeps sending; the new server knows no session until a new handshake.
+    while sim.at_server.is_empty() {
+        let _ = sim.client_sends(i);
+        i += 1;
+        sim.run_for(Duration::from_millis(200));
+        assert!(
+            sim.now - restarted < Duration::from_secs(20),
+            "no new handshake within 20 s"
+        );
+    }
+    assert!(
+        sim.now - restarted <= Duration::from_secs(16),
+        "resumed after {:?}",
+        sim.now - restarted
+    );
+}
+
+#[test]
+fn server_replaces_the_session_of_a_restarted_client() {
+    let mut sim = Sim::new(6, LinkFaults::default());
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    sim.client_sends(1).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    // Same key, new process: new handshake with a newer timestamp.
+    let server_public = StaticSecret::from_bytes(sim.server_key_bytes).public_key();
+    sim.client = Sim::make_client(sim.client_secret_bytes, server_public, sim.now);
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    sim.client_sends(2).unwrap();
+    sim.server_sends(7).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.at_server, vec![1, 2]);
+    assert_eq!(sim.at_client, vec![7]);
+}
+
+#[test]
+fn rekey_happens_on_time() {
+    let mut sim = Sim::new(7, LinkFaults::default());
+    sim.client_poll();
+    sim.run_for(REKEY_AFTER_TIME - Duration::from_secs(1));
+    assert_eq!(sim.client.stats().handshakes_completed, 1);
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(
+        sim.client.stats().handshakes_completed,
+        2,
+        "rekeyed at REKEY_AFTER_TIME"
+    );
+}
+
+#[test]
+fn cookie_exchange_under_load() {
+    let mut sim = Sim::new(8, LinkFaults::default());
+    sim.under_load = true;
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        sim.cookie_replies, 1,
+        "first initiation answered with a cookie"
+    );
+    assert!(
+        sim.client.assignment().is_some(),
+        "the retry with mac2 completed the handshake"
+    );
+    sim.client_sends(1).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.at_server, vec![1]);
+}
+
+#[test]
+fn spoofed_inner_source_is_dropped() {
+    let mut sim = Sim::new(9, LinkFaults::default());
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    sim.client_sends_from(Ipv4Addr::new(10, 66, 0, 8), 1)
+        .unwrap();
+    sim.client_sends(2).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        sim.at_server,
+        vec![2],
+        "only the packet from the client's own address passes"
+    );
+}
+
+#[allow(dead_code)]
+fn _unused(_: Arc<()>) {}
