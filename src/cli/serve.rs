@@ -12,7 +12,7 @@ use ipnet::IpNet;
 
 use concentrator::config::ServerConfig;
 use concentrator::control::{Control, HandshakeStats, HANDSHAKE_QUEUE};
-use concentrator::dataplane::stats::SharedCounters;
+use concentrator::dataplane::stats::{SharedCounters, SharedLatency};
 use concentrator::dataplane::worker::{self, WorkerContext};
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
@@ -164,6 +164,9 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     let counters: Vec<Arc<SharedCounters>> = (0..workers)
         .map(|_| Arc::new(SharedCounters::default()))
         .collect();
+    let latencies: Vec<Arc<SharedLatency>> = (0..workers)
+        .map(|_| Arc::new(SharedLatency::default()))
+        .collect();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for ((id, queue), socks) in tun.take_queues().into_iter().enumerate().zip(sockets) {
         let ctx = WorkerContext {
@@ -174,6 +177,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             table: table.clone(),
             handshakes: hs_tx.clone(),
             counters: counters[id].clone(),
+            latency: latencies[id].clone(),
             stop: stop.clone(),
             client_to_client: config.client_to_client,
         };

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use super::stats::{Counters, DropReason, SharedCounters};
+use super::stats::{
+    latency_histogram, record_latency, Counters, DropReason, SharedCounters, SharedLatency,
+};
 use crate::proto::ip;
 use crate::proto::keypair::TransportError;
 use crate::proto::session::SessionError;
@@ -32,6 +34,8 @@ pub const TUN_READS_IN_FLIGHT: usize = 64;
 pub const RECVS_IN_FLIGHT: usize = 64;
 /// How long a worker sleeps in the kernel at most, so it notices `stop` and publishes counters.
 const WAIT: Duration = Duration::from_millis(100);
+/// How often the worker merges its latency histogram into the shared one.
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
 /// A handshake message for the control thread.
 #[derive(Debug, Clone)]
@@ -40,6 +44,8 @@ pub struct HandshakeMessage {
     pub bytes: [u8; INITIATION_LEN],
     /// Who sent it.
     pub src: SocketAddr,
+    /// When the worker received it (for the handshake latency histogram).
+    pub received: Instant,
 }
 
 /// Everything a worker owns or shares.
@@ -58,6 +64,8 @@ pub struct WorkerContext {
     pub handshakes: Sender<HandshakeMessage>,
     /// Where the counters are published.
     pub counters: Arc<SharedCounters>,
+    /// Where the per-packet latency (batch received to sent) is published.
+    pub latency: Arc<SharedLatency>,
     /// Set to stop.
     pub stop: Arc<AtomicBool>,
     /// Relay client-to-client packets inside the worker.
@@ -157,7 +165,20 @@ impl Worker {
     fn run_loop(&mut self) {
         let mut batch: Vec<Completion> = Vec::with_capacity(self.ring.slot_count() * 2);
         let table = self.ctx.table.clone();
+        let mut latency = latency_histogram();
+        // The batch in hand: when its completions arrived and how many packets it moved.
+        let mut pending: Option<(Instant, u64)> = None;
+        let mut last_publish = monotonic_now();
         while !self.ctx.stop.load(Ordering::Relaxed) {
+            if let Some((received, packets)) = pending.take() {
+                // Everything the batch produced is submitted by the wait below.
+                let sent = monotonic_now();
+                record_latency(&mut latency, (sent - received).as_nanos() as u64, packets);
+                if sent - last_publish >= PUBLISH_EVERY {
+                    self.ctx.latency.merge_from(&mut latency);
+                    last_publish = sent;
+                }
+            }
             batch.clear();
             match self.ring.submit_and_wait(WAIT) {
                 Ok(done) => batch.extend_from_slice(done),
@@ -168,13 +189,19 @@ impl Worker {
             }
             let now = monotonic_now();
             let guard = table.guard();
+            let mut packets = 0;
             for c in &batch {
+                packets += u64::from(matches!(c.op, Op::Read | Op::Recv) && c.result > 0);
                 self.complete(c, now, &table, &guard);
             }
             drop(guard);
+            if packets > 0 {
+                pending = Some((now, packets));
+            }
             self.ctx.counters.publish(&self.counters);
         }
         self.ctx.counters.publish(&self.counters);
+        self.ctx.latency.merge_from(&mut latency);
     }
 
     fn complete(
@@ -284,11 +311,11 @@ impl Worker {
             Ok(MessageType::Initiation) => {
                 let mut bytes = [0u8; INITIATION_LEN];
                 bytes.copy_from_slice(datagram);
-                return match self
-                    .ctx
-                    .handshakes
-                    .try_send(HandshakeMessage { bytes, src })
-                {
+                return match self.ctx.handshakes.try_send(HandshakeMessage {
+                    bytes,
+                    src,
+                    received: now,
+                }) {
                     Ok(()) => {
                         self.counters.handshakes_forwarded += 1;
                         Ok(Outcome::Consumed)
