@@ -168,6 +168,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         .map(|_| Arc::new(SharedLatency::default()))
         .collect();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     for ((id, queue), socks) in tun.take_queues().into_iter().enumerate().zip(sockets) {
         let ctx = WorkerContext {
             id,
@@ -181,17 +182,28 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             stop: stop.clone(),
             client_to_client: config.client_to_client,
         };
-        let stop_all = stop.clone();
+        let ready = ready_tx.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("worker-{id}"))
-                .spawn(move || {
-                    if let Err(e) = worker::run(ctx) {
-                        tracing::error!(worker = id, error = %e, "worker failed; stopping");
-                        stop_all.store(true, Ordering::Relaxed);
-                    }
-                })?,
+                .spawn(move || worker::run(ctx, ready))?,
         );
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(anyhow::Error::new(e).context("starting a worker")),
+            Err(_) => failure = Some(anyhow::anyhow!("a worker thread died during start-up")),
+        }
+    }
+    if let Some(e) = failure {
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            let _ = t.join();
+        }
+        return Err(e);
     }
     drop(hs_tx);
     threads.push(

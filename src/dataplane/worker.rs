@@ -89,8 +89,26 @@ struct Worker {
     tun_slots: u32,
 }
 
-/// Runs a worker until `stop` is set. Returns an error only if the ring cannot be used at all.
-pub fn run(ctx: WorkerContext) -> Result<(), crate::sys::error::SysError> {
+/// Runs a worker until `stop` is set. `ready` gets the outcome of the set-up (the ring must be
+/// created on the thread that uses it: it is a single-issuer ring), so the caller can fail the
+/// start-up with a clear message instead of running with a worker missing.
+pub fn run(
+    ctx: WorkerContext,
+    ready: crossbeam_channel::Sender<Result<(), crate::sys::error::SysError>>,
+) {
+    match setup(ctx) {
+        Ok(mut worker) => {
+            let _ = ready.send(Ok(()));
+            worker.arm_all();
+            worker.run_loop();
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+    }
+}
+
+fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
     if let Some(core) = ctx.core {
         if !core_affinity::set_for_current(core) {
             tracing::warn!(
