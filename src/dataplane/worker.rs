@@ -128,15 +128,12 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         SLOT_BYTES,
         (slots * 2).next_power_of_two() as u32,
     )?;
-    let mut worker = Worker {
+    Ok(Worker {
         ctx,
         ring,
         counters: Counters::default(),
         tun_slots,
-    };
-    worker.arm_all();
-    worker.run_loop();
-    Ok(())
+    })
 }
 
 impl Worker {
