@@ -1,7 +1,7 @@
 //! The server's configuration (`config/server.toml`).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -37,6 +37,13 @@ struct RawServer {
     nat: Option<String>,
     offloads: Option<bool>,
     tun_name: Option<String>,
+    control_socket: Option<String>,
+    metrics_listen: Option<String>,
+    metrics_per_peer: Option<bool>,
+    latency_log_dir: Option<String>,
+    latency_log_interval: Option<i64>,
+    latency_log_keep: Option<i64>,
+    user: Option<String>,
     #[serde(default)]
     peer: Vec<RawPeer>,
 }
@@ -98,6 +105,20 @@ pub struct ServerConfig {
     pub offloads: bool,
     /// TUN interface name (may hold one `%d`).
     pub tun_name: String,
+    /// The operator's control socket; `None`: `/run/concentrator/<interface>.sock`.
+    pub control_socket: Option<PathBuf>,
+    /// Where the Prometheus metrics are served (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether the metrics include one series per peer.
+    pub metrics_per_peer: bool,
+    /// Where HdrHistogram interval logs of the latencies go, if anywhere.
+    pub latency_log_dir: Option<PathBuf>,
+    /// Seconds covered by one latency log file.
+    pub latency_log_interval: u64,
+    /// How many latency log files to keep.
+    pub latency_log_keep: usize,
+    /// The user to run as after setup (keeping CAP_NET_ADMIN), if any.
+    pub user: Option<String>,
     /// The peers, in file order, each with its address assigned.
     pub peers: Vec<PeerConfig>,
     /// The IPv4 pool with the server's and every peer's address taken, for live changes.
@@ -148,6 +169,7 @@ fn validate(
     problems: &mut Problems,
     warnings: &mut Vec<String>,
 ) -> Option<ServerConfig> {
+    let ops = operations(&raw, base_dir, problems, warnings);
     let (private_key, private_key_file) = match &raw.private_key_file {
         None => {
             problems.push(
@@ -233,10 +255,120 @@ fn validate(
         nat: raw.nat,
         offloads: raw.offloads.unwrap_or(true),
         tun_name,
+        control_socket: ops.control_socket,
+        metrics_listen: ops.metrics_listen,
+        metrics_per_peer: ops.metrics_per_peer,
+        latency_log_dir: ops.latency_log_dir,
+        latency_log_interval: ops.latency_log_interval,
+        latency_log_keep: ops.latency_log_keep,
+        user: ops.user,
         peers: peers?,
         pool,
         pool6,
     })
+}
+
+/// The operations fields: control socket, metrics, latency logs, user.
+struct Operations {
+    control_socket: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
+    metrics_per_peer: bool,
+    latency_log_dir: Option<PathBuf>,
+    latency_log_interval: u64,
+    latency_log_keep: usize,
+    user: Option<String>,
+}
+
+/// Default seconds per latency log file.
+pub const DEFAULT_LATENCY_LOG_INTERVAL: u64 = 10;
+/// Default number of latency log files kept (an hour at the default interval).
+pub const DEFAULT_LATENCY_LOG_KEEP: usize = 360;
+
+fn operations(
+    raw: &RawServer,
+    base_dir: &Path,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Operations {
+    let control_socket = raw.control_socket.as_deref().and_then(|p| {
+        if p.trim().is_empty() {
+            problems.push(
+                "control_socket",
+                "is empty; give a path such as \"/run/concentrator/ctr0.sock\", or leave the \
+                 field out for /run/concentrator/<interface>.sock",
+            );
+            None
+        } else {
+            Some(resolve(base_dir, p))
+        }
+    });
+    let metrics_listen =
+        raw.metrics_listen
+            .as_deref()
+            .and_then(|a| match a.trim().parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if !addr.ip().is_loopback() {
+                        warnings.push(format!(
+                            "metrics_listen: {addr} is not a loopback address, so anyone who can \
+                         reach it can read the metrics (peer keys and endpoints with \
+                         metrics_per_peer); prefer \"127.0.0.1:9586\" behind a proxy or firewall"
+                        ));
+                    }
+                    Some(addr)
+                }
+                Err(_) => {
+                    problems.push(
+                        "metrics_listen",
+                        format!(
+                            "{a:?} is not an address and port; write e.g. \"127.0.0.1:9586\" or \
+                         \"[::1]:9586\""
+                        ),
+                    );
+                    None
+                }
+            });
+    let latency_log_dir = raw.latency_log_dir.as_deref().map(|p| resolve(base_dir, p));
+    let latency_log_interval = int_in_range(
+        raw.latency_log_interval,
+        DEFAULT_LATENCY_LOG_INTERVAL as i64,
+        1..=86_400,
+        "latency_log_interval",
+        "seconds per latency log file; 10 is the default",
+        problems,
+    ) as u64;
+    let latency_log_keep = int_in_range(
+        raw.latency_log_keep,
+        DEFAULT_LATENCY_LOG_KEEP as i64,
+        1..=1_000_000,
+        "latency_log_keep",
+        "how many latency log files to keep; 360 is an hour at 10 s",
+        problems,
+    ) as usize;
+    let user = raw.user.as_deref().and_then(|u| {
+        let ok = !u.is_empty()
+            && u.len() <= 32
+            && u
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if ok {
+            Some(u.to_string())
+        } else {
+            problems.push(
+                "user",
+                format!("{u:?} is not a user name; write e.g. \"concentrator\" (create it with `useradd --system concentrator`)"),
+            );
+            None
+        }
+    });
+    Operations {
+        control_socket,
+        metrics_listen,
+        metrics_per_peer: raw.metrics_per_peer.unwrap_or(false),
+        latency_log_dir,
+        latency_log_interval,
+        latency_log_keep,
+        user,
+    }
 }
 
 fn listen_addresses(raw: Option<Vec<String>>, problems: &mut Problems) -> Vec<IpAddr> {
@@ -665,6 +797,35 @@ mod tests {
         let err = load(top, peers).expect_err("must fail");
         assert!(err.has_field(field), "no problem for {field}: {err}");
         err
+    }
+
+    #[test]
+    fn operations_fields() {
+        let (c, w) = load("", &peer(1)).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert!(c.control_socket.is_none() && c.metrics_listen.is_none() && c.user.is_none());
+        assert!(!c.metrics_per_peer && c.latency_log_dir.is_none());
+        assert_eq!(c.latency_log_interval, 10);
+        let (c, w) = load(
+            "control_socket = \"ctl.sock\"\nmetrics_listen = \"127.0.0.1:9586\"\n\
+             metrics_per_peer = true\nlatency_log_dir = \"lat\"\nlatency_log_interval = 5\n\
+             latency_log_keep = 3\nuser = \"concentrator\"",
+            &peer(1),
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert!(c.control_socket.unwrap().is_absolute());
+        assert_eq!(c.metrics_listen.unwrap().port(), 9586);
+        assert!(c.metrics_per_peer);
+        assert!(c.latency_log_dir.unwrap().ends_with("lat"));
+        assert_eq!((c.latency_log_interval, c.latency_log_keep), (5, 3));
+        assert_eq!(c.user.as_deref(), Some("concentrator"));
+        let (_, w) = load("metrics_listen = \"0.0.0.0:9586\"", &peer(1)).unwrap();
+        assert!(w.iter().any(|w| w.starts_with("metrics_listen")), "{w:?}");
+        fails_on("metrics_listen = \"9586\"", &peer(1), "metrics_listen");
+        fails_on("latency_log_interval = 0", &peer(1), "latency_log_interval");
+        fails_on("user = \"a b\"", &peer(1), "user");
+        fails_on("control_socket = \"\"", &peer(1), "control_socket");
     }
 
     #[test]
