@@ -126,6 +126,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         &files,
         slots,
         SLOT_BYTES,
+        1,
         (slots * 2).next_power_of_two() as u32,
     )?;
     Ok(Worker {
@@ -232,7 +233,9 @@ impl Worker {
                 self.counters.drop(DropReason::IoError);
                 tracing::debug!(worker = self.ctx.id, op = ?c.op, errno = -c.result, "I/O error");
             }
-            self.rearm(c.slot);
+            if c.slot_idle {
+                self.rearm(c.slot);
+            }
             return;
         }
         let n = c.result as usize;
@@ -264,12 +267,16 @@ impl Worker {
             Op::Send => {
                 self.counters.udp_tx_packets += 1;
                 self.counters.udp_tx_bytes += n as u64;
-                self.rearm(c.slot);
+                if c.slot_idle {
+                    self.rearm(c.slot);
+                }
             }
             Op::Write => {
                 self.counters.tun_tx_packets += 1;
                 self.counters.tun_tx_bytes += n as u64;
-                self.rearm(c.slot);
+                if c.slot_idle {
+                    self.rearm(c.slot);
+                }
             }
         }
     }
@@ -303,7 +310,7 @@ impl Worker {
         let len = peer.session.encrypt(buf, n, now).map_err(session_drop)?;
         peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
         self.ring
-            .send(slot, file, 0, len, endpoint)
+            .send(slot, 0, file, 0, len, endpoint, None)
             .map_err(|_| DropReason::IoError)?;
         Ok(Outcome::Queued)
     }
@@ -370,7 +377,7 @@ impl Worker {
             }
         }
         self.ring
-            .write(slot, TUN_FILE, TRANSPORT_HEADER_LEN, len)
+            .write(slot, 0, TUN_FILE, TRANSPORT_HEADER_LEN, len)
             .map_err(|_| DropReason::IoError)?;
         Ok(Outcome::Queued)
     }

@@ -53,16 +53,30 @@ pub struct Completion {
     pub op: Op,
     /// The index of the registered file it ran on.
     pub file: u8,
+    /// Which of the slot's operations (several sends or writes may share one slot).
+    pub op_index: u16,
+    /// The slot has no operation in flight any more: its buffer is ours again.
+    pub slot_idle: bool,
     /// The kernel's result: bytes moved, or a negative errno.
     pub result: i32,
 }
 
-struct Slot {
-    buf: Box<[u8]>,
+/// Room for one control message carrying a u16/int (UDP_SEGMENT, UDP_GRO), 8-byte aligned.
+const CMSG_SPACE: usize = 32;
+
+/// The kernel-facing records of one operation.
+struct OpRecord {
     iov: libc::iovec,
     msg: libc::msghdr,
     addr: libc::sockaddr_storage,
-    busy: bool,
+    cmsg: [u64; CMSG_SPACE / 8],
+}
+
+struct Slot {
+    buf: Box<[u8]>,
+    ops: Box<[OpRecord]>,
+    /// Operations in flight on this slot; its buffer is ours only at zero.
+    busy: u16,
 }
 
 /// A ring plus its slot arena, for one thread.
@@ -76,17 +90,24 @@ pub struct Uring {
 // move with the `Uring`; nothing is shared with another thread.
 unsafe impl Send for Uring {}
 
-fn user_data(slot: u32, op: Op, file: u8) -> u64 {
-    (slot as u64) | ((op as u64) << 32) | ((file as u64) << 40)
+fn user_data(slot: u32, op: Op, file: u8, op_index: u16) -> u64 {
+    (slot as u64) | ((op as u64) << 32) | ((file as u64) << 40) | ((op_index as u64) << 48)
 }
+
+/// SOL_UDP and its options (linux/udp.h): segmentation offload on send, GRO on receive.
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
 
 impl Uring {
     /// A ring with `entries` submission entries, `files` registered (addressed by their index
-    /// from then on) and `slots` slots of `buf_size` bytes each.
+    /// from then on) and `slots` slots of `buf_size` bytes each, each able to carry
+    /// `ops_per_slot` operations at once.
     pub fn new(
         files: &[RawFd],
         slots: usize,
         buf_size: usize,
+        ops_per_slot: usize,
         entries: u32,
     ) -> Result<Uring, SysError> {
         // SINGLE_ISSUER + DEFER_TASKRUN: completions are processed when this thread asks for
@@ -99,7 +120,11 @@ impl Uring {
             .build(entries)
             .or_else(|_| IoUring::new(entries))
             .map_err(|e| {
-                SysError::io("io_uring setup failed (kernel without io_uring, or io_uring disabled by sysctl kernel.io_uring_disabled)", e)
+                SysError::io(
+                    "io_uring setup failed (kernel without io_uring, or io_uring disabled by \
+                     sysctl kernel.io_uring_disabled)",
+                    e,
+                )
             })?;
         ring.submitter()
             .register_files(files)
@@ -107,16 +132,8 @@ impl Uring {
         let slots = (0..slots)
             .map(|_| Slot {
                 buf: vec![0u8; buf_size].into_boxed_slice(),
-                iov: libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
-                // SAFETY: msghdr and sockaddr_storage are plain C structs for which all-zero
-                // bytes are a valid value.
-                msg: unsafe { std::mem::zeroed() },
-                // SAFETY: as above.
-                addr: unsafe { std::mem::zeroed() },
-                busy: false,
+                ops: (0..ops_per_slot.max(1)).map(|_| OpRecord::new()).collect(),
+                busy: 0,
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
@@ -132,15 +149,32 @@ impl Uring {
         self.slots.len()
     }
 
-    /// The buffer of an idle slot (`None` while the kernel owns it).
+    /// Operations one slot can carry at once.
+    pub fn ops_per_slot(&self) -> usize {
+        self.slots.first().map_or(0, |s| s.ops.len())
+    }
+
+    /// The buffer of an idle slot (`None` while the kernel owns any part of it).
     pub fn buffer(&mut self, slot: u32) -> Option<&mut [u8]> {
         let s = self.slots.get_mut(slot as usize)?;
-        (!s.busy).then_some(&mut s.buf[..])
+        (s.busy == 0).then_some(&mut s.buf[..])
     }
 
     /// The source address the last `recvmsg` on `slot` reported.
     pub fn source(&self, slot: u32) -> Option<SocketAddr> {
-        raw_to_socket_addr(&self.slots.get(slot as usize)?.addr)
+        raw_to_socket_addr(&self.slots.get(slot as usize)?.ops.first()?.addr)
+    }
+
+    /// The segment size the kernel reported with the last `recvmsg` on `slot` when UDP GRO
+    /// merged several datagrams into it (`None`: one datagram).
+    pub fn gro_segment_size(&self, slot: u32) -> Option<u16> {
+        let record = self.slots.get(slot as usize)?.ops.first()?;
+        let mut bytes = [0u8; CMSG_SPACE];
+        for (chunk, word) in bytes.chunks_mut(8).zip(record.cmsg.iter()) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        let used = (record.msg.msg_controllen as usize).min(CMSG_SPACE);
+        parse_gro_cmsg(&bytes[..used])
     }
 
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
@@ -155,12 +189,19 @@ impl Uring {
         }
     }
 
-    fn claim(&mut self, slot: u32, offset: usize, len: usize) -> io::Result<&mut Slot> {
+    /// Checks the range and the op record, and marks one more operation in flight on `slot`.
+    fn claim(
+        &mut self,
+        slot: u32,
+        op_index: u16,
+        offset: usize,
+        len: usize,
+    ) -> io::Result<&mut Slot> {
         let s = self
             .slots
             .get_mut(slot as usize)
             .filter(|s| {
-                !s.busy
+                (op_index as usize) < s.ops.len()
                     && offset
                         .checked_add(len)
                         .is_some_and(|end| end <= s.buf.len())
@@ -168,82 +209,111 @@ impl Uring {
             .ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    "slot busy or range out of bounds",
+                    "slot range or op index out of bounds",
                 )
             })?;
-        s.busy = true;
+        s.busy += 1;
         Ok(s)
     }
 
     /// Queues a read of up to `len` bytes into `buf[offset..]` from registered file `file`.
     pub fn read(&mut self, slot: u32, file: u8, offset: usize, len: usize) -> io::Result<()> {
-        let s = self.claim(slot, offset, len)?;
+        let s = self.claim(slot, 0, offset, len)?;
         let ptr = s.buf[offset..].as_mut_ptr();
         let entry = opcode::Read::new(types::Fixed(file as u32), ptr, len as u32)
             .build()
-            .user_data(user_data(slot, Op::Read, file));
+            .user_data(user_data(slot, Op::Read, file, 0));
         self.push(entry)
     }
 
-    /// Queues a write of `buf[offset..offset + len]` to registered file `file`.
-    pub fn write(&mut self, slot: u32, file: u8, offset: usize, len: usize) -> io::Result<()> {
-        let s = self.claim(slot, offset, len)?;
+    /// Queues a write of `buf[offset..offset + len]` to registered file `file`, as operation
+    /// `op_index` of the slot.
+    pub fn write(
+        &mut self,
+        slot: u32,
+        op_index: u16,
+        file: u8,
+        offset: usize,
+        len: usize,
+    ) -> io::Result<()> {
+        let s = self.claim(slot, op_index, offset, len)?;
         let ptr = s.buf[offset..].as_ptr();
         let entry = opcode::Write::new(types::Fixed(file as u32), ptr, len as u32)
             .build()
-            .user_data(user_data(slot, Op::Write, file));
+            .user_data(user_data(slot, Op::Write, file, op_index));
         self.push(entry)
     }
 
-    /// Queues a `recvmsg` into `buf[offset..offset + len]` on registered socket `file`.
+    /// Queues a `recvmsg` into `buf[offset..offset + len]` on registered socket `file`, with
+    /// room for the UDP GRO control message.
     pub fn recv(&mut self, slot: u32, file: u8, offset: usize, len: usize) -> io::Result<()> {
-        let s = self.claim(slot, offset, len)?;
-        s.iov = libc::iovec {
-            iov_base: s.buf[offset..].as_mut_ptr().cast(),
+        let s = self.claim(slot, 0, offset, len)?;
+        let base = s.buf[offset..].as_mut_ptr();
+        let r = &mut s.ops[0];
+        r.iov = libc::iovec {
+            iov_base: base.cast(),
             iov_len: len,
         };
-        s.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
-        s.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        s.msg.msg_iov = &mut s.iov;
-        s.msg.msg_iovlen = 1;
-        s.msg.msg_control = std::ptr::null_mut();
-        s.msg.msg_controllen = 0;
-        let entry = opcode::RecvMsg::new(types::Fixed(file as u32), &mut s.msg)
+        r.msg.msg_name = (&mut r.addr as *mut libc::sockaddr_storage).cast();
+        r.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        r.msg.msg_iov = &mut r.iov;
+        r.msg.msg_iovlen = 1;
+        r.msg.msg_control = r.cmsg.as_mut_ptr().cast();
+        r.msg.msg_controllen = CMSG_SPACE as _;
+        r.msg.msg_flags = 0;
+        let entry = opcode::RecvMsg::new(types::Fixed(file as u32), &mut r.msg)
             .build()
-            .user_data(user_data(slot, Op::Recv, file));
+            .user_data(user_data(slot, Op::Recv, file, 0));
         self.push(entry)
     }
 
-    /// Queues a `sendmsg` of `buf[offset..offset + len]` to `dest` on registered socket `file`.
+    /// Queues a `sendmsg` of `buf[offset..offset + len]` to `dest` on registered socket `file`,
+    /// as operation `op_index` of the slot. With `segment_size`, the kernel cuts the buffer into
+    /// datagrams of that size (UDP_SEGMENT; the last may be shorter).
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
         slot: u32,
+        op_index: u16,
         file: u8,
         offset: usize,
         len: usize,
         dest: SocketAddr,
+        segment_size: Option<u16>,
     ) -> io::Result<()> {
-        let s = self.claim(slot, offset, len)?;
+        let s = self.claim(slot, op_index, offset, len)?;
+        let base = s.buf[offset..].as_mut_ptr();
+        let r = &mut s.ops[op_index as usize];
         let (raw, raw_len) = socket_addr_to_raw(&dest);
-        s.addr = raw;
-        s.iov = libc::iovec {
-            iov_base: s.buf[offset..].as_mut_ptr().cast(),
+        r.addr = raw;
+        r.iov = libc::iovec {
+            iov_base: base.cast(),
             iov_len: len,
         };
-        s.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
-        s.msg.msg_namelen = raw_len;
-        s.msg.msg_iov = &mut s.iov;
-        s.msg.msg_iovlen = 1;
-        s.msg.msg_control = std::ptr::null_mut();
-        s.msg.msg_controllen = 0;
-        let entry = opcode::SendMsg::new(types::Fixed(file as u32), &s.msg)
+        r.msg.msg_name = (&mut r.addr as *mut libc::sockaddr_storage).cast();
+        r.msg.msg_namelen = raw_len;
+        r.msg.msg_iov = &mut r.iov;
+        r.msg.msg_iovlen = 1;
+        r.msg.msg_flags = 0;
+        match segment_size {
+            Some(size) => {
+                let used = write_segment_cmsg(&mut r.cmsg, size);
+                r.msg.msg_control = r.cmsg.as_mut_ptr().cast();
+                r.msg.msg_controllen = used as _;
+            }
+            None => {
+                r.msg.msg_control = std::ptr::null_mut();
+                r.msg.msg_controllen = 0;
+            }
+        }
+        let entry = opcode::SendMsg::new(types::Fixed(file as u32), &r.msg)
             .build()
-            .user_data(user_data(slot, Op::Send, file));
+            .user_data(user_data(slot, Op::Send, file, op_index));
         self.push(entry)
     }
 
     /// Submits everything queued, waits for at least one completion or `timeout`, and returns
-    /// every completion reaped (their slots are idle again).
+    /// every completion reaped.
     pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<&[Completion]> {
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
@@ -268,19 +338,76 @@ impl Uring {
             let Some(op) = Op::from_u8((ud >> 32) as u8) else {
                 continue;
             };
+            let mut slot_idle = false;
             if let Some(s) = self.slots.get_mut(slot as usize) {
                 // Single-shot operations only: one completion ends the operation.
                 debug_assert!(!cqueue::more(cqe.flags()));
-                s.busy = false;
+                s.busy = s.busy.saturating_sub(1);
+                slot_idle = s.busy == 0;
             }
             self.completions.push(Completion {
                 slot,
                 op,
                 file: (ud >> 40) as u8,
+                op_index: (ud >> 48) as u16,
+                slot_idle,
                 result: cqe.result(),
             });
         }
     }
+}
+
+impl OpRecord {
+    fn new() -> OpRecord {
+        OpRecord {
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            // SAFETY: msghdr and sockaddr_storage are plain C structs for which all-zero bytes
+            // are a valid value.
+            msg: unsafe { std::mem::zeroed() },
+            // SAFETY: as above.
+            addr: unsafe { std::mem::zeroed() },
+            cmsg: [0; CMSG_SPACE / 8],
+        }
+    }
+}
+
+/// Writes a `cmsghdr` for UDP_SEGMENT with `size` into `space`; returns the bytes used.
+fn write_segment_cmsg(space: &mut [u64; CMSG_SPACE / 8], size: u16) -> usize {
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let len = header + std::mem::size_of::<u16>();
+    let mut bytes = [0u8; CMSG_SPACE];
+    bytes[..8].copy_from_slice(&(len as u64).to_ne_bytes()); // cmsg_len (size_t)
+    bytes[8..12].copy_from_slice(&SOL_UDP.to_ne_bytes()); // cmsg_level
+    bytes[12..16].copy_from_slice(&UDP_SEGMENT.to_ne_bytes()); // cmsg_type
+    bytes[header..header + 2].copy_from_slice(&size.to_ne_bytes());
+    for (word, chunk) in space.iter_mut().zip(bytes.chunks(8)) {
+        *word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+    }
+    // CMSG_SPACE: the length rounded up to the alignment of size_t.
+    len.div_ceil(8) * 8
+}
+
+/// Finds a UDP_GRO control message in `control` and returns its segment size.
+fn parse_gro_cmsg(control: &[u8]) -> Option<u16> {
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let mut at = 0;
+    while at + header <= control.len() {
+        let len = u64::from_ne_bytes(control[at..at + 8].try_into().ok()?) as usize;
+        let level = i32::from_ne_bytes(control[at + 8..at + 12].try_into().ok()?);
+        let kind = i32::from_ne_bytes(control[at + 12..at + 16].try_into().ok()?);
+        if len < header || at + len > control.len() {
+            return None;
+        }
+        if level == SOL_UDP && kind == UDP_GRO && len >= header + 4 {
+            let size = i32::from_ne_bytes(control[at + header..at + header + 4].try_into().ok()?);
+            return u16::try_from(size).ok();
+        }
+        at += len.div_ceil(8) * 8;
+    }
+    None
 }
 
 impl Drop for Uring {
@@ -289,7 +416,7 @@ impl Drop for Uring {
         let cancel = types::CancelBuilder::any();
         let _ = self.ring.submitter().register_sync_cancel(None, cancel);
         for _ in 0..100 {
-            if !self.slots.iter().any(|s| s.busy) {
+            if !self.slots.iter().any(|s| s.busy > 0) {
                 return;
             }
             let ts = types::Timespec::from(Duration::from_millis(10));
@@ -300,5 +427,36 @@ impl Drop for Uring {
         // The kernel still holds some slots: leak the arena rather than free memory it may
         // write to.
         std::mem::forget(std::mem::take(&mut self.slots));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_cmsg_round_trips_through_the_parser_layout() {
+        let mut space = [0u64; CMSG_SPACE / 8];
+        let used = write_segment_cmsg(&mut space, 1452);
+        assert_eq!(used, 24);
+        let mut bytes = [0u8; CMSG_SPACE];
+        for (chunk, word) in bytes.chunks_mut(8).zip(space.iter()) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        assert_eq!(u64::from_ne_bytes(bytes[..8].try_into().unwrap()), 18);
+        assert_eq!(u16::from_ne_bytes(bytes[16..18].try_into().unwrap()), 1452);
+    }
+
+    #[test]
+    fn gro_cmsg_is_found_and_garbage_is_not() {
+        let mut control = [0u8; 24];
+        control[..8].copy_from_slice(&20u64.to_ne_bytes());
+        control[8..12].copy_from_slice(&SOL_UDP.to_ne_bytes());
+        control[12..16].copy_from_slice(&UDP_GRO.to_ne_bytes());
+        control[16..20].copy_from_slice(&1432i32.to_ne_bytes());
+        assert_eq!(parse_gro_cmsg(&control), Some(1432));
+        control[..8].copy_from_slice(&200u64.to_ne_bytes());
+        assert_eq!(parse_gro_cmsg(&control), None);
+        assert_eq!(parse_gro_cmsg(&[]), None);
     }
 }
