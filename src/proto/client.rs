@@ -95,8 +95,6 @@ pub struct Client {
     wall_at_epoch: Duration,
     epoch: Instant,
     last_timestamp: Tai64N,
-    /// Oldest packet we sent that nothing has answered since.
-    unanswered_since: Option<Instant>,
     assignment: Option<AddressAssignment>,
     keepalive_pending: bool,
     stats: ClientStats,
@@ -118,7 +116,6 @@ impl Client {
             wall_at_epoch: wall_clock,
             epoch: now,
             last_timestamp: Tai64N::default(),
-            unanswered_since: None,
             assignment: None,
             keepalive_pending: false,
             stats: ClientStats::default(),
@@ -149,10 +146,7 @@ impl Client {
         now: Instant,
     ) -> Result<usize, SessionError> {
         match self.session.encrypt(buf, len, now) {
-            Ok(n) => {
-                self.unanswered_since.get_or_insert(now);
-                Ok(n)
-            }
+            Ok(n) => Ok(n),
             Err(e) => {
                 self.want_handshake(now);
                 Err(e)
@@ -185,7 +179,6 @@ impl Client {
         };
         match self.session.decrypt(index, buf, now) {
             Ok(received) => {
-                self.unanswered_since = None;
                 if received.plaintext.is_empty() {
                     ClientEvent::Keepalive
                 } else {
@@ -209,7 +202,6 @@ impl Client {
                 self.session.install(Arc::new(keypair), now);
                 self.series_started = None;
                 self.retry_at = None;
-                self.unanswered_since = None;
                 // The server holds the new keys as `next` until it hears from us under them.
                 self.keepalive_pending = true;
                 self.stats.handshakes_completed += 1;
@@ -250,7 +242,8 @@ impl Client {
         now - current.created >= REKEY_AFTER_TIME
             || current.wants_rekey_by_count()
             || self
-                .unanswered_since
+                .session
+                .unanswered_since()
                 .is_some_and(|t| now - t >= NEW_HANDSHAKE_AFTER_SILENCE)
     }
 
@@ -324,7 +317,6 @@ impl Client {
             self.keepalive_pending = false;
             let n = self.send_keepalive(now, out)?;
             // A keepalive expects an answer (the server's passive keepalive) like any packet.
-            self.unanswered_since.get_or_insert(now);
             return Some(n);
         }
         None

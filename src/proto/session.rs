@@ -48,6 +48,9 @@ pub struct Session {
     last_sent: AtomicU64,
     last_received: AtomicU64,
     last_received_data: AtomicU64,
+    /// The oldest packet sent since anything was last received (0 = none): after
+    /// `NEW_HANDSHAKE_AFTER_SILENCE` without an answer the initiator starts a new handshake.
+    unanswered_since: AtomicU64,
 }
 
 fn stamp(at: &AtomicU64, now: Instant) {
@@ -85,6 +88,8 @@ impl Session {
     /// local indexes of keypairs this dropped (to be forgotten by whoever maps indexes).
     pub fn install(&self, keypair: Arc<Keypair>, now: Instant) -> Vec<u32> {
         stamp(&self.last_handshake, now);
+        // A completed handshake is an answer.
+        self.unanswered_since.store(0, Ordering::Relaxed);
         let mut dropped = Vec::new();
         if keypair.is_initiator {
             if let Some(old) = self.previous.swap(self.current.swap(Some(keypair))) {
@@ -122,7 +127,7 @@ impl Session {
         let guard = self.current.load();
         let keypair = guard.as_ref().ok_or(SessionError::NoKeypair)?;
         let len = keypair.seal(buf, payload_len, now)?;
-        stamp(&self.last_sent, now);
+        self.note_sent(now);
         Ok(len)
     }
 
@@ -145,6 +150,7 @@ impl Session {
             };
             let (_, plaintext) = keypair.open(buf, now)?;
             stamp(&self.last_received, now);
+            self.unanswered_since.store(0, Ordering::Relaxed);
             if !plaintext.is_empty() {
                 stamp(&self.last_received_data, now);
             }
@@ -185,9 +191,24 @@ impl Session {
         read(&self.last_received)
     }
 
-    /// Records that a packet was sent without going through [`Session::encrypt`]'s stamp.
+    /// Records that a packet was sent (done by [`Session::encrypt`]; call it for packets sealed
+    /// otherwise).
     pub fn note_sent(&self, now: Instant) {
         stamp(&self.last_sent, now);
+        if self.unanswered_since.load(Ordering::Relaxed) == 0 {
+            // Only the first unanswered send counts; a race between two senders is harmless.
+            let _ = self.unanswered_since.compare_exchange(
+                0,
+                now.as_nanos() + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The oldest packet sent that nothing received has followed yet.
+    pub fn unanswered_since(&self) -> Option<Instant> {
+        read(&self.unanswered_since)
     }
 
     /// True when the peer should get a keepalive: it sent us something after our last packet to
