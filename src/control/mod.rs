@@ -1,5 +1,10 @@
-//! The control thread: answers handshakes, runs the timers, and publishes sessions in the
-//! table the workers read.
+//! The control thread: answers handshakes, runs the timers, publishes sessions in the table the
+//! workers read, and carries out the operator's commands (peer add/remove, reload, snapshots for
+//! `show` and the metrics), which reach it over a channel with a reply channel each.
+
+pub mod command;
+pub mod faillog;
+pub mod reload;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -7,15 +12,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{select, Receiver};
 
+use self::command::{AddPeer, Addressing, Command, ReloadReport, Snapshot};
+use self::faillog::{FailureLog, FAILURE_REASONS};
+use self::reload::PeerSpec;
+use crate::dataplane::stats::{latency_histogram, record_latency, SharedLatency};
 use crate::dataplane::worker::HandshakeMessage;
 use crate::proto::handshake::HandshakeError;
-use crate::proto::keys::PublicKey;
+use crate::proto::keys::{PresharedKey, PublicKey};
 use crate::proto::rng::OsRandom;
 use crate::proto::server::{HandshakeReply, PeerConfig, Server};
 use crate::proto::time::Instant;
-use crate::proto::wire::TRANSPORT_MIN_LEN;
+use crate::proto::wire::{AddressAssignment, TRANSPORT_MIN_LEN};
 use crate::session_table::{PeerEntry, SessionTable};
 use crate::sys::clock::monotonic_now;
 
@@ -44,6 +53,8 @@ pub struct HandshakeStats {
     pub bad_mac: AtomicU64,
     /// Of those: rate limited.
     pub rate_limited: AtomicU64,
+    /// Handshake latency: from the worker receiving the initiation to the reply sent, in ns.
+    pub latency: SharedLatency,
 }
 
 /// The control thread's state.
@@ -57,6 +68,11 @@ pub struct Control {
     stats: Arc<HandshakeStats>,
     stop: Arc<AtomicBool>,
     rng: OsRandom,
+    commands: Receiver<Command>,
+    addressing: Option<Addressing>,
+    psks: HashMap<PublicKey, PresharedKey>,
+    latency: hdrhistogram::Histogram<u64>,
+    failures: FailureLog,
 }
 
 impl Control {
@@ -78,20 +94,62 @@ impl Control {
             stats,
             stop,
             rng: OsRandom,
+            commands: crossbeam_channel::never(),
+            addressing: None,
+            psks: HashMap::new(),
+            latency: latency_histogram(),
+            failures: FailureLog::default(),
         }
     }
 
-    /// Adds a peer and publishes its addresses.
+    /// Takes the operator's commands from `commands`.
+    pub fn with_commands(mut self, commands: Receiver<Command>) -> Self {
+        self.commands = commands;
+        self
+    }
+
+    /// Sets the pools live-added peers get their addresses from (without it, `peer add` needs
+    /// an explicit address and nothing is released on remove).
+    pub fn set_addressing(&mut self, addressing: Addressing) {
+        self.addressing = Some(addressing);
+    }
+
+    /// Adds a peer (or replaces its configuration) and publishes its addresses. A replaced
+    /// peer keeps its entry (endpoint, byte counts) when its addresses stay; when they change it
+    /// gets a new entry under the new addresses and loses its keys, so that it handshakes again
+    /// and learns them.
     pub fn add_peer(&mut self, config: PeerConfig) {
         let key = config.public_key;
         let assignment = config.assignment;
+        self.psks.insert(key, config.psk.clone());
         let session = self.server.add_peer(config);
-        let entry = Arc::new(PeerEntry::new(key, session, assignment));
-        self.table.insert_peer(&entry);
-        if let Some(old) = self.entries.insert(key, entry) {
-            if old.assignment != assignment {
+        match self.entries.get(&key).cloned() {
+            Some(old) if old.assignment == assignment => {}
+            Some(old) => {
+                let entry = Arc::new(PeerEntry::new(key, session, assignment));
+                if let Some(ep) = old.endpoint() {
+                    entry.roam_to(ep);
+                }
+                entry
+                    .rx_bytes
+                    .store(old.rx_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+                entry
+                    .tx_bytes
+                    .store(old.tx_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
                 self.table.remove_peer(&old);
-                self.table.insert_peer(&self.entries[&key]);
+                self.table.insert_peer(&entry);
+                self.entries.insert(key, entry);
+                // Keys made under the old assignment: erase them, so the client handshakes
+                // again and is told its new address.
+                for index in entry_indexes(&old) {
+                    self.table.remove_index(index);
+                }
+                old.session.clear();
+            }
+            None => {
+                let entry = Arc::new(PeerEntry::new(key, session, assignment));
+                self.table.insert_peer(&entry);
+                self.entries.insert(key, entry);
             }
         }
     }
@@ -101,11 +159,164 @@ impl Control {
         let Some(entry) = self.entries.remove(key) else {
             return false;
         };
+        self.psks.remove(key);
         self.table.remove_peer(&entry);
         for index in self.server.remove_peer(key).unwrap_or_default() {
             self.table.remove_index(index);
         }
         true
+    }
+
+    /// Adds a peer from the operator: addresses from the pools unless given.
+    fn add_live(&mut self, req: AddPeer) -> Result<PeerSpec, String> {
+        if self.entries.contains_key(&req.public_key) {
+            return Err(format!(
+                "{} is already a peer; remove it first to change it",
+                req.public_key
+            ));
+        }
+        let Some(a) = self.addressing.as_mut() else {
+            return Err("this server has no address pool".into());
+        };
+        let ipv4 = match req.address {
+            Some(ip) if !a.pool.is_host(ip) => {
+                return Err(format!(
+                    "{ip} is not a host address of the client subnet {}",
+                    a.pool.network()
+                ))
+            }
+            Some(ip) if !a.pool.reserve(ip) => {
+                return Err(format!("{ip} is already taken (by another peer or the server)"))
+            }
+            Some(ip) => ip,
+            None => a
+                .pool
+                .allocate(req.public_key.as_bytes())
+                .ok_or_else(|| format!("no free address left in {}", a.pool.network()))?,
+        };
+        let ipv6 = match (a.pool6.as_mut(), req.address6) {
+            (None, Some(_)) => {
+                a.pool.release(ipv4);
+                return Err("the server has no address6, so a peer cannot have one".into());
+            }
+            (None, None) => None,
+            (Some(p6), Some(ip)) => {
+                if !p6.reserve(ip) {
+                    a.pool.release(ipv4);
+                    return Err(format!("{ip} is outside the IPv6 subnet or already taken"));
+                }
+                Some(ip)
+            }
+            (Some(p6), None) => p6.allocate(req.public_key.as_bytes()),
+        };
+        let spec = PeerSpec {
+            public_key: req.public_key,
+            psk: req.psk.unwrap_or_else(PresharedKey::zero),
+            assignment: AddressAssignment {
+                ipv4,
+                ipv4_prefix: a.prefix,
+                ipv6: ipv6.zip(a.prefix6),
+                mtu: a.mtu,
+            },
+        };
+        self.add_peer(PeerConfig {
+            public_key: spec.public_key,
+            psk: spec.psk.clone(),
+            assignment: spec.assignment,
+        });
+        tracing::info!(peer = %spec.public_key, address = %ipv4, "peer added");
+        Ok(spec)
+    }
+
+    /// Removes a peer for the operator and gives its addresses back to the pools.
+    fn remove_live(&mut self, key: &PublicKey) -> Result<(), String> {
+        let assignment = self.entries.get(key).map(|e| e.assignment);
+        if !self.remove_peer(key) {
+            return Err(format!("{key} is not a peer"));
+        }
+        if let (Some(a), Some(asg)) = (self.addressing.as_mut(), assignment) {
+            a.pool.release(asg.ipv4);
+            if let (Some(p6), Some((ip, _))) = (a.pool6.as_mut(), asg.ipv6) {
+                p6.release(ip);
+            }
+        }
+        tracing::info!(peer = %key, "peer removed");
+        Ok(())
+    }
+
+    /// The running peers as specs (for reload diffs).
+    pub fn peer_specs(&self) -> HashMap<PublicKey, PeerSpec> {
+        self.entries
+            .iter()
+            .map(|(k, e)| {
+                let spec = PeerSpec {
+                    public_key: *k,
+                    psk: self.psks.get(k).cloned().unwrap_or_else(PresharedKey::zero),
+                    assignment: e.assignment,
+                };
+                (*k, spec)
+            })
+            .collect()
+    }
+
+    /// Makes the peers exactly `specs`, touching only those that differ.
+    pub fn set_peers(&mut self, specs: Vec<PeerSpec>, addressing: Addressing) -> ReloadReport {
+        let plan = reload::plan(&self.peer_specs(), specs);
+        let mut report = ReloadReport {
+            unchanged: plan.unchanged,
+            ..Default::default()
+        };
+        for key in &plan.remove {
+            self.remove_peer(key);
+            report.removed.push(key.to_string());
+        }
+        for (spec, change) in plan.change {
+            let mut what = Vec::new();
+            if change.psk {
+                what.push("psk");
+            }
+            if change.address {
+                what.push("address");
+            }
+            report.changed.push((spec.public_key.to_string(), what));
+            self.add_peer(PeerConfig {
+                public_key: spec.public_key,
+                psk: spec.psk,
+                assignment: spec.assignment,
+            });
+        }
+        for spec in plan.add {
+            report.added.push(spec.public_key.to_string());
+            self.add_peer(PeerConfig {
+                public_key: spec.public_key,
+                psk: spec.psk,
+                assignment: spec.assignment,
+            });
+        }
+        self.addressing = Some(addressing);
+        report
+    }
+
+    /// Carries out one operator command.
+    pub fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Snapshot(reply) => {
+                self.stats.latency.merge_from(&mut self.latency);
+                let _ = reply.send(Snapshot {
+                    peers: self.entries.values().cloned().collect(),
+                    now: monotonic_now(),
+                });
+            }
+            Command::AddPeer(req, reply) => {
+                let _ = reply.send(self.add_live(req));
+            }
+            Command::RemovePeer(key, reply) => {
+                let _ = reply.send(self.remove_live(&key));
+            }
+            Command::SetPeers(specs, addressing, reply) => {
+                let _ = reply.send(self.set_peers(specs, *addressing));
+            }
+        }
     }
 
     /// The published peers.
@@ -144,6 +355,7 @@ impl Control {
             Ok(HandshakeReply::Cookie(len)) => {
                 self.stats.cookie_replies.fetch_add(1, Ordering::Relaxed);
                 self.send(&out[..len], msg.src);
+                self.record_latency(msg);
             }
             Ok(HandshakeReply::Established(done)) => {
                 let Some(entry) = self.entries.get(&done.peer) else {
@@ -158,25 +370,45 @@ impl Control {
                 self.stats.completed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %done.peer, endpoint = %msg.src, "handshake completed");
                 self.send(&out[..done.len], msg.src);
+                self.record_latency(msg);
             }
             Err(e) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                let counter = match e {
-                    HandshakeError::UnknownPeer => Some(&self.stats.unknown_peer),
-                    HandshakeError::Replayed => Some(&self.stats.replayed),
-                    HandshakeError::BadMac => Some(&self.stats.bad_mac),
-                    HandshakeError::RateLimited => Some(&self.stats.rate_limited),
-                    _ => None,
+                let (counter, reason) = match e {
+                    HandshakeError::UnknownPeer => (Some(&self.stats.unknown_peer), 0),
+                    HandshakeError::Replayed => (Some(&self.stats.replayed), 1),
+                    HandshakeError::BadMac => (Some(&self.stats.bad_mac), 2),
+                    HandshakeError::RateLimited => (Some(&self.stats.rate_limited), 3),
+                    _ => (None, 4),
                 };
                 if let Some(c) = counter {
                     c.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(count) = self.failures.note(reason, now) {
+                    tracing::warn!(
+                        reason = FAILURE_REASONS[reason],
+                        count,
+                        last_source = %msg.src,
+                        error = %e,
+                        "handshake failures (at most one line per reason per 10 s)"
+                    );
                 }
             }
         }
     }
 
-    /// Timers: keepalives, key erasure, index retirement.
+    fn record_latency(&mut self, msg: &HandshakeMessage) {
+        let sent = monotonic_now();
+        record_latency(&mut self.latency, (sent - msg.received).as_nanos() as u64, 1);
+    }
+
+    /// Timers: keepalives, key erasure, index retirement; publishes the handshake latency and
+    /// logs held-back failure counts.
     pub fn tick(&mut self, now: Instant) {
+        self.stats.latency.merge_from(&mut self.latency);
+        for (reason, count) in self.failures.flush(now) {
+            tracing::warn!(reason, count, "handshake failures (at most one line per reason per 10 s)");
+        }
         let report = self.server.tick(now);
         for index in report.retired_indexes {
             self.table.remove_index(index);
@@ -195,14 +427,23 @@ impl Control {
         }
     }
 
-    /// Runs until `stop` is set.
+    /// Runs until `stop` is set: handshakes, commands and the tick, whichever comes first.
     pub fn run(mut self) {
+        let handshakes = self.handshakes.clone();
+        let mut commands = self.commands.clone();
+        let ticker = crossbeam_channel::tick(TICK);
         let mut next_tick = monotonic_now() + TICK;
         while !self.stop.load(Ordering::Relaxed) {
-            match self.handshakes.recv_timeout(TICK) {
-                Ok(msg) => self.handle(&msg, monotonic_now()),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            select! {
+                recv(handshakes) -> msg => match msg {
+                    Ok(msg) => self.handle(&msg, monotonic_now()),
+                    Err(_) => break,
+                },
+                recv(commands) -> cmd => match cmd {
+                    Ok(cmd) => self.command(cmd),
+                    Err(_) => commands = crossbeam_channel::never(),
+                },
+                recv(ticker) -> _ => {}
             }
             let now = monotonic_now();
             if now >= next_tick {
@@ -210,5 +451,153 @@ impl Control {
                 next_tick = now + TICK;
             }
         }
+        self.stats.latency.merge_from(&mut self.latency);
+    }
+}
+
+/// Receiver indexes a peer's session holds.
+fn entry_indexes(entry: &PeerEntry) -> Vec<u32> {
+    entry.session.local_indexes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AddressPool;
+    use crate::proto::keys::StaticSecret;
+    use std::net::Ipv4Addr;
+
+    fn control() -> (Control, Arc<SessionTable>) {
+        let mut rng = OsRandom;
+        let server = Server::new(
+            StaticSecret::generate(&mut rng),
+            Instant::from_nanos(1),
+            &mut rng,
+        );
+        let table = Arc::new(SessionTable::new());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        // The workers' side stays open for the life of the test.
+        std::mem::forget(tx);
+        let mut c = Control::new(
+            server,
+            table.clone(),
+            rx,
+            Vec::new(),
+            Arc::default(),
+            Arc::default(),
+        );
+        c.set_addressing(addressing());
+        (c, table)
+    }
+
+    fn addressing() -> Addressing {
+        Addressing {
+            pool: AddressPool::new("10.66.0.1/24".parse().unwrap()),
+            pool6: None,
+            prefix: 24,
+            prefix6: None,
+            mtu: 1420,
+        }
+    }
+
+    fn key(i: u8) -> PublicKey {
+        PublicKey::from([i; 32])
+    }
+
+    fn add(i: u8, address: Option<Ipv4Addr>) -> AddPeer {
+        AddPeer {
+            public_key: key(i),
+            psk: None,
+            address,
+            address6: None,
+        }
+    }
+
+    fn lookup(table: &SessionTable, ip: Ipv4Addr) -> Option<Arc<PeerEntry>> {
+        let g = table.guard();
+        table.by_address(ip.into(), &g).cloned()
+    }
+
+    #[test]
+    fn live_add_and_remove_use_the_pool() {
+        let (mut c, table) = control();
+        let a = c.add_live(add(1, None)).unwrap().assignment.ipv4;
+        assert!(c.addressing.as_ref().unwrap().pool.is_taken(a));
+        assert_eq!(lookup(&table, a).unwrap().public_key, key(1));
+        assert!(c.add_live(add(1, None)).unwrap_err().contains("already a peer"));
+        assert!(c.add_live(add(2, Some(a))).unwrap_err().contains("taken"));
+        let fixed = Ipv4Addr::new(10, 66, 0, 200);
+        assert_eq!(c.add_live(add(2, Some(fixed))).unwrap().assignment.ipv4, fixed);
+        assert!(c
+            .add_live(add(3, Some(Ipv4Addr::new(10, 67, 0, 2))))
+            .unwrap_err()
+            .contains("not a host address"));
+        c.remove_live(&key(1)).unwrap();
+        assert!(lookup(&table, a).is_none());
+        assert!(!c.addressing.as_ref().unwrap().pool.is_taken(a));
+        assert!(c.remove_live(&key(1)).is_err());
+        assert_eq!(lookup(&table, fixed).unwrap().public_key, key(2));
+    }
+
+    #[test]
+    fn set_peers_touches_only_what_changed() {
+        let (mut c, table) = control();
+        let spec = |i: u8, psk: u8, host: u8| PeerSpec {
+            public_key: key(i),
+            psk: PresharedKey::from_bytes([psk; 32]),
+            assignment: AddressAssignment {
+                ipv4: Ipv4Addr::new(10, 66, 0, host),
+                ipv4_prefix: 24,
+                ipv6: None,
+                mtu: 1420,
+            },
+        };
+        let r = c.set_peers(vec![spec(1, 0, 2), spec(2, 0, 3), spec(3, 0, 4)], addressing());
+        assert_eq!(r.added.len(), 3);
+        let e1 = lookup(&table, Ipv4Addr::new(10, 66, 0, 2)).unwrap();
+        let e2 = lookup(&table, Ipv4Addr::new(10, 66, 0, 3)).unwrap();
+        e2.roam_to("192.0.2.1:5000".parse().unwrap());
+        e2.rx_bytes.store(7, Ordering::Relaxed);
+        // 1 unchanged, 2 new psk, 3 moves to .9, 4 added; then 3 is gone from .4.
+        let r = c.set_peers(
+            vec![spec(1, 0, 2), spec(2, 5, 3), spec(3, 0, 9), spec(4, 0, 5)],
+            addressing(),
+        );
+        assert_eq!(r.unchanged, 1);
+        assert_eq!(r.added, vec![key(4).to_string()]);
+        assert!(r.removed.is_empty());
+        assert_eq!(r.changed.len(), 2);
+        assert!(Arc::ptr_eq(&e1, &lookup(&table, Ipv4Addr::new(10, 66, 0, 2)).unwrap()));
+        let e2b = lookup(&table, Ipv4Addr::new(10, 66, 0, 3)).unwrap();
+        assert!(Arc::ptr_eq(&e2, &e2b), "a psk change keeps the entry");
+        assert!(lookup(&table, Ipv4Addr::new(10, 66, 0, 4)).is_none());
+        assert_eq!(
+            lookup(&table, Ipv4Addr::new(10, 66, 0, 9)).unwrap().public_key,
+            key(3)
+        );
+        assert_eq!(c.peer_specs()[&key(2)].psk, PresharedKey::from_bytes([5; 32]));
+        let r = c.set_peers(vec![spec(2, 5, 3)], addressing());
+        assert_eq!(r.removed.len(), 3);
+        assert_eq!(c.peers().count(), 1);
+        assert_eq!(e2b.rx_bytes.load(Ordering::Relaxed), 7);
+    }
+
+    #[test]
+    fn commands_reach_the_running_thread() {
+        let (c, _table) = control();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stop = c.stop.clone();
+        let c = c.with_commands(rx);
+        let t = std::thread::spawn(move || c.run());
+        let (rtx, rrx) = crossbeam_channel::bounded(1);
+        tx.send(Command::AddPeer(add(9, None), rtx)).unwrap();
+        let spec = rrx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+        let (stx, srx) = crossbeam_channel::bounded(1);
+        tx.send(Command::Snapshot(stx)).unwrap();
+        let snap = srx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(snap.peers.len(), 1);
+        assert_eq!(snap.peers[0].assignment, spec.assignment);
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
     }
 }

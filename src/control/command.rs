@@ -1,0 +1,92 @@
+//! Requests to the control thread from the operator's side (control socket, metrics, SIGHUP),
+//! each with its own reply channel: the control thread owns the peers, so nobody else touches
+//! them.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use super::reload::PeerSpec;
+use crate::config::{AddressPool, AddressPool6};
+use crate::proto::keys::{PresharedKey, PublicKey};
+use crate::proto::time::Instant;
+use crate::session_table::PeerEntry;
+
+/// What the operator asks.
+#[derive(Debug)]
+pub enum Command {
+    /// Every peer, for `show` and the metrics.
+    Snapshot(Sender<Snapshot>),
+    /// `peer add`.
+    AddPeer(AddPeer, Sender<Result<PeerSpec, String>>),
+    /// `peer remove`.
+    RemovePeer(PublicKey, Sender<Result<(), String>>),
+    /// Make the peers exactly these (a reload); `addressing` replaces the pools.
+    SetPeers(Vec<PeerSpec>, Box<Addressing>, Sender<ReloadReport>),
+}
+
+/// A peer to add live.
+#[derive(Debug)]
+pub struct AddPeer {
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// Its pre-shared key, if any.
+    pub psk: Option<PresharedKey>,
+    /// A fixed IPv4 address; `None`: from the pool.
+    pub address: Option<Ipv4Addr>,
+    /// A fixed IPv6 address; `None`: from the pool, when the server has IPv6.
+    pub address6: Option<Ipv6Addr>,
+}
+
+/// The peers at one moment.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Every peer (cheap: shared entries).
+    pub peers: Vec<Arc<PeerEntry>>,
+    /// When the snapshot was taken (monotonic).
+    pub now: Instant,
+}
+
+/// Where the addresses of live-added peers come from.
+#[derive(Debug, Clone)]
+pub struct Addressing {
+    /// IPv4 pool, with every running peer's address taken.
+    pub pool: AddressPool,
+    /// IPv6 pool, when the server has `address6`.
+    pub pool6: Option<AddressPool6>,
+    /// The client subnet's prefix length.
+    pub prefix: u8,
+    /// The IPv6 client subnet's prefix length.
+    pub prefix6: Option<u8>,
+    /// The inner MTU told to clients.
+    pub mtu: u16,
+}
+
+impl Addressing {
+    /// The addressing of a loaded configuration.
+    pub fn of(config: &crate::config::ServerConfig) -> Self {
+        Addressing {
+            pool: config.pool.clone(),
+            pool6: config.pool6.clone(),
+            prefix: config.address.prefix_len(),
+            prefix6: config.address6.map(|n| n.prefix_len()),
+            mtu: config.mtu,
+        }
+    }
+}
+
+/// What a reload did, by public key (base64).
+#[derive(Debug, Default, Clone)]
+pub struct ReloadReport {
+    /// Peers added.
+    pub added: Vec<String>,
+    /// Peers removed.
+    pub removed: Vec<String>,
+    /// Peers changed, each with what changed (`psk`, `address`).
+    pub changed: Vec<(String, Vec<&'static str>)>,
+    /// Peers left alone.
+    pub unchanged: usize,
+    /// Fields that differ but need a restart.
+    pub restart_needed: Vec<&'static str>,
+}
