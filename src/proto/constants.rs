@@ -33,12 +33,18 @@ pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
 /// An initiator keeps a received cookie this long. WireGuard whitepaper section 5.4.7.
 pub const COOKIE_LIFETIME: Duration = Duration::from_secs(120);
 
-/// Rekey after this many messages under one key. AES-GCM confidentiality limit, RFC 9001
-/// section 6.6 and appendix B.1.1: with packets of at most 2^7 blocks of 16 bytes (2048 bytes,
-/// above the largest MTU we allow), an attacker's advantage stays below 2^-57 up to 2^28
-/// packets; we rekey at half of that.
+/// Rekey after this many messages under one key: half of [`REJECT_AFTER_MESSAGES`].
 pub const REKEY_AFTER_MESSAGES: u64 = 1 << 27;
-/// Refuse to send or receive under a key after this many messages (same source: the hard limit).
+/// Refuse to send or receive under a key after this many messages: the AES-GCM
+/// confidentiality limit for small packets. RFC 9001 section 6.6 sets 2^23 packets for
+/// AES-128-GCM and AES-256-GCM, assuming packets of up to 2^16 bytes, and allows endpoints
+/// that limit packet size to use the higher limits of appendix B. Appendix B.1.1 bounds the
+/// attacker's distinguishing advantage by its dominant term `2 * (q * l)^2 / 2^128`, with `q`
+/// packets per key of `l` 16-byte blocks of associated data plus plaintext; for a target of
+/// 2^-57 that gives `q <= 2^35 / l`, so 2^28 packets when packets are at most 2^11 bytes
+/// (`l = 2^7`). Ours are: 16 bytes of header (the AAD) plus at most [`MAX_MTU`] bytes of
+/// plaintext is 1936 bytes, 121 blocks. (The appendix's integrity limit for the same size,
+/// 2^57 forgery attempts, is not counted: it cannot be reached within [`REJECT_AFTER_TIME`].)
 pub const REJECT_AFTER_MESSAGES: u64 = 1 << 28;
 
 /// Width of the replay window in counters. RFC 6479 style; must be at least 2048 (our own

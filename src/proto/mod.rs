@@ -4,6 +4,7 @@
 //! passes the current time ([`time::Instant`]) and the buffers, and gets back what to send and what
 //! to deliver. The wire format is specified in `docs/protocol.md`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod constants;

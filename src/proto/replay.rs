@@ -1,7 +1,7 @@
 //! The receive-side replay window, lock-free so several workers may receive for one session.
 //!
 //! Design after RFC 6479 ("IPsec Anti-Replay Algorithm without Bit Shifting"): the window is a
-//! ring of [`SLOTS`] blocks of [`BLOCK_BITS`] counters each. Instead of clearing a block when
+//! ring of `SLOTS` (128) blocks of `BLOCK_BITS` (32) counters each. Instead of clearing a block when
 //! the window slides (which needs a lock or a multi-word update), every slot carries the number
 //! of the block it describes in its high 32 bits (a tag); a slot whose tag is older than the
 //! block wanted is simply treated as empty and replaced in one compare-exchange.
@@ -85,7 +85,7 @@ impl ReplayWindow {
     ///
     /// Why this is correct under concurrency: duplicate detection rests only on the slot's
     /// compare-exchange, never on `max`. A slot's tag only grows, and a slot is only replaced
-    /// by a block at least [`SLOTS`] blocks newer; every counter of the replaced block is then
+    /// by a block at least `SLOTS` blocks newer; every counter of the replaced block is then
     /// more than [`REPLAY_WINDOW`] behind the new counter, so outside the window anyway. A
     /// racing call for such an old counter either loses the compare-exchange or sees the newer
     /// tag and gets [`ReplayError::TooOld`], even before `max` catches up. `max` is only the
