@@ -1,0 +1,700 @@
+//! Harness for the root-only end-to-end tests: a lab of network namespaces with the real
+//! binary running in them.
+//!
+//! Topology (all names carry the test process's PID and a counter, so tests can run in
+//! parallel and next to other test processes):
+//!
+//! ```text
+//!   c1 (10.0.0.11/24) ─┐
+//!   c2 (10.0.0.12/24) ─┼─ bridge in server ns (10.0.0.1/24) ── server ── 10.1.0.1/24 ─ backend 10.1.0.2/24
+//!   cN (10.0.0.1N/24) ─┘                                        (TUN 10.66.0.1/16)
+//! ```
+//!
+//! Clients have no route to 10.1.0.0/24 except through the tunnel. The backend has a default
+//! route via the server unless [`LabConfig::backend_route`] is off (the NAT test).
+//! Everything is removed on drop, also when the test panics; on panic the logs of the server and
+//! the clients are printed first.
+
+#![allow(dead_code)]
+
+pub mod cmd;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use cmd::{Output, Proc};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_concentrator");
+pub const SERVER_UNDERLAY: &str = "10.0.0.1";
+pub const SERVER_BACKEND: &str = "10.1.0.1";
+pub const BACKEND: &str = "10.1.0.2";
+pub const SERVER_VIRTUAL: &str = "10.66.0.1";
+pub const CLIENT_SUBNET: &str = "10.66.0.0/16";
+pub const PORT: u16 = 51820;
+pub const SERVER_TUN: &str = "ctrs0";
+pub const CLIENT_TUN: &str = "ctrc0";
+/// How long to wait for a client's tunnel to come up.
+pub const TUNNEL_DEADLINE: Duration = Duration::from_secs(15);
+const SHORT: Duration = Duration::from_secs(10);
+
+/// True when running as root; otherwise prints the skip line and returns false.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED {test}: needs root (network namespaces)");
+    }
+    root
+}
+
+/// True when every program in `tools` is on PATH; otherwise prints the skip line.
+pub fn tools_or_skip(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if !missing.is_empty() {
+        eprintln!("SKIPPED {test}: missing tools {missing:?} (see .ci/run for the apt packages)");
+    }
+    missing.is_empty()
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+/// Both checks every lab test starts with.
+pub fn lab_or_skip(test: &str) -> bool {
+    root_or_skip(test) && tools_or_skip(test, &["ip", "nft", "ping", "python3"])
+}
+
+/// What the lab looks like.
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    /// Number of client namespaces (1..=9).
+    pub clients: usize,
+    /// Worker threads, passed as `--workers`.
+    pub workers: usize,
+    pub client_to_client: bool,
+    /// Masquerade behind the server's backend-facing link.
+    pub nat: bool,
+    /// Give the backend a default route via the server.
+    pub backend_route: bool,
+    /// Clients route everything through the tunnel.
+    pub full_tunnel: bool,
+    pub keepalive: u16,
+    /// Client indices (0-based) whose key is not in the server's config.
+    pub unknown_clients: Vec<usize>,
+    /// IPv6 enabled in the namespaces. Off, the TUNs send no IPv6 noise (router solicitations,
+    /// MLD), which the server counts as drops: for tests that count drops exactly.
+    pub ipv6: bool,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        LabConfig {
+            clients: 2,
+            workers: 1,
+            client_to_client: false,
+            nat: false,
+            backend_route: true,
+            full_tunnel: false,
+            keepalive: 25,
+            unknown_clients: Vec::new(),
+            ipv6: true,
+        }
+    }
+}
+
+/// Per-worker counters from the server's exit log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
+    pub worker: u64,
+    pub tun_rx: u64,
+    pub tun_tx: u64,
+    pub udp_rx: u64,
+    pub udp_tx: u64,
+    pub drops: u64,
+}
+
+/// Removes ANSI colour sequences (in case the logger colours its output anyway).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Parses the `worker counters worker=0 tun_rx=.. tun_tx=.. udp_rx=.. udp_tx=.. drops=..` lines.
+pub fn parse_counters(log: &str) -> Vec<WorkerCounters> {
+    strip_ansi(log)
+        .lines()
+        .filter(|l| l.contains("worker counters"))
+        .map(|l| {
+            let mut c = WorkerCounters::default();
+            for kv in l.split_whitespace() {
+                let Some((k, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                let Ok(v) = v.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u64>() else {
+                    continue;
+                };
+                match k {
+                    "worker" => c.worker = v,
+                    "tun_rx" => c.tun_rx = v,
+                    "tun_tx" => c.tun_tx = v,
+                    "udp_rx" => c.udp_rx = v,
+                    "udp_tx" => c.udp_tx = v,
+                    "drops" => c.drops = v,
+                    _ => {}
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// A lab: namespaces, links, keys, configs and the processes running in them.
+pub struct Lab {
+    pub cfg: LabConfig,
+    pub id: u32,
+    pub dir: PathBuf,
+    /// Namespace names.
+    pub server_ns: String,
+    pub backend_ns: String,
+    pub client_ns: Vec<String>,
+    /// The server's link towards the backend (the `nat` egress interface).
+    pub server_backend_link: String,
+    pub client_links: Vec<String>,
+    pub server_pubkey: String,
+    pub client_pubkeys: Vec<String>,
+    namespaces: Vec<String>,
+    pub server: Option<Proc>,
+    pub clients: Vec<Option<Proc>>,
+    /// Other processes started in the lab (iperf3 servers, listeners); stopped on drop.
+    pub others: Vec<Proc>,
+    server_runs: u32,
+    client_runs: u32,
+}
+
+impl Lab {
+    /// Builds the topology and writes keys and configs; starts nothing.
+    pub fn new(cfg: LabConfig) -> Lab {
+        assert!((1..=9).contains(&cfg.clients));
+        let pid = std::process::id();
+        let id = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ctr-e2e-{pid}-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create lab dir");
+        let ns = |role: &str| format!("ctre-{pid}-{id}-{role}");
+        // Link names: at most 1 + 6 + 1 + 2 + 2 = 12 characters.
+        let link = |role: &str| format!("v{pid:x}-{id:x}{role}");
+        let mut lab = Lab {
+            server_ns: ns("srv"),
+            backend_ns: ns("bk"),
+            client_ns: (1..=cfg.clients).map(|i| ns(&format!("c{i}"))).collect(),
+            server_backend_link: link("sb"),
+            client_links: (1..=cfg.clients).map(|i| link(&format!("c{i}"))).collect(),
+            server_pubkey: String::new(),
+            client_pubkeys: Vec::new(),
+            namespaces: Vec::new(),
+            server: None,
+            clients: (0..cfg.clients).map(|_| None).collect(),
+            others: Vec::new(),
+            server_runs: 0,
+            client_runs: 0,
+            cfg,
+            id,
+            dir,
+        };
+        lab.build_topology(&link("br"), &link("bs"));
+        lab.write_configs();
+        lab
+    }
+
+    fn add_ns(&mut self, name: &str) {
+        cmd::run_ok(&["ip", "netns", "add", name], None, SHORT);
+        self.namespaces.push(name.to_string());
+        if !self.cfg.ipv6 {
+            for key in [
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ] {
+                cmd::run_ok(
+                    &["ip", "netns", "exec", name, "sysctl", "-q", "-w", key],
+                    None,
+                    SHORT,
+                );
+            }
+        }
+        self.ip(name, &["link", "set", "lo", "up"]);
+    }
+
+    /// `ip -n NS args...`, which must succeed.
+    pub fn ip(&self, ns: &str, args: &[&str]) -> String {
+        let mut argv = vec!["ip", "-n", ns];
+        argv.extend_from_slice(args);
+        cmd::run_ok(&argv, None, SHORT)
+    }
+
+    fn build_topology(&mut self, bridge: &str, backend_link: &str) {
+        let (s, b) = (self.server_ns.clone(), self.backend_ns.clone());
+        self.add_ns(&s);
+        self.add_ns(&b);
+        for c in self.client_ns.clone() {
+            self.add_ns(&c);
+        }
+        self.ip(&s, &["link", "add", bridge, "type", "bridge"]);
+        self.ip(
+            &s,
+            &[
+                "addr",
+                "add",
+                &format!("{SERVER_UNDERLAY}/24"),
+                "dev",
+                bridge,
+            ],
+        );
+        self.ip(&s, &["link", "set", bridge, "up"]);
+        for (i, (c, l)) in self.client_ns.iter().zip(&self.client_links).enumerate() {
+            let peer = format!("{l}s");
+            cmd::run_ok(
+                &[
+                    "ip", "link", "add", l, "netns", c, "type", "veth", "peer", "name", &peer,
+                    "netns", &s,
+                ],
+                None,
+                SHORT,
+            );
+            self.ip(&s, &["link", "set", &peer, "master", bridge, "up"]);
+            self.ip(
+                c,
+                &["addr", "add", &format!("10.0.0.{}/24", 11 + i), "dev", l],
+            );
+            self.ip(c, &["link", "set", l, "up"]);
+        }
+        let sb = self.server_backend_link.clone();
+        cmd::run_ok(
+            &[
+                "ip",
+                "link",
+                "add",
+                &sb,
+                "netns",
+                &s,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                backend_link,
+                "netns",
+                &b,
+            ],
+            None,
+            SHORT,
+        );
+        self.ip(
+            &s,
+            &["addr", "add", &format!("{SERVER_BACKEND}/24"), "dev", &sb],
+        );
+        self.ip(&s, &["link", "set", &sb, "up"]);
+        self.ip(
+            &b,
+            &["addr", "add", &format!("{BACKEND}/24"), "dev", backend_link],
+        );
+        self.ip(&b, &["link", "set", backend_link, "up"]);
+        if self.cfg.backend_route {
+            self.ip(&b, &["route", "add", "default", "via", SERVER_BACKEND]);
+        }
+    }
+
+    fn genkey(&self, name: &str) -> String {
+        let key = cmd::run_ok(&[BIN, "genkey"], None, SHORT);
+        let path = self.dir.join(name);
+        std::fs::write(&path, &key).expect("write key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        cmd::run_ok(&[BIN, "pubkey"], Some(key.as_bytes()), SHORT)
+            .trim()
+            .to_string()
+    }
+
+    fn write_configs(&mut self) {
+        self.server_pubkey = self.genkey("server.key");
+        self.client_pubkeys = (1..=self.cfg.clients)
+            .map(|i| self.genkey(&format!("c{i}.key")))
+            .collect();
+        let mut server = format!(
+            "private_key_file = \"server.key\"\n\
+             listen_port = {PORT}\n\
+             listen_addresses = [\"{SERVER_UNDERLAY}\"]\n\
+             address = \"{SERVER_VIRTUAL}/16\"\n\
+             mtu = 1420\n\
+             workers = 1\n\
+             client_to_client = {}\n\
+             tun_name = \"{SERVER_TUN}\"\n",
+            self.cfg.client_to_client
+        );
+        if self.cfg.nat {
+            server += &format!("nat = \"{}\"\n", self.server_backend_link);
+        }
+        for (i, k) in self.client_pubkeys.iter().enumerate() {
+            if !self.cfg.unknown_clients.contains(&i) {
+                server += &format!("\n[[peer]]\npublic_key = \"{k}\"\n");
+            }
+        }
+        std::fs::write(self.dir.join("server.toml"), server).expect("write server.toml");
+        for i in 0..self.cfg.clients {
+            let routes = if self.cfg.full_tunnel {
+                "full_tunnel = true".to_string()
+            } else {
+                "routes = [\"10.1.0.0/24\"]".to_string()
+            };
+            let text = format!(
+                "private_key_file = \"c{n}.key\"\n\
+                 server_public_key = \"{spk}\"\n\
+                 server_endpoint = \"{SERVER_UNDERLAY}:{PORT}\"\n\
+                 {routes}\n\
+                 persistent_keepalive = {ka}\n\
+                 tun_name = \"{CLIENT_TUN}\"\n",
+                n = i + 1,
+                spk = self.server_pubkey,
+                ka = self.cfg.keepalive,
+            );
+            std::fs::write(self.dir.join(format!("c{}.toml", i + 1)), text)
+                .expect("write client config");
+        }
+    }
+
+    pub fn server_config_path(&self) -> PathBuf {
+        self.dir.join("server.toml")
+    }
+
+    fn log_env() -> Vec<(&'static str, String)> {
+        vec![
+            ("NO_COLOR", "1".to_string()),
+            (
+                "CONCENTRATOR_LOG",
+                std::env::var("E2E_LOG").unwrap_or_else(|_| "info".to_string()),
+            ),
+        ]
+    }
+
+    /// Starts a background process inside `ns`; it is stopped when the lab is dropped.
+    pub fn spawn_in(&mut self, ns: &str, name: &str, argv: &[&str]) -> &mut Proc {
+        let p = self.spawn_proc(ns, name, argv);
+        self.others.push(p);
+        self.others.last_mut().unwrap()
+    }
+
+    /// Starts a background process inside `ns`, owned by the caller.
+    pub fn spawn_proc(&self, ns: &str, name: &str, argv: &[&str]) -> Proc {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(argv);
+        let env = Self::log_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Proc::spawn(name, &full, &env, &self.dir)
+    }
+
+    /// `ip netns exec NS argv...` with a deadline.
+    pub fn exec(&self, ns: &str, argv: &[&str], timeout: Duration) -> Output {
+        self.exec_stdin(ns, argv, None, timeout)
+    }
+
+    pub fn exec_stdin(
+        &self,
+        ns: &str,
+        argv: &[&str],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Output {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(argv);
+        cmd::run(&full, stdin, timeout)
+    }
+
+    /// Like [`Lab::exec`], panicking unless it succeeds; returns stdout.
+    pub fn exec_ok(&self, ns: &str, argv: &[&str], timeout: Duration) -> String {
+        let out = self.exec(ns, argv, timeout);
+        assert!(
+            out.ok(),
+            "in {ns}: {argv:?} failed ({:?})\nstdout: {}\nstderr: {}",
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        out.stdout
+    }
+
+    /// Starts the server (`--workers N`) and waits until it logs that it is up.
+    pub fn start_server(&mut self) {
+        assert!(self.server.is_none(), "server already running");
+        self.server_runs += 1;
+        let name = format!("server{}", self.server_runs);
+        let workers = self.cfg.workers.to_string();
+        let config = self.server_config_path();
+        let p = self.spawn_proc(
+            &self.server_ns.clone(),
+            &name,
+            &[
+                BIN,
+                "--config",
+                config.to_str().unwrap(),
+                "--workers",
+                &workers,
+            ],
+        );
+        self.server = Some(p);
+        let deadline = Instant::now() + SHORT;
+        loop {
+            let srv = self.server.as_mut().unwrap();
+            if strip_ansi(&srv.stderr()).contains("concentrator is up") {
+                return;
+            }
+            if let Some(st) = srv.exited() {
+                panic!("server exited early ({st}):\n{}", srv.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not up after {SHORT:?}:\n{}",
+                srv.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server with SIGTERM and returns its stderr (with the counters).
+    pub fn stop_server(&mut self) -> String {
+        let mut srv = self.server.take().expect("server running");
+        let st = srv.stop(Duration::from_secs(10));
+        let log = srv.stderr();
+        assert!(
+            st.is_some(),
+            "server did not exit within 10 s of SIGTERM:\n{log}"
+        );
+        log
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill_server(&mut self) {
+        let mut srv = self.server.take().expect("server running");
+        srv.kill();
+    }
+
+    pub fn server_pid(&self) -> u32 {
+        self.server.as_ref().expect("server running").pid()
+    }
+
+    /// Starts client `i` (0-based) without waiting.
+    pub fn start_client(&mut self, i: usize) {
+        assert!(self.clients[i].is_none(), "client {i} already running");
+        self.client_runs += 1;
+        let name = format!("client{}-{}", i + 1, self.client_runs);
+        let config = self.dir.join(format!("c{}.toml", i + 1));
+        let p = self.spawn_proc(
+            &self.client_ns[i].clone(),
+            &name,
+            &[BIN, "connect", "--config", config.to_str().unwrap()],
+        );
+        self.clients[i] = Some(p);
+    }
+
+    /// Stops client `i` with SIGTERM; returns its exit status (None if it had to be killed)
+    /// and its log.
+    pub fn stop_client(&mut self, i: usize) -> (Option<std::process::ExitStatus>, String) {
+        let mut c = self.clients[i].take().expect("client running");
+        let st = c.stop(Duration::from_secs(10));
+        (st, c.stderr())
+    }
+
+    /// The IPv4 address on the client's TUN, if any.
+    pub fn client_tun_addr(&self, i: usize) -> Option<Ipv4Addr> {
+        let out = cmd::run(
+            &[
+                "ip",
+                "-n",
+                &self.client_ns[i],
+                "-4",
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                CLIENT_TUN,
+            ],
+            None,
+            SHORT,
+        );
+        if !out.ok() {
+            return None;
+        }
+        out.stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+    }
+
+    /// Waits for client `i`'s TUN to have its address; returns it.
+    pub fn wait_tunnel(&mut self, i: usize) -> Ipv4Addr {
+        let deadline = Instant::now() + TUNNEL_DEADLINE;
+        loop {
+            if let Some(a) = self.client_tun_addr(i) {
+                return a;
+            }
+            let c = self.clients[i].as_mut().expect("client running");
+            if let Some(st) = c.exited() {
+                panic!(
+                    "client {} exited ({st}) before its tunnel came up:\n{}",
+                    i + 1,
+                    c.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "client {} tunnel not up after {TUNNEL_DEADLINE:?}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the server and every client; returns the clients' virtual addresses.
+    pub fn up(&mut self) -> Vec<Ipv4Addr> {
+        self.start_server();
+        for i in 0..self.cfg.clients {
+            self.start_client(i);
+        }
+        (0..self.cfg.clients).map(|i| self.wait_tunnel(i)).collect()
+    }
+
+    /// `ping -c count` from `ns` to `dst` (extra args go before the destination). Exits 0
+    /// when at least one reply came back.
+    pub fn ping(&self, ns: &str, dst: &str, count: u32, extra: &[&str]) -> Output {
+        let count = count.to_string();
+        let deadline = (count.parse::<u64>().unwrap() + 3).to_string();
+        let mut argv = vec![
+            "ping", "-n", "-c", &count, "-i", "0.2", "-W", "1", "-w", &deadline,
+        ];
+        argv.extend_from_slice(extra);
+        argv.push(dst);
+        self.exec(
+            ns,
+            &argv,
+            Duration::from_secs(count.parse::<u64>().unwrap() + 10),
+        )
+    }
+
+    /// Pings and requires every reply ("0% packet loss"), with the output on failure.
+    pub fn ping_ok(&self, ns: &str, dst: &str, count: u32) {
+        let out = self.ping(ns, dst, count, &[]);
+        assert!(
+            out.ok() && out.stdout.contains(" 0% packet loss"),
+            "ping {dst} from {ns} failed:\n{}{}\n{}",
+            out.stdout,
+            out.stderr,
+            self.logs()
+        );
+    }
+
+    /// Runs an nft script (`nft -f -`) in `ns`.
+    pub fn nft(&self, ns: &str, script: &str) {
+        let out = self.exec_stdin(ns, &["nft", "-f", "-"], Some(script.as_bytes()), SHORT);
+        assert!(
+            out.ok(),
+            "nft in {ns} failed: {}\nscript:\n{script}",
+            out.stderr
+        );
+    }
+
+    /// Packets of the named counter `inet <table> <name>` in `ns`.
+    pub fn nft_counter(&self, ns: &str, table: &str, name: &str) -> u64 {
+        let out = self.exec_ok(
+            ns,
+            &["nft", "-j", "list", "counter", "inet", table, name],
+            SHORT,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j output is JSON");
+        v["nftables"]
+            .as_array()
+            .and_then(|a| a.iter().find_map(|o| o["counter"]["packets"].as_u64()))
+            .unwrap_or_else(|| panic!("no counter {table}/{name} in {out}"))
+    }
+
+    /// nft table names (`family name`) in `ns`.
+    pub fn nft_tables(&self, ns: &str) -> String {
+        self.exec_ok(ns, &["nft", "list", "tables"], SHORT)
+    }
+
+    /// The logs of the server and clients, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        entries.sort();
+        for p in entries {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".err") || name.ends_with(".out") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                s += &format!("----- {name} (last {} lines) -----\n", tail.len());
+                for l in tail.iter().rev() {
+                    s += l;
+                    s.push('\n');
+                }
+            }
+        }
+        s
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("===== lab {} logs =====\n{}", self.id, self.logs());
+        }
+        // Stop everything by PID: SIGTERM to all first, then wait, then SIGKILL.
+        let mut procs: Vec<Proc> = self.others.drain(..).collect();
+        procs.extend(self.clients.iter_mut().filter_map(Option::take));
+        procs.extend(self.server.take());
+        for p in &mut procs {
+            p.signal(libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for p in &mut procs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if p.wait(left).is_none() {
+                p.kill();
+            }
+        }
+        drop(procs);
+        for ns in self.namespaces.iter().rev() {
+            let _ = cmd::run(&["ip", "netns", "del", ns], None, SHORT);
+        }
+        if !std::thread::panicking() || std::env::var_os("E2E_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
