@@ -181,6 +181,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             latency: latencies[id].clone(),
             stop: stop.clone(),
             client_to_client: config.client_to_client,
+            offloads: false,
         };
         let ready = ready_tx.clone();
         threads.push(
@@ -245,7 +246,37 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             "worker counters"
         );
     }
+    if let Some(path) = std::env::var_os(LATENCY_DUMP_ENV) {
+        match write_latency_dump(Path::new(&path), &latencies) {
+            Ok(()) => {
+                tracing::info!(path = %Path::new(&path).display(), "wrote latency histograms")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not write the latency histograms"),
+        }
+    }
     drop(setup);
     drop(tun);
     Ok(())
+}
+
+/// Names a file that receives the workers' latency histograms when the server stops.
+pub const LATENCY_DUMP_ENV: &str = "CONCENTRATOR_LATENCY_DUMP";
+
+/// Writes one line per worker, `<worker id> <HdrHistogram V2, base64>` (nanoseconds, batch
+/// received to sent), readable by any HdrHistogram implementation.
+fn write_latency_dump(path: &Path, latencies: &[Arc<SharedLatency>]) -> Result<()> {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::{Serializer as _, V2Serializer};
+    let mut text = String::new();
+    for (id, l) in latencies.iter().enumerate() {
+        let mut bytes = Vec::new();
+        V2Serializer::new()
+            .serialize(&l.snapshot(), &mut bytes)
+            .map_err(|e| anyhow::anyhow!("serializing worker {id}'s histogram: {e:?}"))?;
+        text += &format!(
+            "{id} {}\n",
+            base64::engine::general_purpose::STANDARD.encode(&bytes)
+        );
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }

@@ -1,5 +1,6 @@
 //! The per-worker data plane: io_uring loops moving packets between a TUN queue and UDP
 //! sockets, sealing and opening them in place.
 
+mod paths;
 pub mod stats;
 pub mod worker;

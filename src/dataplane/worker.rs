@@ -12,26 +12,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 
+use super::paths::{OPS_PER_SLOT, REGION};
 use super::stats::{
     latency_histogram, record_latency, Counters, DropReason, SharedCounters, SharedLatency,
 };
-use crate::proto::ip;
 use crate::proto::keypair::TransportError;
 use crate::proto::session::SessionError;
 use crate::proto::time::Instant;
-use crate::proto::wire::{self, MessageType, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN};
+use crate::proto::wire::{INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN};
 use crate::session_table::{SessionTable, TableGuard};
 use crate::sys::clock::monotonic_now;
 use crate::sys::uring::{Completion, Op, Uring};
 
 /// Room for the largest datagram: header + MTU (at most `MAX_MTU`) + tag, rounded up.
 pub const SLOT_BYTES: usize = 2048;
-/// Reads kept in flight on the TUN queue.
-pub const TUN_READS_IN_FLIGHT: usize = 64;
+/// Reads kept in flight on the TUN queue (with offloads each may carry 64 KB).
+pub const TUN_READS_IN_FLIGHT: usize = 32;
 /// Receives kept in flight on each socket.
-pub const RECVS_IN_FLIGHT: usize = 64;
+pub const RECVS_IN_FLIGHT: usize = 32;
 /// How long a worker sleeps in the kernel at most, so it notices `stop` and publishes counters.
 const WAIT: Duration = Duration::from_millis(100);
 /// How often the worker merges its latency histogram into the shared one.
@@ -70,23 +70,29 @@ pub struct WorkerContext {
     pub stop: Arc<AtomicBool>,
     /// Relay client-to-client packets inside the worker.
     pub client_to_client: bool,
+    /// The TUN queue carries virtio headers (super-packets) and the sockets use UDP GRO/GSO.
+    pub offloads: bool,
 }
 
-const TUN_FILE: u8 = 0;
+pub(super) const TUN_FILE: u8 = 0;
 
 /// What became of a slot's packet when it was not dropped.
-enum Outcome {
+pub(super) enum Outcome {
     /// Handed to the kernel again (sent or written); the slot comes back with that completion.
     Queued,
     /// Done with (a keepalive, a handshake passed on): the slot can be re-armed.
     Consumed,
 }
 
-struct Worker {
-    ctx: WorkerContext,
-    ring: Uring,
-    counters: Counters,
+pub(super) struct Worker {
+    pub(super) ctx: WorkerContext,
+    pub(super) ring: Uring,
+    pub(super) counters: Counters,
     tun_slots: u32,
+    /// Per socket (file index - 1): true for IPv4.
+    pub(super) socket_families: Vec<bool>,
+    pub(super) offloads: bool,
+    pub(super) client_to_client: bool,
 }
 
 /// Runs a worker until `stop` is set. `ready` gets the outcome of the set-up (the ring must be
@@ -122,36 +128,32 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
     files.extend(ctx.sockets.iter().map(|s| s.as_raw_fd()));
     let tun_slots = TUN_READS_IN_FLIGHT as u32;
     let slots = TUN_READS_IN_FLIGHT + RECVS_IN_FLIGHT * ctx.sockets.len();
-    let ring = Uring::new(
-        &files,
-        slots,
-        SLOT_BYTES,
-        1,
-        (slots * 2).next_power_of_two() as u32,
-    )?;
+    let (slot_bytes, ops) = if ctx.offloads {
+        (2 * REGION, OPS_PER_SLOT)
+    } else {
+        (SLOT_BYTES, 1)
+    };
+    let entries = (slots * ops).next_power_of_two().min(4096) as u32;
+    let ring = Uring::new(&files, slots, slot_bytes, ops, entries)?;
+    let socket_families = ctx
+        .sockets
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.is_ipv4()).unwrap_or(true))
+        .collect();
     Ok(Worker {
+        offloads: ctx.offloads,
+        client_to_client: ctx.client_to_client,
         ctx,
         ring,
         counters: Counters::default(),
         tun_slots,
+        socket_families,
     })
 }
 
 impl Worker {
     fn home_socket(&self, slot: u32) -> u8 {
         (1 + (slot - self.tun_slots) as usize / RECVS_IN_FLIGHT) as u8
-    }
-
-    fn socket_for(&self, dest: &SocketAddr) -> Option<u8> {
-        self.ctx
-            .sockets
-            .iter()
-            .position(|s| {
-                s.local_addr()
-                    .map(|a| a.is_ipv4() == dest.is_ipv4())
-                    .unwrap_or(false)
-            })
-            .map(|i| (i + 1) as u8)
     }
 
     fn arm_all(&mut self) {
@@ -162,16 +164,16 @@ impl Worker {
 
     /// Puts a slot back to its home operation.
     fn rearm(&mut self, slot: u32) {
-        let result = if slot < self.tun_slots {
-            self.ring.read(
+        let result = match (slot < self.tun_slots, self.offloads) {
+            (true, false) => self.ring.read(
                 slot,
                 TUN_FILE,
                 TRANSPORT_HEADER_LEN,
                 SLOT_BYTES - TRANSPORT_HEADER_LEN - TAG_LEN,
-            )
-        } else {
-            let file = self.home_socket(slot);
-            self.ring.recv(slot, file, 0, SLOT_BYTES)
+            ),
+            (true, true) => self.ring.read(slot, TUN_FILE, 0, REGION),
+            (false, false) => self.ring.recv(slot, self.home_socket(slot), 0, SLOT_BYTES),
+            (false, true) => self.ring.recv(slot, self.home_socket(slot), 0, REGION),
         };
         if let Err(e) = result {
             tracing::error!(worker = self.ctx.id, slot, error = %e, "could not re-arm an I/O slot");
@@ -240,150 +242,33 @@ impl Worker {
         }
         let n = c.result as usize;
         match c.op {
-            Op::Read => {
-                self.counters.tun_rx_packets += 1;
-                self.counters.tun_rx_bytes += n as u64;
-                match self.egress(c.slot, n, now, table, guard) {
-                    Ok(Outcome::Queued) => {}
-                    Ok(Outcome::Consumed) => self.rearm(c.slot),
-                    Err(why) => {
-                        self.counters.drop(why);
-                        self.rearm(c.slot);
-                    }
-                }
-            }
-            Op::Recv => {
-                self.counters.udp_rx_packets += 1;
-                self.counters.udp_rx_bytes += n as u64;
-                match self.ingress(c.slot, n, now, table, guard) {
-                    Ok(Outcome::Queued) => {}
-                    Ok(Outcome::Consumed) => self.rearm(c.slot),
-                    Err(why) => {
-                        self.counters.drop(why);
-                        self.rearm(c.slot);
-                    }
-                }
-            }
-            Op::Send => {
-                self.counters.udp_tx_packets += 1;
-                self.counters.udp_tx_bytes += n as u64;
-                if c.slot_idle {
+            Op::Read => match self.egress(c.slot, n, now, table, guard) {
+                Ok(Outcome::Queued) => {}
+                Ok(Outcome::Consumed) => self.rearm(c.slot),
+                Err(why) => {
+                    self.counters.drop(why);
                     self.rearm(c.slot);
                 }
-            }
-            Op::Write => {
-                self.counters.tun_tx_packets += 1;
-                self.counters.tun_tx_bytes += n as u64;
+            },
+            Op::Recv => match self.ingress(c.slot, n, now, table, guard) {
+                Ok(Outcome::Queued) => {}
+                Ok(Outcome::Consumed) => self.rearm(c.slot),
+                Err(why) => {
+                    self.counters.drop(why);
+                    self.rearm(c.slot);
+                }
+            },
+            // Sends and writes were counted when submitted.
+            Op::Send | Op::Write => {
                 if c.slot_idle {
                     self.rearm(c.slot);
                 }
             }
         }
-    }
-
-    /// A packet from the TUN at `buf[16..16 + n]`: seal it for the peer owning its destination.
-    fn egress(
-        &mut self,
-        slot: u32,
-        n: usize,
-        now: Instant,
-        table: &SessionTable,
-        guard: &TableGuard<'_>,
-    ) -> Result<Outcome, DropReason> {
-        let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
-        let (_, dst) = ip::addresses(&buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n])
-            .ok_or(DropReason::Malformed)?;
-        let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
-        self.seal_and_send(slot, n, peer, now)
-    }
-
-    fn seal_and_send(
-        &mut self,
-        slot: u32,
-        n: usize,
-        peer: &crate::session_table::PeerEntry,
-        now: Instant,
-    ) -> Result<Outcome, DropReason> {
-        let endpoint = peer.endpoint().ok_or(DropReason::NoEndpoint)?;
-        let file = self.socket_for(&endpoint).ok_or(DropReason::NoEndpoint)?;
-        let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
-        let len = peer.session.encrypt(buf, n, now).map_err(session_drop)?;
-        peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-        self.ring
-            .send(slot, 0, file, 0, len, endpoint, None)
-            .map_err(|_| DropReason::IoError)?;
-        Ok(Outcome::Queued)
-    }
-
-    /// A datagram at `buf[..n]`: a transport message is opened and written to the TUN (or
-    /// relayed); a handshake message goes to the control thread.
-    fn ingress(
-        &mut self,
-        slot: u32,
-        n: usize,
-        now: Instant,
-        table: &SessionTable,
-        guard: &TableGuard<'_>,
-    ) -> Result<Outcome, DropReason> {
-        let src = self.ring.source(slot).ok_or(DropReason::Malformed)?;
-        let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
-        let datagram = &mut buf[..n];
-        match wire::message_type(datagram) {
-            Ok(MessageType::Transport) => {}
-            Ok(MessageType::Initiation) => {
-                let mut bytes = [0u8; INITIATION_LEN];
-                bytes.copy_from_slice(datagram);
-                return match self.ctx.handshakes.try_send(HandshakeMessage {
-                    bytes,
-                    src,
-                    received: now,
-                }) {
-                    Ok(()) => {
-                        self.counters.handshakes_forwarded += 1;
-                        Ok(Outcome::Consumed)
-                    }
-                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                        Err(DropReason::HandshakeQueueFull)
-                    }
-                };
-            }
-            Ok(_) => return Err(DropReason::UnexpectedType),
-            Err(_) => return Err(DropReason::Malformed),
-        }
-        let index = wire::transport_receiver_index(datagram).ok_or(DropReason::Malformed)?;
-        let peer = table
-            .by_index(index, guard)
-            .ok_or(DropReason::UnknownIndex)?;
-        let received = peer
-            .session
-            .decrypt(index, datagram, now)
-            .map_err(session_drop)?;
-        // Authenticated: the peer's endpoint follows it (roaming).
-        peer.roam_to(src);
-        if received.plaintext.is_empty() {
-            return Ok(Outcome::Consumed); // keepalive
-        }
-        let packet = &datagram[received.plaintext.clone()];
-        let (inner_src, inner_dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
-        if !peer.owns_source(inner_src) {
-            return Err(DropReason::SpoofedSource);
-        }
-        let len = ip::stated_len(packet).ok_or(DropReason::Malformed)?;
-        peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        if self.ctx.client_to_client {
-            if let Some(other) = table.by_address(inner_dst, guard) {
-                self.counters.relayed_packets += 1;
-                return self.seal_and_send(slot, len, other, now);
-            }
-        }
-        self.ring
-            .write(slot, 0, TUN_FILE, TRANSPORT_HEADER_LEN, len)
-            .map_err(|_| DropReason::IoError)?;
-        Ok(Outcome::Queued)
     }
 }
 
-fn session_drop(e: SessionError) -> DropReason {
+pub(super) fn session_drop(e: SessionError) -> DropReason {
     match e {
         SessionError::NoKeypair => DropReason::NoKeypair,
         SessionError::UnknownIndex => DropReason::UnknownIndex,
