@@ -17,6 +17,9 @@ struct Args {
     /// Worker threads (default: the config's `workers`, else the number of cores).
     #[arg(long)]
     workers: Option<usize>,
+    /// Turn TUN and UDP offloads off (overrides `offloads = true` in the file).
+    #[arg(long)]
+    no_offloads: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
                 &config,
                 cli::serve::ServeOptions {
                     workers: args.workers,
+                    no_offloads: args.no_offloads,
                 },
             ),
             None => Err(anyhow::anyhow!(

@@ -1,6 +1,7 @@
 //! The server: `concentrator --config server.toml [--workers N]`.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use concentrator::config::ServerConfig;
 use concentrator::control::{Control, HandshakeStats, HANDSHAKE_QUEUE};
 use concentrator::dataplane::stats::{SharedCounters, SharedLatency};
 use concentrator::dataplane::worker::{self, WorkerContext};
+use concentrator::offload::vnet::VNET_HDR_LEN;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
 use concentrator::proto::server::{PeerConfig, Server};
@@ -25,6 +27,8 @@ use concentrator::sys::{clock, link, nft, signals, tun::Tun, udp};
 pub struct ServeOptions {
     /// `--workers`.
     pub workers: Option<usize>,
+    /// `--no-offloads`: the kill switch for TUN and UDP offloads, whatever the file says.
+    pub no_offloads: bool,
 }
 
 /// What the server set up and must take down again, in reverse order.
@@ -95,6 +99,39 @@ fn bind_sockets(config: &ServerConfig, workers: usize) -> Result<Vec<Vec<UdpSock
         .collect()
 }
 
+/// `reason=count` for every non-zero drop counter.
+fn drop_summary(c: &concentrator::dataplane::stats::Counters) -> String {
+    use concentrator::dataplane::stats::DropReason;
+    DropReason::ALL
+        .iter()
+        .filter(|r| c.drops[**r as usize] > 0)
+        .map(|r| format!("{}={}", r.name(), c.drops[*r as usize]))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Names the offloads in force, for the start-up log.
+fn offload_names(enabled: bool, tun_flags: u32) -> String {
+    use concentrator::sys::tun::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
+    if !enabled {
+        return "off".into();
+    }
+    let names = [
+        (TUN_F_CSUM, "csum"),
+        (TUN_F_TSO4, "tso4"),
+        (TUN_F_TSO6, "tso6"),
+        (TUN_F_USO4, "uso4"),
+        (TUN_F_USO6, "uso6"),
+    ];
+    let mut parts: Vec<&str> = names
+        .iter()
+        .filter(|(f, _)| tun_flags & f != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    parts.extend(["udp-gro", "udp-gso"]);
+    parts.join(",")
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     let (config, warnings) = ServerConfig::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -107,7 +144,16 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     }
     signals::block();
 
-    let mut tun = Tun::open(&config.tun_name, workers, false).context("creating the TUN device")?;
+    let offloads = config.offloads && !options.no_offloads;
+    let mut tun =
+        Tun::open(&config.tun_name, workers, offloads).context("creating the TUN device")?;
+    let tun_offloads = if offloads {
+        tun.set_vnet_hdr_size(VNET_HDR_LEN as i32)
+            .context("setting the TUN virtio header size")?;
+        tun.enable_offloads()
+    } else {
+        0
+    };
     let dev = tun.name().to_string();
     link::add_address(&dev, IpNet::V4(config.address)).context("setting the TUN address")?;
     if let Some(a6) = config.address6 {
@@ -132,6 +178,13 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     }
 
     let sockets = bind_sockets(&config, workers)?;
+    if offloads {
+        for socket in sockets.iter().flatten() {
+            if let Err(e) = udp::set_udp_gro(socket.as_fd(), true) {
+                tracing::warn!(error = %e, "UDP GRO unavailable; receiving datagram by datagram");
+            }
+        }
+    }
     let reply_sockets = sockets[0]
         .iter()
         .map(|s| s.try_clone())
@@ -181,7 +234,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             latency: latencies[id].clone(),
             stop: stop.clone(),
             client_to_client: config.client_to_client,
-            offloads: false,
+            offloads,
         };
         let ready = ready_tx.clone();
         threads.push(
@@ -218,6 +271,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         port = config.listen_port,
         workers,
         peers = config.peers.len(),
+        offloads = %offload_names(offloads, tun_offloads),
         "concentrator is up"
     );
     while !stop.load(Ordering::Relaxed) {
@@ -243,6 +297,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             udp_rx = c.udp_rx_packets,
             udp_tx = c.udp_tx_packets,
             drops = c.total_drops(),
+            drop_reasons = %drop_summary(&c),
             "worker counters"
         );
     }

@@ -31,6 +31,9 @@ pub const REGION: usize = 65_536 + 128 * 48;
 /// Segments per UDP_SEGMENT send: the kernel's UDP_MAX_SEGMENTS is 64 on older kernels
 /// (include/linux/udp.h), so stay at that.
 const SEGMENTS_PER_SEND: usize = 64;
+/// Bytes of UDP payload one UDP_SEGMENT send may carry: the whole batch is built as one IP
+/// datagram first, so it must fit a 16-bit IP length with the IPv6 (40) and UDP (8) headers.
+const BYTES_PER_SEND: usize = 65_535 - 40 - 8;
 /// Operations one offload slot may have in flight (sends or TUN writes).
 pub const OPS_PER_SLOT: usize = 16;
 
@@ -175,8 +178,9 @@ impl Worker {
         self.counters.tun_rx_bytes += (n - VNET_HDR_LEN) as u64;
         let file = socket_for(&self.socket_families, &endpoint).ok_or(DropReason::NoEndpoint)?;
         let mut ops = PendingOps::new();
-        for first in (0..count).step_by(SEGMENTS_PER_SEND) {
-            let last = (first + SEGMENTS_PER_SEND).min(count);
+        let per_send = (BYTES_PER_SEND / stride).clamp(1, SEGMENTS_PER_SEND);
+        for first in (0..count).step_by(per_send) {
+            let last = (first + per_send).min(count);
             let len = if last == count {
                 end - first * stride
             } else {
@@ -319,7 +323,6 @@ impl Worker {
                             Push::Started | Push::Merged => break,
                             Push::Rejected => {
                                 let done = coalescer.finish().map(|c| (c.frame.len(), c.segments));
-                                drop(coalescer);
                                 if let Some((len, packets)) = done {
                                     if !ops.push(Pending::Write {
                                         offset: REGION + out_pos,
@@ -361,7 +364,6 @@ impl Worker {
                 self.counters.drop(DropReason::IoError);
             }
         }
-        drop(coalescer);
         if ops.len == 0 {
             // Every datagram was dropped (counted above) or needed nothing.
             return Ok(Outcome::Consumed);

@@ -117,6 +117,21 @@ impl Tun {
         Ok(())
     }
 
+    /// Turns on as many offloads as the kernel accepts, best first: checksum + TSO4/6 + USO4/6,
+    /// then without USO (kernels before 6.2), then checksum only, then none. Returns the flags in
+    /// force. Needs a device opened with `vnet_hdr`.
+    pub fn enable_offloads(&self) -> u32 {
+        let full = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6;
+        let candidates = [full, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, TUN_F_CSUM, 0];
+        for flags in candidates {
+            match self.offload(flags) {
+                Ok(()) => return flags,
+                Err(e) => tracing::debug!(flags, error = %e, "TUN offload refused; trying fewer"),
+            }
+        }
+        0
+    }
+
     /// Sets the virtio-net header size (`TUNSETVNETHDRSZ`, 10 or 12) on every queue.
     pub fn set_vnet_hdr_size(&self, size: i32) -> Result<(), SysError> {
         for fd in &self.queues {
