@@ -67,6 +67,8 @@ struct Sim {
     faults: LinkFaults,
     latency: Duration,
     in_flight: BTreeMap<(Instant, u64), (Side, Vec<u8>)>,
+    /// Transport messages put on the link (keepalives included), per direction.
+    transport_sent: [u64; 2],
     seq: u64,
     client: Client,
     server: Server,
@@ -117,6 +119,7 @@ impl Sim {
             faults,
             latency: Duration::from_millis(20),
             in_flight: BTreeMap::new(),
+            transport_sent: [0; 2],
             seq: 0,
             client,
             server,
@@ -136,12 +139,21 @@ impl Sim {
         server: concentrator::proto::keys::PublicKey,
         now: Instant,
     ) -> Client {
+        Sim::make_client_with(secret, server, now, Some(Duration::from_secs(25)))
+    }
+
+    fn make_client_with(
+        secret: [u8; 32],
+        server: concentrator::proto::keys::PublicKey,
+        now: Instant,
+        persistent_keepalive: Option<Duration>,
+    ) -> Client {
         Client::new(
             ClientConfig {
                 secret: StaticSecret::from_bytes(secret),
                 server,
                 psk: PresharedKey::zero(),
-                persistent_keepalive: Some(Duration::from_secs(25)),
+                persistent_keepalive,
             },
             now,
             Duration::from_secs(1_700_000_000) + Duration::from_nanos(now.as_nanos()),
@@ -153,6 +165,9 @@ impl Sim {
     }
 
     fn transmit(&mut self, side: Side, bytes: Vec<u8>) {
+        if wire::message_type(&bytes) == Ok(MessageType::Transport) {
+            self.transport_sent[side as usize] += 1;
+        }
         if !self.link_up || self.chance(self.faults.loss) {
             return;
         }
@@ -514,6 +529,56 @@ fn spoofed_inner_source_is_dropped() {
         vec![2],
         "only the packet from the client's own address passes"
     );
+}
+
+#[test]
+fn idle_tunnel_without_persistent_keepalive_stays_quiet() {
+    let mut sim = Sim::new(10, LinkFaults::default());
+    sim.latency = Duration::from_millis(100);
+    let server_public = StaticSecret::from_bytes(sim.server_key_bytes).public_key();
+    sim.client = Sim::make_client_with(sim.client_secret_bytes, server_public, sim.now, None);
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(600));
+    // Each rekey (every 120 s) costs the client one confirming keepalive; nothing answers a
+    // keepalive, so there is no ping-pong.
+    let [to_server, to_client] = sim.transport_sent;
+    assert!(
+        to_server <= 6,
+        "client sent {to_server} transport messages while idle"
+    );
+    assert_eq!(
+        to_client, 0,
+        "server sent {to_client} keepalives to an idle client"
+    );
+}
+
+#[test]
+fn a_forged_response_does_not_cancel_the_pending_handshake() {
+    // Take the initiation by hand and forge a response for its index without the MAC key.
+    let mut buf = [0u8; 256];
+    let mut sim2 = Sim::new(11, LinkFaults::default());
+    let n = sim2
+        .client
+        .poll_transmit(sim2.now, &mut sim2.rng, &mut buf)
+        .unwrap();
+    let index = wire::Initiation::new_checked(&buf[..n])
+        .unwrap()
+        .sender_index();
+    let mut forged = [0u8; 116];
+    wire::Response::new_unchecked(&mut forged[..]).fill_header(7, index);
+    assert!(matches!(
+        sim2.client.receive(&mut forged, sim2.now),
+        ClientEvent::Dropped(_)
+    ));
+    // The genuine initiation still completes.
+    sim2.transmit(Side::ToServer, buf[..n].to_vec());
+    sim2.run_for(Duration::from_secs(1));
+    assert_eq!(
+        sim2.client.stats().initiations_sent,
+        1,
+        "no retry was needed"
+    );
+    assert!(sim2.client.assignment().is_some());
 }
 
 #[allow(dead_code)]

@@ -13,7 +13,7 @@ use super::constants::{
     KEEPALIVE_TIMEOUT, REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
 };
-use super::cookie::{CookieJar, MacKeys};
+use super::cookie::{self, CookieJar, MacKeys};
 use super::handshake::{HandshakeError, Initiation, InitiatorKeys};
 use super::keys::{PresharedKey, PublicKey, StaticSecret};
 use super::rng::Random;
@@ -196,6 +196,12 @@ impl Client {
         if wire::Response::new_checked(buf).map(|r| r.receiver_index()) != Ok(pending.local_index) {
             self.handshake = Some(pending);
             return ClientEvent::Dropped(DropReason::Handshake(HandshakeError::Unexpected));
+        }
+        // Check mac1 before the pending handshake is consumed, so that a forged response (its
+        // index is visible on the wire) cannot make us drop the genuine one.
+        if !cookie::verify_mac1(&self.own_mac_keys, buf) {
+            self.handshake = Some(pending);
+            return ClientEvent::Dropped(DropReason::Handshake(HandshakeError::BadMac));
         }
         match pending.finish(buf, &self.own_mac_keys, now) {
             Ok((keypair, assignment)) => {

@@ -127,7 +127,7 @@ impl Session {
         let guard = self.current.load();
         let keypair = guard.as_ref().ok_or(SessionError::NoKeypair)?;
         let len = keypair.seal(buf, payload_len, now)?;
-        self.note_sent(now);
+        self.note_sent(now, payload_len > 0);
         Ok(len)
     }
 
@@ -192,10 +192,11 @@ impl Session {
     }
 
     /// Records that a packet was sent (done by [`Session::encrypt`]; call it for packets sealed
-    /// otherwise).
-    pub fn note_sent(&self, now: Instant) {
+    /// otherwise). Only data (not keepalives) expects an answer: WireGuard whitepaper section
+    /// 6.5, the new-handshake timer is armed by sending data.
+    pub fn note_sent(&self, now: Instant, carries_data: bool) {
         stamp(&self.last_sent, now);
-        if self.unanswered_since.load(Ordering::Relaxed) == 0 {
+        if carries_data && self.unanswered_since.load(Ordering::Relaxed) == 0 {
             // Only the first unanswered send counts; a race between two senders is harmless.
             let _ = self.unanswered_since.compare_exchange(
                 0,
@@ -211,11 +212,12 @@ impl Session {
         read(&self.unanswered_since)
     }
 
-    /// True when the peer should get a keepalive: it sent us something after our last packet to
-    /// it, and we have been silent for `KEEPALIVE_TIMEOUT` (WireGuard whitepaper section 6.5,
-    /// passive keepalive). This also lets a peer tell that we are alive while it only sends.
+    /// True when the peer should get a keepalive: it sent us data after our last packet to it,
+    /// and we have been silent for `KEEPALIVE_TIMEOUT` (WireGuard whitepaper section 6.5,
+    /// passive keepalive). This lets a peer that only sends tell that we are alive; keepalives
+    /// are not answered, so two idle peers stay silent.
     pub fn needs_keepalive(&self, now: Instant) -> bool {
-        let Some(received) = self.last_received() else {
+        let Some(received) = read(&self.last_received_data) else {
             return false;
         };
         if self.current(now).is_none() {
