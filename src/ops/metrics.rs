@@ -1,0 +1,323 @@
+//! Prometheus metrics in the text exposition format, served by a tiny HTTP/1.1 server
+//! (`GET /metrics`) on a thread of its own.
+//!
+//! Every series starts with `concentrator_`; counters end in `_total`; sizes are in bytes and
+//! times in seconds. Per-peer series only with `metrics_per_peer = true`.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Ops;
+use crate::dataplane::stats::DropReason;
+
+/// The quantiles exported for latency summaries.
+const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
+
+struct Out(String);
+
+impl Out {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP concentrator_{name} {help}");
+        let _ = writeln!(self.0, "# TYPE concentrator_{name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "concentrator_{name} {value}");
+        } else {
+            let _ = writeln!(self.0, "concentrator_{name}{{{labels}}} {value}");
+        }
+    }
+
+    fn summary(&mut self, name: &str, labels: &str, h: &hdrhistogram::Histogram<u64>) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for q in QUANTILES {
+            let v = if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1e9
+            };
+            self.sample(name, &format!("{labels}{sep}quantile=\"{q}\""), v);
+        }
+        let sum = h.mean() * h.len() as f64 / 1e9;
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, h.len());
+    }
+}
+
+/// Escapes a label value.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics page.
+pub fn render(ops: &Ops, per_peer: bool) -> String {
+    let mut o = Out(String::with_capacity(16 * 1024));
+    o.head(
+        "info",
+        "gauge",
+        "Always 1; labels name the interface and the server's public key.",
+    );
+    o.sample(
+        "info",
+        &format!(
+            "interface=\"{}\",public_key=\"{}\",version=\"{}\"",
+            esc(&ops.interface),
+            ops.public_key,
+            env!("CARGO_PKG_VERSION")
+        ),
+        1,
+    );
+    o.head(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+    );
+    o.sample(
+        "uptime_seconds",
+        "",
+        (crate::sys::clock::monotonic_now() - ops.started).as_secs_f64(),
+    );
+
+    let (counters, _) = ops.counters_and_rates();
+    o.head(
+        "packets_total",
+        "counter",
+        "Packets per worker, path (udp: the encrypted side; tun: the plain side) and direction.",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        for (path, dir, v) in [
+            ("udp", "rx", c.udp_rx_packets),
+            ("udp", "tx", c.udp_tx_packets),
+            ("tun", "rx", c.tun_rx_packets),
+            ("tun", "tx", c.tun_tx_packets),
+        ] {
+            o.sample(
+                "packets_total",
+                &format!("worker=\"{w}\",path=\"{path}\",direction=\"{dir}\""),
+                v,
+            );
+        }
+    }
+    o.head(
+        "bytes_total",
+        "counter",
+        "Bytes per worker, path and direction.",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        for (path, dir, v) in [
+            ("udp", "rx", c.udp_rx_bytes),
+            ("udp", "tx", c.udp_tx_bytes),
+            ("tun", "rx", c.tun_rx_bytes),
+            ("tun", "tx", c.tun_tx_bytes),
+        ] {
+            o.sample(
+                "bytes_total",
+                &format!("worker=\"{w}\",path=\"{path}\",direction=\"{dir}\""),
+                v,
+            );
+        }
+    }
+    o.head(
+        "relayed_packets_total",
+        "counter",
+        "Client-to-client packets relayed inside a worker.",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        o.sample(
+            "relayed_packets_total",
+            &format!("worker=\"{w}\""),
+            c.relayed_packets,
+        );
+    }
+    o.head(
+        "drops_total",
+        "counter",
+        "Packets dropped, per worker and reason.",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        for d in DropReason::ALL {
+            o.sample(
+                "drops_total",
+                &format!("worker=\"{w}\",reason=\"{}\"", d.name()),
+                c.drops[d as usize],
+            );
+        }
+    }
+    o.head(
+        "packet_latency_seconds",
+        "summary",
+        "Per-packet processing latency in a worker: batch received to its sends submitted.",
+    );
+    for (w, l) in ops.latencies.iter().enumerate() {
+        o.summary(
+            "packet_latency_seconds",
+            &format!("worker=\"{w}\""),
+            &l.snapshot(),
+        );
+    }
+
+    let (completed, cookies, _failed, reasons) = ops.handshake_counts();
+    o.head(
+        "handshakes_completed_total",
+        "counter",
+        "Handshakes completed.",
+    );
+    o.sample("handshakes_completed_total", "", completed);
+    o.head(
+        "handshakes_failed_total",
+        "counter",
+        "Handshake initiations refused, by reason.",
+    );
+    for (reason, v) in reasons {
+        o.sample(
+            "handshakes_failed_total",
+            &format!("reason=\"{reason}\""),
+            v,
+        );
+    }
+    o.head(
+        "cookie_replies_total",
+        "counter",
+        "Cookie replies sent (under load).",
+    );
+    o.sample("cookie_replies_total", "", cookies);
+    o.head(
+        "handshake_latency_seconds",
+        "summary",
+        "Handshake latency: initiation received by a worker to the reply sent.",
+    );
+    o.summary(
+        "handshake_latency_seconds",
+        "",
+        &ops.handshakes.latency.snapshot(),
+    );
+
+    match ops.snapshot() {
+        Ok(snap) => {
+            o.head("peers", "gauge", "Configured peers.");
+            o.sample("peers", "", snap.peers.len());
+            o.head("sessions", "gauge", "Peers with a usable session.");
+            o.sample("sessions", "", Ops::sessions(&snap));
+            if per_peer {
+                peer_series(&mut o, &snap);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: no peer snapshot"),
+    }
+    o.0
+}
+
+fn peer_series(o: &mut Out, snap: &crate::control::command::Snapshot) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let wall = crate::sys::clock::wall_clock().as_secs_f64();
+    o.head(
+        "peer_rx_bytes_total",
+        "counter",
+        "Inner bytes received from a peer.",
+    );
+    for p in &snap.peers {
+        o.sample(
+            "peer_rx_bytes_total",
+            &format!("public_key=\"{}\"", p.public_key),
+            p.rx_bytes.load(Relaxed),
+        );
+    }
+    o.head(
+        "peer_tx_bytes_total",
+        "counter",
+        "Inner bytes sent to a peer.",
+    );
+    for p in &snap.peers {
+        o.sample(
+            "peer_tx_bytes_total",
+            &format!("public_key=\"{}\"", p.public_key),
+            p.tx_bytes.load(Relaxed),
+        );
+    }
+    o.head(
+        "peer_last_handshake_timestamp_seconds",
+        "gauge",
+        "Unix time of a peer's latest handshake (0: never).",
+    );
+    for p in &snap.peers {
+        let t = p
+            .session
+            .last_handshake()
+            .map(|h| (wall - (snap.now - h).as_secs_f64()).max(0.0))
+            .unwrap_or(0.0);
+        o.sample(
+            "peer_last_handshake_timestamp_seconds",
+            &format!("public_key=\"{}\"", p.public_key),
+            t,
+        );
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop`.
+pub fn serve(listener: TcpListener, ops: Arc<Ops>, per_peer: bool, stop: Arc<AtomicBool>) {
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::error!(error = %e, "metrics listener unusable");
+        return;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = answer(stream, &ops, per_peer) {
+                    tracing::debug!(error = %e, "metrics request failed");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn answer(mut stream: TcpStream, ops: &Ops, per_peer: bool) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&req);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(ops, per_peer),
+        ),
+        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        ),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
+}

@@ -1,0 +1,230 @@
+//! Operating the headend: the control socket (`show`, `peer add/remove`, `reload`), the
+//! Prometheus metrics endpoint, the latency interval logs, and what they share.
+//!
+//! Every operator request that touches peers goes to the control thread as a
+//! [`Command`](crate::control::command::Command) with a reply channel; counters and histograms are
+//! read directly from the workers' shared copies.
+
+pub mod latency_log;
+pub mod metrics;
+pub mod show;
+pub mod socket;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::config::ServerConfig;
+use crate::control::command::{AddPeer, Addressing, Command, ReloadReport, Snapshot};
+use crate::control::reload::{self, PeerSpec};
+use crate::control::HandshakeStats;
+use crate::dataplane::stats::{Counters, SharedCounters, SharedLatency};
+use crate::proto::keys::PublicKey;
+use crate::proto::time::Instant;
+use crate::sys::clock::monotonic_now;
+
+/// How long an operator request waits for the control thread.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the operator's side reads, shared by the socket, metrics and log threads.
+pub struct Ops {
+    /// The TUN interface's name.
+    pub interface: String,
+    /// The server's public key.
+    pub public_key: PublicKey,
+    /// The UDP port.
+    pub listen_port: u16,
+    /// Where the configuration is read from on reload.
+    pub config_path: PathBuf,
+    /// The configuration the server started with (for what a reload cannot change).
+    pub running: ServerConfig,
+    /// Per-worker counters.
+    pub counters: Vec<Arc<SharedCounters>>,
+    /// Per-worker latency histograms.
+    pub latencies: Vec<Arc<SharedLatency>>,
+    /// Handshake counters and latency.
+    pub handshakes: Arc<HandshakeStats>,
+    /// The control thread's command queue.
+    pub commands: Sender<Command>,
+    /// When the server started.
+    pub started: Instant,
+    rates: Mutex<Rates>,
+    reload_lock: Mutex<()>,
+}
+
+/// Counters at the previous rate sample.
+struct Rates {
+    at: Instant,
+    counters: Vec<Counters>,
+    /// Packets per second over the last sample period, per worker: udp rx, udp tx, tun rx, tun tx.
+    last: Vec<[f64; 4]>,
+}
+
+/// Rates are recomputed when the previous sample is at least this old.
+const MIN_RATE_PERIOD: Duration = Duration::from_millis(500);
+
+impl Ops {
+    /// Shared state for a server that started at `started`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        interface: String,
+        config_path: PathBuf,
+        running: ServerConfig,
+        counters: Vec<Arc<SharedCounters>>,
+        latencies: Vec<Arc<SharedLatency>>,
+        handshakes: Arc<HandshakeStats>,
+        commands: Sender<Command>,
+    ) -> Self {
+        let started = monotonic_now();
+        let workers = counters.len();
+        Ops {
+            interface,
+            public_key: running.public_key,
+            listen_port: running.listen_port,
+            config_path,
+            running,
+            counters,
+            latencies,
+            handshakes,
+            commands,
+            started,
+            rates: Mutex::new(Rates {
+                at: started,
+                counters: vec![Counters::default(); workers],
+                last: vec![[0.0; 4]; workers],
+            }),
+            reload_lock: Mutex::new(()),
+        }
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(make(tx))
+            .map_err(|_| "the control thread is gone".to_string())?;
+        rx.recv_timeout(REPLY_TIMEOUT)
+            .map_err(|_| "the control thread did not answer in time".to_string())
+    }
+
+    /// Every peer, from the control thread.
+    pub fn snapshot(&self) -> Result<Snapshot, String> {
+        self.ask(Command::Snapshot)
+    }
+
+    /// Adds a peer live.
+    pub fn add_peer(&self, req: AddPeer) -> Result<PeerSpec, String> {
+        self.ask(|tx| Command::AddPeer(req, tx))?
+    }
+
+    /// Removes a peer live.
+    pub fn remove_peer(&self, key: PublicKey) -> Result<(), String> {
+        self.ask(|tx| Command::RemovePeer(key, tx))?
+    }
+
+    /// Re-reads the configuration file and applies the differences in peers. A file with
+    /// problems changes nothing and returns them all.
+    pub fn reload(&self) -> Result<ReloadReport, String> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (new, warnings) = ServerConfig::load(&self.config_path).map_err(|e| e.to_string())?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        if let Some(why) = reload::refuse(&self.running, &new) {
+            return Err(why);
+        }
+        let restart_needed = reload::restart_only(&self.running, &new);
+        // Peers get the running MTU: a new `mtu` waits for the restart like the TUN's.
+        let mut specs = reload::peer_specs(&new);
+        for s in &mut specs {
+            s.assignment.mtu = self.running.mtu;
+        }
+        let mut addressing = Addressing::of(&new);
+        addressing.mtu = self.running.mtu;
+        let mut report = self.ask(|tx| Command::SetPeers(specs, Box::new(addressing), tx))?;
+        report.restart_needed = restart_needed;
+        tracing::info!(
+            added = report.added.len(),
+            removed = report.removed.len(),
+            changed = report.changed.len(),
+            unchanged = report.unchanged,
+            restart_needed = ?report.restart_needed,
+            "configuration reloaded"
+        );
+        for k in &report.added {
+            tracing::info!(peer = %k, "peer added (reload)");
+        }
+        for k in &report.removed {
+            tracing::info!(peer = %k, "peer removed (reload)");
+        }
+        for (k, what) in &report.changed {
+            tracing::info!(peer = %k, changed = ?what, "peer changed (reload)");
+        }
+        Ok(report)
+    }
+
+    /// Per-worker counters now, and packets per second since the previous sample (kept for at
+    /// least [`MIN_RATE_PERIOD`], so two quick `show`s agree).
+    pub fn counters_and_rates(&self) -> (Vec<Counters>, Vec<[f64; 4]>) {
+        let now = monotonic_now();
+        let current: Vec<Counters> = self.counters.iter().map(|c| c.snapshot()).collect();
+        let mut r = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let dt = (now - r.at).as_secs_f64();
+        if now - r.at >= MIN_RATE_PERIOD {
+            let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+            r.last = current
+                .iter()
+                .zip(&r.counters)
+                .map(|(c, p)| {
+                    [
+                        rate(c.udp_rx_packets, p.udp_rx_packets),
+                        rate(c.udp_tx_packets, p.udp_tx_packets),
+                        rate(c.tun_rx_packets, p.tun_rx_packets),
+                        rate(c.tun_tx_packets, p.tun_tx_packets),
+                    ]
+                })
+                .collect();
+            r.at = now;
+            r.counters = current.clone();
+        }
+        (current, r.last.clone())
+    }
+
+    /// Peers with a usable session.
+    pub fn sessions(snapshot: &Snapshot) -> usize {
+        snapshot
+            .peers
+            .iter()
+            .filter(|p| p.session.current(snapshot.now).is_some())
+            .count()
+    }
+
+    /// Handshake counters: completed, cookie replies, failed, and the failures by reason
+    /// (unknown_peer, replayed, bad_mac, rate_limited, other).
+    pub fn handshake_counts(&self) -> (u64, u64, u64, [(&'static str, u64); 5]) {
+        let h = &self.handshakes;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let failed = get(&h.failed);
+        let known = [
+            get(&h.unknown_peer),
+            get(&h.replayed),
+            get(&h.bad_mac),
+            get(&h.rate_limited),
+        ];
+        let other = failed.saturating_sub(known.iter().sum());
+        (
+            get(&h.completed),
+            get(&h.cookie_replies),
+            failed,
+            [
+                ("unknown_peer", known[0]),
+                ("replayed", known[1]),
+                ("bad_mac", known[2]),
+                ("rate_limited", known[3]),
+                ("other", other),
+            ],
+        )
+    }
+}

@@ -1,0 +1,240 @@
+//! The control socket: a unix stream socket (directory 0700, socket 0600) answering one JSON
+//! request per connection with one JSON line.
+//!
+//! Requests:
+//! - `{"cmd":"show","offset":0,"limit":50}`
+//! - `{"cmd":"peer_add","public_key":"<base64>","address":"10.66.0.9","address6":null,"psk":"<base64>"}`
+//! - `{"cmd":"peer_remove","public_key":"<base64>"}`
+//! - `{"cmd":"reload"}`
+//!
+//! Every answer has `"ok"`; failures carry `"error"`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::show::{show, DEFAULT_PAGE};
+use super::Ops;
+use crate::control::command::{AddPeer, ReloadReport};
+use crate::proto::keys::{PresharedKey, PublicKey};
+
+/// Largest request accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// The default socket path for interface `dev`.
+pub fn default_path(dev: &str) -> PathBuf {
+    PathBuf::from(format!("/run/concentrator/{dev}.sock"))
+}
+
+/// The bound socket; its file is removed on drop.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Binds `path`: creates its directory (0700) if missing, refuses a socket another process
+    /// still answers on, replaces a stale one, and makes the socket 0600.
+    pub fn bind(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                bail!(
+                    "{} is in use by another running server; stop it or set control_socket",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("binding the control socket {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hands the socket (and its directory, when we created it under /run/concentrator) to
+    /// `uid:gid`, so the server can still remove it after dropping privileges.
+    pub fn chown(&self, uid: u32, gid: u32) -> std::io::Result<()> {
+        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))?;
+        if let Some(dir) = self.path.parent() {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        }
+        Ok(())
+    }
+
+    /// Answers requests until `stop`. Runs on its own thread; the file stays until drop.
+    pub fn serve(&self, ops: &Ops, stop: &AtomicBool) {
+        if let Err(e) = self.listener.set_nonblocking(true) {
+            tracing::error!(error = %e, "control socket unusable");
+            return;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = answer(stream, ops) {
+                        tracing::debug!(error = %e, "control request failed");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Starts the socket thread.
+pub fn spawn(
+    socket: Arc<ControlSocket>,
+    ops: Arc<Ops>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("control-socket".into())
+        .spawn(move || socket.serve(&ops, &stop))
+}
+
+fn answer(stream: UnixStream, ops: &Ops) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Value>(&line) {
+        Ok(req) => handle(ops, &req).unwrap_or_else(|e| json!({"ok": false, "error": e})),
+        Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+    };
+    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    out.push(b'\n');
+    (&stream).write_all(&out)
+}
+
+fn key_field(req: &Value, field: &str) -> Result<PublicKey, String> {
+    let text = req[field]
+        .as_str()
+        .ok_or_else(|| format!("missing {field}"))?;
+    PublicKey::from_base64(text).map_err(|e| format!("{field}: {e}"))
+}
+
+fn opt_parse<T: std::str::FromStr>(req: &Value, field: &str) -> Result<Option<T>, String> {
+    match req[field].as_str() {
+        None => Ok(None),
+        Some(s) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{field}: {s:?} is not a valid address")),
+    }
+}
+
+/// The JSON of a reload report.
+pub fn report_json(r: &ReloadReport) -> Value {
+    json!({
+        "ok": true,
+        "added": r.added,
+        "removed": r.removed,
+        "changed": r.changed.iter().map(|(k, w)| json!({"public_key": k, "what": w})).collect::<Vec<_>>(),
+        "unchanged": r.unchanged,
+        "restart_needed": r.restart_needed,
+    })
+}
+
+/// Answers one request.
+pub fn handle(ops: &Ops, req: &Value) -> Result<Value, String> {
+    match req["cmd"].as_str().unwrap_or("") {
+        "show" => {
+            let offset = req["offset"].as_u64().unwrap_or(0) as usize;
+            let limit = req["limit"].as_u64().unwrap_or(DEFAULT_PAGE as u64) as usize;
+            show(ops, offset, limit)
+        }
+        "peer_add" => {
+            let public_key = key_field(req, "public_key")?;
+            if public_key == ops.public_key {
+                return Err("that is the server's own public key".into());
+            }
+            let psk = match req["psk"].as_str() {
+                None => None,
+                Some(t) => {
+                    Some(PresharedKey::from_base64(t.trim()).map_err(|e| format!("psk: {e}"))?)
+                }
+            };
+            let spec = ops.add_peer(AddPeer {
+                public_key,
+                psk,
+                address: opt_parse(req, "address")?,
+                address6: opt_parse(req, "address6")?,
+            })?;
+            Ok(json!({
+                "ok": true,
+                "public_key": spec.public_key.to_string(),
+                "address": spec.assignment.ipv4.to_string(),
+                "address6": spec.assignment.ipv6.map(|(a, _)| a.to_string()),
+            }))
+        }
+        "peer_remove" => {
+            let key = key_field(req, "public_key")?;
+            ops.remove_peer(key)?;
+            Ok(json!({"ok": true, "public_key": key.to_string()}))
+        }
+        "reload" => ops.reload().map(|r| report_json(&r)),
+        other => Err(format!(
+            "unknown command {other:?}; use show, peer_add, peer_remove or reload"
+        )),
+    }
+}
+
+/// Client side: sends `req` to the socket at `path` and returns the answer.
+pub fn request(path: &Path, req: &Value, timeout: Duration) -> Result<Value> {
+    let stream = UnixStream::connect(path).with_context(|| {
+        format!(
+            "cannot connect to {}: is the server running (as root, or is --socket right)?",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut out = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut out)
+        .context("reading the answer")?;
+    let v: Value = serde_json::from_str(&out).context("the server's answer is not JSON")?;
+    if v["ok"].as_bool() != Some(true) {
+        bail!("{}", v["error"].as_str().unwrap_or("request failed"));
+    }
+    Ok(v)
+}
