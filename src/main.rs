@@ -31,6 +31,9 @@ enum Command {
         /// Client configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Turn TUN and UDP offloads off (overrides `offloads = true` in the file).
+        #[arg(long)]
+        no_offloads: bool,
     },
     /// Print a new private key.
     Genkey,
@@ -48,7 +51,10 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let result = match args.command {
-        Some(Command::Connect { config }) => cli::connect::run(&config),
+        Some(Command::Connect {
+            config,
+            no_offloads,
+        }) => cli::connect::run(&config, no_offloads),
         Some(Command::Genkey) => cli::keys::genkey(),
         Some(Command::Pubkey) => cli::keys::pubkey(),
         None => match args.config {

@@ -1,42 +1,80 @@
 //! The client: `concentrator connect --config client.toml`.
+//!
+//! Two threads: this one receives from the server (opening, coalescing, writing to the TUN) and
+//! runs the protocol's timers; a second one reads the TUN (cutting super-packets into segments,
+//! sealing, sending them as one UDP_SEGMENT batch). They share the session, whose sealing is
+//! lock-free.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use concentrator::config::ClientConfig;
+use concentrator::offload::coalesce::{Coalescer, Push};
+use concentrator::offload::split::Segmenter;
+use concentrator::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use concentrator::proto::client::{Client, ClientConfig as ProtoClientConfig, ClientEvent};
+use concentrator::proto::constants::MAX_MTU;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
+use concentrator::proto::session::Session;
 use concentrator::proto::wire::{AddressAssignment, TAG_LEN, TRANSPORT_HEADER_LEN};
 use concentrator::sys::link::{self, RouteGuard};
-use concentrator::sys::{clock, poll, signals, tun};
+use concentrator::sys::{clock, poll, signals, tun, udp};
 
-const BUF: usize = 2048;
-/// Most packets handled from one descriptor before looking at the other.
+/// Largest UDP read (a GRO batch) and largest TUN read (a super-packet plus virtio header).
+const BIG: usize = 65_536 + 128 * 48;
+/// Bytes of one UDP_SEGMENT batch: must fit one IP datagram (IPv6 and UDP headers).
+const BYTES_PER_SEND: usize = 65_535 - 40 - 8;
+/// Reads from one descriptor before looking at the other.
 const BURST: usize = 64;
 
-/// The tunnel's TUN and routes; removed on drop (routes first, then the device).
+/// The tunnel's TUN, routes and reader thread; all removed on drop (thread, routes, device).
 struct Tunnel {
-    routes: RouteGuard,
+    assignment: AddressAssignment,
     queue: OwnedFd,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    _routes: RouteGuard,
     _tun: tun::Tun,
 }
 
-fn bring_up(config: &ClientConfig, a: &AddressAssignment) -> Result<Tunnel> {
-    let mut dev = tun::Tun::open(&config.tun_name, 1, false).context("creating the TUN device")?;
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+fn bring_up(
+    config: &ClientConfig,
+    a: &AddressAssignment,
+    offloads: bool,
+    socket: &UdpSocket,
+    session: Arc<Session>,
+    sent_bytes: Arc<AtomicU64>,
+) -> Result<Tunnel> {
+    let mut dev =
+        tun::Tun::open(&config.tun_name, 1, offloads).context("creating the TUN device")?;
+    if offloads {
+        dev.set_vnet_hdr_size(VNET_HDR_LEN as i32)?;
+        dev.enable_offloads();
+    }
     let name = dev.name().to_string();
     let v4 = Ipv4Net::new(a.ipv4, a.ipv4_prefix).context("server sent a bad IPv4 prefix")?;
     link::add_address(&name, IpNet::V4(v4))?;
     if let Some((v6, prefix)) = a.ipv6 {
-        link::add_address(
-            &name,
-            IpNet::V6(Ipv6Net::new(v6, prefix).context("server sent a bad IPv6 prefix")?),
-        )?;
+        let net = Ipv6Net::new(v6, prefix).context("server sent a bad IPv6 prefix")?;
+        link::add_address(&name, IpNet::V6(net))?;
     }
     link::set_up(&name, a.mtu as u32)?;
     let mut routes = RouteGuard::new();
@@ -49,9 +87,6 @@ fn bring_up(config: &ClientConfig, a: &AddressAssignment) -> Result<Tunnel> {
             .context("adding the host route to the server")?;
     }
     for net in config.tunnel_routes() {
-        if net.addr().is_ipv6() && a.ipv6.is_none() && !config.full_tunnel {
-            tracing::warn!(%net, "the server gave no IPv6 address; routing this network anyway");
-        }
         routes
             .add_route(net, &name)
             .with_context(|| format!("adding route {net} via {name}"))?;
@@ -60,15 +95,105 @@ fn bring_up(config: &ClientConfig, a: &AddressAssignment) -> Result<Tunnel> {
         .take_queues()
         .pop()
         .context("TUN device without a queue")?;
-    tracing::info!(interface = %name, address = %v4, mtu = a.mtu, full_tunnel = config.full_tunnel, "tunnel up");
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let queue = queue.try_clone().context("duplicating the TUN queue")?;
+        let socket = socket.try_clone().context("duplicating the UDP socket")?;
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("tun-reader".into())
+            .spawn(move || read_tun(queue, socket, session, offloads, stop, sent_bytes))?
+    };
+    tracing::info!(interface = %name, address = %v4, mtu = a.mtu, full_tunnel = config.full_tunnel, offloads, "tunnel up");
     Ok(Tunnel {
-        routes,
+        assignment: *a,
         queue,
+        stop,
+        reader: Some(reader),
+        _routes: routes,
         _tun: dev,
     })
 }
 
-fn underlay_socket(server: SocketAddr) -> Result<UdpSocket> {
+/// The TUN reader: packets (or super-packets) out to the server.
+fn read_tun(
+    queue: OwnedFd,
+    socket: UdpSocket,
+    session: Arc<Session>,
+    offloads: bool,
+    stop: Arc<AtomicBool>,
+    sent_bytes: Arc<AtomicU64>,
+) {
+    let mut input = vec![0u8; BIG];
+    let mut output = vec![0u8; BIG];
+    while !stop.load(Ordering::Relaxed) {
+        let n = match tun::read_timeout(queue.as_fd(), &mut input, Some(Duration::from_millis(200)))
+        {
+            Ok(Some(n)) if n > 0 => n,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "TUN read failed");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let now = clock::monotonic_now();
+        if !offloads {
+            let room = &mut output[..TRANSPORT_HEADER_LEN + n + TAG_LEN];
+            room[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n].copy_from_slice(&input[..n]);
+            if let Ok(len) = session.encrypt(room, n, now) {
+                let _ = udp::send_segments(socket.as_fd(), &room[..len], None);
+                sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            continue;
+        }
+        let Some(hdr) = VirtioNetHdr::parse(&input[..n]) else {
+            continue;
+        };
+        let Ok(segments) = Segmenter::new(&hdr, &input[VNET_HDR_LEN..n], MAX_MTU as usize) else {
+            continue;
+        };
+        let count = segments.segment_count();
+        let stride = segments.segment_len(0) + TRANSPORT_HEADER_LEN + TAG_LEN;
+        if count == 0 || count * stride > output.len() {
+            continue;
+        }
+        let mut end = 0;
+        let mut sealed_all = true;
+        for i in 0..count {
+            let at = i * stride;
+            let room = &mut output[at + TRANSPORT_HEADER_LEN..at + stride - TAG_LEN];
+            let Ok(len) = segments.write_segment(i, room) else {
+                sealed_all = false;
+                break;
+            };
+            match session.encrypt(&mut output[at..at + stride], len, now) {
+                Ok(sealed) => end = at + sealed,
+                Err(_) => {
+                    sealed_all = false;
+                    break;
+                }
+            }
+            sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        if !sealed_all {
+            continue;
+        }
+        let per_send = (BYTES_PER_SEND / stride).clamp(1, 64);
+        for first in (0..count).step_by(per_send) {
+            let last = (first + per_send).min(count);
+            let upto = if last == count { end } else { last * stride };
+            let segment = (last - first > 1).then_some(stride as u16);
+            if let Err(e) =
+                udp::send_segments(socket.as_fd(), &output[first * stride..upto], segment)
+            {
+                tracing::debug!(error = %e, "send to server failed");
+            }
+        }
+    }
+}
+
+fn underlay_socket(server: SocketAddr, offloads: bool) -> Result<UdpSocket> {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {
@@ -78,76 +203,124 @@ fn underlay_socket(server: SocketAddr) -> Result<UdpSocket> {
     s.connect(server)
         .with_context(|| format!("setting the server address {server}"))?;
     s.set_nonblocking(true)?;
+    if offloads {
+        if let Err(e) = udp::set_udp_gro(s.as_fd(), true) {
+            tracing::warn!(error = %e, "UDP GRO unavailable");
+        }
+    }
     Ok(s)
 }
 
+/// Writes what the coalescer holds to the TUN.
+fn flush(coalescer: &mut Coalescer<'_>, queue: &OwnedFd) {
+    if let Some(c) = coalescer.finish() {
+        if let Err(e) = tun::write(queue.as_fd(), c.frame) {
+            tracing::debug!(error = %e, "TUN write failed");
+        }
+    }
+}
+
 /// Runs the client until SIGINT or SIGTERM.
-pub fn run(config_path: &Path) -> Result<()> {
+pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
     let (config, warnings) = ClientConfig::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    let offloads = config.offloads && !no_offloads;
     signals::block();
-    let socket = underlay_socket(config.server_endpoint)?;
+    let socket = underlay_socket(config.server_endpoint, offloads)?;
     let now = clock::monotonic_now();
+    let psk = config
+        .preshared_key
+        .as_ref()
+        .map(|k| PresharedKey::from_bytes(*k.as_bytes()))
+        .unwrap_or_else(PresharedKey::zero);
     let mut client = Client::new(
         ProtoClientConfig {
             secret: StaticSecret::from_bytes(*config.private_key.to_bytes()),
             server: config.server_public_key,
-            psk: config
-                .preshared_key
-                .as_ref()
-                .map(|k| PresharedKey::from_bytes(*k.as_bytes()))
-                .unwrap_or_else(PresharedKey::zero),
+            psk,
             persistent_keepalive: config.persistent_keepalive,
         },
         now,
         clock::wall_clock(),
     );
+    let sent_bytes = Arc::new(AtomicU64::new(0));
+    let mut received_bytes = 0u64;
     let mut rng = OsRandom;
     let mut tunnel: Option<Tunnel> = None;
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; BIG];
+    let mut coalesce_buf = vec![0u8; BIG];
+    let mut small = [0u8; 256];
     tracing::info!(server = %config.server_endpoint, "connecting");
     loop {
         if let Some(signals::Signal::Stop) = signals::wait(Duration::ZERO) {
             break;
         }
         let now = clock::monotonic_now();
-        while let Some(n) = client.poll_transmit(now, &mut rng, &mut buf) {
-            if let Err(e) = socket.send(&buf[..n]) {
+        while let Some(n) = client.poll_transmit(now, &mut rng, &mut small) {
+            if let Err(e) = socket.send(&small[..n]) {
                 tracing::debug!(error = %e, "send to server failed");
             }
         }
         let wait = (client.next_timeout(now) - now).min(Duration::from_millis(200));
-        let ready = match &tunnel {
-            Some(t) => poll::readable([socket.as_fd(), t.queue.as_fd()], wait)?,
-            None => {
-                let [udp] = poll::readable([socket.as_fd()], wait)?;
-                [udp, false]
-            }
-        };
-        if ready[0] {
-            for _ in 0..BURST {
-                let n = match socket.recv(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "receive failed");
-                        break;
-                    }
-                };
-                let now = clock::monotonic_now();
-                match client.receive(&mut buf[..n], now) {
+        let [readable] = poll::readable([socket.as_fd()], wait)?;
+        if !readable {
+            continue;
+        }
+        for _ in 0..BURST {
+            let (n, segment) = match udp::recv_gro(socket.as_fd(), &mut buf) {
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "receive failed");
+                    break;
+                }
+            };
+            let segment = segment.map_or(n, usize::from).max(1);
+            let now = clock::monotonic_now();
+            let mut coalescer = Coalescer::new(&mut coalesce_buf);
+            for start in (0..n).step_by(segment) {
+                let end = (start + segment).min(n);
+                match client.receive(&mut buf[start..end], now) {
                     ClientEvent::Packet(range) => {
-                        if let Some(t) = &tunnel {
-                            let _ = tun::write(t.queue.as_fd(), &buf[range]);
+                        received_bytes += range.len() as u64;
+                        let Some(t) = &tunnel else { continue };
+                        let packet = &buf[start + range.start..start + range.end];
+                        if !offloads {
+                            let _ = tun::write(t.queue.as_fd(), packet);
+                            continue;
+                        }
+                        loop {
+                            match coalescer.try_push(packet) {
+                                Push::Started | Push::Merged => break,
+                                Push::Rejected => flush(&mut coalescer, &t.queue),
+                                Push::TooLarge => {
+                                    let mut frame = Vec::with_capacity(VNET_HDR_LEN + packet.len());
+                                    frame.extend_from_slice(&VirtioNetHdr::NONE.to_bytes());
+                                    frame.extend_from_slice(packet);
+                                    let _ = tun::write(t.queue.as_fd(), &frame);
+                                    break;
+                                }
+                            }
                         }
                     }
                     ClientEvent::Connected(a) => {
+                        if tunnel.as_ref().is_some_and(|t| t.assignment != a) {
+                            tracing::info!(
+                                "the server assigned a new address; rebuilding the tunnel"
+                            );
+                            tunnel = None;
+                        }
                         if tunnel.is_none() {
-                            tunnel = Some(bring_up(&config, &a)?);
-                        } else {
-                            tracing::debug!("rekeyed");
+                            tunnel = Some(bring_up(
+                                &config,
+                                &a,
+                                offloads,
+                                &socket,
+                                client.session().clone(),
+                                sent_bytes.clone(),
+                            )?);
                         }
                     }
                     ClientEvent::CookieReceived => {
@@ -156,28 +329,16 @@ pub fn run(config_path: &Path) -> Result<()> {
                     ClientEvent::Keepalive | ClientEvent::Dropped(_) => {}
                 }
             }
-        }
-        if let (true, Some(t)) = (ready[1], &tunnel) {
-            for _ in 0..BURST {
-                let room = BUF - TRANSPORT_HEADER_LEN - TAG_LEN;
-                let n = match tun::read_timeout(
-                    t.queue.as_fd(),
-                    &mut buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + room],
-                    Some(Duration::ZERO),
-                )? {
-                    Some(n) if n > 0 => n,
-                    _ => break,
-                };
-                let now = clock::monotonic_now();
-                if let Ok(len) = client.encrypt(&mut buf, n, now) {
-                    let _ = socket.send(&buf[..len]);
-                }
+            if let Some(t) = &tunnel {
+                flush(&mut coalescer, &t.queue);
             }
         }
     }
-    tracing::info!("disconnecting");
-    if let Some(t) = tunnel {
-        drop(t.routes);
-    }
+    tracing::info!(
+        sent_bytes = sent_bytes.load(Ordering::Relaxed),
+        received_bytes,
+        "disconnecting"
+    );
+    drop(tunnel);
     Ok(())
 }

@@ -62,7 +62,7 @@ pub struct Completion {
 }
 
 /// Room for one control message carrying a u16/int (UDP_SEGMENT, UDP_GRO), 8-byte aligned.
-const CMSG_SPACE: usize = 32;
+pub(super) const CMSG_SPACE: usize = 32;
 
 /// The kernel-facing records of one operation.
 struct OpRecord {
@@ -173,7 +173,7 @@ impl Uring {
         for (chunk, word) in bytes.chunks_mut(8).zip(record.cmsg.iter()) {
             chunk.copy_from_slice(&word.to_ne_bytes());
         }
-        let used = (record.msg.msg_controllen as usize).min(CMSG_SPACE);
+        let used = record.msg.msg_controllen.min(CMSG_SPACE);
         parse_gro_cmsg(&bytes[..used])
     }
 
@@ -375,7 +375,7 @@ impl OpRecord {
 }
 
 /// Writes a `cmsghdr` for UDP_SEGMENT with `size` into `space`; returns the bytes used.
-fn write_segment_cmsg(space: &mut [u64; CMSG_SPACE / 8], size: u16) -> usize {
+pub(super) fn write_segment_cmsg(space: &mut [u64; CMSG_SPACE / 8], size: u16) -> usize {
     let header = std::mem::size_of::<libc::cmsghdr>();
     let len = header + std::mem::size_of::<u16>();
     let mut bytes = [0u8; CMSG_SPACE];
@@ -391,7 +391,7 @@ fn write_segment_cmsg(space: &mut [u64; CMSG_SPACE / 8], size: u16) -> usize {
 }
 
 /// Finds a UDP_GRO control message in `control` and returns its segment size.
-fn parse_gro_cmsg(control: &[u8]) -> Option<u16> {
+pub(super) fn parse_gro_cmsg(control: &[u8]) -> Option<u16> {
     let header = std::mem::size_of::<libc::cmsghdr>();
     let mut at = 0;
     while at + header <= control.len() {
