@@ -203,6 +203,64 @@ pub fn raw_to_socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr
     }
 }
 
+/// Sends `buf` on a connected socket; with `segment_size`, as one UDP_SEGMENT batch of
+/// datagrams of that size (the last may be shorter). One system call either way.
+pub fn send_segments(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    segment_size: Option<u16>,
+) -> io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; super::uring::CMSG_SPACE / 8];
+    // SAFETY: msghdr is a plain C struct; all-zero is valid (no name, no control).
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(size) = segment_size {
+        let used = super::uring::write_segment_cmsg(&mut control, size);
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = used as _;
+    }
+    // SAFETY: msg points to one iovec over `buf` (read only by the kernel) and to `control`,
+    // both alive for the call.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Receives on a connected non-blocking socket; returns the bytes and, when UDP GRO merged
+/// several datagrams, their size (each but the last).
+pub fn recv_gro(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<u16>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; super::uring::CMSG_SPACE / 8];
+    // SAFETY: msghdr is a plain C struct; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = super::uring::CMSG_SPACE as _;
+    // SAFETY: msg points to one iovec over `buf` and to `control`, both writable and alive for
+    // the call.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut bytes = [0u8; super::uring::CMSG_SPACE];
+    for (chunk, word) in bytes.chunks_mut(8).zip(control.iter()) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    let used = msg.msg_controllen.min(super::uring::CMSG_SPACE);
+    Ok((n as usize, super::uring::parse_gro_cmsg(&bytes[..used])))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,62 +324,4 @@ mod tests {
         let sizes: Vec<usize> = (0..3).map(|_| rx.recv(&mut buf).unwrap()).collect();
         assert_eq!(sizes, [100, 100, 50]);
     }
-}
-
-/// Sends `buf` on a connected socket; with `segment_size`, as one UDP_SEGMENT batch of
-/// datagrams of that size (the last may be shorter). One system call either way.
-pub fn send_segments(
-    fd: BorrowedFd<'_>,
-    buf: &[u8],
-    segment_size: Option<u16>,
-) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    let mut control = [0u64; super::uring::CMSG_SPACE / 8];
-    // SAFETY: msghdr is a plain C struct; all-zero is valid (no name, no control).
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(size) = segment_size {
-        let used = super::uring::write_segment_cmsg(&mut control, size);
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = used as _;
-    }
-    // SAFETY: msg points to one iovec over `buf` (read only by the kernel) and to `control`,
-    // both alive for the call.
-    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-/// Receives on a connected non-blocking socket; returns the bytes and, when UDP GRO merged
-/// several datagrams, their size (each but the last).
-pub fn recv_gro(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<u16>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut control = [0u64; super::uring::CMSG_SPACE / 8];
-    // SAFETY: msghdr is a plain C struct; all-zero is valid.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = super::uring::CMSG_SPACE as _;
-    // SAFETY: msg points to one iovec over `buf` and to `control`, both writable and alive for
-    // the call.
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut bytes = [0u8; super::uring::CMSG_SPACE];
-    for (chunk, word) in bytes.chunks_mut(8).zip(control.iter()) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    let used = msg.msg_controllen.min(super::uring::CMSG_SPACE);
-    Ok((n as usize, super::uring::parse_gro_cmsg(&bytes[..used])))
 }
