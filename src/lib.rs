@@ -10,6 +10,7 @@
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod offload;
 pub mod ops;
 pub mod proto;
 pub mod session_table;
