@@ -39,6 +39,62 @@ enum Command {
     Genkey,
     /// Read a private key on stdin, print its public key.
     Pubkey,
+    /// Show the running server: interface, workers, handshakes, latencies, peers (paged).
+    Show {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The control socket (default: the only one in /run/concentrator).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Peers to show (at most 10000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Peers to skip, in address order.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
+    /// Add or remove a peer on the running server, live.
+    Peer {
+        /// The control socket (default: the only one in /run/concentrator).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        action: PeerAction,
+    },
+    /// Make the running server re-read its config and apply the peer changes (as SIGHUP).
+    Reload {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The control socket (default: the only one in /run/concentrator).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerAction {
+    /// Add a peer (not written to the config file).
+    Add {
+        /// Its base64 public key.
+        #[arg(long)]
+        public_key: String,
+        /// A fixed virtual IPv4 address (default: from the pool, stable for the key).
+        #[arg(long)]
+        address: Option<std::net::Ipv4Addr>,
+        /// A fixed virtual IPv6 address (default: from the pool, when the server has IPv6).
+        #[arg(long)]
+        address6: Option<std::net::Ipv6Addr>,
+        /// A file holding the base64 pre-shared key.
+        #[arg(long)]
+        psk_file: Option<PathBuf>,
+    },
+    /// Remove a peer: its session ends, its address returns to the pool.
+    Remove {
+        /// Its base64 public key.
+        public_key: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +113,28 @@ fn main() -> ExitCode {
         }) => cli::connect::run(&config, no_offloads),
         Some(Command::Genkey) => cli::keys::genkey(),
         Some(Command::Pubkey) => cli::keys::pubkey(),
+        Some(Command::Show {
+            json,
+            socket,
+            limit,
+            offset,
+        }) => cli::show::run(socket.as_deref(), json, offset, limit),
+        Some(Command::Peer { socket, action }) => match action {
+            PeerAction::Add {
+                public_key,
+                address,
+                address6,
+                psk_file,
+            } => cli::peer::add(
+                socket.as_deref(),
+                &public_key,
+                address,
+                address6,
+                psk_file.as_deref(),
+            ),
+            PeerAction::Remove { public_key } => cli::peer::remove(socket.as_deref(), &public_key),
+        },
+        Some(Command::Reload { json, socket }) => cli::reload::run(socket.as_deref(), json),
         None => match args.config {
             Some(config) => cli::serve::run(
                 &config,

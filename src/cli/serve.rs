@@ -1,6 +1,6 @@
 //! The server: `concentrator --config server.toml [--workers N]`.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 
 use concentrator::config::ServerConfig;
+use concentrator::control::command::Addressing;
 use concentrator::control::{Control, HandshakeStats, HANDSHAKE_QUEUE};
 use concentrator::dataplane::stats::{SharedCounters, SharedLatency};
 use concentrator::dataplane::worker::{self, WorkerContext};
@@ -20,8 +21,9 @@ use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
 use concentrator::proto::server::{PeerConfig, Server};
 use concentrator::proto::wire::AddressAssignment;
+use concentrator::ops::{self, latency_log, latency_log::LatencyLog, socket::ControlSocket, Ops};
 use concentrator::session_table::SessionTable;
-use concentrator::sys::{clock, link, nft, signals, tun::Tun, udp};
+use concentrator::sys::{clock, link, nft, notify, privs, signals, tun::Tun, udp};
 
 /// Options from the command line that override the file.
 pub struct ServeOptions {
@@ -212,6 +214,38 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     for peer in peer_configs(&config) {
         control.add_peer(peer);
     }
+    // Operator's side: commands to the control thread, the control socket, the metrics port.
+    let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(64);
+    let mut control = control.with_commands(cmd_rx);
+    control.set_addressing(Addressing::of(&config));
+    let socket_path = config
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| ops::socket::default_path(&dev));
+    let control_socket = Arc::new(ControlSocket::bind(&socket_path)?);
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr).with_context(|| format!("binding metrics_listen {addr}"))?,
+        ),
+        None => None,
+    };
+    if let Some(dir) = &config.latency_log_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating latency_log_dir {}", dir.display()))?;
+    }
+    // Drop root before any thread exists: threads inherit the capabilities of this one.
+    if let Some(user) = &config.user {
+        let (uid, gid) = privs::lookup(user)?;
+        control_socket
+            .chown(uid, gid)
+            .context("handing the control socket to the user")?;
+        if let Some(dir) = &config.latency_log_dir {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                .context("handing latency_log_dir to the user")?;
+        }
+        privs::drop_to(uid, gid).with_context(|| format!("dropping privileges to {user}"))?;
+        tracing::info!(user = %user, uid, gid, "running as an unprivileged user with CAP_NET_ADMIN");
+    }
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let counters: Vec<Arc<SharedCounters>> = (0..workers)
@@ -266,28 +300,94 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             .spawn(move || control.run())?,
     );
 
+    let listen_port = config.listen_port;
+    let peer_count = config.peers.len();
+    let per_peer = config.metrics_per_peer;
+    let latency_log = config
+        .latency_log_dir
+        .clone()
+        .map(|d| (d, config.latency_log_keep, config.latency_log_interval));
+    let ops = Arc::new(Ops::new(
+        dev.clone(),
+        config_path.to_path_buf(),
+        config,
+        counters.clone(),
+        latencies.clone(),
+        hs_stats.clone(),
+        cmd_tx,
+    ));
+    threads.push(ops::socket::spawn(
+        control_socket.clone(),
+        ops.clone(),
+        stop.clone(),
+    )?);
+    if let Some(listener) = metrics_listener {
+        let (ops, stop) = (ops.clone(), stop.clone());
+        tracing::info!(address = %listener.local_addr()?, "metrics at http://<address>/metrics");
+        threads.push(
+            std::thread::Builder::new()
+                .name("metrics".into())
+                .spawn(move || ops::metrics::serve(listener, ops, per_peer, stop))?,
+        );
+    }
+    let latency_logger = match latency_log {
+        Some((dir, keep, interval)) => {
+            let mut sources: Vec<(String, latency_log::Source)> = latencies
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (format!("worker-{i}"), latency_log::source(l.clone())))
+                .collect();
+            let hs = hs_stats.clone();
+            sources.push(("handshake".into(), Box::new(move || hs.latency.snapshot())));
+            let log = LatencyLog::new(&dir, keep, sources)
+                .with_context(|| format!("opening latency_log_dir {}", dir.display()))?;
+            let stop = stop.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("latency-log".into())
+                    .spawn(move || log.run(Duration::from_secs(interval), stop))?,
+            )
+        }
+        None => None,
+    };
+
     tracing::info!(
         interface = %dev,
-        port = config.listen_port,
+        port = listen_port,
         workers,
-        peers = config.peers.len(),
+        peers = peer_count,
         offloads = %offload_names(offloads, tun_offloads),
+        control_socket = %control_socket.path().display(),
         "concentrator is up"
     );
+    let _ = notify::notify("READY=1");
     while !stop.load(Ordering::Relaxed) {
         match signals::wait(Duration::from_millis(200)) {
             Some(signals::Signal::Stop) => break,
             Some(signals::Signal::Reload) => {
-                tracing::warn!("SIGHUP: reload is not implemented yet; ignoring")
+                tracing::info!("SIGHUP: reloading the configuration");
+                if let Err(e) = ops.reload() {
+                    tracing::error!("reload refused, the running configuration stays:\n{e}");
+                }
             }
             None => {}
         }
     }
+    let _ = notify::notify("STOPPING=1");
     tracing::info!("stopping");
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
     }
+    if let Some(logger) = latency_logger {
+        // The workers have merged their last records: write the final, partial interval.
+        if let Ok(mut log) = logger.join() {
+            if let Err(e) = log.write_interval() {
+                tracing::warn!(error = %e, "could not write the last latency log interval");
+            }
+        }
+    }
+    drop(control_socket);
     for (id, c) in counters.iter().enumerate() {
         let c = c.snapshot();
         tracing::info!(

@@ -9,8 +9,13 @@ use crate::proto::time::Instant;
 pub const FAILURE_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Reasons the failure log tells apart (names used in the log line and in metrics).
-pub const FAILURE_REASONS: [&str; 5] =
-    ["unknown_peer", "replayed", "bad_mac", "rate_limited", "other"];
+pub const FAILURE_REASONS: [&str; 5] = [
+    "unknown_peer",
+    "replayed",
+    "bad_mac",
+    "rate_limited",
+    "other",
+];
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Slot {

@@ -186,7 +186,9 @@ impl Control {
                 ))
             }
             Some(ip) if !a.pool.reserve(ip) => {
-                return Err(format!("{ip} is already taken (by another peer or the server)"))
+                return Err(format!(
+                    "{ip} is already taken (by another peer or the server)"
+                ))
             }
             Some(ip) => ip,
             None => a
@@ -399,7 +401,11 @@ impl Control {
 
     fn record_latency(&mut self, msg: &HandshakeMessage) {
         let sent = monotonic_now();
-        record_latency(&mut self.latency, (sent - msg.received).as_nanos() as u64, 1);
+        record_latency(
+            &mut self.latency,
+            (sent - msg.received).as_nanos() as u64,
+            1,
+        );
     }
 
     /// Timers: keepalives, key erasure, index retirement; publishes the handshake latency and
@@ -407,7 +413,11 @@ impl Control {
     pub fn tick(&mut self, now: Instant) {
         self.stats.latency.merge_from(&mut self.latency);
         for (reason, count) in self.failures.flush(now) {
-            tracing::warn!(reason, count, "handshake failures (at most one line per reason per 10 s)");
+            tracing::warn!(
+                reason,
+                count,
+                "handshake failures (at most one line per reason per 10 s)"
+            );
         }
         let report = self.server.tick(now);
         for index in report.retired_indexes {
@@ -524,10 +534,16 @@ mod tests {
         let a = c.add_live(add(1, None)).unwrap().assignment.ipv4;
         assert!(c.addressing.as_ref().unwrap().pool.is_taken(a));
         assert_eq!(lookup(&table, a).unwrap().public_key, key(1));
-        assert!(c.add_live(add(1, None)).unwrap_err().contains("already a peer"));
+        assert!(c
+            .add_live(add(1, None))
+            .unwrap_err()
+            .contains("already a peer"));
         assert!(c.add_live(add(2, Some(a))).unwrap_err().contains("taken"));
         let fixed = Ipv4Addr::new(10, 66, 0, 200);
-        assert_eq!(c.add_live(add(2, Some(fixed))).unwrap().assignment.ipv4, fixed);
+        assert_eq!(
+            c.add_live(add(2, Some(fixed))).unwrap().assignment.ipv4,
+            fixed
+        );
         assert!(c
             .add_live(add(3, Some(Ipv4Addr::new(10, 67, 0, 2))))
             .unwrap_err()
@@ -552,7 +568,10 @@ mod tests {
                 mtu: 1420,
             },
         };
-        let r = c.set_peers(vec![spec(1, 0, 2), spec(2, 0, 3), spec(3, 0, 4)], addressing());
+        let r = c.set_peers(
+            vec![spec(1, 0, 2), spec(2, 0, 3), spec(3, 0, 4)],
+            addressing(),
+        );
         assert_eq!(r.added.len(), 3);
         let e1 = lookup(&table, Ipv4Addr::new(10, 66, 0, 2)).unwrap();
         let e2 = lookup(&table, Ipv4Addr::new(10, 66, 0, 3)).unwrap();
@@ -567,15 +586,23 @@ mod tests {
         assert_eq!(r.added, vec![key(4).to_string()]);
         assert!(r.removed.is_empty());
         assert_eq!(r.changed.len(), 2);
-        assert!(Arc::ptr_eq(&e1, &lookup(&table, Ipv4Addr::new(10, 66, 0, 2)).unwrap()));
+        assert!(Arc::ptr_eq(
+            &e1,
+            &lookup(&table, Ipv4Addr::new(10, 66, 0, 2)).unwrap()
+        ));
         let e2b = lookup(&table, Ipv4Addr::new(10, 66, 0, 3)).unwrap();
         assert!(Arc::ptr_eq(&e2, &e2b), "a psk change keeps the entry");
         assert!(lookup(&table, Ipv4Addr::new(10, 66, 0, 4)).is_none());
         assert_eq!(
-            lookup(&table, Ipv4Addr::new(10, 66, 0, 9)).unwrap().public_key,
+            lookup(&table, Ipv4Addr::new(10, 66, 0, 9))
+                .unwrap()
+                .public_key,
             key(3)
         );
-        assert_eq!(c.peer_specs()[&key(2)].psk, PresharedKey::from_bytes([5; 32]));
+        assert_eq!(
+            c.peer_specs()[&key(2)].psk,
+            PresharedKey::from_bytes([5; 32])
+        );
         let r = c.set_peers(vec![spec(2, 5, 3)], addressing());
         assert_eq!(r.removed.len(), 3);
         assert_eq!(c.peers().count(), 1);

@@ -45,8 +45,7 @@ pub struct Plan {
 /// Compares the running peers with the new ones. Sorted by key, so reports are stable.
 pub fn plan(current: &HashMap<PublicKey, PeerSpec>, new: Vec<PeerSpec>) -> Plan {
     let mut p = Plan::default();
-    let new_keys: std::collections::HashSet<PublicKey> =
-        new.iter().map(|s| s.public_key).collect();
+    let new_keys: std::collections::HashSet<PublicKey> = new.iter().map(|s| s.public_key).collect();
     for spec in new {
         match current.get(&spec.public_key) {
             None => p.add.push(spec),
@@ -124,8 +123,14 @@ pub fn restart_only(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
     check("nat", running.nat != new.nat);
     check("offloads", running.offloads != new.offloads);
     check("tun_name", running.tun_name != new.tun_name);
-    check("control_socket", running.control_socket != new.control_socket);
-    check("metrics_listen", running.metrics_listen != new.metrics_listen);
+    check(
+        "control_socket",
+        running.control_socket != new.control_socket,
+    );
+    check(
+        "metrics_listen",
+        running.metrics_listen != new.metrics_listen,
+    );
     check(
         "metrics_per_peer",
         running.metrics_per_peer != new.metrics_per_peer,
@@ -177,10 +182,7 @@ mod tests {
             .map(|s| (s.public_key, s))
             .collect();
         // 1 unchanged, 2 new psk, 3 gone, 4 new, 5 new address... of a new peer.
-        let p = plan(
-            &current,
-            vec![spec(1, 0, 2), spec(2, 9, 3), spec(4, 0, 5)],
-        );
+        let p = plan(&current, vec![spec(1, 0, 2), spec(2, 9, 3), spec(4, 0, 5)]);
         assert_eq!(p.unchanged, 1);
         assert_eq!(p.add, vec![spec(4, 0, 5)]);
         assert_eq!(p.remove, vec![PublicKey::from([3; 32])]);
@@ -206,8 +208,10 @@ mod tests {
 
     #[test]
     fn identical_set_is_a_no_op() {
-        let current: HashMap<PublicKey, PeerSpec> =
-            [spec(1, 0, 2)].into_iter().map(|s| (s.public_key, s)).collect();
+        let current: HashMap<PublicKey, PeerSpec> = [spec(1, 0, 2)]
+            .into_iter()
+            .map(|s| (s.public_key, s))
+            .collect();
         let p = plan(&current, vec![spec(1, 0, 2)]);
         assert!(p.add.is_empty() && p.remove.is_empty() && p.change.is_empty());
         assert_eq!(p.unchanged, 1);

@@ -22,24 +22,28 @@ use crate::dataplane::stats::{latency_histogram, SharedLatency};
 const PREFIX: &str = "latency-";
 const SUFFIX: &str = ".hlog";
 
+/// Reads one cumulative histogram (a worker's, the handshakes').
+pub type Source = Box<dyn Fn() -> Histogram<u64> + Send>;
+
+/// A source reading a shared histogram.
+pub fn source(shared: Arc<SharedLatency>) -> Source {
+    Box::new(move || shared.snapshot())
+}
+
 /// Writes the interval logs.
 pub struct LatencyLog {
     dir: PathBuf,
     keep: usize,
-    sources: Vec<(String, Arc<SharedLatency>)>,
+    sources: Vec<(String, Source)>,
     previous: Vec<Histogram<u64>>,
     interval_start: SystemTime,
 }
 
 impl LatencyLog {
     /// A log of `sources` (tag, histogram) into `dir` (created if missing).
-    pub fn new(
-        dir: &Path,
-        keep: usize,
-        sources: Vec<(String, Arc<SharedLatency>)>,
-    ) -> std::io::Result<Self> {
+    pub fn new(dir: &Path, keep: usize, sources: Vec<(String, Source)>) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let previous = sources.iter().map(|(_, s)| s.snapshot()).collect();
+        let previous = sources.iter().map(|(_, s)| s()).collect();
         Ok(LatencyLog {
             dir: dir.to_path_buf(),
             keep: keep.max(1),
@@ -55,8 +59,8 @@ impl LatencyLog {
         let start = self.interval_start;
         let duration = end.duration_since(start).unwrap_or_default();
         let mut deltas = Vec::with_capacity(self.sources.len());
-        for ((_, shared), prev) in self.sources.iter().zip(self.previous.iter_mut()) {
-            let now = shared.snapshot();
+        for ((_, read), prev) in self.sources.iter().zip(self.previous.iter_mut()) {
+            let now = read();
             let mut delta = now.clone();
             if delta.subtract(&*prev).is_err() {
                 // Cannot happen with cumulative histograms of equal bounds; start afresh.
@@ -164,8 +168,8 @@ mod tests {
             &dir,
             2,
             vec![
-                ("worker-0".into(), w0.clone()),
-                ("handshake".into(), hs.clone()),
+                ("worker-0".into(), source(w0.clone())),
+                ("handshake".into(), source(hs.clone())),
             ],
         )
         .unwrap();

@@ -14,7 +14,9 @@ pub mod error;
 mod json;
 pub mod link;
 pub mod nft;
+pub mod notify;
 pub mod poll;
+pub mod privs;
 pub mod signals;
 #[cfg(test)]
 mod testutil;
