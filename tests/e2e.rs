@@ -51,6 +51,12 @@ fn ping_both_directions() {
     lab.ping_ok(&c1, BACKEND, 5);
     lab.ping_ok(&backend, &addr.to_string(), 5);
     lab.ping_ok(&c1, SERVER_VIRTUAL, 3);
+    let show = lab.show_json();
+    assert_eq!(show["sessions"].as_u64(), Some(1), "show --json: {show}");
+    assert!(
+        show["handshakes"]["completed"].as_u64() >= Some(1),
+        "{show}"
+    );
 
     let log = lab.stop_server();
     let c = parse_counters(&log);
@@ -431,16 +437,14 @@ fn unknown_key_gets_no_answer() {
     lab.wait_tunnel(0);
     assert!(lab.nft_counter(&s, "ctre_udp", "replies") >= 1);
     assert_eq!(lab.client_tun_addr(1), None);
-    // The server does not (yet) log its handshake counters; when it does, they must show the
-    // unknown peer.
-    let log = strip_ansi(&lab.stop_server());
-    if let Some(v) = log
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("unknown_peer="))
-    {
-        let n: u64 = v.parse().unwrap_or(0);
-        assert!(n >= 1, "unknown_peer={v} in the server log:\n{log}");
-    }
+    // The server's own counters (control socket) show the unknown peer.
+    let show = lab.show_json();
+    let hs = &show["handshakes"];
+    assert!(
+        hs["failed_by_reason"]["unknown_peer"].as_u64().unwrap_or(0) >= 1,
+        "show --json does not count the unknown peer: {hs}"
+    );
+    assert_eq!(show["sessions"].as_u64(), Some(1), "{show}");
 }
 
 #[test]
@@ -505,6 +509,13 @@ fn spoofed_inner_source_dropped() {
         spoofed,
         "drops != spoofed packets sent: {c:?}\n{log}"
     );
+    if c.iter().any(|c| !c.drop_reasons.is_empty()) {
+        assert_eq!(
+            sum(&c, |c| c.dropped("spoofed_source")),
+            spoofed,
+            "drop_reasons: {c:?}"
+        );
+    }
 }
 
 /// Pings the backend from client 0 once a second until it answers; panics after `limit`.

@@ -22,6 +22,7 @@ pub mod cmd;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub use cmd::{Output, Proc};
@@ -109,7 +110,7 @@ impl Default for LabConfig {
 }
 
 /// Per-worker counters from the server's exit log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkerCounters {
     pub worker: u64,
     pub tun_rx: u64,
@@ -117,6 +118,15 @@ pub struct WorkerCounters {
     pub udp_rx: u64,
     pub udp_tx: u64,
     pub drops: u64,
+    /// `drop_reasons=a=1,b=2`, when the line has it.
+    pub drop_reasons: std::collections::BTreeMap<String, u64>,
+}
+
+impl WorkerCounters {
+    /// Drops for one reason (0 when not listed).
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.drop_reasons.get(reason).copied().unwrap_or(0)
+    }
 }
 
 /// Removes ANSI colour sequences (in case the logger colours its output anyway).
@@ -140,7 +150,8 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// Parses the `worker counters worker=0 tun_rx=.. tun_tx=.. udp_rx=.. udp_tx=.. drops=..` lines.
+/// Parses the `worker counters worker=0 tun_rx=.. tun_tx=.. udp_rx=.. udp_tx=.. drops=..
+/// [drop_reasons=a=1,b=2]` lines.
 pub fn parse_counters(log: &str) -> Vec<WorkerCounters> {
     strip_ansi(log)
         .lines()
@@ -151,7 +162,16 @@ pub fn parse_counters(log: &str) -> Vec<WorkerCounters> {
                 let Some((k, v)) = kv.split_once('=') else {
                     continue;
                 };
-                let Ok(v) = v.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u64>() else {
+                if k == "drop_reasons" {
+                    for r in v.split(',').filter(|r| !r.is_empty()) {
+                        if let Some((name, n)) = r.split_once('=') {
+                            c.drop_reasons
+                                .insert(name.to_string(), n.parse().unwrap_or(0));
+                        }
+                    }
+                    continue;
+                }
+                let Ok(v) = v.parse::<u64>() else {
                     continue;
                 };
                 match k {
@@ -169,7 +189,61 @@ pub fn parse_counters(log: &str) -> Vec<WorkerCounters> {
         .collect()
 }
 
+#[test]
+fn parses_counter_lines() {
+    let log = "2026-01-01T00:00:00Z  INFO concentrator::cli::serve: worker counters worker=1 \
+               tun_rx=5 tun_tx=3 udp_rx=10 udp_tx=8 drops=3 drop_reasons=no_peer=1,spoofed_source=2\n\
+               x worker counters worker=0 tun_rx=0 tun_tx=0 udp_rx=0 udp_tx=0 drops=0 drop_reasons=\n";
+    let c = parse_counters(log);
+    assert_eq!(c.len(), 2);
+    assert_eq!(
+        (c[0].worker, c[0].tun_rx, c[0].udp_tx, c[0].drops),
+        (1, 5, 8, 3)
+    );
+    assert_eq!(c[0].dropped("spoofed_source"), 2);
+    assert_eq!(c[1].dropped("no_peer"), 0);
+    assert_eq!(
+        parse_counters(&format!(
+            "\u{1b}[2mworker counters\u{1b}[0m worker=0 drops=7"
+        ))[0]
+            .drops,
+        7
+    );
+}
+
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// At most `E2E_PARALLEL` (default 3) labs exist at once in this process, whatever
+/// `--test-threads` says: the timing-sensitive tests (restart) stay far from their limits.
+static LABS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// A slot among the labs allowed at once; given back on drop.
+struct LabPermit;
+
+impl LabPermit {
+    fn acquire() -> LabPermit {
+        let max = std::env::var("E2E_PARALLEL")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(3);
+        let (lock, cv) = &LABS;
+        let mut n = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= max {
+            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        LabPermit
+    }
+}
+
+impl Drop for LabPermit {
+    fn drop(&mut self) {
+        let (lock, cv) = &LABS;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        cv.notify_one();
+    }
+}
 
 /// A lab: namespaces, links, keys, configs and the processes running in them.
 pub struct Lab {
@@ -192,12 +266,15 @@ pub struct Lab {
     pub others: Vec<Proc>,
     server_runs: u32,
     client_runs: u32,
+    /// Declared last: given back after everything else is torn down.
+    _permit: LabPermit,
 }
 
 impl Lab {
     /// Builds the topology and writes keys and configs; starts nothing.
     pub fn new(cfg: LabConfig) -> Lab {
         assert!((1..=9).contains(&cfg.clients));
+        let permit = LabPermit::acquire();
         let pid = std::process::id();
         let id = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("ctr-e2e-{pid}-{id}"));
@@ -220,6 +297,7 @@ impl Lab {
             others: Vec::new(),
             server_runs: 0,
             client_runs: 0,
+            _permit: permit,
             cfg,
             id,
             dir,
@@ -349,8 +427,10 @@ impl Lab {
              mtu = 1420\n\
              workers = 1\n\
              client_to_client = {}\n\
-             tun_name = \"{SERVER_TUN}\"\n",
-            self.cfg.client_to_client
+             tun_name = \"{SERVER_TUN}\"\n\
+             control_socket = \"{sock}\"\n",
+            self.cfg.client_to_client,
+            sock = self.control_socket().display(),
         );
         if self.cfg.nat {
             server += &format!("nat = \"{}\"\n", self.server_backend_link);
@@ -381,6 +461,22 @@ impl Lab {
             std::fs::write(self.dir.join(format!("c{}.toml", i + 1)), text)
                 .expect("write client config");
         }
+    }
+
+    /// The server's control socket (one per lab: the default path is shared by all namespaces).
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// `concentrator show --json` against the running server, parsed.
+    pub fn show_json(&self) -> serde_json::Value {
+        let sock = self.control_socket();
+        let out = cmd::run_ok(
+            &[BIN, "show", "--json", "--socket", sock.to_str().unwrap()],
+            None,
+            SHORT,
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("show --json: {e}: {out}"))
     }
 
     pub fn server_config_path(&self) -> PathBuf {
