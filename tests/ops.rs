@@ -60,7 +60,11 @@ fn show_json(lab: &Lab, extra: &[&str]) -> serde_json::Value {
 /// A ping running in the background from `ns` to `dst`, `count` packets 0.1 s apart.
 fn background_ping(lab: &Lab, ns: &str, dst: &str, count: u32, name: &str) -> Proc {
     let count = count.to_string();
-    lab.spawn_proc(ns, name, &["ping", "-n", "-c", &count, "-i", "0.1", "-W", "1", dst])
+    lab.spawn_proc(
+        ns,
+        name,
+        &["ping", "-n", "-c", &count, "-i", "0.1", "-W", "1", dst],
+    )
 }
 
 /// Waits for a background ping and requires that every echo was answered.
@@ -111,10 +115,16 @@ fn live_peer_add_and_remove_while_another_peer_pings() {
     let out = cli_ok(&lab, &["peer", "add", "--public-key", &k2]);
     assert!(out.contains("added peer") && out.contains(&k2), "{out}");
     let again = cli(&lab, &["peer", "add", "--public-key", &k2]);
-    assert!(!again.ok() && again.stderr.contains("already a peer"), "{again:?}");
+    assert!(
+        !again.ok() && again.stderr.contains("already a peer"),
+        "{again:?}"
+    );
     lab.start_client(1);
     let a2 = lab.wait_tunnel(1);
-    assert!(out.contains(&a2.to_string()), "client got {a2}, peer add said: {out}");
+    assert!(
+        out.contains(&a2.to_string()),
+        "client got {a2}, peer add said: {out}"
+    );
     lab.ping_ok(&c2, BACKEND, 3);
     let show = show_json(&lab, &[]);
     assert_eq!(show["peers_total"], 2, "{show}");
@@ -133,8 +143,14 @@ fn live_peer_add_and_remove_while_another_peer_pings() {
     assert_no_loss(&lab, ping, "peer add/remove");
 
     let log = lab.stop_server();
-    assert!(log.contains("peer added") && log.contains("peer removed"), "{log}");
-    assert!(!socket(&lab).exists(), "the control socket is removed on exit");
+    assert!(
+        log.contains("peer added") && log.contains("peer removed"),
+        "{log}"
+    );
+    assert!(
+        !socket(&lab).exists(),
+        "the control socket is removed on exit"
+    );
 }
 
 #[test]
@@ -168,7 +184,9 @@ fn reload_changes_one_peer_while_another_peer_pings() {
     assert_eq!(r["changed"][0]["public_key"], k2, "{r}");
     assert_eq!(r["changed"][0]["what"][0], "address", "{r}");
     assert_eq!(r["unchanged"], 1, "{r}");
-    assert!(r["added"].as_array().unwrap().is_empty() && r["removed"].as_array().unwrap().is_empty());
+    assert!(
+        r["added"].as_array().unwrap().is_empty() && r["removed"].as_array().unwrap().is_empty()
+    );
     let show = show_json(&lab, &["--limit", "10"]);
     let p2 = show["peers"]
         .as_array()
@@ -179,9 +197,16 @@ fn reload_changes_one_peer_while_another_peer_pings() {
     assert_eq!(p2["address"], "10.66.200.200");
 
     // 2. A broken file is refused with its problems; nothing changes.
-    std::fs::write(&path, changed.replace("address = \"10.66.200.200\"", "address = \"nope\"")).unwrap();
+    std::fs::write(
+        &path,
+        changed.replace("address = \"10.66.200.200\"", "address = \"nope\""),
+    )
+    .unwrap();
     let bad = cli(&lab, &["reload"]);
-    assert!(!bad.ok() && bad.stderr.contains("peer[1].address"), "{bad:?}");
+    assert!(
+        !bad.ok() && bad.stderr.contains("peer[1].address"),
+        "{bad:?}"
+    );
     assert_eq!(show_json(&lab, &[])["peers_total"], 2);
 
     // 3. SIGHUP: peer 2 removed from the file.
@@ -204,13 +229,19 @@ fn reload_changes_one_peer_while_another_peer_pings() {
             assert_eq!(peer_keys(&show), vec![k1.clone()]);
             break;
         }
-        assert!(Instant::now() < deadline, "SIGHUP reload did not remove peer 2: {show}");
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP reload did not remove peer 2: {show}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_no_loss(&lab, ping, "reload");
     let log = lab.stop_server();
     assert!(log.contains("configuration reloaded"), "{log}");
-    assert!(log.contains("reload refused") || !log.contains("panicked"), "{log}");
+    assert!(
+        log.contains("reload refused") || !log.contains("panicked"),
+        "{log}"
+    );
 }
 
 /// GET http://127.0.0.1:PORT/metrics inside the server's namespace.
@@ -220,7 +251,11 @@ fn scrape(lab: &Lab, port: u16) -> String {
         "import urllib.request,sys;r=urllib.request.urlopen('{url}',timeout=10);\
          assert r.headers.get_content_type()=='text/plain';sys.stdout.write(r.read().decode())"
     );
-    lab.exec_ok(&lab.server_ns.clone(), &["python3", "-c", &script], Duration::from_secs(20))
+    lab.exec_ok(
+        &lab.server_ns.clone(),
+        &["python3", "-c", &script],
+        Duration::from_secs(20),
+    )
 }
 
 #[test]
@@ -234,9 +269,7 @@ fn metrics_pass_promtool() {
     });
     add_server_settings(
         &lab,
-        &format!(
-            "metrics_listen = \"127.0.0.1:9586\"\nmetrics_per_peer = true"
-        ),
+        "metrics_listen = \"127.0.0.1:9586\"\nmetrics_per_peer = true",
     );
     lab.up();
     let c1 = lab.client_ns[0].clone();
@@ -260,13 +293,19 @@ fn metrics_pass_promtool() {
     }
     let udp_rx: f64 = text
         .lines()
-        .find(|l| l.starts_with("concentrator_packets_total{worker=\"0\",path=\"udp\",direction=\"rx\"}"))
+        .find(|l| {
+            l.starts_with("concentrator_packets_total{worker=\"0\",path=\"udp\",direction=\"rx\"}")
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(udp_rx >= 5.0, "{text}");
     if tools_or_skip("metrics_pass_promtool (promtool part)", &["promtool"]) {
-        let out = cmd::run(&["promtool", "check", "metrics"], Some(text.as_bytes()), Duration::from_secs(30));
+        let out = cmd::run(
+            &["promtool", "check", "metrics"],
+            Some(text.as_bytes()),
+            Duration::from_secs(30),
+        );
         assert!(
             out.ok(),
             "promtool check metrics failed:\n{}{}\n--- metrics ---\n{text}",
@@ -276,13 +315,21 @@ fn metrics_pass_promtool() {
     }
     // Anything but GET /metrics is refused.
     let script = "import urllib.request,urllib.error\ntry:\n urllib.request.urlopen('http://127.0.0.1:9586/x',timeout=10)\nexcept urllib.error.HTTPError as e:\n print(e.code)";
-    let code = lab.exec_ok(&lab.server_ns.clone(), &["python3", "-c", script], Duration::from_secs(20));
+    let code = lab.exec_ok(
+        &lab.server_ns.clone(),
+        &["python3", "-c", script],
+        Duration::from_secs(20),
+    );
     assert_eq!(code.trim(), "404");
 }
 
 /// Sums the interval histograms of every latency log in `dir`, per tag, with Python's hdrh.
 fn hdrh_totals(lab: &Lab, dir: &Path) -> Option<serde_json::Value> {
-    let probe = cmd::run(&["python3", "-c", "import hdrh"], None, Duration::from_secs(20));
+    let probe = cmd::run(
+        &["python3", "-c", "import hdrh"],
+        None,
+        Duration::from_secs(20),
+    );
     if !probe.ok() {
         eprintln!("SKIPPED latency_log_reads_back_with_hdrh (hdrh part): python3 -c 'import hdrh' failed; pip install hdrhistogram");
         return None;
@@ -382,7 +429,11 @@ fn show_with_100k_peers_is_paged_and_bounded() {
     let started = Instant::now();
     let config = lab.server_config_path();
     let ns = lab.server_ns.clone();
-    let server = lab.spawn_proc(&ns, "server-100k", &[BIN, "--config", config.to_str().unwrap()]);
+    let server = lab.spawn_proc(
+        &ns,
+        "server-100k",
+        &[BIN, "--config", config.to_str().unwrap()],
+    );
     lab.server = Some(server);
     loop {
         let srv = lab.server.as_mut().unwrap();
@@ -390,10 +441,16 @@ fn show_with_100k_peers_is_paged_and_bounded() {
             break;
         }
         assert!(srv.exited().is_none(), "server exited:\n{}", srv.stderr());
-        assert!(started.elapsed() < Duration::from_secs(120), "server not up after 120 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "server not up after 120 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("note: server with {PEERS} peers up in {:?}", started.elapsed());
+    eprintln!(
+        "note: server with {PEERS} peers up in {:?}",
+        started.elapsed()
+    );
 
     let t = Instant::now();
     let out = cli_ok(&lab, &["show", "--json"]);
@@ -404,7 +461,10 @@ fn show_with_100k_peers_is_paged_and_bounded() {
     assert!(out.len() < 64 * 1024, "default show is {} bytes", out.len());
 
     let t = Instant::now();
-    let out = cli_ok(&lab, &["show", "--json", "--offset", "99990", "--limit", "100"]);
+    let out = cli_ok(
+        &lab,
+        &["show", "--json", "--offset", "99990", "--limit", "100"],
+    );
     let last = t.elapsed();
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["peers"].as_array().unwrap().len(), 10);
@@ -413,7 +473,11 @@ fn show_with_100k_peers_is_paged_and_bounded() {
     let peers = out.lines().filter(|l| l.starts_with("peer: ")).count();
     assert_eq!(peers, 10_000, "a page holds at most 10000 peers");
     let text = cli_ok(&lab, &["show"]);
-    assert!(text.contains("peers: 100000") && text.contains("--offset 50"), "{}", &text[..text.len().min(2000)]);
+    assert!(
+        text.contains("peers: 100000") && text.contains("--offset 50"),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
     eprintln!(
         "note: show with {PEERS} peers answered in {first:?} (first page) and {last:?} (last page)"
     );

@@ -51,6 +51,7 @@ mod tests {
         let rx = UnixDatagram::bind_addr(&addr).unwrap();
         notify_to(Path::new(&format!("@{name}")), "READY=1").unwrap();
         let mut buf = [0u8; 16];
-        assert_eq!(&buf[..rx.recv(&mut buf).unwrap()], b"READY=1");
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
     }
 }
