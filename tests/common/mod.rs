@@ -203,10 +203,7 @@ fn parses_counter_lines() {
     assert_eq!(c[0].dropped("spoofed_source"), 2);
     assert_eq!(c[1].dropped("no_peer"), 0);
     assert_eq!(
-        parse_counters(&format!(
-            "\u{1b}[2mworker counters\u{1b}[0m worker=0 drops=7"
-        ))[0]
-            .drops,
+        parse_counters("\u{1b}[2mworker counters\u{1b}[0m worker=0 drops=7")[0].drops,
         7
     );
 }
