@@ -483,3 +483,46 @@ fn show_with_100k_peers_is_paged_and_bounded() {
     );
     lab.stop_server();
 }
+
+#[test]
+fn user_drop_keeps_cap_net_admin_and_cleans_up_nat() {
+    if !lab_or_skip("user_drop_keeps_cap_net_admin_and_cleans_up_nat") {
+        return;
+    }
+    let mut lab = Lab::new(LabConfig {
+        clients: 1,
+        nat: true,
+        backend_route: false,
+        ..Default::default()
+    });
+    add_server_settings(&lab, "user = \"nobody\"");
+    // The unprivileged server must still read its config on reload.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(lab.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    lab.up();
+    let c1 = lab.client_ns[0].clone();
+    lab.ping_ok(&c1, BACKEND, 3);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", lab.server_pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .to_string()
+    };
+    assert!(field("Uid:").contains("65534"), "{}", field("Uid:"));
+    let eff = u64::from_str_radix(field("CapEff:").split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(eff, 1 << 12, "only CAP_NET_ADMIN stays effective");
+    let server_ns = lab.server_ns.clone();
+    let before = lab.nft_tables(&server_ns);
+    assert!(!before.trim().is_empty(), "NAT table installed");
+    // show works against the socket handed to the user.
+    assert_eq!(show_json(&lab, &[])["peers_total"], 1);
+    let log = lab.stop_server();
+    assert!(log.contains("running as an unprivileged user"), "{log}");
+    let after = lab.nft_tables(&server_ns);
+    assert!(
+        after.trim().is_empty(),
+        "NAT rules left behind after an unprivileged exit:\n{after}\n{log}"
+    );
+}

@@ -37,14 +37,18 @@ pub fn default_path(dev: &str) -> PathBuf {
 pub struct ControlSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// Whether we created the socket's directory (only then is it ours to hand over).
+    created_dir: bool,
 }
 
 impl ControlSocket {
     /// Binds `path`: creates its directory (0700) if missing, refuses a socket another process
     /// still answers on, replaces a stale one, and makes the socket 0600.
     pub fn bind(path: &Path) -> Result<Self> {
+        let mut created_dir = false;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
+                created_dir = true;
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -66,6 +70,7 @@ impl ControlSocket {
         Ok(ControlSocket {
             listener,
             path: path.to_path_buf(),
+            created_dir,
         })
     }
 
@@ -74,12 +79,16 @@ impl ControlSocket {
         &self.path
     }
 
-    /// Hands the socket (and its directory, when we created it under /run/concentrator) to
-    /// `uid:gid`, so the server can still remove it after dropping privileges.
+    /// Hands the socket (and its directory, when we created it or it is /run/concentrator) to
+    /// `uid:gid`, so the server can still remove it after dropping privileges. A directory that
+    /// is not ours (say /tmp) keeps its owner: removing the socket on exit may then fail, and
+    /// the next start replaces the stale file.
     pub fn chown(&self, uid: u32, gid: u32) -> std::io::Result<()> {
         std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))?;
         if let Some(dir) = self.path.parent() {
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+            if self.created_dir || dir == Path::new("/run/concentrator") {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+            }
         }
         Ok(())
     }
