@@ -2,7 +2,7 @@
 //!
 //! With `TUNSETOFFLOAD` (CSUM, TSO4, TSO6, USO4, USO6) the kernel hands us TCP/UDP
 //! "super-packets" of up to 64 KiB behind a [`VirtioNetHdr`], with a partial L4 checksum; we
-//! [`split`](split) them into MTU-sized packets before encryption. In the other direction the
+//! [`split`] them into MTU-sized packets before encryption. In the other direction the
 //! [`Coalescer`] merges decrypted packets of one flow back into a super-packet so the kernel
 //! handles one GRO'ed skb instead of dozens.
 //!
