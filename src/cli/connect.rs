@@ -37,13 +37,15 @@ const BYTES_PER_SEND: usize = 65_535 - 40 - 8;
 const BURST: usize = 64;
 
 /// The tunnel's TUN, routes and reader thread; all removed on drop (thread, routes, device).
+/// Fields drop in order: routes go while the device still exists, then the last queue closes
+/// and the kernel removes the device.
 struct Tunnel {
     assignment: AddressAssignment,
-    queue: OwnedFd,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
     _routes: RouteGuard,
     _tun: tun::Tun,
+    queue: OwnedFd,
 }
 
 impl Drop for Tunnel {

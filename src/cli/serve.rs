@@ -17,11 +17,11 @@ use concentrator::control::{Control, HandshakeStats, HANDSHAKE_QUEUE};
 use concentrator::dataplane::stats::{SharedCounters, SharedLatency};
 use concentrator::dataplane::worker::{self, WorkerContext};
 use concentrator::offload::vnet::VNET_HDR_LEN;
+use concentrator::ops::{self, latency_log, latency_log::LatencyLog, socket::ControlSocket, Ops};
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
 use concentrator::proto::server::{PeerConfig, Server};
 use concentrator::proto::wire::AddressAssignment;
-use concentrator::ops::{self, latency_log, latency_log::LatencyLog, socket::ControlSocket, Ops};
 use concentrator::session_table::SessionTable;
 use concentrator::sys::{clock, link, nft, notify, privs, signals, tun::Tun, udp};
 
@@ -147,6 +147,15 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     signals::block();
 
     let offloads = config.offloads && !options.no_offloads;
+    if !config.tun_name.contains('%')
+        && !link::wait_until_gone(&config.tun_name, Duration::from_secs(3))
+    {
+        bail!(
+            "interface {} already exists: is another concentrator running with this tun_name? \
+             Stop it, or choose another tun_name",
+            config.tun_name
+        );
+    }
     let mut tun =
         Tun::open(&config.tun_name, workers, offloads).context("creating the TUN device")?;
     let tun_offloads = if offloads {

@@ -62,11 +62,27 @@ pub fn set_up(dev: &str, mtu: u32) -> Result<(), SysError> {
 /// addresses skip duplicate address detection so they are usable at once.
 pub fn add_address(dev: &str, addr: IpNet) -> Result<(), SysError> {
     let a = addr.to_string();
-    let mut args = vec!["addr", "add", &a, "dev", dev];
+    // `replace`: idempotent, so a device that kept its address does not fail the start.
+    let mut args = vec!["addr", "replace", &a, "dev", dev];
     if matches!(addr, IpNet::V6(_)) {
         args.push("nodad");
     }
     ip(&args).map(drop)
+}
+
+/// Waits up to `timeout` for interface `name` to disappear; true once it is gone. A device
+/// whose last queue was just closed lingers briefly (the kernel releases io_uring-registered
+/// files asynchronously), and opening a multi-queue TUN of that name would attach to it.
+pub fn wait_until_gone(name: &str, timeout: std::time::Duration) -> bool {
+    let path = std::path::Path::new("/sys/class/net").join(name);
+    let deadline = std::time::Instant::now() + timeout;
+    while path.exists() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
 }
 
 /// Adds a route to `dest` through `dev`.
