@@ -215,6 +215,9 @@ impl Worker {
             drop(guard);
             if packets > 0 {
                 pending = Some((now, packets));
+            } else if batch.is_empty() {
+                // Idle: publish what the last busy period recorded instead of holding it.
+                self.ctx.latency.merge_from(&mut latency);
             }
             self.ctx.counters.publish(&self.counters);
         }
