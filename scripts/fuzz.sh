@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target in fuzz/ for SECONDS each (default 60) and fails if any finds a
+# crash. Usage: scripts/fuzz.sh [SECONDS]
+#
+# Works on the stable toolchain: cargo-fuzz needs -Zsanitizer and other nightly flags, which
+# RUSTC_BOOTSTRAP=1 unlocks on stable. AddressSanitizer works that way (stable ships the ASan
+# runtime); set FUZZ_SANITIZER=none to build without it (faster, still catches panics).
+#
+# The committed seeds (fuzz/corpus/<target>/) are only read; what the fuzzer finds goes to
+# fuzz/target/corpus-work/<target>/. FUZZ_MERGE=1 merges inputs that add coverage back into
+# fuzz/corpus/<target>/ (keep the committed corpus small). Crashes land in fuzz/artifacts/.
+set -euo pipefail
+
+SECONDS_PER_TARGET="${1:-60}"
+SANITIZER="${FUZZ_SANITIZER:-address}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+export RUSTC_BOOTSTRAP=1
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz" >&2
+    cargo install --locked cargo-fuzz
+fi
+
+TARGETS=(wire_parse responder client_receive offload_roundtrip)
+# One build for all targets, so the run time is all fuzzing.
+cargo fuzz build -s "$SANITIZER"
+
+failed=0
+summary=()
+for target in "${TARGETS[@]}"; do
+    work="fuzz/target/corpus-work/$target"
+    mkdir -p "$work" "fuzz/corpus/$target"
+    log="fuzz/target/fuzz-$target.log"
+    set +e
+    cargo fuzz run -s "$SANITIZER" "$target" "$work" "fuzz/corpus/$target" -- \
+        -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
+        -print_final_stats=1 >"$log" 2>&1
+    status=$?
+    set -e
+    runs=$(grep -oE '^Done [0-9]+ runs in [0-9]+ second' "$log" | awk '{print $2" runs in "$5"s"}' || true)
+    cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9]+[kMb]*' "$log" | tail -1 || true)
+    if [ "$status" -ne 0 ]; then
+        failed=1
+        artifact=$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -1 | cut -d' ' -f5- || true)
+        summary+=("FAIL $target: exit $status ${artifact:+(crash: $artifact)} log: $log")
+        grep -E 'panicked|ERROR: |SUMMARY' "$log" | head -5 >&2 || true
+    else
+        summary+=("ok   $target: ${runs:-? runs}, ${cov:-no stats}")
+    fi
+    if [ "${FUZZ_MERGE:-0}" = "1" ]; then
+        cargo fuzz run -s "$SANITIZER" "$target" "fuzz/corpus/$target" "$work" -- -merge=1 \
+            >/dev/null 2>&1 || true
+    fi
+done
+
+printf '%s\n' "${summary[@]}"
+exit "$failed"
