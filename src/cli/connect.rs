@@ -205,6 +205,9 @@ fn underlay_socket(server: SocketAddr, offloads: bool) -> Result<UdpSocket> {
     s.connect(server)
         .with_context(|| format!("setting the server address {server}"))?;
     s.set_nonblocking(true)?;
+    // The default receive buffer (rmem_default, ~208 KiB) overflows under a burst from the
+    // server (a GSO train or a TUN batch): raise it as the server does for its sockets.
+    udp::raise_buffers(&s);
     if offloads {
         if let Err(e) = udp::set_udp_gro(s.as_fd(), true) {
             tracing::warn!(error = %e, "UDP GRO unavailable");

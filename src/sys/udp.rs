@@ -72,7 +72,7 @@ fn bind_fd(fd: &OwnedFd, addr: &SocketAddr) -> Result<(), SysError> {
 
 /// Raises `SO_RCVBUF`/`SO_SNDBUF` to 4 MiB: the `*FORCE` variants when privileged, else
 /// the plain ones (capped by `net.core.[rw]mem_max`). Failures are ignored.
-fn raise_buffers(fd: &OwnedFd) {
+pub fn raise_buffers(fd: &impl AsRawFd) {
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
