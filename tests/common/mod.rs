@@ -91,6 +91,9 @@ pub struct LabConfig {
     /// IPv6 enabled in the namespaces. Off, the TUNs send no IPv6 noise (router solicitations,
     /// MLD), which the server counts as drops: for tests that count drops exactly.
     pub ipv6: bool,
+    /// TUN/UDP offloads (the default). Off, the server and the clients run with
+    /// `--no-offloads`.
+    pub offloads: bool,
 }
 
 impl Default for LabConfig {
@@ -105,6 +108,7 @@ impl Default for LabConfig {
             keepalive: 25,
             unknown_clients: Vec::new(),
             ipv6: true,
+            offloads: true,
         }
     }
 }
@@ -543,17 +547,17 @@ impl Lab {
         let name = format!("server{}", self.server_runs);
         let workers = self.cfg.workers.to_string();
         let config = self.server_config_path();
-        let p = self.spawn_proc(
-            &self.server_ns.clone(),
-            &name,
-            &[
-                BIN,
-                "--config",
-                config.to_str().unwrap(),
-                "--workers",
-                &workers,
-            ],
-        );
+        let mut argv = vec![
+            BIN,
+            "--config",
+            config.to_str().unwrap(),
+            "--workers",
+            &workers,
+        ];
+        if !self.cfg.offloads {
+            argv.push("--no-offloads");
+        }
+        let p = self.spawn_proc(&self.server_ns.clone(), &name, &argv);
         self.server = Some(p);
         let deadline = Instant::now() + SHORT;
         loop {
@@ -601,11 +605,11 @@ impl Lab {
         self.client_runs += 1;
         let name = format!("client{}-{}", i + 1, self.client_runs);
         let config = self.dir.join(format!("c{}.toml", i + 1));
-        let p = self.spawn_proc(
-            &self.client_ns[i].clone(),
-            &name,
-            &[BIN, "connect", "--config", config.to_str().unwrap()],
-        );
+        let mut argv = vec![BIN, "connect", "--config", config.to_str().unwrap()];
+        if !self.cfg.offloads {
+            argv.push("--no-offloads");
+        }
+        let p = self.spawn_proc(&self.client_ns[i].clone(), &name, &argv);
         self.clients[i] = Some(p);
     }
 
