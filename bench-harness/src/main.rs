@@ -1,1 +1,188 @@
-fn main() {}
+//! The end-to-end benchmark suite (see `scripts/bench.sh` and `docs/benchmarks.md`).
+//!
+//! `run` builds the namespace lab and drives everything; `pingpong`, `sink` and `loadgen` are
+//! the small tools it starts inside the namespaces; `report` re-renders `report.md`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use concentrator::proto::keys::{PublicKey, StaticSecret};
+
+mod lab;
+mod mmsg;
+mod render;
+mod report;
+mod run;
+mod tools;
+
+#[derive(Parser)]
+#[command(name = "bench-harness")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the suite (root: network namespaces).
+    Run {
+        /// Short durations, K up to 100 (under 2 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Also wireguard-go and boringtun-cli.
+        #[arg(long)]
+        peers: bool,
+        /// perf record the server of each tunnel during a TCP upload.
+        #[arg(long)]
+        profile: bool,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The concentrator binary (a release build).
+        #[arg(long)]
+        concentrator: PathBuf,
+    },
+    /// UDP ping-pong: `--server` echoes, `--client` measures round trips.
+    Pingpong {
+        #[arg(long, conflicts_with = "client")]
+        server: bool,
+        #[arg(long)]
+        client: bool,
+        #[arg(long, default_value = "0.0.0.0:7777")]
+        bind: SocketAddr,
+        #[arg(long, default_value = "600")]
+        deadline_s: u64,
+        #[arg(long, required_if_eq("client", "true"))]
+        target: Option<SocketAddr>,
+        #[arg(long, default_value = "1000")]
+        count: u64,
+        #[arg(long, default_value = "1000")]
+        interval_us: u64,
+        #[arg(long, default_value = "1000")]
+        timeout_ms: u64,
+        #[arg(long, default_value = "60")]
+        max_seconds: u64,
+    },
+    /// Counts (and echoes) UDP datagrams.
+    Sink {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long)]
+        echo: bool,
+        #[arg(long, default_value = "60")]
+        deadline_s: u64,
+        #[arg(long, default_value = "1500")]
+        idle_ms: u64,
+    },
+    /// Emulated clients speaking the protocol (concentrator::proto::client::Client).
+    Loadgen {
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long)]
+        server_key: String,
+        /// File with one base64 private key per line.
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        backend: SocketAddr,
+        #[arg(long, default_value = "16")]
+        sockets: usize,
+        #[arg(long, default_value = "5")]
+        duration_s: u64,
+        #[arg(long, default_value = "60")]
+        connect_timeout_s: u64,
+        /// Handshake mode with this many handshakes in flight.
+        #[arg(long)]
+        handshakes_in_flight: Option<usize>,
+    },
+    /// Re-renders report.md from a results directory.
+    Report { dir: PathBuf },
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Cmd::Run {
+            quick,
+            peers,
+            profile,
+            out,
+            concentrator,
+        } => run::run(run::Plan::new(quick, peers, profile, out, concentrator)),
+        Cmd::Pingpong {
+            server,
+            bind,
+            deadline_s,
+            target,
+            count,
+            interval_us,
+            timeout_ms,
+            max_seconds,
+            ..
+        } => {
+            if server {
+                tools::pingpong_server(bind, Duration::from_secs(deadline_s))
+            } else {
+                tools::pingpong_client(
+                    target.context("--target")?,
+                    count,
+                    Duration::from_micros(interval_us),
+                    Duration::from_millis(timeout_ms),
+                    Duration::from_secs(max_seconds),
+                )
+            }
+        }
+        Cmd::Sink {
+            bind,
+            echo,
+            deadline_s,
+            idle_ms,
+        } => tools::sink(
+            bind,
+            echo,
+            Duration::from_secs(deadline_s),
+            Duration::from_millis(idle_ms),
+        ),
+        Cmd::Loadgen {
+            server,
+            server_key,
+            keys,
+            backend,
+            sockets,
+            duration_s,
+            connect_timeout_s,
+            handshakes_in_flight,
+        } => {
+            let text = std::fs::read_to_string(&keys)
+                .with_context(|| format!("reading {}", keys.display()))?;
+            let keys = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    StaticSecret::from_base64(l.trim()).map_err(|e| anyhow::anyhow!("bad key: {e}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            tools::loadgen(tools::LoadgenOptions {
+                server,
+                server_key: PublicKey::from_base64(&server_key)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+                keys,
+                backend,
+                sockets,
+                duration: Duration::from_secs(duration_s),
+                handshakes_in_flight,
+                connect_timeout: Duration::from_secs(connect_timeout_s),
+            })
+        }
+        Cmd::Report { dir } => {
+            let r: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("results.json"))?)?;
+            std::fs::write(dir.join("report.md"), render::report_markdown(&r))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,1125 @@
+//! `bench-harness run`: builds the lab, runs every scenario over every system, writes
+//! `results.json` and `report.md`.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use concentrator::proto::keys::StaticSecret;
+use concentrator::proto::rng::OsRandom;
+
+use crate::lab::{self, check_interrupted, Lab, Proc, BACKEND, BACKEND_NET, SERVER_UNDERLAY};
+use crate::report::{self, Metric, Percentiles};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub quick: bool,
+    pub peers: bool,
+    pub profile: bool,
+    pub out: PathBuf,
+    /// The `concentrator` binary (release build).
+    pub concentrator: PathBuf,
+    /// Seconds per throughput test.
+    pub seconds: u64,
+    /// Latency probes per run (1 ms apart).
+    pub probes: u64,
+    pub loadgen_clients: Vec<usize>,
+    pub workers: Vec<usize>,
+    pub loadgen_seconds: u64,
+    pub handshake_seconds: u64,
+}
+
+impl Plan {
+    pub fn new(
+        quick: bool,
+        peers: bool,
+        profile: bool,
+        out: PathBuf,
+        concentrator: PathBuf,
+    ) -> Plan {
+        Plan {
+            quick,
+            peers,
+            profile,
+            out,
+            concentrator,
+            seconds: if quick { 3 } else { 10 },
+            probes: if quick { 1000 } else { 5000 },
+            loadgen_clients: if quick {
+                vec![1, 100]
+            } else {
+                vec![1, 100, 10_000]
+            },
+            workers: vec![1, 2],
+            loadgen_seconds: if quick { 3 } else { 8 },
+            handshake_seconds: if quick { 3 } else { 8 },
+        }
+    }
+}
+
+const WG_PORT: u16 = 51821;
+const CTR_PORT: u16 = 51820;
+const PINGPONG_PORT: u16 = 7777;
+const SINK_PORT: u16 = 9000;
+const MTU: &str = "1420";
+
+fn progress(msg: &str) {
+    eprintln!("[bench {}] {msg}", chrono_now());
+}
+
+fn chrono_now() -> String {
+    let out = std::process::Command::new("date").arg("+%H:%M:%S").output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+fn self_exe() -> Result<String> {
+    Ok(std::env::current_exe()?.to_string_lossy().into_owned())
+}
+
+/// One tunnel (or none), set up in the lab; torn down on drop.
+struct System {
+    name: &'static str,
+    procs: Vec<Proc>,
+    /// Routes added in the client namespace for plain routing.
+    plain_route: bool,
+    client_ns: String,
+    /// Concentrator: the server process index in `procs` and its latency dump.
+    latency_dump: Option<PathBuf>,
+}
+
+impl System {
+    fn server_pid(&self) -> Option<u32> {
+        self.procs.first().and_then(|p| p.pid())
+    }
+
+    /// Stops everything: servers with SIGINT (so the concentrator writes its histograms).
+    fn stop(&mut self) -> Vec<String> {
+        let mut logs = Vec::new();
+        for mut p in self.procs.drain(..).rev() {
+            p.stop_with(libc::SIGINT);
+            logs.push(p.stderr());
+        }
+        if self.plain_route {
+            let _ = lab::run(
+                &["ip", "-n", &self.client_ns, "route", "del", BACKEND_NET],
+                Duration::from_secs(5),
+            );
+            self.plain_route = false;
+        }
+        logs
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Keys {
+    server: StaticSecret,
+    client: StaticSecret,
+}
+
+fn setup_plain(lab: &Lab) -> Result<System> {
+    lab.ip(
+        &lab.client,
+        &["route", "add", BACKEND_NET, "via", SERVER_UNDERLAY],
+    )?;
+    Ok(System {
+        name: "plain",
+        procs: Vec::new(),
+        plain_route: true,
+        client_ns: lab.client.clone(),
+        latency_dump: None,
+    })
+}
+
+/// How long each server start had to wait for the port (see `start_concentrator_server`).
+static PORT_WAITS_MS: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+fn start_concentrator_server(
+    lab: &Lab,
+    plan: &Plan,
+    config: &Path,
+    workers: usize,
+    dump: &Path,
+    name: &str,
+) -> Result<Proc> {
+    // A server that just exited can hold its UDP port (and TUN) for a while: its io_uring
+    // is torn down asynchronously by the kernel. Wait for the port instead of failing.
+    let t = Instant::now();
+    loop {
+        let ss = lab.exec(
+            &lab.server,
+            &["ss", "-Hun", "sport", "=", &format!(":{CTR_PORT}")],
+            Duration::from_secs(5),
+        )?;
+        if ss.stdout.trim().is_empty() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("UDP port {CTR_PORT} still held 30 s after the previous server exited");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if t.elapsed() > Duration::from_millis(50) {
+        progress(&format!(
+            "  (waited {} ms for the previous server's UDP port to be released)",
+            t.elapsed().as_millis()
+        ));
+        PORT_WAITS_MS
+            .lock()
+            .unwrap()
+            .push(t.elapsed().as_millis() as u64);
+    }
+    let bin = plan.concentrator.to_string_lossy().into_owned();
+    let cfg = config.to_string_lossy().into_owned();
+    let w = workers.to_string();
+    let dump_s = dump.to_string_lossy().into_owned();
+    let mut p = lab.spawn(
+        &lab.server,
+        name,
+        &[&bin, "--config", &cfg, "--workers", &w],
+        &[
+            ("NO_COLOR", "1"),
+            ("CONCENTRATOR_LOG", "info"),
+            ("CONCENTRATOR_LATENCY_DUMP", &dump_s),
+        ],
+    )?;
+    if !p.wait_for_log("concentrator is up", Duration::from_secs(60)) {
+        bail!("concentrator server did not come up:\n{}", p.stderr());
+    }
+    Ok(p)
+}
+
+fn setup_concentrator(lab: &Lab, plan: &Plan, keys: &Keys) -> Result<System> {
+    let dir = &lab.dir;
+    write_secret(&dir.join("ctr-server.key"), &keys.server.to_base64())?;
+    write_secret(&dir.join("ctr-client.key"), &keys.client.to_base64())?;
+    let tun = lab.link_name("t");
+    let workers = *plan.workers.iter().max().unwrap_or(&2);
+    let server_toml = report::server_config(
+        &report::ServerToml {
+            private_key_file: "ctr-server.key",
+            listen: SERVER_UNDERLAY.parse()?,
+            port: CTR_PORT,
+            tun_name: &tun,
+            workers,
+        },
+        &[keys.client.public_key().to_string()],
+    );
+    std::fs::write(dir.join("ctr-server.toml"), server_toml)?;
+    let client_toml = format!(
+        "private_key_file = \"ctr-client.key\"\nserver_public_key = \"{}\"\n\
+         server_endpoint = \"{SERVER_UNDERLAY}:{CTR_PORT}\"\nroutes = [\"{BACKEND_NET}\"]\n\
+         persistent_keepalive = 25\ntun_name = \"{}\"\n",
+        keys.server.public_key(),
+        lab.link_name("tc"),
+    );
+    std::fs::write(dir.join("ctr-client.toml"), client_toml)?;
+    let dump = plan.out.join("concentrator-e2e-latency.hdr");
+    let server = start_concentrator_server(
+        lab,
+        plan,
+        &dir.join("ctr-server.toml"),
+        workers,
+        &dump,
+        "ctr-server",
+    )?;
+    let bin = plan.concentrator.to_string_lossy().into_owned();
+    let ccfg = dir.join("ctr-client.toml").to_string_lossy().into_owned();
+    let client = lab.spawn(
+        &lab.client,
+        "ctr-client",
+        &[&bin, "connect", "--config", &ccfg],
+        &[("NO_COLOR", "1"), ("CONCENTRATOR_LOG", "info")],
+    )?;
+    Ok(System {
+        name: "concentrator",
+        procs: vec![server, client],
+        plain_route: false,
+        client_ns: lab.client.clone(),
+        latency_dump: Some(dump),
+    })
+}
+
+/// wireguard-go or boringtun-cli: both speak the WireGuard UAPI, configured with `wg`.
+fn setup_wg(lab: &Lab, keys: &Keys, which: &'static str) -> Result<System> {
+    let dir = &lab.dir;
+    let (sname, cname, net) = match which {
+        "wireguard-go" => (lab.link_name("gs"), lab.link_name("gc"), "10.67.0"),
+        _ => (lab.link_name("rs"), lab.link_name("rc"), "10.68.0"),
+    };
+    write_secret(&dir.join("wg-server.key"), &keys.server.to_base64())?;
+    write_secret(&dir.join("wg-client.key"), &keys.client.to_base64())?;
+    let mut procs = Vec::new();
+    for (ns, dev) in [(&lab.server, &sname), (&lab.client, &cname)] {
+        let argv: Vec<&str> = match which {
+            "wireguard-go" => vec!["wireguard-go", "-f", dev],
+            _ => vec![
+                "boringtun-cli",
+                "--foreground",
+                "--disable-drop-privileges",
+                "--threads",
+                "2",
+                dev,
+            ],
+        };
+        let env = [("LOG_LEVEL", "error"), ("WG_SUDO", "1")];
+        let p = lab.spawn(ns, &format!("{which}-{dev}"), &argv, &env)?;
+        procs.push(p);
+        let sock = PathBuf::from(format!("/var/run/wireguard/{dev}.sock"));
+        let end = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            if Instant::now() > end {
+                bail!(
+                    "{which} did not create {}: {}",
+                    sock.display(),
+                    procs.last().unwrap().stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let sk = dir.join("wg-server.key").to_string_lossy().into_owned();
+    let ck = dir.join("wg-client.key").to_string_lossy().into_owned();
+    let port = WG_PORT.to_string();
+    let cpub = keys.client.public_key().to_string();
+    let spub = keys.server.public_key().to_string();
+    let t = Duration::from_secs(10);
+    lab.exec_ok(
+        &lab.server,
+        &[
+            "wg",
+            "set",
+            &sname,
+            "private-key",
+            &sk,
+            "listen-port",
+            &port,
+            "peer",
+            &cpub,
+            "allowed-ips",
+            &format!("{net}.2/32"),
+        ],
+        t,
+    )?;
+    lab.ip(
+        &lab.server,
+        &["addr", "add", &format!("{net}.1/24"), "dev", &sname],
+    )?;
+    lab.ip(&lab.server, &["link", "set", &sname, "mtu", MTU, "up"])?;
+    lab.exec_ok(
+        &lab.client,
+        &[
+            "wg",
+            "set",
+            &cname,
+            "private-key",
+            &ck,
+            "peer",
+            &spub,
+            "endpoint",
+            &format!("{SERVER_UNDERLAY}:{port}"),
+            "allowed-ips",
+            &format!("{BACKEND_NET},{net}.0/24"),
+            "persistent-keepalive",
+            "25",
+        ],
+        t,
+    )?;
+    lab.ip(
+        &lab.client,
+        &["addr", "add", &format!("{net}.2/24"), "dev", &cname],
+    )?;
+    lab.ip(&lab.client, &["link", "set", &cname, "mtu", MTU, "up"])?;
+    lab.ip(&lab.client, &["route", "add", BACKEND_NET, "dev", &cname])?;
+    Ok(System {
+        name: which,
+        procs,
+        plain_route: false,
+        client_ns: lab.client.clone(),
+        latency_dump: None,
+    })
+}
+
+fn pingpong(lab: &Lab, count: u64, timeout_ms: u64) -> Result<Value> {
+    let exe = self_exe()?;
+    let c = count.to_string();
+    let to = timeout_ms.to_string();
+    let target = format!("{BACKEND}:{PINGPONG_PORT}");
+    let max = (count / 1000 + 30).to_string();
+    let out = lab.exec(
+        &lab.client,
+        &[
+            &exe,
+            "pingpong",
+            "--client",
+            "--target",
+            &target,
+            "--count",
+            &c,
+            "--interval-us",
+            "1000",
+            "--timeout-ms",
+            &to,
+            "--max-seconds",
+            &max,
+        ],
+        Duration::from_secs(count / 1000 + 60),
+    )?;
+    if !out.ok() {
+        bail!("pingpong client failed: {}", out.stderr);
+    }
+    Ok(serde_json::from_str(out.stdout.trim())?)
+}
+
+/// Waits until a probe goes through the tunnel.
+fn wait_ready(lab: &Lab, sys: &System) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        check_interrupted()?;
+        if let Ok(v) = pingpong(lab, 3, 300) {
+            if v["received"].as_u64().unwrap_or(0) > 0 {
+                return Ok(());
+            }
+        }
+    }
+    let logs: Vec<String> = sys
+        .procs
+        .iter()
+        .map(|p| format!("{}:\n{}", p.name, p.stderr()))
+        .collect();
+    bail!(
+        "{}: no round trip through the tunnel within 20 s\n{}",
+        sys.name,
+        logs.join("\n")
+    )
+}
+
+struct Iperf<'a> {
+    lab: &'a Lab,
+    port: u16,
+}
+
+impl Iperf<'_> {
+    fn start_server(&mut self) -> Result<(Proc, String)> {
+        self.port += 1;
+        let port = self.port.to_string();
+        let mut p = self.lab.spawn(
+            &self.lab.backend,
+            &format!("iperf3-s-{port}"),
+            &["iperf3", "-s", "-1", "-B", BACKEND, "-p", &port],
+            &[],
+        )?;
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ss = self.lab.exec(
+                &self.lab.backend,
+                &["ss", "-Hltn", "sport", "=", &format!(":{port}")],
+                Duration::from_secs(5),
+            )?;
+            if ss.stdout.contains("LISTEN") {
+                break;
+            }
+            if Instant::now() > end || !p.running() {
+                bail!("iperf3 server not listening: {}", p.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok((p, port))
+    }
+
+    /// Runs a client; returns its JSON.
+    fn client(&mut self, extra: &[&str], seconds: u64) -> Result<Value> {
+        let (mut server, port) = self.start_server()?;
+        let t = seconds.to_string();
+        let mut argv = vec!["iperf3", "-c", BACKEND, "-p", &port, "-t", &t, "-J"];
+        argv.extend_from_slice(extra);
+        let out = self
+            .lab
+            .exec(&self.lab.client, &argv, Duration::from_secs(seconds + 30))?;
+        server.wait(Duration::from_secs(5));
+        let v: Value = serde_json::from_str(&out.stdout)
+            .with_context(|| format!("iperf3 {extra:?} printed no JSON: {}", out.stderr))?;
+        if let Some(e) = v.get("error") {
+            bail!("iperf3 {extra:?}: {e}");
+        }
+        Ok(v)
+    }
+
+    fn background_client(&mut self, seconds: u64) -> Result<(Proc, Proc)> {
+        let (server, port) = self.start_server()?;
+        let t = seconds.to_string();
+        let c = self.lab.spawn(
+            &self.lab.client,
+            &format!("iperf3-load-{port}"),
+            &["iperf3", "-c", BACKEND, "-p", &port, "-t", &t, "-J"],
+            &[],
+        )?;
+        Ok((server, c))
+    }
+}
+
+fn latency_metrics(metrics: &mut Vec<Metric>, label: &str, system: &str, p: &Percentiles) {
+    for (name, v) in p.named() {
+        metrics.push(Metric::new(
+            &format!("{label} {name}"),
+            system,
+            v,
+            "µs",
+            false,
+        ));
+    }
+}
+
+fn percentiles_from(v: &Value) -> Result<(Percentiles, hdrhistogram::Histogram<u64>)> {
+    let h = report::histogram_from_base64(v["histogram_v2"].as_str().context("no histogram")?)?;
+    Ok((report::percentiles(&h), h))
+}
+
+/// The end-to-end scenarios over one system.
+fn e2e(
+    lab: &Lab,
+    plan: &Plan,
+    sys: &System,
+    iperf: &mut Iperf,
+    metrics: &mut Vec<Metric>,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    let s = sys.name;
+    let secs = plan.seconds;
+    for (label, args) in [
+        ("tcp 1 stream up", vec![]),
+        ("tcp 1 stream down", vec!["-R"]),
+        ("tcp 4 streams up", vec!["-P", "4"]),
+        ("tcp 4 streams down", vec!["-P", "4", "-R"]),
+    ] {
+        check_interrupted()?;
+        progress(&format!("{s}: {label} ({secs} s)"));
+        let v = iperf.client(&args, secs)?;
+        let bps = report::iperf_tcp_bps(&v).context("no TCP result")?;
+        metrics.push(Metric::new(label, s, bps / 1e9, "Gbit/s", true));
+        let retr = v["end"]["sum_sent"]["retransmits"].as_u64();
+        extra.insert(format!("{s}/{label}/retransmits"), json!(retr));
+    }
+    check_interrupted()?;
+    progress(&format!("{s}: udp 64-byte packets, -b 0 ({secs} s)"));
+    let v = iperf.client(&["-u", "-l", "64", "-b", "0"], secs)?;
+    let u = report::iperf_udp(&v).context("no UDP result")?;
+    metrics.push(Metric::new(
+        "udp 64 B received",
+        s,
+        u.received_pps / 1e3,
+        "kpps",
+        true,
+    ));
+    metrics.push(Metric::new(
+        "udp 64 B sent",
+        s,
+        u.sent_pps / 1e3,
+        "kpps",
+        true,
+    ));
+    metrics.push(Metric::new("udp 64 B loss", s, u.loss_percent, "%", false));
+
+    check_interrupted()?;
+    progress(&format!("{s}: latency, idle ({} probes)", plan.probes));
+    let v = pingpong(lab, plan.probes, 1000)?;
+    let (p, h) = percentiles_from(&v)?;
+    latency_metrics(metrics, "rtt idle", s, &p);
+    extra.insert(format!("{s}/rtt idle"), json!({"percentiles": p.to_json(), "lost": v["lost"], "histogram_v2": report::histogram_to_base64(&h)}));
+
+    check_interrupted()?;
+    progress(&format!(
+        "{s}: latency under load (iperf3 TCP 1 stream up meanwhile)"
+    ));
+    let load_secs = plan.probes / 1000 + 3;
+    let (mut srv, mut load) = iperf.background_client(load_secs)?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let v = pingpong(lab, plan.probes, 1000)?;
+    load.wait(Duration::from_secs(load_secs + 20));
+    srv.wait(Duration::from_secs(5));
+    let (p, h) = percentiles_from(&v)?;
+    latency_metrics(metrics, "rtt loaded", s, &p);
+    extra.insert(format!("{s}/rtt loaded"), json!({"percentiles": p.to_json(), "lost": v["lost"], "histogram_v2": report::histogram_to_base64(&h)}));
+    Ok(())
+}
+
+/// Records a CPU profile of the server process during a TCP upload.
+fn profile(lab: &Lab, plan: &Plan, sys: &System, iperf: &mut Iperf) -> Result<Value> {
+    let pid = sys.server_pid().context("no server pid")?.to_string();
+    let data = plan.out.join(format!("perf-{}.data", sys.name));
+    let data_s = data.to_string_lossy().into_owned();
+    let secs = plan.seconds.min(5);
+    progress(&format!(
+        "{}: perf record -g of the server during a TCP upload ({secs} s)",
+        sys.name
+    ));
+    let mut rec = Proc::spawn(
+        &format!("perf-{}", sys.name),
+        &[
+            "perf",
+            "record",
+            "-g",
+            "-F",
+            "999",
+            "-p",
+            &pid,
+            "-o",
+            &data_s,
+            "--",
+            "sleep",
+            &(secs + 1).to_string(),
+        ],
+        &[],
+        &lab.dir,
+    )?;
+    let v = iperf.client(&[], secs)?;
+    rec.wait(Duration::from_secs(secs + 20));
+    let bps = report::iperf_tcp_bps(&v).unwrap_or(0.0);
+    let out = lab::run(
+        &[
+            "perf",
+            "report",
+            "-i",
+            &data_s,
+            "--stdio",
+            "--no-children",
+            "--percent-limit",
+            "1",
+            "-g",
+            "none",
+            "--sort",
+            "sym",
+        ],
+        Duration::from_secs(120),
+    )?;
+    let txt = plan.out.join(format!("perf-{}.txt", sys.name));
+    std::fs::write(&txt, &out.stdout)?;
+    let children = lab::run(
+        &[
+            "perf",
+            "report",
+            "-i",
+            &data_s,
+            "--stdio",
+            "--children",
+            "--percent-limit",
+            "5",
+            "-g",
+            "none",
+            "--sort",
+            "sym",
+        ],
+        Duration::from_secs(120),
+    )?;
+    std::fs::write(
+        plan.out.join(format!("perf-{}-children.txt", sys.name)),
+        &children.stdout,
+    )?;
+    let top: Vec<String> = out
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .take(25)
+        .map(|l| l.trim().to_string())
+        .collect();
+    Ok(
+        json!({"system": sys.name, "tcp_gbps_during_profile": bps / 1e9, "top_self": top,
+              "report": txt.file_name().map(|f| f.to_string_lossy().into_owned())}),
+    )
+}
+
+/// The `Udp:` counters of /proc/net/snmp inside `ns` (the receive-buffer drops show where
+/// a tunnel loses packets).
+fn udp_snmp(lab: &Lab, ns: &str) -> std::collections::BTreeMap<String, i64> {
+    let text = lab
+        .exec(ns, &["cat", "/proc/net/snmp"], Duration::from_secs(5))
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let udp: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp:")).collect();
+    let mut m = std::collections::BTreeMap::new();
+    if udp.len() >= 2 {
+        for (k, v) in udp[0]
+            .split_whitespace()
+            .zip(udp[1].split_whitespace())
+            .skip(1)
+        {
+            if let Ok(v) = v.parse() {
+                m.insert(k.to_string(), v);
+            }
+        }
+    }
+    m
+}
+
+fn snmp_delta(
+    before: &std::collections::BTreeMap<String, i64>,
+    after: &std::collections::BTreeMap<String, i64>,
+) -> Value {
+    let keep = [
+        "InDatagrams",
+        "InErrors",
+        "RcvbufErrors",
+        "SndbufErrors",
+        "NoPorts",
+    ];
+    json!(after
+        .iter()
+        .filter(|(k, _)| keep.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), json!(v - before.get(k).copied().unwrap_or(0))))
+        .collect::<serde_json::Map<_, _>>())
+}
+
+/// Milliseconds until the server's TUN device disappeared after the server exited (at most
+/// 5 s; `None` when it was still there then).
+fn link_gone_after(lab: &Lab) -> Option<u64> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        let out = lab
+            .ip(&lab.server, &["-o", "link", "show", "type", "tun"])
+            .unwrap_or_default();
+        if out.trim().is_empty() {
+            return Some(t.elapsed().as_millis() as u64);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn gen_keys(n: usize) -> Vec<StaticSecret> {
+    (0..n)
+        .map(|_| StaticSecret::generate(&mut OsRandom))
+        .collect()
+}
+
+/// Counters from the server's exit log (`worker counters worker=0 tun_rx=...`).
+fn parse_counters(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter(|l| l.contains("worker counters"))
+        .map(|l| {
+            let mut m = serde_json::Map::new();
+            for kv in l.split_whitespace() {
+                if let Some((k, v)) = kv.split_once('=') {
+                    if let Ok(n) = v.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u64>() {
+                        m.insert(k.to_string(), json!(n));
+                    }
+                }
+            }
+            Value::Object(m)
+        })
+        .collect()
+}
+
+fn dump_summary(path: &Path) -> Value {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return json!({"error": "no dump written"});
+    };
+    match report::parse_latency_dump(&text) {
+        Ok(hs) => {
+            let mut all = concentrator::dataplane::stats::latency_histogram();
+            let mut per = Vec::new();
+            for (id, h) in &hs {
+                let _ = all.add(h);
+                per.push(json!({"worker": id, "percentiles": report::percentiles(h).to_json()}));
+            }
+            json!({"workers": per, "all": report::percentiles(&all).to_json()})
+        }
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
+/// Loadgen runs: data (K clients × workers) and handshakes.
+fn headend(lab: &Lab, plan: &Plan, results: &mut serde_json::Map<String, Value>) -> Result<()> {
+    let kmax = *plan.loadgen_clients.iter().max().unwrap_or(&1);
+    progress(&format!("loadgen: generating {kmax} client keys"));
+    let keys = gen_keys(kmax);
+    let server = StaticSecret::generate(&mut OsRandom);
+    write_secret(&lab.dir.join("lg-server.key"), &server.to_base64())?;
+    let exe = self_exe()?;
+    let run_no = std::cell::Cell::new(0u32);
+    let mut runs = Vec::new();
+    // A new TUN name per server start: see `link_gone_after`.
+    let write_cfg = |k: usize, workers: usize| -> Result<(PathBuf, PathBuf)> {
+        let tun = lab.link_name(&format!("l{}", run_no.get()));
+        run_no.set(run_no.get() + 1);
+        let pubs: Vec<String> = keys[..k]
+            .iter()
+            .map(|s| s.public_key().to_string())
+            .collect();
+        let toml = report::server_config(
+            &report::ServerToml {
+                private_key_file: "lg-server.key",
+                listen: SERVER_UNDERLAY.parse()?,
+                port: CTR_PORT,
+                tun_name: &tun,
+                workers,
+            },
+            &pubs,
+        );
+        let cfg = lab.dir.join(format!("lg-server-{k}.toml"));
+        std::fs::write(&cfg, toml)?;
+        let kf = lab.dir.join(format!("lg-keys-{k}.txt"));
+        let text: String = keys[..k]
+            .iter()
+            .map(|s| format!("{}\n", &*s.to_base64()))
+            .collect();
+        write_secret(&kf, &text)?;
+        Ok((cfg, kf))
+    };
+    for &k in &plan.loadgen_clients {
+        for &w in &plan.workers {
+            check_interrupted()?;
+            progress(&format!("loadgen: {k} clients, {w} worker(s): handshake all, then blast 64-byte packets for {} s", plan.loadgen_seconds));
+            let (cfg, kf) = write_cfg(k, w)?;
+            let dump = plan
+                .out
+                .join(format!("concentrator-loadgen-k{k}-w{w}-latency.hdr"));
+            let mut srv = start_concentrator_server(
+                lab,
+                plan,
+                &cfg,
+                w,
+                &dump,
+                &format!("lg-server-k{k}-w{w}"),
+            )?;
+            let connect_timeout = 30 + k as u64 / 100;
+            let sink_deadline = (connect_timeout + plan.loadgen_seconds + 20).to_string();
+            let mut sink = lab.spawn(
+                &lab.backend,
+                &format!("sink-k{k}-w{w}"),
+                &[
+                    &exe,
+                    "sink",
+                    "--bind",
+                    &format!("{BACKEND}:{SINK_PORT}"),
+                    "--echo",
+                    "--deadline-s",
+                    &sink_deadline,
+                    "--idle-ms",
+                    "1500",
+                ],
+                &[],
+            )?;
+            std::thread::sleep(Duration::from_millis(200));
+            let out = lab.exec(
+                &lab.client,
+                &[
+                    &exe,
+                    "loadgen",
+                    "--server",
+                    &format!("{SERVER_UNDERLAY}:{CTR_PORT}"),
+                    "--server-key",
+                    &server.public_key().to_string(),
+                    "--keys",
+                    &kf.to_string_lossy(),
+                    "--backend",
+                    &format!("{BACKEND}:{SINK_PORT}"),
+                    "--sockets",
+                    &k.min(16).to_string(),
+                    "--duration-s",
+                    &plan.loadgen_seconds.to_string(),
+                    "--connect-timeout-s",
+                    &connect_timeout.to_string(),
+                ],
+                Duration::from_secs(connect_timeout + plan.loadgen_seconds + 30),
+            )?;
+            sink.wait(Duration::from_secs(
+                connect_timeout + plan.loadgen_seconds + 25,
+            ));
+            srv.stop_with(libc::SIGINT);
+            let tun_gone = link_gone_after(lab);
+            let lg: Value = serde_json::from_str(out.stdout.trim())
+                .unwrap_or_else(|_| json!({"error": out.stderr.clone()}));
+            let sk: Value = serde_json::from_str(sink.stdout().trim())
+                .unwrap_or_else(|_| json!({"error": sink.stderr()}));
+            let run = json!({
+                "clients": k, "workers": w,
+                "loadgen": lg, "backend_sink": sk,
+                "server_counters": parse_counters(&srv.stderr()),
+                "server_tun_gone_after_exit_ms": tun_gone,
+                "server_worker_latency": dump_summary(&dump),
+            });
+            progress(&format!(
+                "  -> sent {:.0} kpps, backend received {:.0} kpps, echoes back {:.0} kpps",
+                run["loadgen"]["sent_pps"].as_f64().unwrap_or(0.0) / 1e3,
+                run["backend_sink"]["pps"].as_f64().unwrap_or(0.0) / 1e3,
+                run["loadgen"]["echo_pps"].as_f64().unwrap_or(0.0) / 1e3
+            ));
+            runs.push(run);
+        }
+    }
+    results.insert("loadgen".into(), Value::Array(runs));
+
+    let mut hs_runs = Vec::new();
+    let in_flights: Vec<usize> = if plan.quick {
+        vec![128]
+    } else {
+        vec![128, 2048]
+    };
+    for inflight in in_flights {
+        let w = *plan.workers.iter().max().unwrap_or(&2);
+        check_interrupted()?;
+        progress(&format!(
+            "handshakes: {kmax} keys, {inflight} in flight, {w} workers, {} s",
+            plan.handshake_seconds
+        ));
+        let (cfg, kf) = write_cfg(kmax, w)?;
+        let dump = plan
+            .out
+            .join(format!("concentrator-handshake-{inflight}-latency.hdr"));
+        let mut srv =
+            start_concentrator_server(lab, plan, &cfg, w, &dump, &format!("hs-server-{inflight}"))?;
+        let out = lab.exec(
+            &lab.client,
+            &[
+                &exe,
+                "loadgen",
+                "--server",
+                &format!("{SERVER_UNDERLAY}:{CTR_PORT}"),
+                "--server-key",
+                &server.public_key().to_string(),
+                "--keys",
+                &kf.to_string_lossy(),
+                "--backend",
+                &format!("{BACKEND}:{SINK_PORT}"),
+                "--sockets",
+                "16",
+                "--duration-s",
+                &plan.handshake_seconds.to_string(),
+                "--handshakes-in-flight",
+                &inflight.to_string(),
+            ],
+            Duration::from_secs(plan.handshake_seconds + 30),
+        )?;
+        srv.stop_with(libc::SIGINT);
+        let v: Value = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|_| json!({"error": out.stderr.clone()}));
+        progress(&format!(
+            "  -> {:.0} handshakes/s",
+            v["handshakes_per_s"].as_f64().unwrap_or(0.0)
+        ));
+        hs_runs.push(json!({"keys": kmax, "workers": w, "in_flight": inflight, "loadgen": v}));
+    }
+    results.insert("handshakes".into(), Value::Array(hs_runs));
+    Ok(())
+}
+
+fn version_of(argv: &[&str]) -> String {
+    lab::run(argv, Duration::from_secs(10))
+        .map(|o| {
+            format!("{}{}", o.stdout, o.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|_| "not available".into())
+}
+
+fn machine(plan: &Plan) -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let conc = plan.concentrator.to_string_lossy().into_owned();
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu,
+        "kernel": version_of(&["uname", "-sr"]),
+        "loadavg_start": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "versions": {
+            "concentrator": format!("{} ({})", version_of(&[&conc, "--version"]), version_of(&["git", "rev-parse", "--short", "HEAD"])),
+            "wireguard-go": version_of(&["wireguard-go", "--version"]),
+            "boringtun-cli": version_of(&["boringtun-cli", "--version"]),
+            "wg": version_of(&["wg", "--version"]),
+            "iperf3": version_of(&["iperf3", "--version"]),
+        },
+    })
+}
+
+pub fn run(plan: Plan) -> Result<()> {
+    lab::install_signal_handlers();
+    let started = Instant::now();
+    std::fs::create_dir_all(&plan.out)?;
+    // For scripts/bench.sh, to remove our namespaces should we be killed outright.
+    std::fs::write(plan.out.join("harness.pid"), std::process::id().to_string())?;
+    for tool in ["ip", "iperf3", "ss"] {
+        if lab::run(&["which", tool], Duration::from_secs(5))
+            .map(|o| !o.ok())
+            .unwrap_or(true)
+        {
+            bail!("{tool} is missing (apt-get install iproute2 iperf3)");
+        }
+    }
+    let mut systems: Vec<&'static str> = vec!["plain", "concentrator"];
+    if plan.peers {
+        systems.push("wireguard-go");
+        systems.push("boringtun");
+    }
+    let work = std::env::temp_dir().join(format!("ctrb-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let _cleanup = DirGuard(work.clone());
+    let mut results = serde_json::Map::new();
+    results.insert("machine".into(), machine(&plan));
+    results.insert(
+        "params".into(),
+        json!({
+            "quick": plan.quick, "peers": plan.peers, "systems": systems,
+            "tcp_udp_seconds": plan.seconds, "latency_probes": plan.probes, "probe_interval_ms": 1,
+            "loadgen_clients": plan.loadgen_clients, "workers": plan.workers,
+            "loadgen_seconds": plan.loadgen_seconds, "handshake_seconds": plan.handshake_seconds,
+            "concentrator_workers_e2e": plan.workers.iter().max(),
+            "boringtun_threads": 2, "mtu": 1420,
+            "udp_payload_bytes": 64,
+        }),
+    );
+    progress(&format!("output in {}", plan.out.display()));
+    let lab = Lab::new(&work)?;
+    let exe = self_exe()?;
+    let pp_deadline = "3600";
+    let _pp = lab.spawn(
+        &lab.backend,
+        "pingpong-server",
+        &[
+            &exe,
+            "pingpong",
+            "--server",
+            "--bind",
+            &format!("0.0.0.0:{PINGPONG_PORT}"),
+            "--deadline-s",
+            pp_deadline,
+        ],
+        &[],
+    )?;
+    let keys = Keys {
+        server: StaticSecret::generate(&mut OsRandom),
+        client: StaticSecret::generate(&mut OsRandom),
+    };
+    let mut metrics: Vec<Metric> = Vec::new();
+    let mut extra = serde_json::Map::new();
+    let mut errors = serde_json::Map::new();
+    let mut profiles = Vec::new();
+    let mut iperf = Iperf {
+        lab: &lab,
+        port: 5200,
+    };
+    for s in &systems {
+        check_interrupted()?;
+        progress(&format!("== {s} =="));
+        let setup = match *s {
+            "plain" => setup_plain(&lab),
+            "concentrator" => setup_concentrator(&lab, &plan, &keys),
+            other => setup_wg(&lab, &keys, other),
+        };
+        let mut sys = match setup {
+            Ok(sys) => sys,
+            Err(e) => {
+                progress(&format!("{s}: setup failed: {e:#}"));
+                errors.insert(s.to_string(), json!(format!("{e:#}")));
+                continue;
+            }
+        };
+        let snmp_before: Vec<_> = [&lab.client, &lab.server, &lab.backend]
+            .iter()
+            .map(|n| udp_snmp(&lab, n))
+            .collect();
+        let r = wait_ready(&lab, &sys)
+            .and_then(|_| e2e(&lab, &plan, &sys, &mut iperf, &mut metrics, &mut extra));
+        for (i, role) in ["client", "server", "backend"].iter().enumerate() {
+            let ns = [&lab.client, &lab.server, &lab.backend][i];
+            extra.insert(
+                format!("{s}/udp_counters/{role}"),
+                snmp_delta(&snmp_before[i], &udp_snmp(&lab, ns)),
+            );
+        }
+        if let Err(e) = r {
+            progress(&format!("{s}: failed: {e:#}"));
+            errors.insert(s.to_string(), json!(format!("{e:#}")));
+        }
+        if plan.profile && *s != "plain" && check_interrupted().is_ok() {
+            match profile(&lab, &plan, &sys, &mut iperf) {
+                Ok(p) => profiles.push(p),
+                Err(e) => progress(&format!("{s}: profile failed: {e:#}")),
+            }
+        }
+        let logs = sys.stop();
+        if let Some(d) = &sys.latency_dump {
+            extra.insert("concentrator/server_worker_latency".into(), dump_summary(d));
+            extra.insert(
+                "concentrator/server_counters".into(),
+                json!(parse_counters(
+                    logs.last().map(|s| s.as_str()).unwrap_or("")
+                )),
+            );
+        }
+        drop(sys);
+    }
+    if let Err(e) = headend(&lab, &plan, &mut results) {
+        progress(&format!("headend: failed: {e:#}"));
+        errors.insert("headend".into(), json!(format!("{e:#}")));
+    }
+    drop(_pp);
+    drop(lab);
+    results.insert(
+        "metrics".into(),
+        Value::Array(metrics.iter().map(Metric::to_json).collect()),
+    );
+    results.insert("details".into(), Value::Object(extra));
+    results.insert("profiles".into(), Value::Array(profiles));
+    results.insert("errors".into(), Value::Object(errors));
+    results.insert("elapsed_s".into(), json!(started.elapsed().as_secs_f64()));
+    results.insert(
+        "concentrator_port_release_waits_ms".into(),
+        json!(*PORT_WAITS_MS.lock().unwrap()),
+    );
+    if let Some(m) = results.get_mut("machine").and_then(Value::as_object_mut) {
+        m.insert(
+            "loadavg_end".into(),
+            json!(std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()),
+        );
+    }
+    let results = Value::Object(results);
+    std::fs::write(
+        plan.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    let md = crate::render::report_markdown(&results);
+    let mut f = std::fs::File::create(plan.out.join("report.md"))?;
+    f.write_all(md.as_bytes())?;
+    progress(&format!(
+        "done in {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        plan.out.join("report.md").display()
+    ));
+    Ok(())
+}
+
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
