@@ -110,7 +110,9 @@ fn replay(c: &mut Criterion) {
     // Reordered: within each group of 8, the order 3 0 7 1 5 2 6 4 (every packet late or early
     // by up to 7, all inside the window).
     const PERM: [u64; 8] = [3, 0, 7, 1, 5, 2, 6, 4];
-    let reordered: Vec<u64> = (0..LEN).map(|i| (i & !7) + PERM[(i & 7) as usize]).collect();
+    let reordered: Vec<u64> = (0..LEN)
+        .map(|i| (i & !7) + PERM[(i & 7) as usize])
+        .collect();
     let mut group = c.benchmark_group("replay_check_update");
     group.throughput(Throughput::Elements(1));
     for (name, pattern) in [("in_order", &in_order), ("reordered", &reordered)] {
