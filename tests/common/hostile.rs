@@ -571,6 +571,7 @@ fn udp_packet(src: Ipv4Addr, dst: SocketAddrV4, payload: &[u8], out: &mut [u8]) 
 /// handshakes, sends one UDP datagram through the tunnel to `data_to`, then is dropped. At most
 /// `window` handshakes in flight (below the server's under-load threshold), over `sockets`
 /// UDP sockets; gives up at `deadline`.
+#[allow(clippy::too_many_arguments)]
 pub fn churn_round(
     ns: &str,
     server: SocketAddr,
@@ -635,11 +636,7 @@ pub fn churn_round(
             // Receive until quiet for a moment.
             let mut got = 0;
             for s in &socks {
-                loop {
-                    let n = match s.recv(&mut rx) {
-                        Ok(n) => n,
-                        Err(_) => break,
-                    };
+                while let Ok(n) = s.recv(&mut rx) {
                     got += 1;
                     let idx = match wire::message_type(&rx[..n]) {
                         Ok(wire::MessageType::Response) => wire::Response::new_checked(&rx[..n])

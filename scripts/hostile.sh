@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The hostile-input tests (tests/hostile.rs) at full size, in release mode, one lab at a time,
+# printing the figures that docs/security.md quotes. Needs root, iproute2, nftables, iperf3,
+# ping and python3 (see .ci/run). Every load is bounded in time; the whole run takes a few
+# minutes.
+#
+# Usage: sudo scripts/hostile.sh [TEST_NAME_FILTER]
+# Sizes (defaults = full): HOSTILE_GARBAGE_SECS=5 HOSTILE_FLOOD_RATE=50000
+# HOSTILE_FLOOD_SOURCES=256 HOSTILE_IPERF_SECS=5 HOSTILE_CHURN_K=10000 HOSTILE_CHURN_ROUNDS=4
+# HOSTILE_LOSS_PERCENT=15. In `cargo test` (CI) the defaults are smaller (see tests/hostile.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export HOSTILE_GARBAGE_SECS="${HOSTILE_GARBAGE_SECS:-5}"
+export HOSTILE_FLOOD_RATE="${HOSTILE_FLOOD_RATE:-50000}"
+export HOSTILE_FLOOD_SOURCES="${HOSTILE_FLOOD_SOURCES:-256}"
+export HOSTILE_IPERF_SECS="${HOSTILE_IPERF_SECS:-5}"
+export HOSTILE_CHURN_K="${HOSTILE_CHURN_K:-10000}"
+export HOSTILE_CHURN_ROUNDS="${HOSTILE_CHURN_ROUNDS:-4}"
+export HOSTILE_LOSS_PERCENT="${HOSTILE_LOSS_PERCENT:-15}"
+export E2E_PARALLEL=1
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+echo "hostile: release build, sizes: garbage ${HOSTILE_GARBAGE_SECS}s, flood ${HOSTILE_FLOOD_RATE}/s from ${HOSTILE_FLOOD_SOURCES} sources, churn ${HOSTILE_CHURN_ROUNDS}x${HOSTILE_CHURN_K}, loss ${HOSTILE_LOSS_PERCENT}%"
+echo "hostile: $(nproc) cores, $(uname -r)"
+status=0
+cargo test --release --test hostile -- --test-threads=1 --nocapture ${1:+"$1"} 2>&1 | tee "$log" || status=$?
+echo
+echo "===== figures ====="
+grep -E '^(FIGURE|NOTE|SKIPPED)|^test .* \.\.\. |^test result' "$log" || true
+exit "$status"
