@@ -811,11 +811,12 @@ fn headend(lab: &Lab, plan: &Plan, results: &mut serde_json::Map<String, Value>)
                     "--deadline-s",
                     &sink_deadline,
                     "--idle-ms",
-                    "1500",
+                    "3000",
                 ],
                 &[],
             )?;
             std::thread::sleep(Duration::from_millis(200));
+            let backend_before = udp_snmp(lab, &lab.backend);
             let out = lab.exec(
                 &lab.client,
                 &[
@@ -852,6 +853,7 @@ fn headend(lab: &Lab, plan: &Plan, results: &mut serde_json::Map<String, Value>)
                 "loadgen": lg, "backend_sink": sk,
                 "server_counters": parse_counters(&srv.stderr()),
                 "server_tun_gone_after_exit_ms": tun_gone,
+                "backend_udp_counters": snmp_delta(&backend_before, &udp_snmp(lab, &lab.backend)),
                 "server_worker_latency": dump_summary(&dump),
             });
             progress(&format!(

@@ -121,7 +121,7 @@ pub fn sink(bind: SocketAddr, echo: bool, deadline: Duration, idle: Duration) ->
     let mut last = Instant::now();
     loop {
         let now = Instant::now();
-        if now >= end || first.is_some() && now - last >= idle {
+        if now >= end {
             break;
         }
         match batch.recv(&sock) {
@@ -141,7 +141,14 @@ pub fn sink(bind: SocketAddr, echo: bool, deadline: Duration, idle: Duration) ->
                     }
                 }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => mmsg::wait_readable(&[&sock], 50),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                // Idle only counts when the socket is really empty (not when we were not
+                // scheduled for a while).
+                if first.is_some() && Instant::now() - last >= idle {
+                    break;
+                }
+                mmsg::wait_readable(&[&sock], 50)
+            }
             Err(e) => return Err(e.into()),
         }
     }
