@@ -81,15 +81,28 @@ fn bind_sockets(config: &ServerConfig, workers: usize) -> Result<Vec<Vec<UdpSock
         .collect();
     // SO_REUSEPORT would silently share the port with another instance of ours: probe first
     // with a plain bind, which fails if anyone holds the port.
+    // A process killed a moment ago may still hold the port while the kernel tears down its
+    // io_uring, so a port in use is retried for a few seconds before it is an error.
     for addr in &addrs {
-        UdpSocket::bind(addr).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
-                "UDP port {} is already in use on {}: stop the other process or change listen_port",
-                addr.port(),
-                addr.ip()
-            ),
-            _ => anyhow::anyhow!("cannot bind UDP {addr}: {e}"),
-        })?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            match UdpSocket::bind(addr) {
+                Ok(_) => break,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+                    "UDP port {} is already in use on {}: stop the other process or change \
+                     listen_port",
+                    addr.port(),
+                    addr.ip()
+                ),
+                Err(e) => bail!("cannot bind UDP {addr}: {e}"),
+            }
+        }
     }
     (0..workers)
         .map(|_| {
@@ -257,6 +270,9 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     }
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mac_keys = Arc::new(concentrator::proto::cookie::MacKeys::new(
+        config.private_key.public_key().as_bytes(),
+    ));
     let counters: Vec<Arc<SharedCounters>> = (0..workers)
         .map(|_| Arc::new(SharedCounters::default()))
         .collect();
@@ -277,6 +293,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             latency: latencies[id].clone(),
             stop: stop.clone(),
             client_to_client: config.client_to_client,
+            mac_keys: mac_keys.clone(),
             offloads,
         };
         let ready = ready_tx.clone();

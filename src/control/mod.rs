@@ -73,7 +73,13 @@ pub struct Control {
     psks: HashMap<PublicKey, PresharedKey>,
     latency: hdrhistogram::Histogram<u64>,
     failures: FailureLog,
+    /// Peers were removed at this time: give their memory back once the workers let go of it.
+    trim_after: Option<Instant>,
 }
+
+/// How long after peers are removed their memory is handed back: the lock-free table frees
+/// entries only once every worker has moved past them.
+const TRIM_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Control {
     /// A control thread for `server` publishing into `table`.
@@ -99,6 +105,7 @@ impl Control {
             psks: HashMap::new(),
             latency: latency_histogram(),
             failures: FailureLog::default(),
+            trim_after: None,
         }
     }
 
@@ -156,6 +163,8 @@ impl Control {
 
     /// Removes a peer: its addresses and indexes vanish from the table, its keys are erased.
     pub fn remove_peer(&mut self, key: &PublicKey) -> bool {
+        self.trim_after
+            .get_or_insert(crate::sys::clock::monotonic_now() + TRIM_DELAY);
         let Some(entry) = self.entries.remove(key) else {
             return false;
         };
@@ -418,6 +427,10 @@ impl Control {
                 count,
                 "handshake failures (at most one line per reason per 10 s)"
             );
+        }
+        if self.trim_after.is_some_and(|t| now >= t) {
+            self.trim_after = None;
+            crate::sys::mem::release_free_memory();
         }
         let report = self.server.tick(now);
         for index in report.retired_indexes {

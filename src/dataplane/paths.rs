@@ -252,6 +252,7 @@ impl Worker {
         let offloads = self.offloads;
         let client_to_client = self.client_to_client;
         let handshakes = &self.ctx.handshakes;
+        let mac_keys = &*self.ctx.mac_keys;
         let mut ops = PendingOps::new();
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
         let (input, output) = if offloads {
@@ -276,6 +277,7 @@ impl Worker {
                 guard,
                 client_to_client,
                 handshakes,
+                mac_keys,
                 &mut self.counters,
             );
             match delivery {
@@ -383,11 +385,16 @@ fn open_datagram<'t>(
     guard: &'t TableGuard<'_>,
     client_to_client: bool,
     handshakes: &crossbeam_channel::Sender<HandshakeMessage>,
+    mac_keys: &crate::proto::cookie::MacKeys,
     counters: &mut super::stats::Counters,
 ) -> Result<Delivery<'t>, DropReason> {
     match wire::message_type(datagram) {
         Ok(MessageType::Transport) => {}
         Ok(MessageType::Initiation) => {
+            // One HMAC here keeps initiations not meant for us out of the control thread's queue.
+            if !crate::proto::cookie::verify_mac1(mac_keys, datagram) {
+                return Err(DropReason::BadMac);
+            }
             let mut bytes = [0u8; INITIATION_LEN];
             bytes.copy_from_slice(datagram);
             return match handshakes.try_send(HandshakeMessage {

@@ -25,6 +25,9 @@ pub enum DropReason {
     KeyExpired,
     /// Decrypted fine but claims an inner source address the peer does not own.
     SpoofedSource,
+    /// A handshake initiation whose mac1 is wrong (checked before it is queued, so junk cannot
+    /// fill the control thread's queue).
+    BadMac,
     /// A handshake message that found the control thread's queue full.
     HandshakeQueueFull,
     /// A message type the server never receives (responses, cookie replies).
@@ -35,7 +38,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::NoPeer,
         DropReason::NoEndpoint,
         DropReason::NoKeypair,
@@ -45,6 +48,7 @@ impl DropReason {
         DropReason::Authentication,
         DropReason::KeyExpired,
         DropReason::SpoofedSource,
+        DropReason::BadMac,
         DropReason::HandshakeQueueFull,
         DropReason::UnexpectedType,
         DropReason::IoError,
@@ -62,6 +66,7 @@ impl DropReason {
             DropReason::Authentication => "authentication",
             DropReason::KeyExpired => "key_expired",
             DropReason::SpoofedSource => "spoofed_source",
+            DropReason::BadMac => "bad_mac",
             DropReason::HandshakeQueueFull => "handshake_queue_full",
             DropReason::UnexpectedType => "unexpected_type",
             DropReason::IoError => "io_error",

@@ -70,6 +70,8 @@ pub struct WorkerContext {
     pub stop: Arc<AtomicBool>,
     /// Relay client-to-client packets inside the worker.
     pub client_to_client: bool,
+    /// The server's mac1 key: initiations are checked before they are queued.
+    pub mac_keys: Arc<crate::proto::cookie::MacKeys>,
     /// The TUN queue carries virtio headers (super-packets) and the sockets use UDP GRO/GSO.
     pub offloads: bool,
 }

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod error;
 mod json;
 pub mod link;
+pub mod mem;
 pub mod nft;
 pub mod notify;
 pub mod poll;
