@@ -271,7 +271,14 @@ impl Client {
             return None;
         }
         let timestamp = self.timestamp(now);
-        let index = rng.next_u32();
+        // A fresh random index, never one a keypair of ours still answers to.
+        let held = self.session.local_indexes();
+        let index = loop {
+            let candidate = rng.next_u32();
+            if !held.contains(&candidate) {
+                break candidate;
+            }
+        };
         let keys = InitiatorKeys {
             own: &self.config.secret,
             server: &self.config.server,
