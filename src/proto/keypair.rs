@@ -76,6 +76,19 @@ fn aes_key(bytes: &[u8; 32]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("AES-256 key is 32 bytes"))
 }
 
+impl Drop for Keypair {
+    fn drop(&mut self) {
+        // ring keeps the expanded AES key schedule and the GHASH key inside `LessSafeKey` and
+        // does not erase them. Overwriting each key in place with one made from an all-zero key
+        // replaces every secret byte of the schedule with public ones; `black_box` keeps the
+        // compiler from dropping the stores as dead.
+        let zero = [0u8; 32];
+        self.sealing = aes_key(&zero);
+        self.opening = aes_key(&zero);
+        std::hint::black_box((&self.sealing, &self.opening));
+    }
+}
+
 impl Keypair {
     /// Builds a keypair from the raw keys of the Noise split. The raw bytes are the caller's to
     /// zeroize (they come wrapped in `Zeroizing`).
