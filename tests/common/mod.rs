@@ -653,8 +653,14 @@ impl Lab {
     pub fn wait_tunnel(&mut self, i: usize) -> Ipv4Addr {
         let deadline = Instant::now() + TUNNEL_DEADLINE;
         loop {
-            if let Some(a) = self.client_tun_addr(i) {
-                return a;
+            // The address appears before the routes; the client logs "tunnel up" after both.
+            let logged_up = self.clients[i]
+                .as_ref()
+                .is_some_and(|c| strip_ansi(&c.stderr()).matches("tunnel up").count() > 0);
+            if logged_up {
+                if let Some(a) = self.client_tun_addr(i) {
+                    return a;
+                }
             }
             let c = self.clients[i].as_mut().expect("client running");
             if let Some(st) = c.exited() {
