@@ -25,7 +25,7 @@ step() {
 
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
-step test cargo test --workspace
+step test cargo test --workspace --no-fail-fast
 if [[ -f scripts/fuzz.sh ]]; then
     step fuzz bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 else
