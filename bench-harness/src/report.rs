@@ -11,7 +11,13 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 /// The systems, in report order. `plain` is the ceiling (routing, no tunnel).
-pub const SYSTEMS: [&str; 4] = ["plain", "concentrator", "wireguard-go", "boringtun"];
+pub const SYSTEMS: [&str; 5] = [
+    "plain",
+    "concentrator",
+    "concentrator-no-offloads",
+    "wireguard-go",
+    "boringtun",
+];
 
 /// One measured figure.
 #[derive(Debug, Clone, PartialEq)]

@@ -157,6 +157,7 @@ fn start_concentrator_server(
     workers: usize,
     dump: &Path,
     name: &str,
+    offloads: bool,
 ) -> Result<Proc> {
     // A server that just exited can hold its UDP port (and TUN) for a while: its io_uring
     // is torn down asynchronously by the kernel. Wait for the port instead of failing.
@@ -189,10 +190,14 @@ fn start_concentrator_server(
     let cfg = config.to_string_lossy().into_owned();
     let w = workers.to_string();
     let dump_s = dump.to_string_lossy().into_owned();
+    let mut argv = vec![bin.as_str(), "--config", &cfg, "--workers", &w];
+    if !offloads {
+        argv.push("--no-offloads");
+    }
     let mut p = lab.spawn(
         &lab.server,
         name,
-        &[&bin, "--config", &cfg, "--workers", &w],
+        &argv,
         &[
             ("NO_COLOR", "1"),
             ("CONCENTRATOR_LOG", "info"),
@@ -205,7 +210,13 @@ fn start_concentrator_server(
     Ok(p)
 }
 
-fn setup_concentrator(lab: &Lab, plan: &Plan, keys: &Keys) -> Result<System> {
+/// The concentrator, with offloads (`offloads`) or with the kill switch thrown on both sides.
+fn setup_concentrator(lab: &Lab, plan: &Plan, keys: &Keys, offloads: bool) -> Result<System> {
+    let name = if offloads {
+        "concentrator"
+    } else {
+        "concentrator-no-offloads"
+    };
     let dir = &lab.dir;
     write_secret(&dir.join("ctr-server.key"), &keys.server.to_base64())?;
     write_secret(&dir.join("ctr-client.key"), &keys.client.to_base64())?;
@@ -230,25 +241,30 @@ fn setup_concentrator(lab: &Lab, plan: &Plan, keys: &Keys) -> Result<System> {
         lab.link_name("tc"),
     );
     std::fs::write(dir.join("ctr-client.toml"), client_toml)?;
-    let dump = plan.out.join("concentrator-e2e-latency.hdr");
+    let dump = plan.out.join(format!("{name}-e2e-latency.hdr"));
     let server = start_concentrator_server(
         lab,
         plan,
         &dir.join("ctr-server.toml"),
         workers,
         &dump,
-        "ctr-server",
+        &format!("{name}-server"),
+        offloads,
     )?;
     let bin = plan.concentrator.to_string_lossy().into_owned();
     let ccfg = dir.join("ctr-client.toml").to_string_lossy().into_owned();
+    let mut client_argv = vec![bin.as_str(), "connect", "--config", &ccfg];
+    if !offloads {
+        client_argv.push("--no-offloads");
+    }
     let client = lab.spawn(
         &lab.client,
-        "ctr-client",
-        &[&bin, "connect", "--config", &ccfg],
+        &format!("{name}-client"),
+        &client_argv,
         &[("NO_COLOR", "1"), ("CONCENTRATOR_LOG", "info")],
     )?;
     Ok(System {
-        name: "concentrator",
+        name,
         procs: vec![server, client],
         plain_route: false,
         client_ns: lab.client.clone(),
@@ -796,6 +812,7 @@ fn headend(lab: &Lab, plan: &Plan, results: &mut serde_json::Map<String, Value>)
                 w,
                 &dump,
                 &format!("lg-server-k{k}-w{w}"),
+                true,
             )?;
             let connect_timeout = 30 + k as u64 / 100;
             let sink_deadline = (connect_timeout + plan.loadgen_seconds + 20).to_string();
@@ -884,8 +901,15 @@ fn headend(lab: &Lab, plan: &Plan, results: &mut serde_json::Map<String, Value>)
         let dump = plan
             .out
             .join(format!("concentrator-handshake-{inflight}-latency.hdr"));
-        let mut srv =
-            start_concentrator_server(lab, plan, &cfg, w, &dump, &format!("hs-server-{inflight}"))?;
+        let mut srv = start_concentrator_server(
+            lab,
+            plan,
+            &cfg,
+            w,
+            &dump,
+            &format!("hs-server-{inflight}"),
+            true,
+        )?;
         let out = lab.exec(
             &lab.client,
             &[
@@ -974,6 +998,10 @@ pub fn run(plan: Plan) -> Result<()> {
         }
     }
     let mut systems: Vec<&'static str> = vec!["plain", "concentrator"];
+    if !plan.quick {
+        // The offload kill switch thrown: what the super-packet paths are worth, same run.
+        systems.push("concentrator-no-offloads");
+    }
     if plan.peers {
         systems.push("wireguard-go");
         systems.push("boringtun");
@@ -1030,7 +1058,8 @@ pub fn run(plan: Plan) -> Result<()> {
         progress(&format!("== {s} =="));
         let setup = match *s {
             "plain" => setup_plain(&lab),
-            "concentrator" => setup_concentrator(&lab, &plan, &keys),
+            "concentrator" => setup_concentrator(&lab, &plan, &keys, true),
+            "concentrator-no-offloads" => setup_concentrator(&lab, &plan, &keys, false),
             other => setup_wg(&lab, &keys, other),
         };
         let mut sys = match setup {
