@@ -12,8 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SYSTEMS = ["plain", "concentrator", "wireguard-go", "boringtun"]
-COLORS = {"plain": "#888888", "concentrator": "#1f77b4", "wireguard-go": "#2ca02c", "boringtun": "#d62728"}
+SYSTEMS = ["plain", "concentrator", "concentrator-no-offloads", "wireguard-go", "boringtun"]
+COLORS = {"plain": "#888888", "concentrator": "#1f77b4", "concentrator-no-offloads": "#9467bd", "wireguard-go": "#2ca02c", "boringtun": "#d62728"}
 
 
 def metric(results, scenario, system):
