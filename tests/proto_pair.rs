@@ -583,3 +583,27 @@ fn a_forged_response_does_not_cancel_the_pending_handshake() {
 
 #[allow(dead_code)]
 fn _unused(_: Arc<()>) {}
+
+#[test]
+fn one_way_traffic_to_a_live_server_causes_no_extra_handshakes() {
+    let mut sim = Sim::new(12, LinkFaults::default());
+    sim.latency = Duration::from_millis(50);
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    // Five minutes of client-to-server data, nothing back but the server's passive keepalives.
+    for i in 0..3000 {
+        sim.client_sends(i).unwrap();
+        sim.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(sim.at_server.len(), 3000, "every packet arrived");
+    let handshakes = sim.client.stats().handshakes_completed;
+    // One at the start and one per REKEY_AFTER_TIME (120 s): no false "server is gone" alarms.
+    assert!(
+        handshakes <= 4,
+        "{handshakes} handshakes in 300 s of one-way traffic"
+    );
+    assert!(
+        sim.transport_sent[Side::ToClient as usize] > 0,
+        "the server sent passive keepalives"
+    );
+}
