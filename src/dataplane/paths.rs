@@ -146,6 +146,10 @@ impl Worker {
         table: &SessionTable,
         guard: &TableGuard<'_>,
     ) -> Result<Outcome, DropReason> {
+        // Counted as one packet now, so a super-packet dropped below still counts as received;
+        // once cut, each further segment counts too.
+        self.counters.tun_rx_packets += 1;
+        self.counters.tun_rx_bytes += n.saturating_sub(VNET_HDR_LEN) as u64;
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
         let (input, output) = buf.split_at_mut(REGION);
         let hdr = VirtioNetHdr::parse(&input[..n]).ok_or(DropReason::Malformed)?;
@@ -174,8 +178,7 @@ impl Worker {
             peer.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
             end = at + sealed;
         }
-        self.counters.tun_rx_packets += count as u64;
-        self.counters.tun_rx_bytes += (n - VNET_HDR_LEN) as u64;
+        self.counters.tun_rx_packets += count as u64 - 1;
         let file = socket_for(&self.socket_families, &endpoint).ok_or(DropReason::NoEndpoint)?;
         let mut ops = PendingOps::new();
         let per_send = (BYTES_PER_SEND / stride).clamp(1, SEGMENTS_PER_SEND);

@@ -209,12 +209,16 @@ impl Worker {
             }
             let now = monotonic_now();
             let guard = table.guard();
-            let mut packets = 0;
+            // One latency sample per packet received in the batch (each segment of a TUN
+            // super-packet, each datagram of a GRO receive), so the histogram's count equals the
+            // worker's `tun_rx_packets + udp_rx_packets`.
+            let received_before = self.counters.tun_rx_packets + self.counters.udp_rx_packets;
             for c in &batch {
-                packets += u64::from(matches!(c.op, Op::Read | Op::Recv) && c.result > 0);
                 self.complete(c, now, &table, &guard);
             }
             drop(guard);
+            let packets =
+                self.counters.tun_rx_packets + self.counters.udp_rx_packets - received_before;
             if packets > 0 {
                 pending = Some((now, packets));
             } else if batch.is_empty() {
