@@ -9,6 +9,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use common::traffic::{iperf3_bytes, iperf3_client, transfer_sha256, Transfer};
 use common::*;
 
 fn sum(c: &[WorkerCounters], f: impl Fn(&WorkerCounters) -> u64) -> u64 {
@@ -30,10 +31,7 @@ fn ping_both_directions() {
     if !lab_or_skip("ping_both_directions") {
         return;
     }
-    let mut lab = Lab::new(LabConfig {
-        clients: 1,
-        ..Default::default()
-    });
+    let mut lab = Lab::new(LabConfig::with_clients(1));
     let addr = lab.up()[0];
     let subnet: ipnet::Ipv4Net = CLIENT_SUBNET.parse().unwrap();
     assert!(
@@ -65,53 +63,6 @@ fn ping_both_directions() {
     assert!(c[0].tun_rx >= 10 && c[0].udp_tx >= 10, "{c:?}");
 }
 
-/// Runs one iperf3 TCP test of 3 s from client `i` against the backend; returns
-/// (bytes sent, bytes received) from the client's JSON.
-fn iperf3(lab: &mut Lab, i: usize, port: u16, reverse: bool) -> (u64, u64) {
-    let backend = lab.backend_ns.clone();
-    let port_s = port.to_string();
-    lab.spawn_in(
-        &backend,
-        &format!("iperf3-s-{port}"),
-        &["iperf3", "-s", "-1", "-B", BACKEND, "-p", &port_s],
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ss = lab.exec(
-            &backend,
-            &["ss", "-Hltn", "sport", "=", &format!(":{port}")],
-            Duration::from_secs(5),
-        );
-        if ss.stdout.contains("LISTEN") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "iperf3 server not listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut argv = vec!["iperf3", "-c", BACKEND, "-p", &port_s, "-t", "3", "-J"];
-    if reverse {
-        argv.push("-R");
-    }
-    let c = lab.client_ns[i].clone();
-    let out = lab.exec(&c, &argv, Duration::from_secs(30));
-    assert!(
-        out.ok(),
-        "iperf3 {argv:?} failed: {}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("iperf3 -J prints JSON");
-    let end = &v["end"];
-    let sent = end["sum_sent"]["bytes"]
-        .as_u64()
-        .expect("end.sum_sent.bytes");
-    let received = end["sum_received"]["bytes"]
-        .as_u64()
-        .expect("end.sum_received.bytes");
-    (sent, received)
-}
-
 #[test]
 fn iperf3_tcp_both_directions() {
     if !lab_or_skip("iperf3_tcp_both_directions")
@@ -119,13 +70,11 @@ fn iperf3_tcp_both_directions() {
     {
         return;
     }
-    let mut lab = Lab::new(LabConfig {
-        clients: 1,
-        ..Default::default()
-    });
+    let mut lab = Lab::new(LabConfig::with_clients(1));
     lab.up();
     for (port, reverse) in [(5201, false), (5202, true)] {
-        let (sent, received) = iperf3(&mut lab, 0, port, reverse);
+        let extra: &[&str] = if reverse { &["-R"] } else { &[] };
+        let (sent, received) = iperf3_bytes(&iperf3_client(&mut lab, 0, port, 3, extra));
         eprintln!("iperf3 reverse={reverse}: sent {sent} received {received} bytes");
         assert!(received > 0, "reverse={reverse}: nothing received");
         // iperf3's receiver stops counting when the 3 s are over, with data still in flight, so
@@ -138,82 +87,16 @@ fn iperf3_tcp_both_directions() {
     }
 }
 
-const RECEIVER: &str = r#"
-import socket, hashlib, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-s.settimeout(30)
-c, _ = s.accept()
-c.settimeout(30)
-h = hashlib.sha256()
-n = 0
-while True:
-    d = c.recv(1 << 16)
-    if not d:
-        break
-    h.update(d)
-    n += len(d)
-print(n, h.hexdigest(), flush=True)
-"#;
-
-const SENDER: &str = r#"
-import socket, hashlib, os, sys, time
-data = os.urandom(20 * 1024 * 1024)
-for _ in range(100):
-    try:
-        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
-        break
-    except OSError:
-        time.sleep(0.1)
-else:
-    sys.exit("cannot connect")
-s.settimeout(30)
-s.sendall(data)
-s.shutdown(socket.SHUT_WR)
-s.recv(1)
-print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
-"#;
-
 #[test]
 fn transfer_20mb_sha256() {
     if !lab_or_skip("transfer_20mb_sha256") {
         return;
     }
-    let mut lab = Lab::new(LabConfig {
-        clients: 1,
-        ..Default::default()
-    });
+    let mut lab = Lab::new(LabConfig::with_clients(1));
     lab.up();
     let backend = lab.backend_ns.clone();
     let c1 = lab.client_ns[0].clone();
-    let mut rx = lab.spawn_proc(
-        &backend,
-        "receiver",
-        &["python3", "-c", RECEIVER, BACKEND, "5300"],
-    );
-    let tx = lab.exec(
-        &c1,
-        &["python3", "-c", SENDER, BACKEND, "5300"],
-        Duration::from_secs(45),
-    );
-    assert!(
-        tx.ok(),
-        "sender failed: {}{}\n{}",
-        tx.stdout,
-        tx.stderr,
-        lab.logs()
-    );
-    let st = rx.wait(Duration::from_secs(10));
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "receiver failed: {}{}",
-        rx.stdout(),
-        rx.stderr()
-    );
-    let sent = tx.stdout.trim().to_string();
-    let got = rx.stdout().trim().to_string();
+    let Transfer { sent, got, .. } = transfer_sha256(&lab, &c1, &backend, BACKEND, 5300, None);
     assert!(sent.starts_with("20971520 "), "{sent}");
     assert_eq!(
         got, sent,
@@ -540,10 +423,7 @@ fn server_restart_client_resumes() {
     if !lab_or_skip("server_restart_client_resumes") {
         return;
     }
-    let mut lab = Lab::new(LabConfig {
-        clients: 1,
-        ..Default::default()
-    });
+    let mut lab = Lab::new(LabConfig::with_clients(1));
     lab.up();
     let c1 = lab.client_ns[0].clone();
     lab.ping_ok(&c1, BACKEND, 3);
@@ -580,10 +460,7 @@ fn server_restart_right_after_sigkill() {
     if !lab_or_skip("server_restart_right_after_sigkill") {
         return;
     }
-    let mut lab = Lab::new(LabConfig {
-        clients: 1,
-        ..Default::default()
-    });
+    let mut lab = Lab::new(LabConfig::with_clients(1));
     lab.up();
     let c1 = lab.client_ns[0].clone();
     lab.ping_ok(&c1, BACKEND, 3);
@@ -688,51 +565,20 @@ fn run_with_config(
     cmd::run(&argv, None, Duration::from_secs(10))
 }
 
-/// A bare namespace, deleted on drop.
-struct TempNs(String);
-
-impl Drop for TempNs {
-    fn drop(&mut self) {
-        let _ = cmd::run(
-            &["ip", "netns", "del", &self.0],
-            None,
-            Duration::from_secs(10),
-        );
-    }
-}
-
 #[test]
 fn config_errors_name_the_field() {
     // No root needed: configs are checked before anything touches the system.
     let dir = std::env::temp_dir().join(format!("ctr-e2e-cfg-{}", std::process::id()));
     // SAFETY: geteuid has no preconditions.
-    let ns = (unsafe { libc::geteuid() } == 0).then(|| {
-        let name = format!("ctre-{}-cfg", std::process::id());
-        cmd::run_ok(
-            &["ip", "netns", "add", &name],
-            None,
-            Duration::from_secs(10),
-        );
-        TempNs(name)
-    });
+    let ns = (unsafe { libc::geteuid() } == 0)
+        .then(|| TempNs::add(format!("ctre-{}-cfg", std::process::id())));
     std::fs::create_dir_all(&dir).unwrap();
-    let key = cmd::run_ok(&[BIN, "genkey"], None, Duration::from_secs(5));
+    let (key, pubkey) = keypair();
     std::fs::write(dir.join("k.key"), &key).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("k.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let pubkey = cmd::run_ok(
-        &[BIN, "pubkey"],
-        Some(key.as_bytes()),
-        Duration::from_secs(5),
-    );
-    let pubkey = pubkey.trim();
-    let other = cmd::run_ok(&[BIN, "genkey"], None, Duration::from_secs(5));
-    let peer = cmd::run_ok(
-        &[BIN, "pubkey"],
-        Some(other.as_bytes()),
-        Duration::from_secs(5),
-    );
-    let peer = peer.trim();
+    let (_, peer) = keypair();
+    let (pubkey, peer) = (pubkey.as_str(), peer.as_str());
 
     let server_ok = format!(
         "private_key_file = \"k.key\"\nlisten_port = 51820\naddress = \"10.66.0.1/16\"\n\n[[peer]]\npublic_key = \"{peer}\"\n"

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::traffic::iperf3_client;
 use common::*;
 use concentrator::proto::keys::PublicKey;
 use hostile_tools::*;
@@ -41,42 +42,7 @@ fn bridge(lab: &Lab) -> String {
 /// Starts a one-off iperf3 server on the backend and runs `secs` of TCP from client `i`;
 /// returns the received bits per second.
 fn iperf3_bps(lab: &mut Lab, i: usize, port: u16, secs: u64) -> f64 {
-    let backend = lab.backend_ns.clone();
-    let port_s = port.to_string();
-    lab.spawn_in(
-        &backend,
-        &format!("iperf3-s-{port}"),
-        &["iperf3", "-s", "-1", "-B", BACKEND, "-p", &port_s],
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ss = lab.exec(
-            &backend,
-            &["ss", "-Hltn", "sport", "=", &format!(":{port}")],
-            Duration::from_secs(5),
-        );
-        if ss.stdout.contains("LISTEN") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "iperf3 server not listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let c = lab.client_ns[i].clone();
-    let t = secs.to_string();
-    let out = lab.exec(
-        &c,
-        &["iperf3", "-c", BACKEND, "-p", &port_s, "-t", &t, "-J"],
-        Duration::from_secs(secs + 30),
-    );
-    assert!(
-        out.ok(),
-        "iperf3 failed: {}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("iperf3 -J prints JSON");
-    v["end"]["sum_received"]["bits_per_second"]
+    iperf3_client(lab, i, port, secs, &[])["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .expect("end.sum_received.bits_per_second")
 }
@@ -102,16 +68,6 @@ fn ping_count(lab: &Lab, ns: &str, dst: &str, count: u32) -> (u64, u64) {
 
 fn handshakes(show: &serde_json::Value, field: &str) -> u64 {
     show["handshakes"][field].as_u64().unwrap_or(0)
-}
-
-/// A drop reason summed over every worker in `show --json`.
-fn worker_drops(show: &serde_json::Value, reason: &str) -> u64 {
-    show["workers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|w| w["drops"][reason].as_u64().unwrap_or(0))
-        .sum()
 }
 
 fn failed_by(show: &serde_json::Value, reason: &str) -> u64 {
@@ -347,8 +303,7 @@ fn handshake_flood_engages_cookies() {
     );
     // Workers check mac1 before queuing (drop reason `bad_mac`); the control thread counts
     // any that still reach it.
-    let bad_mac =
-        |show: &serde_json::Value| failed_by(show, "bad_mac") + worker_drops(show, "bad_mac");
+    let bad_mac = |show: &serde_json::Value| failed_by(show, "bad_mac") + drops(show, "bad_mac");
     assert!(
         bad_mac(&after) > bad_mac(&before),
         "bad mac1 initiations not counted"
@@ -566,10 +521,7 @@ fn client_restart_replaces_session() {
     if !lab_or_skip(name) {
         return;
     }
-    let mut lab = Lab::new(LabConfig {
-        clients: 1,
-        ..Default::default()
-    });
+    let mut lab = Lab::new(LabConfig::with_clients(1));
     lab.up();
     let c1 = lab.client_ns[0].clone();
     lab.ping_ok(&c1, BACKEND, 3);
@@ -723,20 +675,17 @@ fn underlay_blackout_then_loss() {
     assert!(bps > 0.0);
 }
 
-/// Sans-IO, no root: a client and a server with fixed keys; returns (server static, client
-/// static, the client's initiation, the server's session and index, one data packet the client
-/// sealed for the server).
-fn recorded_session() -> ([u8; 32], [u8; 32], Vec<u8>, Vec<u8>) {
-    use concentrator::proto::client::{Client, ClientConfig, ClientEvent};
+/// Sans-IO: a server with static secret `ss` and one peer, the client with static secret `cs`.
+fn recording_server(
+    ss: [u8; 32],
+    cs: [u8; 32],
+    now: concentrator::proto::time::Instant,
+    rng: &mut concentrator::proto::rng::SeededRandom,
+) -> concentrator::proto::server::Server {
     use concentrator::proto::keys::{PresharedKey, StaticSecret};
-    use concentrator::proto::rng::SeededRandom;
-    use concentrator::proto::server::{HandshakeReply, PeerConfig, Server};
-    use concentrator::proto::time::Instant as PInstant;
+    use concentrator::proto::server::{PeerConfig, Server};
     use concentrator::proto::wire::AddressAssignment;
-    let (ss, cs) = ([0x11u8; 32], [0x22u8; 32]);
-    let now = PInstant::from_nanos(1_000_000_000);
-    let mut rng = SeededRandom(5);
-    let mut server = Server::new(StaticSecret::from_bytes(ss), now, &mut rng);
+    let mut server = Server::new(StaticSecret::from_bytes(ss), now, rng);
     server.add_peer(PeerConfig {
         public_key: StaticSecret::from_bytes(cs).public_key(),
         psk: PresharedKey::zero(),
@@ -747,6 +696,22 @@ fn recorded_session() -> ([u8; 32], [u8; 32], Vec<u8>, Vec<u8>) {
             mtu: 1420,
         },
     });
+    server
+}
+
+/// Sans-IO, no root: a client and a server with fixed keys; returns (server static, client
+/// static, the client's initiation, the server's session and index, one data packet the client
+/// sealed for the server).
+fn recorded_session() -> ([u8; 32], [u8; 32], Vec<u8>, Vec<u8>) {
+    use concentrator::proto::client::{Client, ClientConfig, ClientEvent};
+    use concentrator::proto::keys::{PresharedKey, StaticSecret};
+    use concentrator::proto::rng::SeededRandom;
+    use concentrator::proto::server::HandshakeReply;
+    use concentrator::proto::time::Instant as PInstant;
+    let (ss, cs) = ([0x11u8; 32], [0x22u8; 32]);
+    let now = PInstant::from_nanos(1_000_000_000);
+    let mut rng = SeededRandom(5);
+    let mut server = recording_server(ss, cs, now, &mut rng);
     let mut client = Client::new(
         ClientConfig {
             secret: StaticSecret::from_bytes(cs),
@@ -800,28 +765,16 @@ fn identity_is_not_on_the_wire() {
 
 #[test]
 fn recorded_traffic_stays_secret_when_static_keys_leak() {
-    use concentrator::proto::keys::{PresharedKey, StaticSecret};
     use concentrator::proto::rng::SeededRandom;
-    use concentrator::proto::server::{HandshakeReply, PeerConfig, Server};
+    use concentrator::proto::server::HandshakeReply;
     use concentrator::proto::time::Instant as PInstant;
-    use concentrator::proto::wire::AddressAssignment;
     // The attacker recorded the initiation and a data packet, and later learns BOTH static
     // private keys. Re-running the responder on the recording gives other session keys (the
     // ephemeral secrets are gone), which do not open the recorded packet.
     let (ss, cs, initiation, packet) = recorded_session();
     let now = PInstant::from_nanos(2_000_000_000);
     let mut rng = SeededRandom(99);
-    let mut server = Server::new(StaticSecret::from_bytes(ss), now, &mut rng);
-    server.add_peer(PeerConfig {
-        public_key: StaticSecret::from_bytes(cs).public_key(),
-        psk: PresharedKey::zero(),
-        assignment: AddressAssignment {
-            ipv4: Ipv4Addr::new(10, 66, 0, 7),
-            ipv4_prefix: 16,
-            ipv6: None,
-            mtu: 1420,
-        },
-    });
+    let mut server = recording_server(ss, cs, now, &mut rng);
     let src: SocketAddr = "192.0.2.1:4000".parse().unwrap();
     let mut resp = [0u8; 256];
     let Ok(HandshakeReply::Established(est)) =

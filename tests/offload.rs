@@ -12,6 +12,7 @@ mod common;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::traffic::{iperf3_bytes, iperf3_client, transfer_sha256, Transfer};
 use common::*;
 
 /// Declares `<case>_offloads_on` and `<case>_offloads_off`, both calling `case(bool)`.
@@ -149,78 +150,41 @@ fn stop_and_check_logs(lab: &mut Lab, offloads: bool) -> Vec<WorkerCounters> {
     c
 }
 
+/// A transfer from one namespace to an address in another: `(lab, from_ns, to_ns, to_addr,
+/// port, what)`.
+type TransferFn = fn(&Lab, &str, &str, &str, u16, &str);
+
+/// Runs `transfer` from client 0 to the backend at `port`, then from the backend to the
+/// client's virtual address `addr` at `port + 1`, labelled `<label> client -> backend` and
+/// `<label> backend -> client`.
+fn both_ways(lab: &Lab, addr: &str, port: u16, label: &str, transfer: TransferFn) {
+    let (c1, b) = (lab.client_ns[0].clone(), lab.backend_ns.clone());
+    transfer(
+        lab,
+        &c1,
+        &b,
+        BACKEND,
+        port,
+        &format!("{label} client -> backend"),
+    );
+    transfer(
+        lab,
+        &b,
+        &c1,
+        addr,
+        port + 1,
+        &format!("{label} backend -> client"),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // TCP transfer with sha256 at both ends
 
-const RECEIVER: &str = r#"
-import socket, hashlib, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-s.settimeout(30)
-c, _ = s.accept()
-c.settimeout(30)
-h = hashlib.sha256()
-n = 0
-while True:
-    d = c.recv(1 << 16)
-    if not d:
-        break
-    h.update(d)
-    n += len(d)
-print(n, h.hexdigest(), flush=True)
-"#;
-
-const SENDER: &str = r#"
-import socket, hashlib, os, sys, time
-data = os.urandom(20 * 1024 * 1024)
-for _ in range(100):
-    try:
-        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
-        break
-    except OSError:
-        time.sleep(0.1)
-else:
-    sys.exit("cannot connect")
-s.settimeout(30)
-s.sendall(data)
-s.shutdown(socket.SHUT_WR)
-s.recv(1)
-print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
-"#;
-
 /// 20 MiB from `from_ns` to `to_addr` (a receiver in `to_ns`); length and sha256 must match.
 fn tcp_transfer(lab: &Lab, from_ns: &str, to_ns: &str, to_addr: &str, port: u16, what: &str) {
-    let port = port.to_string();
-    let mut rx = lab.spawn_proc(
-        to_ns,
-        &format!("tcp-receiver-{port}"),
-        &["python3", "-c", RECEIVER, to_addr, &port],
-    );
-    let started = Instant::now();
-    let tx = lab.exec(
-        from_ns,
-        &["python3", "-c", SENDER, to_addr, &port],
-        Duration::from_secs(45),
-    );
-    assert!(
-        tx.ok(),
-        "{what}: sender failed: {}{}\n{}",
-        tx.stdout,
-        tx.stderr,
-        lab.logs()
-    );
-    let st = rx.wait(Duration::from_secs(10));
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{what}: receiver failed: {}{}",
-        rx.stdout(),
-        rx.stderr()
-    );
-    let sent = tx.stdout.trim().to_string();
-    let got = rx.stdout().trim().to_string();
-    eprintln!("{what}: 20 MiB in {:?}", started.elapsed());
+    let Transfer { sent, got, elapsed } =
+        transfer_sha256(lab, from_ns, to_ns, to_addr, port, Some(what));
+    eprintln!("{what}: 20 MiB in {elapsed:?}");
     assert!(sent.starts_with("20971520 "), "{what}: {sent}");
     assert_eq!(
         got, sent,
@@ -234,24 +198,9 @@ fn tcp_sha256(offloads: bool, test: &str) {
     }
     let _serial = serial();
     let (mut lab, addr) = lab_up(offloads);
-    let (c1, b) = (lab.client_ns[0].clone(), lab.backend_ns.clone());
     let m = mode(offloads);
-    tcp_transfer(
-        &lab,
-        &c1,
-        &b,
-        BACKEND,
-        5300,
-        &format!("[{m}] client -> backend"),
-    );
-    tcp_transfer(
-        &lab,
-        &b,
-        &c1,
-        &addr,
-        5301,
-        &format!("[{m}] backend -> client"),
-    );
+    both_ways(&lab, &addr, 5300, &format!("[{m}]"), tcp_transfer);
+    let c1 = lab.client_ns[0].clone();
 
     // Did the bulk data travel as super-packets? The kernel counts one TUN packet per read or
     // write; the server counts segments (and datagrams). With offloads, a read or write carries
@@ -300,49 +249,6 @@ both_modes!(tcp_sha256, tcp_sha256_offloads_on, tcp_sha256_offloads_off);
 // ---------------------------------------------------------------------------------------------
 // iperf3
 
-/// Starts a one-shot iperf3 server on the backend at `port` and waits until it listens.
-fn iperf3_server(lab: &mut Lab, port: u16) {
-    let backend = lab.backend_ns.clone();
-    let port_s = port.to_string();
-    lab.spawn_in(
-        &backend,
-        &format!("iperf3-s-{port}"),
-        &["iperf3", "-s", "-1", "-B", BACKEND, "-p", &port_s],
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ss = lab.exec(
-            &backend,
-            &["ss", "-Hltn", "sport", "=", &format!(":{port}")],
-            Duration::from_secs(5),
-        );
-        if ss.stdout.contains("LISTEN") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "iperf3 server not listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Runs the iperf3 client in client 0's namespace against the backend; returns its JSON.
-fn iperf3_client(lab: &mut Lab, port: u16, extra: &[&str]) -> serde_json::Value {
-    iperf3_server(lab, port);
-    let port_s = port.to_string();
-    let mut argv = vec!["iperf3", "-c", BACKEND, "-p", &port_s, "-t", "2", "-J"];
-    argv.extend_from_slice(extra);
-    let c = lab.client_ns[0].clone();
-    let out = lab.exec(&c, &argv, Duration::from_secs(30));
-    assert!(
-        out.ok(),
-        "iperf3 {argv:?} failed: {}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
-    serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("iperf3 -J output is not JSON ({e}): {}", out.stdout))
-}
-
 fn iperf3_tcp(offloads: bool, test: &str) {
     if !lab_or_skip(test) || !tools_or_skip(test, &["iperf3", "ss"]) {
         return;
@@ -352,15 +258,9 @@ fn iperf3_tcp(offloads: bool, test: &str) {
     let m = mode(offloads);
     for (port, reverse) in [(5201, false), (5202, true)] {
         let extra: &[&str] = if reverse { &["-R"] } else { &[] };
-        let v = iperf3_client(&mut lab, port, extra);
-        let end = &v["end"];
-        let sent = end["sum_sent"]["bytes"]
-            .as_u64()
-            .expect("end.sum_sent.bytes");
-        let received = end["sum_received"]["bytes"]
-            .as_u64()
-            .expect("end.sum_received.bytes");
-        let bps = end["sum_received"]["bits_per_second"]
+        let v = iperf3_client(&mut lab, 0, port, 2, extra);
+        let (sent, received) = iperf3_bytes(&v);
+        let bps = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .unwrap_or(0.0);
         eprintln!(
@@ -393,7 +293,7 @@ fn iperf3_udp(offloads: bool, test: &str) {
         if reverse {
             extra.push("-R");
         }
-        let v = iperf3_client(&mut lab, port, &extra);
+        let v = iperf3_client(&mut lab, 0, port, 2, &extra);
         // For UDP, `end.sum` is what the receiving side saw (iperf3 3.x).
         let sum = &v["end"]["sum"];
         let packets = sum["packets"].as_u64().expect("end.sum.packets");
@@ -577,24 +477,8 @@ fn udp_uso_integrity(offloads: bool, test: &str) {
     }
     let _serial = serial();
     let (mut lab, addr) = lab_up(offloads);
-    let (c1, b) = (lab.client_ns[0].clone(), lab.backend_ns.clone());
     let m = mode(offloads);
-    uso_transfer(
-        &lab,
-        &c1,
-        &b,
-        BACKEND,
-        5400,
-        &format!("[{m}] USO client -> backend"),
-    );
-    uso_transfer(
-        &lab,
-        &b,
-        &c1,
-        &addr,
-        5401,
-        &format!("[{m}] USO backend -> client"),
-    );
+    both_ways(&lab, &addr, 5400, &format!("[{m}] USO"), uso_transfer);
     assert_no_csum_errors(&lab, m);
     stop_and_check_logs(&mut lab, offloads);
 }

@@ -7,23 +7,18 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::cmd;
-
-const BIN: &str = env!("CARGO_BIN_EXE_concentrator");
+use common::{cmd, keypair, TempNs, BIN};
 
 /// A network namespace and a config directory, removed on drop.
 struct Scratch {
     ns: String,
     dir: PathBuf,
+    /// Deletes the namespace after `drop` removed the directory.
+    _ns: TempNs,
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = cmd::run(
-            &["ip", "netns", "del", &self.ns],
-            None,
-            Duration::from_secs(10),
-        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -32,19 +27,14 @@ fn scratch(tag: &str) -> Scratch {
     let ns = format!("ctrx-{}-{tag}", std::process::id());
     let dir = std::env::temp_dir().join(format!("ctr-startup-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    cmd::run_ok(&["ip", "netns", "add", &ns], None, Duration::from_secs(10));
+    let guard = TempNs::add(ns.clone());
     cmd::run_ok(
         &["ip", "-n", &ns, "link", "set", "lo", "up"],
         None,
         Duration::from_secs(10),
     );
-    let key = cmd::run_ok(&[BIN, "genkey"], None, Duration::from_secs(5));
-    let peer_secret = cmd::run_ok(&[BIN, "genkey"], None, Duration::from_secs(5));
-    let peer = cmd::run_ok(
-        &[BIN, "pubkey"],
-        Some(peer_secret.as_bytes()),
-        Duration::from_secs(5),
-    );
+    let (key, _) = keypair();
+    let (_, peer) = keypair();
     std::fs::write(dir.join("k.key"), key).unwrap();
     use std::os::unix::fs::PermissionsExt;
     // Readable by the unprivileged user of the privilege test (a warning, not an error).
@@ -55,10 +45,14 @@ fn scratch(tag: &str) -> Scratch {
          address = \"10.66.0.1/16\"\ntun_name = \"ctrx0\"\ncontrol_socket = \"{}\"\n\n\
          [[peer]]\npublic_key = \"{}\"\n",
         dir.join("control.sock").display(),
-        peer.trim()
+        peer
     );
     std::fs::write(dir.join("server.toml"), config).unwrap();
-    Scratch { ns, dir }
+    Scratch {
+        ns,
+        dir,
+        _ns: guard,
+    }
 }
 
 fn config(dir: &Path) -> String {

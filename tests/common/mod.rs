@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod cmd;
+pub mod traffic;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,33 @@ pub fn lab_or_skip(test: &str) -> bool {
     root_or_skip(test) && tools_or_skip(test, &["ip", "nft", "ping", "python3"])
 }
 
+/// A new private key from `concentrator genkey` (as printed) and its public key from
+/// `concentrator pubkey` (trimmed).
+pub fn keypair() -> (String, String) {
+    let key = cmd::run_ok(&[BIN, "genkey"], None, SHORT);
+    let public = cmd::run_ok(&[BIN, "pubkey"], Some(key.as_bytes()), SHORT)
+        .trim()
+        .to_string();
+    (key, public)
+}
+
+/// A bare network namespace, deleted on drop.
+pub struct TempNs(pub String);
+
+impl TempNs {
+    /// `ip netns add name`, which must succeed.
+    pub fn add(name: String) -> TempNs {
+        cmd::run_ok(&["ip", "netns", "add", &name], None, SHORT);
+        TempNs(name)
+    }
+}
+
+impl Drop for TempNs {
+    fn drop(&mut self) {
+        let _ = cmd::run(&["ip", "netns", "del", &self.0], None, SHORT);
+    }
+}
+
 /// What the lab looks like.
 #[derive(Clone, Debug)]
 pub struct LabConfig {
@@ -109,6 +137,16 @@ impl Default for LabConfig {
             unknown_clients: Vec::new(),
             ipv6: true,
             offloads: true,
+        }
+    }
+}
+
+impl LabConfig {
+    /// The defaults with `clients` client namespaces.
+    pub fn with_clients(clients: usize) -> LabConfig {
+        LabConfig {
+            clients,
+            ..Default::default()
         }
     }
 }
@@ -405,14 +443,12 @@ impl Lab {
     }
 
     fn genkey(&self, name: &str) -> String {
-        let key = cmd::run_ok(&[BIN, "genkey"], None, SHORT);
+        let (key, public) = keypair();
         let path = self.dir.join(name);
         std::fs::write(&path, &key).expect("write key");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        cmd::run_ok(&[BIN, "pubkey"], Some(key.as_bytes()), SHORT)
-            .trim()
-            .to_string()
+        public
     }
 
     fn write_configs(&mut self) {
