@@ -65,6 +65,16 @@ fn bring_up(
     session: Arc<Session>,
     sent_bytes: Arc<AtomicU64>,
 ) -> Result<Tunnel> {
+    // A device of this name still being torn down (a previous client's) would be joined and
+    // then vanish: wait for it first.
+    if !config.tun_name.contains('%')
+        && !link::wait_until_gone(&config.tun_name, Duration::from_secs(3))
+    {
+        anyhow::bail!(
+            "interface {} already exists: is another client running with this tun_name?",
+            config.tun_name
+        );
+    }
     let mut dev =
         tun::Tun::open(&config.tun_name, 1, offloads).context("creating the TUN device")?;
     if offloads {
