@@ -34,8 +34,10 @@ const SEGMENTS_PER_SEND: usize = 64;
 /// Bytes of UDP payload one UDP_SEGMENT send may carry: the whole batch is built as one IP
 /// datagram first, so it must fit a 16-bit IP length with the IPv6 (40) and UDP (8) headers.
 const BYTES_PER_SEND: usize = 65_535 - 40 - 8;
-/// Operations one offload slot may have in flight (sends or TUN writes).
-pub const OPS_PER_SLOT: usize = 16;
+/// Operations one offload slot may have in flight (sends or TUN writes): a GRO receive holds at
+/// most 64 datagrams (UDP_GRO_CNT_MAX, net/ipv4/udp_offload.c), and in the worst case each
+/// becomes its own write or relay.
+pub const OPS_PER_SLOT: usize = 64;
 
 /// A queued send or write, issued once the slot's buffer is no longer borrowed.
 #[derive(Clone, Copy)]
