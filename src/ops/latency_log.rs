@@ -37,6 +37,9 @@ pub struct LatencyLog {
     sources: Vec<(String, Source)>,
     previous: Vec<Histogram<u64>>,
     interval_start: SystemTime,
+    /// The last file's name stamp: names must be unique and ordered even when two intervals
+    /// start within one millisecond (the final interval at shutdown, or tests).
+    last_stamp: u128,
 }
 
 impl LatencyLog {
@@ -50,6 +53,7 @@ impl LatencyLog {
             sources,
             previous,
             interval_start: SystemTime::now(),
+            last_stamp: 0,
         })
     }
 
@@ -85,7 +89,9 @@ impl LatencyLog {
         let ms = start
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
-            .as_millis();
+            .as_millis()
+            .max(self.last_stamp + 1);
+        self.last_stamp = ms;
         let path = self.dir.join(format!("{PREFIX}{ms:015}{SUFFIX}"));
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, &text)?;
