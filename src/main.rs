@@ -98,6 +98,7 @@ enum PeerAction {
 }
 
 fn main() -> ExitCode {
+    concentrator::sys::mem::map_large_allocations_separately();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CONCENTRATOR_LOG")

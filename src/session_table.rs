@@ -2,14 +2,15 @@
 //! address, and where each peer's packets go.
 //!
 //! Written only by the control thread, read by every worker on every packet without a lock
-//! (papaya's concurrent map: readers never block and never wait for the writer). A worker pins a
-//! [`TableGuard`] once per batch of completions and looks up as often as it likes under it.
+//! (papaya's concurrent map: readers never block and never wait for the writer). A worker takes a
+//! [`TableSnapshot`] and pins a [`TableGuard`] once per batch of completions and looks up as
+//! often as it likes under it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::proto::keys::PublicKey;
 use crate::proto::session::Session;
@@ -78,21 +79,41 @@ enum Key {
     Address(IpAddr),
 }
 
+type Map = papaya::HashMap<Key, Arc<PeerEntry>>;
+
+/// A rebuild is worth it only for a table that was at least this large (entries).
+const COMPACT_MIN_PEAK: usize = 1024;
+
 /// Lookups by receiver index and by virtual address.
-#[derive(Default)]
+///
+/// papaya never gives back a table's room after removals, so after thousands of clients leave,
+/// the control thread rebuilds the map ([`SessionTable::compact_if_sparse`]) and swaps it in;
+/// workers pick up the new map at their next batch ([`SessionTable::snapshot`]).
 pub struct SessionTable {
-    map: papaya::HashMap<Key, Arc<PeerEntry>>,
+    map: ArcSwap<Map>,
+    /// Entries now, and the most since the map was last built (kept by the only writer).
+    entries: AtomicUsize,
+    peak: AtomicUsize,
 }
 
-impl SessionTable {
-    /// An empty table.
-    pub fn new() -> Self {
-        SessionTable::default()
+impl Default for SessionTable {
+    fn default() -> Self {
+        SessionTable {
+            map: ArcSwap::from_pointee(Map::new()),
+            entries: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
     }
+}
 
+/// The map as it was when a worker's batch began: hold it for the batch, look up under a
+/// [`TableGuard`] pinned from it.
+pub struct TableSnapshot(Arc<Map>);
+
+impl TableSnapshot {
     /// Pins a read view for a batch of lookups.
     pub fn guard(&self) -> TableGuard<'_> {
-        self.map.guard()
+        self.0.guard()
     }
 
     /// The peer that receives packets for receiver index `index`.
@@ -101,7 +122,7 @@ impl SessionTable {
         index: u32,
         guard: &'g TableGuard<'_>,
     ) -> Option<&'g Arc<PeerEntry>> {
-        self.map.get(&Key::Index(index), guard)
+        self.0.get(&Key::Index(index), guard)
     }
 
     /// The peer whose virtual address is `addr`.
@@ -110,47 +131,156 @@ impl SessionTable {
         addr: IpAddr,
         guard: &'g TableGuard<'_>,
     ) -> Option<&'g Arc<PeerEntry>> {
-        self.map.get(&Key::Address(addr), guard)
+        self.0.get(&Key::Address(addr), guard)
+    }
+}
+
+impl SessionTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        SessionTable::default()
+    }
+
+    /// The current map, for one batch of lookups.
+    pub fn snapshot(&self) -> TableSnapshot {
+        TableSnapshot(self.map.load_full())
+    }
+
+    fn insert(&self, key: Key, entry: &Arc<PeerEntry>) {
+        if self.map.load().pin().insert(key, entry.clone()).is_none() {
+            let now = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
+            self.peak.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    fn remove(&self, key: Key) {
+        if self.map.load().pin().remove(&key).is_some() {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Publishes a peer under its virtual addresses (replacing any previous entry for them).
     pub fn insert_peer(&self, entry: &Arc<PeerEntry>) {
-        let map = self.map.pin();
-        map.insert(
-            Key::Address(IpAddr::V4(entry.assignment.ipv4)),
-            entry.clone(),
-        );
+        self.insert(Key::Address(IpAddr::V4(entry.assignment.ipv4)), entry);
         if let Some((v6, _)) = entry.assignment.ipv6 {
-            map.insert(Key::Address(IpAddr::V6(v6)), entry.clone());
+            self.insert(Key::Address(IpAddr::V6(v6)), entry);
         }
     }
 
     /// Publishes receiver index `index` for `entry`.
     pub fn insert_index(&self, index: u32, entry: &Arc<PeerEntry>) {
-        self.map.pin().insert(Key::Index(index), entry.clone());
+        self.insert(Key::Index(index), entry);
     }
 
     /// Forgets receiver index `index`.
     pub fn remove_index(&self, index: u32) {
-        self.map.pin().remove(&Key::Index(index));
+        self.remove(Key::Index(index));
     }
 
     /// Forgets a peer's addresses (its indexes are removed with `remove_index`).
     pub fn remove_peer(&self, entry: &PeerEntry) {
-        let map = self.map.pin();
-        map.remove(&Key::Address(IpAddr::V4(entry.assignment.ipv4)));
+        self.remove(Key::Address(IpAddr::V4(entry.assignment.ipv4)));
         if let Some((v6, _)) = entry.assignment.ipv6 {
-            map.remove(&Key::Address(IpAddr::V6(v6)));
+            self.remove(Key::Address(IpAddr::V6(v6)));
         }
+    }
+
+    /// Rebuilds the map when it holds under a quarter of its peak (and the peak was large):
+    /// the old map, with its room, is freed once the last worker's batch lets go of it. Only
+    /// the control thread (the only writer) may call this; returns whether it rebuilt.
+    pub fn compact_if_sparse(&self) -> bool {
+        let entries = self.entries.load(Ordering::Relaxed);
+        if self.peak.load(Ordering::Relaxed) < COMPACT_MIN_PEAK
+            || entries * 4 > self.peak.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        let old = self.map.load_full();
+        let fresh = Map::new();
+        {
+            let (from, to) = (old.pin(), fresh.pin());
+            for (key, entry) in from.iter() {
+                to.insert(*key, entry.clone());
+            }
+        }
+        self.map.store(Arc::new(fresh));
+        self.peak.store(entries, Ordering::Relaxed);
+        true
     }
 
     /// Number of entries (indexes and addresses).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.entries.load(Ordering::Relaxed)
     }
 
     /// True when nothing is published.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::wire::AddressAssignment;
+    use std::net::Ipv4Addr;
+
+    fn entry(i: u32) -> Arc<PeerEntry> {
+        let ip = Ipv4Addr::from(0x0a42_0000 + i);
+        Arc::new(PeerEntry::new(
+            PublicKey::from_bytes([i as u8; 32]),
+            Arc::new(Session::new()),
+            AddressAssignment {
+                ipv4: ip,
+                ipv4_prefix: 16,
+                ipv6: None,
+                mtu: 1420,
+            },
+        ))
+    }
+
+    #[test]
+    fn compaction_keeps_every_entry_and_old_snapshots_keep_working() {
+        let table = SessionTable::new();
+        let peers: Vec<_> = (1..=3000).map(entry).collect();
+        for (i, p) in peers.iter().enumerate() {
+            table.insert_peer(p);
+            table.insert_index(i as u32 * 7, p);
+        }
+        assert_eq!(table.len(), 6000);
+        assert!(
+            !table.compact_if_sparse(),
+            "a full table must not be rebuilt"
+        );
+        let before = table.snapshot();
+        for (i, p) in peers.iter().enumerate().skip(100) {
+            table.remove_peer(p);
+            table.remove_index(i as u32 * 7);
+        }
+        assert_eq!(table.len(), 200);
+        assert!(table.compact_if_sparse());
+        assert!(!table.compact_if_sparse(), "peak resets with the rebuild");
+        let after = table.snapshot();
+        let (g_before, g_after) = (before.guard(), after.guard());
+        for (i, p) in peers.iter().enumerate() {
+            let ip = IpAddr::V4(p.assignment.ipv4);
+            let kept = i < 100;
+            assert_eq!(after.by_address(ip, &g_after).is_some(), kept, "peer {i}");
+            assert_eq!(
+                after.by_index(i as u32 * 7, &g_after).is_some(),
+                kept,
+                "index {i}"
+            );
+            if kept {
+                assert!(Arc::ptr_eq(after.by_address(ip, &g_after).unwrap(), p));
+                // A worker still on the old map sees the same peers.
+                assert!(Arc::ptr_eq(before.by_address(ip, &g_before).unwrap(), p));
+            }
+        }
+        // Writes after the rebuild land in the new map.
+        table.insert_index(999_999, &peers[0]);
+        let now = table.snapshot();
+        assert!(now.by_index(999_999, &now.guard()).is_some());
+        assert_eq!(table.len(), 201);
     }
 }

@@ -161,6 +161,23 @@ impl Control {
         }
     }
 
+    /// Gives back the room of maps left nearly empty by removed peers; true when the session
+    /// table was rebuilt.
+    fn shrink_if_sparse(&mut self) -> bool {
+        use crate::proto::server::shrink_if_sparse;
+        shrink_if_sparse(&mut self.entries);
+        shrink_if_sparse(&mut self.psks);
+        self.server.shrink_if_sparse();
+        let rebuilt = self.table.compact_if_sparse();
+        if rebuilt {
+            tracing::debug!(
+                entries = self.table.len(),
+                "session table rebuilt after removals"
+            );
+        }
+        rebuilt
+    }
+
     /// Removes a peer: its addresses and indexes vanish from the table, its keys are erased.
     pub fn remove_peer(&mut self, key: &PublicKey) -> bool {
         self.trim_after
@@ -430,6 +447,11 @@ impl Control {
         }
         if self.trim_after.is_some_and(|t| now >= t) {
             self.trim_after = None;
+            if self.shrink_if_sparse() {
+                // The old session map is freed by whichever worker lets go of it last, after
+                // this trim: hand that memory back too, once their batches are surely over.
+                self.trim_after = Some(now + TRIM_DELAY);
+            }
             crate::sys::mem::release_free_memory();
         }
         let report = self.server.tick(now);
@@ -537,8 +559,9 @@ mod tests {
     }
 
     fn lookup(table: &SessionTable, ip: Ipv4Addr) -> Option<Arc<PeerEntry>> {
-        let g = table.guard();
-        table.by_address(ip.into(), &g).cloned()
+        let snapshot = table.snapshot();
+        let g = snapshot.guard();
+        snapshot.by_address(ip.into(), &g).cloned()
     }
 
     #[test]

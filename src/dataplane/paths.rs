@@ -23,7 +23,7 @@ use crate::proto::constants::MAX_MTU;
 use crate::proto::ip;
 use crate::proto::time::Instant;
 use crate::proto::wire::{self, MessageType, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN};
-use crate::session_table::{PeerEntry, SessionTable, TableGuard};
+use crate::session_table::{PeerEntry, TableGuard, TableSnapshot};
 
 /// Bytes of one region of an offload slot: the largest IP packet plus a virtio header, with room
 /// for the per-segment transport header and tag of up to 128 segments.
@@ -110,7 +110,7 @@ impl Worker {
         slot: u32,
         n: usize,
         now: Instant,
-        table: &SessionTable,
+        table: &TableSnapshot,
         guard: &TableGuard<'_>,
     ) -> Result<Outcome, DropReason> {
         if self.offloads {
@@ -145,7 +145,7 @@ impl Worker {
         slot: u32,
         n: usize,
         now: Instant,
-        table: &SessionTable,
+        table: &TableSnapshot,
         guard: &TableGuard<'_>,
     ) -> Result<Outcome, DropReason> {
         // Counted as one packet now, so a super-packet dropped below still counts as received;
@@ -246,7 +246,7 @@ impl Worker {
         slot: u32,
         n: usize,
         now: Instant,
-        table: &SessionTable,
+        table: &TableSnapshot,
         guard: &TableGuard<'_>,
     ) -> Result<Outcome, DropReason> {
         let src = self.ring.source(slot).ok_or(DropReason::Malformed)?;
@@ -386,7 +386,7 @@ fn open_datagram<'t>(
     datagram: &mut [u8],
     src: SocketAddr,
     now: Instant,
-    table: &'t SessionTable,
+    table: &'t TableSnapshot,
     guard: &'t TableGuard<'_>,
     client_to_client: bool,
     handshakes: &crossbeam_channel::Sender<HandshakeMessage>,

@@ -22,7 +22,7 @@ use crate::proto::keypair::TransportError;
 use crate::proto::session::SessionError;
 use crate::proto::time::Instant;
 use crate::proto::wire::{INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN};
-use crate::session_table::{SessionTable, TableGuard};
+use crate::session_table::{SessionTable, TableGuard, TableSnapshot};
 use crate::sys::clock::monotonic_now;
 use crate::sys::uring::{Completion, Op, Uring};
 
@@ -208,15 +208,18 @@ impl Worker {
                 }
             }
             let now = monotonic_now();
-            let guard = table.guard();
+            // A fresh snapshot per batch: picks up a rebuilt map (after mass removals).
+            let snapshot = table.snapshot();
+            let guard = snapshot.guard();
             // One latency sample per packet received in the batch (each segment of a TUN
             // super-packet, each datagram of a GRO receive), so the histogram's count equals the
             // worker's `tun_rx_packets + udp_rx_packets`.
             let received_before = self.counters.tun_rx_packets + self.counters.udp_rx_packets;
             for c in &batch {
-                self.complete(c, now, &table, &guard);
+                self.complete(c, now, &snapshot, &guard);
             }
             drop(guard);
+            drop(snapshot);
             let packets =
                 self.counters.tun_rx_packets + self.counters.udp_rx_packets - received_before;
             if packets > 0 {
@@ -235,7 +238,7 @@ impl Worker {
         &mut self,
         c: &Completion,
         now: Instant,
-        table: &SessionTable,
+        table: &TableSnapshot,
         guard: &TableGuard<'_>,
     ) {
         if c.result < 0 {

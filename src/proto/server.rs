@@ -112,6 +112,13 @@ impl Server {
         }
     }
 
+    /// Gives back the room of maps that many departed peers left nearly empty, so that memory
+    /// returns to where it was after a churn of thousands of clients.
+    pub fn shrink_if_sparse(&mut self) {
+        shrink_if_sparse(&mut self.peers);
+        shrink_if_sparse(&mut self.index_owner);
+    }
+
     /// Removes a peer, erases its keys and returns the receiver indexes it held.
     pub fn remove_peer(&mut self, key: &PublicKey) -> Option<Vec<u32>> {
         let peer = self.peers.remove(key)?;
@@ -241,5 +248,13 @@ impl Server {
             held
         });
         report
+    }
+}
+
+/// Shrinks `map` when it uses under a quarter of its capacity: a `HashMap` keeps its largest
+/// size otherwise. Small maps are left alone (shrinking them gains nothing).
+pub fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to_fit();
     }
 }

@@ -732,6 +732,22 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The server's VmRSS once it is at most `limit_kib`, polled until `wait` runs out (then the
+/// last reading). Prints the readings, so a run shows how memory came back.
+pub fn settled_rss(pid: u32, limit_kib: u64, wait: Duration) -> u64 {
+    let until = Instant::now() + wait;
+    let mut readings = Vec::new();
+    loop {
+        let (rss, _) = memory_kib(pid);
+        readings.push(rss);
+        if rss <= limit_kib || Instant::now() >= until {
+            eprintln!("FIGURE churn: VmRSS readings every 250 ms after removal: {readings:?} KiB");
+            return rss;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Sum of one drop reason over the workers of a `show --json` answer.
 pub fn drops(show: &serde_json::Value, reason: &str) -> u64 {
     show["workers"]
