@@ -238,7 +238,8 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     }
     // Operator's side: commands to the control thread, the control socket, the metrics port.
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(64);
-    let mut control = control.with_commands(cmd_rx);
+    let load = Arc::new(concentrator::control::LoadSignal::default());
+    let mut control = control.with_commands(cmd_rx).with_load_signal(load.clone());
     control.set_addressing(Addressing::of(&config));
     let socket_path = config
         .control_socket
@@ -294,6 +295,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             stop: stop.clone(),
             client_to_client: config.client_to_client,
             mac_keys: mac_keys.clone(),
+            load: load.clone(),
             offloads,
         };
         let ready = ready_tx.clone();

@@ -33,6 +33,37 @@ pub const HANDSHAKE_QUEUE: usize = 4096;
 /// The responder is "under load" (cookies required) when the queue holds this many: WireGuard
 /// uses an eighth of its queue (`MAX_QUEUED_INCOMING_HANDSHAKES / 8`, device/receive.go).
 pub const UNDER_LOAD_THRESHOLD: usize = HANDSHAKE_QUEUE / 8;
+/// Once under load, stay so this long after the queue last reached the threshold, as
+/// WireGuard does (`UnderLoadAfterTime`, device/constants.go): a flood arrives in bursts, and
+/// every initiation let through to the Diffie-Hellman between bursts costs ~50 us of this thread.
+pub const UNDER_LOAD_AFTER: Duration = Duration::from_secs(1);
+/// The control thread's "under load" state, published for the workers: while it holds, they
+/// shed cookie-less initiations from sources past their cookie-reply rate themselves.
+#[derive(Debug, Default)]
+pub struct LoadSignal {
+    /// Under load until this monotonic time, in nanoseconds (0: never).
+    until_nanos: AtomicU64,
+}
+
+impl LoadSignal {
+    /// Whether the control thread requires cookies at `now`.
+    pub fn under_load(&self, now: Instant) -> bool {
+        now.as_nanos() < self.until_nanos.load(Ordering::Relaxed)
+    }
+
+    fn publish(&self, until: Option<Instant>) {
+        let nanos = until.map_or(0, Instant::as_nanos);
+        if self.until_nanos.load(Ordering::Relaxed) != nanos {
+            self.until_nanos.store(nanos, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Handshake messages handled in a row before commands and the tick get a look.
+const DRAIN_AT_ONCE: usize = 1024;
+/// Under load, the control thread naps this long when its queue runs empty: handshakes wait
+/// at most this much longer, and the queue (HANDSHAKE_QUEUE) holds 80 ms of a 50 000/s flood.
+const UNDER_LOAD_NAP: Duration = Duration::from_millis(1);
 /// Period of the housekeeping tick.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -64,7 +95,8 @@ pub struct Control {
     entries: HashMap<PublicKey, Arc<PeerEntry>>,
     handshakes: Receiver<HandshakeMessage>,
     /// One socket per underlay family (duplicates of a worker's socket, same port).
-    reply_sockets: Vec<UdpSocket>,
+    /// With whether each is IPv4 (looked up once, not per reply).
+    reply_sockets: Vec<(UdpSocket, bool)>,
     stats: Arc<HandshakeStats>,
     stop: Arc<AtomicBool>,
     rng: OsRandom,
@@ -75,6 +107,10 @@ pub struct Control {
     failures: FailureLog,
     /// Peers were removed at this time: give their memory back once the workers let go of it.
     trim_after: Option<Instant>,
+    /// Cookies are required until then (see [`UNDER_LOAD_AFTER`]).
+    under_load_until: Option<Instant>,
+    /// The same, for the workers.
+    load: Arc<LoadSignal>,
 }
 
 /// How long after peers are removed their memory is handed back: the lock-free table frees
@@ -96,7 +132,13 @@ impl Control {
             table,
             entries: HashMap::new(),
             handshakes,
-            reply_sockets,
+            reply_sockets: reply_sockets
+                .into_iter()
+                .map(|s| {
+                    let v4 = s.local_addr().map(|a| a.is_ipv4()).unwrap_or(false);
+                    (s, v4)
+                })
+                .collect(),
             stats,
             stop,
             rng: OsRandom,
@@ -106,7 +148,15 @@ impl Control {
             latency: latency_histogram(),
             failures: FailureLog::default(),
             trim_after: None,
+            under_load_until: None,
+            load: Arc::default(),
         }
+    }
+
+    /// Publishes the under-load state to `load` (shared with the workers).
+    pub fn with_load_signal(mut self, load: Arc<LoadSignal>) -> Self {
+        self.load = load;
+        self
     }
 
     /// Takes the operator's commands from `commands`.
@@ -353,11 +403,11 @@ impl Control {
     }
 
     fn send(&self, bytes: &[u8], to: SocketAddr) {
-        let socket = self.reply_sockets.iter().find(|s| {
-            s.local_addr()
-                .map(|a| a.is_ipv4() == to.is_ipv4())
-                .unwrap_or(false)
-        });
+        let socket = self
+            .reply_sockets
+            .iter()
+            .find(|(_, v4)| *v4 == to.is_ipv4())
+            .map(|(s, _)| s);
         match socket {
             Some(s) => {
                 if let Err(e) = s.send_to(bytes, to) {
@@ -370,7 +420,8 @@ impl Control {
 
     /// Handles one initiation.
     pub fn handle(&mut self, msg: &HandshakeMessage, now: Instant) {
-        let under_load = self.handshakes.len() >= UNDER_LOAD_THRESHOLD;
+        let under_load = under_load(&mut self.under_load_until, self.handshakes.len(), now);
+        self.load.publish(self.under_load_until);
         let mut out = [0u8; 148];
         match self.server.handle_initiation(
             &msg.bytes,
@@ -481,7 +532,21 @@ impl Control {
         while !self.stop.load(Ordering::Relaxed) {
             select! {
                 recv(handshakes) -> msg => match msg {
-                    Ok(msg) => self.handle(&msg, monotonic_now()),
+                    Ok(msg) => {
+                        self.handle(&msg, monotonic_now());
+                        // Take what else is queued without another round through select!.
+                        for msg in handshakes.try_iter().take(DRAIN_AT_ONCE) {
+                            self.handle(&msg, monotonic_now());
+                        }
+                        if self.under_load_until.is_some_and(|t| monotonic_now() < t)
+                            && handshakes.is_empty()
+                        {
+                            // Under a flood, let messages gather for a moment instead of
+                            // having every one of them wake this thread (a futex wake and a
+                            // context switch each, more than answering it costs).
+                            std::thread::sleep(UNDER_LOAD_NAP);
+                        }
+                    }
                     Err(_) => break,
                 },
                 recv(commands) -> cmd => match cmd {
@@ -498,6 +563,15 @@ impl Control {
         }
         self.stats.latency.merge_from(&mut self.latency);
     }
+}
+
+/// Whether cookies are required now, given `queued` handshake messages: from the moment the
+/// queue reaches [`UNDER_LOAD_THRESHOLD`] until [`UNDER_LOAD_AFTER`] after it last did.
+fn under_load(until: &mut Option<Instant>, queued: usize, now: Instant) -> bool {
+    if queued >= UNDER_LOAD_THRESHOLD {
+        *until = Some(now + UNDER_LOAD_AFTER);
+    }
+    until.is_some_and(|until| now < until)
 }
 
 /// Receiver indexes a peer's session holds.
@@ -562,6 +636,23 @@ mod tests {
         let snapshot = table.snapshot();
         let g = snapshot.guard();
         snapshot.by_address(ip.into(), &g).cloned()
+    }
+
+    #[test]
+    fn under_load_holds_for_a_second_after_the_queue_drains() {
+        let t0 = Instant::from_nanos(1_000_000_000);
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        let mut until = None;
+        assert!(!under_load(&mut until, UNDER_LOAD_THRESHOLD - 1, t0));
+        assert!(under_load(&mut until, UNDER_LOAD_THRESHOLD, ms(10)));
+        // The queue drained between two bursts: still under load.
+        assert!(under_load(&mut until, 0, ms(500)));
+        assert!(under_load(&mut until, 3, ms(1009)));
+        assert!(!under_load(&mut until, 3, ms(1010)));
+        // A new burst re-arms it.
+        assert!(under_load(&mut until, UNDER_LOAD_THRESHOLD + 5, ms(2000)));
+        assert!(under_load(&mut until, 0, ms(2999)));
+        assert!(!under_load(&mut until, 0, ms(3000)));
     }
 
     #[test]

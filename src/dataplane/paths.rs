@@ -256,8 +256,12 @@ impl Worker {
         };
         let offloads = self.offloads;
         let client_to_client = self.client_to_client;
-        let handshakes = &self.ctx.handshakes;
-        let mac_keys = &*self.ctx.mac_keys;
+        let mut gate = HandshakeGate {
+            queue: &self.ctx.handshakes,
+            mac_keys: &self.ctx.mac_keys,
+            load: &self.ctx.load,
+            shedder: &mut self.shedder,
+        };
         let mut ops = PendingOps::new();
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
         let (input, output) = if offloads {
@@ -281,8 +285,7 @@ impl Worker {
                 table,
                 guard,
                 client_to_client,
-                handshakes,
-                mac_keys,
+                &mut gate,
                 &mut self.counters,
             );
             match delivery {
@@ -380,6 +383,14 @@ impl Worker {
     }
 }
 
+/// What a worker needs to vet handshake initiations before queueing them.
+struct HandshakeGate<'a> {
+    queue: &'a crossbeam_channel::Sender<HandshakeMessage>,
+    mac_keys: &'a crate::proto::cookie::MacKeys,
+    load: &'a crate::control::LoadSignal,
+    shedder: &'a mut crate::proto::ratelimit::SlotLimiter,
+}
+
 /// Opens one datagram in place and decides where its packet goes.
 #[allow(clippy::too_many_arguments)]
 fn open_datagram<'t>(
@@ -389,20 +400,28 @@ fn open_datagram<'t>(
     table: &'t TableSnapshot,
     guard: &'t TableGuard<'_>,
     client_to_client: bool,
-    handshakes: &crossbeam_channel::Sender<HandshakeMessage>,
-    mac_keys: &crate::proto::cookie::MacKeys,
+    gate: &mut HandshakeGate<'_>,
     counters: &mut super::stats::Counters,
 ) -> Result<Delivery<'t>, DropReason> {
     match wire::message_type(datagram) {
         Ok(MessageType::Transport) => {}
         Ok(MessageType::Initiation) => {
             // One HMAC here keeps initiations not meant for us out of the control thread's queue.
-            if !crate::proto::cookie::verify_mac1(mac_keys, datagram) {
+            if !crate::proto::cookie::verify_mac1(gate.mac_keys, datagram) {
                 return Err(DropReason::BadMac);
+            }
+            // Under load, one without a cookie is owed only a cookie reply, and those are rate
+            // limited per source: shed what the control thread would refuse anyway.
+            if gate.load.under_load(now)
+                && wire::Initiation::new_checked(&*datagram)
+                    .is_ok_and(|p| p.mac2().iter().all(|&b| b == 0))
+                && !gate.shedder.allow(src.ip(), now)
+            {
+                return Err(DropReason::HandshakeShed);
             }
             let mut bytes = [0u8; INITIATION_LEN];
             bytes.copy_from_slice(datagram);
-            return match handshakes.try_send(HandshakeMessage {
+            return match gate.queue.try_send(HandshakeMessage {
                 bytes,
                 src,
                 received: now,

@@ -30,6 +30,9 @@ pub enum DropReason {
     BadMac,
     /// A handshake message that found the control thread's queue full.
     HandshakeQueueFull,
+    /// Under load, a cookie-less initiation from a source already past its rate of cookie
+    /// replies: shed by the worker before it reaches the control thread.
+    HandshakeShed,
     /// A message type the server never receives (responses, cookie replies).
     UnexpectedType,
     /// The kernel refused a send or write.
@@ -38,7 +41,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::NoPeer,
         DropReason::NoEndpoint,
         DropReason::NoKeypair,
@@ -50,6 +53,7 @@ impl DropReason {
         DropReason::SpoofedSource,
         DropReason::BadMac,
         DropReason::HandshakeQueueFull,
+        DropReason::HandshakeShed,
         DropReason::UnexpectedType,
         DropReason::IoError,
     ];
@@ -68,6 +72,7 @@ impl DropReason {
             DropReason::SpoofedSource => "spoofed_source",
             DropReason::BadMac => "bad_mac",
             DropReason::HandshakeQueueFull => "handshake_queue_full",
+            DropReason::HandshakeShed => "handshake_shed",
             DropReason::UnexpectedType => "unexpected_type",
             DropReason::IoError => "io_error",
         }

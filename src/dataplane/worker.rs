@@ -72,6 +72,8 @@ pub struct WorkerContext {
     pub client_to_client: bool,
     /// The server's mac1 key: initiations are checked before they are queued.
     pub mac_keys: Arc<crate::proto::cookie::MacKeys>,
+    /// The control thread's under-load state (cookie-less initiations are shed here then).
+    pub load: Arc<crate::control::LoadSignal>,
     /// The TUN queue carries virtio headers (super-packets) and the sockets use UDP GRO/GSO.
     pub offloads: bool,
 }
@@ -95,6 +97,9 @@ pub(super) struct Worker {
     pub(super) socket_families: Vec<bool>,
     pub(super) offloads: bool,
     pub(super) client_to_client: bool,
+    /// Cookie-reply budget per source while under load (approximate; the control thread's
+    /// limiter is exact).
+    pub(super) shedder: crate::proto::ratelimit::SlotLimiter,
 }
 
 /// Runs a worker until `stop` is set. `ready` gets the outcome of the set-up (the ring must be
@@ -150,8 +155,18 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         counters: Counters::default(),
         tun_slots,
         socket_families,
+        shedder: crate::proto::ratelimit::SlotLimiter::new(
+            crate::proto::handshake::COOKIE_REPLIES_PER_SECOND,
+            crate::proto::handshake::COOKIE_REPLY_BURST,
+            SHED_SLOTS,
+        ),
     })
 }
+
+/// Slots of a worker's shedding limiter: 4096 x 16 bytes. A flood from random sources spreads
+/// over all of them, so each slot sees 1/4096 of it (50 000/s: ~12/s, under the per-source
+/// cookie rate, so a legitimate client sharing a slot still gets its cookie).
+const SHED_SLOTS: usize = 4096;
 
 impl Worker {
     fn home_socket(&self, slot: u32) -> u8 {

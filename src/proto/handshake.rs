@@ -171,12 +171,23 @@ pub enum ResponderAction {
     Verified(Box<VerifiedInitiation>),
 }
 
-/// The server's side of the handshake: its static key, cookie secrets and rate limiter.
+/// Cookie replies per second one source may get under load: twice the handshakes it may then
+/// complete ([`crate::proto::ratelimit::DEFAULT_PACKETS_PER_SECOND`]), so the cookie never is
+/// what holds a legitimate client back, while a flood from few addresses is not answered
+/// packet for packet (each reply costs a UDP send).
+pub const COOKIE_REPLIES_PER_SECOND: u32 = 2 * crate::proto::ratelimit::DEFAULT_PACKETS_PER_SECOND;
+/// Cookie replies a quiet source may get at once (twice WireGuard's handshake burst).
+pub const COOKIE_REPLY_BURST: u32 = 2 * crate::proto::ratelimit::DEFAULT_BURST;
+
+/// The server's side of the handshake: its static key, cookie secrets and rate limiters.
 pub struct Responder {
     secret: StaticSecret,
     public: PublicKey,
     cookies: CookieChecker,
+    /// Handshakes (valid mac2) per source under load.
     limiter: RateLimiter,
+    /// Cookie replies per source under load.
+    cookie_limiter: RateLimiter,
 }
 
 impl Responder {
@@ -186,6 +197,11 @@ impl Responder {
         Responder {
             cookies: CookieChecker::new(public.as_bytes(), now, rng),
             limiter: RateLimiter::default(),
+            cookie_limiter: RateLimiter::new(
+                COOKIE_REPLIES_PER_SECOND,
+                COOKIE_REPLY_BURST,
+                crate::proto::ratelimit::DEFAULT_MAX_SOURCES,
+            ),
             secret,
             public,
         }
@@ -201,7 +217,8 @@ impl Responder {
     /// mac1 is checked before any Diffie-Hellman; a failure gets no answer. When the caller says
     /// it is `under_load`, an initiation without a valid mac2 for `src` gets a cookie reply
     /// (written to `out`) and no Diffie-Hellman either, and sources that do prove their address
-    /// are rate limited.
+    /// are rate limited. Cookie replies are rate limited per source too
+    /// ([`COOKIE_REPLIES_PER_SECOND`]).
     pub fn handle_initiation(
         &mut self,
         msg: &[u8],
@@ -218,7 +235,15 @@ impl Responder {
             return Err(HandshakeError::BadMac);
         }
         if under_load {
-            if !self.cookies.check_mac2(msg, src, now, rng) {
+            // An all-zero mac2 means "no cookie yet" (the initiator's jar is empty): skip the two
+            // MACs of the check, which a flood without cookies would otherwise cost every time.
+            let no_cookie = wire::Initiation::new_checked(msg)
+                .map(|p| p.mac2().iter().all(|&b| b == 0))
+                .unwrap_or(true);
+            if no_cookie || !self.cookies.check_mac2(msg, src, now, rng) {
+                if !self.cookie_limiter.allow(src.ip(), now) {
+                    return Err(HandshakeError::RateLimited);
+                }
                 let reply: &mut [u8; wire::COOKIE_REPLY_LEN] = out
                     .get_mut(..wire::COOKIE_REPLY_LEN)
                     .and_then(|s| s.try_into().ok())

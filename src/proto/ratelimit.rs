@@ -168,6 +168,53 @@ fn refill(bucket: &mut Bucket, capacity: u64, now: Instant) {
     bucket.last = bucket.last.max(now);
 }
 
+/// Per-source token buckets in a fixed table of hashed slots: no allocation after creation,
+/// constant memory, constant time. Approximate: sources that hash to the same slot share one
+/// budget (the hash is keyed at random, so an attacker cannot aim at a given source's slot).
+/// Workers use it to shed a flood of cookie-less initiations before it reaches the control
+/// thread, whose exact [`RateLimiter`] still decides.
+#[derive(Debug, Clone)]
+pub struct SlotLimiter {
+    cost: u64,
+    capacity: u64,
+    hasher: std::collections::hash_map::RandomState,
+    slots: Box<[Bucket]>,
+}
+
+impl SlotLimiter {
+    /// `slots` (rounded up to a power of two) buckets of `burst` tokens refilled at
+    /// `packets_per_second` each.
+    pub fn new(packets_per_second: u32, burst: u32, slots: usize) -> Self {
+        let cost = (NANOS_PER_SEC / u64::from(packets_per_second.max(1))).max(1);
+        let empty = Bucket {
+            tokens: 0,
+            last: Instant::default(),
+        };
+        SlotLimiter {
+            cost,
+            capacity: cost.saturating_mul(u64::from(burst.max(1))),
+            hasher: std::collections::hash_map::RandomState::new(),
+            slots: vec![empty; slots.max(1).next_power_of_two()].into_boxed_slice(),
+        }
+    }
+
+    /// Whether `src` may have one more `now`; takes a token if so. A slot never used before
+    /// starts full (its `last` is the clock's origin).
+    pub fn allow(&mut self, src: IpAddr, now: Instant) -> bool {
+        use std::hash::BuildHasher;
+        let slot = self.hasher.hash_one(SourceKey::of(src)) as usize & (self.slots.len() - 1);
+        let bucket = &mut self.slots[slot];
+        refill(bucket, self.capacity, now);
+        match bucket.tokens.checked_sub(self.cost) {
+            Some(left) => {
+                bucket.tokens = left;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +387,43 @@ mod tests {
             let _ = rl.allow(IpAddr::from(i.to_be_bytes()), ms(u64::from(i / 100)));
         }
         assert!(rl.len() <= 100);
+    }
+
+    #[test]
+    fn slot_limiter_gives_each_source_its_burst_then_its_rate() {
+        let mut l = SlotLimiter::new(40, 10, 4096);
+        let t0 = ms(10_000);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let allowed = (0..100).filter(|_| l.allow(a, t0)).count();
+        assert_eq!(allowed, 10, "burst");
+        assert!(
+            l.allow(b, t0),
+            "another source has its own slot (4096 slots, 2 sources)"
+        );
+        assert!(!l.allow(a, t0 + Duration::from_millis(24)));
+        assert!(
+            l.allow(a, t0 + Duration::from_millis(25)),
+            "one token per 25 ms"
+        );
+        // Same /64: same source.
+        let b2: IpAddr = "2001:db8::2".parse().unwrap();
+        let more = (0..100).filter(|_| l.allow(b2, t0)).count();
+        assert_eq!(more, 9, "the /64 shares one bucket");
+    }
+
+    #[test]
+    fn slot_limiter_bounds_a_flood_from_many_sources() {
+        // 256 sources, each far over its rate: at most slots x (burst + rate x seconds) pass.
+        let mut l = SlotLimiter::new(40, 10, 4096);
+        let t0 = ms(10_000);
+        let mut passed = 0;
+        for i in 0..100_000u32 {
+            let at = t0 + Duration::from_micros(u64::from(i) * 10); // 1 s at 100k/s
+            let src = IpAddr::from([10, 2, (i % 256 / 256) as u8, (i % 256) as u8]);
+            passed += usize::from(l.allow(src, at));
+        }
+        assert!(passed <= 256 * 51, "{passed} passed");
+        assert!(passed >= 200 * 40, "{passed} passed: sources starved");
     }
 }

@@ -410,13 +410,38 @@ fn ip_checksum(h: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// Floods `target` with initiations from namespace `ns` through a raw socket (IP_HDRINCL),
-/// with source addresses `10.2.(i/256).(i%256)` for `i < sources` and random ports, at about
-/// `rate` per second, until `stop` or `max`. One in ten has a bad mac1; the others carry a
-/// valid mac1 for `server` (random bodies: they pass the cheap check and reach the responder).
-/// The server needs a route to 10.2.0.0/16 via the attacker for its answers.
+/// Where the flood's Ethernet frames go: the attacker's interface and the two MAC addresses of
+/// its link to the server.
+#[derive(Debug, Clone)]
+pub struct FloodLink {
+    pub interface: String,
+    pub own_mac: [u8; 6],
+    pub next_hop_mac: [u8; 6],
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` after `marker` (`link/ether`, `lladdr`) in `ip` output.
+pub fn mac_after(text: &str, marker: &str) -> Option<[u8; 6]> {
+    let mut words = text.split_whitespace().skip_while(|w| *w != marker);
+    words.next()?;
+    let mut mac = [0u8; 6];
+    let mut parts = words.next()?.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// Floods `target` with initiations from namespace `ns`, as prepared Ethernet frames sent on
+/// `link` through a packet socket that bypasses the qdisc: a real attacker's cost of making
+/// packets is not the headend's, and on this shared box it would otherwise be charged to the
+/// throughput being measured. Source addresses `10.2.(i/256).(i%256)` for `i < sources`,
+/// random ports, about `rate` per second, until `stop` or `max`. One in ten has a bad mac1;
+/// the others carry a valid mac1 for `server` (random bodies: they pass the cheap check and
+/// reach the responder). The server needs a route to 10.2.0.0/16 via the attacker.
+#[allow(clippy::too_many_arguments)]
 pub fn initiation_flood(
     ns: &str,
+    link: FloodLink,
     server: PublicKey,
     target: SocketAddrV4,
     sources: usize,
@@ -425,14 +450,35 @@ pub fn initiation_flood(
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<FloodReport> {
     in_netns(ns, move || {
+        let proto = (libc::ETH_P_IP as u16).to_be();
         // SAFETY: plain socket(2); owned below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: fresh fd.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(link.interface.clone()).unwrap();
+        // SAFETY: NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(
+            ifindex > 0,
+            "no interface {} in the attacker namespace",
+            link.interface
+        );
+        let one: i32 = 1;
         let big: i32 = 8 << 20;
-        // SAFETY: setsockopt with an int.
+        // SAFETY: setsockopt with ints.
         unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&one as *const i32).cast(),
+                4,
+            );
             libc::setsockopt(
                 fd.as_raw_fd(),
                 libc::SOL_SOCKET,
@@ -441,14 +487,26 @@ pub fn initiation_flood(
                 4,
             );
         }
+        // SAFETY: all-zero sockaddr_ll is valid; filled below.
+        let mut dst: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        dst.sll_family = libc::AF_PACKET as u16;
+        dst.sll_protocol = proto;
+        dst.sll_ifindex = ifindex as i32;
+        dst.sll_halen = 6;
+        dst.sll_addr[..6].copy_from_slice(&link.next_hop_mac);
         let keys = MacKeys::new(server.as_bytes());
         let mut rng = Xs(0xD1B5_4A32_D192_ED03 ^ u64::from(std::process::id()));
         const POOL: usize = 8192;
+        const FRAME: usize = 14 + 20 + 8 + INITIATION_LEN;
         let sources = sources.clamp(1, 65536);
-        let mut pool: Vec<[u8; 20 + 8 + INITIATION_LEN]> = Vec::with_capacity(POOL);
+        let mut pool: Vec<[u8; FRAME]> = Vec::with_capacity(POOL);
         let mut bad = vec![false; POOL];
         for (i, is_bad) in bad.iter_mut().enumerate() {
-            let mut pkt = [0u8; 20 + 8 + INITIATION_LEN];
+            let mut frame = [0u8; FRAME];
+            frame[..6].copy_from_slice(&link.next_hop_mac);
+            frame[6..12].copy_from_slice(&link.own_mac);
+            frame[12..14].copy_from_slice(&(libc::ETH_P_IP as u16).to_be_bytes());
+            let pkt = &mut frame[14..];
             let msg = &mut pkt[28..];
             rng.fill(msg);
             msg[..4].copy_from_slice(&[1, 0, 0, 0]);
@@ -476,12 +534,8 @@ pub fn initiation_flood(
             pkt[22..24].copy_from_slice(&target.port().to_be_bytes());
             pkt[24..26].copy_from_slice(&((8 + INITIATION_LEN) as u16).to_be_bytes());
             // UDP checksum 0: none (allowed for IPv4).
-            pool.push(pkt);
+            pool.push(frame);
         }
-        // SAFETY: all-zero sockaddr_in is valid.
-        let mut dst: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        dst.sin_family = libc::AF_INET as u16;
-        dst.sin_addr.s_addr = u32::from_ne_bytes(target.ip().octets());
         const BATCH: usize = 64;
         // SAFETY: zeroed iovec/mmsghdr are valid; pointers set before each call.
         let mut iov: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; BATCH];
@@ -509,8 +563,8 @@ pub fn initiation_flood(
                 let h = &mut hdrs[k].msg_hdr;
                 h.msg_iov = &mut iov[k];
                 h.msg_iovlen = 1;
-                h.msg_name = (&mut dst as *mut libc::sockaddr_in).cast();
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                h.msg_name = (&mut dst as *mut libc::sockaddr_ll).cast();
+                h.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
             }
             // SAFETY: hdrs[..n] point at live buffers.
             let rc = unsafe { libc::sendmmsg(fd.as_raw_fd(), hdrs.as_mut_ptr(), n as u32, 0) };
