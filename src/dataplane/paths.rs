@@ -406,18 +406,19 @@ fn open_datagram<'t>(
     match wire::message_type(datagram) {
         Ok(MessageType::Transport) => {}
         Ok(MessageType::Initiation) => {
-            // One HMAC here keeps initiations not meant for us out of the control thread's queue.
-            if !crate::proto::cookie::verify_mac1(gate.mac_keys, datagram) {
-                return Err(DropReason::BadMac);
-            }
             // Under load, one without a cookie is owed only a cookie reply, and those are rate
-            // limited per source: shed what the control thread would refuse anyway.
+            // limited per source: shed what the control thread would refuse anyway. Before the
+            // mac1 check, because it is cheaper (a hash and a bucket against an HMAC).
             if gate.load.under_load(now)
                 && wire::Initiation::new_checked(&*datagram)
                     .is_ok_and(|p| p.mac2().iter().all(|&b| b == 0))
                 && !gate.shedder.allow(src.ip(), now)
             {
                 return Err(DropReason::HandshakeShed);
+            }
+            // One HMAC here keeps initiations not meant for us out of the control thread's queue.
+            if !crate::proto::cookie::verify_mac1(gate.mac_keys, datagram) {
+                return Err(DropReason::BadMac);
             }
             let mut bytes = [0u8; INITIATION_LEN];
             bytes.copy_from_slice(datagram);
