@@ -410,8 +410,7 @@ fn open_datagram<'t>(
             // limited per source: shed what the control thread would refuse anyway. Before the
             // mac1 check, because it is cheaper (a hash and a bucket against an HMAC).
             if gate.load.under_load(now)
-                && wire::Initiation::new_checked(&*datagram)
-                    .is_ok_and(|p| p.mac2().iter().all(|&b| b == 0))
+                && wire::Initiation::new_checked(&*datagram).is_ok_and(|p| !p.has_cookie())
                 && !gate.shedder.allow(src.ip(), now)
             {
                 return Err(DropReason::HandshakeShed);

@@ -237,9 +237,7 @@ impl Responder {
         if under_load {
             // An all-zero mac2 means "no cookie yet" (the initiator's jar is empty): skip the two
             // MACs of the check, which a flood without cookies would otherwise cost every time.
-            let no_cookie = wire::Initiation::new_checked(msg)
-                .map(|p| p.mac2().iter().all(|&b| b == 0))
-                .unwrap_or(true);
+            let no_cookie = wire::Initiation::new_checked(msg).map_or(true, |p| !p.has_cookie());
             if no_cookie || !self.cookies.check_mac2(msg, src, now, rng) {
                 if !self.cookie_limiter.allow(src.ip(), now) {
                     return Err(HandshakeError::RateLimited);

@@ -58,6 +58,11 @@ impl<T: AsRef<[u8]>> Initiation<T> {
         array(self.buffer.as_ref(), field::MAC2.start)
     }
 
+    /// Whether the initiator sent a cookie: mac2 is all zeros when its jar was empty.
+    pub fn has_cookie(&self) -> bool {
+        self.mac2().iter().any(|&b| b != 0)
+    }
+
     /// The bytes mac1 covers, 0..116.
     pub fn mac1_covered(&self) -> &[u8] {
         &self.buffer.as_ref()[..field::MAC1.start]
