@@ -163,10 +163,11 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
     })
 }
 
-/// Slots of a worker's shedding limiter: 4096 x 16 bytes. A flood from random sources spreads
-/// over all of them, so each slot sees 1/4096 of it (50 000/s: ~12/s, under the per-source
-/// cookie rate, so a legitimate client sharing a slot still gets its cookie).
-const SHED_SLOTS: usize = 4096;
+/// Slots of a worker's shedding limiter: 16 384 x 16 bytes, resident only as they are used. A
+/// flood from random sources spreads over all of them (50 000/s: ~3/s per slot, under the
+/// per-source cookie rate); a flood from 256 sources occupies 768 (3 per source), so a
+/// legitimate source has all three of its slots taken by heavy ones about once in 10 000.
+const SHED_SLOTS: usize = 16_384;
 
 impl Worker {
     fn home_socket(&self, slot: u32) -> u8 {

@@ -379,6 +379,19 @@ impl Lab {
             self.add_ns(&c);
         }
         self.ip(&s, &["link", "add", bridge, "type", "bridge"]);
+        // Where br_netfilter is loaded on the host, frames crossing the bridge would also go
+        // through the IP netfilter hooks in bridge context (a sixth of a core at 50 000
+        // datagrams/s): a test bridge stands in for a NIC, which has no such cost. Per
+        // namespace since Linux 5.3; absent when the module is not loaded.
+        for key in ["iptables", "ip6tables", "arptables"] {
+            let path = format!("/proc/sys/net/bridge/bridge-nf-call-{key}");
+            let script = format!("[ ! -e {path} ] || echo 0 > {path}");
+            cmd::run_ok(
+                &["ip", "netns", "exec", &s, "sh", "-c", &script],
+                None,
+                SHORT,
+            );
+        }
         self.ip(
             &s,
             &[
