@@ -28,6 +28,8 @@ use crate::sys::clock::monotonic_now;
 
 /// How long an operator request waits for the control thread.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peers logged one by one per kind of change on a reload; the rest are counted in one line.
+const RELOAD_LOG_PEERS: usize = 20;
 
 /// Everything the operator's side reads, shared by the socket, metrics and log threads.
 pub struct Ops {
@@ -153,14 +155,26 @@ impl Ops {
             restart_needed = ?report.restart_needed,
             "configuration reloaded"
         );
-        for k in &report.added {
+        // One line per peer, up to a bound: a reload of 10 000 peers would otherwise flood the
+        // log. The full lists are in the reply (`concentrator reload` prints them).
+        for k in report.added.iter().take(RELOAD_LOG_PEERS) {
             tracing::info!(peer = %k, "peer added (reload)");
         }
-        for k in &report.removed {
+        for k in report.removed.iter().take(RELOAD_LOG_PEERS) {
             tracing::info!(peer = %k, "peer removed (reload)");
         }
-        for (k, what) in &report.changed {
+        for (k, what) in report.changed.iter().take(RELOAD_LOG_PEERS) {
             tracing::info!(peer = %k, changed = ?what, "peer changed (reload)");
+        }
+        let unlisted = [report.added.len(), report.removed.len(), report.changed.len()]
+            .iter()
+            .map(|n| n.saturating_sub(RELOAD_LOG_PEERS))
+            .sum::<usize>();
+        if unlisted > 0 {
+            tracing::info!(
+                unlisted,
+                "more peers changed than are logged one by one (see the reload reply)"
+            );
         }
         Ok(report)
     }
