@@ -166,10 +166,14 @@ impl Ops {
         for (k, what) in report.changed.iter().take(RELOAD_LOG_PEERS) {
             tracing::info!(peer = %k, changed = ?what, "peer changed (reload)");
         }
-        let unlisted = [report.added.len(), report.removed.len(), report.changed.len()]
-            .iter()
-            .map(|n| n.saturating_sub(RELOAD_LOG_PEERS))
-            .sum::<usize>();
+        let unlisted = [
+            report.added.len(),
+            report.removed.len(),
+            report.changed.len(),
+        ]
+        .iter()
+        .map(|n| n.saturating_sub(RELOAD_LOG_PEERS))
+        .sum::<usize>();
         if unlisted > 0 {
             tracing::info!(
                 unlisted,
