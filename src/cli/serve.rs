@@ -18,10 +18,9 @@ use concentrator::dataplane::stats::{SharedCounters, SharedLatency};
 use concentrator::dataplane::worker::{self, WorkerContext};
 use concentrator::offload::vnet::VNET_HDR_LEN;
 use concentrator::ops::{self, latency_log, latency_log::LatencyLog, socket::ControlSocket, Ops};
-use concentrator::proto::keys::{PresharedKey, StaticSecret};
+use concentrator::proto::keys::StaticSecret;
 use concentrator::proto::rng::OsRandom;
-use concentrator::proto::server::{PeerConfig, Server};
-use concentrator::proto::wire::AddressAssignment;
+use concentrator::proto::server::Server;
 use concentrator::session_table::SessionTable;
 use concentrator::sys::{clock, link, nft, notify, privs, signals, tun::Tun, udp};
 
@@ -50,27 +49,6 @@ impl Drop for Setup {
             let _ = link::set_ip_forward(true, false);
         }
     }
-}
-
-fn peer_configs(config: &ServerConfig) -> Vec<PeerConfig> {
-    config
-        .peers
-        .iter()
-        .map(|p| PeerConfig {
-            public_key: p.public_key,
-            psk: p
-                .preshared_key
-                .as_ref()
-                .map(|k| PresharedKey::from_bytes(*k.as_bytes()))
-                .unwrap_or_else(PresharedKey::zero),
-            assignment: AddressAssignment {
-                ipv4: p.address,
-                ipv4_prefix: config.address.prefix_len(),
-                ipv6: p.address6.zip(config.address6.map(|n| n.prefix_len())),
-                mtu: config.mtu,
-            },
-        })
-        .collect()
 }
 
 fn bind_sockets(config: &ServerConfig, workers: usize) -> Result<Vec<Vec<UdpSocket>>> {
@@ -233,7 +211,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         hs_stats.clone(),
         stop.clone(),
     );
-    for peer in peer_configs(&config) {
+    for peer in concentrator::control::reload::peer_specs(&config) {
         control.add_peer(peer);
     }
     // Operator's side: commands to the control thread, the control socket, the metrics port.

@@ -297,11 +297,7 @@ impl Control {
                 mtu: a.mtu,
             },
         };
-        self.add_peer(PeerConfig {
-            public_key: spec.public_key,
-            psk: spec.psk.clone(),
-            assignment: spec.assignment,
-        });
+        self.add_peer(spec.clone());
         tracing::info!(peer = %spec.public_key, address = %ipv4, "peer added");
         Ok(spec)
     }
@@ -357,19 +353,11 @@ impl Control {
                 what.push("address");
             }
             report.changed.push((spec.public_key.to_string(), what));
-            self.add_peer(PeerConfig {
-                public_key: spec.public_key,
-                psk: spec.psk,
-                assignment: spec.assignment,
-            });
+            self.add_peer(spec);
         }
         for spec in plan.add {
             report.added.push(spec.public_key.to_string());
-            self.add_peer(PeerConfig {
-                public_key: spec.public_key,
-                psk: spec.psk,
-                assignment: spec.assignment,
-            });
+            self.add_peer(spec);
         }
         self.addressing = Some(addressing);
         report

@@ -9,16 +9,8 @@ use crate::config::ServerConfig;
 use crate::proto::keys::{PresharedKey, PublicKey};
 use crate::proto::wire::AddressAssignment;
 
-/// One peer as the control thread runs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerSpec {
-    /// Its static public key.
-    pub public_key: PublicKey,
-    /// Its pre-shared key (zero when none).
-    pub psk: PresharedKey,
-    /// Its addresses and MTU.
-    pub assignment: AddressAssignment,
-}
+/// One peer as the control thread runs it: the protocol's own peer configuration.
+pub type PeerSpec = crate::proto::server::PeerConfig;
 
 /// What changed about a peer that stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

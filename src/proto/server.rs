@@ -16,7 +16,7 @@ use super::time::{Instant, Tai64N};
 use super::wire::{AddressAssignment, RESPONSE_LEN};
 
 /// A peer the server accepts.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     /// Its static public key.
     pub public_key: PublicKey,
