@@ -227,14 +227,20 @@ fn handshake_flood_engages_cookies() {
         lab.client_ns[1].clone(),
         lab.client_ns[2].clone(),
     );
-    // Answers to the flood's sources go back to the attacker's namespace, which drops them on
-    // arrival (on the internet they would leave the machine; a routing failure per packet here
-    // would charge this shared box for work no real headend does).
+    // Answers to the flood's sources leave the server through its bridge port towards the
+    // attacker and are dropped there, at that port's egress hook: on the internet they would
+    // leave through a NIC, and the server's cost ends at the device (the IP stack, routing,
+    // the bridge standing in for the driver). Delivering them into the attacker's namespace
+    // would charge this shared box for the receiving side's work too (a third of the cost of
+    // each reply).
     lab.ip(&s, &["route", "add", "10.2.0.0/16", "via", "10.0.0.12"]);
+    let attacker_port = format!("{}s", lab.client_links[1]);
     lab.nft(
-        &c2,
-        "table ip flood_sink {\n chain pre { type filter hook prerouting priority -300; \
-         ip daddr 10.2.0.0/16 drop; }\n}\n",
+        &s,
+        &format!(
+            "table netdev flood_sink {{\n counter replies {{ }}\n chain out {{ type filter hook egress \
+             device \"{attacker_port}\" priority 0; ip daddr 10.2.0.0/16 counter name replies drop; }}\n}}\n"
+        ),
     );
     // The attacker's frames go straight to the server's MAC on the shared segment.
     let interface = lab.client_links[1].clone();
@@ -317,13 +323,14 @@ fn handshake_flood_engages_cookies() {
     let after = lab.show_json();
     let (rss1, hwm) = memory_kib(pid);
     let cookies = handshakes(&after, "cookie_replies") - handshakes(&before, "cookie_replies");
+    let on_wire = lab.nft_counter_of(&s, "netdev", "flood_sink", "replies");
     let kept = flooded / undisturbed.max(1.0);
     eprintln!(
         "FIGURE flood: sent {} initiations ({} valid mac1, {} bad) from {} sources in {:.1} s = {:.0}/s (target {rate}/s)",
         report.sent, report.good_mac1, report.bad_mac1, report.sources, report.seconds, report.rate()
     );
     eprintln!(
-        "FIGURE flood: server udp_rx {}, cookie replies {cookies}, handshakes failed {} by reason {}, \
+        "FIGURE flood: server udp_rx {}, cookie replies {cookies} ({on_wire} left its port towards the attacker), handshakes failed {} by reason {}, \
          completed {}; drops {}",
         worker_sum(&after, "udp_rx_packets") - worker_sum(&before, "udp_rx_packets"),
         handshakes(&after, "failed") - handshakes(&before, "failed"),

@@ -451,8 +451,10 @@ pub fn initiation_flood(
 ) -> JoinHandle<FloodReport> {
     in_netns(ns, move || {
         let proto = (libc::ETH_P_IP as u16).to_be();
+        // Protocol 0: the socket only sends (a socket bound to ETH_P_IP would also be handed a
+        // copy of every frame arriving in the namespace).
         // SAFETY: plain socket(2); owned below.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
         assert!(
             fd >= 0,
             "packet socket: {}",

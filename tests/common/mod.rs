@@ -778,9 +778,14 @@ impl Lab {
 
     /// Packets of the named counter `inet <table> <name>` in `ns`.
     pub fn nft_counter(&self, ns: &str, table: &str, name: &str) -> u64 {
+        self.nft_counter_of(ns, "inet", table, name)
+    }
+
+    /// Packets of the named counter `<family> <table> <name>` in `ns`.
+    pub fn nft_counter_of(&self, ns: &str, family: &str, table: &str, name: &str) -> u64 {
         let out = self.exec_ok(
             ns,
-            &["nft", "-j", "list", "counter", "inet", table, name],
+            &["nft", "-j", "list", "counter", family, table, name],
             SHORT,
         );
         let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j output is JSON");
