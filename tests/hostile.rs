@@ -270,6 +270,35 @@ fn handshake_flood_engages_cookies() {
             self.0.store(true, Ordering::Relaxed);
         }
     }
+    // What the flood alone costs: CPU over a quiet spell, then over as long a spell of flood
+    // with the tunnel idle (cores: CPU seconds per second).
+    let cpu_over = |secs: f64| {
+        let (p0, m0) = cpu_seconds(pid);
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let (p1, m1) = cpu_seconds(pid);
+        ((p1 - p0) / secs, (m1 - m0) / secs)
+    };
+    let quiet = cpu_over(2.0);
+    let flood_cost = {
+        let stop = Arc::new(AtomicBool::new(false));
+        let _guard = StopOnDrop(stop.clone());
+        let flood = initiation_flood(
+            &c2,
+            link.clone(),
+            server_key,
+            SocketAddrV4::new(SERVER_UNDERLAY.parse().unwrap(), PORT),
+            sources,
+            rate,
+            Duration::from_secs(60),
+            stop.clone(),
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let cost = cpu_over(2.0);
+        stop.store(true, Ordering::Relaxed);
+        flood.join().expect("flood");
+        cost
+    };
+    std::thread::sleep(Duration::from_millis(500));
     // Undisturbed and flooded runs alternate (pairs), so that a change in the shared machine's
     // load during the test weighs on both sides alike.
     let pairs = env_or("HOSTILE_FLOOD_PAIRS", 2).max(1);
@@ -345,6 +374,11 @@ fn handshake_flood_engages_cookies() {
         flooded / 1e6,
         kept * 100.0,
         connect_time.as_secs_f64()
+    );
+    eprintln!(
+        "FIGURE flood: CPU with the tunnel idle (cores): server {:.2}, machine {:.2} under the flood alone; \
+         server {:.2}, machine {:.2} quiet",
+        flood_cost.0, flood_cost.1, quiet.0, quiet.1
     );
     assert!(
         handshakes(&mid, "cookie_replies") > handshakes(&before, "cookie_replies"),

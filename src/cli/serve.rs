@@ -274,6 +274,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             client_to_client: config.client_to_client,
             mac_keys: mac_keys.clone(),
             load: load.clone(),
+            cookie_secrets: control.shared_cookie_secrets(),
             offloads,
         };
         let ready = ready_tx.clone();

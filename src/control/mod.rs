@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use crossbeam_channel::{select, Receiver};
 
 use self::command::{AddPeer, Addressing, Command, ReloadReport, Snapshot};
@@ -19,6 +20,7 @@ use self::faillog::{FailureLog, FAILURE_REASONS};
 use self::reload::PeerSpec;
 use crate::dataplane::stats::{latency_histogram, record_latency, SharedLatency};
 use crate::dataplane::worker::HandshakeMessage;
+use crate::proto::cookie::CookieSecrets;
 use crate::proto::handshake::HandshakeError;
 use crate::proto::keys::{PresharedKey, PublicKey};
 use crate::proto::rng::OsRandom;
@@ -111,6 +113,9 @@ pub struct Control {
     under_load_until: Option<Instant>,
     /// The same, for the workers.
     load: Arc<LoadSignal>,
+    /// The cookie secrets the workers answer cookie-less initiations with; replaced after
+    /// each rotation (see [`Control::tick`]).
+    cookie_secrets: Arc<ArcSwap<CookieSecrets>>,
 }
 
 /// How long after peers are removed their memory is handed back: the lock-free table frees
@@ -128,7 +133,6 @@ impl Control {
         stop: Arc<AtomicBool>,
     ) -> Self {
         Control {
-            server,
             table,
             entries: HashMap::new(),
             handshakes,
@@ -150,6 +154,8 @@ impl Control {
             trim_after: None,
             under_load_until: None,
             load: Arc::default(),
+            cookie_secrets: Arc::new(ArcSwap::new(server.cookie_secrets().clone())),
+            server,
         }
     }
 
@@ -157,6 +163,11 @@ impl Control {
     pub fn with_load_signal(mut self, load: Arc<LoadSignal>) -> Self {
         self.load = load;
         self
+    }
+
+    /// The cookie secrets in use, for the workers (kept current by the control thread).
+    pub fn shared_cookie_secrets(&self) -> Arc<ArcSwap<CookieSecrets>> {
+        self.cookie_secrets.clone()
     }
 
     /// Takes the operator's commands from `commands`.
@@ -492,6 +503,13 @@ impl Control {
                 self.trim_after = Some(now + TRIM_DELAY);
             }
             crate::sys::mem::release_free_memory();
+        }
+        // Workers answer cookie-less initiations with the shared secrets, so this thread may
+        // see none for a long time: rotate here rather than only when one arrives.
+        self.server.rotate_cookie_secret(now, &mut self.rng);
+        if !Arc::ptr_eq(&self.cookie_secrets.load(), self.server.cookie_secrets()) {
+            self.cookie_secrets
+                .store(self.server.cookie_secrets().clone());
         }
         let report = self.server.tick(now);
         for index in report.retired_indexes {

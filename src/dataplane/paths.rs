@@ -22,7 +22,9 @@ use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::proto::constants::MAX_MTU;
 use crate::proto::ip;
 use crate::proto::time::Instant;
-use crate::proto::wire::{self, MessageType, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN};
+use crate::proto::wire::{
+    self, MessageType, COOKIE_REPLY_LEN, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN,
+};
 use crate::session_table::{PeerEntry, TableGuard, TableSnapshot};
 
 /// Bytes of one region of an offload slot: the largest IP packet plus a virtio header, with room
@@ -90,6 +92,9 @@ enum Delivery<'t> {
     /// To another client (relay), already sealed for it in place: `len` bytes from the
     /// datagram's start.
     Relay { len: usize, peer: &'t PeerEntry },
+    /// Back to the sender (a cookie reply), written in place: `len` bytes from the datagram's
+    /// start.
+    Reply { len: usize },
     /// Nothing to deliver (keepalive, handshake passed on).
     Nothing,
 }
@@ -261,6 +266,9 @@ impl Worker {
             mac_keys: &self.ctx.mac_keys,
             load: &self.ctx.load,
             shedder: &mut self.shedder,
+            cookie_secrets: &self.ctx.cookie_secrets,
+            nonces: &mut self.nonces,
+            reply_budget: &mut self.reply_budget,
         };
         let mut ops = PendingOps::new();
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
@@ -307,6 +315,21 @@ impl Worker {
                             offset: start,
                             len,
                             dest: endpoint,
+                            file,
+                            segment: None,
+                            segments: 1,
+                        })
+                    });
+                    if !queued {
+                        self.counters.drop(DropReason::IoError);
+                    }
+                }
+                Ok(Delivery::Reply { len }) => {
+                    let queued = socket_for(&self.socket_families, &src).is_some_and(|file| {
+                        ops.push(Pending::Send {
+                            offset: start,
+                            len,
+                            dest: src,
                             file,
                             segment: None,
                             segments: 1,
@@ -383,12 +406,79 @@ impl Worker {
     }
 }
 
-/// What a worker needs to vet handshake initiations before queueing them.
+/// What a worker needs to vet handshake initiations, and to answer them with a cookie reply
+/// under load, before anything reaches the control thread.
 struct HandshakeGate<'a> {
     queue: &'a crossbeam_channel::Sender<HandshakeMessage>,
     mac_keys: &'a crate::proto::cookie::MacKeys,
     load: &'a crate::control::LoadSignal,
     shedder: &'a mut crate::proto::ratelimit::SlotLimiter,
+    cookie_secrets: &'a arc_swap::ArcSwap<crate::proto::cookie::CookieSecrets>,
+    nonces: &'a mut crate::proto::rng::PrfRandom,
+    reply_budget: &'a mut crate::proto::ratelimit::TokenBucket,
+}
+
+impl HandshakeGate<'_> {
+    /// Decides what becomes of an initiation (`datagram`, checked to be one) from `src`.
+    ///
+    /// Under load every initiation first spends one of its source's tokens (the cheapest check:
+    /// a hash and a bucket, before any HMAC): a handshake takes two, the cookie-less first try
+    /// and the retry with a cookie. One without a valid mac2 is then answered here with a cookie
+    /// reply, written over it in place and sent back from the same slot: no Diffie-Hellman, no
+    /// state, no trip through the control thread. The control thread gets only what carries a
+    /// valid mac1 and, under load, a valid mac2. Replies past the worker's own budget
+    /// ([`COOKIE_REPLIES_PER_WORKER_PER_SECOND`]) are not sent: a flood from random sources
+    /// slips past every per-source limit.
+    ///
+    /// [`COOKIE_REPLIES_PER_WORKER_PER_SECOND`]: crate::proto::handshake::COOKIE_REPLIES_PER_WORKER_PER_SECOND
+    fn vet(
+        &mut self,
+        datagram: &mut [u8],
+        src: SocketAddr,
+        now: Instant,
+        counters: &mut super::stats::Counters,
+    ) -> Result<Delivery<'static>, DropReason> {
+        let under_load = self.load.under_load(now);
+        if under_load && !self.shedder.allow(src.ip(), now) {
+            return Err(DropReason::HandshakeShed);
+        }
+        // One HMAC here keeps initiations not meant for us out of the control thread's queue.
+        if !crate::proto::cookie::verify_mac1(self.mac_keys, datagram) {
+            return Err(DropReason::BadMac);
+        }
+        if under_load {
+            let has_cookie =
+                wire::Initiation::new_checked(&*datagram).is_ok_and(|p| p.has_cookie());
+            let secrets = self.cookie_secrets.load();
+            if !(has_cookie && secrets.check_mac2(datagram, src)) {
+                if !self.reply_budget.allow(now) {
+                    return Err(DropReason::HandshakeShed);
+                }
+                let mut reply = [0u8; COOKIE_REPLY_LEN];
+                secrets.write_cookie_reply(self.mac_keys, datagram, src, self.nonces, &mut reply);
+                datagram[..COOKIE_REPLY_LEN].copy_from_slice(&reply);
+                counters.cookie_replies += 1;
+                return Ok(Delivery::Reply {
+                    len: COOKIE_REPLY_LEN,
+                });
+            }
+        }
+        let mut bytes = [0u8; INITIATION_LEN];
+        bytes.copy_from_slice(datagram);
+        match self.queue.try_send(HandshakeMessage {
+            bytes,
+            src,
+            received: now,
+        }) {
+            Ok(()) => {
+                counters.handshakes_forwarded += 1;
+                Ok(Delivery::Nothing)
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                Err(DropReason::HandshakeQueueFull)
+            }
+        }
+    }
 }
 
 /// Opens one datagram in place and decides where its packet goes.
@@ -405,36 +495,7 @@ fn open_datagram<'t>(
 ) -> Result<Delivery<'t>, DropReason> {
     match wire::message_type(datagram) {
         Ok(MessageType::Transport) => {}
-        Ok(MessageType::Initiation) => {
-            // Under load, one without a cookie is owed only a cookie reply, and those are rate
-            // limited per source: shed what the control thread would refuse anyway. Before the
-            // mac1 check, because it is cheaper (a hash and a bucket against an HMAC).
-            if gate.load.under_load(now)
-                && wire::Initiation::new_checked(&*datagram).is_ok_and(|p| !p.has_cookie())
-                && !gate.shedder.allow(src.ip(), now)
-            {
-                return Err(DropReason::HandshakeShed);
-            }
-            // One HMAC here keeps initiations not meant for us out of the control thread's queue.
-            if !crate::proto::cookie::verify_mac1(gate.mac_keys, datagram) {
-                return Err(DropReason::BadMac);
-            }
-            let mut bytes = [0u8; INITIATION_LEN];
-            bytes.copy_from_slice(datagram);
-            return match gate.queue.try_send(HandshakeMessage {
-                bytes,
-                src,
-                received: now,
-            }) {
-                Ok(()) => {
-                    counters.handshakes_forwarded += 1;
-                    Ok(Delivery::Nothing)
-                }
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    Err(DropReason::HandshakeQueueFull)
-                }
-            };
-        }
+        Ok(MessageType::Initiation) => return gate.vet(datagram, src, now, counters),
         Ok(_) => return Err(DropReason::UnexpectedType),
         Err(_) => return Err(DropReason::Malformed),
     }

@@ -102,6 +102,8 @@ pub struct Counters {
     pub relayed_packets: u64,
     /// Handshake messages passed to the control thread.
     pub handshakes_forwarded: u64,
+    /// Cookie replies sent by the worker itself (under load).
+    pub cookie_replies: u64,
     /// Drops, indexed by [`DropReason`].
     pub drops: [u64; DropReason::ALL.len()],
 }
@@ -118,11 +120,14 @@ impl Counters {
     }
 }
 
+/// Counters of [`Counters`] before the drops.
+const PLAIN_COUNTERS: usize = 11;
+
 /// The published copy, one per worker (on its own cache lines).
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct SharedCounters {
-    values: [AtomicU64; 10 + DropReason::ALL.len()],
+    values: [AtomicU64; PLAIN_COUNTERS + DropReason::ALL.len()],
 }
 
 impl SharedCounters {
@@ -139,6 +144,7 @@ impl SharedCounters {
             c.udp_tx_bytes,
             c.relayed_packets,
             c.handshakes_forwarded,
+            c.cookie_replies,
         ];
         for (slot, v) in self.values.iter().zip(plain.iter().chain(c.drops.iter())) {
             slot.store(*v, Ordering::Relaxed);
@@ -163,9 +169,10 @@ impl SharedCounters {
             udp_tx_bytes: v[7],
             relayed_packets: v[8],
             handshakes_forwarded: v[9],
+            cookie_replies: v[10],
             ..Counters::default()
         };
-        c.drops.copy_from_slice(&v[10..]);
+        c.drops.copy_from_slice(&v[PLAIN_COUNTERS..]);
         c
     }
 }

@@ -74,6 +74,9 @@ pub struct WorkerContext {
     pub mac_keys: Arc<crate::proto::cookie::MacKeys>,
     /// The control thread's under-load state (cookie-less initiations are shed here then).
     pub load: Arc<crate::control::LoadSignal>,
+    /// The cookie secrets, kept current by the control thread: under load, workers answer
+    /// initiations without a valid mac2 themselves.
+    pub cookie_secrets: Arc<arc_swap::ArcSwap<crate::proto::cookie::CookieSecrets>>,
     /// The TUN queue carries virtio headers (super-packets) and the sockets use UDP GRO/GSO.
     pub offloads: bool,
 }
@@ -100,6 +103,10 @@ pub(super) struct Worker {
     /// Cookie-reply budget per source while under load (approximate; the control thread's
     /// limiter is exact).
     pub(super) shedder: crate::proto::ratelimit::SlotLimiter,
+    /// Nonces of the cookie replies this worker writes.
+    pub(super) nonces: crate::proto::rng::PrfRandom,
+    /// All cookie replies of this worker, whatever their sources.
+    pub(super) reply_budget: crate::proto::ratelimit::TokenBucket,
 }
 
 /// Runs a worker until `stop` is set. `ready` gets the outcome of the set-up (the ring must be
@@ -159,6 +166,11 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
             crate::proto::handshake::COOKIE_REPLIES_PER_SECOND,
             crate::proto::handshake::COOKIE_REPLY_BURST,
             SHED_SLOTS,
+        ),
+        nonces: crate::proto::rng::PrfRandom::new(&mut crate::proto::rng::OsRandom),
+        reply_budget: crate::proto::ratelimit::TokenBucket::new(
+            crate::proto::handshake::COOKIE_REPLIES_PER_WORKER_PER_SECOND,
+            crate::proto::handshake::COOKIE_REPLIES_PER_WORKER_BURST,
         ),
     })
 }

@@ -219,8 +219,9 @@ impl Ops {
             .count()
     }
 
-    /// Handshake counters: completed, cookie replies, failed, and the failures by reason
-    /// (unknown_peer, replayed, bad_mac, rate_limited, other).
+    /// Handshake counters: completed, cookie replies (the control thread's and the workers'),
+    /// failed, and the failures by reason (unknown_peer, replayed, bad_mac, rate_limited,
+    /// other).
     pub fn handshake_counts(&self) -> (u64, u64, u64, [(&'static str, u64); 5]) {
         let h = &self.handshakes;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -234,7 +235,12 @@ impl Ops {
         let other = failed.saturating_sub(known.iter().sum());
         (
             get(&h.completed),
-            get(&h.cookie_replies),
+            get(&h.cookie_replies)
+                + self
+                    .counters
+                    .iter()
+                    .map(|c| c.snapshot().cookie_replies)
+                    .sum::<u64>(),
             failed,
             [
                 ("unknown_peer", known[0]),

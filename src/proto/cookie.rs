@@ -7,6 +7,7 @@
 //! `MAC(key, x)` is the first 16 bytes of HMAC-SHA256; `HASH` is SHA-256.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use ring::{aead, digest, hmac};
 use zeroize::Zeroizing;
@@ -155,15 +156,80 @@ pub fn verify_mac2(cookie: &[u8; MAC_LEN], msg: &[u8]) -> bool {
     }
 }
 
+/// The cookie secrets R of one period: the current one and, after an on-time replacement, the
+/// previous one. Immutable: a rotation makes a new set, so the data-plane workers can share it
+/// behind an `Arc` and answer cookie-less initiations themselves, without the control thread.
+pub struct CookieSecrets {
+    current: hmac::Key,
+    previous: Option<hmac::Key>,
+}
+
+impl std::fmt::Debug for CookieSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secrets.
+        f.debug_struct("CookieSecrets")
+            .field("has_previous", &self.previous.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CookieSecrets {
+    fn new(rng: &mut impl Random, previous: Option<hmac::Key>) -> Self {
+        let mut fresh = Zeroizing::new([0u8; 32]);
+        rng.fill(fresh.as_mut());
+        CookieSecrets {
+            current: hmac::Key::new(hmac::HMAC_SHA256, fresh.as_ref()),
+            previous,
+        }
+    }
+
+    /// Whether mac2 is valid under a cookie for `src` made with the current or previous secret.
+    pub fn check_mac2(&self, msg: &[u8], src: SocketAddr) -> bool {
+        verify_mac2(&cookie_with(&self.current, src), msg)
+            || self
+                .previous
+                .as_ref()
+                .is_some_and(|previous| verify_mac2(&cookie_with(previous, src), msg))
+    }
+
+    /// Writes the cookie reply to `initiation` (a full initiation, whose header the caller has
+    /// checked) received from `src`, sealed with the mac keys `keys` of the responder. If
+    /// `initiation` is not [`INITIATION_LEN`] bytes long there is nothing to answer: `out` is
+    /// zeroed, which every receiver drops as type 0. `rng` only makes the reply's nonce, which
+    /// must never repeat but need not come from the operating system.
+    ///
+    /// [`INITIATION_LEN`]: super::wire::INITIATION_LEN
+    pub fn write_cookie_reply(
+        &self,
+        keys: &MacKeys,
+        initiation: &[u8],
+        src: SocketAddr,
+        rng: &mut impl Random,
+        out: &mut [u8; COOKIE_REPLY_LEN],
+    ) {
+        let Ok(initiation) = Initiation::new_checked(initiation) else {
+            out.fill(0);
+            return;
+        };
+        let cookie = cookie_with(&self.current, src);
+        let mac1 = *initiation.mac1();
+        let sender = initiation.sender_index();
+        let mut reply = CookieReply::new_unchecked(&mut out[..]);
+        reply.fill_header(sender);
+        rng.fill(reply.nonce_mut());
+        let nonce = *reply.nonce();
+        *reply.encrypted_cookie_mut() = seal_cookie(keys, &nonce, &cookie, &mac1);
+    }
+}
+
 /// The responder's side: checks mac1 and mac2 and writes cookie replies.
 ///
-/// The secret R is replaced every [`COOKIE_SECRET_LIFETIME`], lazily when next used; cookies
-/// made under the previous secret stay valid until the next replacement, so a client that just
-/// got a cookie is not refused at a rotation.
+/// The secret R is replaced every [`COOKIE_SECRET_LIFETIME`], when next used or by
+/// [`CookieChecker::rotate`]; cookies made under the previous secret stay valid until the next
+/// replacement, so a client that just got a cookie is not refused at a rotation.
 pub struct CookieChecker {
     keys: MacKeys,
-    current: Zeroizing<[u8; 32]>,
-    previous: Option<Zeroizing<[u8; 32]>>,
+    secrets: Arc<CookieSecrets>,
     born: Instant,
 }
 
@@ -172,7 +238,7 @@ impl std::fmt::Debug for CookieChecker {
         // Never print the secrets.
         f.debug_struct("CookieChecker")
             .field("born", &self.born)
-            .field("has_previous", &self.previous.is_some())
+            .field("secrets", &self.secrets)
             .finish_non_exhaustive()
     }
 }
@@ -180,12 +246,9 @@ impl std::fmt::Debug for CookieChecker {
 impl CookieChecker {
     /// A checker for messages addressed to `own_public`, with a fresh secret born `now`.
     pub fn new(own_public: &[u8; 32], now: Instant, rng: &mut impl Random) -> Self {
-        let mut current = Zeroizing::new([0u8; 32]);
-        rng.fill(current.as_mut());
         CookieChecker {
             keys: MacKeys::new(own_public),
-            current,
-            previous: None,
+            secrets: Arc::new(CookieSecrets::new(rng, None)),
             born: now,
         }
     }
@@ -193,6 +256,11 @@ impl CookieChecker {
     /// The mac1 keys of this responder.
     pub fn keys(&self) -> &MacKeys {
         &self.keys
+    }
+
+    /// The secrets in use; a new `Arc` after each rotation.
+    pub fn secrets(&self) -> &Arc<CookieSecrets> {
+        &self.secrets
     }
 
     /// Whether mac1 is valid: the sender knows our public key.
@@ -209,20 +277,11 @@ impl CookieChecker {
         rng: &mut impl Random,
     ) -> bool {
         self.rotate(now, rng);
-        if verify_mac2(&cookie_for(&self.current, src), msg) {
-            return true;
-        }
-        match &self.previous {
-            Some(previous) => verify_mac2(&cookie_for(previous, src), msg),
-            None => false,
-        }
+        self.secrets.check_mac2(msg, src)
     }
 
-    /// Writes the cookie reply to `initiation` (a full initiation, whose header the caller has
-    /// checked) received from `src`. If `initiation` is not [`INITIATION_LEN`] bytes long there
-    /// is nothing to answer: `out` is zeroed, which every receiver drops as type 0.
-    ///
-    /// [`INITIATION_LEN`]: super::wire::INITIATION_LEN
+    /// Writes the cookie reply to `initiation` received from `src` (see
+    /// [`CookieSecrets::write_cookie_reply`]).
     pub fn write_cookie_reply(
         &mut self,
         initiation: &[u8],
@@ -231,39 +290,30 @@ impl CookieChecker {
         rng: &mut impl Random,
         out: &mut [u8; COOKIE_REPLY_LEN],
     ) {
-        let Ok(initiation) = Initiation::new_checked(initiation) else {
-            out.fill(0);
-            return;
-        };
         self.rotate(now, rng);
-        let cookie = cookie_for(&self.current, src);
-        let mut reply = CookieReply::new_unchecked(&mut out[..]);
-        reply.fill_header(initiation.sender_index());
-        rng.fill(reply.nonce_mut());
-        let nonce = *reply.nonce();
-        *reply.encrypted_cookie_mut() = seal_cookie(&self.keys, &nonce, &cookie, initiation.mac1());
+        self.secrets
+            .write_cookie_reply(&self.keys, initiation, src, rng, out);
     }
 
     /// Replaces the secret once it is [`COOKIE_SECRET_LIFETIME`] old. The old one is kept as
     /// `previous` only if it was replaced on time: after a long idle spell, cookies made from it
-    /// are older than any client keeps them.
-    fn rotate(&mut self, now: Instant, rng: &mut impl Random) {
+    /// are older than any client keeps them. Whoever shares the secrets must call this
+    /// regularly (the workers only read them).
+    pub fn rotate(&mut self, now: Instant, rng: &mut impl Random) {
         let age = now.saturating_duration_since(self.born);
         if age < COOKIE_SECRET_LIFETIME {
             return;
         }
-        let mut fresh = Zeroizing::new([0u8; 32]);
-        rng.fill(fresh.as_mut());
-        let old = std::mem::replace(&mut self.current, fresh);
-        self.previous = (age < 2 * COOKIE_SECRET_LIFETIME).then_some(old);
+        let previous = (age < 2 * COOKIE_SECRET_LIFETIME).then(|| self.secrets.current.clone());
+        self.secrets = Arc::new(CookieSecrets::new(rng, previous));
         self.born = now;
     }
 }
 
 /// cookie = MAC(R, source IP address bytes ‖ source UDP port, big-endian). IPv4-mapped IPv6
 /// addresses count as IPv4, so a dual-stack socket gives the same cookie as an IPv4 one.
-fn cookie_for(secret: &[u8; 32], src: SocketAddr) -> Zeroizing<[u8; MAC_LEN]> {
-    let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, secret));
+fn cookie_with(secret: &hmac::Key, src: SocketAddr) -> Zeroizing<[u8; MAC_LEN]> {
+    let mut ctx = hmac::Context::with_key(secret);
     match src.ip().to_canonical() {
         std::net::IpAddr::V4(ip) => ctx.update(&ip.octets()),
         std::net::IpAddr::V6(ip) => ctx.update(&ip.octets()),
@@ -459,6 +509,8 @@ mod tests {
 
     #[test]
     fn cookie_value_known_answer() {
+        let cookie_for =
+            |secret: &[u8; 32], src| cookie_with(&hmac::Key::new(hmac::HMAC_SHA256, secret), src);
         let cookie = cookie_for(&[0x22; 32], addr("192.0.2.1:51820"));
         assert_eq!(cookie[..], hex("7078ddbb792b4947089ed818b9c4025b")[..]);
         // The same peer seen through a dual-stack socket gets the same cookie.
@@ -613,6 +665,38 @@ mod tests {
     }
 
     #[test]
+    fn shared_secrets_answer_as_the_checker_checks_across_a_rotation() {
+        // A worker answers with a copy of the secrets taken before the checker rotates.
+        let mut rng = SeededRandom(11);
+        let mut checker = CookieChecker::new(&SERVER_PUB, secs(0), &mut rng);
+        let shared = checker.secrets().clone();
+        let mut nonces = crate::proto::rng::PrfRandom::new(&mut rng);
+        let src = addr("203.0.113.4:7000");
+        let cookie_from_worker =
+            |jar: &mut CookieJar, nonces: &mut crate::proto::rng::PrfRandom| {
+                let mut m = initiation(1);
+                jar.stamp(&mut m, secs(100));
+                let mut reply = [0u8; 64];
+                shared.write_cookie_reply(&MacKeys::new(&SERVER_PUB), &m, src, nonces, &mut reply);
+                jar.accept_cookie_reply(&reply, secs(100)).unwrap();
+                let mut retry = initiation(2);
+                jar.stamp(&mut retry, secs(100));
+                retry
+            };
+        let mut jar = CookieJar::new(&SERVER_PUB);
+        let retry = cookie_from_worker(&mut jar, &mut nonces);
+        assert!(checker.check_mac2(&retry, src, secs(100), &mut rng));
+        assert!(!checker.check_mac2(&retry, addr("203.0.113.5:7000"), secs(100), &mut rng));
+        // Rotated once (the worker's copy is now the previous secret): still accepted.
+        checker.rotate(secs(130), &mut rng);
+        assert!(!Arc::ptr_eq(&shared, checker.secrets()));
+        assert!(checker.check_mac2(&retry, src, secs(130), &mut rng));
+        // Rotated twice: refused; a worker must have been handed the new secrets by then.
+        checker.rotate(secs(250), &mut rng);
+        assert!(!checker.check_mac2(&retry, src, secs(250), &mut rng));
+    }
+
+    #[test]
     fn previous_secret_dropped_after_long_idle() {
         let src = addr("192.0.2.9:5000");
         let (mut checker, mut jar, mut rng) = cookie_for_src(src, secs(0));
@@ -629,7 +713,7 @@ mod tests {
         let mut m = initiation(4);
         jar.stamp(&mut m, secs(119));
         assert!(checker.check_mac2(&m, src, secs(119), &mut rng));
-        assert!(checker.previous.is_none());
+        assert!(checker.secrets.previous.is_none());
         assert_eq!(checker.born, secs(0));
     }
 

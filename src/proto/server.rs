@@ -88,6 +88,16 @@ impl Server {
         self.responder.public_key()
     }
 
+    /// The cookie secrets in use (see [`Responder::cookie_secrets`]).
+    pub fn cookie_secrets(&self) -> &std::sync::Arc<crate::proto::cookie::CookieSecrets> {
+        self.responder.cookie_secrets()
+    }
+
+    /// Rotates the cookie secret if due (see [`Responder::rotate_cookie_secret`]).
+    pub fn rotate_cookie_secret(&mut self, now: Instant, rng: &mut impl Random) {
+        self.responder.rotate_cookie_secret(now, rng);
+    }
+
     /// Adds (or replaces the configuration of) a peer; returns its session. A replaced peer
     /// keeps its session and timestamp.
     pub fn add_peer(&mut self, config: PeerConfig) -> Arc<Session> {

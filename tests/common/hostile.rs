@@ -839,3 +839,34 @@ pub fn drop_summary(show: &serde_json::Value) -> String {
 
 /// Avoid an unused warning for the header constants in some test binaries.
 pub const _SIZES: (usize, usize) = (TRANSPORT_HEADER_LEN, TAG_LEN);
+
+/// CPU seconds used so far by process `pid` (all its threads, user + system) and by the whole
+/// machine (all CPUs' non-idle time, interrupts and softirqs included: the kernel's receive path
+/// of a flood runs in whichever context delivers it, often the sender's).
+pub fn cpu_seconds(pid: u32) -> (f64, f64) {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th (proc(5): fields 14 and 15).
+    let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let fields: Vec<f64> = after_name
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    let process = fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0);
+    let machine = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<f64> = machine
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq (guest time is already in user; steal is
+    // other guests' time on a shared host).
+    let busy: f64 =
+        cpu.iter().take(7).sum::<f64>() - cpu.get(3).unwrap_or(&0.0) - cpu.get(4).unwrap_or(&0.0);
+    (process / ticks, busy / ticks)
+}
