@@ -305,3 +305,27 @@ fn cookie_replies_under_load_are_rate_limited_per_source() {
         "{later} cookie replies in one second, expected about {per_second}"
     );
 }
+
+#[test]
+fn a_removed_peer_gives_back_its_indexes_and_is_refused() {
+    let mut s = setup(PresharedKey::zero());
+    let (_, msg) = initiation(&s.client, &s.server_public, &s.psk, 1000);
+    let Ok(HandshakeReply::Established(done)) = handle(&mut s, &msg) else {
+        panic!("handshake failed")
+    };
+    let index = done.local_index;
+    let client = s.client.public_key();
+    assert!(s.server.by_index(index).is_some());
+    let freed = s.server.remove_peer(&client).expect("peer was configured");
+    assert_eq!(freed, vec![index]);
+    assert!(s.server.by_index(index).is_none());
+    assert!(s.server.remove_peer(&client).is_none(), "removed twice");
+    // Nothing of it is left for the tick to retire, and it can no longer handshake.
+    let report = s.server.tick(Instant::from_nanos(2));
+    assert!(report.retired_indexes.is_empty());
+    let (_, again) = initiation(&s.client, &s.server_public, &s.psk, 1001);
+    assert_eq!(
+        handle(&mut s, &again).err(),
+        Some(HandshakeError::UnknownPeer)
+    );
+}

@@ -129,19 +129,20 @@ impl Server {
         shrink_if_sparse(&mut self.index_owner);
     }
 
-    /// Removes a peer, erases its keys and returns the receiver indexes it held.
+    /// Removes a peer, erases its keys and returns the receiver indexes its keypairs held. Any
+    /// other index still listed for it (its keys were erased since the last tick) is retired
+    /// by the next [`Server::tick`], which forgets indexes whose owner is gone; so removing
+    /// many peers costs no scan of every index per peer.
     pub fn remove_peer(&mut self, key: &PublicKey) -> Option<Vec<u32>> {
         let peer = self.peers.remove(key)?;
+        let held = peer.session.local_indexes();
         peer.session.clear();
-        let mut freed = Vec::new();
-        self.index_owner.retain(|index, owner| {
-            let keep = owner != key;
-            if !keep {
-                freed.push(*index);
+        for index in &held {
+            if self.index_owner.get(index) == Some(key) {
+                self.index_owner.remove(index);
             }
-            keep
-        });
-        Some(freed)
+        }
+        Some(held)
     }
 
     /// The session of a configured peer.
