@@ -86,7 +86,9 @@ pub struct HandshakeStats {
     pub bad_mac: AtomicU64,
     /// Of those: rate limited.
     pub rate_limited: AtomicU64,
-    /// Handshake latency: from the worker receiving the initiation to the reply sent, in ns.
+    /// Handshake latency: from the worker receiving the initiation to the control thread sending
+    /// its answer (responses, and the cookie replies it writes), in ns. Cookie replies a worker
+    /// writes itself are in that worker's per-packet latency instead.
     pub latency: SharedLatency,
 }
 

@@ -182,9 +182,10 @@ pub const COOKIE_REPLY_BURST: u32 = 2 * crate::proto::ratelimit::DEFAULT_BURST;
 
 /// Cookie replies one data-plane worker sends per second at most, whatever the number of
 /// sources: the per-source limit does nothing against a flood from spoofed random addresses,
-/// and each reply costs the worker ~4 us (0.9 us of MACs and AES-GCM, `benches/proto.rs`
-/// `cookie/write_reply`, plus the kernel's UDP send), so this caps that work near a tenth of a
-/// core. Beyond it initiations are shed; a legitimate client then gets its cookie on a later try.
+/// and each reply costs the worker 4-7 us (0.9 us of MACs and AES-GCM, `benches/proto.rs`
+/// `cookie/write_reply`, plus the kernel's UDP send; docs/security.md), so this caps that work
+/// near a tenth of a core. Beyond it initiations are shed; a legitimate client then gets its
+/// cookie on a later try.
 pub const COOKIE_REPLIES_PER_WORKER_PER_SECOND: u32 = 20_000;
 /// Cookie replies a worker may send at once after a quiet spell (50 ms at the full rate).
 pub const COOKIE_REPLIES_PER_WORKER_BURST: u32 = 1_000;
