@@ -24,7 +24,7 @@ use crate::proto::time::Instant;
 use crate::proto::wire::{INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN};
 use crate::session_table::{SessionTable, TableGuard, TableSnapshot};
 use crate::sys::clock::monotonic_now;
-use crate::sys::uring::{Completion, Op, Uring};
+use crate::sys::uring::{Completion, Op, Uring, NO_SLOT};
 
 /// Room for the largest datagram: header + MTU (at most `MAX_MTU`) + tag, rounded up.
 pub const SLOT_BYTES: usize = 2048;
@@ -148,7 +148,14 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         (SLOT_BYTES, 1)
     };
     let entries = (slots * ops).next_power_of_two().min(4096) as u32;
-    let ring = Uring::new(&files, slots, slot_bytes, ops, entries)?;
+    let mut ring = Uring::new(&files, slots, slot_bytes, ops, entries)?;
+    for file in 1..=ctx.sockets.len() as u8 {
+        // One multishot receive per socket into its slots (kernel 6.0+); else one receive
+        // armed per slot.
+        if let Err(e) = ring.enable_multishot(file, RECVS_IN_FLIGHT as u16) {
+            tracing::info!(worker = ctx.id, error = %e, "no multishot receive (kernel before 6.0?): one receive per slot");
+        }
+    }
     let socket_families = ctx
         .sockets
         .iter()
@@ -190,6 +197,14 @@ impl Worker {
         for slot in 0..self.ring.slot_count() as u32 {
             self.rearm(slot);
         }
+        self.arm_multishot();
+    }
+
+    /// (Re-)arms the multishot receive of each socket that has none in flight.
+    fn arm_multishot(&mut self) {
+        if let Err(e) = self.ring.arm_multishot() {
+            tracing::error!(worker = self.ctx.id, error = %e, "could not arm a multishot receive");
+        }
     }
 
     /// Puts a slot back to its home operation.
@@ -202,6 +217,9 @@ impl Worker {
                 SLOT_BYTES - TRANSPORT_HEADER_LEN - TAG_LEN,
             ),
             (true, true) => self.ring.read(slot, TUN_FILE, 0, REGION),
+            (false, _) if self.ring.is_multishot(self.home_socket(slot)) => {
+                self.ring.provide(slot, self.home_socket(slot))
+            }
             (false, false) => self.ring.recv(slot, self.home_socket(slot), 0, SLOT_BYTES),
             (false, true) => self.ring.recv(slot, self.home_socket(slot), 0, REGION),
         };
@@ -228,6 +246,7 @@ impl Worker {
                 }
             }
             batch.clear();
+            self.arm_multishot();
             match self.ring.submit_and_wait(WAIT) {
                 Ok(done) => batch.extend_from_slice(done),
                 Err(e) => {
@@ -269,6 +288,19 @@ impl Worker {
         table: &TableSnapshot,
         guard: &TableGuard<'_>,
     ) {
+        if c.slot == NO_SLOT {
+            // A multishot receive ended without a buffer: out of buffers (all held by packets
+            // still being sent or written; it is re-armed once one comes back) or an error.
+            if c.result < 0 && c.result != -libc::ENOBUFS && c.result != -libc::ECANCELED {
+                self.counters.drop(DropReason::IoError);
+                tracing::debug!(
+                    worker = self.ctx.id,
+                    errno = -c.result,
+                    "multishot receive error"
+                );
+            }
+            return;
+        }
         if c.result < 0 {
             if c.result != -libc::ECANCELED && c.result != -libc::EAGAIN && c.result != -libc::EINTR
             {
