@@ -838,4 +838,30 @@ mod multishot_tests {
         // A busy slot cannot be provided twice.
         assert!(ring.provide(0, 0).is_err());
     }
+
+    #[test]
+    fn single_shot_receive_still_works_without_multishot() {
+        // The path kept for kernels without buffer rings.
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.connect(receiver.local_addr().unwrap()).unwrap();
+        let Ok(mut ring) = Uring::new(&[receiver.as_raw_fd()], 2, 2048, 1, 16) else {
+            eprintln!("SKIPPED: no io_uring here");
+            return;
+        };
+        assert!(!ring.is_multishot(0));
+        ring.recv(1, 0, 0, 2048).unwrap();
+        sender.send(b"one").unwrap();
+        let mut done = Vec::new();
+        for _ in 0..40 {
+            done.extend_from_slice(ring.submit_and_wait(Duration::from_millis(50)).unwrap());
+            if !done.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].slot, done[0].op, done[0].result), (1, Op::Recv, 3));
+        assert_eq!(&ring.buffer(1).unwrap()[..3], b"one");
+        assert_eq!(ring.source(1), Some(sender.local_addr().unwrap()));
+    }
 }
