@@ -15,16 +15,16 @@
 //! receive was woken for every datagram. Every slot's buffer has room in front of its data for
 //! the header, source address and control messages the kernel writes there.
 
-use std::alloc::Layout;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+mod multishot;
+
+use self::multishot::{header_field, reap_multishot, BufRing};
 use super::error::SysError;
 use super::udp::{raw_to_socket_addr, socket_addr_to_raw};
 
@@ -88,21 +88,6 @@ const RECV_HEADROOM: usize = RECV_OUT_LEN + NAME_SPACE + CMSG_SPACE;
 pub const NO_SLOT: u32 = u32::MAX;
 /// Page alignment the kernel requires of a buffer ring it does not allocate itself.
 const PAGE: usize = 4096;
-
-/// A provided-buffer ring for one socket's multishot receive.
-struct BufRing {
-    entries: NonNull<types::BufRingEntry>,
-    layout: Layout,
-    mask: u16,
-    /// Our copy of the ring's tail (the kernel reads the shared one).
-    tail: u16,
-    /// Buffers the kernel holds.
-    provided: u16,
-    /// A multishot receive is in flight on this socket.
-    armed: bool,
-    /// The template of the multishot receive: only `msg_namelen` and `msg_controllen` matter.
-    msg: Box<libc::msghdr>,
-}
 
 /// The kernel-facing records of one operation.
 struct OpRecord {
@@ -386,127 +371,6 @@ impl Uring {
         self.push(entry)
     }
 
-    /// Makes registered socket `file` receive with one multishot `recvmsg` into provided
-    /// buffers (up to `buffers` of them, a power of two): registers its buffer ring. Fails on
-    /// kernels without buffer rings (before 5.19); the caller then keeps single-shot receives.
-    pub fn enable_multishot(&mut self, file: u8, buffers: u16) -> io::Result<()> {
-        let invalid = |what| io::Error::new(io::ErrorKind::InvalidInput, what);
-        if self
-            .buf_rings
-            .get(file as usize)
-            .is_none_or(Option::is_some)
-        {
-            return Err(invalid("no such file, or multishot already enabled"));
-        }
-        let count = buffers
-            .max(1)
-            .checked_next_power_of_two()
-            .ok_or(invalid("too many buffers"))?;
-        let layout = Layout::from_size_align(
-            usize::from(count) * std::mem::size_of::<types::BufRingEntry>(),
-            PAGE,
-        )
-        .map_err(|_| invalid("buffer ring layout"))?;
-        // SAFETY: the layout has a non-zero size.
-        let memory = unsafe { std::alloc::alloc_zeroed(layout) };
-        let entries = NonNull::new(memory.cast::<types::BufRingEntry>())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        // SAFETY: page-aligned, zeroed memory for `count` entries that stays allocated (and is
-        // written by us only at entries the kernel has not been given) until it is unregistered
-        // in `Drop`.
-        let registered = unsafe {
-            self.ring.submitter().register_buf_ring_with_flags(
-                entries.as_ptr() as u64,
-                count,
-                u16::from(file),
-                0,
-            )
-        };
-        if let Err(e) = registered {
-            // SAFETY: allocated above with this layout and not registered.
-            unsafe { std::alloc::dealloc(memory, layout) };
-            return Err(e);
-        }
-        // SAFETY: all-zero bytes are a valid msghdr.
-        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-        msg.msg_namelen = NAME_SPACE as libc::socklen_t;
-        msg.msg_controllen = CMSG_SPACE as _;
-        self.buf_rings[file as usize] = Some(BufRing {
-            entries,
-            layout,
-            mask: count - 1,
-            tail: 0,
-            provided: 0,
-            armed: false,
-            msg,
-        });
-        Ok(())
-    }
-
-    /// Whether `file` receives with a multishot `recvmsg` ([`Uring::enable_multishot`]).
-    pub fn is_multishot(&self, file: u8) -> bool {
-        self.buf_rings
-            .get(file as usize)
-            .is_some_and(Option::is_some)
-    }
-
-    /// Hands idle `slot` to the kernel as a buffer for `file`'s multishot receive.
-    pub fn provide(&mut self, slot: u32, file: u8) -> io::Result<()> {
-        let invalid = |what| io::Error::new(io::ErrorKind::InvalidInput, what);
-        let ring = self
-            .buf_rings
-            .get_mut(file as usize)
-            .and_then(Option::as_mut)
-            .ok_or(invalid("multishot not enabled on this file"))?;
-        let bid = u16::try_from(slot).map_err(|_| invalid("slot number above 65535"))?;
-        let s = self
-            .slots
-            .get_mut(slot as usize)
-            .filter(|s| s.busy == 0)
-            .ok_or(invalid("no such slot, or slot busy"))?;
-        if ring.provided > ring.mask {
-            return Err(invalid("buffer ring full"));
-        }
-        let index = usize::from(ring.tail & ring.mask);
-        // SAFETY: `index` is within the ring, and the entry at the tail is not the kernel's until
-        // the tail moves past it below.
-        let entry = unsafe { &mut *ring.entries.as_ptr().add(index) };
-        entry.set_addr(s.buf.as_mut_ptr() as u64);
-        entry.set_len(s.buf.len() as u32);
-        entry.set_bid(bid);
-        ring.tail = ring.tail.wrapping_add(1);
-        // SAFETY: the shared tail is the reserved field of the ring's first entry, 2-byte aligned
-        // in memory we own; the kernel reads it with acquire ordering, so the entry written above
-        // is visible before the new tail.
-        unsafe {
-            let tail = types::BufRingEntry::tail(ring.entries.as_ptr()).cast_mut();
-            AtomicU16::from_ptr(tail).store(ring.tail, Ordering::Release);
-        }
-        ring.provided += 1;
-        s.busy += 1;
-        s.provided_to = Some(file);
-        Ok(())
-    }
-
-    /// Arms the multishot receive of every socket that has buffers but no receive in flight
-    /// (the kernel ends one when it runs out of buffers, or on an error).
-    pub fn arm_multishot(&mut self) -> io::Result<()> {
-        for file in 0..self.buf_rings.len() {
-            let msg = match &self.buf_rings[file] {
-                Some(ring) if !ring.armed && ring.provided > 0 => &*ring.msg as *const libc::msghdr,
-                _ => continue,
-            };
-            let entry = opcode::RecvMsgMulti::new(types::Fixed(file as u32), msg, file as u16)
-                .build()
-                .user_data(user_data(NO_SLOT, Op::Recv, file as u8, 0));
-            self.push(entry)?;
-            if let Some(ring) = self.buf_rings[file].as_mut() {
-                ring.armed = true;
-            }
-        }
-        Ok(())
-    }
-
     /// Submits everything queued, waits for at least one completion or `timeout`, and returns
     /// every completion reaped.
     pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<&[Completion]> {
@@ -561,60 +425,6 @@ impl Uring {
             });
         }
     }
-}
-
-/// One completion of a multishot receive on `file`: the slot is the buffer the kernel picked (or
-/// [`NO_SLOT`] for an error without one), the result the payload's length.
-fn reap_multishot(
-    buf_rings: &mut [Option<BufRing>],
-    slots: &mut [Slot],
-    file: u8,
-    result: i32,
-    flags: u32,
-) -> Completion {
-    let mut done = Completion {
-        slot: NO_SLOT,
-        op: Op::Recv,
-        file,
-        op_index: 0,
-        slot_idle: false,
-        result,
-    };
-    let Some(ring) = buf_rings.get_mut(file as usize).and_then(Option::as_mut) else {
-        return done;
-    };
-    if !cqueue::more(flags) {
-        ring.armed = false;
-    }
-    let Some(bid) = cqueue::buffer_select(flags) else {
-        return done;
-    };
-    ring.provided = ring.provided.saturating_sub(1);
-    let Some(s) = slots.get_mut(usize::from(bid)) else {
-        return done;
-    };
-    s.busy = s.busy.saturating_sub(1);
-    s.multishot_filled = true;
-    s.provided_to = None;
-    done.slot = u32::from(bid);
-    done.slot_idle = s.busy == 0;
-    if result >= 0 {
-        let payload = header_field(&s.buf, 8) as usize;
-        let truncated = header_field(&s.buf, 12) & libc::MSG_TRUNC as u32 != 0;
-        done.result = if truncated || payload > s.buf.len() - RECV_HEADROOM {
-            -libc::EMSGSIZE
-        } else {
-            payload as i32
-        };
-    }
-    done
-}
-
-/// The u32 at `at` of a multishot receive's `io_uring_recvmsg_out` header.
-fn header_field(buf: &[u8], at: usize) -> u32 {
-    buf.get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u32::from_ne_bytes)
 }
 
 impl OpRecord {
@@ -718,150 +528,4 @@ impl Drop for Uring {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segment_cmsg_round_trips_through_the_parser_layout() {
-        let mut space = [0u64; CMSG_SPACE / 8];
-        let used = write_segment_cmsg(&mut space, 1452);
-        assert_eq!(used, 24);
-        let mut bytes = [0u8; CMSG_SPACE];
-        for (chunk, word) in bytes.chunks_mut(8).zip(space.iter()) {
-            chunk.copy_from_slice(&word.to_ne_bytes());
-        }
-        assert_eq!(u64::from_ne_bytes(bytes[..8].try_into().unwrap()), 18);
-        assert_eq!(u16::from_ne_bytes(bytes[16..18].try_into().unwrap()), 1452);
-    }
-
-    #[test]
-    fn gro_cmsg_is_found_and_garbage_is_not() {
-        let mut control = [0u8; 24];
-        control[..8].copy_from_slice(&20u64.to_ne_bytes());
-        control[8..12].copy_from_slice(&SOL_UDP.to_ne_bytes());
-        control[12..16].copy_from_slice(&UDP_GRO.to_ne_bytes());
-        control[16..20].copy_from_slice(&1432i32.to_ne_bytes());
-        assert_eq!(parse_gro_cmsg(&control), Some(1432));
-        control[..8].copy_from_slice(&200u64.to_ne_bytes());
-        assert_eq!(parse_gro_cmsg(&control), None);
-        assert_eq!(parse_gro_cmsg(&[]), None);
-    }
-}
-
-#[cfg(test)]
-mod multishot_tests {
-    use super::*;
-    use std::net::UdpSocket;
-    use std::os::fd::AsRawFd;
-
-    /// A ring with one loopback UDP socket (file 0) receiving through a multishot `recvmsg`
-    /// into `buffers` provided slots, and a sender.
-    fn setup(buffers: u16) -> Option<(Uring, UdpSocket, UdpSocket)> {
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sender.connect(receiver.local_addr().unwrap()).unwrap();
-        let mut ring = Uring::new(&[receiver.as_raw_fd()], 4, 2048, 1, 16).ok()?;
-        if let Err(e) = ring.enable_multishot(0, buffers) {
-            eprintln!("SKIPPED: no buffer rings on this kernel: {e}");
-            return None;
-        }
-        for slot in 0..u32::from(buffers) {
-            ring.provide(slot, 0).unwrap();
-        }
-        ring.arm_multishot().unwrap();
-        Some((ring, receiver, sender))
-    }
-
-    /// Receives until `want` datagrams completed (or 2 s): (slot, payload, source) each.
-    fn receive(ring: &mut Uring, want: usize) -> Vec<(u32, Vec<u8>, Option<SocketAddr>)> {
-        let mut got = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while got.len() < want && std::time::Instant::now() < deadline {
-            ring.arm_multishot().unwrap();
-            let done: Vec<Completion> = ring
-                .submit_and_wait(Duration::from_millis(50))
-                .unwrap()
-                .to_vec();
-            for c in done {
-                if c.slot == NO_SLOT {
-                    assert_eq!(c.result, -libc::ENOBUFS, "unexpected multishot error");
-                    continue;
-                }
-                assert!(c.slot_idle && c.result >= 0, "{c:?}");
-                let n = c.result as usize;
-                let payload = ring.buffer(c.slot).unwrap()[..n].to_vec();
-                got.push((c.slot, payload, ring.source(c.slot)));
-            }
-        }
-        got
-    }
-
-    #[test]
-    fn datagrams_land_in_provided_slots_with_their_source() {
-        let Some((mut ring, _receiver, sender)) = setup(2) else {
-            return;
-        };
-        sender.send(b"first").unwrap();
-        sender.send(b"second datagram").unwrap();
-        let got = receive(&mut ring, 2);
-        assert_eq!(got.len(), 2);
-        let mut slots: Vec<u32> = got.iter().map(|g| g.0).collect();
-        slots.sort_unstable();
-        assert_eq!(slots, vec![0, 1], "each datagram in its own slot");
-        assert_eq!(got[0].1, b"first");
-        assert_eq!(got[1].1, b"second datagram");
-        for g in &got {
-            assert_eq!(g.2, Some(sender.local_addr().unwrap()));
-            assert_eq!(ring.gro_segment_size(g.0), None);
-        }
-    }
-
-    #[test]
-    fn out_of_buffers_waits_for_one_to_come_back() {
-        let Some((mut ring, _receiver, sender)) = setup(1) else {
-            return;
-        };
-        for i in 0..3u8 {
-            sender.send(&[i; 10]).unwrap();
-        }
-        // One buffer: one datagram, then the kernel ends the receive (no buffer left); each time
-        // the slot is given back and the receive re-armed, the next queued datagram arrives.
-        let mut seen = Vec::new();
-        for _ in 0..3 {
-            let got = receive(&mut ring, 1);
-            assert_eq!(got.len(), 1, "a datagram after the buffer came back");
-            assert_eq!(got[0].0, 0);
-            seen.push(got[0].1.clone());
-            ring.provide(0, 0).unwrap();
-        }
-        assert_eq!(seen, vec![vec![0u8; 10], vec![1u8; 10], vec![2u8; 10]]);
-        // A busy slot cannot be provided twice.
-        assert!(ring.provide(0, 0).is_err());
-    }
-
-    #[test]
-    fn single_shot_receive_still_works_without_multishot() {
-        // The path kept for kernels without buffer rings.
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sender.connect(receiver.local_addr().unwrap()).unwrap();
-        let Ok(mut ring) = Uring::new(&[receiver.as_raw_fd()], 2, 2048, 1, 16) else {
-            eprintln!("SKIPPED: no io_uring here");
-            return;
-        };
-        assert!(!ring.is_multishot(0));
-        ring.recv(1, 0, 0, 2048).unwrap();
-        sender.send(b"one").unwrap();
-        let mut done = Vec::new();
-        for _ in 0..40 {
-            done.extend_from_slice(ring.submit_and_wait(Duration::from_millis(50)).unwrap());
-            if !done.is_empty() {
-                break;
-            }
-        }
-        assert_eq!(done.len(), 1);
-        assert_eq!((done[0].slot, done[0].op, done[0].result), (1, Op::Recv, 3));
-        assert_eq!(&ring.buffer(1).unwrap()[..3], b"one");
-        assert_eq!(ring.source(1), Some(sender.local_addr().unwrap()));
-    }
-}
+mod tests;

@@ -1,0 +1,144 @@
+//! Tests of the ring: control-message layouts, and real receives on loopback UDP sockets
+//! (multishot into provided buffers, running out of buffers, the single-shot fallback).
+
+use super::*;
+
+#[test]
+fn segment_cmsg_round_trips_through_the_parser_layout() {
+    let mut space = [0u64; CMSG_SPACE / 8];
+    let used = write_segment_cmsg(&mut space, 1452);
+    assert_eq!(used, 24);
+    let mut bytes = [0u8; CMSG_SPACE];
+    for (chunk, word) in bytes.chunks_mut(8).zip(space.iter()) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    assert_eq!(u64::from_ne_bytes(bytes[..8].try_into().unwrap()), 18);
+    assert_eq!(u16::from_ne_bytes(bytes[16..18].try_into().unwrap()), 1452);
+}
+
+#[test]
+fn gro_cmsg_is_found_and_garbage_is_not() {
+    let mut control = [0u8; 24];
+    control[..8].copy_from_slice(&20u64.to_ne_bytes());
+    control[8..12].copy_from_slice(&SOL_UDP.to_ne_bytes());
+    control[12..16].copy_from_slice(&UDP_GRO.to_ne_bytes());
+    control[16..20].copy_from_slice(&1432i32.to_ne_bytes());
+    assert_eq!(parse_gro_cmsg(&control), Some(1432));
+    control[..8].copy_from_slice(&200u64.to_ne_bytes());
+    assert_eq!(parse_gro_cmsg(&control), None);
+    assert_eq!(parse_gro_cmsg(&[]), None);
+}
+
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+
+/// A ring with one loopback UDP socket (file 0) receiving through a multishot `recvmsg`
+/// into `buffers` provided slots, and a sender.
+fn setup(buffers: u16) -> Option<(Uring, UdpSocket, UdpSocket)> {
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.connect(receiver.local_addr().unwrap()).unwrap();
+    let mut ring = Uring::new(&[receiver.as_raw_fd()], 4, 2048, 1, 16).ok()?;
+    if let Err(e) = ring.enable_multishot(0, buffers) {
+        eprintln!("SKIPPED: no buffer rings on this kernel: {e}");
+        return None;
+    }
+    for slot in 0..u32::from(buffers) {
+        ring.provide(slot, 0).unwrap();
+    }
+    ring.arm_multishot().unwrap();
+    Some((ring, receiver, sender))
+}
+
+/// Receives until `want` datagrams completed (or 2 s): (slot, payload, source) each.
+fn receive(ring: &mut Uring, want: usize) -> Vec<(u32, Vec<u8>, Option<SocketAddr>)> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while got.len() < want && std::time::Instant::now() < deadline {
+        ring.arm_multishot().unwrap();
+        let done: Vec<Completion> = ring
+            .submit_and_wait(Duration::from_millis(50))
+            .unwrap()
+            .to_vec();
+        for c in done {
+            if c.slot == NO_SLOT {
+                assert_eq!(c.result, -libc::ENOBUFS, "unexpected multishot error");
+                continue;
+            }
+            assert!(c.slot_idle && c.result >= 0, "{c:?}");
+            let n = c.result as usize;
+            let payload = ring.buffer(c.slot).unwrap()[..n].to_vec();
+            got.push((c.slot, payload, ring.source(c.slot)));
+        }
+    }
+    got
+}
+
+#[test]
+fn datagrams_land_in_provided_slots_with_their_source() {
+    let Some((mut ring, _receiver, sender)) = setup(2) else {
+        return;
+    };
+    sender.send(b"first").unwrap();
+    sender.send(b"second datagram").unwrap();
+    let got = receive(&mut ring, 2);
+    assert_eq!(got.len(), 2);
+    let mut slots: Vec<u32> = got.iter().map(|g| g.0).collect();
+    slots.sort_unstable();
+    assert_eq!(slots, vec![0, 1], "each datagram in its own slot");
+    assert_eq!(got[0].1, b"first");
+    assert_eq!(got[1].1, b"second datagram");
+    for g in &got {
+        assert_eq!(g.2, Some(sender.local_addr().unwrap()));
+        assert_eq!(ring.gro_segment_size(g.0), None);
+    }
+}
+
+#[test]
+fn out_of_buffers_waits_for_one_to_come_back() {
+    let Some((mut ring, _receiver, sender)) = setup(1) else {
+        return;
+    };
+    for i in 0..3u8 {
+        sender.send(&[i; 10]).unwrap();
+    }
+    // One buffer: one datagram, then the kernel ends the receive (no buffer left); each time
+    // the slot is given back and the receive re-armed, the next queued datagram arrives.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let got = receive(&mut ring, 1);
+        assert_eq!(got.len(), 1, "a datagram after the buffer came back");
+        assert_eq!(got[0].0, 0);
+        seen.push(got[0].1.clone());
+        ring.provide(0, 0).unwrap();
+    }
+    assert_eq!(seen, vec![vec![0u8; 10], vec![1u8; 10], vec![2u8; 10]]);
+    // A busy slot cannot be provided twice.
+    assert!(ring.provide(0, 0).is_err());
+}
+
+#[test]
+fn single_shot_receive_still_works_without_multishot() {
+    // The path kept for kernels without buffer rings.
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.connect(receiver.local_addr().unwrap()).unwrap();
+    let Ok(mut ring) = Uring::new(&[receiver.as_raw_fd()], 2, 2048, 1, 16) else {
+        eprintln!("SKIPPED: no io_uring here");
+        return;
+    };
+    assert!(!ring.is_multishot(0));
+    ring.recv(1, 0, 0, 2048).unwrap();
+    sender.send(b"one").unwrap();
+    let mut done = Vec::new();
+    for _ in 0..40 {
+        done.extend_from_slice(ring.submit_and_wait(Duration::from_millis(50)).unwrap());
+        if !done.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].slot, done[0].op, done[0].result), (1, Op::Recv, 3));
+    assert_eq!(&ring.buffer(1).unwrap()[..3], b"one");
+    assert_eq!(ring.source(1), Some(sender.local_addr().unwrap()));
+}
