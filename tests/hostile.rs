@@ -282,10 +282,10 @@ fn handshake_flood_engages_cookies() {
         let (p1, m1) = cpu_seconds(pid);
         ((p1 - p0) / secs, (m1 - m0) / secs)
     };
-    let quiet = cpu_over(2.0);
-    let flood_cost = {
+    // Starts the flood; it stops when `stop` is set or the guard is dropped, whatever happens.
+    let start_flood = || {
         let stop = Arc::new(AtomicBool::new(false));
-        let _guard = StopOnDrop(stop.clone());
+        let guard = StopOnDrop(stop.clone());
         let flood = initiation_flood(
             &c2,
             link.clone(),
@@ -296,6 +296,11 @@ fn handshake_flood_engages_cookies() {
             Duration::from_secs(60),
             stop.clone(),
         );
+        (stop, guard, flood)
+    };
+    let quiet = cpu_over(2.0);
+    let flood_cost = {
+        let (stop, _guard, flood) = start_flood();
         std::thread::sleep(Duration::from_secs(1));
         let cost = cpu_over(2.0);
         stop.store(true, Ordering::Relaxed);
@@ -313,18 +318,7 @@ fn handshake_flood_engages_cookies() {
     for pair in 0..pairs {
         let port = 5301 + 2 * pair as u16;
         undisturbed += iperf3_bps(&mut lab, 0, port, secs);
-        let stop = Arc::new(AtomicBool::new(false));
-        let _guard = StopOnDrop(stop.clone());
-        let flood = initiation_flood(
-            &c2,
-            link.clone(),
-            server_key,
-            SocketAddrV4::new(SERVER_UNDERLAY.parse().unwrap(), PORT),
-            sources,
-            rate,
-            Duration::from_secs(60),
-            stop.clone(),
-        );
+        let (stop, _guard, flood) = start_flood();
         std::thread::sleep(Duration::from_secs(1));
         flooded += iperf3_bps(&mut lab, 0, port + 1, secs);
         if pair + 1 == pairs {

@@ -73,6 +73,26 @@ impl PendingOps {
         }
     }
 
+    /// Queues one datagram, `len` bytes from `offset`, to `dest` on the socket of its family.
+    fn push_datagram(
+        &mut self,
+        families: &[bool],
+        offset: usize,
+        len: usize,
+        dest: SocketAddr,
+    ) -> bool {
+        socket_for(families, &dest).is_some_and(|file| {
+            self.push(Pending::Send {
+                offset,
+                len,
+                dest,
+                file,
+                segment: None,
+                segments: 1,
+            })
+        })
+    }
+
     fn push(&mut self, op: Pending) -> bool {
         match self.ops.get_mut(self.len) {
             Some(free) => {
@@ -308,34 +328,13 @@ impl Worker {
                         start = end;
                         continue;
                     };
-                    let file = socket_for(&self.socket_families, &endpoint);
                     self.counters.relayed_packets += 1;
-                    let queued = file.is_some_and(|file| {
-                        ops.push(Pending::Send {
-                            offset: start,
-                            len,
-                            dest: endpoint,
-                            file,
-                            segment: None,
-                            segments: 1,
-                        })
-                    });
-                    if !queued {
+                    if !ops.push_datagram(&self.socket_families, start, len, endpoint) {
                         self.counters.drop(DropReason::IoError);
                     }
                 }
                 Ok(Delivery::Reply { len }) => {
-                    let queued = socket_for(&self.socket_families, &src).is_some_and(|file| {
-                        ops.push(Pending::Send {
-                            offset: start,
-                            len,
-                            dest: src,
-                            file,
-                            segment: None,
-                            segments: 1,
-                        })
-                    });
-                    if !queued {
+                    if !ops.push_datagram(&self.socket_families, start, len, src) {
                         self.counters.drop(DropReason::IoError);
                     }
                 }
