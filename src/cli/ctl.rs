@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use serde_json::Value;
 
+use concentrator::ops::protocol::Request;
 use concentrator::ops::socket;
 
 /// How long a command waits for the server (a reload reads the config and key files).
@@ -42,7 +42,10 @@ pub fn socket_path(explicit: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-/// Sends `req` and returns the answer (an error when the server says no).
-pub fn request(explicit: Option<&Path>, req: &Value) -> Result<Value> {
+/// Sends `req` and returns the typed answer (an error when the server says no).
+pub fn request<T: serde::de::DeserializeOwned>(
+    explicit: Option<&Path>,
+    req: &Request,
+) -> Result<T> {
     socket::request(&socket_path(explicit)?, req, TIMEOUT)
 }

@@ -6,7 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde_json::json;
+
+use concentrator::ops::protocol::{PeerAdded, PeerRemoved, Request};
 
 /// `peer add`.
 pub fn add(
@@ -25,33 +26,31 @@ pub fn add(
         ),
         None => None,
     };
-    let v = super::ctl::request(
+    let added: PeerAdded = super::ctl::request(
         socket,
-        &json!({
-            "cmd": "peer_add",
-            "public_key": public_key.trim(),
-            "address": address.map(|a| a.to_string()),
-            "address6": address6.map(|a| a.to_string()),
-            "psk": psk,
-        }),
+        &Request::PeerAdd {
+            public_key: public_key.trim().to_string(),
+            address,
+            address6,
+            psk,
+        },
     )?;
-    let mut addr = v["address"].as_str().unwrap_or("").to_string();
-    if let Some(a6) = v["address6"].as_str() {
+    let mut addr = added.address;
+    if let Some(a6) = added.address6 {
         addr += &format!(", {a6}");
     }
-    println!(
-        "added peer {} with address {addr}",
-        v["public_key"].as_str().unwrap_or("")
-    );
+    println!("added peer {} with address {addr}", added.public_key);
     Ok(())
 }
 
 /// `peer remove`.
 pub fn remove(socket: Option<&Path>, public_key: &str) -> Result<()> {
-    let v = super::ctl::request(
+    let removed: PeerRemoved = super::ctl::request(
         socket,
-        &json!({"cmd": "peer_remove", "public_key": public_key.trim()}),
+        &Request::PeerRemove {
+            public_key: public_key.trim().to_string(),
+        },
     )?;
-    println!("removed peer {}", v["public_key"].as_str().unwrap_or(""));
+    println!("removed peer {}", removed.public_key);
     Ok(())
 }

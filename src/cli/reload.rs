@@ -4,52 +4,38 @@
 use std::path::Path;
 
 use anyhow::Result;
-use serde_json::{json, Value};
+
+use concentrator::ops::protocol::{ReloadReply, Request};
 
 /// The text form of a reload report.
-pub fn render(v: &Value) -> String {
-    let list = |k: &str| -> Vec<String> {
-        v[k].as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect()
-    };
+pub fn render(r: &ReloadReply) -> String {
     let mut o = String::new();
-    for k in list("added") {
+    for k in &r.added {
         o += &format!("added: {k}\n");
     }
-    for k in list("removed") {
+    for k in &r.removed {
         o += &format!("removed: {k}\n");
     }
-    for c in v["changed"].as_array().into_iter().flatten() {
-        let what: Vec<&str> = c["what"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|x| x.as_str())
-            .collect();
-        o += &format!(
-            "changed: {} ({})\n",
-            c["public_key"].as_str().unwrap_or(""),
-            what.join(", ")
-        );
+    for c in &r.changed {
+        o += &format!("changed: {} ({})\n", c.public_key, c.what.join(", "));
     }
-    o += &format!("unchanged: {} peers\n", v["unchanged"]);
-    let restart = list("restart_needed");
-    if !restart.is_empty() {
-        o += &format!("not applied until a restart: {}\n", restart.join(", "));
+    o += &format!("unchanged: {} peers\n", r.unchanged);
+    if !r.restart_needed.is_empty() {
+        o += &format!(
+            "not applied until a restart: {}\n",
+            r.restart_needed.join(", ")
+        );
     }
     o
 }
 
 /// Asks the server to reload.
 pub fn run(socket: Option<&Path>, json_out: bool) -> Result<()> {
-    let v = super::ctl::request(socket, &json!({"cmd": "reload"}))?;
+    let report: ReloadReply = super::ctl::request(socket, &Request::Reload)?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render(&v));
+        print!("{}", render(&report));
     }
     Ok(())
 }

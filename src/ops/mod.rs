@@ -7,6 +7,7 @@
 
 pub mod latency_log;
 pub mod metrics;
+pub mod protocol;
 pub mod show;
 pub mod socket;
 

@@ -1,7 +1,6 @@
 //! The control socket: a unix stream socket (directory 0700, socket 0600) answering one JSON
-//! request per connection with one JSON line.
-//!
-//! Requests:
+//! request per connection with one JSON line. The messages are the typed ones of
+//! [`protocol`](super::protocol), e.g.:
 //! - `{"cmd":"show","offset":0,"limit":50}`
 //! - `{"cmd":"peer_add","public_key":"<base64>","address":"10.66.0.9","address6":null,"psk":"<base64>"}`
 //! - `{"cmd":"peer_remove","public_key":"<base64>"}`
@@ -18,9 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
 
-use super::show::{show, DEFAULT_PAGE};
+use super::protocol::{
+    decode_answer, encode_error, encode_ok, ChangedPeer, PeerAdded, PeerRemoved, ReloadReply,
+    Request,
+};
+use super::show::show;
 use super::Ops;
 use crate::control::command::{AddPeer, ReloadReport};
 use crate::proto::keys::{PresharedKey, PublicKey};
@@ -141,91 +143,95 @@ fn answer(stream: UnixStream, ops: &Ops) -> std::io::Result<()> {
     stream.set_write_timeout(Some(Duration::from_secs(30)))?;
     let mut line = String::new();
     BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
-    let reply = match serde_json::from_str::<Value>(&line) {
-        Ok(req) => handle(ops, &req).unwrap_or_else(|e| json!({"ok": false, "error": e})),
-        Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => handle(ops, req),
+        Err(e) => encode_error(&format!(
+            "bad request: {e}; commands are show, peer_add, peer_remove and reload"
+        )),
     };
-    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
-    out.push(b'\n');
-    (&stream).write_all(&out)
+    (&stream).write_all(&reply)
 }
 
-fn key_field(req: &Value, field: &str) -> Result<PublicKey, String> {
-    let text = req[field]
-        .as_str()
-        .ok_or_else(|| format!("missing {field}"))?;
-    PublicKey::from_base64(text).map_err(|e| format!("{field}: {e}"))
+fn parse_key<T: std::str::FromStr<Err = E>, E: std::fmt::Display>(
+    field: &str,
+    text: &str,
+) -> Result<T, String> {
+    text.trim().parse().map_err(|e| format!("{field}: {e}"))
 }
 
-fn opt_parse<T: std::str::FromStr>(req: &Value, field: &str) -> Result<Option<T>, String> {
-    match req[field].as_str() {
-        None => Ok(None),
-        Some(s) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{field}: {s:?} is not a valid address")),
+/// The answer to a reload report.
+pub fn reload_reply(r: ReloadReport) -> ReloadReply {
+    ReloadReply {
+        added: r.added,
+        removed: r.removed,
+        changed: r
+            .changed
+            .into_iter()
+            .map(|(public_key, what)| ChangedPeer {
+                public_key,
+                what: what.into_iter().map(str::to_string).collect(),
+            })
+            .collect(),
+        unchanged: r.unchanged,
+        restart_needed: r.restart_needed.into_iter().map(str::to_string).collect(),
     }
 }
 
-/// The JSON of a reload report.
-pub fn report_json(r: &ReloadReport) -> Value {
-    json!({
-        "ok": true,
-        "added": r.added,
-        "removed": r.removed,
-        "changed": r.changed.iter().map(|(k, w)| json!({"public_key": k, "what": w})).collect::<Vec<_>>(),
-        "unchanged": r.unchanged,
-        "restart_needed": r.restart_needed,
+/// Answers one request with its JSON line.
+pub fn handle(ops: &Ops, req: Request) -> Vec<u8> {
+    let answer = match req {
+        Request::Show { offset, limit } => show(ops, offset, limit).map(|r| encode_ok(&r)),
+        Request::PeerAdd {
+            public_key,
+            address,
+            address6,
+            psk,
+        } => add_peer(ops, &public_key, address, address6, psk.as_deref()).map(|r| encode_ok(&r)),
+        Request::PeerRemove { public_key } => parse_key::<PublicKey, _>("public_key", &public_key)
+            .and_then(|key| {
+                ops.remove_peer(key)?;
+                Ok(encode_ok(&PeerRemoved {
+                    public_key: key.to_string(),
+                }))
+            }),
+        Request::Reload => ops.reload().map(|r| encode_ok(&reload_reply(r))),
+    };
+    answer.unwrap_or_else(|e| encode_error(&e))
+}
+
+fn add_peer(
+    ops: &Ops,
+    public_key: &str,
+    address: Option<std::net::Ipv4Addr>,
+    address6: Option<std::net::Ipv6Addr>,
+    psk: Option<&str>,
+) -> Result<PeerAdded, String> {
+    let public_key: PublicKey = parse_key("public_key", public_key)?;
+    if public_key == ops.public_key {
+        return Err("that is the server's own public key".into());
+    }
+    let psk = psk
+        .map(|t| PresharedKey::from_base64(t.trim()).map_err(|e| format!("psk: {e}")))
+        .transpose()?;
+    let spec = ops.add_peer(AddPeer {
+        public_key,
+        psk,
+        address,
+        address6,
+    })?;
+    Ok(PeerAdded {
+        public_key: spec.public_key.to_string(),
+        address: spec.assignment.ipv4.to_string(),
+        address6: spec.assignment.ipv6.map(|(a, _)| a.to_string()),
     })
 }
 
-/// Answers one request.
-pub fn handle(ops: &Ops, req: &Value) -> Result<Value, String> {
-    match req["cmd"].as_str().unwrap_or("") {
-        "show" => {
-            let offset = req["offset"].as_u64().unwrap_or(0) as usize;
-            let limit = req["limit"].as_u64().unwrap_or(DEFAULT_PAGE as u64) as usize;
-            show(ops, offset, limit)
-        }
-        "peer_add" => {
-            let public_key = key_field(req, "public_key")?;
-            if public_key == ops.public_key {
-                return Err("that is the server's own public key".into());
-            }
-            let psk = match req["psk"].as_str() {
-                None => None,
-                Some(t) => {
-                    Some(PresharedKey::from_base64(t.trim()).map_err(|e| format!("psk: {e}"))?)
-                }
-            };
-            let spec = ops.add_peer(AddPeer {
-                public_key,
-                psk,
-                address: opt_parse(req, "address")?,
-                address6: opt_parse(req, "address6")?,
-            })?;
-            Ok(json!({
-                "ok": true,
-                "public_key": spec.public_key.to_string(),
-                "address": spec.assignment.ipv4.to_string(),
-                "address6": spec.assignment.ipv6.map(|(a, _)| a.to_string()),
-            }))
-        }
-        "peer_remove" => {
-            let key = key_field(req, "public_key")?;
-            ops.remove_peer(key)?;
-            Ok(json!({"ok": true, "public_key": key.to_string()}))
-        }
-        "reload" => ops.reload().map(|r| report_json(&r)),
-        other => Err(format!(
-            "unknown command {other:?}; use show, peer_add, peer_remove or reload"
-        )),
-    }
-}
-
-/// Client side: sends `req` to the socket at `path` and returns the answer.
-pub fn request(path: &Path, req: &Value, timeout: Duration) -> Result<Value> {
+/// Client side: sends `req` to the socket at `path` and returns the typed answer.
+pub fn request<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<T> {
     let stream = UnixStream::connect(path).with_context(|| {
         format!(
             "cannot connect to {}: is the server running (as root, or is --socket right)?",
@@ -241,9 +247,5 @@ pub fn request(path: &Path, req: &Value, timeout: Duration) -> Result<Value> {
     BufReader::new(&stream)
         .read_line(&mut out)
         .context("reading the answer")?;
-    let v: Value = serde_json::from_str(&out).context("the server's answer is not JSON")?;
-    if v["ok"].as_bool() != Some(true) {
-        bail!("{}", v["error"].as_str().unwrap_or("request failed"));
-    }
-    Ok(v)
+    Ok(decode_answer(&out)?)
 }

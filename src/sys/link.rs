@@ -6,7 +6,6 @@ use std::process::{Command, Stdio};
 use ipnet::IpNet;
 
 use super::error::SysError;
-use super::json::{self, Json};
 
 /// Runs `ip <args>`; on failure the error carries the command line and its stderr.
 fn ip(args: &[&str]) -> Result<String, SysError> {
@@ -114,33 +113,32 @@ pub fn route_get(dest: IpAddr) -> Result<RouteInfo, SysError> {
 
 /// Parses the JSON printed by `ip -j route get`.
 fn parse_route_get(text: &str) -> Result<RouteInfo, SysError> {
+    /// The fields we use of one route `ip -j route get` prints.
+    #[derive(serde::Deserialize)]
+    struct Route {
+        dev: String,
+        gateway: Option<String>,
+        prefsrc: Option<String>,
+    }
     let bad = |detail: String| SysError::Parse {
         what: "`ip -j route get` output".into(),
         detail,
     };
-    let doc = json::parse(text.trim()).map_err(bad)?;
-    let first = match &doc {
-        Json::Array(items) => items.first(),
-        _ => None,
-    }
-    .ok_or_else(|| bad(format!("expected a non-empty array, got {text:?}")))?;
-    let addr = |key: &str| -> Result<Option<IpAddr>, SysError> {
-        match first.get(key).and_then(Json::as_str) {
-            None => Ok(None),
-            Some(s) => s
-                .parse()
-                .map(Some)
-                .map_err(|_| bad(format!("bad {key} {s:?}"))),
-        }
+    let routes: Vec<Route> =
+        serde_json::from_str(text.trim()).map_err(|e| bad(format!("{e} in {text:?}")))?;
+    let first = routes
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad(format!("expected a non-empty array, got {text:?}")))?;
+    let addr = |key: &str, value: Option<String>| -> Result<Option<IpAddr>, SysError> {
+        value
+            .map(|s| s.parse().map_err(|_| bad(format!("bad {key} {s:?}"))))
+            .transpose()
     };
-    let dev = first
-        .get("dev")
-        .and_then(Json::as_str)
-        .ok_or_else(|| bad(format!("no \"dev\" in {text:?}")))?;
     Ok(RouteInfo {
-        gateway: addr("gateway")?,
-        dev: dev.to_owned(),
-        src: addr("prefsrc")?,
+        gateway: addr("gateway", first.gateway)?,
+        src: addr("prefsrc", first.prefsrc)?,
+        dev: first.dev,
     })
 }
 

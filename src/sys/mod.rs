@@ -11,7 +11,6 @@
 
 pub mod clock;
 pub mod error;
-mod json;
 pub mod link;
 pub mod mem;
 pub mod nft;
