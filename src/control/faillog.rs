@@ -3,19 +3,11 @@
 
 use std::time::Duration;
 
+use crate::proto::handshake::FailureReason;
 use crate::proto::time::Instant;
 
 /// Window of the failure log.
 pub const FAILURE_LOG_WINDOW: Duration = Duration::from_secs(10);
-
-/// Reasons the failure log tells apart (names used in the log line and in metrics).
-pub const FAILURE_REASONS: [&str; 5] = [
-    "unknown_peer",
-    "replayed",
-    "bad_mac",
-    "rate_limited",
-    "other",
-];
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Slot {
@@ -26,14 +18,14 @@ struct Slot {
 /// Per-reason counts since the last line.
 #[derive(Debug, Default)]
 pub struct FailureLog {
-    slots: [Slot; FAILURE_REASONS.len()],
+    slots: [Slot; FailureReason::ALL.len()],
 }
 
 impl FailureLog {
-    /// Counts a failure of reason `reason` (an index into [`FAILURE_REASONS`]). Returns the count
-    /// to log now, if a line is due: the first failure at once, then at most once per window.
-    pub fn note(&mut self, reason: usize, now: Instant) -> Option<u64> {
-        let slot = &mut self.slots[reason];
+    /// Counts a failure of reason `reason`. Returns the count to log now, if a line is due: the
+    /// first failure at once, then at most once per window.
+    pub fn note(&mut self, reason: FailureReason, now: Instant) -> Option<u64> {
+        let slot = &mut self.slots[reason as usize];
         slot.pending += 1;
         Self::due(slot, now)
     }
@@ -51,11 +43,11 @@ impl FailureLog {
     }
 
     /// Lines due without a new failure (counts held back whose window has passed).
-    pub fn flush(&mut self, now: Instant) -> Vec<(&'static str, u64)> {
+    pub fn flush(&mut self, now: Instant) -> Vec<(FailureReason, u64)> {
         let mut out = Vec::new();
-        for (i, slot) in self.slots.iter_mut().enumerate() {
+        for (reason, slot) in FailureReason::ALL.into_iter().zip(&mut self.slots) {
             if let Some(n) = Self::due(slot, now) {
-                out.push((FAILURE_REASONS[i], n));
+                out.push((reason, n));
             }
         }
         out
@@ -70,18 +62,19 @@ mod tests {
     fn one_line_per_reason_per_window_with_the_count() {
         let mut log = FailureLog::default();
         let t0 = Instant::from_nanos(1_000_000_000);
-        assert_eq!(log.note(0, t0), Some(1));
+        let unknown = FailureReason::UnknownPeer;
+        assert_eq!(log.note(unknown, t0), Some(1));
         for i in 1..=99 {
-            assert_eq!(log.note(0, t0 + Duration::from_millis(i * 10)), None);
+            assert_eq!(log.note(unknown, t0 + Duration::from_millis(i * 10)), None);
         }
         // Another reason has its own window.
-        assert_eq!(log.note(1, t0 + Duration::from_secs(1)), Some(1));
-        assert!(log.flush(t0 + Duration::from_secs(5)).is_empty());
         assert_eq!(
-            log.flush(t0 + Duration::from_secs(10)),
-            vec![("unknown_peer", 99)]
+            log.note(FailureReason::Replayed, t0 + Duration::from_secs(1)),
+            Some(1)
         );
+        assert!(log.flush(t0 + Duration::from_secs(5)).is_empty());
+        assert_eq!(log.flush(t0 + Duration::from_secs(10)), vec![(unknown, 99)]);
         assert!(log.flush(t0 + Duration::from_secs(30)).is_empty());
-        assert_eq!(log.note(0, t0 + Duration::from_secs(31)), Some(1));
+        assert_eq!(log.note(unknown, t0 + Duration::from_secs(31)), Some(1));
     }
 }

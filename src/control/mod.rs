@@ -16,12 +16,12 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{select, Receiver};
 
 use self::command::{AddPeer, Addressing, Command, ReloadReport, Snapshot};
-use self::faillog::{FailureLog, FAILURE_REASONS};
+use self::faillog::FailureLog;
 use self::reload::PeerSpec;
 use crate::dataplane::stats::{latency_histogram, record_latency, SharedLatency};
 use crate::dataplane::worker::HandshakeMessage;
 use crate::proto::cookie::CookieSecrets;
-use crate::proto::handshake::HandshakeError;
+use crate::proto::handshake::FailureReason;
 use crate::proto::keys::{PresharedKey, PublicKey};
 use crate::proto::rng::OsRandom;
 use crate::proto::server::{HandshakeReply, PeerConfig, Server};
@@ -76,16 +76,8 @@ pub struct HandshakeStats {
     pub completed: AtomicU64,
     /// Cookie replies sent.
     pub cookie_replies: AtomicU64,
-    /// Initiations refused (any reason).
-    pub failed: AtomicU64,
-    /// Of those: unknown static key.
-    pub unknown_peer: AtomicU64,
-    /// Of those: replayed timestamp.
-    pub replayed: AtomicU64,
-    /// Of those: bad mac1.
-    pub bad_mac: AtomicU64,
-    /// Of those: rate limited.
-    pub rate_limited: AtomicU64,
+    /// Initiations refused, by [`FailureReason`] (indexed by `reason as usize`).
+    pub failed: [AtomicU64; FailureReason::ALL.len()],
     /// Handshake latency: from the worker receiving the initiation to the control thread sending
     /// its answer (responses, and the cookie replies it writes), in ns. Cookie replies a worker
     /// writes itself are in that worker's per-packet latency instead.
@@ -453,20 +445,11 @@ impl Control {
                 self.record_latency(msg);
             }
             Err(e) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                let (counter, reason) = match e {
-                    HandshakeError::UnknownPeer => (Some(&self.stats.unknown_peer), 0),
-                    HandshakeError::Replayed => (Some(&self.stats.replayed), 1),
-                    HandshakeError::BadMac => (Some(&self.stats.bad_mac), 2),
-                    HandshakeError::RateLimited => (Some(&self.stats.rate_limited), 3),
-                    _ => (None, 4),
-                };
-                if let Some(c) = counter {
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
+                let reason = e.reason();
+                self.stats.failed[reason as usize].fetch_add(1, Ordering::Relaxed);
                 if let Some(count) = self.failures.note(reason, now) {
                     tracing::warn!(
-                        reason = FAILURE_REASONS[reason],
+                        reason = reason.name(),
                         count,
                         last_source = %msg.src,
                         error = %e,
@@ -492,7 +475,7 @@ impl Control {
         self.stats.latency.merge_from(&mut self.latency);
         for (reason, count) in self.failures.flush(now) {
             tracing::warn!(
-                reason,
+                reason = reason.name(),
                 count,
                 "handshake failures (at most one line per reason per 10 s)"
             );

@@ -163,23 +163,23 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
         );
     }
 
-    let (completed, cookies, _failed, reasons) = ops.handshake_counts();
+    let counts = ops.handshake_counts();
     o.head(
         "handshakes_completed_total",
         "counter",
         "Handshakes completed.",
     );
-    o.sample("handshakes_completed_total", "", completed);
+    o.sample("handshakes_completed_total", "", counts.completed);
     o.head(
         "handshakes_failed_total",
         "counter",
         "Handshake initiations refused, by reason.",
     );
-    for (reason, v) in reasons {
+    for (reason, n) in counts.by_reason {
         o.sample(
             "handshakes_failed_total",
-            &format!("reason=\"{reason}\""),
-            v,
+            &format!("reason=\"{}\"", reason.name()),
+            n,
         );
     }
     o.head(
@@ -187,7 +187,7 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
         "counter",
         "Cookie replies sent (under load).",
     );
-    o.sample("cookie_replies_total", "", cookies);
+    o.sample("cookie_replies_total", "", counts.cookie_replies);
     o.head(
         "handshake_latency_seconds",
         "summary",

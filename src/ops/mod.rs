@@ -23,6 +23,7 @@ use crate::control::command::{AddPeer, Addressing, Command, ReloadReport, Snapsh
 use crate::control::reload::{self, PeerSpec};
 use crate::control::HandshakeStats;
 use crate::dataplane::stats::{Counters, SharedCounters, SharedLatency};
+use crate::proto::handshake::FailureReason;
 use crate::proto::keys::PublicKey;
 use crate::proto::time::Instant;
 use crate::sys::clock::monotonic_now;
@@ -56,6 +57,19 @@ pub struct Ops {
     pub started: Instant,
     rates: Mutex<Rates>,
     reload_lock: Mutex<()>,
+}
+
+/// The server's handshake counters at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeCounts {
+    /// Handshakes completed.
+    pub completed: u64,
+    /// Cookie replies sent (the control thread's and the workers').
+    pub cookie_replies: u64,
+    /// Initiations refused, whatever the reason.
+    pub failed: u64,
+    /// Refusals by reason.
+    pub by_reason: [(FailureReason, u64); FailureReason::ALL.len()],
 }
 
 /// Counters at the previous rate sample.
@@ -221,35 +235,21 @@ impl Ops {
     }
 
     /// Handshake counters: completed, cookie replies (the control thread's and the workers'),
-    /// failed, and the failures by reason (unknown_peer, replayed, bad_mac, rate_limited,
-    /// other).
-    pub fn handshake_counts(&self) -> (u64, u64, u64, [(&'static str, u64); 5]) {
+    /// and failures by reason.
+    pub fn handshake_counts(&self) -> HandshakeCounts {
         let h = &self.handshakes;
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let failed = get(&h.failed);
-        let known = [
-            get(&h.unknown_peer),
-            get(&h.replayed),
-            get(&h.bad_mac),
-            get(&h.rate_limited),
-        ];
-        let other = failed.saturating_sub(known.iter().sum());
-        (
-            get(&h.completed),
-            get(&h.cookie_replies)
+        let by_reason =
+            FailureReason::ALL.map(|r| (r, h.failed[r as usize].load(Ordering::Relaxed)));
+        HandshakeCounts {
+            completed: h.completed.load(Ordering::Relaxed),
+            cookie_replies: h.cookie_replies.load(Ordering::Relaxed)
                 + self
                     .counters
                     .iter()
                     .map(|c| c.snapshot().cookie_replies)
                     .sum::<u64>(),
-            failed,
-            [
-                ("unknown_peer", known[0]),
-                ("replayed", known[1]),
-                ("bad_mac", known[2]),
-                ("rate_limited", known[3]),
-                ("other", other),
-            ],
-        )
+            failed: by_reason.iter().map(|(_, n)| n).sum(),
+            by_reason,
+        }
     }
 }

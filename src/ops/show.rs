@@ -67,7 +67,7 @@ pub fn show(ops: &Ops, offset: usize, limit: usize) -> Result<ShowReply, String>
             latency: LatencySummary::of(&lat.snapshot()),
         })
         .collect();
-    let (completed, cookie_replies, failed, reasons) = ops.handshake_counts();
+    let counts = ops.handshake_counts();
     Ok(ShowReply {
         interface: ops.interface.clone(),
         public_key: ops.public_key.to_string(),
@@ -75,10 +75,14 @@ pub fn show(ops: &Ops, offset: usize, limit: usize) -> Result<ShowReply, String>
         uptime_secs: (snap.now - ops.started).as_secs(),
         workers,
         handshakes: HandshakeReport {
-            completed,
-            cookie_replies,
-            failed,
-            failed_by_reason: reasons.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            completed: counts.completed,
+            cookie_replies: counts.cookie_replies,
+            failed: counts.failed,
+            failed_by_reason: counts
+                .by_reason
+                .iter()
+                .map(|(reason, n)| (reason.name().to_string(), *n))
+                .collect(),
             latency: LatencySummary::of(&ops.handshakes.latency.snapshot()),
         },
         peers_total: total,

@@ -50,6 +50,60 @@ pub enum HandshakeError {
     BadAssignment,
 }
 
+/// How an initiation failure is counted and logged: the few kinds an operator tells apart,
+/// with names that stay stable in logs, `show` and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// The initiator's static key belongs to no configured peer.
+    UnknownPeer,
+    /// A timestamp not newer than the last accepted one from that peer.
+    Replayed,
+    /// mac1 did not match.
+    BadMac,
+    /// The source sent too many initiations.
+    RateLimited,
+    /// Anything else (malformed, did not decrypt, ...).
+    Other,
+}
+
+impl FailureReason {
+    /// Every reason, in the order of their counters.
+    pub const ALL: [FailureReason; 5] = [
+        FailureReason::UnknownPeer,
+        FailureReason::Replayed,
+        FailureReason::BadMac,
+        FailureReason::RateLimited,
+        FailureReason::Other,
+    ];
+
+    /// The stable name (log field, `show` key, metrics label).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureReason::UnknownPeer => "unknown_peer",
+            FailureReason::Replayed => "replayed",
+            FailureReason::BadMac => "bad_mac",
+            FailureReason::RateLimited => "rate_limited",
+            FailureReason::Other => "other",
+        }
+    }
+}
+
+impl HandshakeError {
+    /// The reason this failure is counted under.
+    pub fn reason(self) -> FailureReason {
+        match self {
+            HandshakeError::UnknownPeer => FailureReason::UnknownPeer,
+            HandshakeError::Replayed => FailureReason::Replayed,
+            HandshakeError::BadMac => FailureReason::BadMac,
+            HandshakeError::RateLimited => FailureReason::RateLimited,
+            HandshakeError::Malformed
+            | HandshakeError::Decryption
+            | HandshakeError::Unexpected
+            | HandshakeError::BadAssignment => FailureReason::Other,
+        }
+    }
+}
+
 fn noise_builder() -> Builder<'static> {
     // NOISE_PARAMS is a constant known to parse.
     Builder::new(NOISE_PARAMS.parse().expect("valid Noise parameters"))
