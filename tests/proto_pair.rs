@@ -571,8 +571,13 @@ fn cookie_exchange_under_load() {
         "first initiation answered with a cookie"
     );
     assert!(
+        sim.client.assignment().is_none(),
+        "the cookie waits for the retransmission"
+    );
+    sim.run_for(REKEY_TIMEOUT);
+    assert!(
         sim.client.assignment().is_some(),
-        "the retry with mac2 completed the handshake"
+        "the retransmission with mac2 completed the handshake"
     );
     sim.client_sends(1).unwrap();
     sim.run_for(Duration::from_secs(1));
