@@ -540,3 +540,6 @@ fn open_datagram<'t>(
         TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len,
     ))
 }
+
+#[cfg(test)]
+mod tests;
