@@ -27,8 +27,7 @@ struct Headend {
     load: LoadSignal,
     cookie_secrets: arc_swap::ArcSwap<crate::proto::cookie::CookieSecrets>,
     nonces: PrfRandom,
-    shedder: crate::proto::ratelimit::SlotLimiter,
-    reply_budget: crate::proto::ratelimit::TokenBucket,
+    admission: Admission<SlotLimiter>,
     counters: crate::dataplane::stats::Counters,
 }
 
@@ -46,15 +45,7 @@ impl Headend {
             queued,
             load,
             nonces: PrfRandom::new(rng),
-            shedder: crate::proto::ratelimit::SlotLimiter::new(
-                crate::proto::handshake::COOKIE_REPLIES_PER_SECOND,
-                crate::proto::handshake::COOKIE_REPLY_BURST,
-                16_384,
-            ),
-            reply_budget: crate::proto::ratelimit::TokenBucket::new(
-                crate::proto::handshake::COOKIE_REPLIES_PER_WORKER_PER_SECOND,
-                crate::proto::handshake::COOKIE_REPLIES_PER_WORKER_BURST,
-            ),
+            admission: super::super::worker::worker_admission(),
             counters: Default::default(),
         }
     }
@@ -72,10 +63,9 @@ impl Headend {
             queue: &self.queue,
             mac_keys: &self.mac_keys,
             load: &self.load,
-            shedder: &mut self.shedder,
+            admission: &mut self.admission,
             cookie_secrets: &self.cookie_secrets,
             nonces: &mut self.nonces,
-            reply_budget: &mut self.reply_budget,
         };
         match gate.vet(&mut buf, src, now, &mut self.counters) {
             Ok(Delivery::Reply { len }) => return Some(buf[..len].to_vec()),
@@ -151,9 +141,9 @@ fn junk_from_the_victims_address_does_not_lock_it_out_under_load() {
         start,
         Duration::from_secs(1_700_000_000),
     );
-    // Ten times the rate the old per-source buckets allowed one source (40 initiations/s:
-    // `COOKIE_REPLIES_PER_SECOND`, in the workers' shedder and the responder's cookie
-    // limiter), all from the victim's address: a third from its very port.
+    // Ten times the rate the old per-source buckets allowed one source (40 initiations/s, in
+    // the workers' shedder and the responder's cookie-reply limiter, both charged before mac2
+    // proved anything), all from the victim's address: a third from its very port.
     let junk_every = Duration::from_nanos(1_000_000_000 / (10 * 40));
     let deadline = start + REKEY_TIMEOUT + Duration::from_secs(2);
     let mut events: BTreeMap<(Instant, u64), Event> = BTreeMap::new();
