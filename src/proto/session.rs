@@ -51,6 +51,10 @@ pub struct Session {
     /// The oldest packet sent since anything was last received (0 = none): after
     /// `NEW_HANDSHAKE_AFTER_SILENCE` without an answer the initiator starts a new handshake.
     unanswered_since: AtomicU64,
+    /// Tests only: called inside a promotion of `next`, between deciding to promote and the
+    /// promotion taking effect, so a test can land a concurrent `clear` exactly there.
+    #[cfg(test)]
+    promote_pause: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 fn stamp(at: &AtomicU64, now: Instant) {
@@ -171,6 +175,10 @@ impl Session {
         if !prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, confirmed)) {
             return false; // another worker promoted it first
         }
+        #[cfg(test)]
+        if let Some(pause) = self.promote_pause.get() {
+            pause();
+        }
         self.previous
             .store(self.current.swap(Some(confirmed.clone())));
         true
@@ -241,5 +249,80 @@ impl Session {
             .iter()
             .filter_map(|slot| slot.swap(None).map(|k| k.local_index))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+    use zeroize::Zeroizing;
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_nanos(1_000_000_000 + ms * 1_000_000)
+    }
+
+    /// The server's keypair (`local_index`) and the client's twin that seals for it.
+    fn responder_pair(seed: u8, local_index: u32) -> (Arc<Keypair>, Keypair) {
+        let (a, b) = (
+            Zeroizing::new([seed; 32]),
+            Zeroizing::new([seed ^ 0xff; 32]),
+        );
+        let server = Keypair::new(&b, &a, local_index, 100 + local_index, t(0), false);
+        let client = Keypair::new(&a, &b, 100 + local_index, local_index, t(0), true);
+        (Arc::new(server), client)
+    }
+
+    fn sealed_by(client: &Keypair) -> Vec<u8> {
+        let mut buf = vec![0u8; 16 + 4 + 16];
+        buf[16..20].copy_from_slice(b"ping");
+        let n = client.seal(&mut buf, 4, t(1)).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn a_clear_during_a_promotion_is_not_undone() {
+        // current = 1, next = 2; a worker's packet under 2 promotes it while the control
+        // thread clears the session (the peer was removed, or its keys went stale).
+        let session = Arc::new(Session::new());
+        let (first, first_client) = responder_pair(1, 1);
+        session.install(first, t(0));
+        let confirmed = session.decrypt(1, &mut sealed_by(&first_client), t(1));
+        assert!(confirmed.unwrap().confirmed_next);
+        let (next, client) = responder_pair(2, 2);
+        session.install(next, t(1));
+        let barrier = Arc::new(Barrier::new(2));
+        let pause = barrier.clone();
+        let _ = session.promote_pause.set(Box::new(move || {
+            pause.wait(); // the promotion is under way
+            pause.wait(); // the clear is done
+        }));
+        let mut packet = sealed_by(&client);
+        let worker = {
+            let session = session.clone();
+            std::thread::spawn(move || session.decrypt(2, &mut packet, t(1)).map(|r| r.plaintext))
+        };
+        barrier.wait();
+        let erased = session.clear();
+        barrier.wait();
+        let opened = worker.join().unwrap();
+        assert_eq!(opened, Ok(16..20), "the packet itself was genuine");
+        assert!(
+            erased.contains(&1),
+            "the clear erased `current`: {erased:?}"
+        );
+        assert_eq!(
+            session.local_indexes(),
+            Vec::<u32>::new(),
+            "the promotion brought a cleared keypair back"
+        );
+        assert!(session.current(t(2)).is_none());
+        let mut out = [0u8; 48];
+        assert_eq!(
+            session.encrypt(&mut out, 0, t(2)),
+            Err(SessionError::NoKeypair),
+            "a cleared session still seals"
+        );
     }
 }
