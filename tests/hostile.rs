@@ -877,6 +877,61 @@ fn identity_is_not_on_the_wire() {
 }
 
 #[test]
+fn a_responses_mac1_tells_which_known_client_it_answers() {
+    // A limit of identity hiding, not a defect of the code: the response's mac1 is keyed by
+    // HASH("mac1----" || client static public), so whoever holds a list of candidate client
+    // public keys (from a config, `show`, per-peer metrics, logs) can tell, from one
+    // response on the wire, which of them the handshake was for: one HMAC per candidate.
+    use concentrator::proto::client::{Client, ClientConfig, ClientEvent};
+    use concentrator::proto::cookie::{self, MacKeys};
+    use concentrator::proto::keys::{PresharedKey, StaticSecret};
+    use concentrator::proto::rng::SeededRandom;
+    use concentrator::proto::server::HandshakeReply;
+    use concentrator::proto::time::Instant as PInstant;
+    let (ss, cs) = ([0x11u8; 32], [0x22u8; 32]);
+    let now = PInstant::from_nanos(1_000_000_000);
+    let mut rng = SeededRandom(6);
+    let mut server = recording_server(ss, cs, now, &mut rng);
+    let mut client = Client::new(
+        ClientConfig {
+            secret: StaticSecret::from_bytes(cs),
+            server: StaticSecret::from_bytes(ss).public_key(),
+            psk: PresharedKey::zero(),
+            persistent_keepalive: None,
+        },
+        now,
+        Duration::from_secs(1_700_000_000),
+    );
+    let mut out = [0u8; 256];
+    let n = client.poll_transmit(now, &mut rng, &mut out).unwrap();
+    let src: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+    let mut resp = [0u8; 256];
+    let Ok(HandshakeReply::Established(est)) =
+        server.handle_initiation(&out[..n], src, now, false, &mut rng, &mut resp)
+    else {
+        panic!("handshake failed");
+    };
+    let response = resp[..est.len].to_vec();
+    assert!(matches!(
+        client.receive(&mut response.clone(), now),
+        ClientEvent::Connected(_)
+    ));
+    let candidates: Vec<_> = (0u8..50)
+        .map(|i| StaticSecret::from_bytes([0x30 + i; 32]).public_key())
+        .chain([StaticSecret::from_bytes(cs).public_key()])
+        .collect();
+    let matching: Vec<_> = candidates
+        .iter()
+        .filter(|k| cookie::verify_mac1(&MacKeys::new(k.as_bytes()), &response))
+        .collect();
+    assert_eq!(
+        matching,
+        vec![&StaticSecret::from_bytes(cs).public_key()],
+        "the response's mac1 names its client among the candidates"
+    );
+}
+
+#[test]
 fn recorded_traffic_stays_secret_when_static_keys_leak() {
     use concentrator::proto::rng::SeededRandom;
     use concentrator::proto::server::HandshakeReply;

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concentrator::proto::client::{Client, ClientConfig, ClientEvent};
-use concentrator::proto::constants::{REJECT_AFTER_TIME, REKEY_AFTER_TIME, ZERO_KEYS_AFTER};
+use concentrator::proto::constants::{
+    REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT, ZERO_KEYS_AFTER,
+};
+use concentrator::proto::cookie::CookieChecker;
 use concentrator::proto::ip;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::{Random, SeededRandom};
@@ -55,6 +58,20 @@ struct LinkFaults {
     reorder: u64,
 }
 
+/// An on-path injector: it sees every initiation on the link and answers it with a forged cookie
+/// reply. All it needs is the server's public key (the reply's key comes from it) and the
+/// initiation's mac1 (sent in the clear); its "cookie" comes from a secret of its own.
+struct Forger {
+    checker: CookieChecker,
+    /// How long after the initiation its forgery reaches the client (ahead of the server's
+    /// answer when shorter than the round trip).
+    delay: Duration,
+    /// Initiations let pass unanswered before it starts forging.
+    skip: u64,
+    seen: u64,
+    forged: u64,
+}
+
 #[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy, Debug)]
 enum Side {
     ToServer,
@@ -81,6 +98,9 @@ struct Sim {
     at_client: Vec<u32>,
     cookie_replies: u64,
     handshake_errors: Vec<String>,
+    /// Every initiation the client put on the link, with the time it did.
+    initiations: Vec<(Instant, Vec<u8>)>,
+    forger: Option<Forger>,
 }
 
 fn server_with_client(
@@ -131,7 +151,47 @@ impl Sim {
             at_client: Vec::new(),
             cookie_replies: 0,
             handshake_errors: Vec::new(),
+            initiations: Vec::new(),
+            forger: None,
         }
+    }
+
+    /// Puts a [`Forger`] on the link.
+    fn add_forger(&mut self, delay: Duration, skip: u64) {
+        let server_public = StaticSecret::from_bytes(self.server_key_bytes).public_key();
+        self.forger = Some(Forger {
+            checker: CookieChecker::new(server_public.as_bytes(), self.now, &mut self.rng),
+            delay,
+            skip,
+            seen: 0,
+            forged: 0,
+        });
+    }
+
+    /// The forger's answer to an initiation the client just sent, if it forges one.
+    fn forge(&mut self, initiation: &[u8]) {
+        let Some(forger) = self.forger.as_mut() else {
+            return;
+        };
+        forger.seen += 1;
+        if forger.seen <= forger.skip {
+            return;
+        }
+        let mut reply = [0u8; wire::COOKIE_REPLY_LEN];
+        let attacker: SocketAddr = "198.51.100.66:1".parse().unwrap();
+        forger.checker.write_cookie_reply(
+            initiation,
+            attacker,
+            self.now,
+            &mut self.rng,
+            &mut reply,
+        );
+        forger.forged += 1;
+        self.seq += 1;
+        self.in_flight.insert(
+            (self.now + forger.delay, self.seq),
+            (Side::ToClient, reply.to_vec()),
+        );
     }
 
     fn make_client(
@@ -167,6 +227,10 @@ impl Sim {
     fn transmit(&mut self, side: Side, bytes: Vec<u8>) {
         if wire::message_type(&bytes) == Ok(MessageType::Transport) {
             self.transport_sent[side as usize] += 1;
+        }
+        if side == Side::ToServer && wire::message_type(&bytes) == Ok(MessageType::Initiation) {
+            self.initiations.push((self.now, bytes.clone()));
+            self.forge(&bytes);
         }
         if !self.link_up || self.chance(self.faults.loss) {
             return;
@@ -507,8 +571,13 @@ fn cookie_exchange_under_load() {
         "first initiation answered with a cookie"
     );
     assert!(
+        sim.client.assignment().is_none(),
+        "the cookie waits for the retransmission"
+    );
+    sim.run_for(REKEY_TIMEOUT);
+    assert!(
         sim.client.assignment().is_some(),
-        "the retry with mac2 completed the handshake"
+        "the retransmission with mac2 completed the handshake"
     );
     sim.client_sends(1).unwrap();
     sim.run_for(Duration::from_secs(1));
@@ -579,6 +648,71 @@ fn a_forged_response_does_not_cancel_the_pending_handshake() {
         "no retry was needed"
     );
     assert!(sim2.client.assignment().is_some());
+}
+
+#[test]
+fn a_forged_cookie_reply_does_not_cancel_the_pending_handshake() {
+    // Not under load: the server answers the first initiation with a response, but a forged
+    // cookie reply for it reaches the client first (1 ms against a 40 ms round trip), and so on
+    // for every initiation the client sends.
+    let mut sim = Sim::new(13, LinkFaults::default());
+    sim.add_forger(Duration::from_millis(1), 0);
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    let forged = sim.forger.as_ref().unwrap().forged;
+    assert!(forged >= 1, "the forger answered no initiation");
+    assert_eq!(
+        sim.client.stats().initiations_sent,
+        1,
+        "the forged cookie made the client start over ({forged} forgeries)"
+    );
+    assert!(
+        sim.client.assignment().is_some(),
+        "the server's genuine response did not complete the pending handshake"
+    );
+    sim.client_sends(1).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.at_server, vec![1]);
+}
+
+#[test]
+fn under_load_a_cookie_waits_for_the_retransmission_and_a_forgery_then_changes_nothing() {
+    // Under load the first initiation gets the server's cookie. The client keeps its pending
+    // handshake and sends the cookie's mac2 with its retransmission, on the normal timer. The
+    // forger answers that retransmission (and every later initiation) first; the server's
+    // response to it must still complete the handshake. (A forgery that beats the server's
+    // cookie reply to the first initiation wins, as in WireGuard: see docs/protocol.md, "What
+    // is not protected".)
+    let mut sim = Sim::new(14, LinkFaults::default());
+    sim.under_load = true;
+    sim.add_forger(Duration::from_millis(1), 1);
+    sim.client_poll();
+    sim.run_for(REKEY_TIMEOUT + Duration::from_secs(2));
+    assert_eq!(
+        sim.cookie_replies, 1,
+        "only the first initiation needed one"
+    );
+    assert!(
+        sim.client.assignment().is_some(),
+        "not connected; server errors: {:?}",
+        sim.handshake_errors
+    );
+    assert_eq!(
+        sim.initiations.len(),
+        2,
+        "a cookie or a forgery made the client start over"
+    );
+    let (first_at, first) = &sim.initiations[0];
+    let (retry_at, retry) = &sim.initiations[1];
+    let has_cookie = |m: &[u8]| wire::Initiation::new_checked(m).unwrap().has_cookie();
+    assert!(!has_cookie(first), "the first initiation had no cookie yet");
+    assert!(has_cookie(retry), "the retransmission carries the cookie");
+    assert!(
+        *retry_at - *first_at >= REKEY_TIMEOUT,
+        "retransmitted {:?} after the first, before REKEY_TIMEOUT",
+        *retry_at - *first_at
+    );
+    assert_eq!(sim.forger.as_ref().unwrap().forged, 1);
 }
 
 #[allow(dead_code)]

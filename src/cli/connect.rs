@@ -339,7 +339,7 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
                         }
                     }
                     ClientEvent::CookieReceived => {
-                        tracing::info!("server under load: retrying with a cookie")
+                        tracing::info!("server under load: the next initiation carries its cookie")
                     }
                     ClientEvent::Keepalive | ClientEvent::Dropped(_) => {}
                 }

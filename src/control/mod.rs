@@ -53,7 +53,7 @@ impl LoadSignal {
         now.as_nanos() < self.until_nanos.load(Ordering::Relaxed)
     }
 
-    fn publish(&self, until: Option<Instant>) {
+    pub(crate) fn publish(&self, until: Option<Instant>) {
         let nanos = until.map_or(0, Instant::as_nanos);
         if self.until_nanos.load(Ordering::Relaxed) != nanos {
             self.until_nanos.store(nanos, Ordering::Relaxed);

@@ -19,8 +19,10 @@ use super::worker::{session_drop, HandshakeMessage, Outcome, Worker, TUN_FILE};
 use crate::offload::coalesce::{Coalescer, Push};
 use crate::offload::split::Segmenter;
 use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
+use crate::proto::admission::{Admission, Verdict};
 use crate::proto::constants::MAX_MTU;
 use crate::proto::ip;
+use crate::proto::ratelimit::SlotLimiter;
 use crate::proto::time::Instant;
 use crate::proto::wire::{
     self, MessageType, COOKIE_REPLY_LEN, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN,
@@ -285,10 +287,9 @@ impl Worker {
             queue: &self.ctx.handshakes,
             mac_keys: &self.ctx.mac_keys,
             load: &self.ctx.load,
-            shedder: &mut self.shedder,
+            admission: &mut self.admission,
             cookie_secrets: &self.ctx.cookie_secrets,
             nonces: &mut self.nonces,
-            reply_budget: &mut self.reply_budget,
         };
         let mut ops = PendingOps::new();
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
@@ -411,25 +412,19 @@ struct HandshakeGate<'a> {
     queue: &'a crossbeam_channel::Sender<HandshakeMessage>,
     mac_keys: &'a crate::proto::cookie::MacKeys,
     load: &'a crate::control::LoadSignal,
-    shedder: &'a mut crate::proto::ratelimit::SlotLimiter,
+    admission: &'a mut Admission<SlotLimiter>,
     cookie_secrets: &'a arc_swap::ArcSwap<crate::proto::cookie::CookieSecrets>,
     nonces: &'a mut crate::proto::rng::PrfRandom,
-    reply_budget: &'a mut crate::proto::ratelimit::TokenBucket,
 }
 
 impl HandshakeGate<'_> {
-    /// Decides what becomes of an initiation (`datagram`, checked to be one) from `src`.
-    ///
-    /// Under load every initiation first spends one of its source's tokens (the cheapest check:
-    /// a hash and a bucket, before any HMAC): a handshake takes two, the cookie-less first try
-    /// and the retry with a cookie. One without a valid mac2 is then answered here with a cookie
-    /// reply, written over it in place and sent back from the same slot: no Diffie-Hellman, no
-    /// state, no trip through the control thread. The control thread gets only what carries a
-    /// valid mac1 and, under load, a valid mac2. Replies past the worker's own budget
-    /// ([`COOKIE_REPLIES_PER_WORKER_PER_SECOND`]) are not sent: a flood from random sources
-    /// slips past every per-source limit.
-    ///
-    /// [`COOKIE_REPLIES_PER_WORKER_PER_SECOND`]: crate::proto::handshake::COOKIE_REPLIES_PER_WORKER_PER_SECOND
+    /// Decides what becomes of an initiation (`datagram`, checked to be one) from `src`, with
+    /// the responder's own check ([`Admission::check`]): a bad mac1 is dropped; under load,
+    /// one without a valid mac2 is answered here with a cookie reply, written over it in place
+    /// and sent back from the same slot (no Diffie-Hellman, no state, no trip through the
+    /// control thread), within the worker's budget and with no per-source limit; one with a
+    /// valid mac2 is queued while its source is within its handshake rate. So the control
+    /// thread gets only what carries a valid mac1 and, under load, a valid mac2.
     fn vet(
         &mut self,
         datagram: &mut [u8],
@@ -438,21 +433,17 @@ impl HandshakeGate<'_> {
         counters: &mut super::stats::Counters,
     ) -> Result<Delivery<'static>, DropReason> {
         let under_load = self.load.under_load(now);
-        if under_load && !self.shedder.allow(src.ip(), now) {
-            return Err(DropReason::HandshakeShed);
-        }
-        // One HMAC here keeps initiations not meant for us out of the control thread's queue.
-        if !crate::proto::cookie::verify_mac1(self.mac_keys, datagram) {
-            return Err(DropReason::BadMac);
-        }
-        if under_load {
-            let has_cookie =
-                wire::Initiation::new_checked(&*datagram).is_ok_and(|p| p.has_cookie());
-            let secrets = self.cookie_secrets.load();
-            if !(has_cookie && secrets.check_mac2(datagram, src)) {
-                if !self.reply_budget.allow(now) {
-                    return Err(DropReason::HandshakeShed);
-                }
+        let secrets = self.cookie_secrets.load();
+        match self
+            .admission
+            .check(self.mac_keys, &secrets, datagram, src, now, under_load)
+        {
+            Verdict::Proceed => {}
+            Verdict::BadMac => return Err(DropReason::BadMac),
+            Verdict::OverReplyBudget | Verdict::RateLimited => {
+                return Err(DropReason::HandshakeShed)
+            }
+            Verdict::CookieReply => {
                 let mut reply = [0u8; COOKIE_REPLY_LEN];
                 secrets.write_cookie_reply(self.mac_keys, datagram, src, self.nonces, &mut reply);
                 datagram[..COOKIE_REPLY_LEN].copy_from_slice(&reply);
@@ -540,3 +531,6 @@ fn open_datagram<'t>(
         TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len,
     ))
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,7 +18,9 @@ use super::paths::{OPS_PER_SLOT, REGION};
 use super::stats::{
     latency_histogram, record_latency, Counters, DropReason, SharedCounters, SharedLatency,
 };
+use crate::proto::admission::Admission;
 use crate::proto::keypair::TransportError;
+use crate::proto::ratelimit::SlotLimiter;
 use crate::proto::session::SessionError;
 use crate::proto::time::Instant;
 use crate::proto::wire::{INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN};
@@ -100,13 +102,11 @@ pub(super) struct Worker {
     pub(super) socket_families: Vec<bool>,
     pub(super) offloads: bool,
     pub(super) client_to_client: bool,
-    /// Cookie-reply budget per source while under load (approximate; the control thread's
-    /// limiter is exact).
-    pub(super) shedder: crate::proto::ratelimit::SlotLimiter,
+    /// The under-load check of initiations (the responder's, with a fixed table for the
+    /// per-source limit of valid-mac2 initiations; the control thread's limiter is exact).
+    pub(super) admission: Admission<SlotLimiter>,
     /// Nonces of the cookie replies this worker writes.
     pub(super) nonces: crate::proto::rng::PrfRandom,
-    /// All cookie replies of this worker, whatever their sources.
-    pub(super) reply_budget: crate::proto::ratelimit::TokenBucket,
 }
 
 /// Runs a worker until `stop` is set. `ready` gets the outcome of the set-up (the ring must be
@@ -169,24 +169,26 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         counters: Counters::default(),
         tun_slots,
         socket_families,
-        shedder: crate::proto::ratelimit::SlotLimiter::new(
-            crate::proto::handshake::COOKIE_REPLIES_PER_SECOND,
-            crate::proto::handshake::COOKIE_REPLY_BURST,
-            SHED_SLOTS,
-        ),
+        admission: worker_admission(),
         nonces: crate::proto::rng::PrfRandom::new(&mut crate::proto::rng::OsRandom),
-        reply_budget: crate::proto::ratelimit::TokenBucket::new(
-            crate::proto::handshake::COOKIE_REPLIES_PER_WORKER_PER_SECOND,
-            crate::proto::handshake::COOKIE_REPLIES_PER_WORKER_BURST,
-        ),
     })
 }
 
-/// Slots of a worker's shedding limiter: 16 384 x 16 bytes, resident only as they are used. A
-/// flood from random sources spreads over all of them (50 000/s: ~3/s per slot, under the
-/// per-source cookie rate); a flood from 256 sources occupies 768 (3 per source), so a
-/// legitimate source has all three of its slots taken by heavy ones about once in 10 000.
-const SHED_SLOTS: usize = 16_384;
+/// A worker's under-load check: the responder's budget of cookie replies, and WireGuard's
+/// per-source handshake rate for initiations with a valid mac2 in a fixed table.
+pub(super) fn worker_admission() -> Admission<SlotLimiter> {
+    Admission::new(SlotLimiter::new(
+        crate::proto::ratelimit::DEFAULT_PACKETS_PER_SECOND,
+        crate::proto::ratelimit::DEFAULT_BURST,
+        PROVEN_SOURCE_SLOTS,
+    ))
+}
+
+/// Slots of a worker's per-source limiter of valid-mac2 initiations: 16 384 x 16 bytes,
+/// resident only as they are used. Only sources that received a cookie at their address get
+/// there, so spoofed floods do not fill it; 256 busy sources occupy 768 (3 each), and a quiet
+/// source has all three of its slots taken by busy ones about once in 10 000.
+const PROVEN_SOURCE_SLOTS: usize = 16_384;
 
 impl Worker {
     fn home_socket(&self, slot: u32) -> u8 {

@@ -51,7 +51,8 @@ pub enum ClientEvent {
     Keepalive,
     /// A handshake completed; the server assigned this address (same on every rekey).
     Connected(AddressAssignment),
-    /// The server is under load and sent a cookie; the next initiation will carry it.
+    /// A cookie reply opened (the server is under load, or someone forged it): the next
+    /// initiation, sent when the pending one is due for retransmission, carries the cookie.
     CookieReceived,
     /// Dropped, for this reason.
     Dropped(DropReason),
@@ -162,14 +163,13 @@ impl Client {
         match wire::message_type(buf) {
             Ok(MessageType::Transport) => self.receive_transport(buf, now),
             Ok(MessageType::Response) => self.receive_response(buf, now),
+            // The cookie only goes into the jar, for mac2 of the next initiation; the pending
+            // handshake stays and is retransmitted on its normal timer, as WireGuard does. A
+            // reply opens for anyone who knows the server's public key and saw our mac1, so
+            // acting on it (a new initiation at once) would let an injector cancel every
+            // handshake before the server's genuine response arrives.
             Ok(MessageType::CookieReply) => match self.cookies.accept_cookie_reply(buf, now) {
-                Ok(()) => {
-                    // Answer at once with an initiation that carries the cookie.
-                    if self.handshake.is_some() {
-                        self.retry_at = Some(now);
-                    }
-                    ClientEvent::CookieReceived
-                }
+                Ok(()) => ClientEvent::CookieReceived,
                 Err(_) => ClientEvent::Dropped(DropReason::BadCookie),
             },
             _ => ClientEvent::Dropped(DropReason::Malformed),

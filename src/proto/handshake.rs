@@ -10,6 +10,7 @@ use std::sync::Arc;
 use snow::{Builder, HandshakeState};
 use zeroize::Zeroizing;
 
+use super::admission::{Admission, Verdict};
 use super::constants::{NOISE_PARAMS, NOISE_PROLOGUE};
 use super::cookie::{self, CookieChecker, CookieJar, CookieSecrets, MacKeys};
 use super::keypair::Keypair;
@@ -226,33 +227,13 @@ pub enum ResponderAction {
     Verified(Box<VerifiedInitiation>),
 }
 
-/// Cookie replies per second one source may get under load: twice the handshakes it may then
-/// complete ([`crate::proto::ratelimit::DEFAULT_PACKETS_PER_SECOND`]), so the cookie never is
-/// what holds a legitimate client back, while a flood from few addresses is not answered
-/// packet for packet (each reply costs a UDP send).
-pub const COOKIE_REPLIES_PER_SECOND: u32 = 2 * crate::proto::ratelimit::DEFAULT_PACKETS_PER_SECOND;
-/// Cookie replies a quiet source may get at once (twice WireGuard's handshake burst).
-pub const COOKIE_REPLY_BURST: u32 = 2 * crate::proto::ratelimit::DEFAULT_BURST;
-
-/// Cookie replies one data-plane worker sends per second at most, whatever the number of
-/// sources: the per-source limit does nothing against a flood from spoofed random addresses,
-/// and each reply costs the worker 4-7 us (0.9 us of MACs and AES-GCM, `benches/proto.rs`
-/// `cookie/write_reply`, plus the kernel's UDP send; docs/security.md), so this caps that work
-/// near a tenth of a core. Beyond it initiations are shed; a legitimate client then gets its
-/// cookie on a later try.
-pub const COOKIE_REPLIES_PER_WORKER_PER_SECOND: u32 = 20_000;
-/// Cookie replies a worker may send at once after a quiet spell (50 ms at the full rate).
-pub const COOKIE_REPLIES_PER_WORKER_BURST: u32 = 1_000;
-
-/// The server's side of the handshake: its static key, cookie secrets and rate limiters.
+/// The server's side of the handshake: its static key, cookie secrets and the under-load
+/// check (its cookie-reply budget and its per-source limit for initiations with a valid mac2).
 pub struct Responder {
     secret: StaticSecret,
     public: PublicKey,
     cookies: CookieChecker,
-    /// Handshakes (valid mac2) per source under load.
-    limiter: RateLimiter,
-    /// Cookie replies per source under load.
-    cookie_limiter: RateLimiter,
+    admission: Admission<RateLimiter>,
 }
 
 impl Responder {
@@ -261,12 +242,7 @@ impl Responder {
         let public = secret.public_key();
         Responder {
             cookies: CookieChecker::new(public.as_bytes(), now, rng),
-            limiter: RateLimiter::default(),
-            cookie_limiter: RateLimiter::new(
-                COOKIE_REPLIES_PER_SECOND,
-                COOKIE_REPLY_BURST,
-                crate::proto::ratelimit::DEFAULT_MAX_SOURCES,
-            ),
+            admission: Admission::new(RateLimiter::default()),
             secret,
             public,
         }
@@ -291,11 +267,12 @@ impl Responder {
 
     /// Handles a handshake initiation from `src`.
     ///
-    /// mac1 is checked before any Diffie-Hellman; a failure gets no answer. When the caller says
-    /// it is `under_load`, an initiation without a valid mac2 for `src` gets a cookie reply
-    /// (written to `out`) and no Diffie-Hellman either, and sources that do prove their address
-    /// are rate limited. Cookie replies are rate limited per source too
-    /// ([`COOKIE_REPLIES_PER_SECOND`]).
+    /// The check before any Diffie-Hellman is [`Admission::check`], the same as the
+    /// data-plane workers': mac1 (a failure gets no answer); when the caller says it is
+    /// `under_load`, an initiation without a valid mac2 for `src` gets a cookie reply (written
+    /// to `out`) within a global budget and no Diffie-Hellman either, and only sources that
+    /// prove their address with mac2 are rate limited. Over the budget or the rate:
+    /// [`HandshakeError::RateLimited`].
     pub fn handle_initiation(
         &mut self,
         msg: &[u8],
@@ -308,26 +285,31 @@ impl Responder {
         if wire::message_type(msg) != Ok(MessageType::Initiation) {
             return Err(HandshakeError::Malformed);
         }
-        if !self.cookies.check_mac1(msg) {
-            return Err(HandshakeError::BadMac);
-        }
         if under_load {
-            // An all-zero mac2 means "no cookie yet" (the initiator's jar is empty): skip the two
-            // MACs of the check, which a flood without cookies would otherwise cost every time.
-            let no_cookie = wire::Initiation::new_checked(msg).map_or(true, |p| !p.has_cookie());
-            if no_cookie || !self.cookies.check_mac2(msg, src, now, rng) {
-                if !self.cookie_limiter.allow(src.ip(), now) {
-                    return Err(HandshakeError::RateLimited);
-                }
+            // A secret past its lifetime is replaced before it is read, as on every use.
+            self.cookies.rotate(now, rng);
+        }
+        let verdict = self.admission.check(
+            self.cookies.keys(),
+            self.cookies.secrets(),
+            msg,
+            src,
+            now,
+            under_load,
+        );
+        match verdict {
+            Verdict::Proceed => {}
+            Verdict::BadMac => return Err(HandshakeError::BadMac),
+            Verdict::OverReplyBudget | Verdict::RateLimited => {
+                return Err(HandshakeError::RateLimited)
+            }
+            Verdict::CookieReply => {
                 let reply: &mut [u8; wire::COOKIE_REPLY_LEN] = out
                     .get_mut(..wire::COOKIE_REPLY_LEN)
                     .and_then(|s| s.try_into().ok())
                     .ok_or(HandshakeError::Malformed)?;
                 self.cookies.write_cookie_reply(msg, src, now, rng, reply);
                 return Ok(ResponderAction::CookieReply(wire::COOKIE_REPLY_LEN));
-            }
-            if !self.limiter.allow(src.ip(), now) {
-                return Err(HandshakeError::RateLimited);
             }
         }
         let packet = wire::Initiation::new_checked(msg).map_err(|_| HandshakeError::Malformed)?;

@@ -1,7 +1,8 @@
-//! Per-source token buckets for handshake initiations.
+//! Token buckets for handshake initiations: per source, and one for everything.
 //!
-//! A handshake costs the responder Diffie-Hellman operations, so under load each source may
-//! start only a few per second. Time comes from the caller; memory is bounded by
+//! A handshake costs the responder Diffie-Hellman operations, so under load each source that
+//! proved its address (a valid mac2, see [`crate::proto::admission`]) may start only a few per
+//! second. Time comes from the caller; memory is bounded by
 //! `max_sources` entries.
 //!
 //! When the table is full, entries whose bucket has refilled completely are swept first (they
@@ -174,8 +175,9 @@ fn refill(bucket: &mut Bucket, capacity: u64, now: Instant) {
 /// has. A heavy source that shares one slot with a quiet one therefore cannot lock it out: the
 /// quiet source would have to share every one of its slots with heavy ones (with 256 heavy
 /// sources in 4 096 slots, 1 in 150 quiet sources does; with a single slot, 1 in 6 would).
-/// Workers use it to shed a flood of cookie-less initiations before it reaches the control
-/// thread, whose exact [`RateLimiter`] still decides.
+/// Workers use it for the per-source rate of initiations with a valid mac2 (see
+/// [`crate::proto::admission`]) before they reach the control thread, whose exact
+/// [`RateLimiter`] still decides.
 #[derive(Debug, Clone)]
 pub struct SlotLimiter {
     cost: u64,
@@ -225,7 +227,7 @@ impl SlotLimiter {
 }
 
 /// One token bucket for everything, with no per-source state: caps the total rate of some work
-/// (a worker's cookie replies) whatever the number of sources it is spread over.
+/// (a gate's cookie replies) whatever the number of sources it is spread over.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     cost: u64,

@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, Guard};
 
 use super::constants::{KEEPALIVE_TIMEOUT, ZERO_KEYS_AFTER};
 use super::keypair::{Keypair, TransportError};
@@ -38,12 +38,42 @@ pub struct Received {
     pub confirmed_next: bool,
 }
 
+/// The three keypair slots of a session, only ever replaced as a whole.
+#[derive(Default)]
+struct Slots {
+    previous: Option<Arc<Keypair>>,
+    current: Option<Arc<Keypair>>,
+    next: Option<Arc<Keypair>>,
+}
+
+impl Slots {
+    fn all(&self) -> [&Option<Arc<Keypair>>; 3] {
+        [&self.previous, &self.current, &self.next]
+    }
+
+    fn local_indexes(&self) -> Vec<u32> {
+        self.all()
+            .iter()
+            .filter_map(|slot| slot.as_ref().map(|k| k.local_index))
+            .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.all().iter().all(|slot| slot.is_none())
+    }
+}
+
 /// A peer's keypairs and timers (nanosecond atomics; 0 = never).
 #[derive(Default)]
 pub struct Session {
-    previous: ArcSwapOption<Keypair>,
-    current: ArcSwapOption<Keypair>,
-    next: ArcSwapOption<Keypair>,
+    /// All three slots behind one pointer. A promotion reads `next` and `current` and writes
+    /// all three; with one pointer per slot, a `clear` landing between those writes was undone
+    /// (the erased keypair came back as `current` and kept sealing). Here every change builds
+    /// a new triple from the one it read and publishes it with one compare-and-swap, which
+    /// fails, and is retried on what is there now, if anything changed in between: a clear
+    /// can never be undone. Readers take one snapshot per packet, lock-free; the writers
+    /// (handshakes, promotions, clears) allocate one small triple per change.
+    slots: ArcSwap<Slots>,
     last_handshake: AtomicU64,
     last_sent: AtomicU64,
     last_received: AtomicU64,
@@ -51,6 +81,10 @@ pub struct Session {
     /// The oldest packet sent since anything was last received (0 = none): after
     /// `NEW_HANDSHAKE_AFTER_SILENCE` without an answer the initiator starts a new handshake.
     unanswered_since: AtomicU64,
+    /// Tests only: called inside a promotion of `next`, between deciding to promote and the
+    /// promotion taking effect, so a test can land a concurrent `clear` exactly there.
+    #[cfg(test)]
+    promote_pause: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 fn stamp(at: &AtomicU64, now: Instant) {
@@ -70,7 +104,7 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field(
                 "current",
-                &self.current.load().as_ref().map(|k| k.local_index),
+                &self.slots.load().current.as_ref().map(|k| k.local_index),
             )
             .field("last_handshake", &self.last_handshake())
             .finish()
@@ -83,6 +117,22 @@ impl Session {
         Session::default()
     }
 
+    /// Replaces the slots with `change(slots)` in one step, or leaves them when `change`
+    /// returns `None`. Another thread's change in between makes the swap fail, and `change` is
+    /// asked again about what is there now. Returns the slots replaced.
+    fn update(&self, mut change: impl FnMut(&Slots) -> Option<Slots>) -> Option<Arc<Slots>> {
+        let mut seen = self.slots.load_full();
+        loop {
+            let changed = Arc::new(change(&seen)?);
+            let found = self.slots.compare_and_swap(&seen, changed);
+            // `seen` is held, so its address cannot have been reused by another triple.
+            if Arc::ptr_eq(&found, &seen) {
+                return Some(seen);
+            }
+            seen = Guard::into_inner(found);
+        }
+    }
+
     /// Installs the keypair of a handshake just completed. The initiator's keypair is usable at
     /// once and becomes current; the responder's waits in `next` until confirmed. Returns the
     /// local indexes of keypairs this dropped (to be forgotten by whoever maps indexes).
@@ -90,31 +140,47 @@ impl Session {
         stamp(&self.last_handshake, now);
         // A completed handshake is an answer.
         self.unanswered_since.store(0, Ordering::Relaxed);
-        let mut dropped = Vec::new();
-        if keypair.is_initiator {
-            if let Some(old) = self.previous.swap(self.current.swap(Some(keypair))) {
-                dropped.push(old.local_index);
-            }
-            if let Some(old) = self.next.swap(None) {
-                dropped.push(old.local_index);
-            }
-        } else if let Some(old) = self.next.swap(Some(keypair)) {
-            dropped.push(old.local_index);
-        }
+        let initiator = keypair.is_initiator;
+        let replaced = self
+            .update(|old| {
+                Some(if initiator {
+                    Slots {
+                        previous: old.current.clone(),
+                        current: Some(keypair.clone()),
+                        next: None,
+                    }
+                } else {
+                    Slots {
+                        previous: old.previous.clone(),
+                        current: old.current.clone(),
+                        next: Some(keypair.clone()),
+                    }
+                })
+            })
+            .expect("an install always changes the slots");
+        let dropped = if initiator {
+            [&replaced.previous, &replaced.next]
+        } else {
+            [&replaced.next, &None]
+        };
         dropped
+            .iter()
+            .filter_map(|slot| slot.as_ref().map(|k| k.local_index))
+            .collect()
     }
 
     /// The keypair used for sending, if it is still valid.
     pub fn current(&self, now: Instant) -> Option<Arc<Keypair>> {
-        self.current.load_full().filter(|k| !k.is_expired(now))
+        self.slots
+            .load()
+            .current
+            .clone()
+            .filter(|k| !k.is_expired(now))
     }
 
     /// Local indexes of every keypair held (for index tables).
     pub fn local_indexes(&self) -> Vec<u32> {
-        [&self.previous, &self.current, &self.next]
-            .iter()
-            .filter_map(|slot| slot.load().as_ref().map(|k| k.local_index))
-            .collect()
+        self.slots.load().local_indexes()
     }
 
     /// Seals `buf[16..16 + payload_len]` with the current keypair.
@@ -124,8 +190,8 @@ impl Session {
         payload_len: usize,
         now: Instant,
     ) -> Result<usize, SessionError> {
-        let guard = self.current.load();
-        let keypair = guard.as_ref().ok_or(SessionError::NoKeypair)?;
+        let slots = self.slots.load();
+        let keypair = slots.current.as_ref().ok_or(SessionError::NoKeypair)?;
         let len = keypair.seal(buf, payload_len, now)?;
         self.note_sent(now, payload_len > 0);
         Ok(len)
@@ -139,13 +205,13 @@ impl Session {
         buf: &mut [u8],
         now: Instant,
     ) -> Result<Received, SessionError> {
+        let slots = self.slots.load();
         for (slot, is_next) in [
-            (&self.current, false),
-            (&self.next, true),
-            (&self.previous, false),
+            (&slots.current, false),
+            (&slots.next, true),
+            (&slots.previous, false),
         ] {
-            let guard = slot.load();
-            let Some(keypair) = guard.as_ref().filter(|k| k.local_index == local_index) else {
+            let Some(keypair) = slot.as_ref().filter(|k| k.local_index == local_index) else {
                 continue;
             };
             let (_, plaintext) = keypair.open(buf, now)?;
@@ -163,17 +229,25 @@ impl Session {
         Err(SessionError::UnknownIndex)
     }
 
-    /// Promotes `confirmed` from next to current, once, even if several workers race here.
+    /// Promotes `confirmed` from next to current, once, even if several workers race here, and
+    /// never after a clear (or a newer handshake) replaced it: the promotion is one swap of the
+    /// whole triple, from a triple whose `next` is `confirmed`.
     fn confirm_next(&self, confirmed: &Arc<Keypair>) -> bool {
-        let prev = self
-            .next
-            .compare_and_swap(&Some(confirmed.clone()), None::<Arc<Keypair>>);
-        if !prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, confirmed)) {
-            return false; // another worker promoted it first
-        }
-        self.previous
-            .store(self.current.swap(Some(confirmed.clone())));
-        true
+        self.update(|old| {
+            if !old.next.as_ref().is_some_and(|n| Arc::ptr_eq(n, confirmed)) {
+                return None; // promoted by another worker, replaced, or cleared
+            }
+            #[cfg(test)]
+            if let Some(pause) = self.promote_pause.get() {
+                pause();
+            }
+            Some(Slots {
+                previous: old.current.clone(),
+                current: Some(confirmed.clone()),
+                next: None,
+            })
+        })
+        .is_some()
     }
 
     /// When the last handshake completed.
@@ -237,9 +311,206 @@ impl Session {
 
     /// Drops every keypair (their keys are erased as they drop) and returns their indexes.
     pub fn clear(&self) -> Vec<u32> {
-        [&self.previous, &self.current, &self.next]
-            .iter()
-            .filter_map(|slot| slot.swap(None).map(|k| k.local_index))
-            .collect()
+        // Nothing is swapped (or allocated) when there is nothing to drop: callers clear stale
+        // sessions on every tick.
+        self.update(|old| (!old.is_empty()).then(Slots::default))
+            .map(|replaced| replaced.local_indexes())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+    use zeroize::Zeroizing;
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_nanos(1_000_000_000 + ms * 1_000_000)
+    }
+
+    /// The server's keypair (`local_index`) and the client's twin that seals for it.
+    fn responder_pair(seed: u8, local_index: u32) -> (Arc<Keypair>, Keypair) {
+        let (a, b) = (
+            Zeroizing::new([seed; 32]),
+            Zeroizing::new([seed ^ 0xff; 32]),
+        );
+        let server = Keypair::new(&b, &a, local_index, 100 + local_index, t(0), false);
+        let client = Keypair::new(&a, &b, 100 + local_index, local_index, t(0), true);
+        (Arc::new(server), client)
+    }
+
+    fn sealed_by(client: &Keypair) -> Vec<u8> {
+        let mut buf = vec![0u8; 16 + 4 + 16];
+        buf[16..20].copy_from_slice(b"ping");
+        let n = client.seal(&mut buf, 4, t(1)).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn a_clear_during_a_promotion_is_not_undone() {
+        // current = 1, next = 2; a worker's packet under 2 promotes it while the control
+        // thread clears the session (the peer was removed, or its keys went stale).
+        let session = Arc::new(Session::new());
+        let (first, first_client) = responder_pair(1, 1);
+        session.install(first, t(0));
+        let confirmed = session.decrypt(1, &mut sealed_by(&first_client), t(1));
+        assert!(confirmed.unwrap().confirmed_next);
+        let (next, client) = responder_pair(2, 2);
+        session.install(next, t(1));
+        let barrier = Arc::new(Barrier::new(2));
+        let pause = barrier.clone();
+        let _ = session.promote_pause.set(Box::new(move || {
+            pause.wait(); // the promotion is under way
+            pause.wait(); // the clear is done
+        }));
+        let mut packet = sealed_by(&client);
+        let worker = {
+            let session = session.clone();
+            std::thread::spawn(move || session.decrypt(2, &mut packet, t(1)).map(|r| r.plaintext))
+        };
+        barrier.wait();
+        let erased = session.clear();
+        barrier.wait();
+        let opened = worker.join().unwrap();
+        assert_eq!(opened, Ok(16..20), "the packet itself was genuine");
+        assert!(
+            erased.contains(&1),
+            "the clear erased `current`: {erased:?}"
+        );
+        assert_eq!(
+            session.local_indexes(),
+            Vec::<u32>::new(),
+            "the promotion brought a cleared keypair back"
+        );
+        assert!(session.current(t(2)).is_none());
+        let mut out = [0u8; 48];
+        assert_eq!(
+            session.encrypt(&mut out, 0, t(2)),
+            Err(SessionError::NoKeypair),
+            "a cleared session still seals"
+        );
+    }
+
+    /// What the slots should hold: local indexes.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    struct Model {
+        previous: Option<u32>,
+        current: Option<u32>,
+        next: Option<u32>,
+    }
+
+    impl Model {
+        fn indexes(&self) -> Vec<u32> {
+            [self.previous, self.current, self.next]
+                .into_iter()
+                .flatten()
+                .collect()
+        }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        /// A handshake completed as responder (the server).
+        InstallResponder,
+        /// A handshake completed as initiator (the client).
+        InstallInitiator,
+        /// A packet under the keypair in slot 0 (previous), 1 (current) or 2 (next).
+        Receive(u8),
+        /// A packet under `next`, with a clear landing inside the promotion it causes.
+        ReceiveWhileCleared,
+        Clear,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Op::InstallResponder),
+            Just(Op::InstallInitiator),
+            (0u8..3).prop_map(Op::Receive),
+            Just(Op::ReceiveWhileCleared),
+            Just(Op::Clear),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Any sequence of installs, packets, promotions and clears (some landing inside a
+        /// promotion, through the pause point) leaves the slots the model says, and a clear
+        /// is never undone.
+        #[test]
+        fn slots_follow_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+            use std::sync::atomic::AtomicBool;
+            let session = Arc::new(Session::new());
+            let clear_inside = Arc::new(AtomicBool::new(false));
+            {
+                let (weak, flag) = (Arc::downgrade(&session), clear_inside.clone());
+                let _ = session.promote_pause.set(Box::new(move || {
+                    if flag.swap(false, Ordering::Relaxed) {
+                        if let Some(session) = weak.upgrade() {
+                            session.clear();
+                        }
+                    }
+                }));
+            }
+            let mut model = Model::default();
+            let mut twins = std::collections::HashMap::new();
+            let mut next_index = 1u32;
+            for op in ops {
+                match op {
+                    Op::InstallResponder | Op::InstallInitiator => {
+                        let index = next_index;
+                        next_index += 1;
+                        let (mut ours, twin) = responder_pair(index as u8, index);
+                        let initiator = matches!(op, Op::InstallInitiator);
+                        Arc::get_mut(&mut ours).unwrap().is_initiator = initiator;
+                        twins.insert(index, twin);
+                        let dropped = session.install(ours, t(1));
+                        let expected = if initiator {
+                            let dropped = [model.previous, model.next];
+                            model = Model { previous: model.current, current: Some(index), next: None };
+                            dropped
+                        } else {
+                            let dropped = [model.next, None];
+                            model.next = Some(index);
+                            dropped
+                        };
+                        let expected: Vec<u32> = expected.into_iter().flatten().collect();
+                        proptest::prop_assert_eq!(dropped, expected);
+                    }
+                    Op::Receive(slot) => {
+                        let index = [model.previous, model.current, model.next][slot as usize];
+                        let Some(index) = index else { continue };
+                        let received = session
+                            .decrypt(index, &mut sealed_by(&twins[&index]), t(1))
+                            .unwrap();
+                        proptest::prop_assert_eq!(received.confirmed_next, slot == 2);
+                        if slot == 2 {
+                            model = Model { previous: model.current, current: Some(index), next: None };
+                        }
+                    }
+                    Op::ReceiveWhileCleared => {
+                        let Some(index) = model.next else { continue };
+                        clear_inside.store(true, Ordering::Relaxed);
+                        let received = session
+                            .decrypt(index, &mut sealed_by(&twins[&index]), t(1))
+                            .unwrap();
+                        proptest::prop_assert!(!received.confirmed_next);
+                        model = Model::default();
+                    }
+                    Op::Clear => {
+                        let erased = session.clear();
+                        proptest::prop_assert_eq!(erased, model.indexes());
+                        model = Model::default();
+                    }
+                }
+                proptest::prop_assert_eq!(session.local_indexes(), model.indexes());
+                proptest::prop_assert_eq!(
+                    session.current(t(1)).map(|k| k.local_index),
+                    model.current
+                );
+            }
+        }
     }
 }
