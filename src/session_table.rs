@@ -355,6 +355,28 @@ mod tests {
     }
 
     #[test]
+    fn removing_a_peer_leaves_its_old_address_to_whoever_has_it_now() {
+        let table = SessionTable::new();
+        let a = entry(2);
+        table.insert_peer(&a);
+        // Another peer now owns the same address (an address moved in a reload).
+        let b = Arc::new(PeerEntry::new(
+            PublicKey::from_bytes([9; 32]),
+            Arc::new(Session::new()),
+            a.assignment,
+        ));
+        table.insert_peer(&b);
+        table.remove_peer(&a);
+        let snapshot = table.snapshot();
+        let g = snapshot.guard();
+        let owner = snapshot.by_address(IpAddr::V4(a.assignment.ipv4), &g);
+        assert!(owner.is_some_and(|e| Arc::ptr_eq(e, &b)));
+        assert_eq!(table.len(), 1);
+        table.remove_peer(&b);
+        assert!(table.is_empty());
+    }
+
+    #[test]
     fn key_hash_spreads_keys_that_differ_only_in_high_bits() {
         use std::hash::BuildHasher;
         let b = KeyHasherBuilder::random();
