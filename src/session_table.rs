@@ -247,11 +247,25 @@ impl SessionTable {
         self.remove(Key::Index(index));
     }
 
-    /// Forgets a peer's addresses (its indexes are removed with `remove_index`).
+    /// Removes `key` only while it still maps to `entry`.
+    fn remove_if_owned_by(&self, key: Key, entry: &PeerEntry) {
+        let map = self.map.load();
+        let owned = map
+            .pin()
+            .remove_if(&key, |_, owner| std::ptr::eq(Arc::as_ptr(owner), entry))
+            .is_ok_and(|removed| removed.is_some());
+        if owned {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets a peer's addresses (its indexes are removed with `remove_index`). An address
+    /// that another peer has taken over meanwhile (a reload that swaps or moves addresses
+    /// inserts the new owner before the old one is removed) stays with that peer.
     pub fn remove_peer(&self, entry: &PeerEntry) {
-        self.remove(Key::Address(IpAddr::V4(entry.assignment.ipv4)));
+        self.remove_if_owned_by(Key::Address(IpAddr::V4(entry.assignment.ipv4)), entry);
         if let Some((v6, _)) = entry.assignment.ipv6 {
-            self.remove(Key::Address(IpAddr::V6(v6)));
+            self.remove_if_owned_by(Key::Address(IpAddr::V6(v6)), entry);
         }
     }
 
