@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use concentrator::config::ClientConfig;
-use concentrator::offload::coalesce::{Coalescer, Push};
+use concentrator::offload::coalesce::{Coalescer, GsoTypes, Push};
 use concentrator::offload::split::Segmenter;
 use concentrator::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use concentrator::proto::client::{Client, ClientConfig as ProtoClientConfig, ClientEvent};
@@ -294,7 +294,7 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
             };
             let segment = segment.map_or(n, usize::from).max(1);
             let now = clock::monotonic_now();
-            let mut coalescer = Coalescer::new(&mut coalesce_buf);
+            let mut coalescer = Coalescer::new(&mut coalesce_buf, GsoTypes::ALL);
             for start in (0..n).step_by(segment) {
                 let end = (start + segment).min(n);
                 match client.receive(&mut buf[start..end], now) {

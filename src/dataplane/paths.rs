@@ -16,7 +16,7 @@ use crossbeam_channel::TrySendError;
 
 use super::stats::DropReason;
 use super::worker::{session_drop, HandshakeMessage, Outcome, Worker, TUN_FILE};
-use crate::offload::coalesce::{Coalescer, Push};
+use crate::offload::coalesce::{Coalescer, GsoTypes, Push};
 use crate::offload::split::Segmenter;
 use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::proto::constants::MAX_MTU;
@@ -298,7 +298,7 @@ impl Worker {
             buf.split_at_mut(buf.len())
         };
         let mut out_pos = 0;
-        let mut coalescer = Coalescer::new(&mut output[..]);
+        let mut coalescer = Coalescer::new(&mut output[..], GsoTypes::ALL);
         let mut start = 0;
         let mut first_error = None;
         while start < n {
@@ -365,7 +365,7 @@ impl Worker {
                                     }
                                     out_pos += len;
                                 }
-                                coalescer = Coalescer::new(&mut output[out_pos..]);
+                                coalescer = Coalescer::new(&mut output[out_pos..], GsoTypes::ALL);
                             }
                             Push::TooLarge => {
                                 // Write it alone, its virtio header in the transport header's place.
