@@ -16,6 +16,7 @@ use concentrator::control::command::Addressing;
 use concentrator::control::{Control, HandshakeStats, HANDSHAKE_QUEUE};
 use concentrator::dataplane::stats::{SharedCounters, SharedLatency};
 use concentrator::dataplane::worker::{self, WorkerContext};
+use concentrator::offload::coalesce::GsoTypes;
 use concentrator::offload::vnet::VNET_HDR_LEN;
 use concentrator::ops::{self, latency_log, latency_log::LatencyLog, socket::ControlSocket, Ops};
 use concentrator::proto::keys::StaticSecret;
@@ -276,6 +277,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             load: load.clone(),
             cookie_secrets: control.shared_cookie_secrets(),
             offloads,
+            gso_types: GsoTypes::from_tun_offloads(tun_offloads),
         };
         let ready = ready_tx.clone();
         threads.push(

@@ -16,7 +16,7 @@ use crossbeam_channel::TrySendError;
 
 use super::stats::DropReason;
 use super::worker::{session_drop, HandshakeMessage, Outcome, Worker, TUN_FILE};
-use crate::offload::coalesce::{Coalescer, GsoTypes, Push};
+use crate::offload::coalesce::{Coalescer, Push};
 use crate::offload::split::Segmenter;
 use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::proto::constants::MAX_MTU;
@@ -280,6 +280,7 @@ impl Worker {
             _ => n,
         };
         let offloads = self.offloads;
+        let gso_types = self.gso_types;
         let client_to_client = self.client_to_client;
         let mut gate = HandshakeGate {
             queue: &self.ctx.handshakes,
@@ -298,7 +299,7 @@ impl Worker {
             buf.split_at_mut(buf.len())
         };
         let mut out_pos = 0;
-        let mut coalescer = Coalescer::new(&mut output[..], GsoTypes::ALL);
+        let mut coalescer = Coalescer::new(&mut output[..], gso_types);
         let mut start = 0;
         let mut first_error = None;
         while start < n {
@@ -365,7 +366,7 @@ impl Worker {
                                     }
                                     out_pos += len;
                                 }
-                                coalescer = Coalescer::new(&mut output[out_pos..], GsoTypes::ALL);
+                                coalescer = Coalescer::new(&mut output[out_pos..], gso_types);
                             }
                             Push::TooLarge => {
                                 // Write it alone, its virtio header in the transport header's place.

@@ -79,6 +79,9 @@ pub struct WorkerContext {
     pub cookie_secrets: Arc<arc_swap::ArcSwap<crate::proto::cookie::CookieSecrets>>,
     /// The TUN queue carries virtio headers (super-packets) and the sockets use UDP GRO/GSO.
     pub offloads: bool,
+    /// The super-packets the TUN takes in writes (the offloads it accepted): packets of
+    /// other kinds are written one by one.
+    pub gso_types: crate::offload::coalesce::GsoTypes,
 }
 
 pub(super) const TUN_FILE: u8 = 0;
@@ -99,6 +102,7 @@ pub(super) struct Worker {
     /// Per socket (file index - 1): true for IPv4.
     pub(super) socket_families: Vec<bool>,
     pub(super) offloads: bool,
+    pub(super) gso_types: crate::offload::coalesce::GsoTypes,
     pub(super) client_to_client: bool,
     /// Cookie-reply budget per source while under load (approximate; the control thread's
     /// limiter is exact).
@@ -163,6 +167,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         .collect();
     Ok(Worker {
         offloads: ctx.offloads,
+        gso_types: ctx.gso_types,
         client_to_client: ctx.client_to_client,
         ctx,
         ring,

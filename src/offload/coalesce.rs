@@ -17,6 +17,8 @@
 //!   merged, because merging would invent a checksum for unverified data.
 //! - Every merged packet's L4 checksum must verify: the super-packet goes to the kernel with
 //!   `NEEDS_CSUM` and the kernel would compute a fresh, valid checksum over corrupted data.
+//! - Only the kinds of super-packet the TUN device accepted ([`GsoTypes`]): a kernel that
+//!   refused USO fails every `GSO_UDP_L4` write.
 //! - Every payload is as large as the first (that size becomes `gso_size`), except a smaller
 //!   last one, which ends the super-packet; the total stays within 65535 bytes.
 
@@ -131,6 +133,16 @@ impl GsoTypes {
         udp6: false,
     };
 
+    fn allows(&self, kind: Kind, v6: bool) -> bool {
+        match (kind, v6) {
+            (Kind::Tcp, false) => self.tcp4,
+            (Kind::Tcp, true) => self.tcp6,
+            (Kind::Udp, false) => self.udp4,
+            (Kind::Udp, true) => self.udp6,
+            (Kind::Single, _) => false,
+        }
+    }
+
     /// The types a TUN device takes given the `TUN_F_*` flags it accepted
     /// ([`Tun::enable_offloads`](crate::sys::tun::Tun::enable_offloads)). Each needs the
     /// partial checksum too (`TUN_F_CSUM`): every super-packet goes out with `NEEDS_CSUM`.
@@ -157,15 +169,18 @@ pub struct Coalescer<'a> {
     /// Bytes of IP packet in `buf[VNET_HDR_LEN..]`.
     len: usize,
     flow: Option<Flow>,
+    /// The kinds of super-packet the device takes; other packets are written alone.
+    accepted: GsoTypes,
 }
 
 impl<'a> Coalescer<'a> {
-    /// A coalescer writing into `buf`, building only super-packets of the types in `_accepted`.
-    pub fn new(buf: &'a mut [u8], _accepted: GsoTypes) -> Self {
+    /// A coalescer writing into `buf`, building only super-packets of the types in `accepted`.
+    pub fn new(buf: &'a mut [u8], accepted: GsoTypes) -> Self {
         Self {
             buf,
             len: 0,
             flow: None,
+            accepted,
         }
     }
 
@@ -247,6 +262,8 @@ impl<'a> Coalescer<'a> {
             Some(c) => &packet[..c.total],
             None => packet,
         };
+        // A kind the device does not take stays a single packet (its padding trimmed).
+        let cand = cand.filter(|c| self.accepted.allows(c.kind, c.l3.v6));
         if self.buf.len() < VNET_HDR_LEN || data.len() > self.buf.len() - VNET_HDR_LEN {
             return Push::TooLarge;
         }
