@@ -259,6 +259,15 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     let latencies: Vec<Arc<SharedLatency>> = (0..workers)
         .map(|_| Arc::new(SharedLatency::default()))
         .collect();
+    let injected_panic = worker::InjectedPanic::from_env()?;
+    if let Some(fault) = injected_panic {
+        tracing::warn!(
+            worker = fault.worker,
+            after_packets = fault.after_packets,
+            "FAULT INJECTION: {} is set, this worker will panic (a knob for tests only)",
+            worker::INJECT_PANIC_ENV
+        );
+    }
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     for ((id, queue), socks) in tun.take_queues().into_iter().enumerate().zip(sockets) {
@@ -278,6 +287,9 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             cookie_secrets: control.shared_cookie_secrets(),
             offloads,
             gso_types: GsoTypes::from_tun_offloads(tun_offloads),
+            panic_after_packets: injected_panic
+                .filter(|fault| fault.worker == id)
+                .map(|fault| fault.after_packets),
         };
         let ready = ready_tx.clone();
         threads.push(

@@ -37,6 +37,52 @@ const WAIT: Duration = Duration::from_millis(100);
 /// How often the worker merges its latency histogram into the shared one.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
+/// Fault injection, for tests only: `<worker>:<packets>` in this environment variable makes
+/// worker `<worker>` panic once it has received `<packets>` packets (TUN reads and datagrams),
+/// so that tests can check what a worker's death does to the server. The server logs a
+/// warning at start-up when it is set; nothing else reads it.
+pub const INJECT_PANIC_ENV: &str = "CONCENTRATOR_FAULT_INJECTION_PANIC_WORKER";
+
+/// A worker panic requested through [`INJECT_PANIC_ENV`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InjectedPanic {
+    /// Which worker panics.
+    pub worker: usize,
+    /// After how many received packets.
+    pub after_packets: u64,
+}
+
+/// [`INJECT_PANIC_ENV`] holds something other than `<worker>:<packets>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{INJECT_PANIC_ENV}={0:?} is not <worker>:<packets> (a fault-injection knob for tests: \
+     unset it)"
+)]
+pub struct BadInjectedPanic(String);
+
+impl InjectedPanic {
+    /// Parses `<worker>:<packets>`.
+    pub fn parse(value: &str) -> Result<Self, BadInjectedPanic> {
+        let bad = || BadInjectedPanic(value.to_string());
+        let (worker, after) = value.split_once(':').ok_or_else(bad)?;
+        Ok(InjectedPanic {
+            worker: worker.trim().parse().map_err(|_| bad())?,
+            after_packets: after.trim().parse().map_err(|_| bad())?,
+        })
+    }
+
+    /// The fault requested in the environment, if any.
+    pub fn from_env() -> Result<Option<Self>, BadInjectedPanic> {
+        match std::env::var(INJECT_PANIC_ENV) {
+            Ok(value) => Self::parse(&value).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(v)) => {
+                Err(BadInjectedPanic(v.to_string_lossy().into_owned()))
+            }
+        }
+    }
+}
+
 /// A handshake message for the control thread.
 #[derive(Debug, Clone)]
 pub struct HandshakeMessage {
@@ -82,6 +128,8 @@ pub struct WorkerContext {
     /// The super-packets the TUN takes in writes (the offloads it accepted): packets of
     /// other kinds are written one by one.
     pub gso_types: crate::offload::coalesce::GsoTypes,
+    /// Tests only ([`INJECT_PANIC_ENV`]): panic after this many received packets.
+    pub panic_after_packets: Option<u64>,
 }
 
 pub(super) const TUN_FILE: u8 = 0;
@@ -281,6 +329,16 @@ impl Worker {
                 self.ctx.latency.merge_from(&mut latency);
             }
             self.ctx.counters.publish(&self.counters);
+            if let Some(after) = self.ctx.panic_after_packets {
+                let received = self.counters.tun_rx_packets + self.counters.udp_rx_packets;
+                if received >= after {
+                    panic!(
+                        "injected fault: worker {} panics after {received} packets \
+                         ({INJECT_PANIC_ENV})",
+                        self.ctx.id
+                    );
+                }
+            }
         }
         self.ctx.counters.publish(&self.counters);
         self.ctx.latency.merge_from(&mut latency);
@@ -355,5 +413,28 @@ pub(super) fn session_drop(e: SessionError) -> DropReason {
             TransportError::KeyExpired | TransportError::KeyExhausted => DropReason::KeyExpired,
             TransportError::BufferTooSmall | TransportError::Malformed => DropReason::Malformed,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_panic_parses_worker_and_packets_only() {
+        assert_eq!(
+            InjectedPanic::parse("1:40"),
+            Ok(InjectedPanic {
+                worker: 1,
+                after_packets: 40
+            })
+        );
+        for bad in ["", "1", "1:", ":40", "a:40", "1:-4", "1:40:2"] {
+            let e = InjectedPanic::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(INJECT_PANIC_ENV) && e.contains("unset it"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 }
