@@ -759,7 +759,7 @@ fn worker_panic_stops_the_server_and_tears_down() {
         "a dead worker must make the exit code non-zero:\n{log}"
     );
     assert!(
-        log.contains("worker 0 died") && log.contains("injected fault"),
+        log.contains("error: worker 0 died (panicked: injected fault"),
         "the log names the worker and its panic:\n{log}"
     );
     // The TUN goes with the last queue closed (the kernel may take a moment after the exit).

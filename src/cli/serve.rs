@@ -269,6 +269,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         );
     }
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let (died_tx, died_rx) = crossbeam_channel::unbounded();
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     for ((id, queue), socks) in tun.take_queues().into_iter().enumerate().zip(sockets) {
         let ctx = WorkerContext {
@@ -292,11 +293,13 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
                 .map(|fault| fault.after_packets),
         };
         let ready = ready_tx.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("worker-{id}"))
-                .spawn(move || worker::run(ctx, ready))?,
-        );
+        threads.push(spawn_essential(
+            format!("worker-{id}"),
+            format!("worker {id}"),
+            &died_tx,
+            &stop,
+            move || worker::run(ctx, ready),
+        )?);
     }
     drop(ready_tx);
     let mut failure = None;
@@ -315,11 +318,13 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         return Err(e);
     }
     drop(hs_tx);
-    threads.push(
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || control.run())?,
-    );
+    threads.push(spawn_essential(
+        "control".into(),
+        "the control thread".into(),
+        &died_tx,
+        &stop,
+        move || control.run(),
+    )?);
 
     let listen_port = config.listen_port;
     let peer_count = config.peers.len();
@@ -382,6 +387,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         "concentrator is up"
     );
     let _ = notify::notify("READY=1");
+    // Set by a thread that died as well as by the signals below.
     while !stop.load(Ordering::Relaxed) {
         match signals::wait(Duration::from_millis(200)) {
             Some(signals::Signal::Stop) => break,
@@ -395,7 +401,12 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         }
     }
     let _ = notify::notify("STOPPING=1");
-    tracing::info!("stopping");
+    // A dead thread reports its death before it sets `stop`.
+    if died_rx.is_empty() {
+        tracing::info!("stopping");
+    } else {
+        tracing::error!("stopping because a thread died");
+    }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -432,7 +443,74 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     }
     drop(setup);
     drop(tun);
-    Ok(())
+    // One death can end others (the control thread returns once every worker is gone): the
+    // panics first, they are the cause.
+    let mut deaths: Vec<ThreadDeath> = died_rx.try_iter().collect();
+    deaths.sort_by_key(|d| !d.panicked);
+    if deaths.is_empty() {
+        return Ok(());
+    }
+    let what = deaths
+        .iter()
+        .map(|d| format!("{} died ({})", d.thread, d.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    bail!(
+        "{what}. The server stopped so that its service manager restarts it (left running, it \
+         would drop a share of the traffic)"
+    )
+}
+
+/// A thread the server cannot run without that ended before the stop.
+struct ThreadDeath {
+    /// Which thread, for people ("worker 2").
+    thread: String,
+    /// Its panic message, or that it returned.
+    reason: String,
+    /// It panicked (rather than returned).
+    panicked: bool,
+}
+
+/// Starts a thread the server cannot run without (a worker: `SO_REUSEPORT` and the TUN keep
+/// handing it a share of the traffic; the control thread). If it panics or returns before
+/// `stop` is set, it logs which thread and why, reports it on `died` and sets `stop`, so the
+/// server tears down and exits with an error instead of running on with a hole in it.
+fn spawn_essential(
+    name: String,
+    label: String,
+    died: &crossbeam_channel::Sender<ThreadDeath>,
+    stop: &Arc<AtomicBool>,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let (died, stop) = (died.clone(), stop.clone());
+    std::thread::Builder::new().name(name).spawn(move || {
+        // The server stops after a panic, so no state it left half-changed is used again.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+        let (reason, panicked) = match outcome {
+            Ok(()) if stop.load(Ordering::Relaxed) => return,
+            Ok(()) => ("it returned before the stop".to_string(), false),
+            Err(payload) => (
+                format!("panicked: {}", panic_message(payload.as_ref())),
+                true,
+            ),
+        };
+        tracing::error!(thread = %label, reason = %reason, "{label} died; stopping the server");
+        let _ = died.send(ThreadDeath {
+            thread: label,
+            reason,
+            panicked,
+        });
+        stop.store(true, Ordering::Relaxed);
+    })
+}
+
+/// The message a panic was raised with.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Names a file that receives the workers' latency histograms when the server stops.
