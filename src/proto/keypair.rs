@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use zeroize::Zeroizing;
 
-use super::constants::{REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES};
+use super::constants::{
+    MESSAGE_BYTES, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
+};
 use super::replay::{ReplayError, ReplayWindow};
 use super::time::Instant;
 use super::wire::{self, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
@@ -135,6 +137,11 @@ impl Keypair {
 
     /// Seals in place. `buf[16..16 + payload_len]` holds the plaintext; `buf` must have room
     /// for the header before and the tag after. Returns the length of the whole message.
+    ///
+    /// A message of more than [`MESSAGE_BYTES`] (header and plaintext) takes one counter per
+    /// started [`MESSAGE_BYTES`] and is sealed under the first: the count behind
+    /// [`REJECT_AFTER_MESSAGES`] and rekeying is then one of 2 KiB messages whatever the sizes.
+    /// The receiver's replay window takes the gap.
     pub fn seal(
         &self,
         buf: &mut [u8],
@@ -148,8 +155,9 @@ impl Keypair {
         if now - self.created >= REJECT_AFTER_TIME {
             return Err(TransportError::KeyExpired);
         }
-        let counter = self.send_counter.fetch_add(1, Ordering::Relaxed);
-        if counter >= REJECT_AFTER_MESSAGES {
+        let charged = (TRANSPORT_HEADER_LEN + payload_len).div_ceil(MESSAGE_BYTES) as u64;
+        let counter = self.send_counter.fetch_add(charged, Ordering::Relaxed);
+        if counter + charged > REJECT_AFTER_MESSAGES {
             return Err(TransportError::KeyExhausted);
         }
         let (header, rest) = buf.split_at_mut(TRANSPORT_HEADER_LEN);
