@@ -321,3 +321,89 @@ fn answer(mut stream: TcpStream, ops: &Ops, per_peer: bool) -> std::io::Result<(
     stream.write_all(body.as_bytes())?;
     stream.flush()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::{key_file, temp_dir};
+    use crate::config::ServerConfig;
+    use std::time::Instant;
+
+    fn ops() -> Arc<Ops> {
+        let dir = temp_dir("metrics");
+        key_file(&dir, "server.key", &[7; 32]);
+        let text = "private_key_file = \"server.key\"\naddress = \"10.66.0.1/24\"\n";
+        let (config, _) = ServerConfig::from_toml_str(text, &dir).unwrap();
+        let (commands, _) = crossbeam_channel::bounded(1);
+        Arc::new(Ops::new(
+            "ctr-test".into(),
+            dir.join("server.toml"),
+            config,
+            vec![Arc::default()],
+            vec![Arc::default()],
+            Arc::default(),
+            commands,
+        ))
+    }
+
+    /// Dribbles a never-ending request, a byte every 500 ms; returns how long after `connected`
+    /// the server closed the connection (None: still open after 20 s).
+    fn slow_loris(mut stream: TcpStream, connected: Instant) -> Option<Duration> {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: ".iter().cycle() {
+            if stream.write_all(&[*byte]).is_err() {
+                return Some(connected.elapsed());
+            }
+            match stream.read(&mut [0u8; 64]) {
+                Ok(0) => return Some(connected.elapsed()),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                // An answer or a reset: the server is done with it.
+                Ok(_) | Err(_) => return Some(connected.elapsed()),
+            }
+            if connected.elapsed() > Duration::from_secs(20) {
+                return None;
+            }
+        }
+        unreachable!("the request never ends")
+    }
+
+    #[test]
+    fn a_slow_client_neither_blocks_a_scrape_nor_keeps_its_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = {
+            let (ops, stop) = (ops(), stop.clone());
+            std::thread::spawn(move || serve(listener, ops, false, stop))
+        };
+        let connected = Instant::now();
+        let loris = TcpStream::connect(addr).unwrap();
+        let loris = std::thread::spawn(move || slow_loris(loris, connected));
+        // The server is busy with the slow client by now.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut scrape = TcpStream::connect(addr).unwrap();
+        scrape
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        scrape.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let read = scrape.read_to_string(&mut answer);
+        assert!(
+            read.is_ok()
+                && answer.starts_with("HTTP/1.1 200 OK")
+                && answer.contains("concentrator_uptime_seconds"),
+            "scrape not answered within 3 s next to a slow client: {read:?} {answer:?}"
+        );
+        let closed = loris.join().unwrap();
+        assert!(
+            closed.is_some_and(|after| after <= Duration::from_secs(8)),
+            "the slow client's connection was still open {closed:?} after it connected"
+        );
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+    }
+}
