@@ -247,3 +247,44 @@ pub fn request(path: &Path, req: &Value, timeout: Duration) -> Result<Value> {
     }
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::temp_dir;
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_left_alone() {
+        let dir = temp_dir("control-socket");
+        let path = dir.join("control.sock");
+        std::fs::write(&path, "an operator's file\n").unwrap();
+        let err = ControlSocket::bind(&path).err().expect("bind must refuse");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("not a socket"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "an operator's file\n"
+        );
+        // Nor a symbolic link, whatever it points to.
+        let link = dir.join("link.sock");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(ControlSocket::bind(&link).is_err());
+        assert!(std::fs::symlink_metadata(&link).is_ok());
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+        let dir = temp_dir("control-socket");
+        let path = dir.join("control.sock");
+        // A socket nobody listens on any more (a server killed without cleaning up).
+        drop(UnixListener::bind(&path).unwrap());
+        let live = ControlSocket::bind(&path).unwrap();
+        let err = ControlSocket::bind(&path).err().expect("in use");
+        assert!(format!("{err:#}").contains("in use"), "{err:#}");
+        drop(live);
+        assert!(!path.exists(), "removed on drop");
+    }
+}
