@@ -43,7 +43,8 @@ pub struct ControlSocket {
 
 impl ControlSocket {
     /// Binds `path`: creates its directory (0700) if missing, refuses a socket another process
-    /// still answers on, replaces a stale one, and makes the socket 0600.
+    /// still answers on and anything that is not a socket, replaces a stale socket, and makes
+    /// the socket 0600.
     pub fn bind(path: &Path) -> Result<Self> {
         let mut created_dir = false;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -54,7 +55,16 @@ impl ControlSocket {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
             }
         }
-        if path.exists() {
+        // Not following a symbolic link: what sits at the path itself is what would be removed.
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                bail!(
+                    "{} exists and is not a socket: remove it or set control_socket to another \
+                     path (the server only replaces a socket left behind by a stopped server)",
+                    path.display()
+                );
+            }
             if UnixStream::connect(path).is_ok() {
                 bail!(
                     "{} is in use by another running server; stop it or set control_socket",
