@@ -536,6 +536,17 @@ impl Lab {
         self.dir.join("server.toml")
     }
 
+    /// Adds `settings` (TOML lines) to the server's configuration, before its peers.
+    pub fn add_server_settings(&self, settings: &str) {
+        let path = self.server_config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (top, peers) = match text.find("[[peer]]") {
+            Some(i) => text.split_at(i),
+            None => (text.as_str(), ""),
+        };
+        std::fs::write(&path, format!("{top}{settings}\n{peers}")).unwrap();
+    }
+
     fn log_env() -> Vec<(&'static str, String)> {
         vec![
             ("NO_COLOR", "1".to_string()),
