@@ -36,7 +36,9 @@ pub struct ServeOptions {
 /// What the server set up and must take down again, in reverse order.
 struct Setup {
     masquerade: Option<nft::Masquerade>,
-    previous_forwarding: Option<bool>,
+    /// The forwarding sysctls this server switched on (`true`: IPv4, `false`: IPv6): only
+    /// those are switched off again.
+    forwarding_switched_on: Vec<bool>,
 }
 
 impl Drop for Setup {
@@ -46,8 +48,10 @@ impl Drop for Setup {
                 tracing::warn!(error = %e, "could not remove the NAT rules");
             }
         }
-        if self.previous_forwarding == Some(false) {
-            let _ = link::set_ip_forward(true, false);
+        for &v4 in &self.forwarding_switched_on {
+            if let Err(e) = link::set_ip_forward(v4, false) {
+                tracing::warn!(error = %e, "could not switch forwarding back off");
+            }
         }
     }
 }
@@ -166,13 +170,24 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
 
     let mut setup = Setup {
         masquerade: None,
-        previous_forwarding: None,
+        forwarding_switched_on: Vec::new(),
     };
     // Clients reach hosts behind the server, so the kernel must forward.
-    setup.previous_forwarding =
-        Some(link::set_ip_forward(true, true).context("enabling IPv4 forwarding")?);
+    if !link::set_ip_forward(true, true).context("enabling IPv4 forwarding")? {
+        setup.forwarding_switched_on.push(true);
+    }
     if config.address6.is_some() {
-        let _ = link::set_ip_forward(false, true);
+        match link::set_ip_forward(false, true) {
+            Ok(was_on) => {
+                if !was_on {
+                    setup.forwarding_switched_on.push(false);
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not enable IPv6 forwarding: clients' IPv6 packets will not be forwarded"
+            ),
+        }
     }
     if let Some(iface) = &config.nat {
         let subnet = IpNet::V4(config.address.trunc());
