@@ -142,3 +142,42 @@ fn single_shot_receive_still_works_without_multishot() {
     assert_eq!(&ring.buffer(1).unwrap()[..3], b"one");
     assert_eq!(ring.source(1), Some(sender.local_addr().unwrap()));
 }
+
+#[test]
+fn a_slot_whose_operation_cannot_be_queued_is_not_left_claimed() {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ring = Uring::new(&[socket.as_raw_fd()], 5, 2048, 1, 4).unwrap();
+    // A single-issuer ring refuses submissions from any other thread than its creator's
+    // (EEXIST): here, a queue that cannot be flushed when it is full.
+    let (mut ring, failed) = std::thread::spawn(move || {
+        let mut ring = ring;
+        // Four receives fill the four-entry submission queue without submitting.
+        for slot in 0..4 {
+            ring.recv(slot, 0, 0, 2048).unwrap();
+        }
+        let failed = ring.recv(4, 0, 0, 2048);
+        (ring, failed)
+    })
+    .join()
+    .unwrap();
+    if failed.is_ok() {
+        eprintln!(
+            "SKIPPED a_slot_whose_operation_cannot_be_queued_is_not_left_claimed: this ring \
+             takes submissions from any thread (kernel without IORING_SETUP_SINGLE_ISSUER)"
+        );
+        return;
+    }
+    assert!(
+        ring.buffer(4).is_some(),
+        "slot 4 is still claimed after its receive could not be queued ({failed:?})"
+    );
+    for slot in 0..4 {
+        assert!(
+            ring.buffer(slot).is_none(),
+            "slot {slot} has its receive queued"
+        );
+    }
+    // Back on the ring's own thread, the slot can be used again.
+    ring.recv(4, 0, 0, 2048).unwrap();
+    assert!(ring.buffer(4).is_none());
+}
