@@ -235,6 +235,18 @@ impl Uring {
         parse_gro_cmsg(&bytes[..used])
     }
 
+    /// Queues the entry of an operation [`claim`](Uring::claim)ed on `slot`; if it cannot be
+    /// queued, the claim is given back, so the slot does not stay busy with nothing in flight.
+    fn push_claimed(&mut self, slot: u32, entry: squeue::Entry) -> io::Result<()> {
+        let pushed = self.push(entry);
+        if pushed.is_err() {
+            if let Some(s) = self.slots.get_mut(slot as usize) {
+                s.busy = s.busy.saturating_sub(1);
+            }
+        }
+        pushed
+    }
+
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every entry built here points into a slot's memory, which stays valid and
@@ -247,7 +259,8 @@ impl Uring {
         }
     }
 
-    /// Checks the range and the op record, and marks one more operation in flight on `slot`.
+    /// Checks the range and the op record, and marks one more operation in flight on `slot`
+    /// (given back by [`push_claimed`](Uring::push_claimed) if the operation is not queued).
     fn claim(
         &mut self,
         slot: u32,
@@ -281,7 +294,7 @@ impl Uring {
         let entry = opcode::Read::new(types::Fixed(file as u32), ptr, len as u32)
             .build()
             .user_data(user_data(slot, Op::Read, file, 0));
-        self.push(entry)
+        self.push_claimed(slot, entry)
     }
 
     /// Queues a write of `buf[offset..offset + len]` to registered file `file`, as operation
@@ -299,7 +312,7 @@ impl Uring {
         let entry = opcode::Write::new(types::Fixed(file as u32), ptr, len as u32)
             .build()
             .user_data(user_data(slot, Op::Write, file, op_index));
-        self.push(entry)
+        self.push_claimed(slot, entry)
     }
 
     /// Queues a `recvmsg` into `buf[offset..offset + len]` on registered socket `file`, with
@@ -323,7 +336,7 @@ impl Uring {
         let entry = opcode::RecvMsg::new(types::Fixed(file as u32), &mut r.msg)
             .build()
             .user_data(user_data(slot, Op::Recv, file, 0));
-        self.push(entry)
+        self.push_claimed(slot, entry)
     }
 
     /// Queues a `sendmsg` of `buf[offset..offset + len]` to `dest` on registered socket `file`,
@@ -368,7 +381,7 @@ impl Uring {
         let entry = opcode::SendMsg::new(types::Fixed(file as u32), &r.msg)
             .build()
             .user_data(user_data(slot, Op::Send, file, op_index));
-        self.push(entry)
+        self.push_claimed(slot, entry)
     }
 
     /// Submits everything queued, waits for at least one completion or `timeout`, and returns
