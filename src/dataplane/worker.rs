@@ -419,6 +419,111 @@ pub(super) fn session_drop(e: SessionError) -> DropReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::keypair::Keypair;
+    use crate::proto::keys::{PublicKey, StaticSecret};
+    use crate::proto::rng::OsRandom;
+    use crate::proto::session::Session;
+    use crate::proto::wire::AddressAssignment;
+    use crate::session_table::PeerEntry;
+    use std::net::Ipv4Addr;
+
+    /// A worker without offloads whose "TUN" is a UDP socket (nothing is read from it), with
+    /// one socket, and a peer at 10.66.0.2 with an endpoint and a current keypair.
+    fn worker() -> Worker {
+        let now = Instant::from_nanos(1);
+        let server = crate::proto::server::Server::new(
+            StaticSecret::generate(&mut OsRandom),
+            now,
+            &mut OsRandom,
+        );
+        let table = Arc::new(SessionTable::new());
+        let session = Arc::new(Session::new());
+        let key = zeroize::Zeroizing::new([3u8; 32]);
+        session.install(Arc::new(Keypair::new(&key, &key, 1, 2, now, true)), now);
+        let peer = Arc::new(PeerEntry::new(
+            PublicKey::from_bytes([5; 32]),
+            session,
+            AddressAssignment {
+                ipv4: Ipv4Addr::new(10, 66, 0, 2),
+                ipv4_prefix: 24,
+                ipv6: None,
+                mtu: 1420,
+            },
+        ));
+        peer.roam_to("127.0.0.1:9".parse().unwrap());
+        table.insert_peer(&peer);
+        let (handshakes, _) = crossbeam_channel::bounded(1);
+        let ctx = WorkerContext {
+            id: 0,
+            core: None,
+            tun: UdpSocket::bind("127.0.0.1:0").unwrap().into(),
+            sockets: vec![UdpSocket::bind("127.0.0.1:0").unwrap()],
+            table,
+            handshakes,
+            counters: Arc::default(),
+            latency: Arc::default(),
+            stop: Arc::default(),
+            client_to_client: false,
+            mac_keys: Arc::new(crate::proto::cookie::MacKeys::new(&[9; 32])),
+            load: Arc::default(),
+            cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),
+            offloads: false,
+            gso_types: crate::offload::coalesce::GsoTypes::NONE,
+            panic_after_packets: None,
+        };
+        setup(ctx).unwrap()
+    }
+
+    /// Puts a 28-byte IPv4 packet to 10.66.0.2 where a TUN read lands in `slot`; its length.
+    fn tun_packet(w: &mut Worker, slot: u32) -> usize {
+        let mut packet = [0u8; 28];
+        packet[0] = 0x45;
+        packet[2..4].copy_from_slice(&28u16.to_be_bytes());
+        packet[8] = 64;
+        packet[9] = 17;
+        packet[12..16].copy_from_slice(&[10, 66, 0, 1]);
+        packet[16..20].copy_from_slice(&[10, 66, 0, 2]);
+        let buf = w.ring.buffer(slot).unwrap();
+        buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + 28].copy_from_slice(&packet);
+        packet.len()
+    }
+
+    #[test]
+    fn a_packet_whose_send_cannot_be_queued_gives_its_slot_back() {
+        let w = worker();
+        // The ring takes submissions only from the thread that made it (single issuer): on
+        // another, a full submission queue cannot be flushed and the next push fails.
+        let (w, outcome, io_errors) = std::thread::spawn(move || {
+            let mut w = w;
+            let entries = w.ring.slot_count(); // one operation per slot without offloads
+            for i in 0..entries {
+                let slot = 1 + (i % (entries - 1)) as u32;
+                w.ring.read(slot, TUN_FILE, 0, 64).unwrap();
+            }
+            let n = tun_packet(&mut w, 0);
+            let snapshot = w.ctx.table.snapshot();
+            let guard = snapshot.guard();
+            let outcome = w.egress(0, n, Instant::from_nanos(2), &snapshot, &guard);
+            drop(guard);
+            let io_errors = w.counters.drops[DropReason::IoError as usize];
+            (w, outcome.map(|o| matches!(o, Outcome::Queued)), io_errors)
+        })
+        .join()
+        .unwrap();
+        if io_errors == 0 {
+            eprintln!(
+                "SKIPPED a_packet_whose_send_cannot_be_queued_gives_its_slot_back: this ring \
+                 takes submissions from any thread (no IORING_SETUP_SINGLE_ISSUER)"
+            );
+            return;
+        }
+        assert_ne!(
+            outcome,
+            Ok(true),
+            "nothing is in flight on the slot, so no completion will ever give it back"
+        );
+        drop(w);
+    }
 
     #[test]
     fn injected_panic_parses_worker_and_packets_only() {
