@@ -160,8 +160,7 @@ impl Worker {
             segment: None,
             segments: 1,
         });
-        self.submit(slot, &ops);
-        Ok(Outcome::Queued)
+        Ok(self.submit(slot, &ops))
     }
 
     /// Offload mode: the read holds a virtio header and a (super-)packet.
@@ -226,12 +225,15 @@ impl Worker {
                 segments: (last - first) as u64,
             });
         }
-        self.submit(slot, &ops);
-        Ok(Outcome::Queued)
+        Ok(self.submit(slot, &ops))
     }
 
-    /// Issues the queued operations of `slot` and counts what they carry.
-    fn submit(&mut self, slot: u32, ops: &PendingOps) {
+    /// Issues the queued operations of `slot` and counts what they carry. [`Outcome::Queued`]
+    /// when at least one is in flight (its completion gives the slot back); when none could be
+    /// queued, [`Outcome::Consumed`], so the caller re-arms the slot instead of waiting for a
+    /// completion that never comes.
+    fn submit(&mut self, slot: u32, ops: &PendingOps) -> Outcome {
+        let mut queued = false;
         for (op_index, op) in ops.ops[..ops.len].iter().flatten().enumerate() {
             let op_index = op_index as u16;
             let result = match *op {
@@ -242,25 +244,34 @@ impl Worker {
                     file,
                     segment,
                     segments,
-                } => {
-                    self.counters.udp_tx_packets += segments;
-                    self.counters.udp_tx_bytes += len as u64;
-                    self.ring
-                        .send(slot, op_index, file, offset, len, dest, segment)
-                }
+                } => self
+                    .ring
+                    .send(slot, op_index, file, offset, len, dest, segment)
+                    .map(|()| {
+                        self.counters.udp_tx_packets += segments;
+                        self.counters.udp_tx_bytes += len as u64;
+                    }),
                 Pending::Write {
                     offset,
                     len,
                     packets,
-                } => {
-                    self.counters.tun_tx_packets += packets;
-                    self.counters.tun_tx_bytes += len as u64;
-                    self.ring.write(slot, op_index, TUN_FILE, offset, len)
-                }
+                } => self
+                    .ring
+                    .write(slot, op_index, TUN_FILE, offset, len)
+                    .map(|()| {
+                        self.counters.tun_tx_packets += packets;
+                        self.counters.tun_tx_bytes += len as u64;
+                    }),
             };
-            if result.is_err() {
-                self.counters.drop(DropReason::IoError);
+            match result {
+                Ok(()) => queued = true,
+                Err(_) => self.counters.drop(DropReason::IoError),
             }
+        }
+        if queued {
+            Outcome::Queued
+        } else {
+            Outcome::Consumed
         }
     }
 
@@ -401,8 +412,7 @@ impl Worker {
             // Every datagram was dropped (counted above) or needed nothing.
             return Ok(Outcome::Consumed);
         }
-        self.submit(slot, &ops);
-        Ok(Outcome::Queued)
+        Ok(self.submit(slot, &ops))
     }
 }
 

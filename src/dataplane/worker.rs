@@ -159,6 +159,9 @@ pub(super) struct Worker {
     pub(super) nonces: crate::proto::rng::PrfRandom,
     /// All cookie replies of this worker, whatever their sources.
     pub(super) reply_budget: crate::proto::ratelimit::TokenBucket,
+    /// Idle slots whose re-arm could not be queued: retried before each wait (room for every
+    /// slot, so adding one never allocates).
+    unarmed: Vec<u32>,
 }
 
 /// Runs a worker until `stop` is set. `ready` gets the outcome of the set-up (the ring must be
@@ -208,6 +211,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
             tracing::info!(worker = ctx.id, error = %e, "no multishot receive (kernel before 6.0?): one receive per slot");
         }
     }
+    let unarmed = Vec::with_capacity(ring.slot_count());
     let socket_families = ctx
         .sockets
         .iter()
@@ -232,6 +236,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
             crate::proto::handshake::COOKIE_REPLIES_PER_WORKER_PER_SECOND,
             crate::proto::handshake::COOKIE_REPLIES_PER_WORKER_BURST,
         ),
+        unarmed,
     })
 }
 
@@ -260,9 +265,29 @@ impl Worker {
         }
     }
 
-    /// Puts a slot back to its home operation.
+    /// Puts a slot back to its home operation; if that cannot be queued now, the slot is
+    /// retried before the next wait ([`Worker::rearm_unarmed`]) rather than lost.
     fn rearm(&mut self, slot: u32) {
-        let result = match (slot < self.tun_slots, self.offloads) {
+        if let Err(e) = self.try_rearm(slot) {
+            tracing::error!(worker = self.ctx.id, slot, error = %e, "could not re-arm an I/O slot; retrying");
+            if !self.unarmed.contains(&slot) {
+                self.unarmed.push(slot);
+            }
+        }
+    }
+
+    /// Re-arms the slots [`Worker::rearm`] could not, until one fails again.
+    fn rearm_unarmed(&mut self) {
+        while let Some(&slot) = self.unarmed.last() {
+            if self.try_rearm(slot).is_err() {
+                break;
+            }
+            self.unarmed.pop();
+        }
+    }
+
+    fn try_rearm(&mut self, slot: u32) -> std::io::Result<()> {
+        match (slot < self.tun_slots, self.offloads) {
             (true, false) => self.ring.read(
                 slot,
                 TUN_FILE,
@@ -275,9 +300,6 @@ impl Worker {
             }
             (false, false) => self.ring.recv(slot, self.home_socket(slot), 0, SLOT_BYTES),
             (false, true) => self.ring.recv(slot, self.home_socket(slot), 0, REGION),
-        };
-        if let Err(e) = result {
-            tracing::error!(worker = self.ctx.id, slot, error = %e, "could not re-arm an I/O slot");
         }
     }
 
@@ -299,6 +321,9 @@ impl Worker {
                 }
             }
             batch.clear();
+            if !self.unarmed.is_empty() {
+                self.rearm_unarmed();
+            }
             self.arm_multishot();
             match self.ring.submit_and_wait(WAIT) {
                 Ok(done) => batch.extend_from_slice(done),
@@ -523,6 +548,35 @@ mod tests {
             "nothing is in flight on the slot, so no completion will ever give it back"
         );
         drop(w);
+    }
+
+    #[test]
+    fn a_slot_that_cannot_be_rearmed_is_rearmed_later() {
+        let w = worker();
+        let w = std::thread::spawn(move || {
+            let mut w = w;
+            let entries = w.ring.slot_count();
+            for i in 0..entries {
+                let slot = 1 + (i % (entries - 1)) as u32;
+                w.ring.read(slot, TUN_FILE, 0, 64).unwrap();
+            }
+            // The queue is full and this thread cannot flush it.
+            w.rearm(0);
+            w
+        })
+        .join()
+        .unwrap();
+        let mut w = w;
+        if w.unarmed.is_empty() {
+            eprintln!("SKIPPED a_slot_that_cannot_be_rearmed_is_rearmed_later: no single issuer");
+            return;
+        }
+        assert_eq!(w.unarmed, vec![0]);
+        assert!(w.ring.buffer(0).is_some(), "slot 0 idle, nothing queued");
+        // On the ring's own thread, before the next wait.
+        w.rearm_unarmed();
+        assert!(w.unarmed.is_empty());
+        assert!(w.ring.buffer(0).is_none(), "slot 0 has its read queued");
     }
 
     #[test]
