@@ -455,6 +455,10 @@ mod tests {
     /// A worker without offloads whose "TUN" is a UDP socket (nothing is read from it), with
     /// one socket, and a peer at 10.66.0.2 with an endpoint and a current keypair.
     fn worker() -> Worker {
+        worker_with(false)
+    }
+
+    fn worker_with(offloads: bool) -> Worker {
         let now = Instant::from_nanos(1);
         let server = crate::proto::server::Server::new(
             StaticSecret::generate(&mut OsRandom),
@@ -492,7 +496,7 @@ mod tests {
             mac_keys: Arc::new(crate::proto::cookie::MacKeys::new(&[9; 32])),
             load: Arc::default(),
             cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),
-            offloads: false,
+            offloads,
             gso_types: crate::offload::coalesce::GsoTypes::NONE,
             panic_after_packets: None,
         };
@@ -548,6 +552,24 @@ mod tests {
             "nothing is in flight on the slot, so no completion will ever give it back"
         );
         drop(w);
+    }
+
+    #[test]
+    fn receives_never_get_more_room_than_the_ingress_path_reads() {
+        for offloads in [false, true] {
+            let mut w = worker_with(offloads);
+            w.arm_all();
+            // What `ingress` slices the received datagrams from.
+            let input = if offloads { REGION } else { SLOT_BYTES };
+            for slot in w.tun_slots..w.ring.slot_count() as u32 {
+                assert_eq!(
+                    w.ring.receive_capacity(slot),
+                    Some(input),
+                    "slot {slot}, offloads {offloads}, multishot {}",
+                    w.ring.is_multishot(w.home_socket(slot))
+                );
+            }
+        }
     }
 
     #[test]

@@ -109,6 +109,8 @@ struct Slot {
     multishot_filled: bool,
     /// The file whose buffer ring holds this slot's buffer, if any.
     provided_to: Option<u8>,
+    /// The most payload the last receive armed on this slot may put in it.
+    receive_capacity: usize,
 }
 
 /// A ring plus its slot arena, for one thread.
@@ -170,6 +172,7 @@ impl Uring {
                 busy: 0,
                 multishot_filled: false,
                 provided_to: None,
+                receive_capacity: 0,
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
@@ -195,6 +198,12 @@ impl Uring {
     pub fn buffer(&mut self, slot: u32) -> Option<&mut [u8]> {
         let s = self.slots.get_mut(slot as usize)?;
         (s.busy == 0).then_some(&mut s.buf[RECV_HEADROOM..])
+    }
+
+    /// The most payload the kernel may put in `slot`'s data with the last receive armed on it
+    /// (single-shot or as a provided buffer).
+    pub fn receive_capacity(&self, slot: u32) -> Option<usize> {
+        self.slots.get(slot as usize).map(|s| s.receive_capacity)
     }
 
     /// The source address the last `recvmsg` on `slot` reported.
@@ -320,6 +329,7 @@ impl Uring {
     pub fn recv(&mut self, slot: u32, file: u8, offset: usize, len: usize) -> io::Result<()> {
         let s = self.claim(slot, 0, offset, len)?;
         s.multishot_filled = false;
+        s.receive_capacity = len;
         let base = s.buf[RECV_HEADROOM + offset..].as_mut_ptr();
         let r = &mut s.ops[0];
         r.iov = libc::iovec {

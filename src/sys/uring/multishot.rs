@@ -126,6 +126,7 @@ impl Uring {
             AtomicU16::from_ptr(tail).store(ring.tail, Ordering::Release);
         }
         ring.provided += 1;
+        s.receive_capacity = s.buf.len() - RECV_HEADROOM;
         s.busy += 1;
         s.provided_to = Some(file);
         Ok(())
