@@ -291,6 +291,7 @@ impl Worker {
             _ => n,
         };
         let offloads = self.offloads;
+        let receive_len = self.receive_len;
         let gso_types = self.gso_types;
         let client_to_client = self.client_to_client;
         let mut gate = HandshakeGate {
@@ -304,11 +305,12 @@ impl Worker {
         };
         let mut ops = PendingOps::new();
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
-        let (input, output) = if offloads {
-            buf.split_at_mut(REGION)
-        } else {
-            buf.split_at_mut(buf.len())
-        };
+        // The receive was given exactly this much room (`Worker::receive_len`); the check
+        // keeps a kernel that reported more from panicking the worker.
+        let (input, output) = buf.split_at_mut(receive_len.min(buf.len()));
+        if n > input.len() {
+            return Err(DropReason::Malformed);
+        }
         let mut out_pos = 0;
         let mut coalescer = Coalescer::new(&mut output[..], gso_types);
         let mut start = 0;

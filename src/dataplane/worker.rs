@@ -150,6 +150,9 @@ pub(super) struct Worker {
     /// Per socket (file index - 1): true for IPv4.
     pub(super) socket_families: Vec<bool>,
     pub(super) offloads: bool,
+    /// Bytes a receive may fill in a socket slot, single-shot or as a provided buffer: what
+    /// the ingress path reads the datagrams from (one region with offloads, else the slot).
+    pub(super) receive_len: usize,
     pub(super) gso_types: crate::offload::coalesce::GsoTypes,
     pub(super) client_to_client: bool,
     /// Cookie-reply budget per source while under load (approximate; the control thread's
@@ -219,6 +222,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         .collect();
     Ok(Worker {
         offloads: ctx.offloads,
+        receive_len: if ctx.offloads { REGION } else { SLOT_BYTES },
         gso_types: ctx.gso_types,
         client_to_client: ctx.client_to_client,
         ctx,
@@ -296,10 +300,12 @@ impl Worker {
             ),
             (true, true) => self.ring.read(slot, TUN_FILE, 0, REGION),
             (false, _) if self.ring.is_multishot(self.home_socket(slot)) => {
-                self.ring.provide(slot, self.home_socket(slot))
+                self.ring
+                    .provide(slot, self.home_socket(slot), self.receive_len)
             }
-            (false, false) => self.ring.recv(slot, self.home_socket(slot), 0, SLOT_BYTES),
-            (false, true) => self.ring.recv(slot, self.home_socket(slot), 0, REGION),
+            (false, _) => self
+                .ring
+                .recv(slot, self.home_socket(slot), 0, self.receive_len),
         }
     }
 
