@@ -247,11 +247,25 @@ impl SessionTable {
         self.remove(Key::Index(index));
     }
 
-    /// Forgets a peer's addresses (its indexes are removed with `remove_index`).
+    /// Removes `key` only while it still maps to `entry`.
+    fn remove_if_owned_by(&self, key: Key, entry: &PeerEntry) {
+        let map = self.map.load();
+        let owned = map
+            .pin()
+            .remove_if(&key, |_, owner| std::ptr::eq(Arc::as_ptr(owner), entry))
+            .is_ok_and(|removed| removed.is_some());
+        if owned {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets a peer's addresses (its indexes are removed with `remove_index`). An address
+    /// that another peer has taken over meanwhile (a reload that swaps or moves addresses
+    /// inserts the new owner before the old one is removed) stays with that peer.
     pub fn remove_peer(&self, entry: &PeerEntry) {
-        self.remove(Key::Address(IpAddr::V4(entry.assignment.ipv4)));
+        self.remove_if_owned_by(Key::Address(IpAddr::V4(entry.assignment.ipv4)), entry);
         if let Some((v6, _)) = entry.assignment.ipv6 {
-            self.remove(Key::Address(IpAddr::V6(v6)));
+            self.remove_if_owned_by(Key::Address(IpAddr::V6(v6)), entry);
         }
     }
 
@@ -352,6 +366,28 @@ mod tests {
         let now = table.snapshot();
         assert!(now.by_index(999_999, &now.guard()).is_some());
         assert_eq!(table.len(), 201);
+    }
+
+    #[test]
+    fn removing_a_peer_leaves_its_old_address_to_whoever_has_it_now() {
+        let table = SessionTable::new();
+        let a = entry(2);
+        table.insert_peer(&a);
+        // Another peer now owns the same address (an address moved in a reload).
+        let b = Arc::new(PeerEntry::new(
+            PublicKey::from_bytes([9; 32]),
+            Arc::new(Session::new()),
+            a.assignment,
+        ));
+        table.insert_peer(&b);
+        table.remove_peer(&a);
+        let snapshot = table.snapshot();
+        let g = snapshot.guard();
+        let owner = snapshot.by_address(IpAddr::V4(a.assignment.ipv4), &g);
+        assert!(owner.is_some_and(|e| Arc::ptr_eq(e, &b)));
+        assert_eq!(table.len(), 1);
+        table.remove_peer(&b);
+        assert!(table.is_empty());
     }
 
     #[test]

@@ -232,6 +232,55 @@ fn nat_masquerade() {
     );
 }
 
+/// `net.ipv4.ip_forward` and `net.ipv6.conf.all.forwarding` in `ns`.
+fn forwarding(lab: &Lab, ns: &str) -> (String, String) {
+    let read = |path: &str| {
+        lab.exec_ok(ns, &["cat", path], Duration::from_secs(5))
+            .trim()
+            .to_string()
+    };
+    (
+        read("/proc/sys/net/ipv4/ip_forward"),
+        read("/proc/sys/net/ipv6/conf/all/forwarding"),
+    )
+}
+
+#[test]
+fn forwarding_is_restored_on_exit() {
+    if !lab_or_skip("forwarding_is_restored_on_exit") {
+        return;
+    }
+    let mut lab = Lab::new(LabConfig::with_clients(1));
+    // With an IPv6 subnet the server forwards IPv6 too.
+    lab.add_server_settings("address6 = \"fd00:66::1/64\"");
+    let s = lab.server_ns.clone();
+    for before in ["0", "1"] {
+        lab.exec_ok(
+            &s,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv4.ip_forward={before}"),
+                &format!("net.ipv6.conf.all.forwarding={before}"),
+            ],
+            Duration::from_secs(5),
+        );
+        lab.start_server();
+        assert_eq!(
+            forwarding(&lab, &s),
+            ("1".into(), "1".into()),
+            "while running"
+        );
+        lab.stop_server();
+        assert_eq!(
+            forwarding(&lab, &s),
+            (before.into(), before.into()),
+            "after the exit, as before the start"
+        );
+    }
+}
+
 #[test]
 fn two_workers_both_busy() {
     if !lab_or_skip("two_workers_both_busy") {

@@ -10,7 +10,7 @@
 //! - `session_churn_returns_to_baseline`: rounds of emulated protocol clients that handshake,
 //!   send one datagram and vanish, with live `peer_add`/`peer_remove`.
 //! - faults: `client_restart_replaces_session`, `server_sigkill_clients_resume`,
-//!   `underlay_blackout_then_loss`.
+//!   `worker_panic_stops_the_server_and_tears_down`, `underlay_blackout_then_loss`.
 //!
 //! Sizes come from environment variables with CI-sized defaults; `scripts/hostile.sh` runs
 //! the full sizes in release mode and prints the `FIGURE` lines that docs/security.md quotes.
@@ -722,6 +722,67 @@ fn server_sigkill_clients_resume() {
             "resume took {d:?} (target: within 15 s)"
         );
     }
+}
+
+#[test]
+fn worker_panic_stops_the_server_and_tears_down() {
+    let name = "worker_panic_stops_the_server_and_tears_down";
+    if !lab_or_skip(name) {
+        return;
+    }
+    use concentrator::dataplane::worker::INJECT_PANIC_ENV;
+    // Worker 0 (the only one) panics after 40 packets: the handshake and a few pings.
+    let mut lab = Lab::new(LabConfig {
+        clients: 1,
+        nat: true,
+        server_env: vec![(INJECT_PANIC_ENV.to_string(), "0:40".to_string())],
+        ..Default::default()
+    });
+    lab.up();
+    let s = lab.server_ns.clone();
+    let table = format!("concentrator_{}", lab.server_pid());
+    assert!(lab.nft_tables(&s).contains(&table), "no nft table {table}");
+    let c1 = lab.client_ns[0].clone();
+    lab.spawn_in(
+        &c1,
+        "ping",
+        &["ping", "-n", "-i", "0.1", "-c", "300", BACKEND],
+    );
+    let mut server = lab.server.take().expect("server running");
+    let status = server.wait(Duration::from_secs(30));
+    let log = strip_ansi(&server.stderr());
+    let status = status
+        .unwrap_or_else(|| panic!("server still running 30 s after its worker's fault:\n{log}"));
+    eprintln!("FIGURE worker panic: server exited with {status}");
+    assert!(
+        !status.success(),
+        "a dead worker must make the exit code non-zero:\n{log}"
+    );
+    assert!(
+        log.contains("error: worker 0 died (panicked: injected fault"),
+        "the log names the worker and its panic:\n{log}"
+    );
+    // The TUN goes with the last queue closed (the kernel may take a moment after the exit).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab
+        .exec(
+            &s,
+            &["ip", "link", "show", SERVER_TUN],
+            Duration::from_secs(5),
+        )
+        .ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{SERVER_TUN} still there after the exit"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tables = lab.nft_tables(&s);
+    assert!(
+        !tables.contains(&table),
+        "nft table {table} left after exit:\n{tables}"
+    );
 }
 
 #[test]

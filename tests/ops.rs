@@ -17,13 +17,7 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Adds operations settings to the lab's server.toml (before the first `[[peer]]`).
 fn add_server_settings(lab: &Lab, settings: &str) {
-    let path = lab.server_config_path();
-    let text = std::fs::read_to_string(&path).unwrap();
-    let (top, peers) = match text.find("[[peer]]") {
-        Some(i) => text.split_at(i),
-        None => (text.as_str(), ""),
-    };
-    std::fs::write(&path, format!("{top}{settings}\n{peers}")).unwrap();
+    lab.add_server_settings(settings);
 }
 
 fn socket(lab: &Lab) -> PathBuf {

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use concentrator::config::ClientConfig;
-use concentrator::offload::coalesce::{Coalescer, Push};
+use concentrator::offload::coalesce::{Coalescer, GsoTypes, Push};
 use concentrator::offload::split::Segmenter;
 use concentrator::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use concentrator::proto::client::{Client, ClientConfig as ProtoClientConfig, ClientEvent};
@@ -46,6 +46,8 @@ struct Tunnel {
     _routes: RouteGuard,
     _tun: tun::Tun,
     queue: OwnedFd,
+    /// The super-packets the TUN takes in writes (the offloads it accepted).
+    gso_types: GsoTypes,
 }
 
 impl Drop for Tunnel {
@@ -77,10 +79,12 @@ fn bring_up(
     }
     let mut dev =
         tun::Tun::open(&config.tun_name, 1, offloads).context("creating the TUN device")?;
-    if offloads {
+    let gso_types = if offloads {
         dev.set_vnet_hdr_size(VNET_HDR_LEN as i32)?;
-        dev.enable_offloads();
-    }
+        GsoTypes::from_tun_offloads(dev.enable_offloads())
+    } else {
+        GsoTypes::NONE
+    };
     let name = dev.name().to_string();
     let v4 = Ipv4Net::new(a.ipv4, a.ipv4_prefix).context("server sent a bad IPv4 prefix")?;
     link::add_address(&name, IpNet::V4(v4))?;
@@ -124,6 +128,7 @@ fn bring_up(
         reader: Some(reader),
         _routes: routes,
         _tun: dev,
+        gso_types,
     })
 }
 
@@ -294,7 +299,8 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
             };
             let segment = segment.map_or(n, usize::from).max(1);
             let now = clock::monotonic_now();
-            let mut coalescer = Coalescer::new(&mut coalesce_buf);
+            let gso_types = tunnel.as_ref().map_or(GsoTypes::NONE, |t| t.gso_types);
+            let mut coalescer = Coalescer::new(&mut coalesce_buf, gso_types);
             for start in (0..n).step_by(segment) {
                 let end = (start + segment).min(n);
                 match client.receive(&mut buf[start..end], now) {

@@ -16,6 +16,7 @@ use concentrator::control::command::Addressing;
 use concentrator::control::{Control, HandshakeStats, HANDSHAKE_QUEUE};
 use concentrator::dataplane::stats::{SharedCounters, SharedLatency};
 use concentrator::dataplane::worker::{self, WorkerContext};
+use concentrator::offload::coalesce::GsoTypes;
 use concentrator::offload::vnet::VNET_HDR_LEN;
 use concentrator::ops::{self, latency_log, latency_log::LatencyLog, socket::ControlSocket, Ops};
 use concentrator::proto::keys::StaticSecret;
@@ -35,7 +36,9 @@ pub struct ServeOptions {
 /// What the server set up and must take down again, in reverse order.
 struct Setup {
     masquerade: Option<nft::Masquerade>,
-    previous_forwarding: Option<bool>,
+    /// The forwarding sysctls this server switched on (`true`: IPv4, `false`: IPv6): only
+    /// those are switched off again.
+    forwarding_switched_on: Vec<bool>,
 }
 
 impl Drop for Setup {
@@ -45,8 +48,10 @@ impl Drop for Setup {
                 tracing::warn!(error = %e, "could not remove the NAT rules");
             }
         }
-        if self.previous_forwarding == Some(false) {
-            let _ = link::set_ip_forward(true, false);
+        for &v4 in &self.forwarding_switched_on {
+            if let Err(e) = link::set_ip_forward(v4, false) {
+                tracing::warn!(error = %e, "could not switch forwarding back off");
+            }
         }
     }
 }
@@ -165,13 +170,24 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
 
     let mut setup = Setup {
         masquerade: None,
-        previous_forwarding: None,
+        forwarding_switched_on: Vec::new(),
     };
     // Clients reach hosts behind the server, so the kernel must forward.
-    setup.previous_forwarding =
-        Some(link::set_ip_forward(true, true).context("enabling IPv4 forwarding")?);
+    if !link::set_ip_forward(true, true).context("enabling IPv4 forwarding")? {
+        setup.forwarding_switched_on.push(true);
+    }
     if config.address6.is_some() {
-        let _ = link::set_ip_forward(false, true);
+        match link::set_ip_forward(false, true) {
+            Ok(was_on) => {
+                if !was_on {
+                    setup.forwarding_switched_on.push(false);
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not enable IPv6 forwarding: clients' IPv6 packets will not be forwarded"
+            ),
+        }
     }
     if let Some(iface) = &config.nat {
         let subnet = IpNet::V4(config.address.trunc());
@@ -258,7 +274,17 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     let latencies: Vec<Arc<SharedLatency>> = (0..workers)
         .map(|_| Arc::new(SharedLatency::default()))
         .collect();
+    let injected_panic = worker::InjectedPanic::from_env()?;
+    if let Some(fault) = injected_panic {
+        tracing::warn!(
+            worker = fault.worker,
+            after_packets = fault.after_packets,
+            "FAULT INJECTION: {} is set, this worker will panic (a knob for tests only)",
+            worker::INJECT_PANIC_ENV
+        );
+    }
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let (died_tx, died_rx) = crossbeam_channel::unbounded();
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     for ((id, queue), socks) in tun.take_queues().into_iter().enumerate().zip(sockets) {
         let ctx = WorkerContext {
@@ -276,13 +302,19 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
             load: load.clone(),
             cookie_secrets: control.shared_cookie_secrets(),
             offloads,
+            gso_types: GsoTypes::from_tun_offloads(tun_offloads),
+            panic_after_packets: injected_panic
+                .filter(|fault| fault.worker == id)
+                .map(|fault| fault.after_packets),
         };
         let ready = ready_tx.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("worker-{id}"))
-                .spawn(move || worker::run(ctx, ready))?,
-        );
+        threads.push(spawn_essential(
+            format!("worker-{id}"),
+            format!("worker {id}"),
+            &died_tx,
+            &stop,
+            move || worker::run(ctx, ready),
+        )?);
     }
     drop(ready_tx);
     let mut failure = None;
@@ -301,11 +333,13 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         return Err(e);
     }
     drop(hs_tx);
-    threads.push(
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || control.run())?,
-    );
+    threads.push(spawn_essential(
+        "control".into(),
+        "the control thread".into(),
+        &died_tx,
+        &stop,
+        move || control.run(),
+    )?);
 
     let listen_port = config.listen_port;
     let peer_count = config.peers.len();
@@ -368,6 +402,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         "concentrator is up"
     );
     let _ = notify::notify("READY=1");
+    // Set by a thread that died as well as by the signals below.
     while !stop.load(Ordering::Relaxed) {
         match signals::wait(Duration::from_millis(200)) {
             Some(signals::Signal::Stop) => break,
@@ -381,7 +416,12 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         }
     }
     let _ = notify::notify("STOPPING=1");
-    tracing::info!("stopping");
+    // A dead thread reports its death before it sets `stop`.
+    if died_rx.is_empty() {
+        tracing::info!("stopping");
+    } else {
+        tracing::error!("stopping because a thread died");
+    }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -418,7 +458,74 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     }
     drop(setup);
     drop(tun);
-    Ok(())
+    // One death can end others (the control thread returns once every worker is gone): the
+    // panics first, they are the cause.
+    let mut deaths: Vec<ThreadDeath> = died_rx.try_iter().collect();
+    deaths.sort_by_key(|d| !d.panicked);
+    if deaths.is_empty() {
+        return Ok(());
+    }
+    let what = deaths
+        .iter()
+        .map(|d| format!("{} died ({})", d.thread, d.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    bail!(
+        "{what}. The server stopped so that its service manager restarts it (left running, it \
+         would drop a share of the traffic)"
+    )
+}
+
+/// A thread the server cannot run without that ended before the stop.
+struct ThreadDeath {
+    /// Which thread, for people ("worker 2").
+    thread: String,
+    /// Its panic message, or that it returned.
+    reason: String,
+    /// It panicked (rather than returned).
+    panicked: bool,
+}
+
+/// Starts a thread the server cannot run without (a worker: `SO_REUSEPORT` and the TUN keep
+/// handing it a share of the traffic; the control thread). If it panics or returns before
+/// `stop` is set, it logs which thread and why, reports it on `died` and sets `stop`, so the
+/// server tears down and exits with an error instead of running on with a hole in it.
+fn spawn_essential(
+    name: String,
+    label: String,
+    died: &crossbeam_channel::Sender<ThreadDeath>,
+    stop: &Arc<AtomicBool>,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let (died, stop) = (died.clone(), stop.clone());
+    std::thread::Builder::new().name(name).spawn(move || {
+        // The server stops after a panic, so no state it left half-changed is used again.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+        let (reason, panicked) = match outcome {
+            Ok(()) if stop.load(Ordering::Relaxed) => return,
+            Ok(()) => ("it returned before the stop".to_string(), false),
+            Err(payload) => (
+                format!("panicked: {}", panic_message(payload.as_ref())),
+                true,
+            ),
+        };
+        tracing::error!(thread = %label, reason = %reason, "{label} died; stopping the server");
+        let _ = died.send(ThreadDeath {
+            thread: label,
+            reason,
+            panicked,
+        });
+        stop.store(true, Ordering::Relaxed);
+    })
+}
+
+/// The message a panic was raised with.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Names a file that receives the workers' latency histograms when the server stops.

@@ -727,6 +727,67 @@ mod tests {
         assert_eq!(e2b.rx_bytes.load(Ordering::Relaxed), 7);
     }
 
+    fn host_spec(i: u8, host: u8) -> PeerSpec {
+        PeerSpec {
+            public_key: key(i),
+            psk: PresharedKey::zero(),
+            assignment: AddressAssignment {
+                ipv4: Ipv4Addr::new(10, 66, 0, host),
+                ipv4_prefix: 24,
+                ipv6: None,
+                mtu: 1420,
+            },
+        }
+    }
+
+    /// Reloads `(peer, host)` pairs, then checks every address maps to its peer, and the
+    /// addresses no peer has any more map to nobody.
+    fn reload_and_check(c: &mut Control, table: &SessionTable, peers: &[(u8, u8)], freed: &[u8]) {
+        let specs = peers.iter().map(|&(i, h)| host_spec(i, h)).collect();
+        c.set_peers(specs, addressing());
+        for &(i, host) in peers {
+            let ip = Ipv4Addr::new(10, 66, 0, host);
+            let found = lookup(table, ip).map(|e| e.public_key);
+            assert_eq!(found, Some(key(i)), "{ip} should map to peer {i}");
+            let entry = &c.entries[&key(i)];
+            assert!(Arc::ptr_eq(entry, &lookup(table, ip).unwrap()));
+        }
+        for &host in freed {
+            let ip = Ipv4Addr::new(10, 66, 0, host);
+            assert!(lookup(table, ip).is_none(), "{ip} is nobody's any more");
+        }
+    }
+
+    #[test]
+    fn reload_that_swaps_two_peers_addresses_maps_both() {
+        let (mut c, table) = control();
+        reload_and_check(&mut c, &table, &[(1, 2), (2, 3)], &[]);
+        // A .2 -> .3 while B .3 -> .2.
+        reload_and_check(&mut c, &table, &[(1, 3), (2, 2)], &[]);
+        // And back, in the other order of keys.
+        reload_and_check(&mut c, &table, &[(2, 3), (1, 2)], &[]);
+    }
+
+    #[test]
+    fn reload_that_moves_a_peer_to_a_free_address_frees_the_old_one() {
+        let (mut c, table) = control();
+        reload_and_check(&mut c, &table, &[(1, 2), (2, 4)], &[]);
+        reload_and_check(&mut c, &table, &[(1, 3), (2, 4)], &[2]);
+        // Onto the address a removed peer had, in the same reload.
+        reload_and_check(&mut c, &table, &[(1, 4)], &[2, 3]);
+    }
+
+    #[test]
+    fn reload_that_rotates_three_peers_addresses_maps_all() {
+        let (mut c, table) = control();
+        reload_and_check(&mut c, &table, &[(1, 2), (2, 3), (3, 4)], &[]);
+        reload_and_check(&mut c, &table, &[(1, 3), (2, 4), (3, 2)], &[]);
+        // The other direction.
+        reload_and_check(&mut c, &table, &[(1, 4), (2, 2), (3, 3)], &[]);
+        // Rotation plus a new peer taking a moved peer's old address.
+        reload_and_check(&mut c, &table, &[(1, 5), (2, 4), (3, 3), (4, 2)], &[]);
+    }
+
     #[test]
     fn commands_reach_the_running_thread() {
         let (c, _table) = control();

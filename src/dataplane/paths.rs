@@ -162,8 +162,7 @@ impl Worker {
             segment: None,
             segments: 1,
         });
-        self.submit(slot, &ops);
-        Ok(Outcome::Queued)
+        Ok(self.submit(slot, &ops))
     }
 
     /// Offload mode: the read holds a virtio header and a (super-)packet.
@@ -228,12 +227,15 @@ impl Worker {
                 segments: (last - first) as u64,
             });
         }
-        self.submit(slot, &ops);
-        Ok(Outcome::Queued)
+        Ok(self.submit(slot, &ops))
     }
 
-    /// Issues the queued operations of `slot` and counts what they carry.
-    fn submit(&mut self, slot: u32, ops: &PendingOps) {
+    /// Issues the queued operations of `slot` and counts what they carry. [`Outcome::Queued`]
+    /// when at least one is in flight (its completion gives the slot back); when none could be
+    /// queued, [`Outcome::Consumed`], so the caller re-arms the slot instead of waiting for a
+    /// completion that never comes.
+    fn submit(&mut self, slot: u32, ops: &PendingOps) -> Outcome {
+        let mut queued = false;
         for (op_index, op) in ops.ops[..ops.len].iter().flatten().enumerate() {
             let op_index = op_index as u16;
             let result = match *op {
@@ -244,25 +246,34 @@ impl Worker {
                     file,
                     segment,
                     segments,
-                } => {
-                    self.counters.udp_tx_packets += segments;
-                    self.counters.udp_tx_bytes += len as u64;
-                    self.ring
-                        .send(slot, op_index, file, offset, len, dest, segment)
-                }
+                } => self
+                    .ring
+                    .send(slot, op_index, file, offset, len, dest, segment)
+                    .map(|()| {
+                        self.counters.udp_tx_packets += segments;
+                        self.counters.udp_tx_bytes += len as u64;
+                    }),
                 Pending::Write {
                     offset,
                     len,
                     packets,
-                } => {
-                    self.counters.tun_tx_packets += packets;
-                    self.counters.tun_tx_bytes += len as u64;
-                    self.ring.write(slot, op_index, TUN_FILE, offset, len)
-                }
+                } => self
+                    .ring
+                    .write(slot, op_index, TUN_FILE, offset, len)
+                    .map(|()| {
+                        self.counters.tun_tx_packets += packets;
+                        self.counters.tun_tx_bytes += len as u64;
+                    }),
             };
-            if result.is_err() {
-                self.counters.drop(DropReason::IoError);
+            match result {
+                Ok(()) => queued = true,
+                Err(_) => self.counters.drop(DropReason::IoError),
             }
+        }
+        if queued {
+            Outcome::Queued
+        } else {
+            Outcome::Consumed
         }
     }
 
@@ -282,6 +293,8 @@ impl Worker {
             _ => n,
         };
         let offloads = self.offloads;
+        let receive_len = self.receive_len;
+        let gso_types = self.gso_types;
         let client_to_client = self.client_to_client;
         let mut gate = HandshakeGate {
             queue: &self.ctx.handshakes,
@@ -293,13 +306,14 @@ impl Worker {
         };
         let mut ops = PendingOps::new();
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
-        let (input, output) = if offloads {
-            buf.split_at_mut(REGION)
-        } else {
-            buf.split_at_mut(buf.len())
-        };
+        // The receive was given exactly this much room (`Worker::receive_len`); the check
+        // keeps a kernel that reported more from panicking the worker.
+        let (input, output) = buf.split_at_mut(receive_len.min(buf.len()));
+        if n > input.len() {
+            return Err(DropReason::Malformed);
+        }
         let mut out_pos = 0;
-        let mut coalescer = Coalescer::new(&mut output[..]);
+        let mut coalescer = Coalescer::new(&mut output[..], gso_types);
         let mut start = 0;
         let mut first_error = None;
         while start < n {
@@ -366,7 +380,7 @@ impl Worker {
                                     }
                                     out_pos += len;
                                 }
-                                coalescer = Coalescer::new(&mut output[out_pos..]);
+                                coalescer = Coalescer::new(&mut output[out_pos..], gso_types);
                             }
                             Push::TooLarge => {
                                 // Write it alone, its virtio header in the transport header's place.
@@ -401,8 +415,7 @@ impl Worker {
             // Every datagram was dropped (counted above) or needed nothing.
             return Ok(Outcome::Consumed);
         }
-        self.submit(slot, &ops);
-        Ok(Outcome::Queued)
+        Ok(self.submit(slot, &ops))
     }
 }
 

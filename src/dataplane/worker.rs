@@ -39,6 +39,52 @@ const WAIT: Duration = Duration::from_millis(100);
 /// How often the worker merges its latency histogram into the shared one.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
+/// Fault injection, for tests only: `<worker>:<packets>` in this environment variable makes
+/// worker `<worker>` panic once it has received `<packets>` packets (TUN reads and datagrams),
+/// so that tests can check what a worker's death does to the server. The server logs a
+/// warning at start-up when it is set; nothing else reads it.
+pub const INJECT_PANIC_ENV: &str = "CONCENTRATOR_FAULT_INJECTION_PANIC_WORKER";
+
+/// A worker panic requested through [`INJECT_PANIC_ENV`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InjectedPanic {
+    /// Which worker panics.
+    pub worker: usize,
+    /// After how many received packets.
+    pub after_packets: u64,
+}
+
+/// [`INJECT_PANIC_ENV`] holds something other than `<worker>:<packets>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{INJECT_PANIC_ENV}={0:?} is not <worker>:<packets> (a fault-injection knob for tests: \
+     unset it)"
+)]
+pub struct BadInjectedPanic(String);
+
+impl InjectedPanic {
+    /// Parses `<worker>:<packets>`.
+    pub fn parse(value: &str) -> Result<Self, BadInjectedPanic> {
+        let bad = || BadInjectedPanic(value.to_string());
+        let (worker, after) = value.split_once(':').ok_or_else(bad)?;
+        Ok(InjectedPanic {
+            worker: worker.trim().parse().map_err(|_| bad())?,
+            after_packets: after.trim().parse().map_err(|_| bad())?,
+        })
+    }
+
+    /// The fault requested in the environment, if any.
+    pub fn from_env() -> Result<Option<Self>, BadInjectedPanic> {
+        match std::env::var(INJECT_PANIC_ENV) {
+            Ok(value) => Self::parse(&value).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(v)) => {
+                Err(BadInjectedPanic(v.to_string_lossy().into_owned()))
+            }
+        }
+    }
+}
+
 /// A handshake message for the control thread.
 #[derive(Debug, Clone)]
 pub struct HandshakeMessage {
@@ -81,6 +127,11 @@ pub struct WorkerContext {
     pub cookie_secrets: Arc<arc_swap::ArcSwap<crate::proto::cookie::CookieSecrets>>,
     /// The TUN queue carries virtio headers (super-packets) and the sockets use UDP GRO/GSO.
     pub offloads: bool,
+    /// The super-packets the TUN takes in writes (the offloads it accepted): packets of
+    /// other kinds are written one by one.
+    pub gso_types: crate::offload::coalesce::GsoTypes,
+    /// Tests only ([`INJECT_PANIC_ENV`]): panic after this many received packets.
+    pub panic_after_packets: Option<u64>,
 }
 
 pub(super) const TUN_FILE: u8 = 0;
@@ -101,12 +152,19 @@ pub(super) struct Worker {
     /// Per socket (file index - 1): true for IPv4.
     pub(super) socket_families: Vec<bool>,
     pub(super) offloads: bool,
+    /// Bytes a receive may fill in a socket slot, single-shot or as a provided buffer: what
+    /// the ingress path reads the datagrams from (one region with offloads, else the slot).
+    pub(super) receive_len: usize,
+    pub(super) gso_types: crate::offload::coalesce::GsoTypes,
     pub(super) client_to_client: bool,
     /// The under-load check of initiations (the responder's, with a fixed table for the
     /// per-source limit of valid-mac2 initiations; the control thread's limiter is exact).
     pub(super) admission: Admission<SlotLimiter>,
     /// Nonces of the cookie replies this worker writes.
     pub(super) nonces: crate::proto::rng::PrfRandom,
+    /// Idle slots whose re-arm could not be queued: retried before each wait (room for every
+    /// slot, so adding one never allocates).
+    unarmed: Vec<u32>,
 }
 
 /// Runs a worker until `stop` is set. `ready` gets the outcome of the set-up (the ring must be
@@ -156,6 +214,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
             tracing::info!(worker = ctx.id, error = %e, "no multishot receive (kernel before 6.0?): one receive per slot");
         }
     }
+    let unarmed = Vec::with_capacity(ring.slot_count());
     let socket_families = ctx
         .sockets
         .iter()
@@ -163,6 +222,8 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         .collect();
     Ok(Worker {
         offloads: ctx.offloads,
+        receive_len: if ctx.offloads { REGION } else { SLOT_BYTES },
+        gso_types: ctx.gso_types,
         client_to_client: ctx.client_to_client,
         ctx,
         ring,
@@ -171,6 +232,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         socket_families,
         admission: worker_admission(),
         nonces: crate::proto::rng::PrfRandom::new(&mut crate::proto::rng::OsRandom),
+        unarmed,
     })
 }
 
@@ -209,9 +271,29 @@ impl Worker {
         }
     }
 
-    /// Puts a slot back to its home operation.
+    /// Puts a slot back to its home operation; if that cannot be queued now, the slot is
+    /// retried before the next wait ([`Worker::rearm_unarmed`]) rather than lost.
     fn rearm(&mut self, slot: u32) {
-        let result = match (slot < self.tun_slots, self.offloads) {
+        if let Err(e) = self.try_rearm(slot) {
+            tracing::error!(worker = self.ctx.id, slot, error = %e, "could not re-arm an I/O slot; retrying");
+            if !self.unarmed.contains(&slot) {
+                self.unarmed.push(slot);
+            }
+        }
+    }
+
+    /// Re-arms the slots [`Worker::rearm`] could not, until one fails again.
+    fn rearm_unarmed(&mut self) {
+        while let Some(&slot) = self.unarmed.last() {
+            if self.try_rearm(slot).is_err() {
+                break;
+            }
+            self.unarmed.pop();
+        }
+    }
+
+    fn try_rearm(&mut self, slot: u32) -> std::io::Result<()> {
+        match (slot < self.tun_slots, self.offloads) {
             (true, false) => self.ring.read(
                 slot,
                 TUN_FILE,
@@ -220,13 +302,12 @@ impl Worker {
             ),
             (true, true) => self.ring.read(slot, TUN_FILE, 0, REGION),
             (false, _) if self.ring.is_multishot(self.home_socket(slot)) => {
-                self.ring.provide(slot, self.home_socket(slot))
+                self.ring
+                    .provide(slot, self.home_socket(slot), self.receive_len)
             }
-            (false, false) => self.ring.recv(slot, self.home_socket(slot), 0, SLOT_BYTES),
-            (false, true) => self.ring.recv(slot, self.home_socket(slot), 0, REGION),
-        };
-        if let Err(e) = result {
-            tracing::error!(worker = self.ctx.id, slot, error = %e, "could not re-arm an I/O slot");
+            (false, _) => self
+                .ring
+                .recv(slot, self.home_socket(slot), 0, self.receive_len),
         }
     }
 
@@ -248,6 +329,9 @@ impl Worker {
                 }
             }
             batch.clear();
+            if !self.unarmed.is_empty() {
+                self.rearm_unarmed();
+            }
             self.arm_multishot();
             match self.ring.submit_and_wait(WAIT) {
                 Ok(done) => batch.extend_from_slice(done),
@@ -278,6 +362,16 @@ impl Worker {
                 self.ctx.latency.merge_from(&mut latency);
             }
             self.ctx.counters.publish(&self.counters);
+            if let Some(after) = self.ctx.panic_after_packets {
+                let received = self.counters.tun_rx_packets + self.counters.udp_rx_packets;
+                if received >= after {
+                    panic!(
+                        "injected fault: worker {} panics after {received} packets \
+                         ({INJECT_PANIC_ENV})",
+                        self.ctx.id
+                    );
+                }
+            }
         }
         self.ctx.counters.publish(&self.counters);
         self.ctx.latency.merge_from(&mut latency);
@@ -352,5 +446,184 @@ pub(super) fn session_drop(e: SessionError) -> DropReason {
             TransportError::KeyExpired | TransportError::KeyExhausted => DropReason::KeyExpired,
             TransportError::BufferTooSmall | TransportError::Malformed => DropReason::Malformed,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::keypair::Keypair;
+    use crate::proto::keys::{PublicKey, StaticSecret};
+    use crate::proto::rng::OsRandom;
+    use crate::proto::session::Session;
+    use crate::proto::wire::AddressAssignment;
+    use crate::session_table::PeerEntry;
+    use std::net::Ipv4Addr;
+
+    /// A worker without offloads whose "TUN" is a UDP socket (nothing is read from it), with
+    /// one socket, and a peer at 10.66.0.2 with an endpoint and a current keypair.
+    fn worker() -> Worker {
+        worker_with(false)
+    }
+
+    fn worker_with(offloads: bool) -> Worker {
+        let now = Instant::from_nanos(1);
+        let server = crate::proto::server::Server::new(
+            StaticSecret::generate(&mut OsRandom),
+            now,
+            &mut OsRandom,
+        );
+        let table = Arc::new(SessionTable::new());
+        let session = Arc::new(Session::new());
+        let key = zeroize::Zeroizing::new([3u8; 32]);
+        session.install(Arc::new(Keypair::new(&key, &key, 1, 2, now, true)), now);
+        let peer = Arc::new(PeerEntry::new(
+            PublicKey::from_bytes([5; 32]),
+            session,
+            AddressAssignment {
+                ipv4: Ipv4Addr::new(10, 66, 0, 2),
+                ipv4_prefix: 24,
+                ipv6: None,
+                mtu: 1420,
+            },
+        ));
+        peer.roam_to("127.0.0.1:9".parse().unwrap());
+        table.insert_peer(&peer);
+        let (handshakes, _) = crossbeam_channel::bounded(1);
+        let ctx = WorkerContext {
+            id: 0,
+            core: None,
+            tun: UdpSocket::bind("127.0.0.1:0").unwrap().into(),
+            sockets: vec![UdpSocket::bind("127.0.0.1:0").unwrap()],
+            table,
+            handshakes,
+            counters: Arc::default(),
+            latency: Arc::default(),
+            stop: Arc::default(),
+            client_to_client: false,
+            mac_keys: Arc::new(crate::proto::cookie::MacKeys::new(&[9; 32])),
+            load: Arc::default(),
+            cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),
+            offloads,
+            gso_types: crate::offload::coalesce::GsoTypes::NONE,
+            panic_after_packets: None,
+        };
+        setup(ctx).unwrap()
+    }
+
+    /// Puts a 28-byte IPv4 packet to 10.66.0.2 where a TUN read lands in `slot`; its length.
+    fn tun_packet(w: &mut Worker, slot: u32) -> usize {
+        let mut packet = [0u8; 28];
+        packet[0] = 0x45;
+        packet[2..4].copy_from_slice(&28u16.to_be_bytes());
+        packet[8] = 64;
+        packet[9] = 17;
+        packet[12..16].copy_from_slice(&[10, 66, 0, 1]);
+        packet[16..20].copy_from_slice(&[10, 66, 0, 2]);
+        let buf = w.ring.buffer(slot).unwrap();
+        buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + 28].copy_from_slice(&packet);
+        packet.len()
+    }
+
+    #[test]
+    fn a_packet_whose_send_cannot_be_queued_gives_its_slot_back() {
+        let w = worker();
+        // The ring takes submissions only from the thread that made it (single issuer): on
+        // another, a full submission queue cannot be flushed and the next push fails.
+        let (w, outcome, io_errors) = std::thread::spawn(move || {
+            let mut w = w;
+            let entries = w.ring.slot_count(); // one operation per slot without offloads
+            for i in 0..entries {
+                let slot = 1 + (i % (entries - 1)) as u32;
+                w.ring.read(slot, TUN_FILE, 0, 64).unwrap();
+            }
+            let n = tun_packet(&mut w, 0);
+            let snapshot = w.ctx.table.snapshot();
+            let guard = snapshot.guard();
+            let outcome = w.egress(0, n, Instant::from_nanos(2), &snapshot, &guard);
+            drop(guard);
+            let io_errors = w.counters.drops[DropReason::IoError as usize];
+            (w, outcome.map(|o| matches!(o, Outcome::Queued)), io_errors)
+        })
+        .join()
+        .unwrap();
+        if io_errors == 0 {
+            eprintln!(
+                "SKIPPED a_packet_whose_send_cannot_be_queued_gives_its_slot_back: this ring \
+                 takes submissions from any thread (no IORING_SETUP_SINGLE_ISSUER)"
+            );
+            return;
+        }
+        assert_ne!(
+            outcome,
+            Ok(true),
+            "nothing is in flight on the slot, so no completion will ever give it back"
+        );
+        drop(w);
+    }
+
+    #[test]
+    fn receives_never_get_more_room_than_the_ingress_path_reads() {
+        for offloads in [false, true] {
+            let mut w = worker_with(offloads);
+            w.arm_all();
+            // What `ingress` slices the received datagrams from.
+            let input = if offloads { REGION } else { SLOT_BYTES };
+            for slot in w.tun_slots..w.ring.slot_count() as u32 {
+                assert_eq!(
+                    w.ring.receive_capacity(slot),
+                    Some(input),
+                    "slot {slot}, offloads {offloads}, multishot {}",
+                    w.ring.is_multishot(w.home_socket(slot))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_slot_that_cannot_be_rearmed_is_rearmed_later() {
+        let w = worker();
+        let w = std::thread::spawn(move || {
+            let mut w = w;
+            let entries = w.ring.slot_count();
+            for i in 0..entries {
+                let slot = 1 + (i % (entries - 1)) as u32;
+                w.ring.read(slot, TUN_FILE, 0, 64).unwrap();
+            }
+            // The queue is full and this thread cannot flush it.
+            w.rearm(0);
+            w
+        })
+        .join()
+        .unwrap();
+        let mut w = w;
+        if w.unarmed.is_empty() {
+            eprintln!("SKIPPED a_slot_that_cannot_be_rearmed_is_rearmed_later: no single issuer");
+            return;
+        }
+        assert_eq!(w.unarmed, vec![0]);
+        assert!(w.ring.buffer(0).is_some(), "slot 0 idle, nothing queued");
+        // On the ring's own thread, before the next wait.
+        w.rearm_unarmed();
+        assert!(w.unarmed.is_empty());
+        assert!(w.ring.buffer(0).is_none(), "slot 0 has its read queued");
+    }
+
+    #[test]
+    fn injected_panic_parses_worker_and_packets_only() {
+        assert_eq!(
+            InjectedPanic::parse("1:40"),
+            Ok(InjectedPanic {
+                worker: 1,
+                after_packets: 40
+            })
+        );
+        for bad in ["", "1", "1:", ":40", "a:40", "1:-4", "1:40:2"] {
+            let e = InjectedPanic::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(INJECT_PANIC_ENV) && e.contains("unset it"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 }

@@ -17,6 +17,8 @@
 //!   merged, because merging would invent a checksum for unverified data.
 //! - Every merged packet's L4 checksum must verify: the super-packet goes to the kernel with
 //!   `NEEDS_CSUM` and the kernel would compute a fresh, valid checksum over corrupted data.
+//! - Only the kinds of super-packet the TUN device accepted ([`GsoTypes`]): a kernel that
+//!   refused USO fails every `GSO_UDP_L4` write.
 //! - Every payload is as large as the first (that size becomes `gso_size`), except a smaller
 //!   last one, which ends the super-packet; the total stays within 65535 bytes.
 
@@ -99,6 +101,63 @@ impl<'b> Coalesced<'b> {
     }
 }
 
+/// The GSO types a TUN device accepts in writes: those it negotiated with `TUNSETOFFLOAD`.
+/// A kernel that refused USO (before 6.2) fails every `GSO_UDP_L4` write, so the coalescer
+/// builds only the kinds of super-packet listed here and writes everything else packet by
+/// packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GsoTypes {
+    /// TCP over IPv4 (`VIRTIO_NET_HDR_GSO_TCPV4`).
+    pub tcp4: bool,
+    /// TCP over IPv6 (`VIRTIO_NET_HDR_GSO_TCPV6`).
+    pub tcp6: bool,
+    /// UDP over IPv4 (`VIRTIO_NET_HDR_GSO_UDP_L4`).
+    pub udp4: bool,
+    /// UDP over IPv6 (`VIRTIO_NET_HDR_GSO_UDP_L4`).
+    pub udp6: bool,
+}
+
+impl GsoTypes {
+    /// Every type this coalescer can build.
+    pub const ALL: Self = Self {
+        tcp4: true,
+        tcp6: true,
+        udp4: true,
+        udp6: true,
+    };
+    /// None: every packet is written alone.
+    pub const NONE: Self = Self {
+        tcp4: false,
+        tcp6: false,
+        udp4: false,
+        udp6: false,
+    };
+
+    fn allows(&self, kind: Kind, v6: bool) -> bool {
+        match (kind, v6) {
+            (Kind::Tcp, false) => self.tcp4,
+            (Kind::Tcp, true) => self.tcp6,
+            (Kind::Udp, false) => self.udp4,
+            (Kind::Udp, true) => self.udp6,
+            (Kind::Single, _) => false,
+        }
+    }
+
+    /// The types a TUN device takes given the `TUN_F_*` flags it accepted
+    /// ([`Tun::enable_offloads`](crate::sys::tun::Tun::enable_offloads)). Each needs the
+    /// partial checksum too (`TUN_F_CSUM`): every super-packet goes out with `NEEDS_CSUM`.
+    pub fn from_tun_offloads(flags: u32) -> Self {
+        use crate::sys::tun::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
+        let has = |flag: u32| flags & TUN_F_CSUM != 0 && flags & flag != 0;
+        Self {
+            tcp4: has(TUN_F_TSO4),
+            tcp6: has(TUN_F_TSO6),
+            udp4: has(TUN_F_USO4),
+            udp6: has(TUN_F_USO6),
+        }
+    }
+}
+
 /// Builds one super-packet at a time in a caller-provided buffer.
 ///
 /// The first [`VNET_HDR_LEN`] bytes of the buffer are reserved for the virtio header so that
@@ -110,15 +169,18 @@ pub struct Coalescer<'a> {
     /// Bytes of IP packet in `buf[VNET_HDR_LEN..]`.
     len: usize,
     flow: Option<Flow>,
+    /// The kinds of super-packet the device takes; other packets are written alone.
+    accepted: GsoTypes,
 }
 
 impl<'a> Coalescer<'a> {
-    /// A coalescer writing into `buf`.
-    pub fn new(buf: &'a mut [u8]) -> Self {
+    /// A coalescer writing into `buf`, building only super-packets of the types in `accepted`.
+    pub fn new(buf: &'a mut [u8], accepted: GsoTypes) -> Self {
         Self {
             buf,
             len: 0,
             flow: None,
+            accepted,
         }
     }
 
@@ -200,6 +262,8 @@ impl<'a> Coalescer<'a> {
             Some(c) => &packet[..c.total],
             None => packet,
         };
+        // A kind the device does not take stays a single packet (its padding trimmed).
+        let cand = cand.filter(|c| self.accepted.allows(c.kind, c.l3.v6));
         if self.buf.len() < VNET_HDR_LEN || data.len() > self.buf.len() - VNET_HDR_LEN {
             return Push::TooLarge;
         }

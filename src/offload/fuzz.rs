@@ -1,7 +1,7 @@
 //! Body of [`super::fuzz_roundtrip`]: drives split and coalesce with arbitrary bytes and checks
 //! the invariants that hold for every input.
 
-use super::{Coalescer, Push, Segmenter, VirtioNetHdr, VNET_HDR_LEN};
+use super::{Coalescer, GsoTypes, Push, Segmenter, VirtioNetHdr, VNET_HDR_LEN};
 
 const MAX: usize = 65535;
 
@@ -21,7 +21,7 @@ pub(crate) fn roundtrip(data: &[u8]) {
     if let Ok(seg) = Segmenter::new(&hdr, packet, mtu) {
         let n = seg.segment_count();
         assert!(n >= 1);
-        let mut c = Coalescer::new(&mut coalesce_buf);
+        let mut c = Coalescer::new(&mut coalesce_buf, GsoTypes::ALL);
         // Index of the first segment in the pending super-packet.
         let mut base = 0;
         for i in 0..n {
@@ -48,7 +48,7 @@ pub(crate) fn roundtrip(data: &[u8]) {
     }
 
     // Raw packets: `packet` cut into pieces, each length given by a byte, pushed in order.
-    let mut c = Coalescer::new(&mut coalesce_buf);
+    let mut c = Coalescer::new(&mut coalesce_buf, GsoTypes::ALL);
     let mut rest = packet;
     let mut pushed = 0usize;
     while let Some((&l, tail)) = rest.split_first() {

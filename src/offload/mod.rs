@@ -21,7 +21,7 @@ pub mod vnet;
 #[cfg(test)]
 mod tests;
 
-pub use coalesce::{Coalesced, Coalescer, Push};
+pub use coalesce::{Coalesced, Coalescer, GsoTypes, Push};
 pub use split::{complete_checksum, split_into, Segmenter};
 pub use vnet::*;
 

@@ -197,7 +197,7 @@ fn verify_segments(s: Spec, segs: &[Vec<u8>], mtu: usize) {
 /// Coalesces `segs`; returns every emitted (header, packet, segment count).
 fn coalesce_all(segs: &[Vec<u8>]) -> Vec<(VirtioNetHdr, Vec<u8>, usize)> {
     let mut buf = vec![0u8; VNET_HDR_LEN + 65535];
-    let mut c = Coalescer::new(&mut buf);
+    let mut c = Coalescer::new(&mut buf, GsoTypes::ALL);
     let mut out = Vec::new();
     for s in segs {
         match c.try_push(s) {
@@ -554,7 +554,7 @@ fn refresh_tcp4(p: &mut [u8]) {
 /// Pushes `a` then `b` into a fresh coalescer and returns the second outcome.
 fn push_pair(a: &[u8], b: &[u8]) -> Push {
     let mut buf = vec![0u8; VNET_HDR_LEN + 65535];
-    let mut c = Coalescer::new(&mut buf);
+    let mut c = Coalescer::new(&mut buf, GsoTypes::ALL);
     assert_eq!(c.try_push(a), Push::Started);
     c.try_push(b)
 }
@@ -603,7 +603,7 @@ fn coalesce_rejections() {
     refresh_tcp4(&mut short);
     assert_eq!(push_pair(&short, &segs[2]), Push::Rejected);
     let mut buf = vec![0u8; VNET_HDR_LEN + 65535];
-    let mut c = Coalescer::new(&mut buf);
+    let mut c = Coalescer::new(&mut buf, GsoTypes::ALL);
     assert_eq!(c.try_push(&segs[0]), Push::Started);
     assert_eq!(c.try_push(&short), Push::Merged);
     assert_eq!(c.try_push(&segs[2]), Push::Rejected);
@@ -616,7 +616,7 @@ fn coalesce_rejections() {
     icmp[9] = 1;
     refresh_tcp4(&mut icmp);
     assert_eq!(push_pair(&icmp, &segs[1]), Push::Rejected);
-    let mut c = Coalescer::new(&mut buf);
+    let mut c = Coalescer::new(&mut buf, GsoTypes::ALL);
     assert_eq!(c.try_push(&icmp), Push::Started);
     let f = c.finish().unwrap();
     assert_eq!(f.hdr, VirtioNetHdr::NONE);
@@ -627,11 +627,14 @@ fn coalesce_rejections() {
     assert_eq!(push_pair(&segs[0], &padded), Push::Merged);
     // A too-small buffer.
     let mut tiny = [0u8; 100];
-    let mut c = Coalescer::new(&mut tiny);
+    let mut c = Coalescer::new(&mut tiny, GsoTypes::ALL);
     assert_eq!(c.try_push(&segs[0]), Push::TooLarge);
     assert!(c.is_empty());
     let mut none = [0u8; 5];
-    assert_eq!(Coalescer::new(&mut none).try_push(&[]), Push::TooLarge);
+    assert_eq!(
+        Coalescer::new(&mut none, GsoTypes::ALL).try_push(&[]),
+        Push::TooLarge
+    );
 }
 
 #[test]
@@ -653,7 +656,7 @@ fn coalesce_size_limits() {
     assert_eq!(out[0].1.len(), 40 + 45 * 1424);
     // A coalescer buffer of 3 segments.
     let mut buf = vec![0u8; VNET_HDR_LEN + 40 + 3 * 1424];
-    let mut c = Coalescer::new(&mut buf);
+    let mut c = Coalescer::new(&mut buf, GsoTypes::ALL);
     assert_eq!(c.try_push(&segs[0]), Push::Started);
     assert_eq!(c.try_push(&segs[1]), Push::Merged);
     assert_eq!(c.try_push(&segs[2]), Push::Merged);
@@ -728,5 +731,99 @@ proptest! {
             data[at] ^= v;
         }
         fuzz_roundtrip(&data);
+    }
+}
+
+/// Coalesces `segs` in order with only `accepted` GSO types: (header, segments) per write.
+fn coalesce_with(segs: &[Vec<u8>], accepted: GsoTypes) -> Vec<(VirtioNetHdr, usize)> {
+    let mut buf = vec![0u8; VNET_HDR_LEN + 65535];
+    let mut c = Coalescer::new(&mut buf, accepted);
+    let mut out = Vec::new();
+    for s in segs {
+        loop {
+            match c.try_push(s) {
+                Push::Started | Push::Merged => break,
+                Push::Rejected => {
+                    let f = c.finish().unwrap();
+                    if f.segments == 1 {
+                        // A packet written alone goes out unchanged.
+                        assert!(segs.iter().any(|p| p[..] == *f.packet()));
+                    }
+                    out.push((f.hdr, f.segments));
+                }
+                Push::TooLarge => panic!("too large"),
+            }
+        }
+    }
+    if let Some(f) = c.finish() {
+        out.push((f.hdr, f.segments));
+    }
+    out
+}
+
+/// Four segments of one flow of each kind: (name, segments, its GSO type).
+fn flows_of_every_kind() -> Vec<(&'static str, Vec<Vec<u8>>, u8)> {
+    [(false, true), (true, true), (false, false), (true, false)]
+        .into_iter()
+        .map(|(v6, tcp)| {
+            let (hdr, x) = super_packet(Spec {
+                v6,
+                tcp,
+                payload: 4000,
+                gso: 1000,
+                ..BASE
+            });
+            let name = match (tcp, v6) {
+                (true, false) => "tcp4",
+                (true, true) => "tcp6",
+                (false, false) => "udp4",
+                (false, true) => "udp6",
+            };
+            (name, split_vec(&hdr, &x, MTU).unwrap(), hdr.gso_type)
+        })
+        .collect()
+}
+
+#[test]
+fn coalescing_follows_the_gso_types_the_tun_accepted() {
+    use crate::sys::tun::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
+    let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+    // What `Tun::enable_offloads` may end with: everything, no USO (kernels before 6.2),
+    // checksum only, nothing; and single families.
+    let cases: [(u32, &[&str]); 6] = [
+        (
+            tso | TUN_F_USO4 | TUN_F_USO6,
+            &["tcp4", "tcp6", "udp4", "udp6"],
+        ),
+        (tso, &["tcp4", "tcp6"]),
+        (TUN_F_CSUM, &[]),
+        (0, &[]),
+        (TUN_F_CSUM | TUN_F_TSO6 | TUN_F_USO4, &["tcp6", "udp4"]),
+        // Segmentation without the partial checksum every super-packet carries.
+        (TUN_F_TSO4 | TUN_F_USO4, &[]),
+    ];
+    for (flags, coalesced) in cases {
+        let accepted = GsoTypes::from_tun_offloads(flags);
+        for (name, segs, gso_type) in flows_of_every_kind() {
+            assert_eq!(segs.len(), 4);
+            let out = coalesce_with(&segs, accepted);
+            if coalesced.contains(&name) {
+                assert_eq!(
+                    out.len(),
+                    1,
+                    "{name} with flags {flags:#x}: one super-packet"
+                );
+                assert_eq!((out[0].0.gso_type, out[0].1), (gso_type, 4), "{name}");
+            } else {
+                assert_eq!(
+                    out.len(),
+                    4,
+                    "{name} with flags {flags:#x}: packet by packet"
+                );
+                for (hdr, segments) in out {
+                    assert_eq!((hdr, segments), (VirtioNetHdr::NONE, 1), "{name}");
+                }
+            }
+        }
     }
 }

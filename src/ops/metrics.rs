@@ -7,9 +7,9 @@
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Ops;
 use crate::dataplane::stats::DropReason;
@@ -260,17 +260,55 @@ fn peer_series(o: &mut Out, snap: &crate::control::command::Snapshot) {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop`.
+/// Longest one metrics connection may take, from accept to the last byte of the answer: a
+/// scraper sends its request at once and reads the page in milliseconds, so only a client that
+/// dribbles its request (or reads the answer a byte at a time) meets this; it is cut off.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections served at once, each on a thread of its own: a few scrapers with room to
+/// spare. Past it, a new connection gets a 503 and is closed.
+const MAX_CONNECTIONS: usize = 8;
+
+/// Counts a connection being served until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop`: each connection on a thread of its own
+/// (at most [`MAX_CONNECTIONS`]) and within [`CONNECTION_DEADLINE`], so that a slow client
+/// cannot hold the endpoint.
 pub fn serve(listener: TcpListener, ops: Arc<Ops>, per_peer: bool, stop: Arc<AtomicBool>) {
     if let Err(e) = listener.set_nonblocking(true) {
         tracing::error!(error = %e, "metrics listener unusable");
         return;
     }
+    let busy = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = answer(stream, &ops, per_peer) {
-                    tracing::debug!(error = %e, "metrics request failed");
+            Ok((stream, from)) => {
+                if busy.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                    tracing::debug!(%from, "metrics: too many connections; refused");
+                    refuse(stream);
+                    continue;
+                }
+                busy.fetch_add(1, Ordering::Relaxed);
+                let slot = Slot(busy.clone());
+                let ops = ops.clone();
+                let deadline = Instant::now() + CONNECTION_DEADLINE;
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        if let Err(e) = answer(stream, &ops, per_peer, deadline) {
+                            tracing::debug!(%from, error = %e, "metrics request failed");
+                        }
+                    });
+                // On failure the closure, and with it the slot and the stream, is dropped.
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "metrics: cannot start a connection thread");
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -284,13 +322,35 @@ pub fn serve(listener: TcpListener, ops: Arc<Ops>, per_peer: bool, stop: Arc<Ato
     }
 }
 
-fn answer(mut stream: TcpStream, ops: &Ops, per_peer: bool) -> std::io::Result<()> {
+/// Tells a connection over the limit to come back later, without waiting for it.
+fn refuse(mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+}
+
+/// Time left until `deadline`, or a timeout error once it has passed.
+fn left(deadline: Instant) -> std::io::Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "connection deadline passed")
+        })
+}
+
+fn answer(
+    mut stream: TcpStream,
+    ops: &Ops,
+    per_peer: bool,
+    deadline: Instant,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut req = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        stream.set_read_timeout(Some(left(deadline)?))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
@@ -313,11 +373,134 @@ fn answer(mut stream: TcpStream, ops: &Ops, per_peer: bool) -> std::io::Result<(
             "only GET\n".to_string(),
         ),
     };
-    write!(
-        stream,
+    let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )?;
-    stream.write_all(body.as_bytes())?;
+    );
+    for mut part in [head.as_bytes(), body.as_bytes()] {
+        while !part.is_empty() {
+            stream.set_write_timeout(Some(left(deadline)?))?;
+            match stream.write(part) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => part = &part[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
     stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::{key_file, temp_dir};
+    use crate::config::ServerConfig;
+
+    fn ops() -> Arc<Ops> {
+        let dir = temp_dir("metrics");
+        key_file(&dir, "server.key", &[7; 32]);
+        let text = "private_key_file = \"server.key\"\naddress = \"10.66.0.1/24\"\n";
+        let (config, _) = ServerConfig::from_toml_str(text, &dir).unwrap();
+        let (commands, _) = crossbeam_channel::bounded(1);
+        Arc::new(Ops::new(
+            "ctr-test".into(),
+            dir.join("server.toml"),
+            config,
+            vec![Arc::default()],
+            vec![Arc::default()],
+            Arc::default(),
+            commands,
+        ))
+    }
+
+    /// Dribbles a never-ending request, a byte every 500 ms; returns how long after `connected`
+    /// the server closed the connection (None: still open after 20 s).
+    fn slow_loris(mut stream: TcpStream, connected: Instant) -> Option<Duration> {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: ".iter().cycle() {
+            if stream.write_all(&[*byte]).is_err() {
+                return Some(connected.elapsed());
+            }
+            match stream.read(&mut [0u8; 64]) {
+                Ok(0) => return Some(connected.elapsed()),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                // An answer or a reset: the server is done with it.
+                Ok(_) | Err(_) => return Some(connected.elapsed()),
+            }
+            if connected.elapsed() > Duration::from_secs(20) {
+                return None;
+            }
+        }
+        unreachable!("the request never ends")
+    }
+
+    #[test]
+    fn a_slow_client_neither_blocks_a_scrape_nor_keeps_its_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = {
+            let (ops, stop) = (ops(), stop.clone());
+            std::thread::spawn(move || serve(listener, ops, false, stop))
+        };
+        let connected = Instant::now();
+        let loris = TcpStream::connect(addr).unwrap();
+        let loris = std::thread::spawn(move || slow_loris(loris, connected));
+        // The server is busy with the slow client by now.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut scrape = TcpStream::connect(addr).unwrap();
+        scrape
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        scrape.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let read = scrape.read_to_string(&mut answer);
+        assert!(
+            read.is_ok()
+                && answer.starts_with("HTTP/1.1 200 OK")
+                && answer.contains("concentrator_uptime_seconds"),
+            "scrape not answered within 3 s next to a slow client: {read:?} {answer:?}"
+        );
+        let closed = loris.join().unwrap();
+        assert!(
+            closed.is_some_and(|after| after <= Duration::from_secs(8)),
+            "the slow client's connection was still open {closed:?} after it connected"
+        );
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn connections_past_the_limit_are_refused_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = {
+            let (ops, stop) = (ops(), stop.clone());
+            std::thread::spawn(move || serve(listener, ops, false, stop))
+        };
+        // Connections that send nothing hold every place until the deadline.
+        let held: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let mut extra = TcpStream::connect(addr).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut answer = String::new();
+        let read = extra.read_to_string(&mut answer);
+        assert!(
+            read.is_ok() && answer.starts_with("HTTP/1.1 503"),
+            "{read:?} {answer:?}"
+        );
+        drop(held);
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+    }
 }

@@ -45,7 +45,8 @@ pub struct ControlSocket {
 
 impl ControlSocket {
     /// Binds `path`: creates its directory (0700) if missing, refuses a socket another process
-    /// still answers on, replaces a stale one, and makes the socket 0600.
+    /// still answers on and anything that is not a socket, replaces a stale socket, and makes
+    /// the socket 0600.
     pub fn bind(path: &Path) -> Result<Self> {
         let mut created_dir = false;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -56,7 +57,16 @@ impl ControlSocket {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
             }
         }
-        if path.exists() {
+        // Not following a symbolic link: what sits at the path itself is what would be removed.
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                bail!(
+                    "{} exists and is not a socket: remove it or set control_socket to another \
+                     path (the server only replaces a socket left behind by a stopped server)",
+                    path.display()
+                );
+            }
             if UnixStream::connect(path).is_ok() {
                 bail!(
                     "{} is in use by another running server; stop it or set control_socket",
@@ -248,4 +258,45 @@ pub fn request<T: serde::de::DeserializeOwned>(
         .read_line(&mut out)
         .context("reading the answer")?;
     Ok(decode_answer(&out)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::temp_dir;
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_left_alone() {
+        let dir = temp_dir("control-socket");
+        let path = dir.join("control.sock");
+        std::fs::write(&path, "an operator's file\n").unwrap();
+        let err = ControlSocket::bind(&path).err().expect("bind must refuse");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("not a socket"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "an operator's file\n"
+        );
+        // Nor a symbolic link, whatever it points to.
+        let link = dir.join("link.sock");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(ControlSocket::bind(&link).is_err());
+        assert!(std::fs::symlink_metadata(&link).is_ok());
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+        let dir = temp_dir("control-socket");
+        let path = dir.join("control.sock");
+        // A socket nobody listens on any more (a server killed without cleaning up).
+        drop(UnixListener::bind(&path).unwrap());
+        let live = ControlSocket::bind(&path).unwrap();
+        let err = ControlSocket::bind(&path).err().expect("in use");
+        assert!(format!("{err:#}").contains("in use"), "{err:#}");
+        drop(live);
+        assert!(!path.exists(), "removed on drop");
+    }
 }

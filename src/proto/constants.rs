@@ -46,6 +46,12 @@ pub const REKEY_AFTER_MESSAGES: u64 = 1 << 27;
 /// plaintext is 1936 bytes, 121 blocks. (The appendix's integrity limit for the same size,
 /// 2^57 forgery attempts, is not counted: it cannot be reached within [`REJECT_AFTER_TIME`].)
 pub const REJECT_AFTER_MESSAGES: u64 = 1 << 28;
+/// The message size [`REJECT_AFTER_MESSAGES`] assumes (2^11 bytes of AAD and plaintext). A
+/// larger message, which only a relayed super-packet in offload mode can be, is charged as
+/// `ceil(len / MESSAGE_BYTES)` messages: the bound of RFC 9001 appendix B.1.1 depends on `q`
+/// and `l` only through `q * l`, the AES blocks sealed under the key, so charging by size keeps
+/// those within the 2^35 the limit allows.
+pub const MESSAGE_BYTES: usize = 1 << 11;
 
 /// Width of the replay window in counters. RFC 6479 style; must be at least 2048 (our own
 /// requirement, so that reordering across workers and queues does not drop packets).

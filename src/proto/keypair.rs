@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use zeroize::Zeroizing;
 
-use super::constants::{REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES};
+use super::constants::{
+    MESSAGE_BYTES, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
+};
 use super::replay::{ReplayError, ReplayWindow};
 use super::time::Instant;
 use super::wire::{self, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
@@ -135,6 +137,11 @@ impl Keypair {
 
     /// Seals in place. `buf[16..16 + payload_len]` holds the plaintext; `buf` must have room
     /// for the header before and the tag after. Returns the length of the whole message.
+    ///
+    /// A message of more than [`MESSAGE_BYTES`] (header and plaintext) takes one counter per
+    /// started [`MESSAGE_BYTES`] and is sealed under the first: the count behind
+    /// [`REJECT_AFTER_MESSAGES`] and rekeying is then one of 2 KiB messages whatever the sizes.
+    /// The receiver's replay window takes the gap.
     pub fn seal(
         &self,
         buf: &mut [u8],
@@ -148,8 +155,9 @@ impl Keypair {
         if now - self.created >= REJECT_AFTER_TIME {
             return Err(TransportError::KeyExpired);
         }
-        let counter = self.send_counter.fetch_add(1, Ordering::Relaxed);
-        if counter >= REJECT_AFTER_MESSAGES {
+        let charged = (TRANSPORT_HEADER_LEN + payload_len).div_ceil(MESSAGE_BYTES) as u64;
+        let counter = self.send_counter.fetch_add(charged, Ordering::Relaxed);
+        if counter + charged > REJECT_AFTER_MESSAGES {
             return Err(TransportError::KeyExhausted);
         }
         let (header, rest) = buf.split_at_mut(TRANSPORT_HEADER_LEN);
@@ -196,5 +204,68 @@ impl Keypair {
             counter,
             TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + plain_len,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::constants::MAX_MTU;
+
+    /// A sending keypair and the peer's matching receiving one.
+    fn pair() -> (Keypair, Keypair) {
+        let (a, b) = (Zeroizing::new([1u8; 32]), Zeroizing::new([2u8; 32]));
+        let t = Instant::from_nanos(1);
+        (
+            Keypair::new(&a, &b, 1, 2, t, true),
+            Keypair::new(&b, &a, 2, 1, t, false),
+        )
+    }
+
+    /// Seals `payload_len` bytes; returns the sealed length and the counter it used.
+    fn seal(k: &Keypair, payload_len: usize) -> Result<(Vec<u8>, u64), TransportError> {
+        let mut buf = vec![0x5a; TRANSPORT_HEADER_LEN + payload_len + TAG_LEN];
+        let n = k.seal(&mut buf, payload_len, Instant::from_nanos(2))?;
+        buf.truncate(n);
+        let counter = u64::from_le_bytes(buf[8..16].try_into().unwrap());
+        Ok((buf, counter))
+    }
+
+    #[test]
+    fn messages_larger_than_2_kib_are_charged_by_size() {
+        let (tx, rx) = pair();
+        // Up to 2 KiB with the header (every packet of at most MAX_MTU): one message each.
+        seal(&tx, 0).unwrap();
+        seal(&tx, usize::from(MAX_MTU)).unwrap();
+        seal(&tx, 2048 - TRANSPORT_HEADER_LEN).unwrap();
+        assert_eq!(tx.messages_sent(), 3);
+        // A relayed 60 000-byte super-packet is 60 016 bytes of AAD and plaintext: 30 times
+        // the 2 KiB behind REJECT_AFTER_MESSAGES.
+        let (big, counter) = seal(&tx, 60_000).unwrap();
+        assert_eq!(counter, 3);
+        assert_eq!(tx.messages_sent(), 3 + 30);
+        let (small, next) = seal(&tx, 100).unwrap();
+        assert_eq!(
+            next, 33,
+            "the next packet's counter follows the charged ones"
+        );
+        // The receiver takes the jump in counters.
+        for mut packet in [big, small] {
+            rx.open(&mut packet, Instant::from_nanos(3)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_large_message_past_the_limit_is_refused() {
+        let (tx, _) = pair();
+        tx.send_counter
+            .store(REJECT_AFTER_MESSAGES - 10, Ordering::Relaxed);
+        // Would take 30 messages' worth with 10 left.
+        assert_eq!(seal(&tx, 60_000).err(), Some(TransportError::KeyExhausted));
+        let (tx, _) = pair();
+        tx.send_counter
+            .store(REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
+        seal(&tx, 1000).unwrap();
+        assert_eq!(seal(&tx, 1000).err(), Some(TransportError::KeyExhausted));
     }
 }

@@ -122,6 +122,8 @@ pub struct LabConfig {
     /// TUN/UDP offloads (the default). Off, the server and the clients run with
     /// `--no-offloads`.
     pub offloads: bool,
+    /// Environment variables added for the server (fault injection).
+    pub server_env: Vec<(String, String)>,
 }
 
 impl Default for LabConfig {
@@ -137,6 +139,7 @@ impl Default for LabConfig {
             unknown_clients: Vec::new(),
             ipv6: true,
             offloads: true,
+            server_env: Vec::new(),
         }
     }
 }
@@ -533,6 +536,17 @@ impl Lab {
         self.dir.join("server.toml")
     }
 
+    /// Adds `settings` (TOML lines) to the server's configuration, before its peers.
+    pub fn add_server_settings(&self, settings: &str) {
+        let path = self.server_config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (top, peers) = match text.find("[[peer]]") {
+            Some(i) => text.split_at(i),
+            None => (text.as_str(), ""),
+        };
+        std::fs::write(&path, format!("{top}{settings}\n{peers}")).unwrap();
+    }
+
     fn log_env() -> Vec<(&'static str, String)> {
         vec![
             ("NO_COLOR", "1".to_string()),
@@ -552,10 +566,25 @@ impl Lab {
 
     /// Starts a background process inside `ns`, owned by the caller.
     pub fn spawn_proc(&self, ns: &str, name: &str, argv: &[&str]) -> Proc {
+        self.spawn_proc_env(ns, name, argv, &[])
+    }
+
+    /// [`Lab::spawn_proc`] with `extra` environment variables.
+    pub fn spawn_proc_env(
+        &self,
+        ns: &str,
+        name: &str,
+        argv: &[&str],
+        extra: &[(String, String)],
+    ) -> Proc {
         let mut full = vec!["ip", "netns", "exec", ns];
         full.extend_from_slice(argv);
         let env = Self::log_env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect();
         Proc::spawn(name, &full, &env, &self.dir)
     }
 
@@ -606,7 +635,7 @@ impl Lab {
         if !self.cfg.offloads {
             argv.push("--no-offloads");
         }
-        let p = self.spawn_proc(&self.server_ns.clone(), &name, &argv);
+        let p = self.spawn_proc_env(&self.server_ns, &name, &argv, &self.cfg.server_env);
         self.server = Some(p);
         let deadline = Instant::now() + SHORT;
         loop {

@@ -109,6 +109,8 @@ struct Slot {
     multishot_filled: bool,
     /// The file whose buffer ring holds this slot's buffer, if any.
     provided_to: Option<u8>,
+    /// The most payload the last receive armed on this slot may put in it.
+    receive_capacity: usize,
 }
 
 /// A ring plus its slot arena, for one thread.
@@ -170,6 +172,7 @@ impl Uring {
                 busy: 0,
                 multishot_filled: false,
                 provided_to: None,
+                receive_capacity: 0,
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
@@ -195,6 +198,12 @@ impl Uring {
     pub fn buffer(&mut self, slot: u32) -> Option<&mut [u8]> {
         let s = self.slots.get_mut(slot as usize)?;
         (s.busy == 0).then_some(&mut s.buf[RECV_HEADROOM..])
+    }
+
+    /// The most payload the kernel may put in `slot`'s data with the last receive armed on it
+    /// (single-shot or as a provided buffer).
+    pub fn receive_capacity(&self, slot: u32) -> Option<usize> {
+        self.slots.get(slot as usize).map(|s| s.receive_capacity)
     }
 
     /// The source address the last `recvmsg` on `slot` reported.
@@ -235,6 +244,18 @@ impl Uring {
         parse_gro_cmsg(&bytes[..used])
     }
 
+    /// Queues the entry of an operation [`claim`](Uring::claim)ed on `slot`; if it cannot be
+    /// queued, the claim is given back, so the slot does not stay busy with nothing in flight.
+    fn push_claimed(&mut self, slot: u32, entry: squeue::Entry) -> io::Result<()> {
+        let pushed = self.push(entry);
+        if pushed.is_err() {
+            if let Some(s) = self.slots.get_mut(slot as usize) {
+                s.busy = s.busy.saturating_sub(1);
+            }
+        }
+        pushed
+    }
+
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every entry built here points into a slot's memory, which stays valid and
@@ -247,7 +268,8 @@ impl Uring {
         }
     }
 
-    /// Checks the range and the op record, and marks one more operation in flight on `slot`.
+    /// Checks the range and the op record, and marks one more operation in flight on `slot`
+    /// (given back by [`push_claimed`](Uring::push_claimed) if the operation is not queued).
     fn claim(
         &mut self,
         slot: u32,
@@ -281,7 +303,7 @@ impl Uring {
         let entry = opcode::Read::new(types::Fixed(file as u32), ptr, len as u32)
             .build()
             .user_data(user_data(slot, Op::Read, file, 0));
-        self.push(entry)
+        self.push_claimed(slot, entry)
     }
 
     /// Queues a write of `buf[offset..offset + len]` to registered file `file`, as operation
@@ -299,7 +321,7 @@ impl Uring {
         let entry = opcode::Write::new(types::Fixed(file as u32), ptr, len as u32)
             .build()
             .user_data(user_data(slot, Op::Write, file, op_index));
-        self.push(entry)
+        self.push_claimed(slot, entry)
     }
 
     /// Queues a `recvmsg` into `buf[offset..offset + len]` on registered socket `file`, with
@@ -307,6 +329,7 @@ impl Uring {
     pub fn recv(&mut self, slot: u32, file: u8, offset: usize, len: usize) -> io::Result<()> {
         let s = self.claim(slot, 0, offset, len)?;
         s.multishot_filled = false;
+        s.receive_capacity = len;
         let base = s.buf[RECV_HEADROOM + offset..].as_mut_ptr();
         let r = &mut s.ops[0];
         r.iov = libc::iovec {
@@ -323,7 +346,7 @@ impl Uring {
         let entry = opcode::RecvMsg::new(types::Fixed(file as u32), &mut r.msg)
             .build()
             .user_data(user_data(slot, Op::Recv, file, 0));
-        self.push(entry)
+        self.push_claimed(slot, entry)
     }
 
     /// Queues a `sendmsg` of `buf[offset..offset + len]` to `dest` on registered socket `file`,
@@ -368,7 +391,7 @@ impl Uring {
         let entry = opcode::SendMsg::new(types::Fixed(file as u32), &r.msg)
             .build()
             .user_data(user_data(slot, Op::Send, file, op_index));
-        self.push(entry)
+        self.push_claimed(slot, entry)
     }
 
     /// Submits everything queued, waits for at least one completion or `timeout`, and returns

@@ -93,8 +93,10 @@ impl Uring {
             .is_some_and(Option::is_some)
     }
 
-    /// Hands idle `slot` to the kernel as a buffer for `file`'s multishot receive.
-    pub fn provide(&mut self, slot: u32, file: u8) -> io::Result<()> {
+    /// Hands idle `slot` to the kernel as a buffer for `file`'s multishot receive, with room for
+    /// `len` bytes of payload (the headroom in front of the data comes on top): no more than
+    /// the caller reads a datagram from.
+    pub fn provide(&mut self, slot: u32, file: u8, len: usize) -> io::Result<()> {
         let invalid = |what| io::Error::new(io::ErrorKind::InvalidInput, what);
         let ring = self
             .buf_rings
@@ -107,6 +109,10 @@ impl Uring {
             .get_mut(slot as usize)
             .filter(|s| s.busy == 0)
             .ok_or(invalid("no such slot, or slot busy"))?;
+        let offered = RECV_HEADROOM
+            .checked_add(len)
+            .filter(|&n| n <= s.buf.len() && u32::try_from(n).is_ok())
+            .ok_or(invalid("receive length beyond the slot's buffer"))?;
         if ring.provided > ring.mask {
             return Err(invalid("buffer ring full"));
         }
@@ -115,7 +121,7 @@ impl Uring {
         // the tail moves past it below.
         let entry = unsafe { &mut *ring.entries.as_ptr().add(index) };
         entry.set_addr(s.buf.as_mut_ptr() as u64);
-        entry.set_len(s.buf.len() as u32);
+        entry.set_len(offered as u32);
         entry.set_bid(bid);
         ring.tail = ring.tail.wrapping_add(1);
         // SAFETY: the shared tail is the reserved field of the ring's first entry, 2-byte aligned
@@ -126,6 +132,7 @@ impl Uring {
             AtomicU16::from_ptr(tail).store(ring.tail, Ordering::Release);
         }
         ring.provided += 1;
+        s.receive_capacity = len;
         s.busy += 1;
         s.provided_to = Some(file);
         Ok(())
@@ -189,7 +196,7 @@ pub(super) fn reap_multishot(
     if result >= 0 {
         let payload = header_field(&s.buf, 8) as usize;
         let truncated = header_field(&s.buf, 12) & libc::MSG_TRUNC as u32 != 0;
-        done.result = if truncated || payload > s.buf.len() - RECV_HEADROOM {
+        done.result = if truncated || payload > s.receive_capacity {
             -libc::EMSGSIZE
         } else {
             payload as i32

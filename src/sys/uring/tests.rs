@@ -44,7 +44,7 @@ fn setup(buffers: u16) -> Option<(Uring, UdpSocket, UdpSocket)> {
         return None;
     }
     for slot in 0..u32::from(buffers) {
-        ring.provide(slot, 0).unwrap();
+        ring.provide(slot, 0, 2048).unwrap();
     }
     ring.arm_multishot().unwrap();
     Some((ring, receiver, sender))
@@ -110,11 +110,11 @@ fn out_of_buffers_waits_for_one_to_come_back() {
         assert_eq!(got.len(), 1, "a datagram after the buffer came back");
         assert_eq!(got[0].0, 0);
         seen.push(got[0].1.clone());
-        ring.provide(0, 0).unwrap();
+        ring.provide(0, 0, 2048).unwrap();
     }
     assert_eq!(seen, vec![vec![0u8; 10], vec![1u8; 10], vec![2u8; 10]]);
     // A busy slot cannot be provided twice.
-    assert!(ring.provide(0, 0).is_err());
+    assert!(ring.provide(0, 0, 2048).is_err());
 }
 
 #[test]
@@ -141,4 +141,85 @@ fn single_shot_receive_still_works_without_multishot() {
     assert_eq!((done[0].slot, done[0].op, done[0].result), (1, Op::Recv, 3));
     assert_eq!(&ring.buffer(1).unwrap()[..3], b"one");
     assert_eq!(ring.source(1), Some(sender.local_addr().unwrap()));
+}
+
+#[test]
+fn a_slot_whose_operation_cannot_be_queued_is_not_left_claimed() {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ring = Uring::new(&[socket.as_raw_fd()], 5, 2048, 1, 4).unwrap();
+    // A single-issuer ring refuses submissions from any other thread than its creator's
+    // (EEXIST): here, a queue that cannot be flushed when it is full.
+    let (mut ring, failed) = std::thread::spawn(move || {
+        let mut ring = ring;
+        // Four receives fill the four-entry submission queue without submitting.
+        for slot in 0..4 {
+            ring.recv(slot, 0, 0, 2048).unwrap();
+        }
+        let failed = ring.recv(4, 0, 0, 2048);
+        (ring, failed)
+    })
+    .join()
+    .unwrap();
+    if failed.is_ok() {
+        eprintln!(
+            "SKIPPED a_slot_whose_operation_cannot_be_queued_is_not_left_claimed: this ring \
+             takes submissions from any thread (kernel without IORING_SETUP_SINGLE_ISSUER)"
+        );
+        return;
+    }
+    assert!(
+        ring.buffer(4).is_some(),
+        "slot 4 is still claimed after its receive could not be queued ({failed:?})"
+    );
+    for slot in 0..4 {
+        assert!(
+            ring.buffer(slot).is_none(),
+            "slot {slot} has its receive queued"
+        );
+    }
+    // Back on the ring's own thread, the slot can be used again.
+    ring.recv(4, 0, 0, 2048).unwrap();
+    assert!(ring.buffer(4).is_none());
+}
+
+#[test]
+fn a_provided_buffer_offers_exactly_the_length_asked_for() {
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.connect(receiver.local_addr().unwrap()).unwrap();
+    let mut ring = Uring::new(&[receiver.as_raw_fd()], 2, 2048, 1, 16).unwrap();
+    if let Err(e) = ring.enable_multishot(0, 2) {
+        eprintln!("SKIPPED a_provided_buffer_offers_exactly_the_length_asked_for: {e}");
+        return;
+    }
+    assert!(
+        ring.provide(1, 0, 2049).is_err(),
+        "more than the slot holds"
+    );
+    ring.provide(0, 0, 100).unwrap();
+    let entry = {
+        let r = ring.buf_rings[0].as_ref().unwrap();
+        // SAFETY: entry 0 of the ring, written by `provide` above.
+        unsafe { &*r.entries.as_ptr() }
+    };
+    assert_eq!(entry.len() as usize, RECV_HEADROOM + 100);
+    assert_eq!(ring.receive_capacity(0), Some(100));
+    ring.arm_multishot().unwrap();
+    // A datagram longer than the room offered is cut by the kernel and reported as too large.
+    sender.send(&[7u8; 300]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let done = loop {
+        let got: Vec<Completion> = ring
+            .submit_and_wait(Duration::from_millis(50))
+            .unwrap()
+            .iter()
+            .copied()
+            .filter(|c| c.slot != NO_SLOT)
+            .collect();
+        if let Some(c) = got.first() {
+            break *c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no completion");
+    };
+    assert_eq!((done.slot, done.result), (0, -libc::EMSGSIZE));
 }
