@@ -14,7 +14,7 @@ use concentrator::proto::keys::PublicKey;
 use concentrator::proto::rng::{Random, SeededRandom};
 use concentrator::proto::session::Session;
 use concentrator::proto::wire::AddressAssignment;
-use concentrator::session_table::{PeerEntry, SessionTable};
+use concentrator::server::session_table::{PeerEntry, SessionTable};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const SIZES: [usize; 4] = [1, 100, 10_000, 100_000];

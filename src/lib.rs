@@ -5,13 +5,13 @@
 //!   timers). No sockets, no threads, no clock reads, no `unsafe`.
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`sys`]: the kernel edge (TUN, UDP sockets, routes, nftables); the only place with `unsafe`.
-//! - [`session_table`], [`dataplane`], [`control`]: the server's engine.
+//! - [`offload`]: pure segmentation, coalescing and checksums for TUN/UDP offloads.
+//! - [`server`]: the headend as a library (engine, data plane, control thread, session table).
+//! - [`ops`]: the operator's side (control socket, metrics, latency logs).
 
 pub mod config;
-pub mod control;
-pub mod dataplane;
 pub mod offload;
 pub mod ops;
 pub mod proto;
-pub mod session_table;
+pub mod server;
 pub mod sys;

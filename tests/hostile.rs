@@ -730,7 +730,7 @@ fn worker_panic_stops_the_server_and_tears_down() {
     if !lab_or_skip(name) {
         return;
     }
-    use concentrator::dataplane::worker::INJECT_PANIC_ENV;
+    use concentrator::server::dataplane::worker::INJECT_PANIC_ENV;
     // Worker 0 (the only one) panics after 40 packets: the handshake and a few pings.
     let mut lab = Lab::new(LabConfig {
         clients: 1,

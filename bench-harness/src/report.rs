@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn percentiles_of_a_known_histogram() {
-        let mut h = concentrator::dataplane::stats::latency_histogram();
+        let mut h = concentrator::server::latency::latency_histogram();
         for v in 1..=1000u64 {
             h.record(v * 1000).unwrap(); // 1..1000 µs
         }
@@ -386,9 +386,9 @@ mod tests {
 
     #[test]
     fn latency_dump_round_trips() {
-        let mut a = concentrator::dataplane::stats::latency_histogram();
+        let mut a = concentrator::server::latency::latency_histogram();
         a.record(1234).unwrap();
-        let mut b = concentrator::dataplane::stats::latency_histogram();
+        let mut b = concentrator::server::latency::latency_histogram();
         b.record_n(99_000, 3).unwrap();
         let text = format!(
             "0 {}\n1 {}\n",

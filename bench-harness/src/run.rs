@@ -747,7 +747,7 @@ fn dump_summary(path: &Path) -> Value {
     };
     match report::parse_latency_dump(&text) {
         Ok(hs) => {
-            let mut all = concentrator::dataplane::stats::latency_histogram();
+            let mut all = concentrator::server::latency::latency_histogram();
             let mut per = Vec::new();
             for (id, h) in &hs {
                 let _ = all.add(h);

@@ -49,7 +49,7 @@ pub fn pingpong_client(
 ) -> Result<()> {
     let sock = UdpSocket::bind("0.0.0.0:0")?;
     sock.connect(target)?;
-    let mut h = concentrator::dataplane::stats::latency_histogram();
+    let mut h = concentrator::server::latency::latency_histogram();
     let start = Instant::now();
     let mut lost = 0u64;
     let mut buf = [0u8; 64];
@@ -73,7 +73,7 @@ pub fn pingpong_client(
             sock.set_read_timeout(Some(left))?;
             match sock.recv(&mut rx) {
                 Ok(n) if n >= 8 && rx[..8] == seq.to_le_bytes() => {
-                    concentrator::dataplane::stats::record_latency(
+                    concentrator::server::latency::record_latency(
                         &mut h,
                         t0.elapsed().as_nanos() as u64,
                         1,

@@ -12,17 +12,19 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 
 use concentrator::config::ServerConfig;
-use concentrator::control::command::Addressing;
-use concentrator::control::{Control, HandshakeStats, HANDSHAKE_QUEUE};
-use concentrator::dataplane::stats::{SharedCounters, SharedLatency};
-use concentrator::dataplane::worker::{self, WorkerContext};
 use concentrator::offload::coalesce::GsoTypes;
 use concentrator::offload::vnet::VNET_HDR_LEN;
 use concentrator::ops::{self, latency_log, latency_log::LatencyLog, socket::ControlSocket, Ops};
 use concentrator::proto::keys::StaticSecret;
 use concentrator::proto::rng::OsRandom;
 use concentrator::proto::server::Server;
-use concentrator::session_table::SessionTable;
+use concentrator::server::control::command::Addressing;
+use concentrator::server::control::{Control, HandshakeStats};
+use concentrator::server::dataplane::stats::SharedCounters;
+use concentrator::server::dataplane::worker::{self, WorkerContext};
+use concentrator::server::handoff::{LoadSignal, HANDSHAKE_QUEUE};
+use concentrator::server::latency::SharedLatency;
+use concentrator::server::session_table::SessionTable;
 use concentrator::sys::{clock, link, nft, notify, privs, signals, tun::Tun, udp};
 
 /// Options from the command line that override the file.
@@ -98,8 +100,8 @@ fn bind_sockets(config: &ServerConfig, workers: usize) -> Result<Vec<Vec<UdpSock
 }
 
 /// `reason=count` for every non-zero drop counter.
-fn drop_summary(c: &concentrator::dataplane::stats::Counters) -> String {
-    use concentrator::dataplane::stats::DropReason;
+fn drop_summary(c: &concentrator::server::dataplane::stats::Counters) -> String {
+    use concentrator::server::dataplane::stats::DropReason;
     DropReason::ALL
         .iter()
         .filter(|r| c.drops[**r as usize] > 0)
@@ -227,12 +229,12 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         hs_stats.clone(),
         stop.clone(),
     );
-    for peer in concentrator::control::reload::peer_specs(&config) {
+    for peer in concentrator::server::control::reload::peer_specs(&config) {
         control.add_peer(peer);
     }
     // Operator's side: commands to the control thread, the control socket, the metrics port.
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(64);
-    let load = Arc::new(concentrator::control::LoadSignal::default());
+    let load = Arc::new(LoadSignal::default());
     let mut control = control.with_commands(cmd_rx).with_load_signal(load.clone());
     control.set_addressing(Addressing::of(&config));
     let socket_path = config

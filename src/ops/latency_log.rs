@@ -16,7 +16,7 @@ use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 
-use crate::dataplane::stats::{latency_histogram, SharedLatency};
+use crate::server::latency::{latency_histogram, SharedLatency};
 
 /// File name prefix and suffix.
 const PREFIX: &str = "latency-";
@@ -138,7 +138,7 @@ impl LatencyLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::stats::record_latency;
+    use crate::server::latency::record_latency;
     use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
     use hdrhistogram::serialization::Deserializer;
 

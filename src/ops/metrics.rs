@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Ops;
-use crate::dataplane::stats::DropReason;
+use crate::server::dataplane::stats::DropReason;
 
 /// The quantiles exported for latency summaries.
 const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
@@ -214,7 +214,7 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
     o.0
 }
 
-fn peer_series(o: &mut Out, snap: &crate::control::command::Snapshot) {
+fn peer_series(o: &mut Out, snap: &crate::server::control::command::Snapshot) {
     use std::sync::atomic::Ordering::Relaxed;
     let wall = crate::sys::clock::wall_clock().as_secs_f64();
     o.head(

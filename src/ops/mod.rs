@@ -2,7 +2,7 @@
 //! Prometheus metrics endpoint, the latency interval logs, and what they share.
 //!
 //! Every operator request that touches peers goes to the control thread as a
-//! [`Command`](crate::control::command::Command) with a reply channel; counters and histograms are
+//! [`Command`](crate::server::control::command::Command) with a reply channel; counters and histograms are
 //! read directly from the workers' shared copies.
 
 pub mod latency_log;
@@ -19,13 +19,14 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::config::ServerConfig;
-use crate::control::command::{AddPeer, Addressing, Command, ReloadReport, Snapshot};
-use crate::control::reload::{self, PeerSpec};
-use crate::control::HandshakeStats;
-use crate::dataplane::stats::{Counters, SharedCounters, SharedLatency};
 use crate::proto::handshake::FailureReason;
 use crate::proto::keys::PublicKey;
 use crate::proto::time::Instant;
+use crate::server::control::command::{AddPeer, Addressing, Command, ReloadReport, Snapshot};
+use crate::server::control::reload::{self, PeerSpec};
+use crate::server::control::HandshakeStats;
+use crate::server::dataplane::stats::{Counters, SharedCounters};
+use crate::server::latency::SharedLatency;
 use crate::sys::clock::monotonic_now;
 
 /// How long an operator request waits for the control thread.

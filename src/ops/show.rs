@@ -7,8 +7,8 @@ use super::protocol::{
     HandshakeReport, LatencySummary, PeerReport, ShowReply, WorkerReport, MAX_PAGE,
 };
 use super::Ops;
-use crate::dataplane::stats::DropReason;
-use crate::session_table::PeerEntry;
+use crate::server::dataplane::stats::DropReason;
+use crate::server::session_table::PeerEntry;
 
 fn peer_report(p: &PeerEntry, now: crate::proto::time::Instant) -> PeerReport {
     use std::sync::atomic::Ordering::Relaxed;

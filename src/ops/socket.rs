@@ -24,8 +24,8 @@ use super::protocol::{
 };
 use super::show::show;
 use super::Ops;
-use crate::control::command::{AddPeer, ReloadReport};
 use crate::proto::keys::{PresharedKey, PublicKey};
+use crate::server::control::command::{AddPeer, ReloadReport};
 
 /// Largest request accepted.
 const MAX_REQUEST: u64 = 64 * 1024;

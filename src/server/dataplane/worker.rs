@@ -6,7 +6,7 @@
 //! submission of a loop iteration goes to the kernel in one `io_uring_enter`, and all its
 //! completions are handled as one batch under one pinned view of the session table.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,16 +15,16 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use super::paths::{OPS_PER_SLOT, REGION};
-use super::stats::{
-    latency_histogram, record_latency, Counters, DropReason, SharedCounters, SharedLatency,
-};
+use super::stats::{Counters, DropReason, SharedCounters};
 use crate::proto::admission::Admission;
 use crate::proto::keypair::TransportError;
 use crate::proto::ratelimit::SlotLimiter;
 use crate::proto::session::SessionError;
 use crate::proto::time::Instant;
-use crate::proto::wire::{INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN};
-use crate::session_table::{SessionTable, TableGuard, TableSnapshot};
+use crate::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
+use crate::server::handoff::{HandshakeMessage, LoadSignal, SharedCookieSecrets};
+use crate::server::latency::{latency_histogram, record_latency, SharedLatency};
+use crate::server::session_table::{SessionTable, TableGuard, TableSnapshot};
 use crate::sys::clock::monotonic_now;
 use crate::sys::uring::{Completion, Op, Uring, NO_SLOT};
 
@@ -85,17 +85,6 @@ impl InjectedPanic {
     }
 }
 
-/// A handshake message for the control thread.
-#[derive(Debug, Clone)]
-pub struct HandshakeMessage {
-    /// The message (an initiation is the only kind a server receives).
-    pub bytes: [u8; INITIATION_LEN],
-    /// Who sent it.
-    pub src: SocketAddr,
-    /// When the worker received it (for the handshake latency histogram).
-    pub received: Instant,
-}
-
 /// Everything a worker owns or shares.
 pub struct WorkerContext {
     /// Worker number (for logs and counters).
@@ -121,10 +110,10 @@ pub struct WorkerContext {
     /// The server's mac1 key: initiations are checked before they are queued.
     pub mac_keys: Arc<crate::proto::cookie::MacKeys>,
     /// The control thread's under-load state (cookie-less initiations are shed here then).
-    pub load: Arc<crate::control::LoadSignal>,
+    pub load: Arc<LoadSignal>,
     /// The cookie secrets, kept current by the control thread: under load, workers answer
     /// initiations without a valid mac2 themselves.
-    pub cookie_secrets: Arc<arc_swap::ArcSwap<crate::proto::cookie::CookieSecrets>>,
+    pub cookie_secrets: SharedCookieSecrets,
     /// The TUN queue carries virtio headers (super-packets) and the sockets use UDP GRO/GSO.
     pub offloads: bool,
     /// The super-packets the TUN takes in writes (the offloads it accepted): packets of
@@ -457,7 +446,7 @@ mod tests {
     use crate::proto::rng::OsRandom;
     use crate::proto::session::Session;
     use crate::proto::wire::AddressAssignment;
-    use crate::session_table::PeerEntry;
+    use crate::server::session_table::PeerEntry;
     use std::net::Ipv4Addr;
 
     /// A worker without offloads whose "TUN" is a UDP socket (nothing is read from it), with

@@ -11,7 +11,7 @@ use super::reload::PeerSpec;
 use crate::config::{AddressPool, AddressPool6};
 use crate::proto::keys::{PresharedKey, PublicKey};
 use crate::proto::time::Instant;
-use crate::session_table::PeerEntry;
+use crate::server::session_table::PeerEntry;
 
 /// What the operator asks.
 #[derive(Debug)]

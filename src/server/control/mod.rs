@@ -18,20 +18,17 @@ use crossbeam_channel::{select, Receiver};
 use self::command::{AddPeer, Addressing, Command, ReloadReport, Snapshot};
 use self::faillog::FailureLog;
 use self::reload::PeerSpec;
-use crate::dataplane::stats::{latency_histogram, record_latency, SharedLatency};
-use crate::dataplane::worker::HandshakeMessage;
-use crate::proto::cookie::CookieSecrets;
 use crate::proto::handshake::FailureReason;
 use crate::proto::keys::{PresharedKey, PublicKey};
 use crate::proto::rng::OsRandom;
 use crate::proto::server::{HandshakeReply, PeerConfig, Server};
 use crate::proto::time::Instant;
 use crate::proto::wire::{AddressAssignment, TRANSPORT_MIN_LEN};
-use crate::session_table::{PeerEntry, SessionTable};
+use crate::server::handoff::{HandshakeMessage, LoadSignal, SharedCookieSecrets, HANDSHAKE_QUEUE};
+use crate::server::latency::{latency_histogram, record_latency, SharedLatency};
+use crate::server::session_table::{PeerEntry, SessionTable};
 use crate::sys::clock::monotonic_now;
 
-/// Capacity of the queue of handshake messages from the workers.
-pub const HANDSHAKE_QUEUE: usize = 4096;
 /// The responder is "under load" (cookies required) when the queue holds this many: WireGuard
 /// uses an eighth of its queue (`MAX_QUEUED_INCOMING_HANDSHAKES / 8`, device/receive.go).
 pub const UNDER_LOAD_THRESHOLD: usize = HANDSHAKE_QUEUE / 8;
@@ -39,28 +36,6 @@ pub const UNDER_LOAD_THRESHOLD: usize = HANDSHAKE_QUEUE / 8;
 /// WireGuard does (`UnderLoadAfterTime`, device/constants.go): a flood arrives in bursts, and
 /// every initiation let through to the Diffie-Hellman between bursts costs ~50 us of this thread.
 pub const UNDER_LOAD_AFTER: Duration = Duration::from_secs(1);
-/// The control thread's "under load" state, published for the workers: while it holds, they
-/// shed cookie-less initiations from sources past their cookie-reply rate themselves.
-#[derive(Debug, Default)]
-pub struct LoadSignal {
-    /// Under load until this monotonic time, in nanoseconds (0: never).
-    until_nanos: AtomicU64,
-}
-
-impl LoadSignal {
-    /// Whether the control thread requires cookies at `now`.
-    pub fn under_load(&self, now: Instant) -> bool {
-        now.as_nanos() < self.until_nanos.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn publish(&self, until: Option<Instant>) {
-        let nanos = until.map_or(0, Instant::as_nanos);
-        if self.until_nanos.load(Ordering::Relaxed) != nanos {
-            self.until_nanos.store(nanos, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Handshake messages handled in a row before commands and the tick get a look.
 const DRAIN_AT_ONCE: usize = 1024;
 /// Under load, the control thread naps this long when its queue runs empty: handshakes wait
@@ -109,7 +84,7 @@ pub struct Control {
     load: Arc<LoadSignal>,
     /// The cookie secrets the workers answer cookie-less initiations with; replaced after
     /// each rotation (see [`Control::tick`]).
-    cookie_secrets: Arc<ArcSwap<CookieSecrets>>,
+    cookie_secrets: SharedCookieSecrets,
 }
 
 /// How long after peers are removed their memory is handed back: the lock-free table frees
@@ -160,7 +135,7 @@ impl Control {
     }
 
     /// The cookie secrets in use, for the workers (kept current by the control thread).
-    pub fn shared_cookie_secrets(&self) -> Arc<ArcSwap<CookieSecrets>> {
+    pub fn shared_cookie_secrets(&self) -> SharedCookieSecrets {
         self.cookie_secrets.clone()
     }
 

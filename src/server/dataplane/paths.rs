@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_channel::TrySendError;
 
 use super::stats::DropReason;
-use super::worker::{session_drop, HandshakeMessage, Outcome, Worker, TUN_FILE};
+use super::worker::{session_drop, Outcome, Worker, TUN_FILE};
 use crate::offload::coalesce::{Coalescer, Push};
 use crate::offload::split::Segmenter;
 use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
@@ -27,7 +27,8 @@ use crate::proto::time::Instant;
 use crate::proto::wire::{
     self, MessageType, COOKIE_REPLY_LEN, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN,
 };
-use crate::session_table::{PeerEntry, TableGuard, TableSnapshot};
+use crate::server::handoff::HandshakeMessage;
+use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
 
 /// Bytes of one region of an offload slot: the largest IP packet plus a virtio header, with room
 /// for the per-segment transport header and tag of up to 128 segments.
@@ -424,7 +425,7 @@ impl Worker {
 struct HandshakeGate<'a> {
     queue: &'a crossbeam_channel::Sender<HandshakeMessage>,
     mac_keys: &'a crate::proto::cookie::MacKeys,
-    load: &'a crate::control::LoadSignal,
+    load: &'a crate::server::handoff::LoadSignal,
     admission: &'a mut Admission<SlotLimiter>,
     cookie_secrets: &'a arc_swap::ArcSwap<crate::proto::cookie::CookieSecrets>,
     nonces: &'a mut crate::proto::rng::PrfRandom,

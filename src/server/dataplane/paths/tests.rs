@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
-use crate::control::LoadSignal;
 use crate::proto::client::{Client, ClientConfig, ClientEvent};
 use crate::proto::constants::REKEY_TIMEOUT;
 use crate::proto::cookie::{self, MacKeys};
@@ -14,6 +13,7 @@ use crate::proto::keys::{PresharedKey, StaticSecret};
 use crate::proto::rng::{PrfRandom, Random, SeededRandom};
 use crate::proto::server::{HandshakeReply, PeerConfig, Server};
 use crate::proto::wire::AddressAssignment;
+use crate::server::handoff::LoadSignal;
 
 const LATENCY: Duration = Duration::from_millis(10);
 
@@ -28,12 +28,12 @@ struct Headend {
     cookie_secrets: arc_swap::ArcSwap<crate::proto::cookie::CookieSecrets>,
     nonces: PrfRandom,
     admission: Admission<SlotLimiter>,
-    counters: crate::dataplane::stats::Counters,
+    counters: crate::server::dataplane::stats::Counters,
 }
 
 impl Headend {
     fn new(server: Server, rng: &mut SeededRandom) -> Self {
-        let (queue, queued) = crossbeam_channel::bounded(crate::control::HANDSHAKE_QUEUE);
+        let (queue, queued) = crossbeam_channel::bounded(crate::server::handoff::HANDSHAKE_QUEUE);
         let load = LoadSignal::default();
         // Under load for the whole test.
         load.publish(Some(Instant::from_nanos(u64::MAX)));
