@@ -56,7 +56,7 @@ pub fn root_or_skip(test: &str) -> bool {
 pub fn tools_or_skip(test: &str, tools: &[&str]) -> bool {
     let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
     if !missing.is_empty() {
-        eprintln!("SKIPPED {test}: missing tools {missing:?} (see .ci/run for the apt packages)");
+        eprintln!("SKIPPED {test}: missing tools {missing:?} (`sudo scripts/deps.sh tests` installs them)");
     }
     missing.is_empty()
 }
