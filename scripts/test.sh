@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole suite: installs what the tests need (scripts/deps.sh), then formatting, clippy,
 # every test (as root the end-to-end tests in network namespaces run too; otherwise they print
-# SKIPPED) and a short fuzz run. Runs every step, then exits non-zero if any failed.
+# SKIPPED), a short fuzz run, and the Debian package: built (scripts/package.sh) and its
+# contents and maintainer scripts checked (tests/packaging.sh). Runs every step, then exits
+# non-zero if any failed.
 #
 # Usage: sudo scripts/test.sh [--no-install] [--deps-only]
 #   --no-install  install nothing: name what is missing and stop (exit 1)
@@ -53,6 +55,8 @@ step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test cargo test --workspace --no-fail-fast
 step fuzz bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+step package bash scripts/package.sh
+step package-contents bash tests/packaging.sh
 
 if ((${#failed[@]})); then
     echo "scripts/test.sh: FAILED steps: ${failed[*]}"
