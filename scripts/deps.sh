@@ -63,7 +63,9 @@ deps_list() {
 deps_present() {
     local kind=$1 name=$2
     case $kind in
-    cmd) command -v "$name" >/dev/null 2>&1 ;;
+    # Not as root, PATH often lacks the sbin directories where nft, sysctl and modprobe live.
+    cmd) command -v "$name" >/dev/null 2>&1 ||
+        { ((${DEPS_EUID:-$EUID} != 0)) && [[ -x /usr/sbin/$name || -x /sbin/$name ]]; } ;;
     py) "${PYTHON:-python3}" -c "import $name" >/dev/null 2>&1 ;;
     cargo) "${CARGO:-cargo}" "$name" --version >/dev/null 2>&1 ;;
     *) echo "deps: unknown kind $kind in DEPS_LIST" >&2; return 1 ;;
@@ -126,21 +128,23 @@ deps_ensure() {
     ((${#apt[@]})) && hint+=("apt-get install --no-install-recommends ${apt[*]}")
     ((${#pip[@]})) && hint+=("python3 -m pip install ${pip[*]}")
     ((${#crates[@]})) && hint+=("cargo install --locked ${crates[*]}")
-    if ((${#manual[@]})); then
-        echo "deps: ${manual[*]} cannot be installed by this script: install it first (see above)" >&2
-        return 1
-    fi
-    if ((!install)); then
-        echo "deps: --no-install given, so nothing is installed. To install them yourself:" >&2
-        local h
-        for h in "${hint[@]}"; do echo "    $h" >&2; done
-        ((tun_missing)) && echo "    modprobe tun  (as root)" >&2
+    local h
+    if ((${#manual[@]})) || ((!install)); then
+        if ((${#manual[@]})); then
+            echo "deps: ${manual[*]} cannot be installed by this script: install it first (see above)" >&2
+        else
+            echo "deps: --no-install given, so nothing is installed." >&2
+        fi
+        if ((${#hint[@]})) || ((tun_missing)); then
+            echo "deps: to install them yourself:" >&2
+            for h in "${hint[@]}"; do echo "    $h" >&2; done
+            ((tun_missing)) && echo "    modprobe tun  (as root)" >&2
+        fi
         return 1
     fi
     if ((euid != 0)) && { ((${#apt[@]})) || ((tun_missing)); }; then
         echo "deps: not root, so Debian packages and $tun cannot be installed; run this again" \
             "as root (sudo), or install them yourself:" >&2
-        local h
         for h in "${hint[@]}"; do echo "    $h" >&2; done
         return 1
     fi
