@@ -7,13 +7,16 @@
 #   scripts/deps.sh --list PURPOSE           print "kind name source" for each entry
 #   source scripts/deps.sh; deps_ensure PURPOSE [--no-install]
 #
-# PURPOSE is demo, tests, fuzz or package (tests covers fuzz and package too, as test.sh runs
-# them). What is missing is named first, then installed: Debian packages with
-# `apt-get install -y --no-install-recommends` (after one `apt-get update`; needs root), Python
-# modules with `python3 -m pip install` (with --break-system-packages where pip refuses
-# otherwise), cargo subcommands with `cargo install --locked`. With --no-install nothing is
-# installed: what is missing is named and the exit status is 1. /dev/net/tun is created when
-# missing (modprobe tun, else mknod), as root.
+# PURPOSE is demo, tests, fuzz or package; each line of the list names every purpose it serves
+# (test.sh runs fuzz.sh and package.sh, so their lines say tests too). What is missing is named
+# first, then installed: Debian packages with `apt-get install -y --no-install-recommends`
+# (after one `apt-get update`), Python modules with `python3 -m pip install` (with
+# --break-system-packages where pip refuses otherwise), cargo subcommands with
+# `cargo install --locked`. /dev/net/tun is created when missing (modprobe tun, else mknod).
+# Debian packages and the device need root: not as root, it says so, names them and stops
+# (pip and cargo install into the user's own directories). With --no-install nothing is
+# installed: what is missing is named, with the commands that would install it, and the exit
+# status is 1. DEPS_SKIP="name ..." leaves entries out (quickstart.sh --no-build: cargo).
 #
 # The installers are looked up on PATH, or taken from APT_GET, PYTHON and CARGO; DEPS_EUID
 # stands for the effective uid and DEPS_TUN_DEVICE for /dev/net/tun (for the tests of this
