@@ -17,10 +17,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 export RUSTC_BOOTSTRAP=1
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "installing cargo-fuzz" >&2
-    cargo install --locked cargo-fuzz
-fi
+# cargo-fuzz and a C++ compiler (libFuzzer), installed when missing.
+bash scripts/deps.sh fuzz
 
 TARGETS=(wire_parse responder client_receive offload_roundtrip)
 # One build for all targets, so the run time is all fuzzing.

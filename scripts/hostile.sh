@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The hostile-input tests (tests/hostile.rs) at full size, in release mode, one lab at a time,
 # printing the figures that docs/security.md quotes. Needs root, iproute2, nftables, iperf3,
-# ping and python3 (see .ci/run). Every load is bounded in time; the whole run takes a few
-# minutes.
+# ping and python3 (`scripts/deps.sh tests` installs them). Every load is bounded in time; the
+# whole run takes a few minutes.
 #
 # Usage: sudo scripts/hostile.sh [TEST_NAME_FILTER]
 # Sizes (defaults = full): HOSTILE_GARBAGE_SECS=5 HOSTILE_FLOOD_RATE=50000

@@ -10,31 +10,45 @@
 # 3 s iperf3, and prints the server's per-worker counters. Needs root; touches nothing outside
 # its own namespaces (names carry this script's PID).
 #
-# Usage: sudo scripts/quickstart.sh [--no-build]
+# Installs what it needs first when missing (iproute2, iputils-ping, iperf3, python3: see
+# scripts/deps.sh), saying what before it does.
+#
+# Usage: sudo scripts/quickstart.sh [--no-build] [--no-install] [--deps-only]
+#   --no-build    use the existing target/release/concentrator
+#   --no-install  install nothing: name what is missing and stop (exit 1)
+#   --deps-only   only the dependency step (check and install), then stop
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+
+build=1
+no_install=""
+deps_only=0
+for arg in "$@"; do
+    case $arg in
+    --no-build) build=0 ;;
+    --no-install) no_install=--no-install ;;
+    --deps-only) deps_only=1 ;;
+    *)
+        echo "usage: sudo scripts/quickstart.sh [--no-build] [--no-install] [--deps-only]" >&2
+        exit 2
+        ;;
+    esac
+done
+
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+# Without a build, cargo is not needed.
+((build)) || DEPS_SKIP="cargo cc"
+deps_ensure demo $no_install || { echo "quickstart: dependencies missing (see above)" >&2; exit 1; }
+((deps_only)) && exit 0
 
 if [[ $EUID -ne 0 ]]; then
     echo "quickstart: needs root (network namespaces, TUN devices): run it with sudo" >&2
     exit 1
 fi
 
-missing=()
-for tool in ip ping iperf3 python3; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
-done
-if ! command -v cargo >/dev/null 2>&1 && [[ ${1:-} != --no-build ]]; then
-    missing+=(cargo)
-fi
-if ((${#missing[@]})); then
-    echo "quickstart: missing tools: ${missing[*]}" >&2
-    echo "  on Debian/Ubuntu: apt-get install -y iproute2 iputils-ping iperf3 python3" >&2
-    echo "  cargo: install Rust with rustup (https://rustup.rs)" >&2
-    exit 1
-fi
-
-if [[ ${1:-} != --no-build ]]; then
+if ((build)); then
     echo "==> cargo build --release"
     cargo build --release --bin concentrator
 fi
@@ -140,7 +154,6 @@ EOF
 done
 
 echo "==> starting the server (2 workers) and two clients"
-export NO_COLOR=1
 ip netns exec "$NS_S" "$BIN" --config "$WORK/server.toml" 2>"$WORK/server.log" &
 SERVER_PID=$!
 PIDS+=("$SERVER_PID")

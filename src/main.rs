@@ -1,117 +1,85 @@
 //! The binary's edge: arguments, logging, exit codes.
 
-use std::path::PathBuf;
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 mod cli;
 
-/// A userspace VPN headend: Noise IK handshakes, AES-256-GCM, multi-queue TUN, io_uring workers.
-#[derive(Parser)]
-#[command(name = "concentrator", version, args_conflicts_with_subcommands = true)]
-struct Args {
-    /// Server configuration file (runs the server).
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Worker threads (default: the config's `workers`, else the number of cores).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Turn TUN and UDP offloads off (overrides `offloads = true` in the file).
-    #[arg(long)]
-    no_offloads: bool,
-    #[command(subcommand)]
-    command: Option<Command>,
+use cli::args::{Args, Command, PeerAction};
+
+/// Selects the log format: `text` (the default) or `json` (one JSON object per line).
+const LOG_FORMAT_ENV: &str = "CONCENTRATOR_LOG_FORMAT";
+
+/// How log lines are written.
+#[derive(Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines; coloured only when `colour`.
+    Text { colour: bool },
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Connect to a server as a client.
-    Connect {
-        /// Client configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Turn TUN and UDP offloads off (overrides `offloads = true` in the file).
-        #[arg(long)]
-        no_offloads: bool,
-    },
-    /// Print a new private key.
-    Genkey,
-    /// Read a private key on stdin, print its public key.
-    Pubkey,
-    /// Show the running server: interface, workers, handshakes, latencies, peers (paged).
-    Show {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// The control socket (default: the only one in /run/concentrator).
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        /// Peers to show (at most 10000).
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// Peers to skip, in address order.
-        #[arg(long, default_value_t = 0)]
-        offset: usize,
-    },
-    /// Add or remove a peer on the running server, live.
-    Peer {
-        /// The control socket (default: the only one in /run/concentrator).
-        #[arg(long, global = true)]
-        socket: Option<PathBuf>,
-        #[command(subcommand)]
-        action: PeerAction,
-    },
-    /// Make the running server re-read its config and apply the peer changes (as SIGHUP).
-    Reload {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// The control socket (default: the only one in /run/concentrator).
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
+/// The format from `CONCENTRATOR_LOG_FORMAT`, whether stderr is a terminal and `NO_COLOR`
+/// (any non-empty value turns colour off, as https://no-color.org says).
+fn log_format(
+    format: Option<&str>,
+    stderr_is_terminal: bool,
+    no_color: Option<&str>,
+) -> anyhow::Result<LogFormat> {
+    match format.map(str::trim) {
+        None | Some("") | Some("text") => Ok(LogFormat::Text {
+            colour: stderr_is_terminal && no_color.is_none_or(str::is_empty),
+        }),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => anyhow::bail!(
+            "{LOG_FORMAT_ENV}={other:?} is not a log format; use `text` (the default) or `json`"
+        ),
+    }
 }
 
-#[derive(Subcommand)]
-enum PeerAction {
-    /// Add a peer (not written to the config file).
-    Add {
-        /// Its base64 public key.
-        #[arg(long)]
-        public_key: String,
-        /// A fixed virtual IPv4 address (default: from the pool, stable for the key).
-        #[arg(long)]
-        address: Option<std::net::Ipv4Addr>,
-        /// A fixed virtual IPv6 address (default: from the pool, when the server has IPv6).
-        #[arg(long)]
-        address6: Option<std::net::Ipv6Addr>,
-        /// A file holding the base64 pre-shared key.
-        #[arg(long)]
-        psk_file: Option<PathBuf>,
-    },
-    /// Remove a peer: its session ends, its address returns to the pool.
-    Remove {
-        /// Its base64 public key.
-        public_key: String,
-    },
+/// Installs the logger on stderr; returns the format chosen.
+fn init_logging() -> anyhow::Result<LogFormat> {
+    let format = std::env::var(LOG_FORMAT_ENV).ok();
+    let no_color = std::env::var("NO_COLOR").ok();
+    let format = log_format(
+        format.as_deref(),
+        std::io::stderr().is_terminal(),
+        no_color.as_deref(),
+    )?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONCENTRATOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text { colour } => builder.with_ansi(colour).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(format)
 }
 
 fn main() -> ExitCode {
     concentrator::sys::mem::map_large_allocations_separately();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONCENTRATOR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log_format = match init_logging() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let args = Args::parse();
     let result = match args.command {
         Some(Command::Connect {
             config,
             no_offloads,
         }) => cli::connect::run(&config, no_offloads),
+        Some(Command::Check { config, client }) => match (config, client) {
+            (Some(server), _) => cli::check::server(&server),
+            (None, Some(client)) => cli::check::client(&client),
+            (None, None) => unreachable!("clap requires --config or --client"),
+        },
         Some(Command::Genkey) => cli::keys::genkey(),
         Some(Command::Pubkey) => cli::keys::pubkey(),
         Some(Command::Show {
@@ -136,6 +104,8 @@ fn main() -> ExitCode {
             PeerAction::Remove { public_key } => cli::peer::remove(socket.as_deref(), &public_key),
         },
         Some(Command::Reload { json, socket }) => cli::reload::run(socket.as_deref(), json),
+        Some(Command::Completions { shell }) => cli::docs::completions(shell),
+        Some(Command::Manpages { dir }) => cli::docs::manpages(&dir),
         None => match args.config {
             Some(config) => cli::serve::run(
                 &config,
@@ -152,8 +122,58 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // With JSON logs, stderr stays all JSON lines: the reason for exiting is one too.
+            if log_format == LogFormat::Json {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert_eq!(
+            log_format(None, true, None).unwrap(),
+            LogFormat::Text { colour: true }
+        );
+        assert_eq!(
+            log_format(None, false, None).unwrap(),
+            LogFormat::Text { colour: false }
+        );
+        assert_eq!(
+            log_format(Some("text"), true, Some("1")).unwrap(),
+            LogFormat::Text { colour: false }
+        );
+        // An empty NO_COLOR does not count (no-color.org).
+        assert_eq!(
+            log_format(Some(""), true, Some("")).unwrap(),
+            LogFormat::Text { colour: true }
+        );
+    }
+
+    #[test]
+    fn json_and_unknown_formats() {
+        assert_eq!(
+            log_format(Some("json"), true, None).unwrap(),
+            LogFormat::Json
+        );
+        let err = log_format(Some("xml"), false, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CONCENTRATOR_LOG_FORMAT=\"xml\""), "{err}");
+        assert!(err.contains("`json`"), "{err}");
+    }
+
+    #[test]
+    fn command_line_definitions_are_consistent() {
+        use clap::CommandFactory as _;
+        Args::command().debug_assert();
     }
 }

@@ -665,7 +665,7 @@ fn config_errors_name_the_field() {
             text,
             *client,
         );
-        let msg = strip_ansi(&out.stderr);
+        let msg = &out.stderr;
         if out.ok() || out.timed_out() || !msg.contains(field) {
             failures.push(format!(
                 "{name}: status {:?}, expected a message naming {field:?}:\n{msg}",

@@ -750,7 +750,7 @@ fn worker_panic_stops_the_server_and_tears_down() {
     );
     let mut server = lab.server.take().expect("server running");
     let status = server.wait(Duration::from_secs(30));
-    let log = strip_ansi(&server.stderr());
+    let log = server.stderr();
     let status = status
         .unwrap_or_else(|| panic!("server still running 30 s after its worker's fault:\n{log}"));
     eprintln!("FIGURE worker panic: server exited with {status}");

@@ -112,8 +112,7 @@ fn assert_no_csum_errors(lab: &Lab, m: &str) {
 fn stop_and_check_logs(lab: &mut Lab, offloads: bool) -> Vec<WorkerCounters> {
     let (_, client_log) = lab.stop_client(0);
     let log = lab.stop_server();
-    let clean = strip_ansi(&log);
-    let up = clean
+    let up = log
         .lines()
         .find(|l| l.contains("concentrator is up"))
         .unwrap_or_else(|| panic!("no start line in the server log:\n{log}"));
@@ -130,7 +129,7 @@ fn stop_and_check_logs(lab: &mut Lab, offloads: bool) -> Vec<WorkerCounters> {
     } else {
         assert_eq!(names, "off", "--no-offloads, but the server says: {up}");
     }
-    let client_up = strip_ansi(&client_log)
+    let client_up = client_log
         .lines()
         .find(|l| l.contains("tunnel up"))
         .map(str::to_string)

@@ -417,7 +417,7 @@ fn show_with_100k_peers_is_paged_and_bounded() {
     lab.server = Some(server);
     loop {
         let srv = lab.server.as_mut().unwrap();
-        if strip_ansi(&srv.stderr()).contains("concentrator is up") {
+        if srv.stderr().contains("concentrator is up") {
             break;
         }
         assert!(srv.exited().is_none(), "server exited:\n{}", srv.stderr());

@@ -1,6 +1,9 @@
-//! One file per subcommand.
+//! One file per subcommand; the command line itself is in `args`.
+pub mod args;
+pub mod check;
 pub mod connect;
 pub mod ctl;
+pub mod docs;
 pub mod keys;
 pub mod peer;
 pub mod reload;

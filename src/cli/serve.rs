@@ -255,15 +255,19 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     // Drop root before any thread exists: threads inherit the capabilities of this one.
     if let Some(user) = &config.user {
         let (uid, gid) = privs::lookup(user)?;
-        control_socket
-            .chown(uid, gid)
-            .context("handing the control socket to the user")?;
-        if let Some(dir) = &config.latency_log_dir {
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid))
-                .context("handing latency_log_dir to the user")?;
+        if privs::effective_uid() == uid {
+            // Started as that user already (the systemd unit does, with CAP_NET_ADMIN as an
+            // ambient capability): nothing to drop, and no capability to drop it with.
+            tracing::info!(user = %user, uid, "already running as the configured user");
+        } else {
+            drop_privileges(
+                user,
+                uid,
+                gid,
+                &control_socket,
+                config.latency_log_dir.as_deref(),
+            )?;
         }
-        privs::drop_to(uid, gid).with_context(|| format!("dropping privileges to {user}"))?;
-        tracing::info!(user = %user, uid, gid, "running as an unprivileged user with CAP_NET_ADMIN");
     }
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -528,6 +532,27 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
+}
+
+/// Hands the control socket and the latency log directory to `uid:gid`, then becomes that user
+/// keeping only CAP_NET_ADMIN. Before any thread exists: threads inherit this one's capabilities.
+fn drop_privileges(
+    user: &str,
+    uid: u32,
+    gid: u32,
+    control_socket: &ControlSocket,
+    latency_log_dir: Option<&Path>,
+) -> Result<()> {
+    control_socket
+        .chown(uid, gid)
+        .context("handing the control socket to the user")?;
+    if let Some(dir) = latency_log_dir {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+            .context("handing latency_log_dir to the user")?;
+    }
+    privs::drop_to(uid, gid).with_context(|| format!("dropping privileges to {user}"))?;
+    tracing::info!(user = %user, uid, gid, "running as an unprivileged user with CAP_NET_ADMIN");
+    Ok(())
 }
 
 /// Names a file that receives the workers' latency histograms when the server stops.

@@ -97,6 +97,8 @@ pub struct ServerConfig {
     pub mtu: u16,
     /// Worker threads, `1..=MAX_WORKERS`.
     pub workers: usize,
+    /// Whether `workers` was in the file; otherwise it is the number of cores at loading.
+    pub workers_from_file: bool,
     /// Whether clients may reach each other through the server.
     pub client_to_client: bool,
     /// Egress interface to masquerade behind, if any.
@@ -251,6 +253,7 @@ fn validate(
         address6,
         mtu,
         workers,
+        workers_from_file: raw.workers.is_some(),
         client_to_client: raw.client_to_client.unwrap_or(false),
         nat: raw.nat,
         offloads: raw.offloads.unwrap_or(true),

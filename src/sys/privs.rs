@@ -54,6 +54,12 @@ pub fn lookup(user: &str) -> std::io::Result<(u32, u32)> {
     Ok((pw.pw_uid, pw.pw_gid))
 }
 
+/// The effective uid of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 fn check(rc: libc::c_int, what: &str) -> std::io::Result<()> {
     if rc == 0 {
         Ok(())

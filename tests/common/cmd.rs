@@ -30,7 +30,23 @@ impl Output {
 
 /// Runs `argv` with optional stdin, killing it (SIGKILL) when `timeout` passes.
 pub fn run(argv: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    run_env(argv, &[], stdin, timeout)
+}
+
+/// [`run`] with environment changes: `(name, Some(value))` sets, `(name, None)` removes.
+pub fn run_env(
+    argv: &[&str],
+    env: &[(&str, Option<&str>)],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Output {
     let mut cmd = Command::new(argv[0]);
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
     cmd.args(&argv[1..])
         .stdin(if stdin.is_some() {
             Stdio::piped()

@@ -56,7 +56,7 @@ pub fn root_or_skip(test: &str) -> bool {
 pub fn tools_or_skip(test: &str, tools: &[&str]) -> bool {
     let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
     if !missing.is_empty() {
-        eprintln!("SKIPPED {test}: missing tools {missing:?} (see .ci/run for the apt packages)");
+        eprintln!("SKIPPED {test}: missing tools {missing:?} (`sudo scripts/deps.sh tests` installs them)");
     }
     missing.is_empty()
 }
@@ -174,32 +174,10 @@ impl WorkerCounters {
     }
 }
 
-/// Removes ANSI colour sequences (in case the logger colours its output anyway).
-pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Parses the `worker counters worker=0 tun_rx=.. tun_tx=.. udp_rx=.. udp_tx=.. drops=..
 /// [drop_reasons=a=1,b=2]` lines.
 pub fn parse_counters(log: &str) -> Vec<WorkerCounters> {
-    strip_ansi(log)
-        .lines()
+    log.lines()
         .filter(|l| l.contains("worker counters"))
         .map(|l| {
             let mut c = WorkerCounters::default();
@@ -247,10 +225,6 @@ fn parses_counter_lines() {
     );
     assert_eq!(c[0].dropped("spoofed_source"), 2);
     assert_eq!(c[1].dropped("no_peer"), 0);
-    assert_eq!(
-        parse_counters("\u{1b}[2mworker counters\u{1b}[0m worker=0 drops=7")[0].drops,
-        7
-    );
 }
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
@@ -548,13 +522,11 @@ impl Lab {
     }
 
     fn log_env() -> Vec<(&'static str, String)> {
-        vec![
-            ("NO_COLOR", "1".to_string()),
-            (
-                "CONCENTRATOR_LOG",
-                std::env::var("E2E_LOG").unwrap_or_else(|_| "info".to_string()),
-            ),
-        ]
+        // No NO_COLOR: logs to a pipe come without colour by themselves (tests/logging.rs).
+        vec![(
+            "CONCENTRATOR_LOG",
+            std::env::var("E2E_LOG").unwrap_or_else(|_| "info".to_string()),
+        )]
     }
 
     /// Starts a background process inside `ns`; it is stopped when the lab is dropped.
@@ -640,7 +612,7 @@ impl Lab {
         let deadline = Instant::now() + SHORT;
         loop {
             let srv = self.server.as_mut().unwrap();
-            if strip_ansi(&srv.stderr()).contains("concentrator is up") {
+            if srv.stderr().contains("concentrator is up") {
                 return;
             }
             if let Some(st) = srv.exited() {
@@ -734,7 +706,7 @@ impl Lab {
             // The address appears before the routes; the client logs "tunnel up" after both.
             let logged_up = self.clients[i]
                 .as_ref()
-                .is_some_and(|c| strip_ansi(&c.stderr()).matches("tunnel up").count() > 0);
+                .is_some_and(|c| c.stderr().contains("tunnel up"));
             if logged_up {
                 if let Some(a) = self.client_tun_addr(i) {
                     return a;

@@ -1,0 +1,133 @@
+//! The command line, as clap definitions: parsed by `main`, and the source of the shell
+//! completions and man pages (`concentrator completions`, `concentrator manpages`).
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
+
+/// A userspace VPN headend: Noise IK handshakes, AES-256-GCM, multi-queue TUN, io_uring workers.
+#[derive(Parser)]
+#[command(
+    name = "concentrator",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Logs go to stderr: CONCENTRATOR_LOG sets the level (e.g. debug, \
+                  concentrator=trace), CONCENTRATOR_LOG_FORMAT=json writes JSON lines, NO_COLOR \
+                  or a stderr that is not a terminal turns colour off."
+)]
+pub struct Args {
+    /// Server configuration file (runs the server).
+    #[arg(long, short, value_hint = clap::ValueHint::FilePath)]
+    pub config: Option<PathBuf>,
+    /// Worker threads (default: the config's `workers`, else the number of cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Turn TUN and UDP offloads off (overrides `offloads = true` in the file).
+    #[arg(long)]
+    pub no_offloads: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Connect to a server as a client.
+    Connect {
+        /// Client configuration file.
+        #[arg(long, short, value_hint = clap::ValueHint::FilePath)]
+        config: PathBuf,
+        /// Turn TUN and UDP offloads off (overrides `offloads = true` in the file).
+        #[arg(long)]
+        no_offloads: bool,
+    },
+    /// Validate a server (--config) or client (--client) configuration without touching the
+    /// system, and print its effective settings. Exit status 0 when valid, 1 otherwise.
+    #[command(group(ArgGroup::new("file").required(true)))]
+    Check {
+        /// Server configuration file.
+        #[arg(long, short, group = "file", value_hint = clap::ValueHint::FilePath)]
+        config: Option<PathBuf>,
+        /// Client configuration file.
+        #[arg(long, group = "file", value_hint = clap::ValueHint::FilePath)]
+        client: Option<PathBuf>,
+    },
+    /// Print a new private key.
+    Genkey,
+    /// Read a private key on stdin, print its public key.
+    Pubkey,
+    /// Show the running server: interface, workers, handshakes, latencies, peers (paged).
+    Show {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The control socket (default: the only one in /run/concentrator).
+        #[arg(long, value_hint = clap::ValueHint::FilePath)]
+        socket: Option<PathBuf>,
+        /// Peers to show (at most 10000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Peers to skip, in address order.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
+    /// Add or remove a peer on the running server, live.
+    Peer {
+        /// The control socket (default: the only one in /run/concentrator).
+        #[arg(long, global = true, value_hint = clap::ValueHint::FilePath)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        action: PeerAction,
+    },
+    /// Make the running server re-read its config and apply the peer changes (as SIGHUP).
+    Reload {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The control socket (default: the only one in /run/concentrator).
+        #[arg(long, value_hint = clap::ValueHint::FilePath)]
+        socket: Option<PathBuf>,
+    },
+    /// Print the completion script for a shell (bash, zsh, fish).
+    Completions {
+        /// The shell.
+        shell: CompletionShell,
+    },
+    /// Write the man pages (concentrator.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Manpages {
+        /// The directory (created if missing).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PeerAction {
+    /// Add a peer (not written to the config file).
+    Add {
+        /// Its base64 public key.
+        #[arg(long)]
+        public_key: String,
+        /// A fixed virtual IPv4 address (default: from the pool, stable for the key).
+        #[arg(long)]
+        address: Option<std::net::Ipv4Addr>,
+        /// A fixed virtual IPv6 address (default: from the pool, when the server has IPv6).
+        #[arg(long)]
+        address6: Option<std::net::Ipv6Addr>,
+        /// A file holding the base64 pre-shared key.
+        #[arg(long, value_hint = clap::ValueHint::FilePath)]
+        psk_file: Option<PathBuf>,
+    },
+    /// Remove a peer: its session ends, its address returns to the pool.
+    Remove {
+        /// Its base64 public key.
+        public_key: String,
+    },
+}
+
+/// The shells completions are generated for.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
