@@ -5,6 +5,7 @@
 //! [`Command`](crate::server::control::command::Command) with a reply channel; counters and histograms are
 //! read directly from the workers' shared copies.
 
+pub mod frontdoor;
 pub mod latency_log;
 pub mod metrics;
 pub mod protocol;
@@ -116,6 +117,24 @@ impl Ops {
             }),
             reload_lock: Mutex::new(()),
         }
+    }
+
+    /// The operator's side of a running `engine`, whose configuration is `running`, read
+    /// again from `config_path` on reload.
+    pub fn for_engine(
+        engine: &crate::server::engine::Engine,
+        config_path: PathBuf,
+        running: ServerConfig,
+    ) -> Self {
+        Ops::new(
+            engine.interface().to_string(),
+            config_path,
+            running,
+            engine.counters().to_vec(),
+            engine.latencies().to_vec(),
+            engine.handshake_stats(),
+            engine.commands(),
+        )
     }
 
     fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, String> {

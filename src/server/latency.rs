@@ -52,3 +52,30 @@ impl SharedLatency {
 pub fn record_latency(h: &mut hdrhistogram::Histogram<u64>, value_ns: u64, count: u64) {
     let _ = h.record_n(value_ns.clamp(1, LATENCY_MAX_NS), count);
 }
+
+/// Names a file that receives the workers' latency histograms when the server stops.
+pub const LATENCY_DUMP_ENV: &str = "CONCENTRATOR_LATENCY_DUMP";
+
+/// Writes one line per worker, `<worker id> <HdrHistogram V2, base64>` (nanoseconds, batch
+/// received to sent), readable by any HdrHistogram implementation.
+pub fn write_latency_dump(
+    path: &std::path::Path,
+    latencies: &[std::sync::Arc<SharedLatency>],
+) -> std::io::Result<()> {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::{Serializer as _, V2Serializer};
+    let mut text = String::new();
+    for (id, l) in latencies.iter().enumerate() {
+        let mut bytes = Vec::new();
+        V2Serializer::new()
+            .serialize(&l.snapshot(), &mut bytes)
+            .map_err(|e| {
+                std::io::Error::other(format!("serializing worker {id}'s histogram: {e:?}"))
+            })?;
+        text += &format!(
+            "{id} {}\n",
+            base64::engine::general_purpose::STANDARD.encode(&bytes)
+        );
+    }
+    std::fs::write(path, text)
+}

@@ -9,6 +9,9 @@
 
 pub mod control;
 pub mod dataplane;
+pub mod engine;
 pub mod handoff;
+pub mod host;
 pub mod latency;
 pub mod session_table;
+pub mod threads;
