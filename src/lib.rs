@@ -6,6 +6,7 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`sys`]: the kernel edge (TUN, UDP sockets, routes, nftables); the only place with `unsafe`.
 //! - [`offload`]: pure segmentation, coalescing and checksums for TUN/UDP offloads.
+//! - [`tunnel`]: the egress and ingress packet paths the server and the client share.
 //! - [`server`]: the headend as a library (engine, data plane, control thread, session table).
 //! - [`ops`]: the operator's side (control socket, metrics, latency logs).
 
@@ -15,3 +16,4 @@ pub mod ops;
 pub mod proto;
 pub mod server;
 pub mod sys;
+pub mod tunnel;

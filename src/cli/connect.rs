@@ -17,22 +17,18 @@ use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use concentrator::config::ClientConfig;
-use concentrator::offload::coalesce::{Coalescer, GsoTypes, Push};
-use concentrator::offload::split::Segmenter;
-use concentrator::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
+use concentrator::offload::coalesce::GsoTypes;
+use concentrator::offload::vnet::VNET_HDR_LEN;
 use concentrator::proto::client::{Client, ClientConfig as ProtoClientConfig, ClientEvent};
-use concentrator::proto::constants::MAX_MTU;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
 use concentrator::proto::session::Session;
 use concentrator::proto::wire::{AddressAssignment, TAG_LEN, TRANSPORT_HEADER_LEN};
 use concentrator::sys::link::{self, RouteGuard};
 use concentrator::sys::{clock, poll, signals, tun, udp};
+use concentrator::tunnel::ingress::{self, Offered, TunBatch};
+use concentrator::tunnel::{egress, REGION};
 
-/// Largest UDP read (a GRO batch) and largest TUN read (a super-packet plus virtio header).
-const BIG: usize = 65_536 + 128 * 48;
-/// Bytes of one UDP_SEGMENT batch: must fit one IP datagram (IPv6 and UDP headers).
-const BYTES_PER_SEND: usize = 65_535 - 40 - 8;
 /// Reads from one descriptor before looking at the other.
 const BURST: usize = 64;
 
@@ -132,7 +128,8 @@ fn bring_up(
     })
 }
 
-/// The TUN reader: packets (or super-packets) out to the server.
+/// The TUN reader: packets (or super-packets) out to the server, through the egress path the
+/// server uses too (`tunnel::egress`).
 fn read_tun(
     queue: OwnedFd,
     socket: UdpSocket,
@@ -141,11 +138,19 @@ fn read_tun(
     stop: Arc<AtomicBool>,
     sent_bytes: Arc<AtomicU64>,
 ) {
-    let mut input = vec![0u8; BIG];
-    let mut output = vec![0u8; BIG];
+    let mut input = vec![0u8; REGION];
+    let mut output = vec![0u8; REGION];
+    // Without offloads a packet is read where it is sealed, after the transport header's room.
+    let read_at = if offloads { 0 } else { TRANSPORT_HEADER_LEN };
+    let read_room = if offloads {
+        REGION
+    } else {
+        REGION - TRANSPORT_HEADER_LEN - TAG_LEN
+    };
     while !stop.load(Ordering::Relaxed) {
-        let n = match tun::read_timeout(queue.as_fd(), &mut input, Some(Duration::from_millis(200)))
-        {
+        let buf = if offloads { &mut input } else { &mut output };
+        let room = &mut buf[read_at..read_at + read_room];
+        let n = match tun::read_timeout(queue.as_fd(), room, Some(Duration::from_millis(200))) {
             Ok(Some(n)) if n > 0 => n,
             Ok(_) => continue,
             Err(e) => {
@@ -156,54 +161,19 @@ fn read_tun(
         };
         let now = clock::monotonic_now();
         if !offloads {
-            let room = &mut output[..TRANSPORT_HEADER_LEN + n + TAG_LEN];
-            room[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n].copy_from_slice(&input[..n]);
-            if let Ok(len) = session.encrypt(room, n, now) {
-                let _ = udp::send_segments(socket.as_fd(), &room[..len], None);
+            if let Ok(len) = session.encrypt(&mut output, n, now) {
+                let _ = udp::send_segments(socket.as_fd(), &output[..len], None);
                 sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
             }
             continue;
         }
-        let Some(hdr) = VirtioNetHdr::parse(&input[..n]) else {
+        let Ok(train) = egress::seal_super_packet(&input[..n], &mut output, &session, now) else {
             continue;
         };
-        let Ok(segments) = Segmenter::new(&hdr, &input[VNET_HDR_LEN..n], MAX_MTU as usize) else {
-            continue;
-        };
-        let count = segments.segment_count();
-        let stride = segments.segment_len(0) + TRANSPORT_HEADER_LEN + TAG_LEN;
-        if count == 0 || count * stride > output.len() {
-            continue;
-        }
-        let mut end = 0;
-        let mut sealed_all = true;
-        for i in 0..count {
-            let at = i * stride;
-            let room = &mut output[at + TRANSPORT_HEADER_LEN..at + stride - TAG_LEN];
-            let Ok(len) = segments.write_segment(i, room) else {
-                sealed_all = false;
-                break;
-            };
-            match session.encrypt(&mut output[at..at + stride], len, now) {
-                Ok(sealed) => end = at + sealed,
-                Err(_) => {
-                    sealed_all = false;
-                    break;
-                }
-            }
-            sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        }
-        if !sealed_all {
-            continue;
-        }
-        let per_send = (BYTES_PER_SEND / stride).clamp(1, 64);
-        for first in (0..count).step_by(per_send) {
-            let last = (first + per_send).min(count);
-            let upto = if last == count { end } else { last * stride };
-            let segment = (last - first > 1).then_some(stride as u16);
-            if let Err(e) =
-                udp::send_segments(socket.as_fd(), &output[first * stride..upto], segment)
-            {
+        sent_bytes.fetch_add(train.plaintext as u64, Ordering::Relaxed);
+        for send in train.sends(0) {
+            let bytes = &output[send.offset..send.offset + send.len];
+            if let Err(e) = udp::send_segments(socket.as_fd(), bytes, send.segment) {
                 tracing::debug!(error = %e, "send to server failed");
             }
         }
@@ -231,12 +201,10 @@ fn underlay_socket(server: SocketAddr, offloads: bool) -> Result<UdpSocket> {
     Ok(s)
 }
 
-/// Writes what the coalescer holds to the TUN.
-fn flush(coalescer: &mut Coalescer<'_>, queue: &OwnedFd) {
-    if let Some(c) = coalescer.finish() {
-        if let Err(e) = tun::write(queue.as_fd(), c.frame) {
-            tracing::debug!(error = %e, "TUN write failed");
-        }
+/// Writes a frame the ingress path completed to the TUN.
+fn write_frame(queue: &OwnedFd, frame: &[u8]) {
+    if let Err(e) = tun::write(queue.as_fd(), frame) {
+        tracing::debug!(error = %e, "TUN write failed");
     }
 }
 
@@ -269,8 +237,8 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
     let mut received_bytes = 0u64;
     let mut rng = OsRandom;
     let mut tunnel: Option<Tunnel> = None;
-    let mut buf = vec![0u8; BIG];
-    let mut coalesce_buf = vec![0u8; BIG];
+    let mut buf = vec![0u8; REGION];
+    let mut coalesce_buf = vec![0u8; REGION];
     let mut small = [0u8; 256];
     tracing::info!(server = %config.server_endpoint, "connecting");
     loop {
@@ -300,29 +268,23 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
             let segment = segment.map_or(n, usize::from).max(1);
             let now = clock::monotonic_now();
             let gso_types = tunnel.as_ref().map_or(GsoTypes::NONE, |t| t.gso_types);
-            let mut coalescer = Coalescer::new(&mut coalesce_buf, gso_types);
+            let mut batch = TunBatch::new(&mut coalesce_buf, gso_types);
             for start in (0..n).step_by(segment) {
                 let end = (start + segment).min(n);
                 match client.receive(&mut buf[start..end], now) {
                     ClientEvent::Packet(range) => {
                         received_bytes += range.len() as u64;
                         let Some(t) = &tunnel else { continue };
-                        let packet = &buf[start + range.start..start + range.end];
+                        let at = start + range.start..start + range.end;
                         if !offloads {
-                            let _ = tun::write(t.queue.as_fd(), packet);
+                            write_frame(&t.queue, &buf[at]);
                             continue;
                         }
-                        loop {
-                            match coalescer.try_push(packet) {
-                                Push::Started | Push::Merged => break,
-                                Push::Rejected => flush(&mut coalescer, &t.queue),
-                                Push::TooLarge => {
-                                    let mut frame = Vec::with_capacity(VNET_HDR_LEN + packet.len());
-                                    frame.extend_from_slice(&VirtioNetHdr::NONE.to_bytes());
-                                    frame.extend_from_slice(packet);
-                                    let _ = tun::write(t.queue.as_fd(), &frame);
-                                    break;
-                                }
+                        let mut write = |f: ingress::TunFrame<'_>| write_frame(&t.queue, f.bytes);
+                        if batch.offer(&buf[at.clone()], &mut write) == Offered::WriteAlone {
+                            // The transport header's room before the packet takes its header.
+                            if let Some(frame) = ingress::frame_in_place(&mut buf, at) {
+                                write_frame(&t.queue, &buf[frame]);
                             }
                         }
                     }
@@ -351,7 +313,7 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
                 }
             }
             if let Some(t) = &tunnel {
-                flush(&mut coalescer, &t.queue);
+                batch.flush(&mut |f| write_frame(&t.queue, f.bytes));
             }
         }
     }

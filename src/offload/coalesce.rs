@@ -184,6 +184,11 @@ impl<'a> Coalescer<'a> {
         }
     }
 
+    /// Gives the buffer back (a pending super-packet is dropped: [`Coalescer::finish`] first).
+    pub fn into_buffer(self) -> &'a mut [u8] {
+        self.buf
+    }
+
     /// Whether no packet is pending.
     pub fn is_empty(&self) -> bool {
         self.flow.is_none()

@@ -17,10 +17,8 @@ use crossbeam_channel::TrySendError;
 use super::stats::DropReason;
 use super::worker::{session_drop, Outcome, Worker, TUN_FILE};
 use crate::offload::coalesce::{Coalescer, Push};
-use crate::offload::split::Segmenter;
 use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::proto::admission::{Admission, Verdict};
-use crate::proto::constants::MAX_MTU;
 use crate::proto::ip;
 use crate::proto::ratelimit::SlotLimiter;
 use crate::proto::time::Instant;
@@ -29,16 +27,11 @@ use crate::proto::wire::{
 };
 use crate::server::handoff::HandshakeMessage;
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
+use crate::tunnel::egress;
 
-/// Bytes of one region of an offload slot: the largest IP packet plus a virtio header, with room
-/// for the per-segment transport header and tag of up to 128 segments.
-pub const REGION: usize = 65_536 + 128 * 48;
-/// Segments per UDP_SEGMENT send: the kernel's UDP_MAX_SEGMENTS is 64 on older kernels
-/// (include/linux/udp.h), so stay at that.
-const SEGMENTS_PER_SEND: usize = 64;
-/// Bytes of UDP payload one UDP_SEGMENT send may carry: the whole batch is built as one IP
-/// datagram first, so it must fit a 16-bit IP length with the IPv6 (40) and UDP (8) headers.
-const BYTES_PER_SEND: usize = 65_535 - 40 - 8;
+/// Bytes of one region of an offload slot (input: a TUN read or a GRO receive; output: the
+/// sealed segments or the coalesced frames).
+pub use crate::tunnel::REGION;
 /// Operations one offload slot may have in flight (sends or TUN writes): a GRO receive holds at
 /// most 64 datagrams (UDP_GRO_CNT_MAX, net/ipv4/udp_offload.c), and in the worst case each
 /// becomes its own write or relay.
@@ -131,6 +124,16 @@ fn socket_for(families: &[bool], dest: &SocketAddr) -> Option<u8> {
         .map(|i| (i + 1) as u8)
 }
 
+/// The drop reason of a TUN read the egress path refused.
+fn egress_drop(e: egress::EgressError) -> DropReason {
+    match e {
+        egress::EgressError::Session(e) => session_drop(e),
+        egress::EgressError::Malformed(_)
+        | egress::EgressError::NoRoom
+        | egress::EgressError::Empty => DropReason::Malformed,
+    }
+}
+
 impl Worker {
     /// A TUN read completed with `n` bytes.
     pub(super) fn egress(
@@ -181,51 +184,25 @@ impl Worker {
         self.counters.tun_rx_bytes += n.saturating_sub(VNET_HDR_LEN) as u64;
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
         let (input, output) = buf.split_at_mut(REGION);
-        let hdr = VirtioNetHdr::parse(&input[..n]).ok_or(DropReason::Malformed)?;
-        let packet = &input[VNET_HDR_LEN..n];
+        let packet = input.get(VNET_HDR_LEN..n).ok_or(DropReason::Malformed)?;
         let (_, dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
         let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
         let endpoint = peer.endpoint().ok_or(DropReason::NoEndpoint)?;
-        let segments =
-            Segmenter::new(&hdr, packet, MAX_MTU as usize).map_err(|_| DropReason::Malformed)?;
-        let count = segments.segment_count();
-        let stride = segments.segment_len(0) + TRANSPORT_HEADER_LEN + TAG_LEN;
-        if count == 0 || count * stride > output.len() {
-            return Err(DropReason::Malformed);
-        }
-        let mut end = 0;
-        for i in 0..count {
-            let at = i * stride;
-            let room = &mut output[at + TRANSPORT_HEADER_LEN..at + stride - TAG_LEN];
-            let len = segments
-                .write_segment(i, room)
-                .map_err(|_| DropReason::Malformed)?;
-            let sealed = peer
-                .session
-                .encrypt(&mut output[at..at + stride], len, now)
-                .map_err(session_drop)?;
-            peer.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-            end = at + sealed;
-        }
-        self.counters.tun_rx_packets += count as u64 - 1;
+        let train = egress::seal_super_packet(&input[..n], output, &peer.session, now)
+            .map_err(egress_drop)?;
+        peer.tx_bytes
+            .fetch_add(train.plaintext as u64, Ordering::Relaxed);
+        self.counters.tun_rx_packets += train.count as u64 - 1;
         let file = socket_for(&self.socket_families, &endpoint).ok_or(DropReason::NoEndpoint)?;
         let mut ops = PendingOps::new();
-        let per_send = (BYTES_PER_SEND / stride).clamp(1, SEGMENTS_PER_SEND);
-        for first in (0..count).step_by(per_send) {
-            let last = (first + per_send).min(count);
-            let len = if last == count {
-                end - first * stride
-            } else {
-                (last - first) * stride
-            };
+        for send in train.sends(REGION) {
             ops.push(Pending::Send {
-                offset: REGION + first * stride,
-                len,
+                offset: send.offset,
+                len: send.len,
                 dest: endpoint,
                 file,
-                // All datagrams but the last are exactly `stride` bytes, as UDP_SEGMENT needs.
-                segment: (last - first > 1).then_some(stride as u16),
-                segments: (last - first) as u64,
+                segment: send.segment,
+                segments: send.datagrams as u64,
             });
         }
         Ok(self.submit(slot, &ops))

@@ -1,0 +1,197 @@
+//! Egress: a TUN read cut into segments of at most the tunnel's MTU, each sealed in place into
+//! an output buffer, one datagram every `stride` bytes, and the `UDP_SEGMENT` sends that carry
+//! them.
+
+use std::ops::Range;
+
+use crate::offload::split::Segmenter;
+use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
+use crate::offload::OffloadError;
+use crate::proto::constants::MAX_MTU;
+use crate::proto::session::{Session, SessionError};
+use crate::proto::time::Instant;
+use crate::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
+
+/// Datagrams per `UDP_SEGMENT` send: the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels
+/// (include/linux/udp.h), so stay at that.
+pub const SEGMENTS_PER_SEND: usize = 64;
+/// Bytes of UDP payload one `UDP_SEGMENT` send may carry: the whole batch is built as one IP
+/// datagram first, so it must fit a 16-bit IP length with the IPv6 (40) and UDP (8) headers.
+pub const BYTES_PER_SEND: usize = 65_535 - 40 - 8;
+
+/// Why a TUN read was not sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EgressError {
+    /// The virtio header or the packet cannot be cut (or the output is too small for it).
+    #[error("malformed super-packet: {0}")]
+    Malformed(#[from] OffloadError),
+    /// The output buffer cannot hold every sealed segment.
+    #[error("the output buffer is too small for the segments")]
+    NoRoom,
+    /// No segment at all.
+    #[error("empty super-packet")]
+    Empty,
+    /// The session refused to seal (no keypair, key expired or exhausted).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// Sealed datagrams in an output buffer: `count` of them, the i-th at `i * stride`, all
+/// `stride` bytes long but the last, which ends at `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedTrain {
+    /// Bytes from one datagram's start to the next's.
+    pub stride: usize,
+    /// Datagrams.
+    pub count: usize,
+    /// Where the last datagram ends.
+    pub end: usize,
+    /// Plaintext bytes sealed (the inner packets' lengths).
+    pub plaintext: usize,
+}
+
+/// One send of a train: `len` bytes from `offset` in the output, cut by the kernel into
+/// datagrams of `segment` bytes when there are several (`UDP_SEGMENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GsoSend {
+    /// Where the send's bytes start in the output buffer.
+    pub offset: usize,
+    /// Its bytes.
+    pub len: usize,
+    /// The `UDP_SEGMENT` size, when the send carries more than one datagram.
+    pub segment: Option<u16>,
+    /// Datagrams it carries.
+    pub datagrams: usize,
+}
+
+/// Cuts the TUN read in `input` (a virtio header, then an IP packet or a TSO/USO super-packet)
+/// into segments of at most [`MAX_MTU`] bytes and seals each under `session` into `output`.
+pub fn seal_super_packet(
+    input: &[u8],
+    output: &mut [u8],
+    session: &Session,
+    now: Instant,
+) -> Result<SealedTrain, EgressError> {
+    let hdr = VirtioNetHdr::parse(input).ok_or(OffloadError::Truncated)?;
+    let segments = Segmenter::new(&hdr, &input[VNET_HDR_LEN..], MAX_MTU as usize)?;
+    let count = segments.segment_count();
+    if count == 0 {
+        return Err(EgressError::Empty);
+    }
+    let stride = segments.segment_len(0) + TRANSPORT_HEADER_LEN + TAG_LEN;
+    if count * stride > output.len() {
+        return Err(EgressError::NoRoom);
+    }
+    let (mut end, mut plaintext) = (0, 0);
+    for i in 0..count {
+        let at = i * stride;
+        let room = &mut output[at + TRANSPORT_HEADER_LEN..at + stride - TAG_LEN];
+        let len = segments.write_segment(i, room)?;
+        end = at + session.encrypt(&mut output[at..at + stride], len, now)?;
+        plaintext += len;
+    }
+    Ok(SealedTrain {
+        stride,
+        count,
+        end,
+        plaintext,
+    })
+}
+
+impl SealedTrain {
+    /// The sends that carry the train from `base` (the output buffer's offset in whatever
+    /// the caller addresses): at most [`SEGMENTS_PER_SEND`] datagrams and [`BYTES_PER_SEND`]
+    /// bytes each.
+    pub fn sends(&self, base: usize) -> impl Iterator<Item = GsoSend> + '_ {
+        let per_send = (BYTES_PER_SEND / self.stride).clamp(1, SEGMENTS_PER_SEND);
+        (0..self.count).step_by(per_send).map(move |first| {
+            let last = (first + per_send).min(self.count);
+            let bytes: Range<usize> = first * self.stride..if last == self.count {
+                self.end
+            } else {
+                last * self.stride
+            };
+            GsoSend {
+                offset: base + bytes.start,
+                len: bytes.len(),
+                // All datagrams but the last are exactly `stride` bytes, as UDP_SEGMENT needs.
+                segment: (last - first > 1).then_some(self.stride as u16),
+                datagrams: last - first,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train(stride: usize, count: usize, last: usize) -> SealedTrain {
+        SealedTrain {
+            stride,
+            count,
+            end: (count - 1) * stride + last,
+            plaintext: 0,
+        }
+    }
+
+    #[test]
+    fn one_datagram_is_one_plain_send() {
+        let sends: Vec<_> = train(1452, 1, 100).sends(7).collect();
+        assert_eq!(
+            sends,
+            vec![GsoSend {
+                offset: 7,
+                len: 100,
+                segment: None,
+                datagrams: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn a_train_is_cut_at_the_byte_and_segment_limits() {
+        // 1452-byte datagrams: 45 fit in one 64 KiB send.
+        let t = train(1452, 100, 500);
+        let sends: Vec<_> = t.sends(0).collect();
+        assert_eq!(sends.len(), 3);
+        assert_eq!(sends.iter().map(|s| s.datagrams).sum::<usize>(), 100);
+        for s in &sends {
+            assert!(s.len <= BYTES_PER_SEND && s.datagrams <= SEGMENTS_PER_SEND);
+            assert_eq!(s.segment, Some(1452));
+        }
+        assert_eq!(sends[1].offset, 45 * 1452);
+        assert_eq!(sends.last().unwrap().len, 9 * 1452 + 500);
+        // Small datagrams: the segment limit binds first.
+        let small: Vec<_> = train(100, 130, 100).sends(0).collect();
+        assert_eq!(
+            small.iter().map(|s| s.datagrams).collect::<Vec<_>>(),
+            vec![64, 64, 2]
+        );
+    }
+
+    #[test]
+    fn a_truncated_read_is_malformed_and_seals_nothing() {
+        let session = Session::new();
+        let mut out = [0u8; 64];
+        let now = Instant::from_nanos(1);
+        assert_eq!(
+            seal_super_packet(&[0u8; 4], &mut out, &session, now),
+            Err(EgressError::Malformed(OffloadError::Truncated))
+        );
+    }
+
+    #[test]
+    fn without_a_keypair_nothing_is_sealed() {
+        let session = Session::new();
+        let mut input = vec![0u8; VNET_HDR_LEN + 28];
+        VirtioNetHdr::NONE.emit(&mut input[..VNET_HDR_LEN]);
+        let p = &mut input[VNET_HDR_LEN..];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&28u16.to_be_bytes());
+        p[9] = 17;
+        let mut out = vec![0u8; 256];
+        let r = seal_super_packet(&input, &mut out, &session, Instant::from_nanos(1));
+        assert_eq!(r, Err(EgressError::Session(SessionError::NoKeypair)));
+    }
+}
