@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use concentrator::proto::cookie::{self, CookieChecker, CookieJar, MacKeys};
-use concentrator::proto::handshake::{Initiation, InitiatorKeys};
+use concentrator::proto::handshake::{InitiatorHandshake, InitiatorKeys};
 use concentrator::proto::keypair::Keypair;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::replay::ReplayWindow;
@@ -177,7 +177,7 @@ fn handshake(c: &mut Criterion) {
                 psk: &psk,
             };
             let mut init = [0u8; INITIATION_LEN];
-            let pending = Initiation::start(
+            let pending = InitiatorHandshake::start(
                 keys,
                 index,
                 Tai64N::from_unix(unix),

@@ -877,7 +877,7 @@ fn recording_server(
 /// static, the client's initiation, the server's session and index, one data packet the client
 /// sealed for the server).
 fn recorded_session() -> ([u8; 32], [u8; 32], Vec<u8>, Vec<u8>) {
-    use concentrator::proto::client::{Client, ClientConfig, ClientEvent};
+    use concentrator::proto::client::{Client, ClientEvent, ClientParams};
     use concentrator::proto::keys::{PresharedKey, StaticSecret};
     use concentrator::proto::rng::SeededRandom;
     use concentrator::proto::server::HandshakeReply;
@@ -887,7 +887,7 @@ fn recorded_session() -> ([u8; 32], [u8; 32], Vec<u8>, Vec<u8>) {
     let mut rng = SeededRandom(5);
     let mut server = recording_server(ss, cs, now, &mut rng);
     let mut client = Client::new(
-        ClientConfig {
+        ClientParams {
             secret: StaticSecret::from_bytes(cs),
             server: StaticSecret::from_bytes(ss).public_key(),
             psk: PresharedKey::zero(),
@@ -943,7 +943,7 @@ fn a_responses_mac1_tells_which_known_client_it_answers() {
     // HASH("mac1----" || client static public), so whoever holds a list of candidate client
     // public keys (from a config, `show`, per-peer metrics, logs) can tell, from one
     // response on the wire, which of them the handshake was for: one HMAC per candidate.
-    use concentrator::proto::client::{Client, ClientConfig, ClientEvent};
+    use concentrator::proto::client::{Client, ClientEvent, ClientParams};
     use concentrator::proto::cookie::{self, MacKeys};
     use concentrator::proto::keys::{PresharedKey, StaticSecret};
     use concentrator::proto::rng::SeededRandom;
@@ -954,7 +954,7 @@ fn a_responses_mac1_tells_which_known_client_it_answers() {
     let mut rng = SeededRandom(6);
     let mut server = recording_server(ss, cs, now, &mut rng);
     let mut client = Client::new(
-        ClientConfig {
+        ClientParams {
             secret: StaticSecret::from_bytes(cs),
             server: StaticSecret::from_bytes(ss).public_key(),
             psk: PresharedKey::zero(),

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use concentrator::proto::client::{Client, ClientConfig, ClientEvent};
+use concentrator::proto::client::{Client, ClientEvent, ClientParams};
 use concentrator::proto::constants::{
     REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT, ZERO_KEYS_AFTER,
 };
@@ -209,7 +209,7 @@ impl Sim {
         persistent_keepalive: Option<Duration>,
     ) -> Client {
         Client::new(
-            ClientConfig {
+            ClientParams {
                 secret: StaticSecret::from_bytes(secret),
                 server,
                 psk: PresharedKey::zero(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concentrator::proto::cookie::{CookieJar, MacKeys};
-use concentrator::proto::handshake::{HandshakeError, Initiation, InitiatorKeys};
+use concentrator::proto::handshake::{HandshakeError, InitiatorHandshake, InitiatorKeys};
 use concentrator::proto::keypair::{Keypair, TransportError};
 use concentrator::proto::keys::{PresharedKey, PublicKey, StaticSecret};
 use concentrator::proto::replay::ReplayError;
@@ -66,12 +66,12 @@ fn initiation(
     server: &PublicKey,
     psk: &PresharedKey,
     unix_secs: u64,
-) -> (Initiation, [u8; INITIATION_LEN]) {
+) -> (InitiatorHandshake, [u8; INITIATION_LEN]) {
     let mut out = [0u8; INITIATION_LEN];
     let mut jar = CookieJar::new(server.as_bytes());
     let keys = InitiatorKeys { own, server, psk };
     let ts = Tai64N::from_unix(Duration::from_secs(unix_secs));
-    let init = Initiation::start(keys, 7, ts, &mut jar, Instant::from_nanos(0), &mut out);
+    let init = InitiatorHandshake::start(keys, 7, ts, &mut jar, Instant::from_nanos(0), &mut out);
     (init, out)
 }
 
@@ -318,7 +318,7 @@ fn under_load_junk_from_the_victims_address_does_not_lock_it_out_of_handshakes()
         };
         let stamp = Tai64N::from_unix(Duration::from_secs(unix_secs));
         let mut m = [0u8; INITIATION_LEN];
-        Initiation::start(keys, index, stamp, jar, at, &mut m);
+        InitiatorHandshake::start(keys, index, stamp, jar, at, &mut m);
         m
     };
     let first = initiate(&s, &mut jar, 7, 1000, first_at);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use concentrator::proto::client::{Client, ClientConfig, ClientEvent};
+use concentrator::proto::client::{Client, ClientEvent, ClientParams};
 use concentrator::proto::keys::{PresharedKey, PublicKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
 use concentrator::proto::wire::{self, TAG_LEN, TRANSPORT_HEADER_LEN};
@@ -181,7 +181,7 @@ pub struct LoadgenOptions {
 
 fn new_client(secret: StaticSecret, server: PublicKey) -> Client {
     Client::new(
-        ClientConfig {
+        ClientParams {
             secret,
             server,
             psk: PresharedKey::zero(),

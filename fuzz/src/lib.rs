@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use concentrator::proto::client::{Client, ClientConfig, ClientEvent};
+use concentrator::proto::client::{Client, ClientEvent, ClientParams};
 use concentrator::proto::cookie::{self, MacKeys};
 use concentrator::proto::keys::{PresharedKey, PublicKey, StaticSecret};
 use concentrator::proto::rng::{Random, SeededRandom};
@@ -94,7 +94,7 @@ pub fn stranger() -> Client {
 
 fn client_with_secret(secret: [u8; 32]) -> Client {
     Client::new(
-        ClientConfig {
+        ClientParams {
             secret: StaticSecret::from_bytes(secret),
             server: server_public(),
             psk: PresharedKey::zero(),

@@ -19,7 +19,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use concentrator::config::ClientConfig;
 use concentrator::offload::coalesce::GsoTypes;
 use concentrator::offload::vnet::VNET_HDR_LEN;
-use concentrator::proto::client::{Client, ClientConfig as ProtoClientConfig, ClientEvent};
+use concentrator::proto::client::{Client, ClientEvent, ClientParams};
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
 use concentrator::proto::session::Session;
@@ -224,7 +224,7 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
         .map(|k| PresharedKey::from_bytes(*k.as_bytes()))
         .unwrap_or_else(PresharedKey::zero);
     let mut client = Client::new(
-        ProtoClientConfig {
+        ClientParams {
             secret: StaticSecret::from_bytes(*config.private_key.to_bytes()),
             server: config.server_public_key,
             psk,

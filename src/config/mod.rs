@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 pub use client::ClientConfig;
 pub use pool::{AddressPool, AddressPool6};
-pub use server::{PeerConfig, ServerConfig};
+pub use server::{PeerSection, ServerConfig};
 
 /// One thing wrong with a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]

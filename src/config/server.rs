@@ -59,7 +59,7 @@ struct RawPeer {
 
 /// One `[[peer]]`, resolved.
 #[derive(Debug)]
-pub struct PeerConfig {
+pub struct PeerSection {
     /// The client's static public key.
     pub public_key: PublicKey,
     /// The pre-shared key, when `preshared_key_file` is set.
@@ -122,7 +122,7 @@ pub struct ServerConfig {
     /// The user to run as after setup (keeping CAP_NET_ADMIN), if any.
     pub user: Option<String>,
     /// The peers, in file order, each with its address assigned.
-    pub peers: Vec<PeerConfig>,
+    pub peers: Vec<PeerSection>,
     /// The IPv4 pool with the server's and every peer's address taken, for live changes.
     pub pool: AddressPool,
     /// The IPv6 pool, when `address6` is set.
@@ -153,7 +153,7 @@ impl ServerConfig {
     }
 
     /// The peer with this public key.
-    pub fn peer(&self, key: &PublicKey) -> Option<&PeerConfig> {
+    pub fn peer(&self, key: &PublicKey) -> Option<&PeerSection> {
         self.peers.iter().find(|p| p.public_key == *key)
     }
 }
@@ -694,7 +694,7 @@ fn assign(
     net6: Option<Ipv6Net>,
     parsed: Vec<Parsed>,
     problems: &mut Problems,
-) -> (AddressPool, Option<AddressPool6>, Option<Vec<PeerConfig>>) {
+) -> (AddressPool, Option<AddressPool6>, Option<Vec<PeerSection>>) {
     let mut pool = AddressPool::new(net);
     let mut pool6 = net6.map(AddressPool6::new);
     for p in &parsed {
@@ -748,7 +748,7 @@ fn assign(
         if p.preshared_key_file.is_some() && p.preshared_key.is_none() {
             return (pool, pool6, None);
         }
-        peers.push(PeerConfig {
+        peers.push(PeerSection {
             public_key,
             preshared_key: p.preshared_key,
             preshared_key_file: p.preshared_key_file,

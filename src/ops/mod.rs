@@ -22,9 +22,10 @@ use crossbeam_channel::Sender;
 use crate::config::ServerConfig;
 use crate::proto::handshake::FailureReason;
 use crate::proto::keys::PublicKey;
+use crate::proto::server::PeerConfig;
 use crate::proto::time::Instant;
 use crate::server::control::command::{AddPeer, Addressing, Command, ReloadReport, Snapshot};
-use crate::server::control::reload::{self, PeerSpec};
+use crate::server::control::reload;
 use crate::server::control::HandshakeStats;
 use crate::server::dataplane::stats::{Counters, SharedCounters};
 use crate::server::latency::SharedLatency;
@@ -152,7 +153,7 @@ impl Ops {
     }
 
     /// Adds a peer live.
-    pub fn add_peer(&self, req: AddPeer) -> Result<PeerSpec, String> {
+    pub fn add_peer(&self, req: AddPeer) -> Result<PeerConfig, String> {
         self.ask(|tx| Command::AddPeer(req, tx))?
     }
 

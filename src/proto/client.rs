@@ -14,7 +14,7 @@ use super::constants::{
     REKEY_TIMEOUT_JITTER_MAX,
 };
 use super::cookie::{self, CookieJar, MacKeys};
-use super::handshake::{HandshakeError, Initiation, InitiatorKeys};
+use super::handshake::{HandshakeError, InitiatorHandshake, InitiatorKeys};
 use super::keys::{PresharedKey, PublicKey, StaticSecret};
 use super::rng::Random;
 use super::session::{Session, SessionError};
@@ -30,7 +30,7 @@ pub const NEW_HANDSHAKE_AFTER_SILENCE: Duration =
     Duration::from_secs(KEEPALIVE_TIMEOUT.as_secs() + 2);
 
 /// What the client needs to know to connect.
-pub struct ClientConfig {
+pub struct ClientParams {
     /// Our static key.
     pub secret: StaticSecret,
     /// The server's static public key.
@@ -55,12 +55,12 @@ pub enum ClientEvent {
     /// initiation, sent when the pending one is due for retransmission, carries the cookie.
     CookieReceived,
     /// Dropped, for this reason.
-    Dropped(DropReason),
+    Dropped(ClientDrop),
 }
 
 /// Why the client dropped a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub enum ClientDrop {
     /// Not a message of ours, or malformed.
     Malformed,
     /// A handshake message that failed.
@@ -86,11 +86,11 @@ pub struct ClientStats {
 
 /// The client's tunnel state.
 pub struct Client {
-    config: ClientConfig,
+    config: ClientParams,
     own_mac_keys: MacKeys,
     cookies: CookieJar,
     session: Arc<Session>,
-    handshake: Option<Initiation>,
+    handshake: Option<InitiatorHandshake>,
     /// First initiation of the current series of attempts.
     series_started: Option<Instant>,
     /// When the next initiation is due (retry, or after an abandoned series).
@@ -107,7 +107,7 @@ pub struct Client {
 impl Client {
     /// A client that will connect at the first [`Client::poll_transmit`]. `wall_clock` is the
     /// time since the Unix epoch at `now`; it only seeds handshake timestamps.
-    pub fn new(config: ClientConfig, now: Instant, wall_clock: Duration) -> Self {
+    pub fn new(config: ClientParams, now: Instant, wall_clock: Duration) -> Self {
         let own_public = config.secret.public_key();
         Client {
             own_mac_keys: MacKeys::new(own_public.as_bytes()),
@@ -170,15 +170,15 @@ impl Client {
             // handshake before the server's genuine response arrives.
             Ok(MessageType::CookieReply) => match self.cookies.accept_cookie_reply(buf, now) {
                 Ok(()) => ClientEvent::CookieReceived,
-                Err(_) => ClientEvent::Dropped(DropReason::BadCookie),
+                Err(_) => ClientEvent::Dropped(ClientDrop::BadCookie),
             },
-            _ => ClientEvent::Dropped(DropReason::Malformed),
+            _ => ClientEvent::Dropped(ClientDrop::Malformed),
         }
     }
 
     fn receive_transport(&mut self, buf: &mut [u8], now: Instant) -> ClientEvent {
         let Some(index) = wire::transport_receiver_index(buf) else {
-            return ClientEvent::Dropped(DropReason::Malformed);
+            return ClientEvent::Dropped(ClientDrop::Malformed);
         };
         match self.session.decrypt(index, buf, now) {
             Ok(received) => {
@@ -188,23 +188,23 @@ impl Client {
                     ClientEvent::Packet(received.plaintext)
                 }
             }
-            Err(e) => ClientEvent::Dropped(DropReason::Transport(e)),
+            Err(e) => ClientEvent::Dropped(ClientDrop::Transport(e)),
         }
     }
 
     fn receive_response(&mut self, buf: &[u8], now: Instant) -> ClientEvent {
         let Some(pending) = self.handshake.take() else {
-            return ClientEvent::Dropped(DropReason::Handshake(HandshakeError::Unexpected));
+            return ClientEvent::Dropped(ClientDrop::Handshake(HandshakeError::Unexpected));
         };
         if wire::Response::new_checked(buf).map(|r| r.receiver_index()) != Ok(pending.local_index) {
             self.handshake = Some(pending);
-            return ClientEvent::Dropped(DropReason::Handshake(HandshakeError::Unexpected));
+            return ClientEvent::Dropped(ClientDrop::Handshake(HandshakeError::Unexpected));
         }
         // Check mac1 before the pending handshake is consumed, so that a forged response (its
         // index is visible on the wire) cannot make us drop the genuine one.
         if !cookie::verify_mac1(&self.own_mac_keys, buf) {
             self.handshake = Some(pending);
-            return ClientEvent::Dropped(DropReason::Handshake(HandshakeError::BadMac));
+            return ClientEvent::Dropped(ClientDrop::Handshake(HandshakeError::BadMac));
         }
         match pending.finish(buf, &self.own_mac_keys, now) {
             Ok((keypair, assignment)) => {
@@ -217,7 +217,7 @@ impl Client {
                 self.assignment = Some(assignment);
                 ClientEvent::Connected(assignment)
             }
-            Err(e) => ClientEvent::Dropped(DropReason::Handshake(e)),
+            Err(e) => ClientEvent::Dropped(ClientDrop::Handshake(e)),
         }
     }
 
@@ -287,7 +287,8 @@ impl Client {
             server: &self.config.server,
             psk: &self.config.psk,
         };
-        let initiation = Initiation::start(keys, index, timestamp, &mut self.cookies, now, out);
+        let initiation =
+            InitiatorHandshake::start(keys, index, timestamp, &mut self.cookies, now, out);
         self.handshake = Some(initiation);
         let jitter = rng.next_u64() % (REKEY_TIMEOUT_JITTER_MAX.as_nanos() as u64 + 1);
         self.retry_at = Some(now + REKEY_TIMEOUT + Duration::from_nanos(jitter));

@@ -1,6 +1,6 @@
 //! The Noise IKpsk2 handshake, framed as in docs/protocol.md.
 //!
-//! [`Initiation`] is the client's half; [`Responder`] the server's. Neither keeps peers: the
+//! [`InitiatorHandshake`] is the client's half; [`Responder`] the server's. Neither keeps peers: the
 //! responder verifies a message up to the point where it knows who sent it and hands back a
 //! [`VerifiedInitiation`], so the caller can look the peer up, check the timestamp and decide.
 
@@ -130,7 +130,7 @@ pub struct InitiatorKeys<'a> {
 }
 
 /// A sent initiation waiting for its response (client side).
-pub struct Initiation {
+pub struct InitiatorHandshake {
     state: HandshakeState,
     /// The index we told the server to use for us.
     pub local_index: u32,
@@ -138,7 +138,7 @@ pub struct Initiation {
     pub sent_at: Instant,
 }
 
-impl Initiation {
+impl InitiatorHandshake {
     /// Writes a handshake initiation into `out` and returns the state that waits for the
     /// response. `cookies` stamps mac1 (and mac2 while it holds a fresh cookie).
     pub fn start(
@@ -148,7 +148,7 @@ impl Initiation {
         cookies: &mut CookieJar,
         now: Instant,
         out: &mut [u8; INITIATION_LEN],
-    ) -> Initiation {
+    ) -> InitiatorHandshake {
         let secret = keys.own.to_bytes();
         let mut state = noise_builder()
             .local_private_key(&secret[..])
@@ -164,7 +164,7 @@ impl Initiation {
             .write_message(&timestamp.0, packet.noise_message_mut())
             .expect("frame sized for message 1");
         cookies.stamp(&mut out[..], now);
-        Initiation {
+        InitiatorHandshake {
             state,
             local_index,
             sent_at: now,

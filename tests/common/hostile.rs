@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use concentrator::proto::client::{Client, ClientConfig, ClientEvent};
+use concentrator::proto::client::{Client, ClientEvent, ClientParams};
 use concentrator::proto::cookie::{self, MacKeys};
 use concentrator::proto::keys::{PresharedKey, PublicKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
@@ -666,7 +666,7 @@ pub fn churn_round(
         while finished < k && start.elapsed() < deadline {
             while active.len() < window && next < k {
                 clients[next] = Some(Client::new(
-                    ClientConfig {
+                    ClientParams {
                         secret: StaticSecret::from_bytes(keys[next]),
                         server: server_key,
                         psk: PresharedKey::zero(),

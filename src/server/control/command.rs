@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use super::reload::PeerSpec;
 use crate::config::{AddressPool, AddressPool6};
 use crate::proto::keys::{PresharedKey, PublicKey};
+use crate::proto::server::PeerConfig;
 use crate::proto::time::Instant;
 use crate::server::session_table::PeerEntry;
 
@@ -19,11 +19,11 @@ pub enum Command {
     /// Every peer, for `show` and the metrics.
     Snapshot(Sender<Snapshot>),
     /// `peer add`.
-    AddPeer(AddPeer, Sender<Result<PeerSpec, String>>),
+    AddPeer(AddPeer, Sender<Result<PeerConfig, String>>),
     /// `peer remove`.
     RemovePeer(PublicKey, Sender<Result<(), String>>),
     /// Make the peers exactly these (a reload); `addressing` replaces the pools.
-    SetPeers(Vec<PeerSpec>, Box<Addressing>, Sender<ReloadReport>),
+    SetPeers(Vec<PeerConfig>, Box<Addressing>, Sender<ReloadReport>),
 }
 
 /// A peer to add live.

@@ -17,7 +17,6 @@ use crossbeam_channel::{select, Receiver};
 
 use self::command::{AddPeer, Addressing, Command, ReloadReport, Snapshot};
 use self::faillog::FailureLog;
-use self::reload::PeerSpec;
 use crate::proto::handshake::FailureReason;
 use crate::proto::keys::{PresharedKey, PublicKey};
 use crate::proto::rng::OsRandom;
@@ -224,7 +223,7 @@ impl Control {
     }
 
     /// Adds a peer from the operator: addresses from the pools unless given.
-    fn add_live(&mut self, req: AddPeer) -> Result<PeerSpec, String> {
+    fn add_live(&mut self, req: AddPeer) -> Result<PeerConfig, String> {
         if self.entries.contains_key(&req.public_key) {
             return Err(format!(
                 "{} is already a peer; remove it first to change it",
@@ -267,7 +266,7 @@ impl Control {
             }
             (Some(p6), None) => p6.allocate(req.public_key.as_bytes()),
         };
-        let spec = PeerSpec {
+        let spec = PeerConfig {
             public_key: req.public_key,
             psk: req.psk.unwrap_or_else(PresharedKey::zero),
             assignment: AddressAssignment {
@@ -299,11 +298,11 @@ impl Control {
     }
 
     /// The running peers as specs (for reload diffs).
-    pub fn peer_specs(&self) -> HashMap<PublicKey, PeerSpec> {
+    pub fn peer_specs(&self) -> HashMap<PublicKey, PeerConfig> {
         self.entries
             .iter()
             .map(|(k, e)| {
-                let spec = PeerSpec {
+                let spec = PeerConfig {
                     public_key: *k,
                     psk: self.psks.get(k).cloned().unwrap_or_else(PresharedKey::zero),
                     assignment: e.assignment,
@@ -314,7 +313,7 @@ impl Control {
     }
 
     /// Makes the peers exactly `specs`, touching only those that differ.
-    pub fn set_peers(&mut self, specs: Vec<PeerSpec>, addressing: Addressing) -> ReloadReport {
+    pub fn set_peers(&mut self, specs: Vec<PeerConfig>, addressing: Addressing) -> ReloadReport {
         let plan = reload::plan(&self.peer_specs(), specs);
         let mut report = ReloadReport {
             unchanged: plan.unchanged,
@@ -651,7 +650,7 @@ mod tests {
     #[test]
     fn set_peers_touches_only_what_changed() {
         let (mut c, table) = control();
-        let spec = |i: u8, psk: u8, host: u8| PeerSpec {
+        let spec = |i: u8, psk: u8, host: u8| PeerConfig {
             public_key: key(i),
             psk: PresharedKey::from_bytes([psk; 32]),
             assignment: AddressAssignment {
@@ -702,8 +701,8 @@ mod tests {
         assert_eq!(e2b.rx_bytes.load(Ordering::Relaxed), 7);
     }
 
-    fn host_spec(i: u8, host: u8) -> PeerSpec {
-        PeerSpec {
+    fn host_spec(i: u8, host: u8) -> PeerConfig {
+        PeerConfig {
             public_key: key(i),
             psk: PresharedKey::zero(),
             assignment: AddressAssignment {

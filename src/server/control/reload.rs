@@ -7,10 +7,8 @@ use std::collections::HashMap;
 
 use crate::config::ServerConfig;
 use crate::proto::keys::{PresharedKey, PublicKey};
+use crate::proto::server::PeerConfig;
 use crate::proto::wire::AddressAssignment;
-
-/// One peer as the control thread runs it: the protocol's own peer configuration.
-pub type PeerSpec = crate::proto::server::PeerConfig;
 
 /// What changed about a peer that stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,17 +23,17 @@ pub struct PeerChange {
 #[derive(Debug, Default)]
 pub struct Plan {
     /// Peers in the file only.
-    pub add: Vec<PeerSpec>,
+    pub add: Vec<PeerConfig>,
     /// Peers running only.
     pub remove: Vec<PublicKey>,
     /// Peers in both, with a different pre-shared key or address.
-    pub change: Vec<(PeerSpec, PeerChange)>,
+    pub change: Vec<(PeerConfig, PeerChange)>,
     /// Peers in both, identical: left alone.
     pub unchanged: usize,
 }
 
 /// Compares the running peers with the new ones. Sorted by key, so reports are stable.
-pub fn plan(current: &HashMap<PublicKey, PeerSpec>, new: Vec<PeerSpec>) -> Plan {
+pub fn plan(current: &HashMap<PublicKey, PeerConfig>, new: Vec<PeerConfig>) -> Plan {
     let mut p = Plan::default();
     let new_keys: std::collections::HashSet<PublicKey> = new.iter().map(|s| s.public_key).collect();
     for spec in new {
@@ -66,11 +64,11 @@ pub fn plan(current: &HashMap<PublicKey, PeerSpec>, new: Vec<PeerSpec>) -> Plan 
 }
 
 /// The peers of `config` as the control thread runs them.
-pub fn peer_specs(config: &ServerConfig) -> Vec<PeerSpec> {
+pub fn peer_specs(config: &ServerConfig) -> Vec<PeerConfig> {
     config
         .peers
         .iter()
-        .map(|p| PeerSpec {
+        .map(|p| PeerConfig {
             public_key: p.public_key,
             psk: p
                 .preshared_key
@@ -154,8 +152,8 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn spec(i: u8, psk: u8, addr: u8) -> PeerSpec {
-        PeerSpec {
+    fn spec(i: u8, psk: u8, addr: u8) -> PeerConfig {
+        PeerConfig {
             public_key: PublicKey::from([i; 32]),
             psk: PresharedKey::from_bytes([psk; 32]),
             assignment: AddressAssignment {
@@ -169,7 +167,7 @@ mod tests {
 
     #[test]
     fn plan_finds_added_removed_changed_and_unchanged() {
-        let current: HashMap<PublicKey, PeerSpec> = [spec(1, 0, 2), spec(2, 0, 3), spec(3, 0, 4)]
+        let current: HashMap<PublicKey, PeerConfig> = [spec(1, 0, 2), spec(2, 0, 3), spec(3, 0, 4)]
             .into_iter()
             .map(|s| (s.public_key, s))
             .collect();
@@ -200,7 +198,7 @@ mod tests {
 
     #[test]
     fn identical_set_is_a_no_op() {
-        let current: HashMap<PublicKey, PeerSpec> = [spec(1, 0, 2)]
+        let current: HashMap<PublicKey, PeerConfig> = [spec(1, 0, 2)]
             .into_iter()
             .map(|s| (s.public_key, s))
             .collect();

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
-use crate::proto::client::{Client, ClientConfig, ClientEvent};
+use crate::proto::client::{Client, ClientEvent, ClientParams};
 use crate::proto::constants::REKEY_TIMEOUT;
 use crate::proto::cookie::{self, MacKeys};
 use crate::proto::keys::{PresharedKey, StaticSecret};
@@ -132,7 +132,7 @@ fn junk_from_the_victims_address_does_not_lock_it_out_under_load() {
     // The client's first initiation lands between two junk datagrams, not on one.
     let start = t0 + Duration::from_micros(1_234);
     let mut client = Client::new(
-        ClientConfig {
+        ClientParams {
             secret: client_secret,
             server: server_public,
             psk: PresharedKey::zero(),
