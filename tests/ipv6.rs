@@ -384,3 +384,339 @@ underlays_and_offloads!(inner6_traffic:
     inner6_v6_underlay_offloads_on,
     inner6_v6_underlay_offloads_off
 );
+
+// ---------------------------------------------------------------------------------------------
+// Full tunnel for both families
+
+/// Puts client `i` behind a gateway on its underlay, as a real client is: its underlay
+/// address becomes a host address (no on-link prefix) and the server's underlay address is
+/// reached only through the default route via the server's bridge (`fe80::1` for IPv6, the
+/// bridge's IPv4 address "onlink" for IPv4). So nothing more specific than the full tunnel's
+/// /1 routes covers the server: only the pinned host route keeps the tunnel out of itself.
+fn behind_gateway(lab: &Lab, i: usize, underlay6: bool) {
+    let (s, c) = (lab.server_ns.clone(), lab.client_ns[i].clone());
+    let link = lab.client_links[i].clone();
+    let (v4, v6) = lab.client_underlay(i);
+    if underlay6 {
+        let v6 = v6.expect("an IPv6 underlay");
+        lab.add_addr(&s, "fe80::1/64", &lab.bridge);
+        lab.ip(&c, &["addr", "del", &format!("{v6}/64"), "dev", &link]);
+        lab.add_addr(&c, &format!("{v6}/128"), &link);
+        lab.ip(
+            &c,
+            &[
+                "-6", "route", "add", "default", "via", "fe80::1", "dev", &link,
+            ],
+        );
+        // IPv4 keeps its on-link underlay; a default route as on any host.
+        lab.ip(&c, &["route", "add", "default", "via", SERVER_UNDERLAY]);
+    } else {
+        lab.ip(&c, &["addr", "del", &format!("{v4}/24"), "dev", &link]);
+        lab.add_addr(&c, &format!("{v4}/32"), &link);
+        lab.ip(
+            &c,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                SERVER_UNDERLAY,
+                "dev",
+                &link,
+                "onlink",
+            ],
+        );
+    }
+    let server = lab.server_underlay();
+    let out = lab.ip(&c, &["route", "get", server]);
+    assert!(
+        out.contains(" via "),
+        "client {} should reach {server} through a gateway: {out}",
+        i + 1
+    );
+    lab.ping_ok(&c, server, 2);
+}
+
+fn full_tunnel(underlay6: bool, test: &str) {
+    if !lab_or_skip(test) {
+        return;
+    }
+    let mut lab = Lab::new(LabConfig {
+        clients: 1,
+        full_tunnel: true,
+        inner6: true,
+        underlay6,
+        ..Default::default()
+    });
+    let (b, c1) = (lab.backend_ns.clone(), lab.client_ns[0].clone());
+    let link = lab.client_links[0].clone();
+    behind_gateway(&lab, 0, underlay6);
+    let routes_before = (
+        lab.ip(&c1, &["-4", "route", "show"]),
+        lab.ip(&c1, &["-6", "route", "show"]),
+    );
+    lab.start_server();
+    lab.start_client(0);
+    let a6 = tunnel_addr6(&mut lab, 0);
+    let a4 = lab.client_tun_addr(0).expect("an IPv4 address on the TUN");
+
+    // The server's underlay address is pinned to the path it had, via the gateway.
+    let server = lab.server_underlay();
+    assert_eq!(
+        route_dev(&lab, &c1, server),
+        link,
+        "the server's underlay address must not go into the tunnel"
+    );
+    let family = if underlay6 { "-6" } else { "-4" };
+    let host = if underlay6 { "128" } else { "32" };
+    let pinned = lab.ip(&c1, &[family, "route", "show", &format!("{server}/{host}")]);
+    let gateway = if underlay6 {
+        "fe80::1"
+    } else {
+        SERVER_UNDERLAY
+    };
+    assert!(
+        pinned.contains(&format!("via {gateway} dev {link}")),
+        "no host route to {server} via {gateway}: {pinned:?}"
+    );
+    // Everything else of both families goes into the tunnel.
+    for dst in [BACKEND, "192.0.2.1", BACKEND6, "2001:db8::1", "fd00::99"] {
+        assert_eq!(
+            route_dev(&lab, &c1, dst),
+            CLIENT_TUN,
+            "{dst} not routed into the tunnel"
+        );
+    }
+    lab.nft(
+        &b,
+        &format!(
+            "table inet ctre_ft {{\n\
+               counter tunneled4 {{}}\n\
+               counter tunneled6 {{}}\n\
+               chain ctre_input {{ type filter hook input priority 0; policy accept;\n\
+                 ip saddr {a4} counter name tunneled4\n\
+                 ip6 saddr {a6} counter name tunneled6\n\
+               }}\n\
+             }}\n"
+        ),
+    );
+    lab.ping_ok(&c1, BACKEND6, 5);
+    lab.ping_ok(&c1, BACKEND, 5);
+    assert!(
+        lab.nft_counter(&b, "ctre_ft", "tunneled6") >= 5,
+        "IPv6 pings did not come out of the tunnel"
+    );
+    assert!(
+        lab.nft_counter(&b, "ctre_ft", "tunneled4") >= 5,
+        "IPv4 pings did not come out of the tunnel"
+    );
+    let Transfer { sent, got, .. } = transfer_sha256_bytes(
+        &lab,
+        &c1,
+        &b,
+        BACKEND6,
+        5300,
+        TRANSFER_BYTES,
+        Some("full tunnel TCP6"),
+    );
+    assert_eq!(got, sent, "full tunnel TCP6: sha256 differs at the backend");
+
+    let (st, log) = lab.stop_client(0);
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "client did not exit cleanly ({st:?}):\n{log}"
+    );
+    let routes_after = (
+        lab.ip(&c1, &["-4", "route", "show"]),
+        lab.ip(&c1, &["-6", "route", "show"]),
+    );
+    assert_eq!(
+        routes_after, routes_before,
+        "routes differ from before the client ran"
+    );
+    let tun = lab.exec(
+        &c1,
+        &["ip", "link", "show", CLIENT_TUN],
+        Duration::from_secs(5),
+    );
+    assert!(!tun.ok(), "TUN left behind after exit");
+}
+
+#[test]
+fn full_tunnel_both_families_over_v6_underlay() {
+    full_tunnel(true, "full_tunnel_both_families_over_v6_underlay");
+}
+
+#[test]
+fn full_tunnel_both_families_over_v4_underlay() {
+    full_tunnel(false, "full_tunnel_both_families_over_v4_underlay");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Roaming
+
+/// The local port of client `i`'s UDP socket towards the server (`ss` in its namespace).
+fn client_udp_port(lab: &Lab, i: usize) -> u16 {
+    let port = PORT.to_string();
+    let out = lab.exec_ok(
+        &lab.client_ns[i],
+        &[
+            "ss",
+            "-Hun",
+            "state",
+            "all",
+            "dport",
+            "=",
+            &format!(":{port}"),
+        ],
+        Duration::from_secs(5),
+    );
+    // `ESTAB 0 0 [fd00::11]:43125 [fd00::1]:51820`: the local address is the fourth column.
+    out.lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|local| local.rsplit(':').next()?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no UDP socket towards port {port} in:\n{out}"))
+}
+
+fn roam_to_new_port(underlay6: bool, test: &str) {
+    if !lab_or_skip(test) || !tools_or_skip(test, &["ss"]) {
+        return;
+    }
+    let mut lab = Lab::new(LabConfig {
+        clients: 1,
+        inner6: true,
+        underlay6,
+        ..Default::default()
+    });
+    lab.start_server();
+    lab.start_client(0);
+    let a6 = tunnel_addr6(&mut lab, 0).to_string();
+    let (b, c1) = (lab.backend_ns.clone(), lab.client_ns[0].clone());
+    let key = lab.client_pubkeys[0].clone();
+    lab.ping_ok(&c1, BACKEND6, 3);
+    let old = client_udp_port(&lab, 0);
+    let prefix = endpoint_prefix(&lab, 0);
+    assert_eq!(endpoint_of(&lab, &key), format!("{prefix}{old}"));
+
+    // A NAT in front of the client rebinds it to a new port: its datagrams leave from `new`,
+    // the server's answers to `new` reach the socket, and nothing reaches it at the old port
+    // any more. Stateless rewrites (no conntrack), before anything else sees the packets.
+    let new = if old == 40_000 { 40_001 } else { 40_000 };
+    let (family, server) = if underlay6 {
+        ("ip6", SERVER_UNDERLAY6)
+    } else {
+        ("ip", SERVER_UNDERLAY)
+    };
+    lab.nft(
+        &c1,
+        &format!(
+            "table inet ctre_roam {{\n\
+               counter to_old_port {{}}\n\
+               counter to_new_port {{}}\n\
+               chain ctre_out {{ type filter hook output priority raw; policy accept;\n\
+                 {family} daddr {server} udp sport {old} udp dport {PORT} udp sport set {new}\n\
+               }}\n\
+               chain ctre_pre {{ type filter hook prerouting priority raw; policy accept;\n\
+                 {family} saddr {server} udp sport {PORT} udp dport {old} counter name to_old_port drop\n\
+                 {family} saddr {server} udp sport {PORT} udp dport {new} counter name to_new_port udp dport set {old}\n\
+               }}\n\
+             }}\n"
+        ),
+    );
+    // The client speaks first (its ping); the server follows it to the new port.
+    lab.ping_ok(&c1, BACKEND6, 5);
+    assert_eq!(
+        endpoint_of(&lab, &key),
+        format!("{prefix}{new}"),
+        "the server did not follow the client to its new port"
+    );
+    lab.ping_ok(&b, &a6, 5);
+    let Transfer { sent, got, .. } = transfer_sha256_bytes(
+        &lab,
+        &b,
+        &c1,
+        &a6,
+        5300,
+        TRANSFER_BYTES,
+        Some("after roaming, TCP6 to the client"),
+    );
+    assert_eq!(got, sent, "after roaming: sha256 differs at the client");
+    let to_new = lab.nft_counter(&c1, "ctre_roam", "to_new_port");
+    let to_old = lab.nft_counter(&c1, "ctre_roam", "to_old_port");
+    eprintln!("after roaming: {to_new} datagrams to the new port, {to_old} to the old one");
+    assert!(to_new >= 10, "only {to_new} datagrams came to the new port");
+    // The client still runs on its first session: no new tunnel was needed.
+    let client_log = strip_ansi(&lab.clients[0].as_ref().unwrap().stderr());
+    assert_eq!(
+        client_log.matches("tunnel up").count(),
+        1,
+        "the client rebuilt its tunnel:\n{client_log}"
+    );
+}
+
+#[test]
+fn roaming_v6_underlay_new_source_port() {
+    roam_to_new_port(true, "roaming_v6_underlay_new_source_port");
+}
+
+#[test]
+fn roaming_v4_underlay_new_source_port() {
+    roam_to_new_port(false, "roaming_v4_underlay_new_source_port");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients on both underlay families at once
+
+/// One server listening on `0.0.0.0` and `::`; client 1 comes over IPv4, client 2 over IPv6;
+/// both reach the backend over IPv6 in the tunnel, and each other through the server's relay
+/// (`client_to_client`), which seals for one family's socket what came in on the other's.
+#[test]
+fn mixed_underlays_relay_between_clients() {
+    let test = "mixed_underlays_relay_between_clients";
+    if !lab_or_skip(test) {
+        return;
+    }
+    let mut lab = Lab::new(LabConfig {
+        clients: 2,
+        inner6: true,
+        underlay6: true,
+        client_to_client: true,
+        ..Default::default()
+    });
+    let c1_config = lab.dir().join("c1.toml");
+    let text = std::fs::read_to_string(&c1_config).unwrap();
+    let v6_endpoint = format!("[{SERVER_UNDERLAY6}]:{PORT}");
+    assert!(text.contains(&v6_endpoint), "{text}");
+    std::fs::write(
+        &c1_config,
+        text.replace(&v6_endpoint, &format!("{SERVER_UNDERLAY}:{PORT}")),
+    )
+    .unwrap();
+    lab.start_server();
+    lab.start_client(0);
+    lab.start_client(1);
+    let a = [tunnel_addr6(&mut lab, 0), tunnel_addr6(&mut lab, 1)];
+    let keys = lab.client_pubkeys.clone();
+    let e1 = endpoint_of(&lab, &keys[0]);
+    let e2 = endpoint_of(&lab, &keys[1]);
+    assert!(e1.starts_with("10.0.0.11:"), "client 1 at {e1}");
+    assert!(e2.starts_with("[fd00::12]:"), "client 2 at {e2}");
+    let (c1, c2) = (lab.client_ns[0].clone(), lab.client_ns[1].clone());
+    lab.ping_ok(&c1, BACKEND6, 3);
+    lab.ping_ok(&c2, BACKEND6, 3);
+    lab.ping_ok(&c1, &a[1].to_string(), 5);
+    lab.ping_ok(&c2, &a[0].to_string(), 5);
+    // Ten pings each way, each a request and a reply: all relayed by the workers.
+    let show = lab.show_json();
+    let relayed: u64 = show["workers"]
+        .as_array()
+        .expect("show --json has workers")
+        .iter()
+        .filter_map(|w| w["relayed_packets"].as_u64())
+        .sum();
+    assert!(
+        relayed >= 20,
+        "the server relayed only {relayed} packets: {show}"
+    );
+}

@@ -320,6 +320,8 @@ pub struct Lab {
     pub client_ns: Vec<String>,
     /// The server's link towards the backend (the `nat` egress interface).
     pub server_backend_link: String,
+    /// The bridge in the server namespace that the clients' links are attached to.
+    pub bridge: String,
     pub client_links: Vec<String>,
     pub server_pubkey: String,
     pub client_pubkeys: Vec<String>,
@@ -357,6 +359,7 @@ impl Lab {
             backend_ns: ns("bk"),
             client_ns: (1..=cfg.clients).map(|i| ns(&format!("c{i}"))).collect(),
             server_backend_link: link("sb"),
+            bridge: link("br"),
             client_links: (1..=cfg.clients).map(|i| link(&format!("c{i}"))).collect(),
             server_pubkey: String::new(),
             client_pubkeys: Vec::new(),
@@ -371,7 +374,7 @@ impl Lab {
             id,
             dir,
         };
-        lab.build_topology(&link("br"), &link("bs"));
+        lab.build_topology(&lab.bridge.clone(), &link("bs"));
         lab.write_configs();
         lab
     }
