@@ -720,3 +720,49 @@ fn mixed_underlays_relay_between_clients() {
         "the server relayed only {relayed} packets: {show}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Forwarding, NAT66
+
+/// `(IPv4, IPv6)` forwarding switches in `ns`.
+fn forwarding(lab: &Lab, ns: &str) -> (String, String) {
+    let read = |path: &str| {
+        lab.exec_ok(ns, &["cat", path], Duration::from_secs(5))
+            .trim()
+            .to_string()
+    };
+    (
+        read("/proc/sys/net/ipv4/ip_forward"),
+        read("/proc/sys/net/ipv6/conf/all/forwarding"),
+    )
+}
+
+/// With `address6` the server turns IPv6 forwarding on, as it does IPv4's, and puts both back
+/// as it found them when it stops.
+#[test]
+fn forwarding_of_both_families_on_while_running() {
+    let test = "forwarding_of_both_families_on_while_running";
+    if !lab_or_skip(test) {
+        return;
+    }
+    let mut lab = Lab::new(LabConfig {
+        clients: 1,
+        inner6: true,
+        ..Default::default()
+    });
+    let s = lab.server_ns.clone();
+    let off = ("0".to_string(), "0".to_string());
+    assert_eq!(forwarding(&lab, &s), off, "a new namespace forwards");
+    lab.start_server();
+    assert_eq!(
+        forwarding(&lab, &s),
+        ("1".to_string(), "1".to_string()),
+        "forwarding while the server runs"
+    );
+    lab.stop_server();
+    assert_eq!(
+        forwarding(&lab, &s),
+        off,
+        "forwarding after the server stopped (IPv4, IPv6)"
+    );
+}
