@@ -35,7 +35,9 @@ pub struct ServeOptions {
 /// What the server set up and must take down again, in reverse order.
 struct Setup {
     masquerade: Option<nft::Masquerade>,
+    /// IPv4 and IPv6 forwarding as found, when the server turned it on.
     previous_forwarding: Option<bool>,
+    previous_forwarding6: Option<bool>,
 }
 
 impl Drop for Setup {
@@ -47,6 +49,9 @@ impl Drop for Setup {
         }
         if self.previous_forwarding == Some(false) {
             let _ = link::set_ip_forward(true, false);
+        }
+        if self.previous_forwarding6 == Some(false) {
+            let _ = link::set_ip_forward(false, false);
         }
     }
 }
@@ -166,12 +171,14 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     let mut setup = Setup {
         masquerade: None,
         previous_forwarding: None,
+        previous_forwarding6: None,
     };
     // Clients reach hosts behind the server, so the kernel must forward.
     setup.previous_forwarding =
         Some(link::set_ip_forward(true, true).context("enabling IPv4 forwarding")?);
     if config.address6.is_some() {
-        let _ = link::set_ip_forward(false, true);
+        setup.previous_forwarding6 =
+            Some(link::set_ip_forward(false, true).context("enabling IPv6 forwarding")?);
     }
     if let Some(iface) = &config.nat {
         let subnet = IpNet::V4(config.address.trunc());
