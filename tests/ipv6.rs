@@ -766,3 +766,86 @@ fn forwarding_of_both_families_on_while_running() {
         "forwarding after the server stopped (IPv4, IPv6)"
     );
 }
+
+/// `nat6`: the IPv6 client subnet leaves behind the server's backend-facing address, so a
+/// backend with no route back to the clients still answers; the `ip6` table goes on exit.
+#[test]
+fn nat66_masquerade() {
+    let test = "nat66_masquerade";
+    if !lab_or_skip(test) {
+        return;
+    }
+    let mut lab = Lab::new(LabConfig {
+        clients: 1,
+        inner6: true,
+        underlay6: true,
+        nat6: true,
+        backend_route: false,
+        ..Default::default()
+    });
+    lab.start_server();
+    lab.start_client(0);
+    let a6 = tunnel_addr6(&mut lab, 0);
+    let (s, b, c1) = (
+        lab.server_ns.clone(),
+        lab.backend_ns.clone(),
+        lab.client_ns[0].clone(),
+    );
+    let table = format!("table ip6 concentrator_{}", lab.server_pid());
+    let tables = lab.nft_tables(&s);
+    assert!(
+        tables.contains(&table),
+        "no {table} while running:\n{tables}"
+    );
+    assert!(
+        !tables.contains("table ip concentrator_"),
+        "an IPv4 masquerade without `nat`:\n{tables}"
+    );
+    // No way back to the client subnet from the backend...
+    let back = lab.exec(
+        &b,
+        &["ip", "-6", "route", "get", &a6.to_string()],
+        Duration::from_secs(5),
+    );
+    assert!(!back.ok(), "backend has a route to {a6}: {}", back.stdout);
+    lab.nft(
+        &b,
+        &format!(
+            "table inet ctre_nat {{\n\
+               counter from_server {{}}\n\
+               counter from_client {{}}\n\
+               chain ctre_input {{ type filter hook input priority 0; policy accept;\n\
+                 ip6 saddr {SERVER_BACKEND6} icmpv6 type echo-request counter name from_server\n\
+                 ip6 saddr {CLIENT_SUBNET6} counter name from_client\n\
+               }}\n\
+             }}\n"
+        ),
+    );
+    // ...so answers arrive only thanks to the masquerade.
+    lab.ping_ok(&c1, BACKEND6, 5);
+    let Transfer { sent, got, .. } = transfer_sha256_bytes(
+        &lab,
+        &c1,
+        &b,
+        BACKEND6,
+        5300,
+        TRANSFER_BYTES,
+        Some("TCP6 through NAT66"),
+    );
+    assert_eq!(
+        got, sent,
+        "TCP6 through NAT66: sha256 differs at the backend"
+    );
+    assert!(lab.nft_counter(&b, "ctre_nat", "from_server") >= 5);
+    assert_eq!(
+        lab.nft_counter(&b, "ctre_nat", "from_client"),
+        0,
+        "unmasqueraded packets from the client subnet"
+    );
+    lab.stop_server();
+    let tables = lab.nft_tables(&s);
+    assert!(
+        !tables.contains(&table),
+        "{table} left after exit:\n{tables}"
+    );
+}

@@ -34,7 +34,9 @@ pub struct ServeOptions {
 
 /// What the server set up and must take down again, in reverse order.
 struct Setup {
+    /// The masquerade rules of `nat` (IPv4) and `nat6` (IPv6).
     masquerade: Option<nft::Masquerade>,
+    masquerade6: Option<nft::Masquerade>,
     /// IPv4 and IPv6 forwarding as found, when the server turned it on.
     previous_forwarding: Option<bool>,
     previous_forwarding6: Option<bool>,
@@ -42,7 +44,10 @@ struct Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        if let Some(m) = self.masquerade.take() {
+        for m in [self.masquerade.take(), self.masquerade6.take()]
+            .into_iter()
+            .flatten()
+        {
             if let Err(e) = m.remove() {
                 tracing::warn!(error = %e, "could not remove the NAT rules");
             }
@@ -170,6 +175,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
 
     let mut setup = Setup {
         masquerade: None,
+        masquerade6: None,
         previous_forwarding: None,
         previous_forwarding6: None,
     };
@@ -184,6 +190,12 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         let subnet = IpNet::V4(config.address.trunc());
         setup.masquerade =
             Some(nft::Masquerade::install(subnet, iface).context("installing the NAT rule")?);
+    }
+    if let (Some(iface), Some(a6)) = (&config.nat6, config.address6) {
+        setup.masquerade6 = Some(
+            nft::Masquerade::install(IpNet::V6(a6.trunc()), iface)
+                .context("installing the NAT66 rule")?,
+        );
     }
 
     let sockets = bind_sockets(&config, workers)?;
