@@ -668,8 +668,9 @@ fn roaming_v4_underlay_new_source_port() {
 // ---------------------------------------------------------------------------------------------
 // Clients on both underlay families at once
 
-/// One server listening on `0.0.0.0` and `::`; client 1 comes over IPv4, client 2 over IPv6;
-/// both reach the backend over IPv6 in the tunnel, and each other through the server's relay
+/// One server listening on `0.0.0.0` and `::` (two sockets per worker; the other IPv6-underlay
+/// labs listen on `::` alone); client 1 comes over IPv4, client 2 over IPv6; both reach the
+/// backend over IPv6 in the tunnel, and each other through the server's relay
 /// (`client_to_client`), which seals for one family's socket what came in on the other's.
 #[test]
 fn mixed_underlays_relay_between_clients() {
@@ -684,6 +685,15 @@ fn mixed_underlays_relay_between_clients() {
         client_to_client: true,
         ..Default::default()
     });
+    let server_config = lab.server_config_path();
+    let text = std::fs::read_to_string(&server_config).unwrap();
+    let v6_only = "listen_addresses = [\"::\"]";
+    assert!(text.contains(v6_only), "{text}");
+    std::fs::write(
+        &server_config,
+        text.replace(v6_only, "listen_addresses = [\"0.0.0.0\", \"::\"]"),
+    )
+    .unwrap();
     let c1_config = lab.dir().join("c1.toml");
     let text = std::fs::read_to_string(&c1_config).unwrap();
     let v6_endpoint = format!("[{SERVER_UNDERLAY6}]:{PORT}");

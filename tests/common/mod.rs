@@ -14,7 +14,7 @@
 //! route via the server unless [`LabConfig::backend_route`] is off (the NAT test).
 //!
 //! With [`LabConfig::underlay6`] the underlay also carries IPv6 (bridge `fd00::1/64`, client N
-//! `fd00::1N/64`) and the clients reach the server at `[fd00::1]:51820`; with
+//! `fd00::1N/64`), the server listens on `::` and the clients reach it at `[fd00::1]:51820`; with
 //! [`LabConfig::inner6`] the tunnel carries IPv6 too (server `address6 = "fd66::1/64"`, backend
 //! link `fd01::1/64` ── `fd01::2/64`, clients route `fd01::/64` into the tunnel). IPv6 addresses
 //! skip duplicate address detection, so they are usable at once.
@@ -135,8 +135,8 @@ pub struct LabConfig {
     /// TUN/UDP offloads (the default). Off, the server and the clients run with
     /// `--no-offloads`.
     pub offloads: bool,
-    /// IPv6 on the underlay: the server listens on both families (`0.0.0.0` and `::`) and the
-    /// clients' `server_endpoint` is `[fd00::1]:51820`.
+    /// IPv6 on the underlay: the server listens on `::` (only) and the clients'
+    /// `server_endpoint` is `[fd00::1]:51820`.
     pub underlay6: bool,
     /// IPv6 in the tunnel: the server has `address6`, the backend an IPv6 address (and a route
     /// back via the server when [`LabConfig::backend_route`]), the clients a route to it.
@@ -557,7 +557,7 @@ impl Lab {
             .map(|i| self.genkey(&format!("c{i}.key")))
             .collect();
         let listen = if self.cfg.underlay6 {
-            "\"0.0.0.0\", \"::\"".to_string()
+            "\"::\"".to_string()
         } else {
             format!("\"{SERVER_UNDERLAY}\"")
         };
