@@ -319,7 +319,6 @@ fn inner6_traffic(underlay6: bool, offloads: bool, test: &str) {
             "{what}: length and sha256 differ at the receiver"
         );
         let after = Counts::take(&lab);
-        eprintln!("{what}: before {before:?} after {after:?}");
         check_ratios(&what, offloads, ratios(before, after, to_client));
     }
     let uso = offloads && {
