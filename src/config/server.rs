@@ -238,7 +238,8 @@ fn validate(
         if raw.address6.is_none() {
             problems.push(
                 "nat6",
-                "masquerades the IPv6 client subnet, but the server has none; add                  `address6 = \"fd66::1/64\"` or remove nat6",
+                "masquerades the IPv6 client subnet, but the server has none; add \
+                 `address6 = \"fd66::1/64\"` or remove nat6",
             );
         }
     }
