@@ -10,9 +10,11 @@
 mod common;
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
-use common::traffic::{iperf3_bytes, iperf3_client, transfer_sha256, Transfer};
+use common::traffic::{
+    csum_errors, iperf3_bytes, iperf3_client, transfer_sha256, tun_kernel_packets,
+    uso_transfer_buffers, Transfer,
+};
 use common::*;
 
 /// Declares `<case>_offloads_on` and `<case>_offloads_off`, both calling `case(bool)`.
@@ -55,41 +57,6 @@ fn lab_up(offloads: bool) -> (Lab, String) {
     });
     let addr = lab.up()[0].to_string();
     (lab, addr)
-}
-
-/// The kernel's packet counters of the TUN `dev` in `ns`: (rx, tx). For a TUN, `tx` counts the
-/// skbs handed to the reader (one per read, super-packet or not) and `rx` one per write.
-fn tun_kernel_packets(lab: &Lab, ns: &str, dev: &str) -> (u64, u64) {
-    let out = lab.ip(ns, &["-s", "-j", "link", "show", "dev", dev]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j prints JSON");
-    let stats = &v[0]["stats64"];
-    let get = |dir: &str| {
-        stats[dir]["packets"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no stats64.{dir}.packets in {out}"))
-    };
-    (get("rx"), get("tx"))
-}
-
-/// `InCsumErrors` of TCP and UDP in `ns` (`/proc/net/snmp` read inside it): segments and
-/// datagrams the kernel received with a bad checksum. A receiver drops those silently, so a
-/// corrupted packet with a bad checksum looks like loss unless these are checked.
-fn csum_errors(lab: &Lab, ns: &str) -> (u64, u64) {
-    let snmp = lab.exec_ok(ns, &["cat", "/proc/net/snmp"], Duration::from_secs(5));
-    let field = |proto: &str| -> u64 {
-        let prefix = format!("{proto}:");
-        let mut lines = snmp.lines().filter(|l| l.starts_with(&prefix));
-        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-            panic!("no {proto} lines in /proc/net/snmp:\n{snmp}");
-        };
-        names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|(n, _)| *n == "InCsumErrors")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {proto} InCsumErrors in /proc/net/snmp:\n{snmp}"))
-    };
-    (field("Tcp"), field("Udp"))
 }
 
 /// Asserts that neither the client's nor the backend's namespace saw a TCP or UDP checksum
@@ -323,151 +290,9 @@ both_modes!(iperf3_udp, iperf3_udp_offloads_on, iperf3_udp_offloads_off);
 // ---------------------------------------------------------------------------------------------
 // UDP integrity with USO (UDP_SEGMENT) in the sender
 
-/// Each datagram is `seq` (8 bytes, big endian), a pattern derived from `seq`, and the sha256 of
-/// both: 1200 bytes. The receiver rebuilds the datagram from its `seq` and compares.
-const UDP_COMMON: &str = r#"
-import hashlib, struct
-SEG = 1200
-def datagram(seq):
-    head = struct.pack(">Q", seq)
-    block = hashlib.sha256(b"ctr-offload" + head).digest()
-    body = head + (block * (SEG // 32 + 1))[: SEG - 8 - 32]
-    return body + hashlib.sha256(body).digest()
-"#;
-
-/// argv: dst_addr port buffers. Sends `buffers` buffers of 40 datagrams each with UDP_SEGMENT
-/// 1200 (one sendto, one GSO super-packet per buffer); prints the number of datagrams sent.
-const USO_SENDER: &str = r#"
-import socket, sys, time
-UDP_SEGMENT = 103
-dst, port, buffers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-per = 40
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, SEG)
-# Give the receiver time to bind (it prints "ready" first, the test waits for it) and pace the
-# buffers a little so loss stays moderate.
-seq = 0
-for b in range(buffers):
-    buf = b"".join(datagram(seq + i) for i in range(per))
-    assert len(buf) == per * SEG
-    while True:
-        try:
-            s.sendto(buf, (dst, port))
-            break
-        except (BlockingIOError, InterruptedError) as e:
-            time.sleep(0.001)
-        except OSError as e:
-            if e.errno != 105:  # ENOBUFS: the queue is full, try again
-                raise
-            time.sleep(0.001)
-    seq += per
-    if b % 4 == 3:
-        time.sleep(0.001)
-print(seq, flush=True)
-"#;
-
-/// argv: bind_addr port. Counts intact and corrupted datagrams until 2 s pass without any (or
-/// 20 s without the first); prints `received corrupted duplicates` and a few corrupted samples.
-const USO_RECEIVER: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-try:
-    s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE (root)
-except OSError:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
-s.bind((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-received = corrupted = duplicates = 0
-seen = set()
-samples = []
-s.settimeout(20)
-while True:
-    try:
-        d = s.recv(65536)
-    except socket.timeout:
-        break
-    s.settimeout(2)
-    seq = int.from_bytes(d[:8], "big") if len(d) >= 8 else -1
-    if len(d) != SEG or seq < 0 or seq > 10**7 or d != datagram(seq):
-        corrupted += 1
-        if len(samples) < 3:
-            samples.append("len=%d seq=%d head=%s" % (len(d), seq, d[:16].hex()))
-        continue
-    if seq in seen:
-        duplicates += 1
-        continue
-    seen.add(seq)
-    received += 1
-print(received, corrupted, duplicates, flush=True)
-for x in samples:
-    print("corrupted:", x, flush=True)
-"#;
-
-/// Runs the USO sender in `from_ns` towards a receiver in `to_ns` at `to_addr`; asserts every
-/// datagram that arrived is intact and that some did.
+/// 400 buffers of USO datagrams (about 19 MB) with [`uso_transfer_buffers`].
 fn uso_transfer(lab: &Lab, from_ns: &str, to_ns: &str, to_addr: &str, port: u16, what: &str) {
-    const BUFFERS: u32 = 400;
-    let port = port.to_string();
-    let receiver = format!("{UDP_COMMON}{USO_RECEIVER}");
-    let sender = format!("{UDP_COMMON}{USO_SENDER}");
-    let mut rx = lab.spawn_proc(
-        to_ns,
-        &format!("uso-receiver-{port}"),
-        &["python3", "-c", &receiver, to_addr, &port],
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rx.stdout().starts_with("ready") {
-        assert!(
-            rx.exited().is_none(),
-            "{what}: receiver exited: {}",
-            rx.stderr()
-        );
-        assert!(Instant::now() < deadline, "{what}: receiver not ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let tx = lab.exec(
-        from_ns,
-        &[
-            "python3",
-            "-c",
-            &sender,
-            to_addr,
-            &port,
-            &BUFFERS.to_string(),
-        ],
-        Duration::from_secs(60),
-    );
-    assert!(
-        tx.ok(),
-        "{what}: USO sender failed: {}{}\n{}",
-        tx.stdout,
-        tx.stderr,
-        lab.logs()
-    );
-    let st = rx.wait(Duration::from_secs(30));
-    let out = rx.stdout();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{what}: receiver failed: {out}{}",
-        rx.stderr()
-    );
-    let sent: u64 = tx.stdout.trim().parse().expect("sender prints its count");
-    let line = out.lines().nth(1).unwrap_or_default();
-    let nums: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let [received, corrupted, duplicates] = nums[..] else {
-        panic!("{what}: receiver printed {out:?}");
-    };
-    let loss = 100.0 * sent.saturating_sub(received) as f64 / sent.max(1) as f64;
-    eprintln!(
-        "{what}: {sent} datagrams sent in 48000-byte USO buffers, {received} intact, \
-         {corrupted} corrupted, {duplicates} duplicates, loss {loss:.2}%"
-    );
-    assert_eq!(corrupted, 0, "{what}: corrupted datagrams arrived:\n{out}");
-    assert!(received > 0, "{what}: no datagram arrived\n{}", lab.logs());
-    assert!(received <= sent, "{what}: {received} > {sent} sent");
+    uso_transfer_buffers(lab, from_ns, to_ns, to_addr, port, 400, what);
 }
 
 fn udp_uso_integrity(offloads: bool, test: &str) {

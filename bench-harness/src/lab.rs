@@ -3,7 +3,11 @@
 //! ```text
 //!   client ns                 server ns                          backend ns
 //!   10.0.0.2/24 ── veth ── 10.0.0.1/24  [tunnel end]  10.1.0.1/24 ── veth ── 10.1.0.2/24
+//!   fd00::2/64              fd00::1/64                  fd01::1/64              fd01::2/64
 //! ```
+//!
+//! The IPv6 addresses serve the IPv6-in-tunnel figure (and plain IPv6 routing as its
+//! ceiling); the tunnels themselves run over IPv4.
 //!
 //! Every name carries the harness's PID; everything is removed on drop (also on panic), and
 //! every process started here is stopped by its PID.
@@ -21,6 +25,11 @@ pub const SERVER_UNDERLAY: &str = "10.0.0.1";
 pub const SERVER_BACKEND: &str = "10.1.0.1";
 pub const BACKEND: &str = "10.1.0.2";
 pub const BACKEND_NET: &str = "10.1.0.0/24";
+pub const CLIENT_UNDERLAY6: &str = "fd00::2";
+pub const SERVER_UNDERLAY6: &str = "fd00::1";
+pub const SERVER_BACKEND6: &str = "fd01::1";
+pub const BACKEND6: &str = "fd01::2";
+pub const BACKEND_NET6: &str = "fd01::/64";
 
 /// Set by SIGINT/SIGTERM: every wait gives up, and the lab is torn down.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -279,6 +288,27 @@ impl Lab {
         self.ip(&bk, &["link", "set", &b, "up"])?;
         self.ip(&bk, &["route", "add", "default", "via", SERVER_BACKEND])?;
         self.exec_ok(&sv, &["sysctl", "-qw", "net.ipv4.ip_forward=1"], SHORT)?;
+        // `nodad`: usable at once, not after a second or two of duplicate address detection.
+        for (ns, addr, dev) in [
+            (&cl, CLIENT_UNDERLAY6, &c),
+            (&sv, SERVER_UNDERLAY6, &cs),
+            (&sv, SERVER_BACKEND6, &bs),
+            (&bk, BACKEND6, &b),
+        ] {
+            self.ip(
+                ns,
+                &["addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"],
+            )?;
+        }
+        self.ip(
+            &bk,
+            &["-6", "route", "add", "default", "via", SERVER_BACKEND6],
+        )?;
+        self.exec_ok(
+            &sv,
+            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+            SHORT,
+        )?;
         Ok(())
     }
 

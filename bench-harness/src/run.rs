@@ -12,7 +12,10 @@ use serde_json::{json, Value};
 use concentrator::proto::keys::StaticSecret;
 use concentrator::proto::rng::OsRandom;
 
-use crate::lab::{self, check_interrupted, Lab, Proc, BACKEND, BACKEND_NET, SERVER_UNDERLAY};
+use crate::lab::{
+    self, check_interrupted, Lab, Proc, BACKEND, BACKEND6, BACKEND_NET, BACKEND_NET6,
+    SERVER_UNDERLAY, SERVER_UNDERLAY6,
+};
 use crate::report::{self, Metric, Percentiles};
 
 /// What to run.
@@ -112,10 +115,12 @@ impl System {
             logs.push(p.stderr());
         }
         if self.plain_route {
-            let _ = lab::run(
-                &["ip", "-n", &self.client_ns, "route", "del", BACKEND_NET],
-                Duration::from_secs(5),
-            );
+            for net in [BACKEND_NET, BACKEND_NET6] {
+                let _ = lab::run(
+                    &["ip", "-n", &self.client_ns, "route", "del", net],
+                    Duration::from_secs(5),
+                );
+            }
             self.plain_route = false;
         }
         logs
@@ -137,6 +142,10 @@ fn setup_plain(lab: &Lab) -> Result<System> {
     lab.ip(
         &lab.client,
         &["route", "add", BACKEND_NET, "via", SERVER_UNDERLAY],
+    )?;
+    lab.ip(
+        &lab.client,
+        &["route", "add", BACKEND_NET6, "via", SERVER_UNDERLAY6],
     )?;
     Ok(System {
         name: "plain",
@@ -232,10 +241,13 @@ fn setup_concentrator(lab: &Lab, plan: &Plan, keys: &Keys, offloads: bool) -> Re
         },
         &[keys.client.public_key().to_string()],
     );
+    // IPv6 in the tunnel too, for the tcp6 figure (top-level keys go before the [[peer]]s).
+    let server_toml = format!("address6 = \"fd66::1/64\"\n{server_toml}");
     std::fs::write(dir.join("ctr-server.toml"), server_toml)?;
     let client_toml = format!(
         "private_key_file = \"ctr-client.key\"\nserver_public_key = \"{}\"\n\
-         server_endpoint = \"{SERVER_UNDERLAY}:{CTR_PORT}\"\nroutes = [\"{BACKEND_NET}\"]\n\
+         server_endpoint = \"{SERVER_UNDERLAY}:{CTR_PORT}\"\n\
+         routes = [\"{BACKEND_NET}\", \"{BACKEND_NET6}\"]\n\
          persistent_keepalive = 25\ntun_name = \"{}\"\n",
         keys.server.public_key(),
         lab.link_name("tc"),
@@ -275,9 +287,9 @@ fn setup_concentrator(lab: &Lab, plan: &Plan, keys: &Keys, offloads: bool) -> Re
 /// wireguard-go or boringtun-cli: both speak the WireGuard UAPI, configured with `wg`.
 fn setup_wg(lab: &Lab, keys: &Keys, which: &'static str) -> Result<System> {
     let dir = &lab.dir;
-    let (sname, cname, net) = match which {
-        "wireguard-go" => (lab.link_name("gs"), lab.link_name("gc"), "10.67.0"),
-        _ => (lab.link_name("rs"), lab.link_name("rc"), "10.68.0"),
+    let (sname, cname, net, net6) = match which {
+        "wireguard-go" => (lab.link_name("gs"), lab.link_name("gc"), "10.67.0", "fd67:"),
+        _ => (lab.link_name("rs"), lab.link_name("rc"), "10.68.0", "fd68:"),
     };
     write_secret(&dir.join("wg-server.key"), &keys.server.to_base64())?;
     write_secret(&dir.join("wg-client.key"), &keys.client.to_base64())?;
@@ -329,13 +341,24 @@ fn setup_wg(lab: &Lab, keys: &Keys, which: &'static str) -> Result<System> {
             "peer",
             &cpub,
             "allowed-ips",
-            &format!("{net}.2/32"),
+            &format!("{net}.2/32,{net6}:2/128"),
         ],
         t,
     )?;
     lab.ip(
         &lab.server,
         &["addr", "add", &format!("{net}.1/24"), "dev", &sname],
+    )?;
+    lab.ip(
+        &lab.server,
+        &[
+            "addr",
+            "add",
+            &format!("{net6}:1/64"),
+            "dev",
+            &sname,
+            "nodad",
+        ],
     )?;
     lab.ip(&lab.server, &["link", "set", &sname, "mtu", MTU, "up"])?;
     lab.exec_ok(
@@ -351,7 +374,7 @@ fn setup_wg(lab: &Lab, keys: &Keys, which: &'static str) -> Result<System> {
             "endpoint",
             &format!("{SERVER_UNDERLAY}:{port}"),
             "allowed-ips",
-            &format!("{BACKEND_NET},{net}.0/24"),
+            &format!("{BACKEND_NET},{net}.0/24,{BACKEND_NET6},{net6}:/64"),
             "persistent-keepalive",
             "25",
         ],
@@ -361,8 +384,20 @@ fn setup_wg(lab: &Lab, keys: &Keys, which: &'static str) -> Result<System> {
         &lab.client,
         &["addr", "add", &format!("{net}.2/24"), "dev", &cname],
     )?;
+    lab.ip(
+        &lab.client,
+        &[
+            "addr",
+            "add",
+            &format!("{net6}:2/64"),
+            "dev",
+            &cname,
+            "nodad",
+        ],
+    )?;
     lab.ip(&lab.client, &["link", "set", &cname, "mtu", MTU, "up"])?;
     lab.ip(&lab.client, &["route", "add", BACKEND_NET, "dev", &cname])?;
+    lab.ip(&lab.client, &["route", "add", BACKEND_NET6, "dev", &cname])?;
     Ok(System {
         name: which,
         procs,
@@ -432,13 +467,14 @@ struct Iperf<'a> {
 }
 
 impl Iperf<'_> {
-    fn start_server(&mut self) -> Result<(Proc, String)> {
+    /// A one-shot iperf3 server on the backend, bound to its address `bind`.
+    fn start_server(&mut self, bind: &str) -> Result<(Proc, String)> {
         self.port += 1;
         let port = self.port.to_string();
         let mut p = self.lab.spawn(
             &self.lab.backend,
             &format!("iperf3-s-{port}"),
-            &["iperf3", "-s", "-1", "-B", BACKEND, "-p", &port],
+            &["iperf3", "-s", "-1", "-B", bind, "-p", &port],
             &[],
         )?;
         let end = Instant::now() + Duration::from_secs(10);
@@ -459,11 +495,16 @@ impl Iperf<'_> {
         Ok((p, port))
     }
 
-    /// Runs a client; returns its JSON.
+    /// Runs a client towards the backend's IPv4 address; returns its JSON.
     fn client(&mut self, extra: &[&str], seconds: u64) -> Result<Value> {
-        let (mut server, port) = self.start_server()?;
+        self.client_to(BACKEND, extra, seconds)
+    }
+
+    /// Runs a client towards the backend's address `dst`; returns its JSON.
+    fn client_to(&mut self, dst: &str, extra: &[&str], seconds: u64) -> Result<Value> {
+        let (mut server, port) = self.start_server(dst)?;
         let t = seconds.to_string();
-        let mut argv = vec!["iperf3", "-c", BACKEND, "-p", &port, "-t", &t, "-J"];
+        let mut argv = vec!["iperf3", "-c", dst, "-p", &port, "-t", &t, "-J"];
         argv.extend_from_slice(extra);
         let out = self
             .lab
@@ -478,7 +519,7 @@ impl Iperf<'_> {
     }
 
     fn background_client(&mut self, seconds: u64) -> Result<(Proc, Proc)> {
-        let (server, port) = self.start_server()?;
+        let (server, port) = self.start_server(BACKEND)?;
         let t = seconds.to_string();
         let c = self.lab.spawn(
             &self.lab.client,
@@ -518,15 +559,17 @@ fn e2e(
 ) -> Result<()> {
     let s = sys.name;
     let secs = plan.seconds;
-    for (label, args) in [
-        ("tcp 1 stream up", vec![]),
-        ("tcp 1 stream down", vec!["-R"]),
-        ("tcp 4 streams up", vec!["-P", "4"]),
-        ("tcp 4 streams down", vec!["-P", "4", "-R"]),
+    for (label, dst, args) in [
+        ("tcp 1 stream up", BACKEND, vec![]),
+        // IPv6 inside the tunnel (still over the IPv4 underlay), next to the IPv4 figure.
+        ("tcp6 1 stream up", BACKEND6, vec![]),
+        ("tcp 1 stream down", BACKEND, vec!["-R"]),
+        ("tcp 4 streams up", BACKEND, vec!["-P", "4"]),
+        ("tcp 4 streams down", BACKEND, vec!["-P", "4", "-R"]),
     ] {
         check_interrupted()?;
         progress(&format!("{s}: {label} ({secs} s)"));
-        let v = iperf.client(&args, secs)?;
+        let v = iperf.client_to(dst, &args, secs)?;
         let bps = report::iperf_tcp_bps(&v).context("no TCP result")?;
         metrics.push(Metric::new(label, s, bps / 1e9, "Gbit/s", true));
         let retr = v["end"]["sum_sent"]["retransmits"].as_u64();

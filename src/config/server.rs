@@ -35,6 +35,7 @@ struct RawServer {
     workers: Option<i64>,
     client_to_client: Option<bool>,
     nat: Option<String>,
+    nat6: Option<String>,
     offloads: Option<bool>,
     tun_name: Option<String>,
     control_socket: Option<String>,
@@ -101,8 +102,11 @@ pub struct ServerConfig {
     pub workers_from_file: bool,
     /// Whether clients may reach each other through the server.
     pub client_to_client: bool,
-    /// Egress interface to masquerade behind, if any.
+    /// Egress interface to masquerade the IPv4 client subnet behind, if any.
     pub nat: Option<String>,
+    /// Egress interface to masquerade the IPv6 client subnet behind (NAT66), if any; without
+    /// it, IPv6 from clients is routed with their own addresses.
+    pub nat6: Option<String>,
     /// Whether TUN/UDP offloads may be used (false is the kill switch).
     pub offloads: bool,
     /// TUN interface name (may hold one `%d`).
@@ -231,6 +235,16 @@ fn validate(
     if let Some(nat) = &raw.nat {
         check_ifname(nat, false, "nat", problems);
     }
+    if let Some(nat6) = &raw.nat6 {
+        check_ifname(nat6, false, "nat6", problems);
+        if raw.address6.is_none() {
+            problems.push(
+                "nat6",
+                "masquerades the IPv6 client subnet, but the server has none; add \
+                 `address6 = \"fd66::1/64\"` or remove nat6",
+            );
+        }
+    }
     let tun_name = raw
         .tun_name
         .unwrap_or_else(|| DEFAULT_SERVER_TUN_NAME.to_string());
@@ -256,6 +270,7 @@ fn validate(
         workers_from_file: raw.workers.is_some(),
         client_to_client: raw.client_to_client.unwrap_or(false),
         nat: raw.nat,
+        nat6: raw.nat6,
         offloads: raw.offloads.unwrap_or(true),
         tun_name,
         control_socket: ops.control_socket,
@@ -1035,6 +1050,17 @@ mod tests {
             load("nat = \"eth0\"", "").unwrap().0.nat.as_deref(),
             Some("eth0")
         );
+        fails_on("address6 = \"fd66::1/64\"\nnat6 = \"eth 0\"", "", "nat6");
+        let c = load("address6 = \"fd66::1/64\"\nnat6 = \"eth1\"", "")
+            .unwrap()
+            .0;
+        assert_eq!((c.nat, c.nat6.as_deref()), (None, Some("eth1")));
+    }
+
+    #[test]
+    fn nat6_needs_address6() {
+        let err = fails_on("nat6 = \"eth0\"", "", "nat6").to_string();
+        assert!(err.contains("address6"), "{err}");
     }
 
     #[test]

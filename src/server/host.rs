@@ -33,7 +33,9 @@ pub struct Host {
 
 /// Host settings to put back on drop.
 struct Undo {
+    /// The masquerade rules of `nat` (IPv4) and `nat6` (IPv6).
     masquerade: Option<nft::Masquerade>,
+    masquerade6: Option<nft::Masquerade>,
     /// The forwarding sysctls this server switched on (`true`: IPv4, `false`: IPv6): only
     /// those are switched off again.
     forwarding_switched_on: Vec<bool>,
@@ -41,7 +43,10 @@ struct Undo {
 
 impl Drop for Undo {
     fn drop(&mut self) {
-        if let Some(m) = self.masquerade.take() {
+        for m in [self.masquerade.take(), self.masquerade6.take()]
+            .into_iter()
+            .flatten()
+        {
             if let Err(e) = m.remove() {
                 tracing::warn!(error = %e, "could not remove the NAT rules");
             }
@@ -134,25 +139,27 @@ impl Undo {
     fn apply(config: &ServerConfig) -> Result<Undo, EngineError> {
         let mut undo = Undo {
             masquerade: None,
+            masquerade6: None,
             forwarding_switched_on: Vec::new(),
         };
         if !link::set_ip_forward(true, true).map_err(sys("enabling IPv4 forwarding"))? {
             undo.forwarding_switched_on.push(true);
         }
-        if config.address6.is_some() {
-            match link::set_ip_forward(false, true) {
-                Ok(true) => {}
-                Ok(false) => undo.forwarding_switched_on.push(false),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "could not enable IPv6 forwarding: clients' IPv6 packets will not be forwarded"
-                ),
-            }
+        if config.address6.is_some()
+            && !link::set_ip_forward(false, true).map_err(sys("enabling IPv6 forwarding"))?
+        {
+            undo.forwarding_switched_on.push(false);
         }
         if let Some(iface) = &config.nat {
             let subnet = IpNet::V4(config.address.trunc());
             undo.masquerade = Some(
                 nft::Masquerade::install(subnet, iface).map_err(sys("installing the NAT rule"))?,
+            );
+        }
+        if let (Some(iface), Some(a6)) = (&config.nat6, config.address6) {
+            undo.masquerade6 = Some(
+                nft::Masquerade::install(IpNet::V6(a6.trunc()), iface)
+                    .map_err(sys("installing the NAT66 rule"))?,
             );
         }
         Ok(undo)

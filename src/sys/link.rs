@@ -155,7 +155,10 @@ pub fn add_host_route_via(dest: IpAddr, info: &RouteInfo) -> Result<(), SysError
     let gw = info.gateway.map(|g| g.to_string());
     let mut args = vec!["route", "add", &d];
     if let Some(gw) = &gw {
-        args.extend(["via", gw.as_str()]);
+        // `onlink`: the kernel just reached the gateway through `dev`, but it may sit outside
+        // every prefix on it (a /32 host behind `default via G dev eth0 onlink`, as some
+        // clouds set up), and then the route is refused without the flag.
+        args.extend(["via", gw.as_str(), "onlink"]);
     }
     args.extend(["dev", info.dev.as_str()]);
     ip(&args).map(drop)
@@ -260,6 +263,52 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("ip link set dev ctr-no-such-dev0"), "{msg}");
         assert!(msg.to_lowercase().contains("cannot find device"), "{msg}");
+    }
+
+    #[test]
+    fn host_route_via_an_onlink_gateway() {
+        if !is_root_or_skip("host_route_via_an_onlink_gateway") {
+            return;
+        }
+        let ns = Netns::new();
+        ns.run(|| {
+            // A /32 host whose only way out is `default via G dev eth0 onlink`: G lies outside
+            // every prefix of the link.
+            ip(&[
+                "link",
+                "add",
+                "ctr-onlink0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "ctr-onlink1",
+            ])
+            .unwrap();
+            ip(&["link", "set", "ctr-onlink1", "up"]).unwrap();
+            ip(&["link", "set", "ctr-onlink0", "up"]).unwrap();
+            ip(&["addr", "add", "192.0.2.11/32", "dev", "ctr-onlink0"]).unwrap();
+            ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                "192.0.2.1",
+                "dev",
+                "ctr-onlink0",
+                "onlink",
+            ])
+            .unwrap();
+            let server: IpAddr = "203.0.113.5".parse().unwrap();
+            let info = route_get(server).unwrap();
+            assert_eq!(info.gateway, Some("192.0.2.1".parse().unwrap()));
+            let mut guard = RouteGuard::new();
+            guard.add_host_route_via(server, &info).unwrap();
+            let table = ip(&["route", "show", "203.0.113.5/32"]).unwrap();
+            assert!(table.contains("via 192.0.2.1 dev ctr-onlink0"), "{table}");
+            drop(guard);
+            assert_eq!(ip(&["route", "show", "203.0.113.5/32"]).unwrap(), "");
+        });
     }
 
     #[test]

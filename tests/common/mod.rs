@@ -12,6 +12,12 @@
 //!
 //! Clients have no route to 10.1.0.0/24 except through the tunnel. The backend has a default
 //! route via the server unless [`LabConfig::backend_route`] is off (the NAT test).
+//!
+//! With [`LabConfig::underlay6`] the underlay also carries IPv6 (bridge `fd00::1/64`, client N
+//! `fd00::1N/64`), the server listens on `::` and the clients reach it at `[fd00::1]:51820`; with
+//! [`LabConfig::inner6`] the tunnel carries IPv6 too (server `address6 = "fd66::1/64"`, backend
+//! link `fd01::1/64` ── `fd01::2/64`, clients route `fd01::/64` into the tunnel). IPv6 addresses
+//! skip duplicate address detection, so they are usable at once.
 //! Everything is removed on drop, also when the test panics; on panic the logs of the server and
 //! the clients are printed first.
 
@@ -38,6 +44,13 @@ pub const CLIENT_SUBNET: &str = "10.66.0.0/16";
 pub const PORT: u16 = 51820;
 pub const SERVER_TUN: &str = "ctrs0";
 pub const CLIENT_TUN: &str = "ctrc0";
+/// The IPv6 counterparts, used by labs with [`LabConfig::underlay6`] or [`LabConfig::inner6`].
+pub const SERVER_UNDERLAY6: &str = "fd00::1";
+pub const SERVER_BACKEND6: &str = "fd01::1";
+pub const BACKEND6: &str = "fd01::2";
+pub const BACKEND_NET6: &str = "fd01::/64";
+pub const SERVER_VIRTUAL6: &str = "fd66::1";
+pub const CLIENT_SUBNET6: &str = "fd66::/64";
 /// How long to wait for a client's tunnel to come up.
 pub const TUNNEL_DEADLINE: Duration = Duration::from_secs(15);
 const SHORT: Duration = Duration::from_secs(10);
@@ -124,6 +137,15 @@ pub struct LabConfig {
     pub offloads: bool,
     /// Environment variables added for the server (fault injection).
     pub server_env: Vec<(String, String)>,
+    /// IPv6 on the underlay: the server listens on `::` (only) and the clients'
+    /// `server_endpoint` is `[fd00::1]:51820`.
+    pub underlay6: bool,
+    /// IPv6 in the tunnel: the server has `address6`, the backend an IPv6 address (and a route
+    /// back via the server when [`LabConfig::backend_route`]), the clients a route to it.
+    pub inner6: bool,
+    /// Masquerade the IPv6 client subnet behind the server's backend-facing link (`nat6`;
+    /// needs [`LabConfig::inner6`]).
+    pub nat6: bool,
 }
 
 impl Default for LabConfig {
@@ -140,6 +162,9 @@ impl Default for LabConfig {
             ipv6: true,
             offloads: true,
             server_env: Vec::new(),
+            underlay6: false,
+            inner6: false,
+            nat6: false,
         }
     }
 }
@@ -272,6 +297,8 @@ pub struct Lab {
     pub client_ns: Vec<String>,
     /// The server's link towards the backend (the `nat` egress interface).
     pub server_backend_link: String,
+    /// The bridge in the server namespace that the clients' links are attached to.
+    pub bridge: String,
     pub client_links: Vec<String>,
     pub server_pubkey: String,
     pub client_pubkeys: Vec<String>,
@@ -290,6 +317,11 @@ impl Lab {
     /// Builds the topology and writes keys and configs; starts nothing.
     pub fn new(cfg: LabConfig) -> Lab {
         assert!((1..=9).contains(&cfg.clients));
+        assert!(
+            cfg.ipv6 || !(cfg.underlay6 || cfg.inner6),
+            "IPv6 addresses need IPv6 enabled"
+        );
+        assert!(cfg.inner6 || !cfg.nat6, "nat6 needs inner6");
         let permit = LabPermit::acquire();
         let pid = std::process::id();
         let id = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
@@ -304,6 +336,7 @@ impl Lab {
             backend_ns: ns("bk"),
             client_ns: (1..=cfg.clients).map(|i| ns(&format!("c{i}"))).collect(),
             server_backend_link: link("sb"),
+            bridge: link("br"),
             client_links: (1..=cfg.clients).map(|i| link(&format!("c{i}"))).collect(),
             server_pubkey: String::new(),
             client_pubkeys: Vec::new(),
@@ -318,7 +351,7 @@ impl Lab {
             id,
             dir,
         };
-        lab.build_topology(&link("br"), &link("bs"));
+        lab.build_topology(&lab.bridge.clone(), &link("bs"));
         lab.write_configs();
         lab
     }
@@ -338,7 +371,47 @@ impl Lab {
                 );
             }
         }
+        if self.cfg.underlay6 || self.cfg.inner6 {
+            // Duplicate address detection would keep new addresses (link-local ones included)
+            // tentative for a second or two; every address in a lab is unique by construction.
+            for key in [
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ] {
+                cmd::run_ok(
+                    &["ip", "netns", "exec", name, "sysctl", "-q", "-w", key],
+                    None,
+                    SHORT,
+                );
+            }
+        }
         self.ip(name, &["link", "set", "lo", "up"]);
+    }
+
+    /// `ip addr add addr dev dev` in `ns`, with `nodad` for IPv6 addresses.
+    pub fn add_addr(&self, ns: &str, addr: &str, dev: &str) {
+        let mut args = vec!["addr", "add", addr, "dev", dev];
+        if addr.contains(':') {
+            args.push("nodad");
+        }
+        self.ip(ns, &args);
+    }
+
+    /// Client `i`'s (0-based) underlay addresses: IPv4, and IPv6 when the underlay has it.
+    pub fn client_underlay(&self, i: usize) -> (String, Option<String>) {
+        (
+            format!("10.0.0.{}", 11 + i),
+            self.cfg.underlay6.then(|| format!("fd00::{}", 11 + i)),
+        )
+    }
+
+    /// The server's underlay address that the clients use (`server_endpoint` without port).
+    pub fn server_underlay(&self) -> &'static str {
+        if self.cfg.underlay6 {
+            SERVER_UNDERLAY6
+        } else {
+            SERVER_UNDERLAY
+        }
     }
 
     /// `ip -n NS args...`, which must succeed.
@@ -379,6 +452,9 @@ impl Lab {
                 bridge,
             ],
         );
+        if self.cfg.underlay6 {
+            self.add_addr(&s, &format!("{SERVER_UNDERLAY6}/64"), bridge);
+        }
         self.ip(&s, &["link", "set", bridge, "up"]);
         for (i, (c, l)) in self.client_ns.iter().zip(&self.client_links).enumerate() {
             let peer = format!("{l}s");
@@ -391,10 +467,11 @@ impl Lab {
                 SHORT,
             );
             self.ip(&s, &["link", "set", &peer, "master", bridge, "up"]);
-            self.ip(
-                c,
-                &["addr", "add", &format!("10.0.0.{}/24", 11 + i), "dev", l],
-            );
+            let (v4, v6) = self.client_underlay(i);
+            self.add_addr(c, &format!("{v4}/24"), l);
+            if let Some(v6) = v6 {
+                self.add_addr(c, &format!("{v6}/64"), l);
+            }
             self.ip(c, &["link", "set", l, "up"]);
         }
         let sb = self.server_backend_link.clone();
@@ -430,6 +507,16 @@ impl Lab {
         if self.cfg.backend_route {
             self.ip(&b, &["route", "add", "default", "via", SERVER_BACKEND]);
         }
+        if self.cfg.inner6 {
+            self.add_addr(&s, &format!("{SERVER_BACKEND6}/64"), &sb);
+            self.add_addr(&b, &format!("{BACKEND6}/64"), backend_link);
+            if self.cfg.backend_route {
+                self.ip(
+                    &b,
+                    &["-6", "route", "add", "default", "via", SERVER_BACKEND6],
+                );
+            }
+        }
     }
 
     fn genkey(&self, name: &str) -> String {
@@ -446,10 +533,15 @@ impl Lab {
         self.client_pubkeys = (1..=self.cfg.clients)
             .map(|i| self.genkey(&format!("c{i}.key")))
             .collect();
+        let listen = if self.cfg.underlay6 {
+            "\"::\"".to_string()
+        } else {
+            format!("\"{SERVER_UNDERLAY}\"")
+        };
         let mut server = format!(
             "private_key_file = \"server.key\"\n\
              listen_port = {PORT}\n\
-             listen_addresses = [\"{SERVER_UNDERLAY}\"]\n\
+             listen_addresses = [{listen}]\n\
              address = \"{SERVER_VIRTUAL}/16\"\n\
              mtu = 1420\n\
              workers = 1\n\
@@ -462,6 +554,12 @@ impl Lab {
         if self.cfg.nat {
             server += &format!("nat = \"{}\"\n", self.server_backend_link);
         }
+        if self.cfg.inner6 {
+            server += &format!("address6 = \"{SERVER_VIRTUAL6}/64\"\n");
+        }
+        if self.cfg.nat6 {
+            server += &format!("nat6 = \"{}\"\n", self.server_backend_link);
+        }
         for (i, k) in self.client_pubkeys.iter().enumerate() {
             if !self.cfg.unknown_clients.contains(&i) {
                 server += &format!("\n[[peer]]\npublic_key = \"{k}\"\n");
@@ -471,13 +569,20 @@ impl Lab {
         for i in 0..self.cfg.clients {
             let routes = if self.cfg.full_tunnel {
                 "full_tunnel = true".to_string()
+            } else if self.cfg.inner6 {
+                format!("routes = [\"10.1.0.0/24\", \"{BACKEND_NET6}\"]")
             } else {
                 "routes = [\"10.1.0.0/24\"]".to_string()
+            };
+            let endpoint = if self.cfg.underlay6 {
+                format!("[{SERVER_UNDERLAY6}]:{PORT}")
+            } else {
+                format!("{SERVER_UNDERLAY}:{PORT}")
             };
             let text = format!(
                 "private_key_file = \"c{n}.key\"\n\
                  server_public_key = \"{spk}\"\n\
-                 server_endpoint = \"{SERVER_UNDERLAY}:{PORT}\"\n\
+                 server_endpoint = \"{endpoint}\"\n\
                  {routes}\n\
                  persistent_keepalive = {ka}\n\
                  tun_name = \"{CLIENT_TUN}\"\n",
@@ -694,6 +799,36 @@ impl Lab {
         out.stdout
             .split_whitespace()
             .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+    }
+
+    /// The global IPv6 address on the client's TUN, if any.
+    pub fn client_tun_addr6(&self, i: usize) -> Option<std::net::Ipv6Addr> {
+        let out = cmd::run(
+            &[
+                "ip",
+                "-n",
+                &self.client_ns[i],
+                "-6",
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                CLIENT_TUN,
+                "scope",
+                "global",
+            ],
+            None,
+            SHORT,
+        );
+        if !out.ok() {
+            return None;
+        }
+        out.stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
             .nth(1)
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse().ok())

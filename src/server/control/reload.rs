@@ -111,6 +111,7 @@ pub fn restart_only(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
         running.client_to_client != new.client_to_client,
     );
     check("nat", running.nat != new.nat);
+    check("nat6", running.nat6 != new.nat6);
     check("offloads", running.offloads != new.offloads);
     check("tun_name", running.tun_name != new.tun_name);
     check(
