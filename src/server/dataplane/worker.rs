@@ -26,7 +26,7 @@ use crate::server::handoff::{HandshakeMessage, LoadSignal, SharedCookieSecrets};
 use crate::server::latency::{latency_histogram, record_latency, SharedLatency};
 use crate::server::session_table::{SessionTable, TableGuard, TableSnapshot};
 use crate::sys::clock::monotonic_now;
-use crate::sys::uring::{Completion, FileIndex, Op, Uring, NO_SLOT};
+use crate::sys::uring::{Completion, FileIndex, IoFailure, Op, Uring};
 
 /// Room for the largest datagram: header + MTU (at most `MAX_MTU`) + tag, rounded up.
 pub const SLOT_BYTES: usize = 2048;
@@ -380,31 +380,38 @@ impl Worker {
         table: &TableSnapshot,
         guard: &TableGuard<'_>,
     ) {
-        if c.slot == NO_SLOT {
-            // A multishot receive ended without a buffer: out of buffers (all held by packets
-            // still being sent or written; it is re-armed once one comes back) or an error.
-            if c.result < 0 && c.result != -libc::ENOBUFS && c.result != -libc::ECANCELED {
-                self.counters.drop(DropReason::IoError);
-                tracing::debug!(
-                    worker = self.ctx.id,
-                    errno = -c.result,
-                    "multishot receive error"
-                );
+        let c = match *c {
+            Completion::Slot(done) => done,
+            Completion::ReceiveEnded { file, failure } => {
+                // Out of buffers (all held by packets still being sent or written; it is
+                // re-armed once one comes back), cancelled at shutdown, or an error.
+                match failure {
+                    None | Some(IoFailure::OutOfBuffers | IoFailure::Cancelled) => {}
+                    Some(failure) => {
+                        self.counters.drop(DropReason::IoError);
+                        tracing::debug!(worker = self.ctx.id, socket = %file, error = %failure, "multishot receive error");
+                    }
+                }
+                return;
             }
-            return;
-        }
-        if c.result < 0 {
-            if c.result != -libc::ECANCELED && c.result != -libc::EAGAIN && c.result != -libc::EINTR
-            {
-                self.counters.drop(DropReason::IoError);
-                tracing::debug!(worker = self.ctx.id, op = ?c.op, errno = -c.result, "I/O error");
+        };
+        let n = match c.result {
+            Ok(n) => n,
+            Err(failure) => {
+                // Cancelled at shutdown, or to be retried: not an I/O error.
+                if !matches!(
+                    failure,
+                    IoFailure::Cancelled | IoFailure::WouldBlock | IoFailure::Interrupted
+                ) {
+                    self.counters.drop(DropReason::IoError);
+                    tracing::debug!(worker = self.ctx.id, op = ?c.op, error = %failure, "I/O error");
+                }
+                if c.slot_idle {
+                    self.rearm(c.slot);
+                }
+                return;
             }
-            if c.slot_idle {
-                self.rearm(c.slot);
-            }
-            return;
-        }
-        let n = c.result as usize;
+        };
         match c.op {
             Op::Read => match self.egress(c.slot, n, now, table, guard) {
                 Ok(Outcome::Queued) => {}

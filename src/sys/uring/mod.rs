@@ -92,10 +92,84 @@ impl std::fmt::Display for FileIndex {
     }
 }
 
+/// Why an operation moved no bytes, in the terms the data plane tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoFailure {
+    /// The operation was cancelled (ECANCELED): the ring is being torn down.
+    Cancelled,
+    /// Nothing to do yet (EAGAIN).
+    WouldBlock,
+    /// Interrupted by a signal (EINTR).
+    Interrupted,
+    /// A multishot receive found no provided buffer left (ENOBUFS): all are held by packets
+    /// still in flight; the receive has ended and can be re-armed once one comes back.
+    OutOfBuffers,
+    /// A datagram did not fit the room the receive offered, and the kernel cut it.
+    Truncated,
+    /// Any other error, by its errno.
+    Other(i32),
+}
+
+impl IoFailure {
+    /// The failure an operation's `errno` means (an ENOBUFS outside a multishot receive's
+    /// end is [`IoFailure::Other`]: a send, for instance, when the socket's buffer is full).
+    fn from_errno(errno: i32) -> IoFailure {
+        match errno {
+            libc::ECANCELED => IoFailure::Cancelled,
+            libc::EAGAIN => IoFailure::WouldBlock,
+            libc::EINTR => IoFailure::Interrupted,
+            other => IoFailure::Other(other),
+        }
+    }
+
+    /// The errno behind the failure (EMSGSIZE for a cut datagram), for logs.
+    pub fn errno(self) -> i32 {
+        match self {
+            IoFailure::Cancelled => libc::ECANCELED,
+            IoFailure::WouldBlock => libc::EAGAIN,
+            IoFailure::Interrupted => libc::EINTR,
+            IoFailure::OutOfBuffers => libc::ENOBUFS,
+            IoFailure::Truncated => libc::EMSGSIZE,
+            IoFailure::Other(errno) => errno,
+        }
+    }
+}
+
+impl std::fmt::Display for IoFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IoFailure::Truncated => f.write_str("datagram larger than the receive's room (cut)"),
+            _ => io::Error::from_raw_os_error(self.errno()).fmt(f),
+        }
+    }
+}
+
+/// A completion's result (bytes moved, or a negative errno) in [`IoFailure`] terms.
+fn outcome(result: i32) -> Result<usize, IoFailure> {
+    usize::try_from(result).map_err(|_| IoFailure::from_errno(result.wrapping_neg()))
+}
+
 /// One reaped completion.
-#[derive(Debug, Clone, Copy)]
-pub struct Completion {
-    /// The slot whose operation finished (its memory is ours again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// An operation on a slot finished.
+    Slot(SlotCompletion),
+    /// A socket's multishot receive ended without filling a buffer; `failure` says why (`None`:
+    /// the kernel reported no error). [`Uring::arm_multishot`] arms it again once the socket
+    /// has a buffer.
+    ReceiveEnded {
+        /// The socket.
+        file: FileIndex,
+        /// Why it ended.
+        failure: Option<IoFailure>,
+    },
+}
+
+/// An operation on a slot that finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotCompletion {
+    /// The slot whose operation finished (for a multishot receive, the buffer the kernel
+    /// picked).
     pub slot: u32,
     /// The operation.
     pub op: Op,
@@ -105,8 +179,8 @@ pub struct Completion {
     pub op_index: u16,
     /// The slot has no operation in flight any more: its buffer is ours again.
     pub slot_idle: bool,
-    /// The kernel's result: bytes moved, or a negative errno.
-    pub result: i32,
+    /// Bytes moved (a received datagram's length), or why none were.
+    pub result: Result<usize, IoFailure>,
 }
 
 /// Room for one control message carrying a u16/int (UDP_SEGMENT, UDP_GRO), 8-byte aligned.
@@ -123,7 +197,7 @@ const NAME_SPACE: usize = std::mem::size_of::<libc::sockaddr_storage>();
 const RECV_HEADROOM: usize = RECV_OUT_LEN + NAME_SPACE + CMSG_SPACE;
 /// The slot number in a multishot receive's user data: its completions name their slot by the
 /// buffer id the kernel picked.
-pub const NO_SLOT: u32 = u32::MAX;
+const MULTISHOT_RECEIVE: u32 = u32::MAX;
 /// Page alignment the kernel requires of a buffer ring it does not allocate itself.
 const PAGE: usize = 4096;
 
@@ -483,7 +557,7 @@ impl Uring {
             let Some(op) = Op::from_u8((ud >> 32) as u8) else {
                 continue;
             };
-            if slot == NO_SLOT {
+            if slot == MULTISHOT_RECEIVE {
                 let done = reap_multishot(
                     &mut self.buf_rings,
                     &mut self.slots,
@@ -501,14 +575,14 @@ impl Uring {
                 s.busy = s.busy.saturating_sub(1);
                 slot_idle = s.busy == 0;
             }
-            self.completions.push(Completion {
+            self.completions.push(Completion::Slot(SlotCompletion {
                 slot,
                 op,
                 file: FileIndex((ud >> 40) as u8),
                 op_index: (ud >> 48) as u16,
                 slot_idle,
-                result: cqe.result(),
-            });
+                result: outcome(cqe.result()),
+            }));
         }
     }
 }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::{cqueue, opcode, types};
 
 use super::{
-    user_data, Completion, FileIndex, Op, Slot, Uring, CMSG_SPACE, NAME_SPACE, NO_SLOT, PAGE,
-    RECV_HEADROOM,
+    outcome, user_data, Completion, FileIndex, IoFailure, Op, Slot, SlotCompletion, Uring,
+    CMSG_SPACE, MULTISHOT_RECEIVE, NAME_SPACE, PAGE, RECV_HEADROOM,
 };
 
 /// A provided-buffer ring for one socket's multishot receive.
@@ -149,7 +149,12 @@ impl Uring {
             };
             let entry = opcode::RecvMsgMulti::new(types::Fixed(file as u32), msg, file as u16)
                 .build()
-                .user_data(user_data(NO_SLOT, Op::Recv, FileIndex(file as u8), 0));
+                .user_data(user_data(
+                    MULTISHOT_RECEIVE,
+                    Op::Recv,
+                    FileIndex(file as u8),
+                    0,
+                ));
             self.push(entry)?;
             if let Some(ring) = self.buf_rings[file].as_mut() {
                 ring.armed = true;
@@ -159,8 +164,8 @@ impl Uring {
     }
 }
 
-/// One completion of a multishot receive on `file`: the slot is the buffer the kernel picked (or
-/// [`NO_SLOT`] for an error without one), the result the payload's length.
+/// One completion of a multishot receive on `file`: a datagram (or an error) in the buffer the
+/// kernel picked, or the end of the receive without a buffer.
 pub(super) fn reap_multishot(
     buf_rings: &mut [Option<BufRing>],
     slots: &mut [Slot],
@@ -168,45 +173,49 @@ pub(super) fn reap_multishot(
     result: i32,
     flags: u32,
 ) -> Completion {
-    let mut done = Completion {
-        slot: NO_SLOT,
-        op: Op::Recv,
+    let ended = Completion::ReceiveEnded {
         file,
-        op_index: 0,
-        slot_idle: false,
-        result,
+        failure: outcome(result).err().map(|failure| match failure {
+            IoFailure::Other(libc::ENOBUFS) => IoFailure::OutOfBuffers,
+            other => other,
+        }),
     };
     let Some(ring) = buf_rings
         .get_mut(usize::from(file.0))
         .and_then(Option::as_mut)
     else {
-        return done;
+        return ended;
     };
     if !cqueue::more(flags) {
         ring.armed = false;
     }
     let Some(bid) = cqueue::buffer_select(flags) else {
-        return done;
+        return ended;
     };
     ring.provided = ring.provided.saturating_sub(1);
     let Some(s) = slots.get_mut(usize::from(bid)) else {
-        return done;
+        return ended;
     };
     s.busy = s.busy.saturating_sub(1);
     s.multishot_filled = true;
     s.provided_to = None;
-    done.slot = u32::from(bid);
-    done.slot_idle = s.busy == 0;
-    if result >= 0 {
+    let result = outcome(result).and_then(|_| {
         let payload = header_field(&s.buf, 8) as usize;
         let truncated = header_field(&s.buf, 12) & libc::MSG_TRUNC as u32 != 0;
-        done.result = if truncated || payload > s.receive_capacity {
-            -libc::EMSGSIZE
+        if truncated || payload > s.receive_capacity {
+            Err(IoFailure::Truncated)
         } else {
-            payload as i32
-        };
-    }
-    done
+            Ok(payload)
+        }
+    });
+    Completion::Slot(SlotCompletion {
+        slot: u32::from(bid),
+        op: Op::Recv,
+        file,
+        op_index: 0,
+        slot_idle: s.busy == 0,
+        result,
+    })
 }
 
 /// The u32 at `at` of a multishot receive's `io_uring_recvmsg_out` header.

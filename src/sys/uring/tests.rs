@@ -83,9 +83,12 @@ fn each_file_index_reaches_the_file_registered_for_it() {
     }
     assert_eq!(done.len(), 3, "{done:?}");
     for c in done {
+        let Completion::Slot(c) = c else {
+            panic!("no multishot receive here: {c:?}");
+        };
         let slot = c.slot as usize;
         assert_eq!(c.file, indexes[slot], "{c:?}");
-        assert_eq!(c.result, 7, "{c:?}");
+        assert_eq!(c.result, Ok(7), "{c:?}");
         let payload = &ring.buffer(c.slot).unwrap()[..7];
         assert_eq!(
             payload, &[slot as u8; 7],
@@ -123,25 +126,42 @@ fn setup(buffers: u16) -> Option<(Uring, UdpSocket, UdpSocket)> {
     Some((ring, receiver, sender))
 }
 
-/// Receives until `want` datagrams completed (or 2 s): (slot, payload, source) each.
-fn receive(ring: &mut Uring, want: usize) -> Vec<(u32, Vec<u8>, Option<SocketAddr>)> {
-    let mut got = Vec::new();
+/// What [`receive`] got.
+#[derive(Default)]
+struct Received {
+    /// (slot, payload, source) of each datagram.
+    datagrams: Vec<(u32, Vec<u8>, Option<SocketAddr>)>,
+    /// How many times the multishot receive ended for want of a buffer.
+    out_of_buffers: usize,
+}
+
+/// Receives until `want` datagrams completed (or 2 s).
+fn receive(ring: &mut Uring, want: usize) -> Received {
+    let mut got = Received::default();
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while got.len() < want && std::time::Instant::now() < deadline {
+    while got.datagrams.len() < want && std::time::Instant::now() < deadline {
         ring.arm_multishot().unwrap();
         let done: Vec<Completion> = ring
             .submit_and_wait(Duration::from_millis(50))
             .unwrap()
             .to_vec();
         for c in done {
-            if c.slot == NO_SLOT {
-                assert_eq!(c.result, -libc::ENOBUFS, "unexpected multishot error");
-                continue;
-            }
-            assert!(c.slot_idle && c.result >= 0, "{c:?}");
-            let n = c.result as usize;
+            let c = match c {
+                Completion::Slot(c) => c,
+                Completion::ReceiveEnded { file, failure } => {
+                    assert_eq!(
+                        (file, failure),
+                        (SOCKET, Some(IoFailure::OutOfBuffers)),
+                        "unexpected end of the multishot receive"
+                    );
+                    got.out_of_buffers += 1;
+                    continue;
+                }
+            };
+            assert!(c.slot_idle, "{c:?}");
+            let n = c.result.expect("a datagram");
             let payload = ring.buffer(c.slot).unwrap()[..n].to_vec();
-            got.push((c.slot, payload, ring.source(c.slot)));
+            got.datagrams.push((c.slot, payload, ring.source(c.slot)));
         }
     }
     got
@@ -154,7 +174,7 @@ fn datagrams_land_in_provided_slots_with_their_source() {
     };
     sender.send(b"first").unwrap();
     sender.send(b"second datagram").unwrap();
-    let got = receive(&mut ring, 2);
+    let got = receive(&mut ring, 2).datagrams;
     assert_eq!(got.len(), 2);
     let mut slots: Vec<u32> = got.iter().map(|g| g.0).collect();
     slots.sort_unstable();
@@ -178,14 +198,24 @@ fn out_of_buffers_waits_for_one_to_come_back() {
     // One buffer: one datagram, then the kernel ends the receive (no buffer left); each time
     // the slot is given back and the receive re-armed, the next queued datagram arrives.
     let mut seen = Vec::new();
+    let mut out_of_buffers = 0;
     for _ in 0..3 {
         let got = receive(&mut ring, 1);
-        assert_eq!(got.len(), 1, "a datagram after the buffer came back");
-        assert_eq!(got[0].0, 0);
-        seen.push(got[0].1.clone());
+        assert_eq!(
+            got.datagrams.len(),
+            1,
+            "a datagram after the buffer came back"
+        );
+        assert_eq!(got.datagrams[0].0, 0);
+        seen.push(got.datagrams[0].1.clone());
+        out_of_buffers += got.out_of_buffers;
         ring.provide(0, SOCKET, 2048).unwrap();
     }
     assert_eq!(seen, vec![vec![0u8; 10], vec![1u8; 10], vec![2u8; 10]]);
+    assert!(
+        out_of_buffers > 0,
+        "the receive ended for want of a buffer while the only one was held"
+    );
     // A busy slot cannot be provided twice.
     assert!(ring.provide(0, SOCKET, 2048).is_err());
 }
@@ -211,7 +241,13 @@ fn single_shot_receive_still_works_without_multishot() {
         }
     }
     assert_eq!(done.len(), 1);
-    assert_eq!((done[0].slot, done[0].op, done[0].result), (1, Op::Recv, 3));
+    let Completion::Slot(c) = done[0] else {
+        panic!("a single-shot receive completes on its slot: {:?}", done[0]);
+    };
+    assert_eq!(
+        (c.slot, c.op, c.file, c.result),
+        (1, Op::Recv, SOCKET, Ok(3))
+    );
     assert_eq!(&ring.buffer(1).unwrap()[..3], b"one");
     assert_eq!(ring.source(1), Some(sender.local_addr().unwrap()));
 }
@@ -282,17 +318,87 @@ fn a_provided_buffer_offers_exactly_the_length_asked_for() {
     sender.send(&[7u8; 300]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     let done = loop {
-        let got: Vec<Completion> = ring
+        let got: Vec<SlotCompletion> = ring
             .submit_and_wait(Duration::from_millis(50))
             .unwrap()
             .iter()
-            .copied()
-            .filter(|c| c.slot != NO_SLOT)
+            .filter_map(|c| match c {
+                Completion::Slot(c) => Some(*c),
+                Completion::ReceiveEnded { .. } => None,
+            })
             .collect();
         if let Some(c) = got.first() {
             break *c;
         }
         assert!(std::time::Instant::now() < deadline, "no completion");
     };
-    assert_eq!((done.slot, done.result), (0, -libc::EMSGSIZE));
+    assert_eq!((done.slot, done.result), (0, Err(IoFailure::Truncated)));
+}
+
+#[test]
+fn completion_results_are_classified_for_the_data_plane() {
+    assert_eq!(outcome(0), Ok(0));
+    assert_eq!(outcome(1452), Ok(1452));
+    assert_eq!(outcome(-libc::ECANCELED), Err(IoFailure::Cancelled));
+    assert_eq!(outcome(-libc::EAGAIN), Err(IoFailure::WouldBlock));
+    assert_eq!(outcome(-libc::EINTR), Err(IoFailure::Interrupted));
+    // ENOBUFS on a send (socket buffer full) is an error like any other.
+    assert_eq!(
+        outcome(-libc::ENOBUFS),
+        Err(IoFailure::Other(libc::ENOBUFS))
+    );
+    assert_eq!(
+        outcome(-libc::ECONNREFUSED),
+        Err(IoFailure::Other(libc::ECONNREFUSED))
+    );
+    // No panic on a result no kernel gives.
+    assert_eq!(outcome(i32::MIN), Err(IoFailure::Other(i32::MIN)));
+    for failure in [
+        IoFailure::Cancelled,
+        IoFailure::WouldBlock,
+        IoFailure::Interrupted,
+        IoFailure::Other(libc::ECONNREFUSED),
+    ] {
+        assert_eq!(outcome(-failure.errno()), Err(failure));
+    }
+    assert_eq!(IoFailure::OutOfBuffers.errno(), libc::ENOBUFS);
+    assert_eq!(IoFailure::Truncated.errno(), libc::EMSGSIZE);
+    assert!(IoFailure::Other(libc::ECONNREFUSED)
+        .to_string()
+        .contains("refused"));
+}
+
+#[test]
+fn a_multishot_receive_that_ends_without_a_buffer_says_why() {
+    // No buffer ring and no buffer id in the flags: the end of the receive, not a slot.
+    let file = FileIndex::socket(1);
+    let ended = |result| reap_multishot(&mut [], &mut [], file, result, 0);
+    assert_eq!(
+        ended(-libc::ENOBUFS),
+        Completion::ReceiveEnded {
+            file,
+            failure: Some(IoFailure::OutOfBuffers)
+        }
+    );
+    assert_eq!(
+        ended(-libc::ECANCELED),
+        Completion::ReceiveEnded {
+            file,
+            failure: Some(IoFailure::Cancelled)
+        }
+    );
+    assert_eq!(
+        ended(-libc::EBADF),
+        Completion::ReceiveEnded {
+            file,
+            failure: Some(IoFailure::Other(libc::EBADF))
+        }
+    );
+    assert_eq!(
+        ended(0),
+        Completion::ReceiveEnded {
+            file,
+            failure: None
+        }
+    );
 }
