@@ -1,4 +1,5 @@
 //! The binary's edge: arguments, logging, exit codes.
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;

@@ -9,6 +9,7 @@
 //! The loaded structs hold resolved values: keys decoded (secrets in `Zeroizing`, never shown by
 //! `Debug`), defaults applied, key file paths made absolute against the config file's directory,
 //! and, on the server, every peer's virtual address assigned.
+#![forbid(unsafe_code)]
 
 mod client;
 mod pool;

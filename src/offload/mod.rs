@@ -10,6 +10,7 @@
 //! caller-provided buffers. The rules follow the kernel's own GSO/GRO (`tcp_gso_segment`,
 //! `__udp_gso_segment`, `tcp_gro_receive`, `inet_gro_receive`) as also applied by
 //! wireguard-go's `tun/offload_linux.go`.
+#![forbid(unsafe_code)]
 
 pub mod checksum;
 pub mod coalesce;

@@ -4,6 +4,7 @@
 //! Every operator request that touches peers goes to the control thread as a
 //! [`Command`](crate::server::control::command::Command) with a reply channel; counters and histograms are
 //! read directly from the workers' shared copies.
+#![forbid(unsafe_code)]
 
 pub mod frontdoor;
 pub mod latency_log;

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_channel::TrySendError;
 
 use super::stats::DropReason;
-use super::worker::{session_drop, Outcome, Worker, TUN_FILE};
+use super::worker::{session_drop, Outcome, Worker};
 use crate::offload::coalesce::{Coalescer, Push};
 use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::proto::admission::{Admission, Verdict};
@@ -27,6 +27,7 @@ use crate::proto::wire::{
 };
 use crate::server::handoff::HandshakeMessage;
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
+use crate::sys::uring::FileIndex;
 use crate::tunnel::egress;
 
 /// Bytes of one region of an offload slot (input: a TUN read or a GRO receive; output: the
@@ -44,7 +45,7 @@ enum Pending {
         offset: usize,
         len: usize,
         dest: SocketAddr,
-        file: u8,
+        file: FileIndex,
         segment: Option<u16>,
         segments: u64,
     },
@@ -115,13 +116,12 @@ enum Delivery<'t> {
     Nothing,
 }
 
-/// The registered file of the socket for `dest`'s address family (`families[i]`: socket `i`
-/// is IPv4; file indexes start at 1, after the TUN).
-fn socket_for(families: &[bool], dest: &SocketAddr) -> Option<u8> {
+/// The socket for `dest`'s address family (`families[i]`: socket `i` is IPv4).
+fn socket_for(families: &[bool], dest: &SocketAddr) -> Option<FileIndex> {
     families
         .iter()
         .position(|is_v4| *is_v4 == dest.is_ipv4())
-        .map(|i| (i + 1) as u8)
+        .map(FileIndex::socket)
 }
 
 /// The drop reason of a TUN read the egress path refused.
@@ -237,7 +237,7 @@ impl Worker {
                     packets,
                 } => self
                     .ring
-                    .write(slot, op_index, TUN_FILE, offset, len)
+                    .write(slot, op_index, FileIndex::TUN, offset, len)
                     .map(|()| {
                         self.counters.tun_tx_packets += packets;
                         self.counters.tun_tx_bytes += len as u64;

@@ -26,7 +26,7 @@ use crate::server::handoff::{HandshakeMessage, LoadSignal, SharedCookieSecrets};
 use crate::server::latency::{latency_histogram, record_latency, SharedLatency};
 use crate::server::session_table::{SessionTable, TableGuard, TableSnapshot};
 use crate::sys::clock::monotonic_now;
-use crate::sys::uring::{Completion, Op, Uring, NO_SLOT};
+use crate::sys::uring::{Completion, FileIndex, IoFailure, Op, Uring};
 
 /// Room for the largest datagram: header + MTU (at most `MAX_MTU`) + tag, rounded up.
 pub const SLOT_BYTES: usize = 2048;
@@ -123,8 +123,6 @@ pub struct WorkerContext {
     pub panic_after_packets: Option<u64>,
 }
 
-pub(super) const TUN_FILE: u8 = 0;
-
 /// What became of a slot's packet when it was not dropped.
 pub(super) enum Outcome {
     /// Handed to the kernel again (sent or written); the slot comes back with that completion.
@@ -138,7 +136,7 @@ pub(super) struct Worker {
     pub(super) ring: Uring,
     pub(super) counters: Counters,
     tun_slots: u32,
-    /// Per socket (file index - 1): true for IPv4.
+    /// Per socket, by its number ([`FileIndex::socket`]): true for IPv4.
     pub(super) socket_families: Vec<bool>,
     pub(super) offloads: bool,
     /// Bytes a receive may fill in a socket slot, single-shot or as a provided buffer: what
@@ -185,8 +183,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
             );
         }
     }
-    let mut files = vec![ctx.tun.as_raw_fd()];
-    files.extend(ctx.sockets.iter().map(|s| s.as_raw_fd()));
+    let sockets: Vec<_> = ctx.sockets.iter().map(|s| s.as_raw_fd()).collect();
     let tun_slots = TUN_READS_IN_FLIGHT as u32;
     let slots = TUN_READS_IN_FLIGHT + RECVS_IN_FLIGHT * ctx.sockets.len();
     let (slot_bytes, ops) = if ctx.offloads {
@@ -195,10 +192,18 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         (SLOT_BYTES, 1)
     };
     let entries = (slots * ops).next_power_of_two().min(4096) as u32;
-    let mut ring = Uring::new(&files, slots, slot_bytes, ops, entries)?;
-    for file in 1..=ctx.sockets.len() as u8 {
+    let mut ring = Uring::new(
+        ctx.tun.as_raw_fd(),
+        &sockets,
+        slots,
+        slot_bytes,
+        ops,
+        entries,
+    )?;
+    for number in 0..sockets.len() {
         // One multishot receive per socket into its slots (kernel 6.0+); else one receive
         // armed per slot.
+        let file = FileIndex::socket(number);
         if let Err(e) = ring.enable_multishot(file, RECVS_IN_FLIGHT as u16) {
             tracing::info!(worker = ctx.id, error = %e, "no multishot receive (kernel before 6.0?): one receive per slot");
         }
@@ -242,8 +247,10 @@ pub(super) fn worker_admission() -> Admission<SlotLimiter> {
 const PROVEN_SOURCE_SLOTS: usize = 16_384;
 
 impl Worker {
-    fn home_socket(&self, slot: u32) -> u8 {
-        (1 + (slot - self.tun_slots) as usize / RECVS_IN_FLIGHT) as u8
+    /// The socket a socket-side slot receives on: each socket has `RECVS_IN_FLIGHT` slots,
+    /// after the TUN's.
+    fn home_socket(&self, slot: u32) -> FileIndex {
+        FileIndex::socket((slot - self.tun_slots) as usize / RECVS_IN_FLIGHT)
     }
 
     fn arm_all(&mut self) {
@@ -285,11 +292,11 @@ impl Worker {
         match (slot < self.tun_slots, self.offloads) {
             (true, false) => self.ring.read(
                 slot,
-                TUN_FILE,
+                FileIndex::TUN,
                 TRANSPORT_HEADER_LEN,
                 SLOT_BYTES - TRANSPORT_HEADER_LEN - TAG_LEN,
             ),
-            (true, true) => self.ring.read(slot, TUN_FILE, 0, REGION),
+            (true, true) => self.ring.read(slot, FileIndex::TUN, 0, REGION),
             (false, _) if self.ring.is_multishot(self.home_socket(slot)) => {
                 self.ring
                     .provide(slot, self.home_socket(slot), self.receive_len)
@@ -373,31 +380,38 @@ impl Worker {
         table: &TableSnapshot,
         guard: &TableGuard<'_>,
     ) {
-        if c.slot == NO_SLOT {
-            // A multishot receive ended without a buffer: out of buffers (all held by packets
-            // still being sent or written; it is re-armed once one comes back) or an error.
-            if c.result < 0 && c.result != -libc::ENOBUFS && c.result != -libc::ECANCELED {
-                self.counters.drop(DropReason::IoError);
-                tracing::debug!(
-                    worker = self.ctx.id,
-                    errno = -c.result,
-                    "multishot receive error"
-                );
+        let c = match *c {
+            Completion::Slot(done) => done,
+            Completion::ReceiveEnded { file, failure } => {
+                // Out of buffers (all held by packets still being sent or written; it is
+                // re-armed once one comes back), cancelled at shutdown, or an error.
+                match failure {
+                    None | Some(IoFailure::OutOfBuffers | IoFailure::Cancelled) => {}
+                    Some(failure) => {
+                        self.counters.drop(DropReason::IoError);
+                        tracing::debug!(worker = self.ctx.id, socket = %file, error = %failure, "multishot receive error");
+                    }
+                }
+                return;
             }
-            return;
-        }
-        if c.result < 0 {
-            if c.result != -libc::ECANCELED && c.result != -libc::EAGAIN && c.result != -libc::EINTR
-            {
-                self.counters.drop(DropReason::IoError);
-                tracing::debug!(worker = self.ctx.id, op = ?c.op, errno = -c.result, "I/O error");
+        };
+        let n = match c.result {
+            Ok(n) => n,
+            Err(failure) => {
+                // Cancelled at shutdown, or to be retried: not an I/O error.
+                if !matches!(
+                    failure,
+                    IoFailure::Cancelled | IoFailure::WouldBlock | IoFailure::Interrupted
+                ) {
+                    self.counters.drop(DropReason::IoError);
+                    tracing::debug!(worker = self.ctx.id, op = ?c.op, error = %failure, "I/O error");
+                }
+                if c.slot_idle {
+                    self.rearm(c.slot);
+                }
+                return;
             }
-            if c.slot_idle {
-                self.rearm(c.slot);
-            }
-            return;
-        }
-        let n = c.result as usize;
+        };
         match c.op {
             Op::Read => match self.egress(c.slot, n, now, table, guard) {
                 Ok(Outcome::Queued) => {}
@@ -524,7 +538,7 @@ mod tests {
             let entries = w.ring.slot_count(); // one operation per slot without offloads
             for i in 0..entries {
                 let slot = 1 + (i % (entries - 1)) as u32;
-                w.ring.read(slot, TUN_FILE, 0, 64).unwrap();
+                w.ring.read(slot, FileIndex::TUN, 0, 64).unwrap();
             }
             let n = tun_packet(&mut w, 0);
             let snapshot = w.ctx.table.snapshot();
@@ -577,7 +591,7 @@ mod tests {
             let entries = w.ring.slot_count();
             for i in 0..entries {
                 let slot = 1 + (i % (entries - 1)) as u32;
-                w.ring.read(slot, TUN_FILE, 0, 64).unwrap();
+                w.ring.read(slot, FileIndex::TUN, 0, 64).unwrap();
             }
             // The queue is full and this thread cannot flush it.
             w.rearm(0);

@@ -54,21 +54,133 @@ impl Op {
     }
 }
 
+/// A file registered with a ring. The ring registers the TUN queue first and the sockets after
+/// it, in the order given to [`Uring::new`]: this type is the one place that order is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileIndex(u8);
+
+impl FileIndex {
+    /// The TUN queue.
+    pub const TUN: FileIndex = FileIndex(0);
+    /// The most sockets a ring registers: file indexes travel as a byte in the user data.
+    pub const MAX_SOCKETS: usize = u8::MAX as usize;
+
+    /// Socket `number` (counting from 0, in the order given to [`Uring::new`]).
+    ///
+    /// # Panics
+    /// Above [`FileIndex::MAX_SOCKETS`] - 1, which no ring registers.
+    pub const fn socket(number: usize) -> FileIndex {
+        assert!(
+            number < FileIndex::MAX_SOCKETS,
+            "a ring registers at most FileIndex::MAX_SOCKETS sockets"
+        );
+        FileIndex(number as u8 + 1)
+    }
+
+    /// Which socket this is (`None` for the TUN queue).
+    pub fn socket_number(self) -> Option<usize> {
+        usize::from(self.0).checked_sub(1)
+    }
+}
+
+impl std::fmt::Display for FileIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.socket_number() {
+            None => f.write_str("TUN"),
+            Some(number) => write!(f, "socket {number}"),
+        }
+    }
+}
+
+/// Why an operation moved no bytes, in the terms the data plane tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoFailure {
+    /// The operation was cancelled (ECANCELED): the ring is being torn down.
+    Cancelled,
+    /// Nothing to do yet (EAGAIN).
+    WouldBlock,
+    /// Interrupted by a signal (EINTR).
+    Interrupted,
+    /// A multishot receive found no provided buffer left (ENOBUFS): all are held by packets
+    /// still in flight; the receive has ended and can be re-armed once one comes back.
+    OutOfBuffers,
+    /// A datagram did not fit the room the receive offered, and the kernel cut it.
+    Truncated,
+    /// Any other error, by its errno.
+    Other(i32),
+}
+
+impl IoFailure {
+    /// The failure an operation's `errno` means (an ENOBUFS outside a multishot receive's
+    /// end is [`IoFailure::Other`]: a send, for instance, when the socket's buffer is full).
+    fn from_errno(errno: i32) -> IoFailure {
+        match errno {
+            libc::ECANCELED => IoFailure::Cancelled,
+            libc::EAGAIN => IoFailure::WouldBlock,
+            libc::EINTR => IoFailure::Interrupted,
+            other => IoFailure::Other(other),
+        }
+    }
+
+    /// The errno behind the failure (EMSGSIZE for a cut datagram), for logs.
+    pub fn errno(self) -> i32 {
+        match self {
+            IoFailure::Cancelled => libc::ECANCELED,
+            IoFailure::WouldBlock => libc::EAGAIN,
+            IoFailure::Interrupted => libc::EINTR,
+            IoFailure::OutOfBuffers => libc::ENOBUFS,
+            IoFailure::Truncated => libc::EMSGSIZE,
+            IoFailure::Other(errno) => errno,
+        }
+    }
+}
+
+impl std::fmt::Display for IoFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IoFailure::Truncated => f.write_str("datagram larger than the receive's room (cut)"),
+            _ => io::Error::from_raw_os_error(self.errno()).fmt(f),
+        }
+    }
+}
+
+/// A completion's result (bytes moved, or a negative errno) in [`IoFailure`] terms.
+fn outcome(result: i32) -> Result<usize, IoFailure> {
+    usize::try_from(result).map_err(|_| IoFailure::from_errno(result.wrapping_neg()))
+}
+
 /// One reaped completion.
-#[derive(Debug, Clone, Copy)]
-pub struct Completion {
-    /// The slot whose operation finished (its memory is ours again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// An operation on a slot finished.
+    Slot(SlotCompletion),
+    /// A socket's multishot receive ended without filling a buffer; `failure` says why (`None`:
+    /// the kernel reported no error). [`Uring::arm_multishot`] arms it again once the socket
+    /// has a buffer.
+    ReceiveEnded {
+        /// The socket.
+        file: FileIndex,
+        /// Why it ended.
+        failure: Option<IoFailure>,
+    },
+}
+
+/// An operation on a slot that finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotCompletion {
+    /// The slot whose operation finished (for a multishot receive, the buffer the kernel
+    /// picked).
     pub slot: u32,
     /// The operation.
     pub op: Op,
-    /// The index of the registered file it ran on.
-    pub file: u8,
+    /// The registered file it ran on.
+    pub file: FileIndex,
     /// Which of the slot's operations (several sends or writes may share one slot).
     pub op_index: u16,
     /// The slot has no operation in flight any more: its buffer is ours again.
     pub slot_idle: bool,
-    /// The kernel's result: bytes moved, or a negative errno.
-    pub result: i32,
+    /// Bytes moved (a received datagram's length), or why none were.
+    pub result: Result<usize, IoFailure>,
 }
 
 /// Room for one control message carrying a u16/int (UDP_SEGMENT, UDP_GRO), 8-byte aligned.
@@ -85,7 +197,7 @@ const NAME_SPACE: usize = std::mem::size_of::<libc::sockaddr_storage>();
 const RECV_HEADROOM: usize = RECV_OUT_LEN + NAME_SPACE + CMSG_SPACE;
 /// The slot number in a multishot receive's user data: its completions name their slot by the
 /// buffer id the kernel picked.
-pub const NO_SLOT: u32 = u32::MAX;
+const MULTISHOT_RECEIVE: u32 = u32::MAX;
 /// Page alignment the kernel requires of a buffer ring it does not allocate itself.
 const PAGE: usize = 4096;
 
@@ -108,7 +220,7 @@ struct Slot {
     /// messages are in the headroom, not in the op record.
     multishot_filled: bool,
     /// The file whose buffer ring holds this slot's buffer, if any.
-    provided_to: Option<u8>,
+    provided_to: Option<FileIndex>,
     /// The most payload the last receive armed on this slot may put in it.
     receive_capacity: usize,
 }
@@ -118,7 +230,8 @@ pub struct Uring {
     ring: IoUring,
     slots: Box<[Slot]>,
     completions: Vec<Completion>,
-    /// Per registered file: its buffer ring, when it receives with a multishot `recvmsg`.
+    /// Per registered file (by [`FileIndex`]): its buffer ring, when it receives with a
+    /// multishot `recvmsg`.
     buf_rings: Vec<Option<BufRing>>,
 }
 
@@ -126,8 +239,8 @@ pub struct Uring {
 // move with the `Uring`; nothing is shared with another thread.
 unsafe impl Send for Uring {}
 
-fn user_data(slot: u32, op: Op, file: u8, op_index: u16) -> u64 {
-    (slot as u64) | ((op as u64) << 32) | ((file as u64) << 40) | ((op_index as u64) << 48)
+fn user_data(slot: u32, op: Op, file: FileIndex, op_index: u16) -> u64 {
+    (slot as u64) | ((op as u64) << 32) | ((file.0 as u64) << 40) | ((op_index as u64) << 48)
 }
 
 /// SOL_UDP and its options (linux/udp.h): segmentation offload on send, GRO on receive.
@@ -136,16 +249,28 @@ const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
 
 impl Uring {
-    /// A ring with `entries` submission entries, `files` registered (addressed by their index
-    /// from then on) and `slots` slots of `buf_size` bytes each, each able to carry
-    /// `ops_per_slot` operations at once.
+    /// A ring with `entries` submission entries, the TUN queue `tun` and `sockets` registered
+    /// (addressed by [`FileIndex::TUN`] and [`FileIndex::socket`] from then on) and `slots`
+    /// slots of `buf_size` bytes each, each able to carry `ops_per_slot` operations at once.
     pub fn new(
-        files: &[RawFd],
+        tun: RawFd,
+        sockets: &[RawFd],
         slots: usize,
         buf_size: usize,
         ops_per_slot: usize,
         entries: u32,
     ) -> Result<Uring, SysError> {
+        if sockets.len() > FileIndex::MAX_SOCKETS {
+            return Err(SysError::InvalidArgument(format!(
+                "{} sockets for one io_uring: at most {} (use fewer sockets per worker)",
+                sockets.len(),
+                FileIndex::MAX_SOCKETS
+            )));
+        }
+        // In FileIndex order: the TUN queue, then socket 0, 1, ...
+        let files: Vec<RawFd> = std::iter::once(tun)
+            .chain(sockets.iter().copied())
+            .collect();
         // SINGLE_ISSUER + DEFER_TASKRUN: completions are processed when this thread asks for
         // them, without interrupting it or waking kernel workers (kernel 6.1+); fall back to a
         // plain ring on older kernels.
@@ -163,7 +288,7 @@ impl Uring {
                 )
             })?;
         ring.submitter()
-            .register_files(files)
+            .register_files(&files)
             .map_err(|e| SysError::io("registering files with io_uring", e))?;
         let slots = (0..slots)
             .map(|_| Slot {
@@ -297,10 +422,16 @@ impl Uring {
     }
 
     /// Queues a read of up to `len` bytes into `buf[offset..]` from registered file `file`.
-    pub fn read(&mut self, slot: u32, file: u8, offset: usize, len: usize) -> io::Result<()> {
+    pub fn read(
+        &mut self,
+        slot: u32,
+        file: FileIndex,
+        offset: usize,
+        len: usize,
+    ) -> io::Result<()> {
         let s = self.claim(slot, 0, offset, len)?;
         let ptr = s.buf[RECV_HEADROOM + offset..].as_mut_ptr();
-        let entry = opcode::Read::new(types::Fixed(file as u32), ptr, len as u32)
+        let entry = opcode::Read::new(types::Fixed(u32::from(file.0)), ptr, len as u32)
             .build()
             .user_data(user_data(slot, Op::Read, file, 0));
         self.push_claimed(slot, entry)
@@ -312,13 +443,13 @@ impl Uring {
         &mut self,
         slot: u32,
         op_index: u16,
-        file: u8,
+        file: FileIndex,
         offset: usize,
         len: usize,
     ) -> io::Result<()> {
         let s = self.claim(slot, op_index, offset, len)?;
         let ptr = s.buf[RECV_HEADROOM + offset..].as_ptr();
-        let entry = opcode::Write::new(types::Fixed(file as u32), ptr, len as u32)
+        let entry = opcode::Write::new(types::Fixed(u32::from(file.0)), ptr, len as u32)
             .build()
             .user_data(user_data(slot, Op::Write, file, op_index));
         self.push_claimed(slot, entry)
@@ -326,7 +457,13 @@ impl Uring {
 
     /// Queues a `recvmsg` into `buf[offset..offset + len]` on registered socket `file`, with
     /// room for the UDP GRO control message.
-    pub fn recv(&mut self, slot: u32, file: u8, offset: usize, len: usize) -> io::Result<()> {
+    pub fn recv(
+        &mut self,
+        slot: u32,
+        file: FileIndex,
+        offset: usize,
+        len: usize,
+    ) -> io::Result<()> {
         let s = self.claim(slot, 0, offset, len)?;
         s.multishot_filled = false;
         s.receive_capacity = len;
@@ -343,7 +480,7 @@ impl Uring {
         r.msg.msg_control = r.cmsg.as_mut_ptr().cast();
         r.msg.msg_controllen = CMSG_SPACE as _;
         r.msg.msg_flags = 0;
-        let entry = opcode::RecvMsg::new(types::Fixed(file as u32), &mut r.msg)
+        let entry = opcode::RecvMsg::new(types::Fixed(u32::from(file.0)), &mut r.msg)
             .build()
             .user_data(user_data(slot, Op::Recv, file, 0));
         self.push_claimed(slot, entry)
@@ -357,7 +494,7 @@ impl Uring {
         &mut self,
         slot: u32,
         op_index: u16,
-        file: u8,
+        file: FileIndex,
         offset: usize,
         len: usize,
         dest: SocketAddr,
@@ -388,7 +525,7 @@ impl Uring {
                 r.msg.msg_controllen = 0;
             }
         }
-        let entry = opcode::SendMsg::new(types::Fixed(file as u32), &r.msg)
+        let entry = opcode::SendMsg::new(types::Fixed(u32::from(file.0)), &r.msg)
             .build()
             .user_data(user_data(slot, Op::Send, file, op_index));
         self.push_claimed(slot, entry)
@@ -420,11 +557,11 @@ impl Uring {
             let Some(op) = Op::from_u8((ud >> 32) as u8) else {
                 continue;
             };
-            if slot == NO_SLOT {
+            if slot == MULTISHOT_RECEIVE {
                 let done = reap_multishot(
                     &mut self.buf_rings,
                     &mut self.slots,
-                    (ud >> 40) as u8,
+                    FileIndex((ud >> 40) as u8),
                     cqe.result(),
                     cqe.flags(),
                 );
@@ -438,14 +575,14 @@ impl Uring {
                 s.busy = s.busy.saturating_sub(1);
                 slot_idle = s.busy == 0;
             }
-            self.completions.push(Completion {
+            self.completions.push(Completion::Slot(SlotCompletion {
                 slot,
                 op,
-                file: (ud >> 40) as u8,
+                file: FileIndex((ud >> 40) as u8),
                 op_index: (ud >> 48) as u16,
                 slot_idle,
-                result: cqe.result(),
-            });
+                result: outcome(cqe.result()),
+            }));
         }
     }
 }
@@ -525,7 +662,7 @@ impl Drop for Uring {
                 for s in self
                     .slots
                     .iter_mut()
-                    .filter(|s| s.provided_to == Some(file as u8))
+                    .filter(|s| s.provided_to == Some(FileIndex(file as u8)))
                 {
                     s.provided_to = None;
                     s.busy = s.busy.saturating_sub(1);

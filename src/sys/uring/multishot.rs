@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::{cqueue, opcode, types};
 
 use super::{
-    user_data, Completion, Op, Slot, Uring, CMSG_SPACE, NAME_SPACE, NO_SLOT, PAGE, RECV_HEADROOM,
+    outcome, user_data, Completion, FileIndex, IoFailure, Op, Slot, SlotCompletion, Uring,
+    CMSG_SPACE, MULTISHOT_RECEIVE, NAME_SPACE, PAGE, RECV_HEADROOM,
 };
 
 /// A provided-buffer ring for one socket's multishot receive.
@@ -32,11 +33,11 @@ impl Uring {
     /// Makes registered socket `file` receive with one multishot `recvmsg` into provided
     /// buffers (up to `buffers` of them, a power of two): registers its buffer ring. Fails on
     /// kernels without buffer rings (before 5.19); the caller then keeps single-shot receives.
-    pub fn enable_multishot(&mut self, file: u8, buffers: u16) -> io::Result<()> {
+    pub fn enable_multishot(&mut self, file: FileIndex, buffers: u16) -> io::Result<()> {
         let invalid = |what| io::Error::new(io::ErrorKind::InvalidInput, what);
         if self
             .buf_rings
-            .get(file as usize)
+            .get(usize::from(file.0))
             .is_none_or(Option::is_some)
         {
             return Err(invalid("no such file, or multishot already enabled"));
@@ -61,7 +62,7 @@ impl Uring {
             self.ring.submitter().register_buf_ring_with_flags(
                 entries.as_ptr() as u64,
                 count,
-                u16::from(file),
+                u16::from(file.0),
                 0,
             )
         };
@@ -74,7 +75,7 @@ impl Uring {
         let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         msg.msg_namelen = NAME_SPACE as libc::socklen_t;
         msg.msg_controllen = CMSG_SPACE as _;
-        self.buf_rings[file as usize] = Some(BufRing {
+        self.buf_rings[usize::from(file.0)] = Some(BufRing {
             entries,
             layout,
             mask: count - 1,
@@ -87,20 +88,20 @@ impl Uring {
     }
 
     /// Whether `file` receives with a multishot `recvmsg` ([`Uring::enable_multishot`]).
-    pub fn is_multishot(&self, file: u8) -> bool {
+    pub fn is_multishot(&self, file: FileIndex) -> bool {
         self.buf_rings
-            .get(file as usize)
+            .get(usize::from(file.0))
             .is_some_and(Option::is_some)
     }
 
     /// Hands idle `slot` to the kernel as a buffer for `file`'s multishot receive, with room for
     /// `len` bytes of payload (the headroom in front of the data comes on top): no more than
     /// the caller reads a datagram from.
-    pub fn provide(&mut self, slot: u32, file: u8, len: usize) -> io::Result<()> {
+    pub fn provide(&mut self, slot: u32, file: FileIndex, len: usize) -> io::Result<()> {
         let invalid = |what| io::Error::new(io::ErrorKind::InvalidInput, what);
         let ring = self
             .buf_rings
-            .get_mut(file as usize)
+            .get_mut(usize::from(file.0))
             .and_then(Option::as_mut)
             .ok_or(invalid("multishot not enabled on this file"))?;
         let bid = u16::try_from(slot).map_err(|_| invalid("slot number above 65535"))?;
@@ -148,7 +149,12 @@ impl Uring {
             };
             let entry = opcode::RecvMsgMulti::new(types::Fixed(file as u32), msg, file as u16)
                 .build()
-                .user_data(user_data(NO_SLOT, Op::Recv, file as u8, 0));
+                .user_data(user_data(
+                    MULTISHOT_RECEIVE,
+                    Op::Recv,
+                    FileIndex(file as u8),
+                    0,
+                ));
             self.push(entry)?;
             if let Some(ring) = self.buf_rings[file].as_mut() {
                 ring.armed = true;
@@ -158,51 +164,58 @@ impl Uring {
     }
 }
 
-/// One completion of a multishot receive on `file`: the slot is the buffer the kernel picked (or
-/// [`NO_SLOT`] for an error without one), the result the payload's length.
+/// One completion of a multishot receive on `file`: a datagram (or an error) in the buffer the
+/// kernel picked, or the end of the receive without a buffer.
 pub(super) fn reap_multishot(
     buf_rings: &mut [Option<BufRing>],
     slots: &mut [Slot],
-    file: u8,
+    file: FileIndex,
     result: i32,
     flags: u32,
 ) -> Completion {
-    let mut done = Completion {
-        slot: NO_SLOT,
-        op: Op::Recv,
+    let ended = Completion::ReceiveEnded {
         file,
-        op_index: 0,
-        slot_idle: false,
-        result,
+        failure: outcome(result).err().map(|failure| match failure {
+            IoFailure::Other(libc::ENOBUFS) => IoFailure::OutOfBuffers,
+            other => other,
+        }),
     };
-    let Some(ring) = buf_rings.get_mut(file as usize).and_then(Option::as_mut) else {
-        return done;
+    let Some(ring) = buf_rings
+        .get_mut(usize::from(file.0))
+        .and_then(Option::as_mut)
+    else {
+        return ended;
     };
     if !cqueue::more(flags) {
         ring.armed = false;
     }
     let Some(bid) = cqueue::buffer_select(flags) else {
-        return done;
+        return ended;
     };
     ring.provided = ring.provided.saturating_sub(1);
     let Some(s) = slots.get_mut(usize::from(bid)) else {
-        return done;
+        return ended;
     };
     s.busy = s.busy.saturating_sub(1);
     s.multishot_filled = true;
     s.provided_to = None;
-    done.slot = u32::from(bid);
-    done.slot_idle = s.busy == 0;
-    if result >= 0 {
+    let result = outcome(result).and_then(|_| {
         let payload = header_field(&s.buf, 8) as usize;
         let truncated = header_field(&s.buf, 12) & libc::MSG_TRUNC as u32 != 0;
-        done.result = if truncated || payload > s.receive_capacity {
-            -libc::EMSGSIZE
+        if truncated || payload > s.receive_capacity {
+            Err(IoFailure::Truncated)
         } else {
-            payload as i32
-        };
-    }
-    done
+            Ok(payload)
+        }
+    });
+    Completion::Slot(SlotCompletion {
+        slot: u32::from(bid),
+        op: Op::Recv,
+        file,
+        op_index: 0,
+        slot_idle: s.busy == 0,
+        result,
+    })
 }
 
 /// The u32 at `at` of a multishot receive's `io_uring_recvmsg_out` header.

@@ -32,43 +32,136 @@ fn gro_cmsg_is_found_and_garbage_is_not() {
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
-/// A ring with one loopback UDP socket (file 0) receiving through a multishot `recvmsg`
-/// into `buffers` provided slots, and a sender.
+/// The socket of the rings below.
+const SOCKET: FileIndex = FileIndex::socket(0);
+
+/// A ring on `socket` ([`SOCKET`]) with `slots` slots of 2048 bytes, one operation each; the
+/// socket stands in for the TUN queue too (nothing here reads from the TUN).
+fn ring_on(socket: &UdpSocket, slots: usize, entries: u32) -> Result<Uring, SysError> {
+    let fd = socket.as_raw_fd();
+    Uring::new(fd, &[fd], slots, 2048, 1, entries)
+}
+
+#[test]
+fn file_indexes_name_the_tun_and_each_socket_apart() {
+    assert_eq!(FileIndex::TUN.socket_number(), None);
+    for number in [0, 1, FileIndex::MAX_SOCKETS - 1] {
+        let file = FileIndex::socket(number);
+        assert_ne!(file, FileIndex::TUN);
+        assert_eq!(file.socket_number(), Some(number));
+    }
+    assert_eq!(FileIndex::socket(1).to_string(), "socket 1");
+    assert_eq!(FileIndex::TUN.to_string(), "TUN");
+}
+
+#[test]
+fn each_file_index_reaches_the_file_registered_for_it() {
+    // Three sockets: one registered as the TUN queue, two as sockets; a receive on each file
+    // index gets the datagram sent to that file.
+    let files: Vec<UdpSocket> = (0..3)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let fds: Vec<_> = files.iter().map(|f| f.as_raw_fd()).collect();
+    let Ok(mut ring) = Uring::new(fds[0], &fds[1..], 3, 2048, 1, 16) else {
+        eprintln!("SKIPPED each_file_index_reaches_the_file_registered_for_it: no io_uring here");
+        return;
+    };
+    let indexes = [FileIndex::TUN, FileIndex::socket(0), FileIndex::socket(1)];
+    for (slot, file) in indexes.iter().enumerate() {
+        ring.recv(slot as u32, *file, 0, 2048).unwrap();
+    }
+    for (i, f) in files.iter().enumerate() {
+        sender
+            .send_to(&[i as u8; 7], f.local_addr().unwrap())
+            .unwrap();
+    }
+    let mut done = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while done.len() < 3 && std::time::Instant::now() < deadline {
+        done.extend_from_slice(ring.submit_and_wait(Duration::from_millis(50)).unwrap());
+    }
+    assert_eq!(done.len(), 3, "{done:?}");
+    for c in done {
+        let Completion::Slot(c) = c else {
+            panic!("no multishot receive here: {c:?}");
+        };
+        let slot = c.slot as usize;
+        assert_eq!(c.file, indexes[slot], "{c:?}");
+        assert_eq!(c.result, Ok(7), "{c:?}");
+        let payload = &ring.buffer(c.slot).unwrap()[..7];
+        assert_eq!(
+            payload, &[slot as u8; 7],
+            "slot {slot} received from its own file"
+        );
+    }
+}
+
+#[test]
+fn a_ring_refuses_more_sockets_than_file_indexes() {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let fd = socket.as_raw_fd();
+    let sockets = vec![fd; FileIndex::MAX_SOCKETS + 1];
+    let e = Uring::new(fd, &sockets, 1, 64, 1, 4)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("at most 255"), "{e}");
+}
+
+/// A ring with one loopback UDP socket receiving through a multishot `recvmsg` into `buffers`
+/// provided slots, and a sender.
 fn setup(buffers: u16) -> Option<(Uring, UdpSocket, UdpSocket)> {
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     sender.connect(receiver.local_addr().unwrap()).unwrap();
-    let mut ring = Uring::new(&[receiver.as_raw_fd()], 4, 2048, 1, 16).ok()?;
-    if let Err(e) = ring.enable_multishot(0, buffers) {
+    let mut ring = ring_on(&receiver, 4, 16).ok()?;
+    if let Err(e) = ring.enable_multishot(SOCKET, buffers) {
         eprintln!("SKIPPED: no buffer rings on this kernel: {e}");
         return None;
     }
     for slot in 0..u32::from(buffers) {
-        ring.provide(slot, 0, 2048).unwrap();
+        ring.provide(slot, SOCKET, 2048).unwrap();
     }
     ring.arm_multishot().unwrap();
     Some((ring, receiver, sender))
 }
 
-/// Receives until `want` datagrams completed (or 2 s): (slot, payload, source) each.
-fn receive(ring: &mut Uring, want: usize) -> Vec<(u32, Vec<u8>, Option<SocketAddr>)> {
-    let mut got = Vec::new();
+/// What [`receive`] got.
+#[derive(Default)]
+struct Received {
+    /// (slot, payload, source) of each datagram.
+    datagrams: Vec<(u32, Vec<u8>, Option<SocketAddr>)>,
+    /// How many times the multishot receive ended for want of a buffer.
+    out_of_buffers: usize,
+}
+
+/// Receives until `want` datagrams completed (or 2 s).
+fn receive(ring: &mut Uring, want: usize) -> Received {
+    let mut got = Received::default();
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while got.len() < want && std::time::Instant::now() < deadline {
+    while got.datagrams.len() < want && std::time::Instant::now() < deadline {
         ring.arm_multishot().unwrap();
         let done: Vec<Completion> = ring
             .submit_and_wait(Duration::from_millis(50))
             .unwrap()
             .to_vec();
         for c in done {
-            if c.slot == NO_SLOT {
-                assert_eq!(c.result, -libc::ENOBUFS, "unexpected multishot error");
-                continue;
-            }
-            assert!(c.slot_idle && c.result >= 0, "{c:?}");
-            let n = c.result as usize;
+            let c = match c {
+                Completion::Slot(c) => c,
+                Completion::ReceiveEnded { file, failure } => {
+                    assert_eq!(
+                        (file, failure),
+                        (SOCKET, Some(IoFailure::OutOfBuffers)),
+                        "unexpected end of the multishot receive"
+                    );
+                    got.out_of_buffers += 1;
+                    continue;
+                }
+            };
+            assert!(c.slot_idle, "{c:?}");
+            let n = c.result.expect("a datagram");
             let payload = ring.buffer(c.slot).unwrap()[..n].to_vec();
-            got.push((c.slot, payload, ring.source(c.slot)));
+            got.datagrams.push((c.slot, payload, ring.source(c.slot)));
         }
     }
     got
@@ -81,7 +174,7 @@ fn datagrams_land_in_provided_slots_with_their_source() {
     };
     sender.send(b"first").unwrap();
     sender.send(b"second datagram").unwrap();
-    let got = receive(&mut ring, 2);
+    let got = receive(&mut ring, 2).datagrams;
     assert_eq!(got.len(), 2);
     let mut slots: Vec<u32> = got.iter().map(|g| g.0).collect();
     slots.sort_unstable();
@@ -105,16 +198,26 @@ fn out_of_buffers_waits_for_one_to_come_back() {
     // One buffer: one datagram, then the kernel ends the receive (no buffer left); each time
     // the slot is given back and the receive re-armed, the next queued datagram arrives.
     let mut seen = Vec::new();
+    let mut out_of_buffers = 0;
     for _ in 0..3 {
         let got = receive(&mut ring, 1);
-        assert_eq!(got.len(), 1, "a datagram after the buffer came back");
-        assert_eq!(got[0].0, 0);
-        seen.push(got[0].1.clone());
-        ring.provide(0, 0, 2048).unwrap();
+        assert_eq!(
+            got.datagrams.len(),
+            1,
+            "a datagram after the buffer came back"
+        );
+        assert_eq!(got.datagrams[0].0, 0);
+        seen.push(got.datagrams[0].1.clone());
+        out_of_buffers += got.out_of_buffers;
+        ring.provide(0, SOCKET, 2048).unwrap();
     }
     assert_eq!(seen, vec![vec![0u8; 10], vec![1u8; 10], vec![2u8; 10]]);
+    assert!(
+        out_of_buffers > 0,
+        "the receive ended for want of a buffer while the only one was held"
+    );
     // A busy slot cannot be provided twice.
-    assert!(ring.provide(0, 0, 2048).is_err());
+    assert!(ring.provide(0, SOCKET, 2048).is_err());
 }
 
 #[test]
@@ -123,12 +226,12 @@ fn single_shot_receive_still_works_without_multishot() {
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     sender.connect(receiver.local_addr().unwrap()).unwrap();
-    let Ok(mut ring) = Uring::new(&[receiver.as_raw_fd()], 2, 2048, 1, 16) else {
+    let Ok(mut ring) = ring_on(&receiver, 2, 16) else {
         eprintln!("SKIPPED: no io_uring here");
         return;
     };
-    assert!(!ring.is_multishot(0));
-    ring.recv(1, 0, 0, 2048).unwrap();
+    assert!(!ring.is_multishot(SOCKET));
+    ring.recv(1, SOCKET, 0, 2048).unwrap();
     sender.send(b"one").unwrap();
     let mut done = Vec::new();
     for _ in 0..40 {
@@ -138,7 +241,13 @@ fn single_shot_receive_still_works_without_multishot() {
         }
     }
     assert_eq!(done.len(), 1);
-    assert_eq!((done[0].slot, done[0].op, done[0].result), (1, Op::Recv, 3));
+    let Completion::Slot(c) = done[0] else {
+        panic!("a single-shot receive completes on its slot: {:?}", done[0]);
+    };
+    assert_eq!(
+        (c.slot, c.op, c.file, c.result),
+        (1, Op::Recv, SOCKET, Ok(3))
+    );
     assert_eq!(&ring.buffer(1).unwrap()[..3], b"one");
     assert_eq!(ring.source(1), Some(sender.local_addr().unwrap()));
 }
@@ -146,16 +255,16 @@ fn single_shot_receive_still_works_without_multishot() {
 #[test]
 fn a_slot_whose_operation_cannot_be_queued_is_not_left_claimed() {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let ring = Uring::new(&[socket.as_raw_fd()], 5, 2048, 1, 4).unwrap();
+    let ring = ring_on(&socket, 5, 4).unwrap();
     // A single-issuer ring refuses submissions from any other thread than its creator's
     // (EEXIST): here, a queue that cannot be flushed when it is full.
     let (mut ring, failed) = std::thread::spawn(move || {
         let mut ring = ring;
         // Four receives fill the four-entry submission queue without submitting.
         for slot in 0..4 {
-            ring.recv(slot, 0, 0, 2048).unwrap();
+            ring.recv(slot, SOCKET, 0, 2048).unwrap();
         }
-        let failed = ring.recv(4, 0, 0, 2048);
+        let failed = ring.recv(4, SOCKET, 0, 2048);
         (ring, failed)
     })
     .join()
@@ -178,7 +287,7 @@ fn a_slot_whose_operation_cannot_be_queued_is_not_left_claimed() {
         );
     }
     // Back on the ring's own thread, the slot can be used again.
-    ring.recv(4, 0, 0, 2048).unwrap();
+    ring.recv(4, SOCKET, 0, 2048).unwrap();
     assert!(ring.buffer(4).is_none());
 }
 
@@ -187,18 +296,18 @@ fn a_provided_buffer_offers_exactly_the_length_asked_for() {
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     sender.connect(receiver.local_addr().unwrap()).unwrap();
-    let mut ring = Uring::new(&[receiver.as_raw_fd()], 2, 2048, 1, 16).unwrap();
-    if let Err(e) = ring.enable_multishot(0, 2) {
+    let mut ring = ring_on(&receiver, 2, 16).unwrap();
+    if let Err(e) = ring.enable_multishot(SOCKET, 2) {
         eprintln!("SKIPPED a_provided_buffer_offers_exactly_the_length_asked_for: {e}");
         return;
     }
     assert!(
-        ring.provide(1, 0, 2049).is_err(),
+        ring.provide(1, SOCKET, 2049).is_err(),
         "more than the slot holds"
     );
-    ring.provide(0, 0, 100).unwrap();
+    ring.provide(0, SOCKET, 100).unwrap();
     let entry = {
-        let r = ring.buf_rings[0].as_ref().unwrap();
+        let r = ring.buf_rings[usize::from(SOCKET.0)].as_ref().unwrap();
         // SAFETY: entry 0 of the ring, written by `provide` above.
         unsafe { &*r.entries.as_ptr() }
     };
@@ -209,17 +318,87 @@ fn a_provided_buffer_offers_exactly_the_length_asked_for() {
     sender.send(&[7u8; 300]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     let done = loop {
-        let got: Vec<Completion> = ring
+        let got: Vec<SlotCompletion> = ring
             .submit_and_wait(Duration::from_millis(50))
             .unwrap()
             .iter()
-            .copied()
-            .filter(|c| c.slot != NO_SLOT)
+            .filter_map(|c| match c {
+                Completion::Slot(c) => Some(*c),
+                Completion::ReceiveEnded { .. } => None,
+            })
             .collect();
         if let Some(c) = got.first() {
             break *c;
         }
         assert!(std::time::Instant::now() < deadline, "no completion");
     };
-    assert_eq!((done.slot, done.result), (0, -libc::EMSGSIZE));
+    assert_eq!((done.slot, done.result), (0, Err(IoFailure::Truncated)));
+}
+
+#[test]
+fn completion_results_are_classified_for_the_data_plane() {
+    assert_eq!(outcome(0), Ok(0));
+    assert_eq!(outcome(1452), Ok(1452));
+    assert_eq!(outcome(-libc::ECANCELED), Err(IoFailure::Cancelled));
+    assert_eq!(outcome(-libc::EAGAIN), Err(IoFailure::WouldBlock));
+    assert_eq!(outcome(-libc::EINTR), Err(IoFailure::Interrupted));
+    // ENOBUFS on a send (socket buffer full) is an error like any other.
+    assert_eq!(
+        outcome(-libc::ENOBUFS),
+        Err(IoFailure::Other(libc::ENOBUFS))
+    );
+    assert_eq!(
+        outcome(-libc::ECONNREFUSED),
+        Err(IoFailure::Other(libc::ECONNREFUSED))
+    );
+    // No panic on a result no kernel gives.
+    assert_eq!(outcome(i32::MIN), Err(IoFailure::Other(i32::MIN)));
+    for failure in [
+        IoFailure::Cancelled,
+        IoFailure::WouldBlock,
+        IoFailure::Interrupted,
+        IoFailure::Other(libc::ECONNREFUSED),
+    ] {
+        assert_eq!(outcome(-failure.errno()), Err(failure));
+    }
+    assert_eq!(IoFailure::OutOfBuffers.errno(), libc::ENOBUFS);
+    assert_eq!(IoFailure::Truncated.errno(), libc::EMSGSIZE);
+    assert!(IoFailure::Other(libc::ECONNREFUSED)
+        .to_string()
+        .contains("refused"));
+}
+
+#[test]
+fn a_multishot_receive_that_ends_without_a_buffer_says_why() {
+    // No buffer ring and no buffer id in the flags: the end of the receive, not a slot.
+    let file = FileIndex::socket(1);
+    let ended = |result| reap_multishot(&mut [], &mut [], file, result, 0);
+    assert_eq!(
+        ended(-libc::ENOBUFS),
+        Completion::ReceiveEnded {
+            file,
+            failure: Some(IoFailure::OutOfBuffers)
+        }
+    );
+    assert_eq!(
+        ended(-libc::ECANCELED),
+        Completion::ReceiveEnded {
+            file,
+            failure: Some(IoFailure::Cancelled)
+        }
+    );
+    assert_eq!(
+        ended(-libc::EBADF),
+        Completion::ReceiveEnded {
+            file,
+            failure: Some(IoFailure::Other(libc::EBADF))
+        }
+    );
+    assert_eq!(
+        ended(0),
+        Completion::ReceiveEnded {
+            file,
+            failure: None
+        }
+    );
 }
