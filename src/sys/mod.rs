@@ -13,6 +13,7 @@ pub mod clock;
 pub mod error;
 pub mod link;
 pub mod mem;
+pub mod netns;
 pub mod nft;
 pub mod notify;
 pub mod poll;
