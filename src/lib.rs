@@ -13,5 +13,6 @@ pub mod dataplane;
 pub mod offload;
 pub mod ops;
 pub mod proto;
+pub mod route;
 pub mod session_table;
 pub mod sys;
