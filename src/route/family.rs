@@ -2,11 +2,10 @@
 //! longest length to the shortest; each map split into shards behind their own `Arc`, so that
 //! a copy of the table shares everything and a change copies only what it touches.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use hashbrown::hash_table::{Entry, HashTable};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// A shard holds at most this many prefixes on average before its length's map doubles its
@@ -20,13 +19,13 @@ const SHARD_MAX: usize = 1024;
 #[cfg(test)]
 const SHARD_MAX: usize = 4;
 
-/// The shard index comes from these hash bits: above the low bits a shard's own hash map uses
+/// The shard index comes from these hash bits: above the low bits a shard's hash table uses
 /// for its bucket index and below the top 7 it uses as tags, so a shard's keys (which share
 /// these bits) still spread over its buckets.
 const SHARD_SHIFT: u32 = 40;
 
 /// An address as an integer of its width (u32 for IPv4, u128 for IPv6).
-pub(super) trait AddressBits: Copy + Eq + Hash + std::fmt::Debug {
+pub(super) trait AddressBits: Copy + Eq + std::fmt::Debug {
     /// The address width, also the longest prefix.
     const WIDTH: u8;
 
@@ -38,6 +37,9 @@ pub(super) trait AddressBits: Copy + Eq + Hash + std::fmt::Debug {
 
     /// The prefix of `len` bits starting at `self` (already masked).
     fn to_net(self, len: u8) -> IpNet;
+
+    /// Feeds the address to `eat` as 64-bit words (for hashing).
+    fn for_each_word(self, eat: impl FnMut(u64));
 }
 
 impl AddressBits for u32 {
@@ -57,6 +59,10 @@ impl AddressBits for u32 {
     fn to_net(self, len: u8) -> IpNet {
         IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::from(self), len))
     }
+
+    fn for_each_word(self, mut eat: impl FnMut(u64)) {
+        eat(u64::from(self));
+    }
 }
 
 impl AddressBits for u128 {
@@ -75,11 +81,18 @@ impl AddressBits for u128 {
     fn to_net(self, len: u8) -> IpNet {
         IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::from(self), len))
     }
+
+    fn for_each_word(self, mut eat: impl FnMut(u64)) {
+        eat(self as u64);
+        eat((self >> 64) as u64);
+    }
 }
 
-/// A seeded hash for the table's integer keys, cheaper than std's SipHash. Only the
-/// configuration chooses the keys stored, so an attacker cannot fill a bucket; addresses from
-/// packets only probe. The random seed keeps even the layout unpredictable.
+/// A seeded hash for the table's integer keys, computed once per probe: its middle bits pick
+/// the shard, its low bits the bucket and its top 7 bits the tag inside the shard (hashbrown's
+/// `HashTable` takes the hash as given). Only the configuration chooses the keys stored, so
+/// an attacker cannot fill a bucket; addresses from packets only probe. The random seed keeps
+/// even the layout unpredictable.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct KeyHash {
     seed: u64,
@@ -94,58 +107,31 @@ impl KeyHash {
             seed: u64::from_ne_bytes(seed),
         }
     }
-}
 
-impl BuildHasher for KeyHash {
-    type Hasher = KeyHasher;
-
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher { state: self.seed }
-    }
-}
-
-/// Multiply-rotate per 64-bit word, SplitMix64's finalizer at the end (every output bit
-/// depends on every input bit: the shard index and the maps' buckets and tags use different
-/// bits). The same construction as the session table's hash.
-#[derive(Debug)]
-pub(super) struct KeyHasher {
-    state: u64,
-}
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.state = (self.state ^ i)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29);
-    }
-
-    fn write_u128(&mut self, i: u128) {
-        self.write_u64(i as u64);
-        self.write_u64((i >> 64) as u64);
-    }
-
-    fn finish(&self) -> u64 {
+    /// Multiply-rotate per 64-bit word, SplitMix64's finalizer at the end, so that every
+    /// output bit depends on every input bit (the session table's hash, for these keys).
+    fn of<K: AddressBits>(self, key: K) -> u64 {
+        let mut state = self.seed;
+        key.for_each_word(|word| {
+            state = (state ^ word)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(29);
+        });
         // SplitMix64 (Steele, Lea, Flood 2014) finalizer.
-        let mut z = self.state;
+        let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
 }
 
-type Shard<K, V> = HashMap<K, V, KeyHash>;
+/// A shard: (masked address, value) pairs.
+type Shard<K, V> = HashTable<(K, V)>;
+
+/// Which of `count` shards (a power of two) holds the key of hash `hash`.
+fn shard_index(hash: u64, count: usize) -> usize {
+    (hash >> SHARD_SHIFT) as usize & (count - 1)
+}
 
 /// The prefixes of one length, keyed by their (masked) address.
 #[derive(Clone)]
@@ -159,18 +145,16 @@ struct LengthMap<K, V> {
 impl<K: AddressBits, V> LengthMap<K, V> {
     fn new(hash: KeyHash) -> Self {
         LengthMap {
-            shards: vec![Arc::new(Shard::with_hasher(hash))],
+            shards: vec![Arc::new(Shard::new())],
             entries: 0,
             hash,
         }
     }
 
-    fn shard_of(&self, key: K) -> usize {
-        shard_index(self.hash, key, self.shards.len())
-    }
-
     fn get(&self, key: K) -> Option<&V> {
-        self.shards.get(self.shard_of(key))?.get(&key)
+        let hash = self.hash.of(key);
+        let shard = self.shards.get(shard_index(hash, self.shards.len()))?;
+        shard.find(hash, |(k, _)| *k == key).map(|(_, v)| v)
     }
 
     fn iter(&self) -> impl Iterator<Item = (K, &V)> + '_ {
@@ -181,30 +165,40 @@ impl<K: AddressBits, V> LengthMap<K, V> {
 }
 
 impl<K: AddressBits, V: Clone> LengthMap<K, V> {
-    /// The shard of `key`, copied first if a published table still shares it.
-    fn shard_mut(&mut self, key: K) -> &mut Shard<K, V> {
-        let i = self.shard_of(key);
+    /// The shard of the key of hash `hash`, copied first if a published table still shares it.
+    fn shard_mut(&mut self, hash: u64) -> &mut Shard<K, V> {
+        let i = shard_index(hash, self.shards.len());
         Arc::make_mut(&mut self.shards[i])
     }
 
     /// Inserts or overwrites; returns the previous value.
     fn set(&mut self, key: K, value: V) -> Option<V> {
-        let previous = self.shard_mut(key).insert(key, value);
-        if previous.is_none() {
-            self.entries += 1;
-            if self.entries > self.shards.len() * SHARD_MAX {
-                self.double_shards();
+        let (hash, key_hash) = (self.hash.of(key), self.hash);
+        let shard = self.shard_mut(hash);
+        match shard.entry(hash, |(k, _)| *k == key, |(k, _)| key_hash.of(*k)) {
+            Entry::Occupied(mut held) => {
+                return Some(std::mem::replace(&mut held.get_mut().1, value));
+            }
+            Entry::Vacant(room) => {
+                room.insert((key, value));
             }
         }
-        previous
+        self.entries += 1;
+        if self.entries > self.shards.len() * SHARD_MAX {
+            self.double_shards();
+        }
+        None
     }
 
     fn remove(&mut self, key: K) -> Option<V> {
-        let removed = self.shard_mut(key).remove(&key);
-        if removed.is_some() {
-            self.entries -= 1;
-        }
-        removed
+        let hash = self.hash.of(key);
+        let ((_, removed), _) = self
+            .shard_mut(hash)
+            .find_entry(hash, |(k, _)| *k == key)
+            .ok()?
+            .remove();
+        self.entries -= 1;
+        Some(removed)
     }
 
     /// Redistributes the entries over twice as many shards: one write in about every
@@ -213,21 +207,19 @@ impl<K: AddressBits, V: Clone> LengthMap<K, V> {
         let count = self.shards.len() * 2;
         let per_shard = self.entries / count + 1;
         let mut fresh: Vec<Shard<K, V>> = (0..count)
-            .map(|_| Shard::with_capacity_and_hasher(per_shard, self.hash))
+            .map(|_| Shard::with_capacity(per_shard))
             .collect();
+        let key_hash = self.hash;
         for shard in std::mem::take(&mut self.shards) {
             // Moves the entries out of a shard no other table shares, copies them otherwise.
             for (key, value) in Arc::unwrap_or_clone(shard) {
-                fresh[shard_index(self.hash, key, count)].insert(key, value);
+                let hash = key_hash.of(key);
+                fresh[shard_index(hash, count)]
+                    .insert_unique(hash, (key, value), |(k, _)| key_hash.of(*k));
             }
         }
         self.shards = fresh.into_iter().map(Arc::new).collect();
     }
-}
-
-/// Which of `count` shards (a power of two) holds `key`.
-fn shard_index<K: Hash>(hash: KeyHash, key: K, count: usize) -> usize {
-    (hash.hash_one(key) >> SHARD_SHIFT) as usize & (count - 1)
 }
 
 /// One length present in a family.
