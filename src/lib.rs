@@ -6,6 +6,7 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`sys`]: the kernel edge (TUN, UDP sockets, routes, nftables); the only place with `unsafe`.
 //! - [`offload`]: pure segmentation, coalescing and checksums for TUN/UDP offloads.
+//! - [`route`]: the longest-prefix table for per-peer `allowed_ips`.
 //! - [`tunnel`]: the egress and ingress packet paths the server and the client share.
 //! - [`server`]: the headend as a library (engine, data plane, control thread, session table).
 //! - [`ops`]: the operator's side (control socket, metrics, latency logs).
@@ -17,6 +18,7 @@ pub mod config;
 pub mod offload;
 pub mod ops;
 pub mod proto;
+pub mod route;
 pub mod server;
 #[allow(unsafe_code)]
 pub mod sys;
