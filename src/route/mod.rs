@@ -146,6 +146,10 @@ impl<V> PrefixTable<V> {
     }
 
     /// The value of the longest prefix containing `addr`. No allocation, no lock.
+    ///
+    /// Inlined, so that the caller's address is read where it lies (a copy of an `IpAddr`
+    /// passed behind a pointer stalled every lookup on store forwarding in the bench).
+    #[inline]
     pub fn lookup(&self, addr: IpAddr) -> Option<&V> {
         match addr {
             IpAddr::V4(a) => self.lookup_v4(a),
@@ -154,11 +158,13 @@ impl<V> PrefixTable<V> {
     }
 
     /// [`lookup`](Self::lookup) for an IPv4 address.
+    #[inline]
     pub fn lookup_v4(&self, addr: Ipv4Addr) -> Option<&V> {
         self.v4.longest_match(u32::from(addr)).map(|(_, v)| v)
     }
 
     /// [`lookup`](Self::lookup) for an IPv6 address.
+    #[inline]
     pub fn lookup_v6(&self, addr: Ipv6Addr) -> Option<&V> {
         self.v6.longest_match(u128::from(addr)).map(|(_, v)| v)
     }
