@@ -303,6 +303,13 @@ impl<V> SharedPrefixTable<V> {
     pub fn snapshot(&self) -> Arc<PrefixTable<V>> {
         self.current.load_full()
     }
+
+    /// The current table without touching its reference count (arc-swap's per-thread debt
+    /// slots, so workers do not contend on one counter); for a short batch, like
+    /// [`snapshot`](Self::snapshot) otherwise.
+    pub fn load(&self) -> arc_swap::Guard<Arc<PrefixTable<V>>> {
+        self.current.load()
+    }
 }
 
 impl<V: Clone> SharedPrefixTable<V> {
