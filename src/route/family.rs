@@ -110,6 +110,7 @@ impl KeyHash {
 
     /// Multiply-rotate per 64-bit word, SplitMix64's finalizer at the end, so that every
     /// output bit depends on every input bit (the session table's hash, for these keys).
+    #[inline]
     fn of<K: AddressBits>(self, key: K) -> u64 {
         let mut state = self.seed;
         key.for_each_word(|word| {
@@ -151,6 +152,7 @@ impl<K: AddressBits, V> LengthMap<K, V> {
         }
     }
 
+    #[inline]
     fn get(&self, key: K) -> Option<&V> {
         let hash = self.hash.of(key);
         let shard = self.shards.get(shard_index(hash, self.shards.len()))?;
@@ -260,6 +262,7 @@ impl<K: AddressBits, V> Family<K, V> {
 
     /// The longest prefix containing `addr`, as (length, value). One hash probe per length
     /// present, longest first; no allocation.
+    #[inline]
     pub(super) fn longest_match(&self, addr: K) -> Option<(u8, &V)> {
         self.levels.iter().find_map(|level| {
             level

@@ -218,6 +218,7 @@ fn a_batch_is_published_whole_or_not_at_all() {
         })
         .unwrap();
     assert_eq!(shared.snapshot().lookup(ip("10.99.0.1")), Some(&1));
+    assert_eq!(shared.load().lookup(ip("10.99.0.1")), Some(&1));
     assert_eq!(
         before.lookup(ip("10.99.0.1")),
         Some(&2),
