@@ -133,5 +133,33 @@ fn main() {
     );
     write("client_receive", "cookie-reply", &with_prefix(&[2], cookie));
     write("client_receive", "data", &with_prefix(&[3], &data));
+
+    // datagram_decision: flags (bit 0 under load, bit 1 client_to_client, bits 2-3 mode),
+    // source port, source address byte, message. Mode 2 seals the message itself, so its seeds
+    // are plaintexts: to a host behind the server, to the second peer (relayed with bit 1),
+    // from an address the peer does not own, IPv6, and nothing (a keepalive).
+    let mut to_other = ip.clone();
+    to_other[16..20].copy_from_slice(&fx::OTHER_PEER_V4.octets());
+    let mut spoofed = ip.clone();
+    spoofed[12..16].copy_from_slice(&fx::OTHER_PEER_V4.octets());
+    let mut ip6_own = ip6;
+    ip6_own[8..24].copy_from_slice(&fx::assignment().ipv6.expect("has IPv6").0.octets());
+    for (name, flags, bytes) in [
+        ("raw-initiation", 0, &stranger[..]),
+        ("transport", 4, &data[..]),
+        ("sealed-to-tun", 8, &ip[..]),
+        ("sealed-relay", 8 | 2, &to_other[..]),
+        ("sealed-spoofed", 8, &spoofed[..]),
+        ("sealed-ipv6", 8, &ip6_own[..]),
+        ("sealed-keepalive", 8, &[][..]),
+        ("initiation", 12, &stranger[..]),
+        ("initiation-under-load", 12 | 1, &stranger[..]),
+    ] {
+        write(
+            "datagram_decision",
+            name,
+            &with_prefix(&[flags, 0x40, 0x9c, 10], bytes),
+        );
+    }
     println!("seed corpora written under fuzz/corpus/");
 }

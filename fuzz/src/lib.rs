@@ -1,6 +1,7 @@
 //! Fixtures shared by the fuzz targets and the seed-corpus generator: fixed keys, a server that
 //! knows one peer, a client for that peer, and helpers that complete a real handshake in memory
-//! (the same way `tests/proto_pair.rs` drives the sans-IO core).
+//! (the same way `tests/proto_pair.rs` drives the sans-IO core); and a worker's session table
+//! and gate for the per-datagram decision.
 //!
 //! Everything is deterministic except the Noise ephemeral keys, which snow draws from the OS;
 //! so a genuine message made here is valid for these static keys but differs from run to run.
@@ -9,14 +10,20 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use concentrator::proto::client::{Client, ClientEvent, ClientParams};
-use concentrator::proto::cookie::{self, MacKeys};
+use concentrator::proto::cookie::{self, CookieSecrets, MacKeys};
+use concentrator::proto::keypair::Keypair;
 use concentrator::proto::keys::{PresharedKey, PublicKey, StaticSecret};
 use concentrator::proto::rng::{Random, SeededRandom};
 use concentrator::proto::server::{HandshakeReply, PeerConfig, Server};
 use concentrator::proto::session::Session;
 use concentrator::proto::time::Instant;
 use concentrator::proto::wire::{AddressAssignment, INITIATION_LEN, RESPONSE_LEN};
+use concentrator::server::decision::{Gate, GateConfig};
+use concentrator::server::handoff::LoadSignal;
+use concentrator::server::session_table::{PeerEntry, SessionTable};
+use zeroize::Zeroizing;
 
 /// The simulated clock at which every fixture starts.
 pub const START: Instant = Instant::from_nanos(1_000_000_000);
@@ -194,4 +201,109 @@ pub fn sized(data: &[u8], len: usize) -> Vec<u8> {
 /// Recomputes mac1 of a whole initiation or response in place.
 pub fn fix_mac1(keys: &MacKeys, msg: &mut [u8]) {
     cookie::write_mac1(keys, msg);
+}
+
+/// The second peer's address: packets to it are relayed (with `client_to_client`).
+pub const OTHER_PEER_V4: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 8);
+
+/// A worker's view for `Gate::decide`: a session table with the known peer and a second one,
+/// both with a live keypair, and the sessions of their own ends (to seal what the known peer
+/// sends and open what the second one is sent). Fixed keys stand in for a handshake, so a fresh
+/// one per input costs four AES key schedules, not Diffie-Hellmans.
+pub struct DecisionFixture {
+    /// The server's table: the known peer under [`KNOWN_PEER_INDEX`] and [`assignment`], the
+    /// second peer under [`OTHER_PEER_INDEX`] and [`OTHER_PEER_V4`].
+    pub table: SessionTable,
+    /// The known peer's end: seals as the known peer.
+    pub known_peer: Session,
+    /// The second peer's end: opens what the server sealed for it.
+    pub other_peer: Session,
+}
+
+/// The receiver index of the known peer's keypair on the server.
+pub const KNOWN_PEER_INDEX: u32 = 0x0101_0101;
+/// The receiver index of the second peer's keypair on the server.
+pub const OTHER_PEER_INDEX: u32 = 0x0202_0202;
+
+/// A session holding one keypair, current at [`START`].
+fn live_session(send: u8, receive: u8, local: u32, remote: u32) -> Session {
+    let session = Session::new();
+    let keypair = Keypair::new(
+        &Zeroizing::new([send; 32]),
+        &Zeroizing::new([receive; 32]),
+        local,
+        remote,
+        START,
+        true, // current at once, without a confirming packet
+    );
+    session.install(Arc::new(keypair), START);
+    session
+}
+
+impl DecisionFixture {
+    /// The table and both ends.
+    pub fn new() -> Self {
+        let table = SessionTable::new();
+        let peers = [
+            (client_public(), assignment(), KNOWN_PEER_INDEX, 1u8),
+            (
+                stranger_public(),
+                AddressAssignment {
+                    ipv4: OTHER_PEER_V4,
+                    ipv4_prefix: 16,
+                    ipv6: None,
+                    mtu: 1420,
+                },
+                OTHER_PEER_INDEX,
+                3u8,
+            ),
+        ];
+        for (key, assignment, index, k) in peers {
+            let session = Arc::new(live_session(k, k + 1, index, !index));
+            let entry = Arc::new(PeerEntry::new(key, session, assignment));
+            table.insert_peer(&entry);
+            table.insert_index(index, &entry);
+        }
+        DecisionFixture {
+            table,
+            known_peer: live_session(2, 1, !KNOWN_PEER_INDEX, KNOWN_PEER_INDEX),
+            other_peer: live_session(4, 3, !OTHER_PEER_INDEX, OTHER_PEER_INDEX),
+        }
+    }
+}
+
+impl Default for DecisionFixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The public key of [`stranger`].
+pub fn stranger_public() -> PublicKey {
+    let mut b = [0u8; 32];
+    SeededRandom(0x57a4).fill(&mut b);
+    StaticSecret::from_bytes(b).public_key()
+}
+
+/// A worker's gate for [`server`], under load or not.
+pub fn gate(client_to_client: bool, under_load: bool) -> Gate {
+    let load = Arc::new(LoadSignal::default());
+    if under_load {
+        load.publish(Some(Instant::from_nanos(u64::MAX)));
+    }
+    let config = GateConfig {
+        mac_keys: Arc::new(server_mac_keys()),
+        load,
+        cookie_secrets: Arc::new(ArcSwap::new(server_cookie_secrets())),
+        client_to_client,
+    };
+    Gate::new(config, &mut SeededRandom(0x9a7e))
+}
+
+/// The cookie secrets of [`server`] (made once: a server costs a Diffie-Hellman key).
+fn server_cookie_secrets() -> Arc<CookieSecrets> {
+    static SECRETS: std::sync::OnceLock<Arc<CookieSecrets>> = std::sync::OnceLock::new();
+    SECRETS
+        .get_or_init(|| server().cookie_secrets().clone())
+        .clone()
 }

@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod dataplane;
+pub mod decision;
 pub mod engine;
 pub mod handoff;
 pub mod host;

@@ -12,21 +12,18 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use crossbeam_channel::TrySendError;
+use crossbeam_channel::{Sender, TrySendError};
 
-use super::stats::DropReason;
-use super::worker::{session_drop, Outcome, Worker};
+use super::stats::{Counters, DropReason};
+use super::worker::{Outcome, Worker};
 use crate::offload::coalesce::{Coalescer, Push};
 use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
-use crate::proto::admission::{Admission, Verdict};
 use crate::proto::ip;
-use crate::proto::ratelimit::SlotLimiter;
 use crate::proto::time::Instant;
-use crate::proto::wire::{
-    self, MessageType, COOKIE_REPLY_LEN, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN,
-};
+use crate::proto::wire::{INITIATION_LEN, TRANSPORT_HEADER_LEN};
+use crate::server::decision::Decision;
 use crate::server::handoff::HandshakeMessage;
-use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
+use crate::server::session_table::{TableGuard, TableSnapshot};
 use crate::sys::uring::FileIndex;
 use crate::tunnel::egress;
 
@@ -102,20 +99,6 @@ impl PendingOps {
     }
 }
 
-/// Where an opened datagram's plaintext goes.
-enum Delivery<'t> {
-    /// To the TUN: the plaintext is at this range of the datagram's buffer.
-    Tun(std::ops::Range<usize>),
-    /// To another client (relay), already sealed for it in place: `len` bytes from the
-    /// datagram's start.
-    Relay { len: usize, peer: &'t PeerEntry },
-    /// Back to the sender (a cookie reply), written in place: `len` bytes from the datagram's
-    /// start.
-    Reply { len: usize },
-    /// Nothing to deliver (keepalive, handshake passed on).
-    Nothing,
-}
-
 /// The socket for `dest`'s address family (`families[i]`: socket `i` is IPv4).
 fn socket_for(families: &[bool], dest: &SocketAddr) -> Option<FileIndex> {
     families
@@ -127,7 +110,7 @@ fn socket_for(families: &[bool], dest: &SocketAddr) -> Option<FileIndex> {
 /// The drop reason of a TUN read the egress path refused.
 fn egress_drop(e: egress::EgressError) -> DropReason {
     match e {
-        egress::EgressError::Session(e) => session_drop(e),
+        egress::EgressError::Session(e) => DropReason::from(e),
         egress::EgressError::Malformed(_)
         | egress::EgressError::NoRoom
         | egress::EgressError::Empty => DropReason::Malformed,
@@ -155,7 +138,7 @@ impl Worker {
         let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
         let endpoint = peer.endpoint().ok_or(DropReason::NoEndpoint)?;
         let file = socket_for(&self.socket_families, &endpoint).ok_or(DropReason::NoEndpoint)?;
-        let len = peer.session.encrypt(buf, n, now).map_err(session_drop)?;
+        let len = peer.session.encrypt(buf, n, now)?;
         peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
         let mut ops = PendingOps::new();
         ops.push(Pending::Send {
@@ -256,7 +239,8 @@ impl Worker {
     }
 
     /// A receive completed with `n` bytes: one datagram, or with GRO several of one sender,
-    /// each `segment` bytes but the last.
+    /// each `segment` bytes but the last. Each goes through the gate ([`Gate::decide`]), and
+    /// what it decides is gathered into the slot's operations.
     pub(super) fn ingress(
         &mut self,
         slot: u32,
@@ -270,258 +254,168 @@ impl Worker {
             Some(size) if size > 0 => usize::from(size),
             _ => n,
         };
-        let offloads = self.offloads;
-        let receive_len = self.receive_len;
-        let gso_types = self.gso_types;
-        let client_to_client = self.client_to_client;
-        let mut gate = HandshakeGate {
-            queue: &self.ctx.handshakes,
-            mac_keys: &self.ctx.mac_keys,
-            load: &self.ctx.load,
-            admission: &mut self.admission,
-            cookie_secrets: &self.ctx.cookie_secrets,
-            nonces: &mut self.nonces,
-        };
-        let mut ops = PendingOps::new();
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
         // The receive was given exactly this much room (`Worker::receive_len`); the check
         // keeps a kernel that reported more from panicking the worker.
-        let (input, output) = buf.split_at_mut(receive_len.min(buf.len()));
+        let (input, output) = buf.split_at_mut(self.receive_len.min(buf.len()));
         if n > input.len() {
             return Err(DropReason::Malformed);
         }
+        let mut slot_ops = SlotOps {
+            pending: PendingOps::new(),
+            counters: &mut self.counters,
+            socket_families: &self.socket_families,
+            handshakes: &self.ctx.handshakes,
+        };
         let mut out_pos = 0;
-        let mut coalescer = Coalescer::new(&mut output[..], gso_types);
+        let mut coalescer = Coalescer::new(&mut output[..], self.gso_types);
         let mut start = 0;
-        let mut first_error = None;
         while start < n {
             let end = (start + segment).min(n);
-            self.counters.udp_rx_packets += 1;
-            self.counters.udp_rx_bytes += (end - start) as u64;
+            slot_ops.counters.udp_rx_packets += 1;
+            slot_ops.counters.udp_rx_bytes += (end - start) as u64;
             let datagram = &mut input[start..end];
-            let delivery = open_datagram(
-                datagram,
-                src,
-                now,
-                table,
-                guard,
-                client_to_client,
-                &mut gate,
-                &mut self.counters,
-            );
-            match delivery {
-                Err(why) => {
-                    self.counters.drop(why);
-                    first_error.get_or_insert(why);
-                }
-                Ok(Delivery::Nothing) => {}
-                Ok(Delivery::Relay { len, peer }) => {
-                    let Some(endpoint) = peer.endpoint() else {
-                        self.counters.drop(DropReason::NoEndpoint);
-                        start = end;
-                        continue;
-                    };
-                    self.counters.relayed_packets += 1;
-                    if !ops.push_datagram(&self.socket_families, start, len, endpoint) {
-                        self.counters.drop(DropReason::IoError);
+            match self.gate.decide(datagram, src, now, table, guard) {
+                Decision::ToTun(range) if self.offloads => {
+                    let packet = start + range.start..start + range.end;
+                    while coalesce(&mut coalescer, input, &packet, &mut out_pos, &mut slot_ops) {
+                        coalescer = Coalescer::new(&mut output[out_pos..], self.gso_types);
                     }
                 }
-                Ok(Delivery::Reply { len }) => {
-                    if !ops.push_datagram(&self.socket_families, start, len, src) {
-                        self.counters.drop(DropReason::IoError);
-                    }
-                }
-                Ok(Delivery::Tun(range)) if !offloads => {
-                    let len = range.len();
-                    if !ops.push(Pending::Write {
-                        offset: start + range.start,
-                        len,
-                        packets: 1,
-                    }) {
-                        self.counters.drop(DropReason::IoError);
-                    }
-                }
-                Ok(Delivery::Tun(range)) => {
-                    let packet_at = start + range.start;
-                    loop {
-                        match coalescer.try_push(&input[packet_at..start + range.end]) {
-                            Push::Started | Push::Merged => break,
-                            Push::Rejected => {
-                                let done = coalescer.finish().map(|c| (c.frame.len(), c.segments));
-                                if let Some((len, packets)) = done {
-                                    if !ops.push(Pending::Write {
-                                        offset: REGION + out_pos,
-                                        len,
-                                        packets: packets as u64,
-                                    }) {
-                                        self.counters.drop(DropReason::IoError);
-                                    }
-                                    out_pos += len;
-                                }
-                                coalescer = Coalescer::new(&mut output[out_pos..], gso_types);
-                            }
-                            Push::TooLarge => {
-                                // Write it alone, its virtio header in the transport header's place.
-                                let hdr_at = packet_at - VNET_HDR_LEN;
-                                VirtioNetHdr::NONE.emit(&mut input[hdr_at..packet_at]);
-                                if !ops.push(Pending::Write {
-                                    offset: hdr_at,
-                                    len: VNET_HDR_LEN + range.len(),
-                                    packets: 1,
-                                }) {
-                                    self.counters.drop(DropReason::IoError);
-                                }
-                                break;
-                            }
-                        }
-                    }
-                }
+                decision => slot_ops.carry_out(decision, datagram, start, src, now),
             }
             start = end;
         }
-        if let Some(c) = coalescer.finish() {
-            let (len, packets) = (c.frame.len(), c.segments as u64);
-            if !ops.push(Pending::Write {
-                offset: REGION + out_pos,
-                len,
-                packets,
-            }) {
-                self.counters.drop(DropReason::IoError);
-            }
-        }
-        if ops.len == 0 {
+        flush_coalescer(&mut coalescer, out_pos, &mut slot_ops);
+        let pending = slot_ops.pending;
+        if pending.len == 0 {
             // Every datagram was dropped (counted above) or needed nothing.
             return Ok(Outcome::Consumed);
         }
-        Ok(self.submit(slot, &ops))
+        Ok(self.submit(slot, &pending))
     }
 }
 
-/// What a worker needs to vet handshake initiations, and to answer them with a cookie reply
-/// under load, before anything reaches the control thread.
-struct HandshakeGate<'a> {
-    queue: &'a crossbeam_channel::Sender<HandshakeMessage>,
-    mac_keys: &'a crate::proto::cookie::MacKeys,
-    load: &'a crate::server::handoff::LoadSignal,
-    admission: &'a mut Admission<SlotLimiter>,
-    cookie_secrets: &'a arc_swap::ArcSwap<crate::proto::cookie::CookieSecrets>,
-    nonces: &'a mut crate::proto::rng::PrfRandom,
+/// The operations a received slot gathers, with the parts of the worker they need (apart
+/// from its ring, which holds the slot's buffer meanwhile).
+struct SlotOps<'w> {
+    pending: PendingOps,
+    counters: &'w mut Counters,
+    socket_families: &'w [bool],
+    handshakes: &'w Sender<HandshakeMessage>,
 }
 
-impl HandshakeGate<'_> {
-    /// Decides what becomes of an initiation (`datagram`, checked to be one) from `src`, with
-    /// the responder's own check ([`Admission::check`]): a bad mac1 is dropped; under load,
-    /// one without a valid mac2 is answered here with a cookie reply, written over it in place
-    /// and sent back from the same slot (no Diffie-Hellman, no state, no trip through the
-    /// control thread), within the worker's budget and with no per-source limit; one with a
-    /// valid mac2 is queued while its source is within its handshake rate. So the control
-    /// thread gets only what carries a valid mac1 and, under load, a valid mac2.
-    fn vet(
+impl SlotOps<'_> {
+    /// Carries out what the gate decided about `datagram`, at `at` of the slot, received from
+    /// `src` at `now`; with offloads, the caller coalesces what goes to the TUN instead.
+    fn carry_out(
         &mut self,
-        datagram: &mut [u8],
+        decision: Decision<'_>,
+        datagram: &[u8],
+        at: usize,
         src: SocketAddr,
         now: Instant,
-        counters: &mut super::stats::Counters,
-    ) -> Result<Delivery<'static>, DropReason> {
-        let under_load = self.load.under_load(now);
-        let secrets = self.cookie_secrets.load();
-        match self
-            .admission
-            .check(self.mac_keys, &secrets, datagram, src, now, under_load)
-        {
-            Verdict::Proceed => {}
-            Verdict::BadMac => return Err(DropReason::BadMac),
-            Verdict::OverReplyBudget | Verdict::RateLimited => {
-                return Err(DropReason::HandshakeShed)
+    ) {
+        match decision {
+            Decision::ToTun(range) => self.write(at + range.start, range.len(), 1),
+            Decision::Relay { len, peer } => match peer.endpoint() {
+                Some(endpoint) => {
+                    self.counters.relayed_packets += 1;
+                    self.send(at, len, endpoint);
+                }
+                None => self.counters.drop(DropReason::NoEndpoint),
+            },
+            Decision::CookieReply { len } => {
+                self.counters.cookie_replies += 1;
+                self.send(at, len, src);
             }
-            Verdict::CookieReply => {
-                let mut reply = [0u8; COOKIE_REPLY_LEN];
-                secrets.write_cookie_reply(self.mac_keys, datagram, src, self.nonces, &mut reply);
-                datagram[..COOKIE_REPLY_LEN].copy_from_slice(&reply);
-                counters.cookie_replies += 1;
-                return Ok(Delivery::Reply {
-                    len: COOKIE_REPLY_LEN,
-                });
-            }
+            Decision::QueueHandshake => self.queue_handshake(datagram, src, now),
+            Decision::Keepalive => {}
+            Decision::Drop(why) => self.counters.drop(why),
         }
-        let mut bytes = [0u8; INITIATION_LEN];
-        bytes.copy_from_slice(datagram);
-        match self.queue.try_send(HandshakeMessage {
+    }
+
+    /// Passes an initiation that the gate let through to the control thread; a full queue
+    /// drops it.
+    fn queue_handshake(&mut self, datagram: &[u8], src: SocketAddr, now: Instant) {
+        let Ok(bytes) = <[u8; INITIATION_LEN]>::try_from(datagram) else {
+            // The gate passes only initiations, which have exactly this length.
+            self.counters.drop(DropReason::Malformed);
+            return;
+        };
+        let message = HandshakeMessage {
             bytes,
             src,
             received: now,
-        }) {
-            Ok(()) => {
-                counters.handshakes_forwarded += 1;
-                Ok(Delivery::Nothing)
+        };
+        match self.handshakes.try_send(message) {
+            Ok(()) => self.counters.handshakes_forwarded += 1,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters.drop(DropReason::HandshakeQueueFull)
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                Err(DropReason::HandshakeQueueFull)
-            }
+        }
+    }
+
+    /// Queues a send of `len` bytes from `offset` to `dest`.
+    fn send(&mut self, offset: usize, len: usize, dest: SocketAddr) {
+        if !self
+            .pending
+            .push_datagram(self.socket_families, offset, len, dest)
+        {
+            self.counters.drop(DropReason::IoError);
+        }
+    }
+
+    /// Queues a TUN write of `len` bytes from `offset`, carrying `packets` packets.
+    fn write(&mut self, offset: usize, len: usize, packets: u64) {
+        let write = Pending::Write {
+            offset,
+            len,
+            packets,
+        };
+        if !self.pending.push(write) {
+            self.counters.drop(DropReason::IoError);
         }
     }
 }
 
-/// Opens one datagram in place and decides where its packet goes.
-#[allow(clippy::too_many_arguments)]
-fn open_datagram<'t>(
-    datagram: &mut [u8],
-    src: SocketAddr,
-    now: Instant,
-    table: &'t TableSnapshot,
-    guard: &'t TableGuard<'_>,
-    client_to_client: bool,
-    gate: &mut HandshakeGate<'_>,
-    counters: &mut super::stats::Counters,
-) -> Result<Delivery<'t>, DropReason> {
-    match wire::message_type(datagram) {
-        Ok(MessageType::Transport) => {}
-        Ok(MessageType::Initiation) => return gate.vet(datagram, src, now, counters),
-        Ok(_) => return Err(DropReason::UnexpectedType),
-        Err(_) => return Err(DropReason::Malformed),
-    }
-    let index = wire::transport_receiver_index(datagram).ok_or(DropReason::Malformed)?;
-    let peer = table
-        .by_index(index, guard)
-        .ok_or(DropReason::UnknownIndex)?;
-    let received = peer
-        .session
-        .decrypt(index, datagram, now)
-        .map_err(session_drop)?;
-    // Authenticated: the peer's endpoint follows it (roaming).
-    peer.roam_to(src);
-    if received.plaintext.is_empty() {
-        return Ok(Delivery::Nothing); // keepalive
-    }
-    let packet = &datagram[received.plaintext.clone()];
-    let (inner_src, inner_dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
-    if !peer.owns_source(inner_src) {
-        return Err(DropReason::SpoofedSource);
-    }
-    let len = ip::stated_len(packet).ok_or(DropReason::Malformed)?;
-    peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-    if client_to_client {
-        if let Some(other) = table.by_address(inner_dst, guard) {
-            // The plaintext sits between the old header's and the old tag's room: seal it there.
-            let sealed = other
-                .session
-                .encrypt(
-                    &mut datagram[..TRANSPORT_HEADER_LEN + len + TAG_LEN],
-                    len,
-                    now,
-                )
-                .map_err(session_drop)?;
-            other.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-            return Ok(Delivery::Relay {
-                len: sealed,
-                peer: other,
-            });
+/// Offers the plaintext at `packet` of `input` to `coalescer`. True when the coalescer's
+/// super-packet did not take it and was queued instead (at `*out_pos` of the output region,
+/// which moves past it): the caller starts a new coalescer at `*out_pos` and offers it again.
+fn coalesce(
+    coalescer: &mut Coalescer<'_>,
+    input: &mut [u8],
+    packet: &std::ops::Range<usize>,
+    out_pos: &mut usize,
+    slot_ops: &mut SlotOps<'_>,
+) -> bool {
+    match coalescer.try_push(&input[packet.clone()]) {
+        Push::Started | Push::Merged => false,
+        Push::Rejected => {
+            *out_pos += flush_coalescer(coalescer, *out_pos, slot_ops);
+            true
+        }
+        Push::TooLarge => {
+            // Write it alone, its virtio header in the transport header's place.
+            let hdr_at = packet.start - VNET_HDR_LEN;
+            VirtioNetHdr::NONE.emit(&mut input[hdr_at..packet.start]);
+            slot_ops.write(hdr_at, VNET_HDR_LEN + packet.len(), 1);
+            false
         }
     }
-    Ok(Delivery::Tun(
-        TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len,
-    ))
 }
 
-#[cfg(test)]
-mod tests;
+/// Queues the coalescer's pending super-packet, if any, as one TUN write from `out_pos` of the
+/// output region; returns its length.
+fn flush_coalescer(
+    coalescer: &mut Coalescer<'_>,
+    out_pos: usize,
+    slot_ops: &mut SlotOps<'_>,
+) -> usize {
+    let Some(done) = coalescer.finish() else {
+        return 0;
+    };
+    let (len, packets) = (done.frame.len(), done.segments as u64);
+    slot_ops.write(REGION + out_pos, len, packets);
+    len
+}

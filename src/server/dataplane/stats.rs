@@ -3,81 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Why the data plane dropped a packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum DropReason {
-    /// A TUN packet for an address no peer owns.
-    NoPeer,
-    /// The peer has not been heard from yet, so we do not know where to send.
-    NoEndpoint,
-    /// The peer has no valid keypair.
-    NoKeypair,
-    /// A datagram that is no message of ours, or malformed.
-    Malformed,
-    /// A transport message for a receiver index nobody holds.
-    UnknownIndex,
-    /// A replayed or too old counter.
-    Replay,
-    /// Failed authentication (tampered, or wrong key).
-    Authentication,
-    /// A key past its time or message limit.
-    KeyExpired,
-    /// Decrypted fine but claims an inner source address the peer does not own.
-    SpoofedSource,
-    /// A handshake initiation whose mac1 is wrong (checked before it is queued, so junk cannot
-    /// fill the control thread's queue).
-    BadMac,
-    /// A handshake message that found the control thread's queue full.
-    HandshakeQueueFull,
-    /// Under load, a cookie-less initiation from a source already past its rate of cookie
-    /// replies: shed by the worker before it reaches the control thread.
-    HandshakeShed,
-    /// A message type the server never receives (responses, cookie replies).
-    UnexpectedType,
-    /// The kernel refused a send or write.
-    IoError,
-}
-
-impl DropReason {
-    /// Every reason, in counter order.
-    pub const ALL: [DropReason; 14] = [
-        DropReason::NoPeer,
-        DropReason::NoEndpoint,
-        DropReason::NoKeypair,
-        DropReason::Malformed,
-        DropReason::UnknownIndex,
-        DropReason::Replay,
-        DropReason::Authentication,
-        DropReason::KeyExpired,
-        DropReason::SpoofedSource,
-        DropReason::BadMac,
-        DropReason::HandshakeQueueFull,
-        DropReason::HandshakeShed,
-        DropReason::UnexpectedType,
-        DropReason::IoError,
-    ];
-
-    /// Stable snake_case name (metrics labels, JSON keys).
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::NoPeer => "no_peer",
-            DropReason::NoEndpoint => "no_endpoint",
-            DropReason::NoKeypair => "no_keypair",
-            DropReason::Malformed => "malformed",
-            DropReason::UnknownIndex => "unknown_index",
-            DropReason::Replay => "replay",
-            DropReason::Authentication => "authentication",
-            DropReason::KeyExpired => "key_expired",
-            DropReason::SpoofedSource => "spoofed_source",
-            DropReason::BadMac => "bad_mac",
-            DropReason::HandshakeQueueFull => "handshake_queue_full",
-            DropReason::HandshakeShed => "handshake_shed",
-            DropReason::UnexpectedType => "unexpected_type",
-            DropReason::IoError => "io_error",
-        }
-    }
-}
+/// The reasons are the decision's ([`crate::server::decision`]), counted here.
+pub use crate::server::decision::DropReason;
 
 /// A worker's counters as plain numbers.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -16,12 +16,9 @@ use crossbeam_channel::Sender;
 
 use super::paths::{OPS_PER_SLOT, REGION};
 use super::stats::{Counters, DropReason, SharedCounters};
-use crate::proto::admission::Admission;
-use crate::proto::keypair::TransportError;
-use crate::proto::ratelimit::SlotLimiter;
-use crate::proto::session::SessionError;
 use crate::proto::time::Instant;
 use crate::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
+use crate::server::decision::{Gate, GateConfig};
 use crate::server::handoff::{HandshakeMessage, LoadSignal, SharedCookieSecrets};
 use crate::server::latency::{latency_histogram, record_latency, SharedLatency};
 use crate::server::session_table::{SessionTable, TableGuard, TableSnapshot};
@@ -143,12 +140,8 @@ pub(super) struct Worker {
     /// the ingress path reads the datagrams from (one region with offloads, else the slot).
     pub(super) receive_len: usize,
     pub(super) gso_types: crate::offload::coalesce::GsoTypes,
-    pub(super) client_to_client: bool,
-    /// The under-load check of initiations (the responder's, with a fixed table for the
-    /// per-source limit of valid-mac2 initiations; the control thread's limiter is exact).
-    pub(super) admission: Admission<SlotLimiter>,
-    /// Nonces of the cookie replies this worker writes.
-    pub(super) nonces: crate::proto::rng::PrfRandom,
+    /// Decides what becomes of each received datagram.
+    pub(super) gate: Gate,
     /// Idle slots whose re-arm could not be queued: retried before each wait (room for every
     /// slot, so adding one never allocates).
     unarmed: Vec<u32>,
@@ -214,37 +207,28 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         .iter()
         .map(|s| s.local_addr().map(|a| a.is_ipv4()).unwrap_or(true))
         .collect();
+    let gate = Gate::new(
+        GateConfig {
+            mac_keys: ctx.mac_keys.clone(),
+            load: ctx.load.clone(),
+            cookie_secrets: ctx.cookie_secrets.clone(),
+            client_to_client: ctx.client_to_client,
+        },
+        &mut crate::proto::rng::OsRandom,
+    );
     Ok(Worker {
         offloads: ctx.offloads,
         receive_len: if ctx.offloads { REGION } else { SLOT_BYTES },
         gso_types: ctx.gso_types,
-        client_to_client: ctx.client_to_client,
+        gate,
         ctx,
         ring,
         counters: Counters::default(),
         tun_slots,
         socket_families,
-        admission: worker_admission(),
-        nonces: crate::proto::rng::PrfRandom::new(&mut crate::proto::rng::OsRandom),
         unarmed,
     })
 }
-
-/// A worker's under-load check: the responder's budget of cookie replies, and WireGuard's
-/// per-source handshake rate for initiations with a valid mac2 in a fixed table.
-pub(super) fn worker_admission() -> Admission<SlotLimiter> {
-    Admission::new(SlotLimiter::new(
-        crate::proto::ratelimit::DEFAULT_PACKETS_PER_SECOND,
-        crate::proto::ratelimit::DEFAULT_BURST,
-        PROVEN_SOURCE_SLOTS,
-    ))
-}
-
-/// Slots of a worker's per-source limiter of valid-mac2 initiations: 16 384 x 16 bytes,
-/// resident only as they are used. Only sources that received a cookie at their address get
-/// there, so spoofed floods do not fill it; 256 busy sources occupy 768 (3 each), and a quiet
-/// source has all three of its slots taken by busy ones about once in 10 000.
-const PROVEN_SOURCE_SLOTS: usize = 16_384;
 
 impl Worker {
     /// The socket a socket-side slot receives on: each socket has `RECVS_IN_FLIGHT` slots,
@@ -436,19 +420,6 @@ impl Worker {
                 }
             }
         }
-    }
-}
-
-pub(super) fn session_drop(e: SessionError) -> DropReason {
-    match e {
-        SessionError::NoKeypair => DropReason::NoKeypair,
-        SessionError::UnknownIndex => DropReason::UnknownIndex,
-        SessionError::Transport(t) => match t {
-            TransportError::Replay(_) => DropReason::Replay,
-            TransportError::Authentication => DropReason::Authentication,
-            TransportError::KeyExpired | TransportError::KeyExhausted => DropReason::KeyExpired,
-            TransportError::BufferTooSmall | TransportError::Malformed => DropReason::Malformed,
-        },
     }
 }
 

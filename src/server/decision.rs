@@ -1,0 +1,217 @@
+//! What a worker does with one received datagram, decided without I/O: [`Gate::decide`] takes
+//! the bytes, their source, the time and the session table, and returns a [`Decision`] (write
+//! to the TUN, relay to another client, queue a handshake, answer with a cookie, nothing for a
+//! keepalive, or drop with a [`DropReason`]), as boringtun's `Tunn` returns a `TunnResult`.
+//! The worker carries the decision out (writes, sends, the handshake queue, its counters).
+//!
+//! Deciding works on the datagram in place: a transport message is opened where it lies, and a
+//! relayed one sealed again there for the other client; a cookie reply is written over the
+//! initiation it answers. It also records what an authenticated packet proves, in the table's
+//! shared entries: the peer's endpoint follows it (roaming), and the byte counters.
+//!
+//! Nothing here allocates, locks or reads a clock; the only state besides the table is the
+//! gate's own (its under-load check and the nonces of its cookie replies), so every outcome is
+//! a unit test and a fuzz target away.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::proto::admission::{Admission, Verdict};
+use crate::proto::cookie::MacKeys;
+use crate::proto::ip;
+use crate::proto::ratelimit::{SlotLimiter, DEFAULT_BURST, DEFAULT_PACKETS_PER_SECOND};
+use crate::proto::rng::{PrfRandom, Random};
+use crate::proto::time::Instant;
+use crate::proto::wire::{self, MessageType, COOKIE_REPLY_LEN, TAG_LEN, TRANSPORT_HEADER_LEN};
+use crate::server::handoff::{LoadSignal, SharedCookieSecrets};
+use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
+
+mod drop_reason;
+
+pub use drop_reason::DropReason;
+
+/// What to do with a received datagram. Offsets and lengths are within the datagram as passed
+/// to [`Gate::decide`], which has already rewritten it where a variant says so.
+#[derive(Debug)]
+pub enum Decision<'t> {
+    /// Write the inner IP packet at this range to the TUN (exactly the length its header
+    /// states).
+    ToTun(Range<usize>),
+    /// Send the first `len` bytes to `peer`'s endpoint: the packet, sealed for that other
+    /// client (with `client_to_client` on).
+    Relay {
+        /// Bytes of the sealed transport message.
+        len: usize,
+        /// The client it is for.
+        peer: &'t PeerEntry,
+    },
+    /// An initiation that passed the gate: queue the datagram (all of it,
+    /// [`wire::INITIATION_LEN`] bytes) for the control thread's Diffie-Hellman.
+    QueueHandshake,
+    /// Send the first `len` bytes back to the source: a cookie reply, written over the
+    /// initiation it answers (under load, without a valid mac2).
+    CookieReply {
+        /// Bytes of the cookie reply.
+        len: usize,
+    },
+    /// An authenticated keepalive: nothing to deliver.
+    Keepalive,
+    /// Nothing to send or write, for this reason.
+    Drop(DropReason),
+}
+
+/// What a gate reads but does not own, fixed for its worker's life: the server's mac keys,
+/// the control thread's load signal and cookie secrets, and whether clients reach each other
+/// through the server.
+#[derive(Clone)]
+pub struct GateConfig {
+    /// The server's mac1 key: initiations are checked before they are queued.
+    pub mac_keys: Arc<MacKeys>,
+    /// The control thread's under-load state (while it holds, initiations need a valid mac2).
+    pub load: Arc<LoadSignal>,
+    /// The responder's cookie secrets, kept current by the control thread.
+    pub cookie_secrets: SharedCookieSecrets,
+    /// Relay packets between clients inside the worker (else they go to the TUN, and the
+    /// host decides).
+    pub client_to_client: bool,
+}
+
+/// A worker's gate for received datagrams: its configuration and its own handshake state.
+pub struct Gate {
+    config: GateConfig,
+    /// The under-load check of initiations (the responder's, with a fixed table for the
+    /// per-source limit of valid-mac2 initiations; the control thread's limiter is exact).
+    admission: Admission<SlotLimiter>,
+    /// Nonces of the cookie replies this gate writes.
+    nonces: PrfRandom,
+}
+
+/// Slots of a gate's per-source limiter of valid-mac2 initiations: 16 384 x 16 bytes,
+/// resident only as they are used. Only sources that received a cookie at their address get
+/// there, so spoofed floods do not fill it; 256 busy sources occupy 768 (3 each), and a quiet
+/// source has all three of its slots taken by busy ones about once in 10 000.
+const PROVEN_SOURCE_SLOTS: usize = 16_384;
+
+impl Gate {
+    /// A gate with the responder's budget of cookie replies and WireGuard's per-source
+    /// handshake rate for initiations with a valid mac2 (in a fixed table); `seed` seeds the
+    /// nonces of its cookie replies (the operating system's generator, once).
+    pub fn new(config: GateConfig, seed: &mut impl Random) -> Self {
+        Gate {
+            config,
+            admission: Admission::new(SlotLimiter::new(
+                DEFAULT_PACKETS_PER_SECOND,
+                DEFAULT_BURST,
+                PROVEN_SOURCE_SLOTS,
+            )),
+            nonces: PrfRandom::new(seed),
+        }
+    }
+
+    /// Decides what becomes of `datagram`, received from `src` at `now`, with the peers of
+    /// `table` (looked up under `guard`, which the returned decision borrows from). May rewrite
+    /// the datagram in place (see [`Decision`]).
+    pub fn decide<'t>(
+        &mut self,
+        datagram: &mut [u8],
+        src: SocketAddr,
+        now: Instant,
+        table: &TableSnapshot,
+        guard: &'t TableGuard<'_>,
+    ) -> Decision<'t> {
+        let result = match wire::message_type(datagram) {
+            Ok(MessageType::Transport) => self.open_transport(datagram, src, now, table, guard),
+            Ok(MessageType::Initiation) => Ok(self.vet_initiation(datagram, src, now)),
+            Ok(_) => Err(DropReason::UnexpectedType),
+            Err(_) => Err(DropReason::Malformed),
+        };
+        result.unwrap_or_else(Decision::Drop)
+    }
+
+    /// An initiation (`datagram`, checked to be one) from `src`, with the responder's own
+    /// check ([`Admission::check`]): a bad mac1 is dropped; under load, one without a valid
+    /// mac2 is answered here with a cookie reply written over it (no Diffie-Hellman, no state,
+    /// no trip through the control thread), within the gate's budget and with no per-source
+    /// limit; one with a valid mac2 is queued while its source is within its handshake rate.
+    /// So the control thread gets only what carries a valid mac1 and, under load, a valid mac2.
+    fn vet_initiation(
+        &mut self,
+        datagram: &mut [u8],
+        src: SocketAddr,
+        now: Instant,
+    ) -> Decision<'static> {
+        let under_load = self.config.load.under_load(now);
+        let secrets = self.config.cookie_secrets.load();
+        let keys = &self.config.mac_keys;
+        match self
+            .admission
+            .check(keys, &secrets, datagram, src, now, under_load)
+        {
+            Verdict::Proceed => Decision::QueueHandshake,
+            Verdict::BadMac => Decision::Drop(DropReason::BadMac),
+            Verdict::OverReplyBudget | Verdict::RateLimited => {
+                Decision::Drop(DropReason::HandshakeShed)
+            }
+            Verdict::CookieReply => {
+                // The reply is made from the initiation's mac1, so not written over it directly.
+                let mut reply = [0u8; COOKIE_REPLY_LEN];
+                secrets.write_cookie_reply(keys, datagram, src, &mut self.nonces, &mut reply);
+                datagram[..COOKIE_REPLY_LEN].copy_from_slice(&reply);
+                Decision::CookieReply {
+                    len: COOKIE_REPLY_LEN,
+                }
+            }
+        }
+    }
+
+    /// A transport message: opened in place under the session its receiver index names;
+    /// authenticated, it moves its peer's endpoint to `src`; its inner packet must come from
+    /// one of the peer's addresses, and goes to the TUN, or sealed again to another client.
+    fn open_transport<'t>(
+        &self,
+        datagram: &mut [u8],
+        src: SocketAddr,
+        now: Instant,
+        table: &TableSnapshot,
+        guard: &'t TableGuard<'_>,
+    ) -> Result<Decision<'t>, DropReason> {
+        let index = wire::transport_receiver_index(datagram).ok_or(DropReason::Malformed)?;
+        let peer = table
+            .by_index(index, guard)
+            .ok_or(DropReason::UnknownIndex)?;
+        let received = peer.session.decrypt(index, datagram, now)?;
+        // Authenticated: the peer's endpoint follows it (roaming).
+        peer.roam_to(src);
+        if received.plaintext.is_empty() {
+            return Ok(Decision::Keepalive);
+        }
+        let packet = &datagram[received.plaintext.clone()];
+        let (inner_src, inner_dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
+        if !peer.owns_source(inner_src) {
+            return Err(DropReason::SpoofedSource);
+        }
+        let len = ip::stated_len(packet).ok_or(DropReason::Malformed)?;
+        peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        if self.config.client_to_client {
+            if let Some(other) = table.by_address(inner_dst, guard) {
+                // The plaintext sits between the old header's and the old tag's room: seal it
+                // there.
+                let room = &mut datagram[..TRANSPORT_HEADER_LEN + len + TAG_LEN];
+                let sealed = other.session.encrypt(room, len, now)?;
+                other.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                return Ok(Decision::Relay {
+                    len: sealed,
+                    peer: other,
+                });
+            }
+        }
+        Ok(Decision::ToTun(
+            TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;
