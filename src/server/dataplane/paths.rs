@@ -16,8 +16,7 @@ use crossbeam_channel::{Sender, TrySendError};
 
 use super::stats::{Counters, DropReason};
 use super::worker::{Outcome, Worker};
-use crate::offload::coalesce::{Coalescer, Push};
-use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
+use crate::offload::vnet::VNET_HDR_LEN;
 use crate::proto::ip;
 use crate::proto::time::Instant;
 use crate::proto::wire::{INITIATION_LEN, TRANSPORT_HEADER_LEN};
@@ -26,6 +25,7 @@ use crate::server::handoff::HandshakeMessage;
 use crate::server::session_table::{TableGuard, TableSnapshot};
 use crate::sys::uring::FileIndex;
 use crate::tunnel::egress;
+use crate::tunnel::ingress::{self, Offered, TunBatch, TunFrame};
 
 /// Bytes of one region of an offload slot (input: a TUN read or a GRO receive; output: the
 /// sealed segments or the coalesced frames).
@@ -267,8 +267,8 @@ impl Worker {
             socket_families: &self.socket_families,
             handshakes: &self.ctx.handshakes,
         };
-        let mut out_pos = 0;
-        let mut coalescer = Coalescer::new(&mut output[..], self.gso_types);
+        // Output frames are written from the slot's output region, which starts at `REGION`.
+        let mut batch = TunBatch::new(output, self.gso_types);
         let mut start = 0;
         while start < n {
             let end = (start + segment).min(n);
@@ -278,15 +278,24 @@ impl Worker {
             match self.gate.decide(datagram, src, now, table, guard) {
                 Decision::ToTun(range) if self.offloads => {
                     let packet = start + range.start..start + range.end;
-                    while coalesce(&mut coalescer, input, &packet, &mut out_pos, &mut slot_ops) {
-                        coalescer = Coalescer::new(&mut output[out_pos..], self.gso_types);
+                    let mut queue = |f: TunFrame<'_>| {
+                        slot_ops.write(REGION + f.offset, f.bytes.len(), f.packets as u64)
+                    };
+                    if batch.offer(&input[packet.clone()], &mut queue) == Offered::WriteAlone {
+                        // Written alone, its virtio header in the transport header's room.
+                        match ingress::frame_in_place(input, packet) {
+                            Some(frame) => slot_ops.write(frame.start, frame.len(), 1),
+                            None => slot_ops.counters.drop(DropReason::Malformed),
+                        }
                     }
                 }
                 decision => slot_ops.carry_out(decision, datagram, start, src, now),
             }
             start = end;
         }
-        flush_coalescer(&mut coalescer, out_pos, &mut slot_ops);
+        batch.flush(&mut |f: TunFrame<'_>| {
+            slot_ops.write(REGION + f.offset, f.bytes.len(), f.packets as u64)
+        });
         let pending = slot_ops.pending;
         if pending.len == 0 {
             // Every datagram was dropped (counted above) or needed nothing.
@@ -377,45 +386,4 @@ impl SlotOps<'_> {
             self.counters.drop(DropReason::IoError);
         }
     }
-}
-
-/// Offers the plaintext at `packet` of `input` to `coalescer`. True when the coalescer's
-/// super-packet did not take it and was queued instead (at `*out_pos` of the output region,
-/// which moves past it): the caller starts a new coalescer at `*out_pos` and offers it again.
-fn coalesce(
-    coalescer: &mut Coalescer<'_>,
-    input: &mut [u8],
-    packet: &std::ops::Range<usize>,
-    out_pos: &mut usize,
-    slot_ops: &mut SlotOps<'_>,
-) -> bool {
-    match coalescer.try_push(&input[packet.clone()]) {
-        Push::Started | Push::Merged => false,
-        Push::Rejected => {
-            *out_pos += flush_coalescer(coalescer, *out_pos, slot_ops);
-            true
-        }
-        Push::TooLarge => {
-            // Write it alone, its virtio header in the transport header's place.
-            let hdr_at = packet.start - VNET_HDR_LEN;
-            VirtioNetHdr::NONE.emit(&mut input[hdr_at..packet.start]);
-            slot_ops.write(hdr_at, VNET_HDR_LEN + packet.len(), 1);
-            false
-        }
-    }
-}
-
-/// Queues the coalescer's pending super-packet, if any, as one TUN write from `out_pos` of the
-/// output region; returns its length.
-fn flush_coalescer(
-    coalescer: &mut Coalescer<'_>,
-    out_pos: usize,
-    slot_ops: &mut SlotOps<'_>,
-) -> usize {
-    let Some(done) = coalescer.finish() else {
-        return 0;
-    };
-    let (len, packets) = (done.frame.len(), done.segments as u64);
-    slot_ops.write(REGION + out_pos, len, packets);
-    len
 }
