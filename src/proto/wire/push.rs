@@ -356,6 +356,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_of_the_protocol_document() {
+        let bytes = [1, 1, 5, 24, 10, 98, 0, 0, 3, 4, 10, 1, 0, 53];
+        let push = PushConfig::new(vec![net("10.98.0.0/24")], vec![ip("10.1.0.53")]).unwrap();
+        assert_eq!(PushConfig::parse(&bytes), Ok(push.clone()));
+        let mut out = [0u8; 14];
+        assert_eq!(push.emit(&mut out), 14);
+        assert_eq!(out, bytes);
+    }
+
+    #[test]
     fn empty_is_the_version_alone() {
         let mut out = [0u8; 4];
         assert_eq!(PushConfig::default().emit(&mut out), 1);
