@@ -82,9 +82,10 @@ fn valid_server_config_prints_its_effective_settings_and_no_secret() {
         &format!(
             "private_key_file = \"server.key\"\nlisten_port = 51999\naddress = \"10.77.0.1/24\"\n\
              tun_name = \"{tun}\"\ncontrol_socket = \"{}\"\nnat = \"ctr-no-such-if\"\n\
-             client_to_client = true\n\n\
+             client_to_client = true\npush_routes = [\"10.98.0.0/24\"]\n\n\
              [[peer]]\npublic_key = \"{peer1}\"\naddress = \"10.77.0.9\"\n\
-             preshared_key_file = \"peer.psk\"\n\n[[peer]]\npublic_key = \"{peer2}\"\n",
+             preshared_key_file = \"peer.psk\"\npush_dns = [\"10.1.0.53\"]\n\n\
+             [[peer]]\npublic_key = \"{peer2}\"\n",
             socket.display()
         ),
     );
@@ -120,6 +121,10 @@ fn valid_server_config_prints_its_effective_settings_and_no_secret() {
     assert_eq!(
         value(r, "peers"),
         "2 (1 with a fixed address, 1 with a pre-shared key)"
+    );
+    assert_eq!(
+        value(r, "push"),
+        "routes 10.98.0.0/24, DNS servers none to every peer; 1 peer(s) add their own"
     );
     assert_eq!(value(r, "control socket"), socket.display().to_string());
     assert_eq!(value(r, "metrics"), "off");

@@ -14,11 +14,13 @@ use concentrator::proto::cookie::CookieChecker;
 use concentrator::proto::ip;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::{Random, SeededRandom};
-use concentrator::proto::server::{HandshakeReply, PeerConfig, Server};
+use concentrator::proto::server::{
+    HandshakeReply, PeerConfig, Server, PUSH_BUFFER_LEN, PUSH_SENDS,
+};
 use concentrator::proto::session::SessionError;
 use concentrator::proto::time::Instant;
 use concentrator::proto::wire::{
-    self, AddressAssignment, MessageType, TAG_LEN, TRANSPORT_HEADER_LEN,
+    self, AddressAssignment, MessageType, PushConfig, TAG_LEN, TRANSPORT_HEADER_LEN,
 };
 
 const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 7);
@@ -101,6 +103,15 @@ struct Sim {
     /// Every initiation the client put on the link, with the time it did.
     initiations: Vec<(Instant, Vec<u8>)>,
     forger: Option<Forger>,
+    /// Push messages the server put on the link.
+    pushes_sent: u64,
+    /// What `ClientEvent::Pushed` reported, in order, and how many repeats the client saw.
+    pushed_events: Vec<PushConfig>,
+    push_repeats: u64,
+    /// The client is of the first release: it knows message types 1 to 4 only.
+    release_1_client: bool,
+    /// Every datagram delivered to the client.
+    to_client: Vec<Vec<u8>>,
 }
 
 fn server_with_client(
@@ -153,6 +164,11 @@ impl Sim {
             handshake_errors: Vec::new(),
             initiations: Vec::new(),
             forger: None,
+            pushes_sent: 0,
+            pushed_events: Vec::new(),
+            push_repeats: 0,
+            release_1_client: false,
+            to_client: Vec::new(),
         }
     }
 
@@ -228,6 +244,9 @@ impl Sim {
         if wire::message_type(&bytes) == Ok(MessageType::Transport) {
             self.transport_sent[side as usize] += 1;
         }
+        if wire::message_type(&bytes) == Ok(MessageType::Push) {
+            self.pushes_sent += 1;
+        }
         if side == Side::ToServer && wire::message_type(&bytes) == Ok(MessageType::Initiation) {
             self.initiations.push((self.now, bytes.clone()));
             self.forge(&bytes);
@@ -270,6 +289,21 @@ impl Sim {
                 self.transmit(Side::ToClient, buf[..n].to_vec());
             }
         }
+        for key in report.pushes {
+            self.server_push(&key);
+        }
+    }
+
+    /// Sends the push message due for `key`, as the control thread does.
+    fn server_push(&mut self, key: &concentrator::proto::keys::PublicKey) {
+        let mut buf = [0u8; PUSH_BUFFER_LEN];
+        if let Some(n) = self.server.write_push(key, self.now, &mut buf) {
+            self.transmit(Side::ToClient, buf[..n].to_vec());
+        }
+    }
+
+    fn client_key(&self) -> concentrator::proto::keys::PublicKey {
+        StaticSecret::from_bytes(self.client_secret_bytes).public_key()
     }
 
     /// The client sends IP packet `seq` to the backend.
@@ -317,7 +351,8 @@ impl Sim {
                         self.transmit(Side::ToClient, out[..n].to_vec());
                     }
                     Ok(HandshakeReply::Established(e)) => {
-                        self.transmit(Side::ToClient, out[..e.len].to_vec())
+                        self.transmit(Side::ToClient, out[..e.len].to_vec());
+                        self.server_push(&e.peer);
                     }
                     Err(e) => self.handshake_errors.push(e.to_string()),
                 }
@@ -343,8 +378,15 @@ impl Sim {
     }
 
     fn deliver_to_client(&mut self, mut bytes: Vec<u8>) {
-        if let ClientEvent::Packet(r) = self.client.receive(&mut bytes, self.now) {
-            self.at_client.push(seq_of(&bytes[r]));
+        self.to_client.push(bytes.clone());
+        if self.release_1_client && release_1_message_type(&bytes).is_none() {
+            return; // what a client of the first release does with it
+        }
+        match self.client.receive(&mut bytes, self.now) {
+            ClientEvent::Packet(r) => self.at_client.push(seq_of(&bytes[r])),
+            ClientEvent::Pushed(p) => self.pushed_events.push(p),
+            ClientEvent::PushRepeated => self.push_repeats += 1,
+            _ => {}
         }
         self.client_poll();
     }
@@ -740,4 +782,207 @@ fn one_way_traffic_to_a_live_server_causes_no_extra_handshakes() {
         sim.transport_sent[Side::ToClient as usize] > 0,
         "the server sent passive keepalives"
     );
+}
+
+/// How a receiver of the first release classified datagrams (docs/protocol.md of that release,
+/// "Byte layouts"): types 1 to 4 at their lengths, reserved bytes zero, anything else dropped.
+/// Frozen here so that the push message keeps being something such a client ignores.
+fn release_1_message_type(bytes: &[u8]) -> Option<u8> {
+    let [ty, 0, 0, 0, ..] = *bytes else {
+        return None;
+    };
+    let fits = match ty {
+        1 => bytes.len() == 148,
+        2 => bytes.len() == 116,
+        3 => bytes.len() == 64,
+        4 => bytes.len() >= 32,
+        _ => false,
+    };
+    fits.then_some(ty)
+}
+
+fn net(s: &str) -> ipnet::IpNet {
+    s.parse().unwrap()
+}
+
+fn pushed(routes: &[&str], dns: &[&str]) -> PushConfig {
+    PushConfig::new(
+        routes.iter().map(|r| net(r)).collect(),
+        dns.iter().map(|d| d.parse().unwrap()).collect(),
+    )
+    .unwrap()
+}
+
+/// A simulation whose server pushes `push` to the client from the start.
+fn sim_with_push(seed: u64, faults: LinkFaults, push: &PushConfig) -> Sim {
+    let mut sim = Sim::new(seed, faults);
+    let key = sim.client_key();
+    sim.server.set_push(&key, push.clone(), sim.now);
+    sim
+}
+
+#[test]
+fn pushed_routes_and_dns_reach_the_client_with_the_handshake() {
+    let push = pushed(&["10.98.0.0/24", "fd98::/64"], &["10.1.0.53"]);
+    let mut sim = sim_with_push(20, LinkFaults::default(), &push);
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.client.assignment(), Some(&assignment()));
+    assert_eq!(sim.client.pushed(), &push);
+    assert_eq!(sim.pushed_events, vec![push.clone()], "reported once");
+    assert_eq!(
+        sim.pushes_sent,
+        u64::from(PUSH_SENDS),
+        "sent after the response, then repeated"
+    );
+    assert_eq!(sim.push_repeats, u64::from(PUSH_SENDS) - 1);
+    // Every handshake pushes again; the client reports no change.
+    sim.run_for(REKEY_AFTER_TIME + Duration::from_secs(5));
+    assert!(sim.client.stats().handshakes_completed >= 2);
+    assert_eq!(sim.pushed_events.len(), 1);
+    assert!(sim.pushes_sent >= 2 * u64::from(PUSH_SENDS));
+    // Data still flows both ways.
+    sim.client_sends(1).unwrap();
+    sim.server_sends(2).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        (sim.at_server.clone(), sim.at_client.clone()),
+        (vec![1], vec![2])
+    );
+}
+
+#[test]
+fn a_push_change_reaches_a_connected_client_at_once_and_an_empty_one_withdraws() {
+    let first = pushed(&["10.98.0.0/24"], &[]);
+    let mut sim = sim_with_push(21, LinkFaults::default(), &first);
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.client.pushed(), &first);
+    // A reload changes it: it goes out at the next tick, without a handshake.
+    let second = pushed(&["10.96.0.0/24"], &["fd01::53"]);
+    let key = sim.client_key();
+    let handshakes = sim.client.stats().handshakes_completed;
+    assert!(sim.server.set_push(&key, second.clone(), sim.now));
+    assert!(
+        !sim.server.set_push(&key, second.clone(), sim.now),
+        "no change"
+    );
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.client.pushed(), &second);
+    assert_eq!(sim.client.stats().handshakes_completed, handshakes);
+    sim.server.set_push(&key, PushConfig::default(), sim.now);
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.client.pushed().is_empty());
+    assert_eq!(
+        sim.pushed_events,
+        vec![first, second, PushConfig::default()]
+    );
+}
+
+#[test]
+fn pushes_survive_a_lossy_reordering_link() {
+    let push = pushed(&["10.98.0.0/24"], &["10.1.0.53"]);
+    for seed in 30..40 {
+        let faults = LinkFaults {
+            loss: 300,
+            duplicate: 100,
+            reorder: 300,
+        };
+        let mut sim = sim_with_push(seed, faults, &push);
+        sim.client_poll();
+        // Lost three times over, a push comes again with the next handshake.
+        sim.run_for(REKEY_AFTER_TIME * 2);
+        assert!(
+            sim.client.assignment().is_some(),
+            "seed {seed}: not connected"
+        );
+        assert_eq!(sim.client.pushed(), &push, "seed {seed}");
+        assert_eq!(sim.pushed_events, vec![push.clone()], "seed {seed}");
+    }
+}
+
+#[test]
+fn a_server_that_pushes_nothing_sends_one_empty_push_per_handshake() {
+    let mut sim = Sim::new(22, LinkFaults::default());
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(5));
+    assert!(sim.client.assignment().is_some());
+    assert_eq!(
+        sim.pushes_sent, 1,
+        "one, to withdraw what another server pushed"
+    );
+    assert!(sim.pushed_events.is_empty() && sim.push_repeats == 1);
+    assert!(sim.client.pushed().is_empty());
+}
+
+#[test]
+fn a_client_without_pushes_connects_as_before() {
+    // A server of the first release sends no push message: the link drops them here.
+    let mut sim = sim_with_push(23, LinkFaults::default(), &pushed(&["10.98.0.0/24"], &[]));
+    sim.link_up = true;
+    sim.client_poll();
+    let mut delivered = 0;
+    let until = sim.now + Duration::from_secs(5);
+    while sim.now < until {
+        sim.in_flight.retain(|_, (side, bytes)| {
+            *side == Side::ToServer || wire::message_type(bytes) != Ok(MessageType::Push)
+        });
+        sim.run_for(Duration::from_millis(10));
+        delivered = sim.to_client.len();
+    }
+    assert!(delivered > 0);
+    assert_eq!(sim.client.assignment(), Some(&assignment()));
+    assert!(sim.client.pushed().is_empty() && sim.pushed_events.is_empty());
+    sim.client_sends(1).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.at_server, vec![1]);
+}
+
+#[test]
+fn a_first_release_client_ignores_push_messages_and_works_as_before() {
+    let push = pushed(&["10.98.0.0/24", "fd98::/64"], &["10.1.0.53", "fd01::53"]);
+    let mut sim = sim_with_push(24, LinkFaults::default(), &push);
+    sim.release_1_client = true;
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(5));
+    for i in 0..10 {
+        sim.client_sends(i).unwrap();
+        sim.server_sends(100 + i).unwrap();
+    }
+    sim.run_for(REKEY_AFTER_TIME + Duration::from_secs(5));
+    assert!(sim.pushes_sent >= u64::from(PUSH_SENDS));
+    let mut kinds = HashSet::new();
+    for m in &sim.to_client {
+        match release_1_message_type(m) {
+            Some(ty) => {
+                kinds.insert(ty);
+            }
+            // Dropped unread, as any unknown type: the client stays as it was.
+            None => assert_eq!(m[0], MessageType::Push as u8, "{m:?}"),
+        }
+    }
+    assert!(kinds.contains(&2), "the response is still one it reads");
+    assert!(
+        sim.handshake_errors.is_empty(),
+        "{:?}",
+        sim.handshake_errors
+    );
+    assert_eq!(sim.client.assignment(), Some(&assignment()));
+    assert!(sim.client.stats().handshakes_completed >= 2);
+    assert_eq!(sim.at_server, (0..10).collect::<Vec<_>>());
+    assert_eq!(sim.at_client, (100..110).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_push_message_is_not_data_and_asks_for_no_keepalive() {
+    let push = pushed(&["10.98.0.0/24"], &[]);
+    let mut sim = sim_with_push(25, LinkFaults::default(), &push);
+    let server_public = StaticSecret::from_bytes(sim.server_key_bytes).public_key();
+    sim.client = Sim::make_client_with(sim.client_secret_bytes, server_public, sim.now, None);
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.client.pushed(), &push);
+    // The confirming keepalive after the handshake, and nothing for the three pushes.
+    assert_eq!(sim.transport_sent[Side::ToServer as usize], 1);
+    assert!(sim.at_client.is_empty());
 }

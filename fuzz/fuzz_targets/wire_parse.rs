@@ -5,7 +5,7 @@
 use concentrator::proto::ip;
 use concentrator::proto::wire::{
     self, AddressAssignment, CookieReply, CookieReplyRepr, Initiation, InitiationRepr, MessageType,
-    Response, ResponseRepr, Transport, ASSIGNMENT_LEN,
+    PushConfig, Response, ResponseRepr, Transport, ASSIGNMENT_LEN, MAX_PUSH_PAYLOAD_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -57,6 +57,17 @@ fuzz_target!(|data: &[u8]| {
         let mut t = Transport::new_unchecked(&mut copy[..]);
         let _ = t.payload_mut().len() + t.tag_mut().len() + t.sealed_mut().len();
         let _ = t.split_mut();
+    }
+
+    let push_index = wire::push_receiver_index(data);
+    assert_eq!(push_index.is_some(), ty == Ok(MessageType::Push));
+    // Unknown entry kinds are skipped, so what emits back is the known part, which must parse
+    // to the same value.
+    if let Ok(push) = PushConfig::parse(data) {
+        let mut out = [0u8; MAX_PUSH_PAYLOAD_LEN];
+        let n = push.emit(&mut out);
+        assert_eq!(n, push.buffer_len());
+        assert_eq!(PushConfig::parse(&out[..n]), Ok(push), "push round trip");
     }
 
     for chunk in [data, data.get(..ASSIGNMENT_LEN).unwrap_or(data)] {

@@ -57,6 +57,23 @@ fn warnings_section(warnings: &[String]) -> String {
     out
 }
 
+/// The routes and DNS servers pushed to every peer, and how many peers add their own.
+fn describe_push(c: &ServerConfig) -> String {
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "none".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let own = c.peers.iter().filter(|p| p.push != c.push).count();
+    format!(
+        "routes {}, DNS servers {} to every peer; {own} peer(s) add their own",
+        list(c.push.routes().iter().map(|r| r.to_string()).collect()),
+        list(c.push.dns().iter().map(|d| d.to_string()).collect()),
+    )
+}
+
 /// What `check --config` reports for a valid server configuration. `cores`: what the number of
 /// cores is now (shown when `workers` is not in the file); `user_exists` and `interface_exists`
 /// look the user and an interface up (read-only), as notes.
@@ -111,6 +128,7 @@ fn describe_server(
         },
     );
     r.row("mtu", c.mtu.to_string());
+    r.row("push", describe_push(c));
     r.row(
         "workers",
         if c.workers_from_file {

@@ -5,7 +5,7 @@
 //! sealing, sending them as one UDP_SEGMENT batch). They share the session, whose sealing is
 //! lock-free.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,11 +19,12 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use concentrator::config::ClientConfig;
 use concentrator::offload::coalesce::GsoTypes;
 use concentrator::offload::vnet::VNET_HDR_LEN;
-use concentrator::proto::client::{Client, ClientEvent, ClientParams};
+use concentrator::proto::client::{Client, ClientDrop, ClientEvent, ClientParams};
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
 use concentrator::proto::session::Session;
-use concentrator::proto::wire::{AddressAssignment, TAG_LEN, TRANSPORT_HEADER_LEN};
+use concentrator::proto::wire::{AddressAssignment, PushConfig, TAG_LEN, TRANSPORT_HEADER_LEN};
+use concentrator::sys::dns::{DnsError, DnsGuard};
 use concentrator::sys::link::{self, RouteGuard};
 use concentrator::sys::{clock, poll, signals, tun, udp};
 use concentrator::tunnel::ingress::{self, Offered, TunBatch};
@@ -33,13 +34,19 @@ use concentrator::tunnel::{egress, REGION};
 const BURST: usize = 64;
 
 /// The tunnel's TUN, routes and reader thread; all removed on drop (thread, routes, device).
-/// Fields drop in order: routes go while the device still exists, then the last queue closes
-/// and the kernel removes the device.
+/// Fields drop in order: what the server pushed goes first (its routes before the host route
+/// to the server that kept the server out of them), then the configuration's routes while the
+/// device still exists, then the last queue closes and the kernel removes the device.
 struct Tunnel {
     assignment: AddressAssignment,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
-    _routes: RouteGuard,
+    pushed: Pushed,
+    routes: RouteGuard,
+    /// The TUN's name.
+    name: String,
+    /// Whether `routes` holds a host route to the server along its path outside the tunnel.
+    server_pinned: bool,
     _tun: tun::Tun,
     queue: OwnedFd,
     /// The super-packets the TUN takes in writes (the offloads it accepted).
@@ -90,13 +97,11 @@ fn bring_up(
     }
     link::set_up(&name, a.mtu as u32)?;
     let mut routes = RouteGuard::new();
-    if config.full_tunnel {
-        // Keep the tunnel's own packets on the path they use now, before the /1 routes win.
-        let server = config.server_endpoint.ip();
-        let via = link::route_get(server).context("finding the current route to the server")?;
-        routes
-            .add_host_route_via(server, &via)
-            .context("adding the host route to the server")?;
+    let server_pinned = config.covers_server(&config.tunnel_routes());
+    if server_pinned {
+        // Keep the tunnel's own packets on the path they use now, before the /1 routes (or a
+        // route covering the server) win.
+        pin_server_route(&mut routes, config.server_endpoint.ip(), &name)?;
     }
     for net in config.tunnel_routes() {
         routes
@@ -122,10 +127,123 @@ fn bring_up(
         queue,
         stop,
         reader: Some(reader),
-        _routes: routes,
+        pushed: Pushed::default(),
+        routes,
+        name,
+        server_pinned,
         _tun: dev,
         gso_types,
     })
+}
+
+/// Adds a host route to `server` along the path the kernel takes to it now, unless that path
+/// already goes into the tunnel `tun` (nothing to keep then).
+fn pin_server_route(routes: &mut RouteGuard, server: IpAddr, tun: &str) -> Result<()> {
+    let via = link::route_get(server).context("finding the current route to the server")?;
+    if via.dev == tun {
+        tracing::warn!(%server, "the route to the server already goes into the tunnel");
+        return Ok(());
+    }
+    routes
+        .add_host_route_via(server, &via)
+        .context("adding the host route to the server")
+}
+
+/// What the server pushed, as installed on the tunnel: routes through the TUN and the DNS
+/// servers of its link. Removed on drop.
+#[derive(Default)]
+struct Pushed {
+    routes: RouteGuard,
+    dns: Option<DnsGuard>,
+    dns_servers: Vec<IpAddr>,
+}
+
+impl Tunnel {
+    /// Makes the pushed routes and DNS servers exactly those of `push` (merged with the
+    /// configuration's routes: one it routes already is not added twice). A route that would
+    /// take the server's address into the tunnel gets a host route to the server first. A
+    /// route or DNS server that cannot be set is reported and left out; the tunnel stays up.
+    fn apply_push(&mut self, config: &ClientConfig, push: &PushConfig) {
+        let wanted = config.pushed_routes(push, &self.assignment);
+        let installed: Vec<IpNet> = self.pushed.routes.routes().iter().map(|r| r.0).collect();
+        let stale: Vec<IpNet> = installed
+            .iter()
+            .filter(|r| !wanted.contains(r))
+            .copied()
+            .collect();
+        for net in &stale {
+            if let Err(e) = self.pushed.routes.remove_route(*net, &self.name) {
+                tracing::warn!(route = %net, error = %e, "could not remove a pushed route");
+            }
+        }
+        let mut new: Vec<IpNet> = wanted
+            .into_iter()
+            .filter(|r| !installed.contains(r))
+            .collect();
+        if !self.server_pinned && config.covers_server(&new) {
+            let server = config.server_endpoint.ip();
+            match pin_server_route(&mut self.routes, server, &self.name) {
+                Ok(()) => self.server_pinned = true,
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "pushed routes that contain the server's address are left out, or the tunnel would loop");
+                    new.retain(|r| !r.contains(&server));
+                }
+            }
+        }
+        for net in &new {
+            if let Err(e) = self.pushed.routes.add_route(*net, &self.name) {
+                tracing::warn!(route = %net, error = %e, "could not add a pushed route");
+            }
+        }
+        if !stale.is_empty() || !new.is_empty() {
+            let routes: Vec<String> = self
+                .pushed
+                .routes
+                .routes()
+                .iter()
+                .map(|r| r.0.to_string())
+                .collect();
+            tracing::info!(interface = %self.name, routes = %routes.join(","), "pushed routes installed");
+        }
+        self.apply_pushed_dns(push.dns());
+    }
+
+    fn apply_pushed_dns(&mut self, servers: &[IpAddr]) {
+        if self.pushed.dns_servers == servers {
+            return;
+        }
+        self.pushed.dns_servers = servers.to_vec();
+        let list: Vec<String> = servers.iter().map(IpAddr::to_string).collect();
+        let list = list.join(",");
+        if servers.is_empty() {
+            // Dropping the guard takes the servers back.
+            self.pushed.dns = None;
+            return;
+        }
+        if let Some(guard) = self.pushed.dns.as_mut() {
+            match guard.replace(servers) {
+                Ok(()) => {
+                    tracing::info!(interface = %self.name, dns = %list, tool = guard.tool().program(), "pushed DNS servers set")
+                }
+                Err(e) => {
+                    tracing::warn!(dns = %list, error = %e, "could not set the pushed DNS servers")
+                }
+            }
+            return;
+        }
+        match DnsGuard::set(&self.name, servers) {
+            Ok(guard) => {
+                tracing::info!(interface = %self.name, dns = %list, tool = guard.tool().program(), "pushed DNS servers set");
+                self.pushed.dns = Some(guard);
+            }
+            Err(e @ DnsError::NoTool) => {
+                tracing::warn!(dns = %list, "the server pushed DNS servers, but {e}")
+            }
+            Err(e) => {
+                tracing::warn!(dns = %list, error = %e, "could not set the pushed DNS servers")
+            }
+        }
+    }
 }
 
 /// The TUN reader: packets (or super-packets) out to the server, through the egress path the
@@ -296,20 +414,42 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
                             tunnel = None;
                         }
                         if tunnel.is_none() {
-                            tunnel = Some(bring_up(
+                            let mut t = bring_up(
                                 &config,
                                 &a,
                                 offloads,
                                 &socket,
                                 client.session().clone(),
                                 sent_bytes.clone(),
-                            )?);
+                            )?;
+                            // A rebuilt tunnel keeps what the server pushed before (it pushes
+                            // again after this handshake, and only a change is reported).
+                            if !client.pushed().is_empty() {
+                                t.apply_push(&config, client.pushed());
+                            }
+                            tunnel = Some(t);
                         }
                     }
+                    ClientEvent::Pushed(push) => {
+                        tracing::info!(
+                            routes = push.routes().len(),
+                            dns = push.dns().len(),
+                            "the server pushed routes and DNS servers"
+                        );
+                        if let Some(t) = tunnel.as_mut() {
+                            t.apply_push(&config, &push);
+                        }
+                    }
+                    ClientEvent::Dropped(ClientDrop::BadPush) => tracing::warn!(
+                        "the server pushed routes or DNS servers this client cannot read \
+                         (malformed, or a newer format); ignored"
+                    ),
                     ClientEvent::CookieReceived => {
                         tracing::info!("server under load: the next initiation carries its cookie")
                     }
-                    ClientEvent::Keepalive | ClientEvent::Dropped(_) => {}
+                    ClientEvent::Keepalive
+                    | ClientEvent::PushRepeated
+                    | ClientEvent::Dropped(_) => {}
                 }
             }
             if let Some(t) = &tunnel {

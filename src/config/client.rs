@@ -12,6 +12,7 @@ use super::{
     Problems, STRING_SOURCE,
 };
 use crate::proto::keys::{PresharedKey, PublicKey, StaticSecret};
+use crate::proto::wire::{AddressAssignment, PushConfig};
 
 /// Default keepalive interval in seconds.
 pub const DEFAULT_PERSISTENT_KEEPALIVE: u16 = 25;
@@ -89,6 +90,36 @@ impl ClientConfig {
         } else {
             self.routes.clone()
         }
+    }
+
+    /// The routes the server pushed that the client installs besides [`Self::tunnel_routes`]:
+    /// those the configuration already routes, and the tunnel's own subnets (the kernel
+    /// routes them with the address), are left out.
+    pub fn pushed_routes(&self, push: &PushConfig, assignment: &AddressAssignment) -> Vec<IpNet> {
+        let own = self.tunnel_routes();
+        let mut subnets: Vec<IpNet> = Vec::new();
+        if let Ok(net) = ipnet::Ipv4Net::new(assignment.ipv4, assignment.ipv4_prefix) {
+            subnets.push(IpNet::V4(net.trunc()));
+        }
+        if let Some(Ok(net)) = assignment
+            .ipv6
+            .map(|(ip, prefix)| ipnet::Ipv6Net::new(ip, prefix))
+        {
+            subnets.push(IpNet::V6(net.trunc()));
+        }
+        push.routes()
+            .iter()
+            .filter(|r| !own.contains(r) && !subnets.contains(r))
+            .copied()
+            .collect()
+    }
+
+    /// Whether one of `routes` would take the server's own address into the tunnel: then a
+    /// host route to the server along its current path must come first, or the tunnel's own
+    /// packets would loop into it.
+    pub fn covers_server(&self, routes: &[IpNet]) -> bool {
+        let server = self.server_endpoint.ip();
+        routes.iter().any(|r| r.contains(&server))
     }
 
     fn parse(text: &str, base_dir: &Path, file: &Path) -> Result<(Self, Vec<String>), ConfigError> {
@@ -239,8 +270,10 @@ fn validate(
         if !full_tunnel {
             if let Some(r) = routes.iter().find(|r| r.contains(&ep.ip())) {
                 warnings.push(format!(
-                    "routes: {r} contains the server endpoint {}, so the tunnel might loop \
-                     (its own packets routed into it); exclude the endpoint from the routes",
+                    "routes: {r} contains the server endpoint {}: a host route to it along \
+                     today's path is added first so the tunnel does not loop, but if that path \
+                     changes (another network) the tunnel breaks; exclude the endpoint from \
+                     the routes",
                     ep.ip()
                 ));
             }
@@ -385,6 +418,47 @@ mod tests {
         assert!(w.iter().any(|w| w.contains("loop")), "{w:?}");
         let (_, w) = load(&format!("{EP}\nroutes = [\"10.0.0.0/8\"]")).unwrap();
         assert!(!w.iter().any(|w| w.contains("loop")), "{w:?}");
+    }
+
+    #[test]
+    fn pushed_routes_leave_out_what_is_routed_already() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let (c, _) = load(&format!("{EP}\nroutes = [\"10.1.0.0/24\"]")).unwrap();
+        let a = AddressAssignment {
+            ipv4: "10.66.0.7".parse().unwrap(),
+            ipv4_prefix: 16,
+            ipv6: Some(("fd66::7".parse().unwrap(), 64)),
+            mtu: 1420,
+        };
+        let push = PushConfig::new(
+            vec![
+                net("10.98.0.0/24"),
+                net("10.1.0.0/24"),
+                net("10.66.0.0/16"),
+                net("fd66::/64"),
+                net("fd98::/64"),
+            ],
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.pushed_routes(&push, &a),
+            vec![net("10.98.0.0/24"), net("fd98::/64")]
+        );
+        // A full tunnel's halves are its own too.
+        let (full, _) = load(&format!("{EP}\nfull_tunnel = true")).unwrap();
+        let halves =
+            PushConfig::new(vec![net("0.0.0.0/1"), net("10.98.0.0/24")], Vec::new()).unwrap();
+        assert_eq!(full.pushed_routes(&halves, &a), vec![net("10.98.0.0/24")]);
+    }
+
+    #[test]
+    fn covers_server_finds_the_endpoint() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let (c, _) = load(&format!("{EP}\nfull_tunnel = true")).unwrap();
+        assert!(c.covers_server(&[net("10.98.0.0/24"), net("192.0.2.0/25")]));
+        assert!(!c.covers_server(&[net("10.98.0.0/24"), net("192.0.2.128/25")]));
+        assert!(c.covers_server(&c.tunnel_routes()));
     }
 
     #[test]

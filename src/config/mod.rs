@@ -13,6 +13,7 @@
 
 mod client;
 mod pool;
+mod push;
 mod server;
 
 use std::fmt;

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::proto::constants::{MAX_MTU, MIN_MTU};
 use crate::proto::keys::{PresharedKey, PublicKey, StaticSecret};
+use crate::proto::wire::PushConfig;
 
 /// Default UDP port, WireGuard's.
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
@@ -32,6 +33,8 @@ struct RawServer {
     address: Option<String>,
     address6: Option<String>,
     mtu: Option<i64>,
+    push_routes: Option<Vec<String>>,
+    push_dns: Option<Vec<String>>,
     workers: Option<i64>,
     client_to_client: Option<bool>,
     nat: Option<String>,
@@ -54,6 +57,8 @@ struct RawServer {
 struct RawPeer {
     public_key: Option<String>,
     preshared_key_file: Option<String>,
+    push_routes: Option<Vec<String>>,
+    push_dns: Option<Vec<String>>,
     address: Option<String>,
     address6: Option<String>,
 }
@@ -67,6 +72,8 @@ pub struct PeerSection {
     pub preshared_key: Option<PresharedKey>,
     /// Where the pre-shared key was read from (absolute or relative to the working directory).
     pub preshared_key_file: Option<PathBuf>,
+    /// What this peer is pushed: the top-level `push_routes` and `push_dns`, then its own.
+    pub push: PushConfig,
     /// The client's virtual IPv4 address: fixed in the file, or assigned from the pool.
     pub address: Ipv4Addr,
     /// Whether `address` was fixed in the file.
@@ -96,6 +103,9 @@ pub struct ServerConfig {
     pub address6: Option<Ipv6Net>,
     /// Inner MTU, within `MIN_MTU..=MAX_MTU`.
     pub mtu: u16,
+    /// What every peer is pushed (top-level `push_routes` and `push_dns`); a peer's own come
+    /// after these ([`PeerSection::push`]).
+    pub push: PushConfig,
     /// Worker threads, `1..=MAX_WORKERS`.
     pub workers: usize,
     /// Whether `workers` was in the file; otherwise it is the number of cores at loading.
@@ -223,6 +233,14 @@ fn validate(
         "1420 suits a 1500-byte underlay",
         problems,
     ) as u16;
+    let push = super::push::parse(
+        raw.push_routes.as_deref(),
+        raw.push_dns.as_deref(),
+        "",
+        problems,
+        warnings,
+    );
+    super::push::warn_without_ipv6(&push, "", raw.address6.is_some(), warnings);
     let workers = int_in_range(
         raw.workers,
         default_workers() as i64,
@@ -256,7 +274,12 @@ fn validate(
     );
 
     let address = address?;
-    let (pool, pool6, peers) = assign(address, address6, peers, problems);
+    let (pool, pool6, mut peers) = assign(address, address6, peers, problems);
+    for (i, p) in peers.iter_mut().flatten().enumerate() {
+        let prefix = format!("peer[{i}].");
+        super::push::warn_without_ipv6(&p.push, &prefix, address6.is_some(), warnings);
+        p.push = super::push::for_peer(&push, &p.push, &prefix, problems, warnings);
+    }
     Some(ServerConfig {
         private_key: private_key?,
         private_key_file,
@@ -266,6 +289,7 @@ fn validate(
         address,
         address6,
         mtu,
+        push,
         workers,
         workers_from_file: raw.workers.is_some(),
         client_to_client: raw.client_to_client.unwrap_or(false),
@@ -517,6 +541,8 @@ struct Parsed {
     public_key: Option<PublicKey>,
     preshared_key: Option<PresharedKey>,
     preshared_key_file: Option<PathBuf>,
+    /// Its own push settings (the top-level ones are added after assignment).
+    push: PushConfig,
     address: Option<Ipv4Addr>,
     address6: Option<Ipv6Addr>,
 }
@@ -595,6 +621,13 @@ fn peers(
                 (key, Some(path))
             }
         };
+        let push = super::push::parse(
+            p.push_routes.as_deref(),
+            p.push_dns.as_deref(),
+            &f(""),
+            problems,
+            warnings,
+        );
         let address = p
             .address
             .as_deref()
@@ -607,6 +640,7 @@ fn peers(
             public_key,
             preshared_key,
             preshared_key_file,
+            push,
             address,
             address6,
         });
@@ -767,6 +801,7 @@ fn assign(
             public_key,
             preshared_key: p.preshared_key,
             preshared_key_file: p.preshared_key_file,
+            push: p.push,
             address,
             fixed_address: p.address.is_some(),
             address6: v6[i],
@@ -1150,6 +1185,59 @@ mod tests {
             alone[0],
             *a.iter().find(|x| x.0.as_bytes() == &key(7)).unwrap()
         );
+    }
+
+    #[test]
+    fn push_settings_global_and_per_peer() {
+        let (c, w) = load(
+            "push_routes = [\"10.98.0.0/24\"]\npush_dns = [\"10.1.0.53\"]",
+            &format!(
+                "{}push_routes = [\"10.97.0.0/24\"]\npush_dns = [\"10.1.0.54\"]\n{}",
+                peer(1),
+                peer(2)
+            ),
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        assert_eq!(c.push.routes(), &[net("10.98.0.0/24")]);
+        assert_eq!(
+            c.peers[0].push.routes(),
+            &[net("10.98.0.0/24"), net("10.97.0.0/24")],
+            "a peer's own come after the global ones"
+        );
+        assert_eq!(c.peers[0].push.dns().len(), 2);
+        assert_eq!(
+            c.peers[1].push, c.push,
+            "a peer without its own gets the global ones"
+        );
+        let (c, _) = load("", &peer(1)).unwrap();
+        assert!(c.push.is_empty() && c.peers[0].push.is_empty());
+    }
+
+    #[test]
+    fn push_settings_errors_name_the_field() {
+        fails_on("push_routes = [\"10.98.0.1/24\"]", "", "push_routes[0]");
+        fails_on("push_routes = [\"0.0.0.0/0\"]", "", "push_routes[0]");
+        fails_on("push_dns = [\"dns.example\"]", "", "push_dns[0]");
+        fails_on(
+            "",
+            &format!("{}push_routes = [\"x\"]\n", peer(1)),
+            "peer[0].push_routes[0]",
+        );
+        let dns: Vec<String> = (1..=3).map(|i| format!("\"10.1.0.{i}\"")).collect();
+        let err = fails_on(
+            &format!("push_dns = [{}]", dns.join(", ")),
+            &format!(
+                "{}{}push_dns = [\"10.2.0.1\", \"10.2.0.2\"]\n",
+                peer(1),
+                peer(2)
+            ),
+            "peer[1].push_dns",
+        );
+        assert!(err.to_string().contains("at most 4"), "{err}");
+        let (_, w) = load("push_routes = [\"fd98::/64\"]", "").unwrap();
+        assert!(w.iter().any(|w| w.contains("address6")), "{w:?}");
     }
 
     #[test]

@@ -19,7 +19,9 @@ use super::keys::{PresharedKey, PublicKey, StaticSecret};
 use super::rng::Random;
 use super::session::{Session, SessionError};
 use super::time::{Instant, Tai64N};
-use super::wire::{self, AddressAssignment, MessageType, INITIATION_LEN, TRANSPORT_MIN_LEN};
+use super::wire::{
+    self, AddressAssignment, MessageType, PushConfig, INITIATION_LEN, TRANSPORT_MIN_LEN,
+};
 
 /// Start a new handshake when data we sent has had no answer for this long. WireGuard
 /// (whitepaper section 6.5) waits `Keepalive-Timeout + Rekey-Timeout` = 15 s. Here a live server
@@ -54,6 +56,11 @@ pub enum ClientEvent {
     /// A cookie reply opened (the server is under load, or someone forged it): the next
     /// initiation, sent when the pending one is due for retransmission, carries the cookie.
     CookieReceived,
+    /// The server pushed routes and DNS servers that differ from the last ones it pushed (the
+    /// first push counts as a change unless it is empty). They replace the earlier ones.
+    Pushed(PushConfig),
+    /// A push message that repeats the last one: nothing to do.
+    PushRepeated,
     /// Dropped, for this reason.
     Dropped(ClientDrop),
 }
@@ -69,6 +76,9 @@ pub enum ClientDrop {
     Transport(SessionError),
     /// A cookie reply we cannot use.
     BadCookie,
+    /// An authenticated push message whose payload is malformed or out of range (or of a
+    /// version this client does not read).
+    BadPush,
 }
 
 /// Counters for operators and tests.
@@ -100,6 +110,8 @@ pub struct Client {
     epoch: Instant,
     last_timestamp: Tai64N,
     assignment: Option<AddressAssignment>,
+    /// What the server pushed last (empty until it pushes anything).
+    pushed: PushConfig,
     keepalive_pending: bool,
     stats: ClientStats,
 }
@@ -121,6 +133,7 @@ impl Client {
             epoch: now,
             last_timestamp: Tai64N::default(),
             assignment: None,
+            pushed: PushConfig::default(),
             keepalive_pending: false,
             stats: ClientStats::default(),
         }
@@ -134,6 +147,11 @@ impl Client {
     /// The address the server assigned, once connected.
     pub fn assignment(&self) -> Option<&AddressAssignment> {
         self.assignment.as_ref()
+    }
+
+    /// What the server pushed last (empty when it pushed nothing).
+    pub fn pushed(&self) -> &PushConfig {
+        &self.pushed
     }
 
     /// Counters.
@@ -163,6 +181,7 @@ impl Client {
         match wire::message_type(buf) {
             Ok(MessageType::Transport) => self.receive_transport(buf, now),
             Ok(MessageType::Response) => self.receive_response(buf, now),
+            Ok(MessageType::Push) => self.receive_push(buf, now),
             // The cookie only goes into the jar, for mac2 of the next initiation; the pending
             // handshake stays and is retransmitted on its normal timer, as WireGuard does. A
             // reply opens for anyone who knows the server's public key and saw our mac1, so
@@ -189,6 +208,24 @@ impl Client {
                 }
             }
             Err(e) => ClientEvent::Dropped(ClientDrop::Transport(e)),
+        }
+    }
+
+    fn receive_push(&mut self, buf: &mut [u8], now: Instant) -> ClientEvent {
+        let Some(index) = wire::push_receiver_index(buf) else {
+            return ClientEvent::Dropped(ClientDrop::Malformed);
+        };
+        let received = match self.session.decrypt_push(index, buf, now) {
+            Ok(received) => received,
+            Err(e) => return ClientEvent::Dropped(ClientDrop::Transport(e)),
+        };
+        match PushConfig::parse(&buf[received.plaintext]) {
+            Ok(config) if config == self.pushed => ClientEvent::PushRepeated,
+            Ok(config) => {
+                self.pushed = config.clone();
+                ClientEvent::Pushed(config)
+            }
+            Err(_) => ClientEvent::Dropped(ClientDrop::BadPush),
         }
     }
 

@@ -10,7 +10,7 @@ use super::constants::{
 };
 use super::replay::{ReplayError, ReplayWindow};
 use super::time::Instant;
-use super::wire::{self, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
+use super::wire::{self, MessageType, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
 
 /// Why a transport packet could not be sealed or opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -142,8 +142,31 @@ impl Keypair {
     /// started [`MESSAGE_BYTES`] and is sealed under the first: the count behind
     /// [`REJECT_AFTER_MESSAGES`] and rekeying is then one of 2 KiB messages whatever the sizes.
     /// The receiver's replay window takes the gap.
+    #[inline]
     pub fn seal(
         &self,
+        buf: &mut [u8],
+        payload_len: usize,
+        now: Instant,
+    ) -> Result<usize, TransportError> {
+        self.seal_as(MessageType::Transport, buf, payload_len, now)
+    }
+
+    /// Seals a push message (type 5) in place, as [`Keypair::seal`] seals transport data:
+    /// same counter, same keys; the type byte in the AAD keeps the two apart.
+    pub fn seal_push(
+        &self,
+        buf: &mut [u8],
+        payload_len: usize,
+        now: Instant,
+    ) -> Result<usize, TransportError> {
+        self.seal_as(MessageType::Push, buf, payload_len, now)
+    }
+
+    #[inline]
+    fn seal_as(
+        &self,
+        ty: MessageType,
         buf: &mut [u8],
         payload_len: usize,
         now: Instant,
@@ -162,7 +185,7 @@ impl Keypair {
         }
         let (header, rest) = buf.split_at_mut(TRANSPORT_HEADER_LEN);
         let header: &mut [u8; TRANSPORT_HEADER_LEN] = header.try_into().expect("split at 16");
-        wire::write_transport_header(header, self.remote_index, counter);
+        wire::write_sealed_header(header, ty, self.remote_index, counter);
         let (payload, tag_space) = rest.split_at_mut(payload_len);
         let tag = self
             .sealing
@@ -253,6 +276,28 @@ mod tests {
         for mut packet in [big, small] {
             rx.open(&mut packet, Instant::from_nanos(3)).unwrap();
         }
+    }
+
+    #[test]
+    fn a_push_message_opens_and_cannot_pass_for_transport_data() {
+        let (tx, rx) = pair();
+        let mut buf = vec![0u8; TRANSPORT_HEADER_LEN + 3 + TAG_LEN];
+        buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + 3].copy_from_slice(&[1, 2, 3]);
+        let n = tx.seal_push(&mut buf, 3, Instant::from_nanos(2)).unwrap();
+        assert_eq!(buf[0], 5, "type byte");
+        let mut relabelled = buf.clone();
+        relabelled[0] = 4;
+        assert_eq!(
+            rx.open(&mut relabelled[..n], Instant::from_nanos(3)),
+            Err(TransportError::Authentication),
+            "the type byte is authenticated"
+        );
+        let (counter, plain) = rx.open(&mut buf[..n], Instant::from_nanos(3)).unwrap();
+        assert_eq!(counter, 0);
+        assert_eq!(&buf[plain], &[1, 2, 3]);
+        // The same counter sequence as transport data.
+        let (_, next) = seal(&tx, 10).unwrap();
+        assert_eq!(next, 1);
     }
 
     #[test]

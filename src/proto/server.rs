@@ -13,7 +13,20 @@ use super::keys::{PresharedKey, PublicKey, StaticSecret};
 use super::rng::Random;
 use super::session::Session;
 use super::time::{Instant, Tai64N};
-use super::wire::{AddressAssignment, RESPONSE_LEN};
+use super::wire::{
+    AddressAssignment, PushConfig, MAX_PUSH_PAYLOAD_LEN, RESPONSE_LEN, TAG_LEN,
+    TRANSPORT_HEADER_LEN,
+};
+
+/// How many times a push message goes out after each handshake (or change) when it pushes
+/// something: it is not acknowledged, so it is repeated in case one is lost (and the first
+/// may overtake the response it follows). An empty one, sent only to withdraw what an earlier
+/// server may have pushed, goes once. Every handshake (`REKEY_AFTER_TIME`) sends it again.
+pub const PUSH_SENDS: u8 = 3;
+/// Time between two sends of the same push message.
+pub const PUSH_RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// Room for a push message: header, the largest payload, tag.
+pub const PUSH_BUFFER_LEN: usize = TRANSPORT_HEADER_LEN + MAX_PUSH_PAYLOAD_LEN + TAG_LEN;
 
 /// A peer the server accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +43,33 @@ struct Peer {
     config: PeerConfig,
     last_timestamp: Option<Tai64N>,
     session: Arc<Session>,
+    push: PushState,
+}
+
+/// What a peer is pushed and when it is due again.
+#[derive(Default)]
+struct PushState {
+    config: PushConfig,
+    /// Sends left of the current round.
+    sends_left: u8,
+    /// When the next one is due.
+    due: Option<Instant>,
+}
+
+impl PushState {
+    /// Starts a round of sends, the first at `now`.
+    fn start_round(&mut self, now: Instant) {
+        self.sends_left = if self.config.is_empty() {
+            1
+        } else {
+            PUSH_SENDS
+        };
+        self.due = Some(now);
+    }
+
+    fn is_due(&self, now: Instant) -> bool {
+        self.sends_left > 0 && self.due.is_some_and(|t| now >= t)
+    }
 }
 
 /// The result of a handshake message the server answered.
@@ -63,6 +103,8 @@ pub struct TickReport {
     pub keepalives: Vec<PublicKey>,
     /// Receiver indexes that no keypair holds any more: remove them from index tables.
     pub retired_indexes: Vec<u32>,
+    /// Peers due a push message ([`Server::write_push`]).
+    pub pushes: Vec<PublicKey>,
 }
 
 /// The server's protocol state.
@@ -115,6 +157,7 @@ impl Server {
                         config,
                         last_timestamp: None,
                         session: session.clone(),
+                        push: PushState::default(),
                     },
                 );
                 session
@@ -143,6 +186,51 @@ impl Server {
             }
         }
         Some(held)
+    }
+
+    /// Sets what a peer is pushed; false when it is unknown or nothing changed. A change
+    /// reaches a peer with keys at once (the next [`Server::tick`] lists it in
+    /// [`TickReport::pushes`]); the others get it with their next handshake.
+    pub fn set_push(&mut self, key: &PublicKey, config: PushConfig, now: Instant) -> bool {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return false;
+        };
+        if peer.push.config == config {
+            return false;
+        }
+        peer.push.config = config;
+        if peer.session.newest(now).is_some() {
+            peer.push.start_round(now);
+        }
+        true
+    }
+
+    /// What a peer is pushed.
+    pub fn push(&self, key: &PublicKey) -> Option<&PushConfig> {
+        self.peers.get(key).map(|p| &p.push.config)
+    }
+
+    /// Writes the push message due for `key` into `out` (at least [`PUSH_BUFFER_LEN`] bytes),
+    /// sealed under its newest keys, and returns its length; `None` when none is due or it
+    /// has no usable keys. Call it right after sending a handshake response, and for every peer
+    /// in [`TickReport::pushes`].
+    pub fn write_push(&mut self, key: &PublicKey, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let room = out.get_mut(..PUSH_BUFFER_LEN)?;
+        let peer = self.peers.get_mut(key)?;
+        if !peer.push.is_due(now) {
+            return None;
+        }
+        let Some(keypair) = peer.session.newest(now) else {
+            peer.push.sends_left = 0;
+            return None;
+        };
+        peer.push.sends_left -= 1;
+        peer.push.due = Some(now + PUSH_RESEND_AFTER);
+        let payload_len = peer.push.config.emit(&mut room[TRANSPORT_HEADER_LEN..]);
+        let len = keypair.seal_push(room, payload_len, now).ok()?;
+        // Like a keepalive: it tells the peer we are alive but expects no answer.
+        peer.session.note_sent(now, false);
+        Some(len)
     }
 
     /// The session of a configured peer.
@@ -222,6 +310,7 @@ impl Server {
             }
         };
         peer.last_timestamp = Some(timestamp);
+        peer.push.start_round(now);
         let session = peer.session.clone();
         let retired_indexes = session.install(Arc::new(keypair), now);
         for index in &retired_indexes {
@@ -246,6 +335,9 @@ impl Server {
                 peer.session.clear();
             } else if peer.session.needs_keepalive(now) {
                 report.keepalives.push(*key);
+            }
+            if peer.push.is_due(now) {
+                report.pushes.push(*key);
             }
         }
         let peers = &self.peers;

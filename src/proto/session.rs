@@ -178,6 +178,18 @@ impl Session {
             .filter(|k| !k.is_expired(now))
     }
 
+    /// The keypair of the latest handshake: `next` while unconfirmed (the initiator already
+    /// uses it), else `current`; for messages that must reach the peer under the keys it holds
+    /// right after a handshake (push messages).
+    pub fn newest(&self, now: Instant) -> Option<Arc<Keypair>> {
+        let slots = self.slots.load();
+        slots
+            .next
+            .clone()
+            .or_else(|| slots.current.clone())
+            .filter(|k| !k.is_expired(now))
+    }
+
     /// Local indexes of every keypair held (for index tables).
     pub fn local_indexes(&self) -> Vec<u32> {
         self.slots.load().local_indexes()
@@ -199,11 +211,34 @@ impl Session {
 
     /// Opens a transport message addressed to `local_index` with whichever keypair holds that
     /// index; a packet under `next` confirms it and rotates the slots.
+    #[inline]
     pub fn decrypt(
         &self,
         local_index: u32,
         buf: &mut [u8],
         now: Instant,
+    ) -> Result<Received, SessionError> {
+        self.open(local_index, buf, now, true)
+    }
+
+    /// Opens a push message as [`Session::decrypt`] opens transport data, except that its
+    /// payload does not count as data: it asks for no passive keepalive in return.
+    pub fn decrypt_push(
+        &self,
+        local_index: u32,
+        buf: &mut [u8],
+        now: Instant,
+    ) -> Result<Received, SessionError> {
+        self.open(local_index, buf, now, false)
+    }
+
+    #[inline]
+    fn open(
+        &self,
+        local_index: u32,
+        buf: &mut [u8],
+        now: Instant,
+        carries_data: bool,
     ) -> Result<Received, SessionError> {
         let slots = self.slots.load();
         for (slot, is_next) in [
@@ -217,7 +252,7 @@ impl Session {
             let (_, plaintext) = keypair.open(buf, now)?;
             stamp(&self.last_received, now);
             self.unanswered_since.store(0, Ordering::Relaxed);
-            if !plaintext.is_empty() {
+            if carries_data && !plaintext.is_empty() {
                 stamp(&self.last_received_data, now);
             }
             let confirmed_next = is_next && self.confirm_next(keypair);
@@ -322,6 +357,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::constants::REJECT_AFTER_TIME;
     use std::sync::Barrier;
     use zeroize::Zeroizing;
 
@@ -391,6 +427,24 @@ mod tests {
             Err(SessionError::NoKeypair),
             "a cleared session still seals"
         );
+    }
+
+    #[test]
+    fn newest_is_next_until_confirmed_then_current() {
+        let session = Session::new();
+        assert!(session.newest(t(0)).is_none());
+        let (first, first_client) = responder_pair(1, 1);
+        session.install(first, t(0));
+        assert_eq!(session.newest(t(0)).map(|k| k.local_index), Some(1));
+        session
+            .decrypt(1, &mut sealed_by(&first_client), t(1))
+            .unwrap();
+        let (second, _) = responder_pair(2, 2);
+        session.install(second, t(1));
+        assert_eq!(session.newest(t(1)).map(|k| k.local_index), Some(2));
+        assert_eq!(session.current(t(1)).map(|k| k.local_index), Some(1));
+        // Expired keys are nobody's newest.
+        assert!(session.newest(t(0) + REJECT_AFTER_TIME).is_none());
     }
 
     /// What the slots should hold: local indexes.

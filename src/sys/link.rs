@@ -217,6 +217,16 @@ impl RouteGuard {
         Ok(())
     }
 
+    /// Deletes a route added through this guard now (and forgets it); one it does not hold is
+    /// left alone.
+    pub fn remove_route(&mut self, dest: IpNet, dev: &str) -> Result<(), SysError> {
+        let Some(at) = self.routes.iter().position(|(d, v)| *d == dest && v == dev) else {
+            return Ok(());
+        };
+        self.routes.remove(at);
+        delete_route(dest, dev)
+    }
+
     /// The routes this guard will delete, oldest first.
     pub fn routes(&self) -> &[(IpNet, String)] {
         &self.routes
@@ -328,6 +338,14 @@ mod tests {
                 guard.add_host_route_via(host, &info).unwrap();
                 assert_eq!(route_get(host).unwrap().dev, "lo");
                 assert_eq!(guard.routes().len(), 2);
+                let other: IpNet = "198.51.101.0/24".parse().unwrap();
+                guard.add_route(other, "lo").unwrap();
+                guard.remove_route(other, "lo").unwrap();
+                let table = ip(&["route", "show", "table", "main"]).unwrap();
+                assert!(!table.contains("198.51.101.0"), "not removed: {table}");
+                assert_eq!(guard.routes().len(), 2);
+                // Not held: left alone.
+                guard.remove_route(other, "lo").unwrap();
             }
             let table = ip(&["route", "show", "table", "main"]).unwrap();
             assert!(

@@ -4,12 +4,14 @@
 //! - [`udp`]: `SO_REUSEPORT` UDP sockets, GRO/GSO options, raw sockaddr conversion.
 //! - [`link`]: links, addresses, routes and forwarding through `ip` (iproute2).
 //! - [`nft`]: masquerade for client subnets through `nft` (nftables).
+//! - [`dns`]: a link's DNS servers through `resolvectl` or `resolvconf`.
 //! - [`clock`]: monotonic and wall-clock time.
 //! - [`error`]: [`SysError`], with messages that say what to do.
 //!
 //! This is the only module of the crate with `unsafe`; each block carries a `SAFETY:` note.
 
 pub mod clock;
+pub mod dns;
 pub mod error;
 pub mod link;
 pub mod mem;

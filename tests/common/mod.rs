@@ -74,7 +74,7 @@ pub fn tools_or_skip(test: &str, tools: &[&str]) -> bool {
     missing.is_empty()
 }
 
-fn on_path(tool: &str) -> bool {
+pub fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false)

@@ -11,14 +11,22 @@
 mod assignment;
 mod cookie_reply;
 mod initiation;
+mod push;
 mod response;
 mod transport;
 
 pub use assignment::AddressAssignment;
 pub use cookie_reply::{CookieReply, CookieReplyRepr, COOKIE_NONCE_LEN, ENCRYPTED_COOKIE_LEN};
 pub use initiation::{Initiation, InitiationRepr};
+pub use push::{
+    check_dns_server, check_route, push_receiver_index, PushConfig, PushError,
+    MAX_PUSH_DNS_PER_FAMILY, MAX_PUSH_PAYLOAD_LEN, MAX_PUSH_ROUTES_PER_FAMILY, PUSH_MIN_LEN,
+    PUSH_VERSION,
+};
 pub use response::{Response, ResponseRepr};
-pub use transport::{transport_receiver_index, write_transport_header, Transport};
+pub use transport::{
+    transport_receiver_index, write_sealed_header, write_transport_header, Transport,
+};
 
 /// Length of a handshake initiation (type 1).
 pub const INITIATION_LEN: usize = 148;
@@ -68,7 +76,7 @@ pub enum WireError {
     BadField(&'static str),
 }
 
-/// The four message types of the protocol.
+/// The five message types of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum MessageType {
@@ -80,6 +88,9 @@ pub enum MessageType {
     CookieReply = 3,
     /// Transport data, at least [`TRANSPORT_MIN_LEN`] bytes.
     Transport = 4,
+    /// Routes and DNS servers pushed by the server, sealed like transport data; at least
+    /// [`PUSH_MIN_LEN`] bytes. Receivers that predate it drop it as an unknown type.
+    Push = 5,
 }
 
 impl MessageType {
@@ -90,13 +101,14 @@ impl MessageType {
             2 => Some(MessageType::Response),
             3 => Some(MessageType::CookieReply),
             4 => Some(MessageType::Transport),
+            5 => Some(MessageType::Push),
             _ => None,
         }
     }
 }
 
 /// Classifies a received datagram: checks the 4-byte header (a known type, reserved bytes zero)
-/// and the exact (or, for transport, minimum) length for that type.
+/// and the exact (or, for transport and push, minimum) length for that type.
 pub fn message_type(bytes: &[u8]) -> Result<MessageType, WireError> {
     let Some(header) = bytes.first_chunk::<HEADER_LEN>() else {
         return Err(WireError::Truncated);
@@ -110,6 +122,8 @@ pub fn message_type(bytes: &[u8]) -> Result<MessageType, WireError> {
         MessageType::CookieReply => COOKIE_REPLY_LEN,
         MessageType::Transport if got < TRANSPORT_MIN_LEN => return Err(WireError::Truncated),
         MessageType::Transport => return Ok(ty),
+        MessageType::Push if got < PUSH_MIN_LEN => return Err(WireError::Truncated),
+        MessageType::Push => return Ok(ty),
     };
     if got != expected {
         return Err(WireError::WrongLength { expected, got });
@@ -195,6 +209,8 @@ mod tests {
         assert_eq!(message_type(&msg(3, 64)), Ok(MessageType::CookieReply));
         assert_eq!(message_type(&msg(4, 32)), Ok(MessageType::Transport));
         assert_eq!(message_type(&msg(4, 1500)), Ok(MessageType::Transport));
+        assert_eq!(message_type(&msg(5, 33)), Ok(MessageType::Push));
+        assert_eq!(message_type(&msg(5, 1000)), Ok(MessageType::Push));
     }
 
     #[test]
@@ -228,6 +244,8 @@ mod tests {
             })
         );
         assert_eq!(message_type(&msg(4, 31)), Err(WireError::Truncated));
+        // A push message holds at least its version byte.
+        assert_eq!(message_type(&msg(5, 32)), Err(WireError::Truncated));
     }
 
     #[test]
@@ -240,7 +258,7 @@ mod tests {
     #[test]
     fn rejects_unknown_types() {
         assert_eq!(message_type(&msg(0, 148)), Err(WireError::UnknownType(0)));
-        assert_eq!(message_type(&msg(5, 148)), Err(WireError::UnknownType(5)));
+        assert_eq!(message_type(&msg(6, 148)), Err(WireError::UnknownType(6)));
         assert_eq!(
             message_type(&msg(0xff, 32)),
             Err(WireError::UnknownType(0xff))
@@ -258,7 +276,7 @@ mod tests {
 
     #[test]
     fn message_type_never_panics() {
-        for ty in 0..=5u8 {
+        for ty in 0..=6u8 {
             for len in 0..200 {
                 let _ = message_type(&msg(ty, len));
             }
@@ -272,6 +290,7 @@ mod tests {
         assert_eq!(RESPONSE_NOISE_LEN, 32 + ASSIGNMENT_LEN + TAG_LEN);
         assert_eq!(COOKIE_REPLY_LEN, 8 + 24 + MAC_LEN + TAG_LEN);
         assert_eq!(TRANSPORT_MIN_LEN, 32);
+        assert_eq!(PUSH_MIN_LEN, TRANSPORT_MIN_LEN + 1);
     }
 
     #[test]
@@ -281,6 +300,7 @@ mod tests {
             MessageType::Response,
             MessageType::CookieReply,
             MessageType::Transport,
+            MessageType::Push,
         ] {
             assert_eq!(MessageType::from_u8(ty as u8), Some(ty));
         }

@@ -112,12 +112,26 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Transport<T> {
 }
 
 /// Writes a transport header: type 4, reserved zero, receiver index, counter.
+#[inline]
 pub fn write_transport_header(
     buf: &mut [u8; TRANSPORT_HEADER_LEN],
     receiver_index: u32,
     counter: u64,
 ) {
-    buf[0] = MessageType::Transport as u8;
+    write_sealed_header(buf, MessageType::Transport, receiver_index, counter);
+}
+
+/// Writes the header of a message sealed under a session's keys (transport data, type 4, or
+/// a push message, type 5: the same 16 bytes, which are the AAD, so one cannot pass for the
+/// other).
+#[inline]
+pub fn write_sealed_header(
+    buf: &mut [u8; TRANSPORT_HEADER_LEN],
+    ty: MessageType,
+    receiver_index: u32,
+    counter: u64,
+) {
+    buf[0] = ty as u8;
     buf[1..4].fill(0);
     buf[field::RECEIVER_INDEX].copy_from_slice(&receiver_index.to_le_bytes());
     buf[field::COUNTER].copy_from_slice(&counter.to_le_bytes());

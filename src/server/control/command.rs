@@ -2,6 +2,7 @@
 //! each with its own reply channel: the control thread owns the peers, so nobody else touches
 //! them.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use crate::config::{AddressPool, AddressPool6};
 use crate::proto::keys::{PresharedKey, PublicKey};
 use crate::proto::server::PeerConfig;
 use crate::proto::time::Instant;
+use crate::proto::wire::PushConfig;
 use crate::server::session_table::PeerEntry;
 
 /// What the operator asks.
@@ -48,7 +50,8 @@ pub struct Snapshot {
     pub now: Instant,
 }
 
-/// Where the addresses of live-added peers come from.
+/// What clients are told besides their keys: where the addresses of live-added peers come
+/// from, the MTU, and the routes and DNS servers every peer is pushed.
 #[derive(Debug, Clone)]
 pub struct Addressing {
     /// IPv4 pool, with every running peer's address taken.
@@ -61,6 +64,24 @@ pub struct Addressing {
     pub prefix6: Option<u8>,
     /// The inner MTU told to clients.
     pub mtu: u16,
+    /// The routes and DNS servers pushed to clients.
+    pub push: PushPolicy,
+}
+
+/// Who is pushed what.
+#[derive(Debug, Clone, Default)]
+pub struct PushPolicy {
+    /// Every peer, live-added ones included (top-level `push_routes` and `push_dns`).
+    pub global: PushConfig,
+    /// The peers of the file: the global settings and then their own.
+    pub peers: HashMap<PublicKey, PushConfig>,
+}
+
+impl PushPolicy {
+    /// What `key` is pushed.
+    pub fn for_peer(&self, key: &PublicKey) -> &PushConfig {
+        self.peers.get(key).unwrap_or(&self.global)
+    }
 }
 
 impl Addressing {
@@ -72,6 +93,14 @@ impl Addressing {
             prefix: config.address.prefix_len(),
             prefix6: config.address6.map(|n| n.prefix_len()),
             mtu: config.mtu,
+            push: PushPolicy {
+                global: config.push.clone(),
+                peers: config
+                    .peers
+                    .iter()
+                    .map(|p| (p.public_key, p.push.clone()))
+                    .collect(),
+            },
         }
     }
 }

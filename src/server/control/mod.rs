@@ -20,7 +20,7 @@ use self::faillog::FailureLog;
 use crate::proto::handshake::FailureReason;
 use crate::proto::keys::{PresharedKey, PublicKey};
 use crate::proto::rng::OsRandom;
-use crate::proto::server::{HandshakeReply, PeerConfig, Server};
+use crate::proto::server::{HandshakeReply, PeerConfig, Server, PUSH_BUFFER_LEN};
 use crate::proto::time::Instant;
 use crate::proto::wire::{AddressAssignment, TRANSPORT_MIN_LEN};
 use crate::server::handoff::{HandshakeMessage, LoadSignal, SharedCookieSecrets, HANDSHAKE_QUEUE};
@@ -145,9 +145,31 @@ impl Control {
     }
 
     /// Sets the pools live-added peers get their addresses from (without it, `peer add` needs
-    /// an explicit address and nothing is released on remove).
-    pub fn set_addressing(&mut self, addressing: Addressing) {
+    /// an explicit address and nothing is released on remove) and what every peer is pushed;
+    /// returns how many peers' push settings changed (connected ones get them at once).
+    pub fn set_addressing(&mut self, addressing: Addressing) -> usize {
+        let now = monotonic_now();
+        let changed = self
+            .entries
+            .keys()
+            .filter(|key| {
+                let push = addressing.push.for_peer(key).clone();
+                self.server.set_push(key, push, now)
+            })
+            .count();
         self.addressing = Some(addressing);
+        changed
+    }
+
+    /// Sends `key` the push message due, if any, to `to` (else to its endpoint).
+    fn send_push(&mut self, key: &PublicKey, now: Instant, to: Option<SocketAddr>) {
+        let Some(to) = to.or_else(|| self.entries.get(key).and_then(|e| e.endpoint())) else {
+            return;
+        };
+        let mut buf = [0u8; PUSH_BUFFER_LEN];
+        if let Some(n) = self.server.write_push(key, now, &mut buf) {
+            self.send(&buf[..n], to);
+        }
     }
 
     /// Adds a peer (or replaces its configuration) and publishes its addresses. A replaced
@@ -276,7 +298,10 @@ impl Control {
                 mtu: a.mtu,
             },
         };
+        let push = a.push.global.clone();
         self.add_peer(spec.clone());
+        self.server
+            .set_push(&spec.public_key, push, monotonic_now());
         tracing::info!(peer = %spec.public_key, address = %ipv4, "peer added");
         Ok(spec)
     }
@@ -338,7 +363,13 @@ impl Control {
             report.added.push(spec.public_key.to_string());
             self.add_peer(spec);
         }
-        self.addressing = Some(addressing);
+        let pushes = self.set_addressing(addressing);
+        if pushes > 0 {
+            tracing::info!(
+                peers = pushes,
+                "push settings changed (sent at once to connected peers)"
+            );
+        }
         report
     }
 
@@ -417,6 +448,8 @@ impl Control {
                 tracing::debug!(peer = %done.peer, endpoint = %msg.src, "handshake completed");
                 self.send(&out[..done.len], msg.src);
                 self.record_latency(msg);
+                // Right behind the response, under the keys it set up.
+                self.send_push(&done.peer, now, Some(msg.src));
             }
             Err(e) => {
                 let reason = e.reason();
@@ -486,6 +519,9 @@ impl Control {
                 self.send(&buf[..n], endpoint);
             }
         }
+        for key in report.pushes {
+            self.send_push(&key, now, None);
+        }
     }
 
     /// Runs until `stop` is set: handshakes, commands and the tick, whichever comes first.
@@ -546,6 +582,7 @@ fn entry_indexes(entry: &PeerEntry) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
+    use super::command::PushPolicy;
     use super::*;
     use crate::config::AddressPool;
     use crate::proto::keys::StaticSecret;
@@ -581,6 +618,7 @@ mod tests {
             prefix: 24,
             prefix6: None,
             mtu: 1420,
+            push: PushPolicy::default(),
         }
     }
 
@@ -760,6 +798,44 @@ mod tests {
         reload_and_check(&mut c, &table, &[(1, 4), (2, 2), (3, 3)], &[]);
         // Rotation plus a new peer taking a moved peer's old address.
         reload_and_check(&mut c, &table, &[(1, 5), (2, 4), (3, 3), (4, 2)], &[]);
+    }
+
+    #[test]
+    fn peers_are_pushed_what_the_addressing_says() {
+        use crate::proto::wire::PushConfig;
+        let push = |routes: &[&str]| {
+            PushConfig::new(
+                routes.iter().map(|r| r.parse().unwrap()).collect(),
+                Vec::new(),
+            )
+            .unwrap()
+        };
+        let (mut c, _) = control();
+        let global = push(&["10.98.0.0/24"]);
+        let own = push(&["10.98.0.0/24", "10.97.0.0/24"]);
+        let mut a = addressing();
+        a.push = PushPolicy {
+            global: global.clone(),
+            peers: [(key(1), own.clone())].into_iter().collect(),
+        };
+        c.set_peers(vec![host_spec(1, 2), host_spec(2, 3)], a.clone());
+        assert_eq!(c.server.push(&key(1)), Some(&own));
+        assert_eq!(c.server.push(&key(2)), Some(&global));
+        c.add_live(add(3, None)).unwrap();
+        assert_eq!(
+            c.server.push(&key(3)),
+            Some(&global),
+            "live-added: the global ones"
+        );
+        assert_eq!(c.set_addressing(a.clone()), 0, "nothing changed");
+        a.push.global = PushConfig::default();
+        assert_eq!(
+            c.set_addressing(a),
+            2,
+            "peers 2 and 3 lose theirs, 1 keeps its own"
+        );
+        assert_eq!(c.server.push(&key(1)), Some(&own));
+        assert!(c.server.push(&key(3)).unwrap().is_empty());
     }
 
     #[test]
