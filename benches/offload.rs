@@ -6,12 +6,12 @@
 use std::hint::black_box;
 use std::net::IpAddr;
 
-use concentrator::offload::checksum;
 use concentrator::offload::{
     split_into, Coalescer, GsoTypes, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_UDP_L4, VNET_HDR_LEN,
 };
 use concentrator::proto::ip;
+use concentrator::proto::wire::checksum;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// Segments per super-packet and payload bytes per segment: about what a TCP sender hands a

@@ -22,13 +22,13 @@
 //! - Every payload is as large as the first (that size becomes `gso_size`), except a smaller
 //!   last one, which ends the super-packet; the total stays within 65535 bytes.
 
-use super::checksum;
 use super::ip::{self, be16, be32, IPV4_MIN_HDR, IPV6_HDR, L3, PROTO_TCP, PROTO_UDP};
 use super::split::{
     MAX_IP_PACKET, TCP_ACK, TCP_CSUM, TCP_DOFF, TCP_FLAGS, TCP_MAX_HDR, TCP_MIN_HDR, TCP_PSH,
     TCP_SEQ, UDP_CSUM, UDP_HDR, UDP_LEN,
 };
 use super::vnet::*;
+use crate::proto::wire::checksum;
 
 /// Outcome of [`Coalescer::try_push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Minimal IPv4/IPv6 header parsing shared by the splitter and the coalescer.
 
-use super::checksum;
 use super::OffloadError;
+use crate::proto::wire::checksum;
 
 /// IANA protocol number for TCP.
 pub(crate) const PROTO_TCP: u8 = 6;

@@ -9,9 +9,9 @@
 //! Everything here is pure: no allocation, no `unsafe`, no I/O; all output goes into
 //! caller-provided buffers. The rules follow the kernel's own GSO/GRO (`tcp_gso_segment`,
 //! `__udp_gso_segment`, `tcp_gro_receive`, `inet_gro_receive`) as also applied by
-//! wireguard-go's `tun/offload_linux.go`.
+//! wireguard-go's `tun/offload_linux.go`. Checksums are computed with
+//! [`wire::checksum`](crate::proto::wire::checksum).
 
-pub mod checksum;
 pub mod coalesce;
 mod fuzz;
 mod ip;

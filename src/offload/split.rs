@@ -15,10 +15,10 @@
 //! skb, not the header length): it is only bounds-checked, and the header length is derived from
 //! the packet itself, as wireguard-go's `handleVirtioRead` does.
 
-use super::checksum;
 use super::ip::{self, be16, be32, L3, PROTO_TCP, PROTO_UDP};
 use super::vnet::*;
 use super::OffloadError;
+use crate::proto::wire::checksum;
 
 /// TCP header field offsets and flag bits (RFC 9293 §3.1; CWR/ECE from RFC 3168 §6.1).
 pub(crate) const TCP_SEQ: usize = 4;

@@ -9,6 +9,7 @@
 //! length for that type, the checks the spec asks for before anything else.
 
 mod assignment;
+pub mod checksum;
 mod cookie_reply;
 mod initiation;
 mod response;
