@@ -1,4 +1,6 @@
-//! Wire formats, as specified byte by byte in `docs/protocol.md`.
+//! Wire formats, as specified byte by byte in `docs/protocol.md`, and the IP header view
+//! ([`IpPacket`]) and Internet checksum ([`checksum`]) that the data plane and the offloads use
+//! on the packets inside the tunnel.
 //!
 //! Modelled on smoltcp's `wire` module: each message has a zero-copy view over a buffer
 //! (`Initiation<T: AsRef<[u8]>>` and friends) whose `new_checked` validates the length once, so
@@ -12,12 +14,16 @@ mod assignment;
 pub mod checksum;
 mod cookie_reply;
 mod initiation;
+mod ip;
 mod response;
 mod transport;
 
 pub use assignment::AddressAssignment;
 pub use cookie_reply::{CookieReply, CookieReplyRepr, COOKIE_NONCE_LEN, ENCRYPTED_COOKIE_LEN};
 pub use initiation::{Initiation, InitiationRepr};
+pub use ip::{
+    IpError, IpLayout, IpPacket, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN,
+};
 pub use response::{Response, ResponseRepr};
 pub use transport::{transport_receiver_index, write_transport_header, Transport};
 
