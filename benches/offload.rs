@@ -10,8 +10,7 @@ use concentrator::offload::{
     split_into, Coalescer, GsoTypes, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_UDP_L4, VNET_HDR_LEN,
 };
-use concentrator::proto::ip;
-use concentrator::proto::wire::checksum;
+use concentrator::proto::wire::{checksum, IpPacket};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// Segments per super-packet and payload bytes per segment: about what a TCP sender hands a
@@ -165,8 +164,8 @@ fn ip_header(c: &mut Criterion) {
 }
 
 fn addresses_and_len(packet: &[u8]) -> Option<(IpAddr, IpAddr, usize)> {
-    let (src, dst) = ip::addresses(packet)?;
-    Some((src, dst, ip::stated_len(packet)?))
+    let ip = IpPacket::new_checked(packet).ok()?;
+    Some((ip.src(), ip.dst(), ip.total_len()))
 }
 
 criterion_group!(benches, split, coalesce, ip_header);

@@ -21,11 +21,10 @@ use crate::offload::split::Segmenter;
 use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::proto::admission::{Admission, Verdict};
 use crate::proto::constants::MAX_MTU;
-use crate::proto::ip;
 use crate::proto::ratelimit::SlotLimiter;
 use crate::proto::time::Instant;
 use crate::proto::wire::{
-    self, MessageType, COOKIE_REPLY_LEN, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN,
+    self, IpPacket, MessageType, COOKIE_REPLY_LEN, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN,
 };
 use crate::server::handoff::HandshakeMessage;
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
@@ -148,7 +147,9 @@ impl Worker {
         self.counters.tun_rx_bytes += n as u64;
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
         let packet = &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
-        let (_, dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
+        let dst = IpPacket::new_checked(packet)
+            .map_err(|_| DropReason::Malformed)?
+            .dst();
         let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
         let endpoint = peer.endpoint().ok_or(DropReason::NoEndpoint)?;
         let file = socket_for(&self.socket_families, &endpoint).ok_or(DropReason::NoEndpoint)?;
@@ -183,7 +184,9 @@ impl Worker {
         let (input, output) = buf.split_at_mut(REGION);
         let hdr = VirtioNetHdr::parse(&input[..n]).ok_or(DropReason::Malformed)?;
         let packet = &input[VNET_HDR_LEN..n];
-        let (_, dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
+        let dst = IpPacket::new_checked(packet)
+            .map_err(|_| DropReason::Malformed)?
+            .dst();
         let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
         let endpoint = peer.endpoint().ok_or(DropReason::NoEndpoint)?;
         let segments =
@@ -517,11 +520,11 @@ fn open_datagram<'t>(
         return Ok(Delivery::Nothing); // keepalive
     }
     let packet = &datagram[received.plaintext.clone()];
-    let (inner_src, inner_dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
-    if !peer.owns_source(inner_src) {
+    let inner = IpPacket::new_checked(packet).map_err(|_| DropReason::Malformed)?;
+    if !peer.owns_source(inner.src()) {
         return Err(DropReason::SpoofedSource);
     }
-    let len = ip::stated_len(packet).ok_or(DropReason::Malformed)?;
+    let (inner_dst, len) = (inner.dst(), inner.total_len());
     peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
     if client_to_client {
         if let Some(other) = table.by_address(inner_dst, guard) {
