@@ -11,7 +11,6 @@ use concentrator::proto::constants::{
     REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT, ZERO_KEYS_AFTER,
 };
 use concentrator::proto::cookie::CookieChecker;
-use concentrator::proto::ip;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::{Random, SeededRandom};
 use concentrator::proto::server::{
@@ -20,7 +19,7 @@ use concentrator::proto::server::{
 use concentrator::proto::session::SessionError;
 use concentrator::proto::time::Instant;
 use concentrator::proto::wire::{
-    self, AddressAssignment, MessageType, PushConfig, TAG_LEN, TRANSPORT_HEADER_LEN,
+    self, AddressAssignment, IpPacket, MessageType, PushConfig, TAG_LEN, TRANSPORT_HEADER_LEN,
 };
 
 const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 7);
@@ -366,8 +365,8 @@ impl Sim {
                 if let Ok(r) = session.decrypt(index, &mut bytes, self.now) {
                     if !r.plaintext.is_empty() {
                         let p = &bytes[r.plaintext];
-                        let (src, _) = ip::addresses(p).unwrap();
-                        if ip::source_allowed(&assignment(), src) {
+                        let src = IpPacket::new_checked(p).unwrap().src();
+                        if assignment().assigns(src) {
                             self.at_server.push(seq_of(p));
                         }
                     }

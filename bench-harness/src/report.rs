@@ -459,7 +459,8 @@ mod tests {
             0,
             "checksum over a valid header is 0"
         );
-        let (src, dst) = concentrator::proto::ip::addresses(&buf[..n]).unwrap();
+        let ip = concentrator::proto::wire::IpPacket::new_checked(&buf[..n]).unwrap();
+        let (src, dst) = (ip.src(), ip.dst());
         assert_eq!(src.to_string(), "10.66.0.10");
         assert_eq!(dst.to_string(), "10.1.0.2");
     }

@@ -2,10 +2,9 @@
 //! to the identical bytes; the classifier and the per-type parsers must agree.
 #![no_main]
 
-use concentrator::proto::ip;
 use concentrator::proto::wire::{
-    self, AddressAssignment, CookieReply, CookieReplyRepr, Initiation, InitiationRepr, MessageType,
-    PushConfig, Response, ResponseRepr, Transport, ASSIGNMENT_LEN, MAX_PUSH_PAYLOAD_LEN,
+    self, AddressAssignment, CookieReply, CookieReplyRepr, Initiation, InitiationRepr, IpPacket,
+    MessageType, PushConfig, Response, ResponseRepr, Transport, ASSIGNMENT_LEN, MAX_PUSH_PAYLOAD_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -79,10 +78,25 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    if let Some((src, dst)) = ip::addresses(data) {
-        assert_eq!(src.is_ipv4(), dst.is_ipv4());
-        let stated = ip::stated_len(data).expect("addresses implies a stated length");
-        assert!(stated <= data.len());
+    // The IP view: every accessor of a checked view is in bounds and every length within the
+    // buffer, also for the view that takes the buffer's length as the packet's.
+    let checked = IpPacket::new_checked(data);
+    let whole = IpPacket::new_checked_ignoring_length(data);
+    if checked.is_ok() {
+        assert!(whole.is_ok(), "a checked packet has a checked header");
     }
-    let _ = ip::stated_len(data);
+    for ip in [checked, whole].into_iter().flatten() {
+        let (src, dst) = (ip.src(), ip.dst());
+        assert_eq!(src.is_ipv6(), ip.is_v6());
+        assert_eq!(dst.is_ipv6(), ip.is_v6());
+        assert!(ip.header_len() <= ip.total_len());
+        assert!(ip.total_len() <= data.len());
+        assert_eq!(ip.packet().len(), ip.total_len());
+        let _ = (ip.ident(), ip.verify_checksum(), ip.header());
+        if let Ok(layout) = ip.layout() {
+            assert!(layout.l4_offset >= ip.header_len());
+            assert!(layout.l4_offset <= ip.total_len());
+            let _ = ip.pseudo_header_sum(layout.protocol, ip.total_len() - layout.l4_offset);
+        }
+    }
 });

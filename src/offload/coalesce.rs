@@ -22,13 +22,15 @@
 //! - Every payload is as large as the first (that size becomes `gso_size`), except a smaller
 //!   last one, which ends the super-packet; the total stays within 65535 bytes.
 
-use super::checksum;
-use super::ip::{self, be16, be32, IPV4_MIN_HDR, IPV6_HDR, L3, PROTO_TCP, PROTO_UDP};
 use super::split::{
     MAX_IP_PACKET, TCP_ACK, TCP_CSUM, TCP_DOFF, TCP_FLAGS, TCP_MAX_HDR, TCP_MIN_HDR, TCP_PSH,
     TCP_SEQ, UDP_CSUM, UDP_HDR, UDP_LEN,
 };
 use super::vnet::*;
+use super::{be16, be32};
+use crate::proto::wire::{
+    checksum, IpLayout, IpPacket, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN,
+};
 
 /// Outcome of [`Coalescer::try_push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +61,7 @@ enum Kind {
 #[derive(Debug, Clone, Copy)]
 struct Cand {
     kind: Kind,
-    l3: L3,
+    l3: IpLayout,
     /// IP length (bytes after it are padding).
     total: usize,
     hdr_len: usize,
@@ -73,7 +75,7 @@ struct Cand {
 #[derive(Debug, Clone, Copy)]
 struct Flow {
     kind: Kind,
-    l3: L3,
+    l3: IpLayout,
     hdr_len: usize,
     gso_size: usize,
     segments: usize,
@@ -219,10 +221,10 @@ impl<'a> Coalescer<'a> {
         }
         let pkt = &packet[..c.total];
         let first = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + f.hdr_len];
-        if !same_ip_header(first, pkt, &f.l3, f.last_id) {
+        if !same_ip_header(first, pkt, &f.l3, c.id, f.last_id) {
             return Push::Rejected;
         }
-        let l4 = f.l3.l4_off;
+        let l4 = f.l3.l4_offset;
         let l4_ok = match f.kind {
             Kind::Tcp => {
                 c.seq == f.next_seq
@@ -287,10 +289,10 @@ impl<'a> Coalescer<'a> {
             },
             None => Flow {
                 kind: Kind::Single,
-                l3: L3 {
+                l3: IpLayout {
                     v6: false,
-                    l4_off: 0,
-                    proto: 0,
+                    l4_offset: 0,
+                    protocol: 0,
                 },
                 hdr_len: 0,
                 gso_size: 0,
@@ -320,8 +322,11 @@ impl<'a> Coalescer<'a> {
         let hdr = if f.segments < 2 {
             VirtioNetHdr::NONE
         } else {
-            let l4 = f.l3.l4_off;
-            ip::set_ip_len(p, &f.l3, len);
+            let l4 = f.l3.l4_offset;
+            let mut ip = IpPacket::new_unchecked(&mut *p);
+            ip.set_total_len(len);
+            ip.fill_checksum();
+            let pseudo = ip.pseudo_header_sum(f.l3.protocol, len - l4);
             let (gso_type, field) = match (f.kind, f.l3.v6) {
                 (Kind::Udp, _) => {
                     let ulen = (len - l4) as u16;
@@ -331,7 +336,7 @@ impl<'a> Coalescer<'a> {
                 (_, false) => (VIRTIO_NET_HDR_GSO_TCPV4, TCP_CSUM),
                 (_, true) => (VIRTIO_NET_HDR_GSO_TCPV6, TCP_CSUM),
             };
-            let partial = checksum::fold(ip::pseudo_sum(p, &f.l3, len - l4));
+            let partial = checksum::fold(pseudo);
             p[l4 + field..l4 + field + 2].copy_from_slice(&partial.to_be_bytes());
             VirtioNetHdr {
                 flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -352,42 +357,37 @@ impl<'a> Coalescer<'a> {
 }
 
 /// IP header equality for merging: see the module docs. `first` is the pending super-packet's
-/// header, `pkt` the candidate; both are at least `l3.l4_off` long.
-fn same_ip_header(first: &[u8], pkt: &[u8], l3: &L3, last_id: u16) -> bool {
+/// header, `pkt` the candidate with IPv4 ID `id`; both are at least `l3.l4_offset` long.
+fn same_ip_header(first: &[u8], pkt: &[u8], l3: &IpLayout, id: u16, last_id: u16) -> bool {
     if l3.v6 {
         // version/traffic class/flow label; next header, hop limit, addresses
-        first[0..4] == pkt[0..4] && first[6..IPV6_HDR] == pkt[6..IPV6_HDR]
+        first[0..4] == pkt[0..4] && first[6..IPV6_HEADER_LEN] == pkt[6..IPV6_HEADER_LEN]
     } else {
         // version/IHL/TOS; flags+offset, TTL, protocol; addresses
         first[0..2] == pkt[0..2]
-            && be16(pkt, 4) == last_id.wrapping_add(1)
+            && id == last_id.wrapping_add(1)
             && first[6..10] == pkt[6..10]
-            && first[12..IPV4_MIN_HDR] == pkt[12..IPV4_MIN_HDR]
+            && first[12..IPV4_MIN_HEADER_LEN] == pkt[12..IPV4_MIN_HEADER_LEN]
     }
 }
 
 /// Parses `p` as a merge candidate; `None` if it is not one (see the module docs).
 fn classify(p: &[u8]) -> Option<Cand> {
-    let l3 = ip::parse_l3(p).ok()?;
-    let total = if l3.v6 {
-        if l3.l4_off != IPV6_HDR {
-            return None;
-        }
-        IPV6_HDR + usize::from(be16(p, 4))
+    let ip = IpPacket::new_checked(p).ok()?;
+    let l3 = ip.layout().ok()?;
+    let plain_header = if l3.v6 {
+        IPV6_HEADER_LEN
     } else {
-        if l3.l4_off != IPV4_MIN_HDR || checksum::fold(checksum::sum(&p[..IPV4_MIN_HDR])) != 0xffff
-        {
-            return None;
-        }
-        usize::from(be16(p, 2))
+        IPV4_MIN_HEADER_LEN
     };
-    if total > p.len() || total < l3.l4_off {
+    if l3.l4_offset != plain_header || !ip.verify_checksum() {
         return None;
     }
-    let p = &p[..total];
-    let l4 = l3.l4_off;
-    let (kind, hdr_len, seq, psh) = match l3.proto {
-        PROTO_TCP => {
+    let total = ip.total_len();
+    let p = ip.packet();
+    let l4 = l3.l4_offset;
+    let (kind, hdr_len, seq, psh) = match l3.protocol {
+        IPPROTO_TCP => {
             let thl = usize::from(*p.get(l4 + TCP_DOFF)? >> 4) * 4;
             if !(TCP_MIN_HDR..=TCP_MAX_HDR).contains(&thl) || l4 + thl > total {
                 return None;
@@ -403,7 +403,7 @@ fn classify(p: &[u8]) -> Option<Cand> {
                 flags & TCP_PSH != 0,
             )
         }
-        PROTO_UDP => {
+        IPPROTO_UDP => {
             if l4 + UDP_HDR > total
                 || usize::from(be16(p, l4 + UDP_LEN)) != total - l4
                 || be16(p, l4 + UDP_CSUM) == 0
@@ -418,7 +418,10 @@ fn classify(p: &[u8]) -> Option<Cand> {
     if payload == 0 {
         return None;
     }
-    let s = checksum::add(ip::pseudo_sum(p, &l3, total - l4), checksum::sum(&p[l4..]));
+    let s = checksum::add(
+        ip.pseudo_header_sum(l3.protocol, total - l4),
+        checksum::sum(&p[l4..]),
+    );
     if checksum::fold(s) != 0xffff {
         return None;
     }
@@ -429,7 +432,7 @@ fn classify(p: &[u8]) -> Option<Cand> {
         hdr_len,
         payload,
         seq,
-        id: if l3.v6 { 0 } else { be16(p, 4) },
+        id: ip.ident(),
         psh,
     })
 }

@@ -9,19 +9,20 @@
 //! Everything here is pure: no allocation, no `unsafe`, no I/O; all output goes into
 //! caller-provided buffers. The rules follow the kernel's own GSO/GRO (`tcp_gso_segment`,
 //! `__udp_gso_segment`, `tcp_gro_receive`, `inet_gro_receive`) as also applied by
-//! wireguard-go's `tun/offload_linux.go`.
+//! wireguard-go's `tun/offload_linux.go`. IP headers are read and rewritten through
+//! [`IpPacket`](crate::proto::wire::IpPacket), checksums computed with
+//! [`wire::checksum`](crate::proto::wire::checksum).
 #![forbid(unsafe_code)]
 
-pub mod checksum;
 pub mod coalesce;
 mod fuzz;
-mod ip;
 pub mod split;
 pub mod vnet;
 
 #[cfg(test)]
 mod tests;
 
+use crate::proto::wire::IpError;
 pub use coalesce::{Coalesced, Coalescer, GsoTypes, Push};
 pub use split::{complete_checksum, split_into, Segmenter};
 pub use vnet::*;
@@ -91,6 +92,32 @@ pub enum OffloadError {
     /// Segment index past the last segment.
     #[error("segment index out of range")]
     SegmentIndex,
+}
+
+impl From<IpError> for OffloadError {
+    fn from(e: IpError) -> Self {
+        match e {
+            IpError::Truncated | IpError::LengthBeyondBuffer { .. } => OffloadError::Truncated,
+            IpError::UnknownVersion(_) => OffloadError::IpVersionMismatch,
+            IpError::HeaderTooShort(_) | IpError::LengthBelowHeader { .. } => {
+                OffloadError::BadIpHeader
+            }
+            IpError::Fragmented => OffloadError::Fragmented,
+            IpError::UnsupportedExtensionHeader(next) => {
+                OffloadError::UnsupportedExtensionHeader(next)
+            }
+        }
+    }
+}
+
+/// Reads a big-endian u16 at `i` of an L4 header (caller guarantees bounds).
+pub(crate) fn be16(p: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([p[i], p[i + 1]])
+}
+
+/// Reads a big-endian u32 at `i` of an L4 header (caller guarantees bounds).
+pub(crate) fn be32(p: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]])
 }
 
 /// Never panics, whatever `data` is; meant to be driven by a fuzzer (`fuzz/` can call it).

@@ -13,12 +13,12 @@
 //!
 //! The kernel's `hdr_len` is not trusted (on the forward path it is the whole linear part of the
 //! skb, not the header length): it is only bounds-checked, and the header length is derived from
-//! the packet itself, as wireguard-go's `handleVirtioRead` does.
+//! the packet itself, as wireguard-go's `handleVirtioRead` does. Nor are the super-packet's IP
+//! length fields: its length is the buffer's, and each segment gets its own.
 
-use super::checksum;
-use super::ip::{self, be16, be32, L3, PROTO_TCP, PROTO_UDP};
 use super::vnet::*;
-use super::OffloadError;
+use super::{be16, be32, OffloadError};
+use crate::proto::wire::{checksum, IpLayout, IpPacket, IPPROTO_TCP, IPPROTO_UDP};
 
 /// TCP header field offsets and flag bits (RFC 9293 §3.1; CWR/ECE from RFC 3168 §6.1).
 pub(crate) const TCP_SEQ: usize = 4;
@@ -59,7 +59,7 @@ enum Kind {
 pub struct Segmenter<'p> {
     packet: &'p [u8],
     kind: Kind,
-    l3: L3,
+    l3: IpLayout,
     /// IP + L4 header length, derived from the packet (0 for `Plain`).
     hdr_len: usize,
     /// Payload bytes per segment (the whole packet for `Plain`).
@@ -84,27 +84,27 @@ impl<'p> Segmenter<'p> {
             VIRTIO_NET_HDR_GSO_UDP => return Err(OffloadError::UnsupportedGsoType(hdr.gso_type)),
             _ => return Err(OffloadError::UnknownGsoType(hdr.gso_type)),
         };
-        let l3 = ip::parse_l3(packet)?;
+        let l3 = IpPacket::new_checked_ignoring_length(packet)?.layout()?;
         if want_v6.is_some_and(|v6| v6 != l3.v6) {
             return Err(OffloadError::IpVersionMismatch);
         }
         let (proto, csum_field) = if is_tcp {
-            (PROTO_TCP, TCP_CSUM)
+            (IPPROTO_TCP, TCP_CSUM)
         } else {
-            (PROTO_UDP, UDP_CSUM)
+            (IPPROTO_UDP, UDP_CSUM)
         };
-        if l3.proto != proto {
+        if l3.protocol != proto {
             return Err(OffloadError::ProtocolMismatch);
         }
         if hdr.needs_csum()
-            && (usize::from(hdr.csum_start) != l3.l4_off
+            && (usize::from(hdr.csum_start) != l3.l4_offset
                 || usize::from(hdr.csum_offset) != csum_field)
         {
             return Err(OffloadError::BadChecksumOffset);
         }
         let l4_len = if is_tcp {
             let doff = packet
-                .get(l3.l4_off + TCP_DOFF)
+                .get(l3.l4_offset + TCP_DOFF)
                 .ok_or(OffloadError::Truncated)?;
             let thl = usize::from(doff >> 4) * 4;
             if !(TCP_MIN_HDR..=TCP_MAX_HDR).contains(&thl) {
@@ -114,7 +114,7 @@ impl<'p> Segmenter<'p> {
         } else {
             UDP_HDR
         };
-        let hdr_len = l3.l4_off + l4_len;
+        let hdr_len = l3.l4_offset + l4_len;
         if hdr_len > packet.len() {
             return Err(OffloadError::Truncated);
         }
@@ -158,10 +158,10 @@ impl<'p> Segmenter<'p> {
         Ok(Self {
             packet,
             kind: Kind::Plain { csum },
-            l3: L3 {
+            l3: IpLayout {
                 v6: false,
-                l4_off: 0,
-                proto: 0,
+                l4_offset: 0,
+                protocol: 0,
             },
             hdr_len: 0,
             gso_size: packet.len(),
@@ -202,18 +202,19 @@ impl<'p> Segmenter<'p> {
             Kind::Udp => (false, UDP_CSUM),
         };
         let h = self.hdr_len;
-        let l4 = self.l3.l4_off;
+        let l4 = self.l3.l4_offset;
         let start = h + i * self.gso_size;
         out[..h].copy_from_slice(&self.packet[..h]);
         out[h..].copy_from_slice(&self.packet[start..start + (seg_len - h)]);
 
-        if !self.l3.v6 {
-            // inet_gso_segment: consecutive IDs unless the skb is SKB_GSO_TCP_FIXEDID, which
-            // virtio cannot express.
-            let id = be16(out, 4).wrapping_add(i as u16);
-            out[4..6].copy_from_slice(&id.to_be_bytes());
-        }
-        ip::set_ip_len(out, &self.l3, seg_len);
+        // The header was copied from the checked packet.
+        let mut ip = IpPacket::new_unchecked(&mut *out);
+        // inet_gso_segment: consecutive IPv4 IDs unless the skb is SKB_GSO_TCP_FIXEDID, which
+        // virtio cannot express.
+        ip.set_ident(ip.ident().wrapping_add(i as u16));
+        ip.set_total_len(seg_len);
+        ip.fill_checksum();
+        let pseudo = ip.pseudo_header_sum(self.l3.protocol, seg_len - l4);
 
         if is_tcp {
             // i * gso_size < 65536, so the cast is exact; sequence space wraps (RFC 9293 §3.4).
@@ -234,7 +235,6 @@ impl<'p> Segmenter<'p> {
 
         out[l4 + csum_field] = 0;
         out[l4 + csum_field + 1] = 0;
-        let pseudo = ip::pseudo_sum(out, &self.l3, seg_len - l4);
         let mut c = checksum::checksum(&out[l4..], pseudo);
         if !is_tcp && c == 0 {
             // RFC 768: a computed zero is sent as all ones (zero means "no checksum").

@@ -10,8 +10,8 @@
 //! packet with `VirtioNetHdr::NONE` and a completed checksum; and the kernel's `hdr_len`, which
 //! we never trust, is normalised to the real header length.
 
-use super::checksum;
 use super::*;
+use crate::proto::wire::checksum;
 use etherparse::{
     IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, NetSlice, SlicedPacket, TcpHeader,
     TcpOptionElement, TransportSlice, UdpHeader,

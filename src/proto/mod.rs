@@ -11,7 +11,6 @@ pub mod client;
 pub mod constants;
 pub mod cookie;
 pub mod handshake;
-pub mod ip;
 pub mod keypair;
 pub mod keys;
 pub mod ratelimit;

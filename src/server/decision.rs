@@ -20,11 +20,12 @@ use std::sync::Arc;
 
 use crate::proto::admission::{Admission, Verdict};
 use crate::proto::cookie::MacKeys;
-use crate::proto::ip;
 use crate::proto::ratelimit::{SlotLimiter, DEFAULT_BURST, DEFAULT_PACKETS_PER_SECOND};
 use crate::proto::rng::{PrfRandom, Random};
 use crate::proto::time::Instant;
-use crate::proto::wire::{self, MessageType, COOKIE_REPLY_LEN, TAG_LEN, TRANSPORT_HEADER_LEN};
+use crate::proto::wire::{
+    self, IpPacket, MessageType, COOKIE_REPLY_LEN, TAG_LEN, TRANSPORT_HEADER_LEN,
+};
 use crate::server::handoff::{LoadSignal, SharedCookieSecrets};
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
 
@@ -188,11 +189,11 @@ impl Gate {
             return Ok(Decision::Keepalive);
         }
         let packet = &datagram[received.plaintext.clone()];
-        let (inner_src, inner_dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
-        if !peer.owns_source(inner_src) {
+        let inner = IpPacket::new_checked(packet).map_err(|_| DropReason::Malformed)?;
+        if !peer.owns_source(inner.src()) {
             return Err(DropReason::SpoofedSource);
         }
-        let len = ip::stated_len(packet).ok_or(DropReason::Malformed)?;
+        let (inner_dst, len) = (inner.dst(), inner.total_len());
         peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
         if self.config.client_to_client {
             if let Some(other) = table.by_address(inner_dst, guard) {

@@ -65,7 +65,7 @@ impl PeerEntry {
 
     /// True when `inner_source` is one of the peer's own addresses (cryptokey routing).
     pub fn owns_source(&self, inner_source: IpAddr) -> bool {
-        crate::proto::ip::source_allowed(&self.assignment, inner_source)
+        self.assignment.assigns(inner_source)
     }
 }
 

@@ -96,7 +96,7 @@ pub fn frame_in_place(buf: &mut [u8], packet: Range<usize>) -> Option<Range<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offload::checksum;
+    use crate::proto::wire::checksum;
 
     /// A UDP/IPv4 packet of flow `port` with `payload` bytes and IP ID `id`, checksums complete.
     fn udp4(port: u16, id: u16, payload: usize) -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! The address assignment payload (24 bytes), carried encrypted in the handshake response.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{array, WireError, ASSIGNMENT_LEN};
 use crate::proto::constants::{MAX_MTU, MIN_MTU};
@@ -76,6 +76,17 @@ impl AddressAssignment {
     pub const fn buffer_len(&self) -> usize {
         ASSIGNMENT_LEN
     }
+
+    /// True when `address` is one this assignment gives the peer (cryptokey routing). A
+    /// decrypted packet from any other source is dropped: the tunnel authenticates the peer,
+    /// this binds the peer to its addresses so it cannot impersonate another client or a host
+    /// behind the server.
+    pub fn assigns(&self, address: IpAddr) -> bool {
+        match address {
+            IpAddr::V4(a) => a == self.ipv4,
+            IpAddr::V6(a) => self.ipv6.is_some_and(|(own, _)| own == a),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +118,21 @@ mod tests {
         assert_eq!(a.ipv4_prefix, 32);
         assert_eq!(a.ipv6, None);
         assert_eq!(a.mtu, 1280);
+    }
+
+    #[test]
+    fn assigns_only_its_own_addresses() {
+        let a = AddressAssignment::parse(&V4_V6).unwrap();
+        assert!(a.assigns("10.8.0.2".parse().unwrap()));
+        assert!(!a.assigns("10.8.0.3".parse().unwrap()));
+        assert!(a.assigns("fd00::2".parse().unwrap()));
+        assert!(!a.assigns("fd00::3".parse().unwrap()));
+        // Not the IPv4 address written as IPv6, and no IPv6 address without an assignment.
+        assert!(!a.assigns("::ffff:10.8.0.2".parse().unwrap()));
+        let v4_only = AddressAssignment::parse(&V4_ONLY).unwrap();
+        assert!(v4_only.assigns("100.64.0.9".parse().unwrap()));
+        assert!(!v4_only.assigns("::".parse().unwrap()));
+        assert!(!v4_only.assigns("fd00::2".parse().unwrap()));
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Wire formats, as specified byte by byte in `docs/protocol.md`.
+//! Wire formats, as specified byte by byte in `docs/protocol.md`, and the IP header view
+//! ([`IpPacket`]) and Internet checksum ([`checksum`]) that the data plane and the offloads use
+//! on the packets inside the tunnel.
 //!
 //! Modelled on smoltcp's `wire` module: each message has a zero-copy view over a buffer
 //! (`Initiation<T: AsRef<[u8]>>` and friends) whose `new_checked` validates the length once, so
@@ -9,8 +11,10 @@
 //! length for that type, the checks the spec asks for before anything else.
 
 mod assignment;
+pub mod checksum;
 mod cookie_reply;
 mod initiation;
+mod ip;
 mod push;
 mod response;
 mod transport;
@@ -18,6 +22,9 @@ mod transport;
 pub use assignment::AddressAssignment;
 pub use cookie_reply::{CookieReply, CookieReplyRepr, COOKIE_NONCE_LEN, ENCRYPTED_COOKIE_LEN};
 pub use initiation::{Initiation, InitiationRepr};
+pub use ip::{
+    IpError, IpLayout, IpPacket, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN,
+};
 pub use push::{
     check_dns_server, check_route, push_receiver_index, PushConfig, PushError,
     MAX_PUSH_DNS_PER_FAMILY, MAX_PUSH_PAYLOAD_LEN, MAX_PUSH_ROUTES_PER_FAMILY, PUSH_MIN_LEN,

@@ -17,9 +17,8 @@ use crossbeam_channel::{Sender, TrySendError};
 use super::stats::{Counters, DropReason};
 use super::worker::{Outcome, Worker};
 use crate::offload::vnet::VNET_HDR_LEN;
-use crate::proto::ip;
 use crate::proto::time::Instant;
-use crate::proto::wire::{INITIATION_LEN, TRANSPORT_HEADER_LEN};
+use crate::proto::wire::{IpPacket, INITIATION_LEN, TRANSPORT_HEADER_LEN};
 use crate::server::decision::Decision;
 use crate::server::handoff::HandshakeMessage;
 use crate::server::session_table::{TableGuard, TableSnapshot};
@@ -134,7 +133,9 @@ impl Worker {
         self.counters.tun_rx_bytes += n as u64;
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
         let packet = &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
-        let (_, dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
+        let dst = IpPacket::new_checked(packet)
+            .map_err(|_| DropReason::Malformed)?
+            .dst();
         let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
         let endpoint = peer.endpoint().ok_or(DropReason::NoEndpoint)?;
         let file = socket_for(&self.socket_families, &endpoint).ok_or(DropReason::NoEndpoint)?;
@@ -168,7 +169,9 @@ impl Worker {
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
         let (input, output) = buf.split_at_mut(REGION);
         let packet = input.get(VNET_HDR_LEN..n).ok_or(DropReason::Malformed)?;
-        let (_, dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
+        let dst = IpPacket::new_checked(packet)
+            .map_err(|_| DropReason::Malformed)?
+            .dst();
         let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
         let endpoint = peer.endpoint().ok_or(DropReason::NoEndpoint)?;
         let train = egress::seal_super_packet(&input[..n], output, &peer.session, now)
