@@ -28,7 +28,7 @@ use crate::proto::wire::{
 use crate::server::handoff::HandshakeMessage;
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
 use crate::sys::uring::FileIndex;
-use crate::tunnel::egress;
+use crate::tunnel::{egress, mss};
 
 /// Bytes of one region of an offload slot (input: a TUN read or a GRO receive; output: the
 /// sealed segments or the coalesced frames).
@@ -149,7 +149,12 @@ impl Worker {
         }
         self.counters.tun_rx_packets += 1;
         self.counters.tun_rx_bytes += n as u64;
+        let mss_clamp = self.mss_clamp;
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
+        if let Some(mtu) = mss_clamp {
+            let packet = &mut buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
+            mss::clamp_mss(packet, mtu, mss::ChecksumState::Complete);
+        }
         let packet = &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
         let (_, dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
         let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
@@ -182,8 +187,12 @@ impl Worker {
         // once cut, each further segment counts too.
         self.counters.tun_rx_packets += 1;
         self.counters.tun_rx_bytes += n.saturating_sub(VNET_HDR_LEN) as u64;
+        let mss_clamp = self.mss_clamp;
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
         let (input, output) = buf.split_at_mut(REGION);
+        if let (Some(mtu), Some(frame)) = (mss_clamp, input.get_mut(..n)) {
+            mss::clamp_mss_after_vnet_header(frame, mtu);
+        }
         let packet = input.get(VNET_HDR_LEN..n).ok_or(DropReason::Malformed)?;
         let (_, dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
         let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
@@ -305,7 +314,7 @@ impl Worker {
                 now,
                 table,
                 guard,
-                client_to_client,
+                (client_to_client, self.mss_clamp),
                 &mut gate,
                 &mut self.counters,
             );
@@ -462,7 +471,8 @@ impl HandshakeGate<'_> {
     }
 }
 
-/// Opens one datagram in place and decides where its packet goes.
+/// Opens one datagram in place and decides where its packet goes. With `mss_clamp` (the MTU),
+/// a TCP SYN's MSS is lowered to fit it, whether the packet goes to the TUN or is relayed.
 #[allow(clippy::too_many_arguments)]
 fn open_datagram<'t>(
     datagram: &mut [u8],
@@ -470,7 +480,7 @@ fn open_datagram<'t>(
     now: Instant,
     table: &'t TableSnapshot,
     guard: &'t TableGuard<'_>,
-    client_to_client: bool,
+    (client_to_client, mss_clamp): (bool, Option<u16>),
     gate: &mut HandshakeGate<'_>,
     counters: &mut super::stats::Counters,
 ) -> Result<Delivery<'t>, DropReason> {
@@ -495,11 +505,15 @@ fn open_datagram<'t>(
     }
     let packet = &datagram[received.plaintext.clone()];
     let (inner_src, inner_dst) = ip::addresses(packet).ok_or(DropReason::Malformed)?;
-    if !peer.owns_source(inner_src) {
+    if !peer.owns_source(inner_src, table) {
         return Err(DropReason::SpoofedSource);
     }
     let len = ip::stated_len(packet).ok_or(DropReason::Malformed)?;
     peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    if let Some(mtu) = mss_clamp {
+        let packet = &mut datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
+        mss::clamp_mss(packet, mtu, mss::ChecksumState::Complete);
+    }
     if client_to_client {
         if let Some(other) = table.by_address(inner_dst, guard) {
             // The plaintext sits between the old header's and the old tag's room: seal it there.

@@ -107,6 +107,8 @@ pub struct WorkerContext {
     pub stop: Arc<AtomicBool>,
     /// Relay client-to-client packets inside the worker.
     pub client_to_client: bool,
+    /// Lower the MSS of TCP SYNs crossing the tunnel to fit this MTU (`mss_clamp`).
+    pub mss_clamp: Option<u16>,
     /// The server's mac1 key: initiations are checked before they are queued.
     pub mac_keys: Arc<crate::proto::cookie::MacKeys>,
     /// The control thread's under-load state (cookie-less initiations are shed here then).
@@ -144,6 +146,7 @@ pub(super) struct Worker {
     pub(super) receive_len: usize,
     pub(super) gso_types: crate::offload::coalesce::GsoTypes,
     pub(super) client_to_client: bool,
+    pub(super) mss_clamp: Option<u16>,
     /// The under-load check of initiations (the responder's, with a fixed table for the
     /// per-source limit of valid-mac2 initiations; the control thread's limiter is exact).
     pub(super) admission: Admission<SlotLimiter>,
@@ -219,6 +222,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         receive_len: if ctx.offloads { REGION } else { SLOT_BYTES },
         gso_types: ctx.gso_types,
         client_to_client: ctx.client_to_client,
+        mss_clamp: ctx.mss_clamp,
         ctx,
         ring,
         counters: Counters::default(),
@@ -504,6 +508,7 @@ mod tests {
             latency: Arc::default(),
             stop: Arc::default(),
             client_to_client: false,
+            mss_clamp: None,
             mac_keys: Arc::new(crate::proto::cookie::MacKeys::new(&[9; 32])),
             load: Arc::default(),
             cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),

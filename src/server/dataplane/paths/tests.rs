@@ -126,6 +126,7 @@ fn junk_from_the_victims_address_does_not_lock_it_out_under_load() {
             ipv6: None,
             mtu: 1420,
         },
+        allowed_ips: Vec::new(),
     });
     let mut headend = Headend::new(server, &mut rng);
     let victim: SocketAddr = "192.0.2.7:40000".parse().unwrap();
