@@ -160,6 +160,7 @@ fn handshake(c: &mut Criterion) {
             ipv6: None,
             mtu: 1420,
         },
+        allowed_ips: Vec::new(),
     });
     let own_mac_keys = MacKeys::new(client_public.as_bytes());
     let mut cookies = CookieJar::new(server_public.as_bytes());

@@ -869,6 +869,7 @@ fn recording_server(
             ipv6: None,
             mtu: 1420,
         },
+        allowed_ips: Vec::new(),
     });
     server
 }

@@ -127,6 +127,7 @@ fn server_with_client(
         public_key: client_public,
         psk: PresharedKey::zero(),
         assignment: assignment(),
+        allowed_ips: Vec::new(),
     });
     server
 }

@@ -51,6 +51,7 @@ fn setup(psk: PresharedKey) -> Setup {
         public_key: client.public_key(),
         psk: PresharedKey::from_bytes(*psk.as_bytes()),
         assignment: assignment(),
+        allowed_ips: Vec::new(),
     });
     Setup {
         rng,

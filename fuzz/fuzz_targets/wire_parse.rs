@@ -4,7 +4,8 @@
 
 use concentrator::proto::wire::{
     self, AddressAssignment, CookieReply, CookieReplyRepr, Initiation, InitiationRepr, IpPacket,
-    MessageType, PushConfig, Response, ResponseRepr, Transport, ASSIGNMENT_LEN, MAX_PUSH_PAYLOAD_LEN,
+    MessageType, PushConfig, Response, ResponseRepr, Transport, ASSIGNMENT_LEN,
+    MAX_PUSH_PAYLOAD_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 

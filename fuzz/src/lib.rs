@@ -83,6 +83,7 @@ pub fn server() -> Server {
         public_key: client_public(),
         psk: PresharedKey::zero(),
         assignment: assignment(),
+        allowed_ips: Vec::new(),
     });
     server
 }
@@ -296,6 +297,7 @@ pub fn gate(client_to_client: bool, under_load: bool) -> Gate {
         load,
         cookie_secrets: Arc::new(ArcSwap::new(server_cookie_secrets())),
         client_to_client,
+        mss_clamp: None,
     };
     Gate::new(config, &mut SeededRandom(0x9a7e))
 }

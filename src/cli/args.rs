@@ -113,6 +113,10 @@ pub enum PeerAction {
         /// A fixed virtual IPv6 address (default: from the pool, when the server has IPv6).
         #[arg(long)]
         address6: Option<std::net::Ipv6Addr>,
+        /// Networks behind the peer, routed to it and accepted from it, comma-separated
+        /// (e.g. 10.99.0.0/24,fd99::/48): its `allowed_ips`.
+        #[arg(long, value_delimiter = ',')]
+        allowed_ips: Vec<ipnet::IpNet>,
         /// A file holding the base64 pre-shared key.
         #[arg(long, value_hint = clap::ValueHint::FilePath)]
         psk_file: Option<PathBuf>,

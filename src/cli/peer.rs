@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use ipnet::IpNet;
 
 use concentrator::ops::protocol::{PeerAdded, PeerRemoved, Request};
 
@@ -13,8 +14,8 @@ use concentrator::ops::protocol::{PeerAdded, PeerRemoved, Request};
 pub fn add(
     socket: Option<&Path>,
     public_key: &str,
-    address: Option<Ipv4Addr>,
-    address6: Option<Ipv6Addr>,
+    (address, address6): (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    allowed_ips: Vec<IpNet>,
     psk_file: Option<&Path>,
 ) -> Result<()> {
     let psk = match psk_file {
@@ -33,13 +34,25 @@ pub fn add(
             address,
             address6,
             psk,
+            allowed_ips,
         },
     )?;
     let mut addr = added.address;
     if let Some(a6) = added.address6 {
         addr += &format!(", {a6}");
     }
-    println!("added peer {} with address {addr}", added.public_key);
+    if added.allowed_ips.is_empty() {
+        println!("added peer {} with address {addr}", added.public_key);
+    } else {
+        println!(
+            "added peer {} with address {addr} and allowed ips {}",
+            added.public_key,
+            added.allowed_ips.join(", ")
+        );
+    }
+    for w in &added.warnings {
+        eprintln!("warning: {w}");
+    }
     Ok(())
 }
 

@@ -26,6 +26,9 @@ pub fn render(r: &ReloadReply) -> String {
             r.restart_needed.join(", ")
         );
     }
+    for w in &r.warnings {
+        o += &format!("warning: {w}\n");
+    }
     o
 }
 

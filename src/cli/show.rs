@@ -132,6 +132,9 @@ pub fn render(v: &ShowReply) -> String {
             addr += &format!(", {a6}");
         }
         let _ = writeln!(o, "  address: {addr}");
+        if !p.allowed_ips.is_empty() {
+            let _ = writeln!(o, "  allowed ips: {}", p.allowed_ips.join(", "));
+        }
         if let Some(secs) = p.latest_handshake_secs_ago {
             let _ = writeln!(o, "  latest handshake: {}", ago(secs));
         }

@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 pub use client::ClientConfig;
 pub use pool::{AddressPool, AddressPool6};
-pub use server::{PeerSection, ServerConfig};
+pub use server::{allowed_ip_problem, PeerSection, ServerConfig};
 
 /// One thing wrong with a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]

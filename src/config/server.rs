@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use super::{
@@ -40,6 +40,7 @@ struct RawServer {
     nat: Option<String>,
     nat6: Option<String>,
     offloads: Option<bool>,
+    mss_clamp: Option<bool>,
     tun_name: Option<String>,
     control_socket: Option<String>,
     metrics_listen: Option<String>,
@@ -61,6 +62,7 @@ struct RawPeer {
     push_dns: Option<Vec<String>>,
     address: Option<String>,
     address6: Option<String>,
+    allowed_ips: Option<Vec<String>>,
 }
 
 /// One `[[peer]]`, resolved.
@@ -82,6 +84,9 @@ pub struct PeerSection {
     pub address6: Option<Ipv6Addr>,
     /// Whether `address6` was fixed in the file.
     pub fixed_address6: bool,
+    /// Networks behind the client (`allowed_ips`), normalized, in file order: routed to it
+    /// and accepted as sources from it besides its addresses.
+    pub allowed_ips: Vec<IpNet>,
 }
 
 /// The server's configuration, resolved and validated.
@@ -119,6 +124,8 @@ pub struct ServerConfig {
     pub nat6: Option<String>,
     /// Whether TUN/UDP offloads may be used (false is the kill switch).
     pub offloads: bool,
+    /// Whether the MSS option of TCP SYNs crossing the tunnel is lowered to fit the MTU.
+    pub mss_clamp: bool,
     /// TUN interface name (may hold one `%d`).
     pub tun_name: String,
     /// The operator's control socket; `None`: `/run/concentrator/<interface>.sock`.
@@ -296,6 +303,7 @@ fn validate(
         nat: raw.nat,
         nat6: raw.nat6,
         offloads: raw.offloads.unwrap_or(true),
+        mss_clamp: raw.mss_clamp.unwrap_or(false),
         tun_name,
         control_socket: ops.control_socket,
         metrics_listen: ops.metrics_listen,
@@ -545,6 +553,8 @@ struct Parsed {
     push: PushConfig,
     address: Option<Ipv4Addr>,
     address6: Option<Ipv6Addr>,
+    /// Each valid network of `allowed_ips`, with its index in the file's list.
+    allowed_ips: Vec<(usize, IpNet)>,
 }
 
 fn peers(
@@ -636,6 +646,14 @@ fn peers(
             .address6
             .as_deref()
             .and_then(|a| peer_address6(a, net6, &f("address6"), &mut addrs6, i, problems));
+        let allowed_ips = peer_allowed_ips(
+            p.allowed_ips.as_deref().unwrap_or_default(),
+            &f("allowed_ips"),
+            net,
+            net6,
+            problems,
+            warnings,
+        );
         out.push(Parsed {
             public_key,
             preshared_key,
@@ -643,9 +661,141 @@ fn peers(
             push,
             address,
             address6,
+            allowed_ips,
         });
     }
+    one_holder_per_prefix(&out, problems);
     out
+}
+
+/// Parses one peer's `allowed_ips` (`field` is `peer[i].allowed_ips`): networks, or single
+/// addresses as host prefixes, normalized, each checked with [`allowed_ip_problem`]; each with
+/// its index in the list.
+fn peer_allowed_ips(
+    raw: &[String],
+    field: &str,
+    net: Option<Ipv4Net>,
+    net6: Option<Ipv6Net>,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Vec<(usize, IpNet)> {
+    let mut out: Vec<(usize, IpNet)> = Vec::with_capacity(raw.len());
+    for (k, text) in raw.iter().enumerate() {
+        let field = format!("{field}[{k}]");
+        let text = text.trim();
+        let Ok(prefix) = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        else {
+            problems.push(
+                field,
+                format!("{text:?} is not a network; write e.g. \"10.99.0.0/24\" or \"fd99::/48\""),
+            );
+            continue;
+        };
+        let normal = prefix.trunc();
+        if normal != prefix {
+            warnings.push(format!(
+                "{field}: {prefix} has host bits set; it is taken as {normal}"
+            ));
+        }
+        if out.iter().any(|(_, p)| *p == normal) {
+            warnings.push(format!("{field}: {normal} is listed twice; remove one"));
+            continue;
+        }
+        // The server's address is wrong: reported there.
+        let Some(net) = net else { continue };
+        match allowed_ip_problem(normal, net, net6) {
+            Some(why) => problems.push(field, why),
+            None => out.push((k, normal)),
+        }
+    }
+    out
+}
+
+/// Every prefix in at most one peer's `allowed_ips`: a second holder is a problem on its
+/// field, naming both peers (by index and public key).
+fn one_holder_per_prefix(peers: &[Parsed], problems: &mut Problems) {
+    let name = |i: usize| match peers[i].public_key {
+        Some(k) => format!("peer[{i}] (public key {k})"),
+        None => format!("peer[{i}]"),
+    };
+    let mut holders: HashMap<IpNet, usize> = HashMap::new();
+    for (j, p) in peers.iter().enumerate() {
+        for (k, prefix) in &p.allowed_ips {
+            match holders.get(prefix) {
+                Some(&i) => {
+                    problems.push(
+                        format!("peer[{j}].allowed_ips[{k}]"),
+                        format!(
+                            "{prefix} is also in the allowed_ips of {} and of {}: a network \
+                             can be routed to one peer only; remove it from one of them (a \
+                             longer prefix inside it may go to another peer)",
+                            name(i),
+                            name(j)
+                        ),
+                    );
+                }
+                None => {
+                    holders.insert(*prefix, j);
+                }
+            }
+        }
+    }
+}
+
+/// Ranges no peer may hold, whatever the server's subnets.
+const NEVER_ROUTED: [(&str, &str); 6] = [
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("::1/128", "loopback"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+/// Why `prefix` (normalized) cannot be in a peer's `allowed_ips` on a server whose client
+/// subnets are those of `address` and `address6`, if it cannot: a default route, a network that
+/// overlaps a client subnet (contains it or lies inside it: the server hands out addresses
+/// from it and routes it itself, and a peer holding part of it could send from addresses that
+/// belong, or will belong, to other clients), IPv6 on a server without `address6`, or a
+/// loopback, link-local or multicast range. Shared by the file's checks and `peer add`.
+pub fn allowed_ip_problem(
+    prefix: IpNet,
+    address: Ipv4Net,
+    address6: Option<Ipv6Net>,
+) -> Option<String> {
+    if prefix.prefix_len() == 0 {
+        return Some(format!(
+            "{prefix} is a default route: every packet the host sends would go into the tunnel, \
+             the server's own traffic included; list the networks behind the peer instead"
+        ));
+    }
+    let subnet = match prefix {
+        IpNet::V4(_) => IpNet::V4(address.trunc()),
+        IpNet::V6(_) => match address6 {
+            Some(a6) => IpNet::V6(a6.trunc()),
+            None => {
+                return Some(format!(
+                    "{prefix} is IPv6, but the server has no IPv6 in the tunnel; add \
+                     `address6 = \"fd66::1/64\"` at the top of the file, or remove it"
+                ))
+            }
+        },
+    };
+    let overlaps = |other: &IpNet| prefix.contains(other) || other.contains(&prefix);
+    if overlaps(&subnet) {
+        return Some(format!(
+            "{prefix} overlaps the client subnet {subnet}, which the server hands out and routes \
+             itself; give the network behind the peer a prefix outside {subnet}"
+        ));
+    }
+    NEVER_ROUTED.iter().find_map(|(range, what)| {
+        let range: IpNet = range.parse().ok()?;
+        overlaps(&range).then(|| {
+            format!("{prefix} overlaps {range} ({what} addresses), which is never routed to a peer")
+        })
+    })
 }
 
 /// Parses `a` (optionally with `/32`), checks it against the subnet and earlier peers.
@@ -806,6 +956,7 @@ fn assign(
             fixed_address: p.address.is_some(),
             address6: v6[i],
             fixed_address6: p.address6.is_some(),
+            allowed_ips: p.allowed_ips.into_iter().map(|(_, p)| p).collect(),
         });
     }
     (pool, pool6, Some(peers))
@@ -1127,6 +1278,96 @@ mod tests {
         );
         let (c, _) = load("address6 = \"fd66::1/64\"", &p).unwrap();
         assert_eq!(c.peers[0].address6, Some("fd66::7".parse().unwrap()));
+    }
+
+    fn peer_with_networks(i: u8, networks: &str) -> String {
+        format!("{}allowed_ips = [{networks}]\n", peer(i))
+    }
+
+    #[test]
+    fn allowed_ips_are_parsed_and_normalized() {
+        let p = peer_with_networks(1, r#""10.99.0.0/24", "fd99::/48", "192.0.2.7""#);
+        let (c, w) = load("address6 = \"fd66::1/64\"", &p).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let nets: Vec<IpNet> = ["10.99.0.0/24", "fd99::/48", "192.0.2.7/32"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(c.peers[0].allowed_ips, nets);
+        let p = peer_with_networks(1, r#""10.99.0.7/24", "10.99.0.0/24""#);
+        let (c, w) = load("", &p).unwrap();
+        assert_eq!(
+            c.peers[0].allowed_ips,
+            vec!["10.99.0.0/24".parse().unwrap()]
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("host bits") && w[1].contains("twice"),
+            "{w:?}"
+        );
+        assert!(load("", &peer(1)).unwrap().0.peers[0]
+            .allowed_ips
+            .is_empty());
+    }
+
+    #[test]
+    fn allowed_ips_that_no_peer_may_hold_are_refused() {
+        let six = "address6 = \"fd66::1/64\"";
+        for (top, bad, says) in [
+            ("", "banana", "not a network"),
+            ("", "0.0.0.0/0", "default route"),
+            (six, "::/0", "default route"),
+            // The client subnet 10.66.0.0/24: inside it, equal, containing it.
+            ("", "10.66.0.128/25", "10.66.0.0/24"),
+            ("", "10.66.0.5", "10.66.0.0/24"),
+            ("", "10.66.0.0/24", "10.66.0.0/24"),
+            ("", "10.0.0.0/8", "10.66.0.0/24"),
+            ("", "fd99::/48", "address6"),
+            (six, "fd66::/80", "fd66::/64"),
+            ("", "127.0.0.0/16", "loopback"),
+            ("", "169.254.1.0/24", "link-local"),
+            ("", "224.0.0.0/24", "multicast"),
+            (six, "fe80::/64", "link-local"),
+        ] {
+            let err = fails_on(
+                top,
+                &peer_with_networks(1, &format!("\"{bad}\"")),
+                "peer[0].allowed_ips[0]",
+            );
+            assert!(err.problems[0].message.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_same_network_on_two_peers_is_refused_naming_both() {
+        let peers = format!(
+            "{}{}",
+            peer_with_networks(1, r#""10.99.0.0/24""#),
+            peer_with_networks(2, r#""172.16.99.0/24", "10.99.0.9/24""#)
+        );
+        let err = fails_on("", &peers, "peer[1].allowed_ips[1]");
+        let message = &err.problems[0].message;
+        assert!(
+            message.contains("10.99.0.0/24")
+                && message.contains(&b64(&key(1)))
+                && message.contains(&b64(&key(2)))
+                && message.contains("peer[0]"),
+            "{err}"
+        );
+        // Nested networks on two peers are fine: the longer prefix wins.
+        let peers = format!(
+            "{}{}",
+            peer_with_networks(1, r#""172.16.0.0/12""#),
+            peer_with_networks(2, r#""172.16.99.0/24""#)
+        );
+        assert_eq!(load("", &peers).unwrap().0.peers[1].allowed_ips.len(), 1);
+    }
+
+    #[test]
+    fn mss_clamp_is_off_unless_asked() {
+        assert!(!load("", "").unwrap().0.mss_clamp);
+        assert!(load("mss_clamp = true", "").unwrap().0.mss_clamp);
+        fails_on("mss_clamp = 1380", "", "mss_clamp");
     }
 
     #[test]

@@ -23,9 +23,10 @@ use crossbeam_channel::Sender;
 use crate::config::ServerConfig;
 use crate::proto::handshake::FailureReason;
 use crate::proto::keys::PublicKey;
-use crate::proto::server::PeerConfig;
 use crate::proto::time::Instant;
-use crate::server::control::command::{AddPeer, Addressing, Command, ReloadReport, Snapshot};
+use crate::server::control::command::{
+    AddPeer, Added, Addressing, Command, ReloadReport, Snapshot,
+};
 use crate::server::control::reload;
 use crate::server::control::HandshakeStats;
 use crate::server::dataplane::stats::{Counters, SharedCounters};
@@ -154,7 +155,7 @@ impl Ops {
     }
 
     /// Adds a peer live.
-    pub fn add_peer(&self, req: AddPeer) -> Result<PeerConfig, String> {
+    pub fn add_peer(&self, req: AddPeer) -> Result<Added, String> {
         self.ask(|tx| Command::AddPeer(req, tx))?
     }
 
@@ -203,6 +204,7 @@ impl Ops {
         for (k, what) in report.changed.iter().take(RELOAD_LOG_PEERS) {
             tracing::info!(peer = %k, changed = ?what, "peer changed (reload)");
         }
+        // The route problems were logged one by one by the control thread.
         let unlisted = [
             report.added.len(),
             report.removed.len(),

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use ipnet::IpNet;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +48,10 @@ pub enum Request {
         /// Its base64 pre-shared key.
         #[serde(default)]
         psk: Option<String>,
+        /// Networks behind the peer, routed to it (`allowed_ips` of the config file). Left
+        /// out of the JSON when empty, so a server without sites understands the request.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        allowed_ips: Vec<IpNet>,
     },
     /// Remove a peer live.
     PeerRemove {
@@ -137,6 +143,9 @@ pub struct PeerReport {
     pub endpoint: Option<String>,
     pub address: String,
     pub address6: Option<String>,
+    /// Networks routed to the peer besides its addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<String>,
     pub latest_handshake_secs_ago: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -165,6 +174,13 @@ pub struct PeerAdded {
     pub public_key: String,
     pub address: String,
     pub address6: Option<String>,
+    /// Networks routed to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<String>,
+    /// What did not go as it should, one line each (a kernel route the host already had);
+    /// the peer was added all the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The answer to [`Request::PeerRemove`].
@@ -189,6 +205,9 @@ pub struct ReloadReply {
     pub unchanged: usize,
     /// Settings that differ from the running ones but take effect only after a restart.
     pub restart_needed: Vec<String>,
+    /// Problems with kernel routes, one line each (the peers were changed all the same).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Every answer on the wire: `"ok"`, then either the answer's own fields or `"error"`.
@@ -284,8 +303,22 @@ mod tests {
                 public_key: "k".into(),
                 address: Some(Ipv4Addr::new(10, 66, 0, 9)),
                 address6: None,
-                psk: None
+                psk: None,
+                allowed_ips: Vec::new(),
             }
+        );
+        let add: Request = serde_json::from_str(
+            r#"{"cmd":"peer_add","public_key":"k","allowed_ips":["10.99.0.0/24","fd99::/48"]}"#,
+        )
+        .unwrap();
+        let Request::PeerAdd { allowed_ips, .. } = &add else {
+            panic!("{add:?}");
+        };
+        assert_eq!(allowed_ips.len(), 2);
+        let text = serde_json::to_string(&add).unwrap();
+        assert!(
+            text.contains(r#""allowed_ips":["10.99.0.0/24","fd99::/48"]"#),
+            "{text}"
         );
         let text = serde_json::to_string(&Request::Reload).unwrap();
         assert_eq!(text, r#"{"cmd":"reload"}"#);
@@ -315,6 +348,8 @@ mod tests {
             public_key: "k".into(),
             address: "10.66.0.9".into(),
             address6: None,
+            allowed_ips: Vec::new(),
+            warnings: Vec::new(),
         };
         let line = encode_ok(&added);
         assert_eq!(line.last(), Some(&b'\n'));

@@ -184,6 +184,7 @@ pub fn reload_reply(r: ReloadReport) -> ReloadReply {
             .collect(),
         unchanged: r.unchanged,
         restart_needed: r.restart_needed.into_iter().map(str::to_string).collect(),
+        warnings: r.warnings,
     }
 }
 
@@ -196,7 +197,15 @@ pub fn handle(ops: &Ops, req: Request) -> Vec<u8> {
             address,
             address6,
             psk,
-        } => add_peer(ops, &public_key, address, address6, psk.as_deref()).map(|r| encode_ok(&r)),
+            allowed_ips,
+        } => add_peer(
+            ops,
+            &public_key,
+            (address, address6),
+            psk.as_deref(),
+            allowed_ips,
+        )
+        .map(|r| encode_ok(&r)),
         Request::PeerRemove { public_key } => parse_key::<PublicKey, _>("public_key", &public_key)
             .and_then(|key| {
                 ops.remove_peer(key)?;
@@ -212,9 +221,9 @@ pub fn handle(ops: &Ops, req: Request) -> Vec<u8> {
 fn add_peer(
     ops: &Ops,
     public_key: &str,
-    address: Option<std::net::Ipv4Addr>,
-    address6: Option<std::net::Ipv6Addr>,
+    (address, address6): (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>),
     psk: Option<&str>,
+    allowed_ips: Vec<ipnet::IpNet>,
 ) -> Result<PeerAdded, String> {
     let public_key: PublicKey = parse_key("public_key", public_key)?;
     if public_key == ops.public_key {
@@ -223,16 +232,20 @@ fn add_peer(
     let psk = psk
         .map(|t| PresharedKey::from_base64(t.trim()).map_err(|e| format!("psk: {e}")))
         .transpose()?;
-    let spec = ops.add_peer(AddPeer {
+    let added = ops.add_peer(AddPeer {
         public_key,
         psk,
         address,
         address6,
+        allowed_ips,
     })?;
+    let spec = added.config;
     Ok(PeerAdded {
         public_key: spec.public_key.to_string(),
         address: spec.assignment.ipv4.to_string(),
         address6: spec.assignment.ipv6.map(|(a, _)| a.to_string()),
+        allowed_ips: spec.allowed_ips.iter().map(|p| p.to_string()).collect(),
+        warnings: added.warnings,
     })
 }
 

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ipnet::IpNet;
+
 use super::handshake::{HandshakeError, Responder, ResponderAction};
 use super::keys::{PresharedKey, PublicKey, StaticSecret};
 use super::rng::Random;
@@ -37,6 +39,10 @@ pub struct PeerConfig {
     pub psk: PresharedKey,
     /// The address (and MTU) it is told in every handshake response.
     pub assignment: AddressAssignment,
+    /// Networks behind the peer (`allowed_ips`): routed to it, and accepted as sources from it,
+    /// besides its assigned addresses. The handshake does not use them; the server's routing
+    /// does.
+    pub allowed_ips: Vec<IpNet>,
 }
 
 struct Peer {

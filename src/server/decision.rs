@@ -28,6 +28,7 @@ use crate::proto::wire::{
 };
 use crate::server::handoff::{LoadSignal, SharedCookieSecrets};
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
+use crate::tunnel::mss;
 
 mod drop_reason;
 
@@ -77,6 +78,8 @@ pub struct GateConfig {
     /// Relay packets between clients inside the worker (else they go to the TUN, and the
     /// host decides).
     pub client_to_client: bool,
+    /// Lower the MSS of TCP SYNs crossing the tunnel to fit this MTU (`mss_clamp`).
+    pub mss_clamp: Option<u16>,
 }
 
 /// A worker's gate for received datagrams: its configuration and its own handshake state.
@@ -119,7 +122,7 @@ impl Gate {
         datagram: &mut [u8],
         src: SocketAddr,
         now: Instant,
-        table: &TableSnapshot,
+        table: &'t TableSnapshot,
         guard: &'t TableGuard<'_>,
     ) -> Decision<'t> {
         let result = match wire::message_type(datagram) {
@@ -175,7 +178,7 @@ impl Gate {
         datagram: &mut [u8],
         src: SocketAddr,
         now: Instant,
-        table: &TableSnapshot,
+        table: &'t TableSnapshot,
         guard: &'t TableGuard<'_>,
     ) -> Result<Decision<'t>, DropReason> {
         let index = wire::transport_receiver_index(datagram).ok_or(DropReason::Malformed)?;
@@ -190,11 +193,16 @@ impl Gate {
         }
         let packet = &datagram[received.plaintext.clone()];
         let inner = IpPacket::new_checked(packet).map_err(|_| DropReason::Malformed)?;
-        if !peer.owns_source(inner.src()) {
+        if !peer.owns_source(inner.src(), table) {
             return Err(DropReason::SpoofedSource);
         }
         let (inner_dst, len) = (inner.dst(), inner.total_len());
         peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        if let Some(mtu) = self.config.mss_clamp {
+            // A TCP SYN's MSS lowered to fit the tunnel, whether it goes to the TUN or is relayed.
+            let packet = &mut datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
+            mss::clamp_mss(packet, mtu, mss::ChecksumState::Complete);
+        }
         if self.config.client_to_client {
             if let Some(other) = table.by_address(inner_dst, guard) {
                 // The plaintext sits between the old header's and the old tag's room: seal it

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use super::control::command::{Addressing, Command};
+use super::control::routes::{DeviceRoutes, KernelRoutes};
 use super::control::{reload, Control, HandshakeStats};
 use super::dataplane::stats::{Counters, DropReason, SharedCounters};
 use super::dataplane::worker::{self, BadInjectedPanic, InjectedPanic, WorkerContext};
@@ -224,9 +225,14 @@ fn build_control(
         handshakes.clone(),
         stop,
     );
+    control.set_kernel_routes(KernelRoutes::new(Box::new(DeviceRoutes {
+        dev: host.interface().to_string(),
+    })));
     for peer in reload::peer_specs(config) {
         control.add_peer(peer);
     }
+    // Problems are logged; a route the host already had does not stop the start.
+    control.flush_routes();
     let mut control = control
         .with_commands(commands_rx)
         .with_load_signal(load.clone());
@@ -274,6 +280,7 @@ impl Engine {
                 latency: self.latencies[id].clone(),
                 stop: self.stop.clone(),
                 client_to_client: config.client_to_client,
+                mss_clamp: config.mss_clamp.then_some(config.mtu),
                 mac_keys: wiring.mac_keys.clone(),
                 load: wiring.load.clone(),
                 cookie_secrets: wiring.cookie_secrets.clone(),

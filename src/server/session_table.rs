@@ -1,20 +1,24 @@
-//! The server's lock-free session table: who is behind a receiver index, who owns a virtual
-//! address, and where each peer's packets go.
+//! The server's lock-free session table: who is behind a receiver index, which peer an address
+//! is routed to (its own virtual addresses and its `allowed_ips`, longest prefix first), and
+//! where each peer's packets go.
 //!
-//! Written only by the control thread, read by every worker on every packet without a lock
-//! (papaya's concurrent map: readers never block and never wait for the writer). A worker takes a
-//! [`TableSnapshot`] and pins a [`TableGuard`] once per batch of completions and looks up as
-//! often as it likes under it.
+//! Written only by the control thread, read by every worker on every packet without a lock:
+//! receiver indexes in papaya's concurrent map (readers never block and never wait for the
+//! writer), addresses in a [`SharedPrefixTable`] (immutable tables published through an
+//! `ArcSwap`). A worker takes a [`TableSnapshot`] and pins a [`TableGuard`] once per batch of
+//! completions and looks up as often as it likes under it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use ipnet::IpNet;
 
 use crate::proto::keys::PublicKey;
 use crate::proto::session::Session;
 use crate::proto::wire::AddressAssignment;
+use crate::route::{self, PrefixTable, SharedPrefixTable};
 
 /// One peer as the data plane sees it.
 #[derive(Debug)]
@@ -23,8 +27,12 @@ pub struct PeerEntry {
     pub public_key: PublicKey,
     /// Its keypairs and timers.
     pub session: Arc<Session>,
-    /// Its virtual addresses: the only inner source addresses accepted from it.
+    /// Its virtual addresses.
     pub assignment: AddressAssignment,
+    /// The networks routed to it besides its addresses (`allowed_ips`), normalized; written by
+    /// the control thread with the table ([`SessionTable::set_allowed_ips`]), never read on
+    /// the data path (the table answers there).
+    allowed_ips: ArcSwap<Vec<IpNet>>,
     /// Its current underlay endpoint: follows the latest authenticated packet (roaming).
     endpoint: ArcSwapOption<SocketAddr>,
     /// Bytes of inner packets received from the peer (after decryption).
@@ -44,6 +52,7 @@ impl PeerEntry {
             public_key,
             session,
             assignment,
+            allowed_ips: ArcSwap::from_pointee(Vec::new()),
             endpoint: ArcSwapOption::empty(),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
@@ -63,28 +72,72 @@ impl PeerEntry {
         }
     }
 
-    /// True when `inner_source` is one of the peer's own addresses (cryptokey routing).
-    pub fn owns_source(&self, inner_source: IpAddr) -> bool {
-        self.assignment.assigns(inner_source)
+    /// The same peer with `allowed_ips` (before it is published).
+    pub fn with_allowed_ips(self, allowed_ips: Vec<IpNet>) -> Self {
+        self.allowed_ips.store(Arc::new(normalized(allowed_ips)));
+        self
     }
+
+    /// The networks routed to the peer besides its own addresses.
+    pub fn allowed_ips(&self) -> Arc<Vec<IpNet>> {
+        self.allowed_ips.load_full()
+    }
+
+    /// The prefixes the peer is published under: its addresses as host prefixes, then its
+    /// `allowed_ips`.
+    fn prefixes(&self) -> impl Iterator<Item = IpNet> {
+        let own = [
+            Some(IpAddr::V4(self.assignment.ipv4)),
+            self.assignment.ipv6.map(|(a, _)| IpAddr::V6(a)),
+        ];
+        let allowed = self.allowed_ips();
+        own.into_iter()
+            .flatten()
+            .map(IpNet::from)
+            .chain((0..allowed.len()).map(move |i| allowed[i]))
+    }
+
+    /// True when packets from `inner_source` may come from this peer (cryptokey routing): the
+    /// longest prefix of `table` containing it is the peer's, one of its addresses or of its
+    /// `allowed_ips`. A source inside a peer's network but in a longer prefix of another peer
+    /// is the other peer's, as a packet to it would go there.
+    pub fn owns_source(&self, inner_source: IpAddr, table: &TableSnapshot) -> bool {
+        // The peer's own address is a host prefix, the longest there is, and nobody else's:
+        // no lookup for a client's own packets.
+        let own = match inner_source {
+            IpAddr::V4(a) => a == self.assignment.ipv4,
+            IpAddr::V6(a) => self.assignment.ipv6.is_some_and(|(own, _)| own == a),
+        };
+        own || table
+            .routes
+            .lookup(inner_source)
+            .is_some_and(|owner| std::ptr::eq(Arc::as_ptr(owner), self))
+    }
+}
+
+/// `prefixes` with host bits zeroed and duplicates gone, in their order.
+fn normalized(prefixes: Vec<IpNet>) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::with_capacity(prefixes.len());
+    for p in prefixes.into_iter().map(route::normalize) {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// A pinned read view: hold one per batch.
 pub type TableGuard<'a> = papaya::LocalGuard<'a>;
 
-/// Both kinds of key live in one map, so a worker needs a single guard for both lookups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Key {
-    Index(u32),
-    Address(IpAddr),
-}
+/// Receiver indexes to peers.
+type Map = papaya::HashMap<u32, Arc<PeerEntry>, KeyHasherBuilder>;
 
-type Map = papaya::HashMap<Key, Arc<PeerEntry>, KeyHasherBuilder>;
+/// Addresses and networks to peers, longest prefix first.
+type Routes = PrefixTable<Arc<PeerEntry>>;
 
-/// A keyed hash for the table's small keys, cheaper than std's SipHash (which cost ~3% of a
-/// busy worker). Only the control thread inserts, and it picks both kinds of key (random receiver
-/// indexes, assigned addresses), so an attacker cannot choose keys that collide; lookups with
-/// forged indexes only probe. The random seed keeps even that from being predictable.
+/// A keyed hash for the receiver indexes, cheaper than std's SipHash (which cost ~3% of a busy
+/// worker). Only the control thread inserts, and it picks the keys (random receiver indexes),
+/// so an attacker cannot choose keys that collide; lookups with forged indexes only probe. The random seed keeps even that from being predictable.
 #[derive(Clone, Copy, Debug)]
 pub struct KeyHasherBuilder {
     seed: u64,
@@ -154,14 +207,15 @@ impl std::hash::Hasher for KeyHasher {
 /// A rebuild is worth it only for a table that was at least this large (entries).
 const COMPACT_MIN_PEAK: usize = 1024;
 
-/// Lookups by receiver index and by virtual address.
+/// Lookups by receiver index and by address (longest prefix).
 ///
 /// papaya never gives back a table's room after removals, so after thousands of clients leave,
-/// the control thread rebuilds the map ([`SessionTable::compact_if_sparse`]) and swaps it in;
-/// workers pick up the new map at their next batch ([`SessionTable::snapshot`]).
+/// the control thread rebuilds the index map ([`SessionTable::compact_if_sparse`]) and swaps it
+/// in; workers pick up the new map at their next batch ([`SessionTable::snapshot`]).
 pub struct SessionTable {
     map: ArcSwap<Map>,
-    /// Entries now, and the most since the map was last built (kept by the only writer).
+    routes: SharedPrefixTable<Arc<PeerEntry>>,
+    /// Index entries now, and the most since the map was last built (kept by the only writer).
     entries: AtomicUsize,
     peak: AtomicUsize,
 }
@@ -170,20 +224,24 @@ impl Default for SessionTable {
     fn default() -> Self {
         SessionTable {
             map: ArcSwap::from_pointee(Map::with_hasher(KeyHasherBuilder::random())),
+            routes: SharedPrefixTable::new(),
             entries: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         }
     }
 }
 
-/// The map as it was when a worker's batch began: hold it for the batch, look up under a
+/// The table as it was when a worker's batch began: hold it for the batch, look up under a
 /// [`TableGuard`] pinned from it.
-pub struct TableSnapshot(Arc<Map>);
+pub struct TableSnapshot {
+    map: Arc<Map>,
+    routes: Arc<Routes>,
+}
 
 impl TableSnapshot {
     /// Pins a read view for a batch of lookups.
     pub fn guard(&self) -> TableGuard<'_> {
-        self.0.guard()
+        self.map.guard()
     }
 
     /// The peer that receives packets for receiver index `index`.
@@ -192,16 +250,24 @@ impl TableSnapshot {
         index: u32,
         guard: &'g TableGuard<'_>,
     ) -> Option<&'g Arc<PeerEntry>> {
-        self.0.get(&Key::Index(index), guard)
+        self.map.get(&index, guard)
     }
 
-    /// The peer whose virtual address is `addr`.
+    /// The peer that packets for `addr` go to: the holder of the longest prefix containing
+    /// it (a peer's own address, or a network of its `allowed_ips`). The prefixes live in the
+    /// snapshot itself; the guard is taken so that both lookups read alike.
     pub fn by_address<'g>(
-        &self,
+        &'g self,
         addr: IpAddr,
-        guard: &'g TableGuard<'_>,
+        _guard: &'g TableGuard<'_>,
     ) -> Option<&'g Arc<PeerEntry>> {
-        self.0.get(&Key::Address(addr), guard)
+        self.routes.lookup(addr)
+    }
+
+    /// The peer holding exactly `prefix` (normalized), if any: who is in the way of another
+    /// peer that wants it.
+    pub fn holder_of(&self, prefix: IpNet) -> Option<&Arc<PeerEntry>> {
+        self.routes.lookup_exact(prefix)
     }
 }
 
@@ -211,62 +277,78 @@ impl SessionTable {
         SessionTable::default()
     }
 
-    /// The current map, for one batch of lookups.
+    /// The current table, for one batch of lookups.
     pub fn snapshot(&self) -> TableSnapshot {
-        TableSnapshot(self.map.load_full())
-    }
-
-    fn insert(&self, key: Key, entry: &Arc<PeerEntry>) {
-        if self.map.load().pin().insert(key, entry.clone()).is_none() {
-            let now = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
-            self.peak.fetch_max(now, Ordering::Relaxed);
+        TableSnapshot {
+            map: self.map.load_full(),
+            routes: self.routes.snapshot(),
         }
     }
 
-    fn remove(&self, key: Key) {
-        if self.map.load().pin().remove(&key).is_some() {
-            self.entries.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Publishes a peer under its virtual addresses (replacing any previous entry for them).
+    /// Publishes a peer under its addresses and its `allowed_ips` (taking them from any peer
+    /// that had them: a reload that moves them publishes the new holder first), in one change
+    /// that workers see whole.
     pub fn insert_peer(&self, entry: &Arc<PeerEntry>) {
-        self.insert(Key::Address(IpAddr::V4(entry.assignment.ipv4)), entry);
-        if let Some((v6, _)) = entry.assignment.ipv6 {
-            self.insert(Key::Address(IpAddr::V6(v6)), entry);
+        self.change_routes(|t| {
+            for prefix in entry.prefixes() {
+                t.replace(prefix, entry.clone());
+            }
+        });
+    }
+
+    /// Publishes a changed copy of the routes (a change that cannot fail).
+    fn change_routes(&self, change: impl FnOnce(&mut Routes)) {
+        let published: Result<(), std::convert::Infallible> = self.routes.update(|t| {
+            change(t);
+            Ok(())
+        });
+        match published {
+            Ok(()) => {}
+            Err(never) => match never {},
         }
     }
 
     /// Publishes receiver index `index` for `entry`.
     pub fn insert_index(&self, index: u32, entry: &Arc<PeerEntry>) {
-        self.insert(Key::Index(index), entry);
+        if self.map.load().pin().insert(index, entry.clone()).is_none() {
+            let now = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
+            self.peak.fetch_max(now, Ordering::Relaxed);
+        }
     }
 
     /// Forgets receiver index `index`.
     pub fn remove_index(&self, index: u32) {
-        self.remove(Key::Index(index));
-    }
-
-    /// Removes `key` only while it still maps to `entry`.
-    fn remove_if_owned_by(&self, key: Key, entry: &PeerEntry) {
-        let map = self.map.load();
-        let owned = map
-            .pin()
-            .remove_if(&key, |_, owner| std::ptr::eq(Arc::as_ptr(owner), entry))
-            .is_ok_and(|removed| removed.is_some());
-        if owned {
+        if self.map.load().pin().remove(&index).is_some() {
             self.entries.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
-    /// Forgets a peer's addresses (its indexes are removed with `remove_index`). An address
-    /// that another peer has taken over meanwhile (a reload that swaps or moves addresses
-    /// inserts the new owner before the old one is removed) stays with that peer.
+    /// Forgets a peer's addresses and `allowed_ips` (its indexes are removed with
+    /// `remove_index`). A prefix that another peer has taken over meanwhile (a reload that
+    /// swaps or moves addresses or networks inserts the new holder before the old one is
+    /// removed) stays with that peer.
     pub fn remove_peer(&self, entry: &PeerEntry) {
-        self.remove_if_owned_by(Key::Address(IpAddr::V4(entry.assignment.ipv4)), entry);
-        if let Some((v6, _)) = entry.assignment.ipv6 {
-            self.remove_if_owned_by(Key::Address(IpAddr::V6(v6)), entry);
-        }
+        self.change_routes(|t| {
+            for prefix in entry.prefixes() {
+                remove_if_held_by(t, prefix, entry);
+            }
+        });
+    }
+
+    /// Replaces the `allowed_ips` of a published peer, in one change that workers see whole:
+    /// its old networks go (those still its own), the new ones are routed to it.
+    pub fn set_allowed_ips(&self, entry: &Arc<PeerEntry>, allowed_ips: Vec<IpNet>) {
+        let old = entry.allowed_ips();
+        let new = Arc::new(normalized(allowed_ips));
+        self.change_routes(|t| {
+            for prefix in old.iter().filter(|p| !new.contains(p)) {
+                remove_if_held_by(t, *prefix, entry);
+            }
+            for prefix in new.iter() {
+                t.replace(*prefix, entry.clone());
+            }
+        });
+        entry.allowed_ips.store(new);
     }
 
     /// Rebuilds the map when it holds under a quarter of its peak (and the peak was large):
@@ -292,15 +374,20 @@ impl SessionTable {
         true
     }
 
-    /// Number of entries (indexes and addresses).
+    /// Number of entries (receiver indexes and prefixes).
     pub fn len(&self) -> usize {
-        self.entries.load(Ordering::Relaxed)
+        self.entries.load(Ordering::Relaxed) + self.routes.snapshot().len()
     }
 
     /// True when nothing is published.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Removes `prefix` from `table` only while `entry` holds it.
+fn remove_if_held_by(table: &mut Routes, prefix: IpNet, entry: &PeerEntry) {
+    table.remove_if(prefix, |holder| std::ptr::eq(Arc::as_ptr(holder), entry));
 }
 
 #[cfg(test)]
@@ -390,6 +477,120 @@ mod tests {
         assert!(table.is_empty());
     }
 
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// The public key's first byte of the peer packets for `addr` go to.
+    fn routed_to(table: &SessionTable, addr: &str) -> Option<u8> {
+        let snapshot = table.snapshot();
+        let g = snapshot.guard();
+        snapshot
+            .by_address(ip(addr), &g)
+            .map(|e| e.public_key.as_bytes()[0])
+    }
+
+    #[test]
+    fn networks_route_by_longest_prefix_and_sources_follow_them() {
+        let table = SessionTable::new();
+        // A hub with 172.16.0.0/12, a site inside it, and a peer without networks.
+        let hub = Arc::new(
+            Arc::into_inner(entry(1))
+                .unwrap()
+                .with_allowed_ips(vec![net("172.16.0.0/12"), net("fd99::/16")]),
+        );
+        let site = Arc::new(
+            Arc::into_inner(entry(2))
+                .unwrap()
+                .with_allowed_ips(vec![net("172.16.99.7/24"), net("fd99:1::/48")]),
+        );
+        let plain = entry(3);
+        for e in [&hub, &site, &plain] {
+            table.insert_peer(e);
+        }
+        assert_eq!(
+            *site.allowed_ips(),
+            vec![net("172.16.99.0/24"), net("fd99:1::/48")]
+        );
+        assert_eq!(routed_to(&table, "172.16.99.5"), Some(2));
+        assert_eq!(routed_to(&table, "172.16.5.1"), Some(1));
+        assert_eq!(routed_to(&table, "fd99:1::5"), Some(2));
+        assert_eq!(routed_to(&table, "fd99:2::5"), Some(1));
+        assert_eq!(routed_to(&table, "10.66.0.3"), Some(3));
+        assert_eq!(routed_to(&table, "10.66.0.4"), None);
+        assert_eq!(routed_to(&table, "192.0.2.1"), None);
+        let snapshot = table.snapshot();
+        // Each peer may send from its own address and networks...
+        assert!(hub.owns_source(ip("10.66.0.1"), &snapshot));
+        assert!(hub.owns_source(ip("172.31.255.1"), &snapshot));
+        assert!(site.owns_source(ip("172.16.99.5"), &snapshot));
+        assert!(site.owns_source(ip("fd99:1::5"), &snapshot));
+        assert!(plain.owns_source(ip("10.66.0.3"), &snapshot));
+        // ...not from another's, nor from a network inside its own that another holds.
+        assert!(!hub.owns_source(ip("172.16.99.5"), &snapshot));
+        assert!(!hub.owns_source(ip("fd99:1::5"), &snapshot));
+        assert!(!site.owns_source(ip("172.16.5.1"), &snapshot));
+        assert!(!site.owns_source(ip("10.66.0.3"), &snapshot));
+        assert!(!plain.owns_source(ip("10.66.0.1"), &snapshot));
+        assert!(!plain.owns_source(ip("192.0.2.1"), &snapshot));
+        // 2 peers' own addresses... 3 of them, and 4 networks.
+        assert_eq!(table.len(), 7);
+        table.remove_peer(&site);
+        assert_eq!(routed_to(&table, "172.16.99.5"), Some(1));
+        assert!(hub.owns_source(ip("172.16.99.5"), &table.snapshot()));
+        assert_eq!(table.len(), 4);
+    }
+
+    #[test]
+    fn changing_and_swapping_networks_leaves_each_with_its_new_holder() {
+        let table = SessionTable::new();
+        let (a, b) = (entry(1), entry(2));
+        table.insert_peer(&a);
+        table.insert_peer(&b);
+        table.set_allowed_ips(&a, vec![net("10.99.0.0/24"), net("10.98.0.0/24")]);
+        table.set_allowed_ips(&b, vec![net("10.97.0.0/24")]);
+        let before = table.snapshot();
+        // A reload swaps 10.99 and 10.97 between them, in this order of peers: a takes 10.97
+        // from b before b lets go of it, b takes 10.99 after a dropped it.
+        table.set_allowed_ips(&a, vec![net("10.97.0.0/24"), net("10.98.0.0/24")]);
+        table.set_allowed_ips(&b, vec![net("10.99.0.0/24")]);
+        assert_eq!(routed_to(&table, "10.97.0.1"), Some(1));
+        assert_eq!(routed_to(&table, "10.98.0.1"), Some(1));
+        assert_eq!(routed_to(&table, "10.99.0.1"), Some(2));
+        // And back, in the other order of peers.
+        table.set_allowed_ips(&b, vec![net("10.97.0.0/24")]);
+        table.set_allowed_ips(&a, vec![net("10.99.0.0/24")]);
+        assert_eq!(routed_to(&table, "10.97.0.1"), Some(2));
+        assert_eq!(routed_to(&table, "10.98.0.1"), None);
+        assert_eq!(routed_to(&table, "10.99.0.1"), Some(1));
+        // A worker still holding the old snapshot sees the old routes, whole.
+        let g = before.guard();
+        let first = |addr| {
+            before
+                .by_address(ip(addr), &g)
+                .map(|e| e.public_key.as_bytes()[0])
+        };
+        assert_eq!((first("10.99.0.1"), first("10.97.0.1")), (Some(1), Some(2)));
+        // A peer replaced by a new entry (a new address) that keeps a network: removing the
+        // old entry leaves the network with the new one.
+        let a2 = Arc::new(
+            PeerEntry::new(a.public_key, Arc::new(Session::new()), entry(7).assignment)
+                .with_allowed_ips(vec![net("10.99.0.0/24")]),
+        );
+        table.insert_peer(&a2);
+        table.remove_peer(&a);
+        assert_eq!(routed_to(&table, "10.99.0.1"), Some(1));
+        assert_eq!(routed_to(&table, "10.66.0.7"), Some(1));
+        assert_eq!(routed_to(&table, "10.66.0.1"), None);
+        table.remove_peer(&a2);
+        table.remove_peer(&b);
+        assert!(table.is_empty());
+    }
+
     #[test]
     fn key_hash_spreads_keys_that_differ_only_in_high_bits() {
         use std::hash::BuildHasher;
@@ -398,20 +599,13 @@ mod tests {
         // whose own low bits are all equal (a weak hash would put these in one slot).
         let mut low = std::collections::HashSet::new();
         let mut high = std::collections::HashSet::new();
-        for i in 0..4096u32 {
-            let addr = IpAddr::from([(i >> 4) as u8, (i & 15) as u8, 0, 1]);
-            for key in [Key::Index(i << 20), Key::Address(addr)] {
-                let h = b.hash_one(key);
-                low.insert(h & 0xfff);
-                high.insert(h >> 57);
-            }
+        for i in 0..8192u32 {
+            let h = b.hash_one(i << 19);
+            low.insert(h & 0xfff);
+            high.insert(h >> 57);
         }
         // 8 192 random values in 4 096 slots fill ~3 540 of them.
         assert!(low.len() > 3300, "{} of 4096 low-bit values", low.len());
         assert_eq!(high.len(), 128, "all 7-bit tags seen");
-        assert_ne!(
-            b.hash_one(Key::Index(1)),
-            b.hash_one(Key::Address(IpAddr::from([0, 0, 0, 1])))
-        );
     }
 }

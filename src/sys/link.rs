@@ -19,6 +19,25 @@ pub(crate) fn run(
     args: &[&str],
     stdin: Option<&str>,
 ) -> Result<String, SysError> {
+    let (command, out) = run_output(program, package, args, stdin)?;
+    if !out.status.success() {
+        return Err(SysError::Command {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `program` like [`run`], returning its command line and whatever it did; an error only
+/// when it could not be run.
+fn run_output(
+    program: &'static str,
+    package: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<(String, std::process::Output), SysError> {
     use std::io::Write;
     let command = format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
@@ -42,14 +61,7 @@ pub(crate) fn run(
     let out = child
         .wait_with_output()
         .map_err(|e| SysError::io(format!("waiting for `{command}`"), e))?;
-    if !out.status.success() {
-        return Err(SysError::Command {
-            command,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok((command, out))
 }
 
 /// Sets the MTU of `dev` and brings it up.
@@ -92,6 +104,98 @@ pub fn add_route(dest: IpNet, dev: &str) -> Result<(), SysError> {
 /// Deletes the route to `dest` through `dev`.
 pub fn delete_route(dest: IpNet, dev: &str) -> Result<(), SysError> {
     ip(&["route", "del", &dest.trunc().to_string(), "dev", dev]).map(drop)
+}
+
+/// One change of a route through a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteChange {
+    /// `ip route add PREFIX dev DEV`.
+    Add(IpNet),
+    /// `ip route del PREFIX dev DEV`: only a route through that device.
+    Delete(IpNet),
+}
+
+/// What became of one [`RouteChange`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteOutcome {
+    /// Done.
+    Done,
+    /// An add found a route to the same prefix already there (`File exists`), from another
+    /// source; it is left as it is.
+    AlreadyPresent,
+    /// A delete found no such route through the device (`No such process`), with `ip`'s words.
+    Absent(String),
+    /// Anything else, with `ip`'s words.
+    Failed(String),
+}
+
+impl RouteOutcome {
+    /// A few words for a log line.
+    pub fn describe(&self) -> String {
+        match self {
+            RouteOutcome::Done => "done".into(),
+            RouteOutcome::AlreadyPresent => "a route to it was already there".into(),
+            RouteOutcome::Absent(why) | RouteOutcome::Failed(why) => why.clone(),
+        }
+    }
+}
+
+/// Applies `changes` to routes through `dev` with one `ip -force -batch -` (one process
+/// however many routes: a headend with thousands of sites starts in a moment), and says what
+/// became of each. An error only when `ip` could not be run at all.
+pub fn change_routes(dev: &str, changes: &[RouteChange]) -> Result<Vec<RouteOutcome>, SysError> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let script: String = changes
+        .iter()
+        .map(|c| match c {
+            RouteChange::Add(p) => format!("route add {} dev {dev}\n", p.trunc()),
+            RouteChange::Delete(p) => format!("route del {} dev {dev}\n", p.trunc()),
+        })
+        .collect();
+    let (_, out) = run_output("ip", "iproute2", &["-force", "-batch", "-"], Some(&script))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Ok(batch_outcomes(&stderr, changes.len(), out.status.success()))
+}
+
+/// The outcome of each of `n` lines of an `ip -force -batch` run from its stderr, where the
+/// messages of a failed line come before `Command failed -:LINE`.
+fn batch_outcomes(stderr: &str, n: usize, succeeded: bool) -> Vec<RouteOutcome> {
+    let mut outcomes = vec![RouteOutcome::Done; n];
+    let mut message: Vec<&str> = Vec::new();
+    let mut attributed = false;
+    for line in stderr.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let Some(number) = line.strip_prefix("Command failed -:") else {
+            message.push(line);
+            continue;
+        };
+        let why = message.join("; ");
+        message.clear();
+        let Some(slot) = number
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| outcomes.get_mut(i))
+        else {
+            continue;
+        };
+        attributed = true;
+        *slot = if why.contains("File exists") {
+            RouteOutcome::AlreadyPresent
+        } else if why.contains("No such process") {
+            RouteOutcome::Absent(why)
+        } else {
+            RouteOutcome::Failed(why)
+        };
+    }
+    if !succeeded && !attributed {
+        // `ip` failed without saying which line: nothing is known to be done.
+        let why = stderr.trim().to_string();
+        outcomes.fill(RouteOutcome::Failed(why));
+    }
+    outcomes
 }
 
 /// Where the kernel would send a packet: the answer of `ip route get`.
@@ -265,6 +369,78 @@ mod tests {
         assert_eq!(info.src, Some("192.0.2.2".parse().unwrap()));
         assert!(parse_route_get("[]").is_err());
         assert!(parse_route_get(r#"[{"gateway":"x","dev":"a"}]"#).is_err());
+    }
+
+    #[test]
+    fn batch_failures_are_attributed_to_their_lines() {
+        let stderr = "RTNETLINK answers: File exists\nCommand failed -:2\n\
+                      Cannot find device \"nope\"\nCommand failed -:3\n\
+                      RTNETLINK answers: No such process\nCommand failed -:4\n";
+        let got = batch_outcomes(stderr, 4, false);
+        assert_eq!(got[0], RouteOutcome::Done);
+        assert_eq!(got[1], RouteOutcome::AlreadyPresent);
+        assert_eq!(
+            got[2],
+            RouteOutcome::Failed("Cannot find device \"nope\"".into())
+        );
+        assert!(matches!(&got[3], RouteOutcome::Absent(w) if w.contains("No such process")));
+        assert_eq!(batch_outcomes("", 2, true), vec![RouteOutcome::Done; 2]);
+        // A failure nobody was blamed for: nothing is known to be done.
+        assert_eq!(
+            batch_outcomes("Usage: ip ...", 1, false),
+            vec![RouteOutcome::Failed("Usage: ip ...".into())]
+        );
+    }
+
+    #[test]
+    fn route_batches_add_and_remove_only_their_own_routes() {
+        if !is_root_or_skip("route_batches_add_and_remove_only_their_own_routes") {
+            return;
+        }
+        let ns = Netns::new();
+        ns.run(|| {
+            ip(&["tuntap", "add", "dev", "ctr-batch0", "mode", "tun"]).unwrap();
+            ip(&["link", "set", "ctr-batch0", "up"]).unwrap();
+            ip(&["route", "add", "10.97.0.0/24", "dev", "lo"]).unwrap();
+            let [site, site6, other]: [IpNet; 3] =
+                ["10.99.0.0/24", "fd99::/48", "10.97.0.0/24"].map(|p| p.parse().unwrap());
+            let got = change_routes(
+                "ctr-batch0",
+                &[
+                    RouteChange::Add(site),
+                    RouteChange::Add(site6),
+                    RouteChange::Add(other),
+                ],
+            )
+            .unwrap();
+            assert_eq!(
+                got,
+                vec![
+                    RouteOutcome::Done,
+                    RouteOutcome::Done,
+                    RouteOutcome::AlreadyPresent
+                ]
+            );
+            assert!(ip(&["-6", "route", "show", "fd99::/48"])
+                .unwrap()
+                .contains("ctr-batch0"));
+            let got = change_routes(
+                "ctr-batch0",
+                &[
+                    RouteChange::Delete(site),
+                    RouteChange::Delete(site6),
+                    RouteChange::Delete(other),
+                ],
+            )
+            .unwrap();
+            assert_eq!(got[..2], [RouteOutcome::Done, RouteOutcome::Done]);
+            assert!(matches!(got[2], RouteOutcome::Absent(_)), "{got:?}");
+            assert_eq!(ip(&["route", "show", "10.99.0.0/24"]).unwrap(), "");
+            // The route through another device stays.
+            assert!(ip(&["route", "show", "10.97.0.0/24"])
+                .unwrap()
+                .contains("dev lo"));
+        });
     }
 
     #[test]

@@ -388,6 +388,31 @@ impl Lab {
         self.ip(name, &["link", "set", "lo", "up"]);
     }
 
+    /// Adds a namespace for `role` (a few letters) to the lab, set up like the others and
+    /// removed with the lab; returns its name.
+    pub fn add_namespace(&mut self, role: &str) -> String {
+        let name = format!("ctre-{}-{}-{role}", std::process::id(), self.id);
+        self.add_ns(&name);
+        name
+    }
+
+    /// A veth pair from `ns_a` to `ns_b` (both down, no addresses), named after the lab and
+    /// `role` (two characters) with `a` and `b` appended; returns the two names. It goes with
+    /// the namespaces when the lab is dropped.
+    pub fn add_veth(&self, role: &str, ns_a: &str, ns_b: &str) -> (String, String) {
+        let base = format!("v{:x}-{:x}{role}", std::process::id(), self.id);
+        let (a, b) = (format!("{base}a"), format!("{base}b"));
+        cmd::run_ok(
+            &[
+                "ip", "link", "add", &a, "netns", ns_a, "type", "veth", "peer", "name", &b,
+                "netns", ns_b,
+            ],
+            None,
+            SHORT,
+        );
+        (a, b)
+    }
+
     /// `ip addr add addr dev dev` in `ns`, with `nodad` for IPv6 addresses.
     pub fn add_addr(&self, ns: &str, addr: &str, dev: &str) {
         let mut args = vec!["addr", "add", addr, "dev", dev];

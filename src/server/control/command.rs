@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
+use ipnet::IpNet;
 
 use crate::config::{AddressPool, AddressPool6};
 use crate::proto::keys::{PresharedKey, PublicKey};
@@ -21,7 +22,7 @@ pub enum Command {
     /// Every peer, for `show` and the metrics.
     Snapshot(Sender<Snapshot>),
     /// `peer add`.
-    AddPeer(AddPeer, Sender<Result<PeerConfig, String>>),
+    AddPeer(AddPeer, Sender<Result<Added, String>>),
     /// `peer remove`.
     RemovePeer(PublicKey, Sender<Result<(), String>>),
     /// Make the peers exactly these (a reload); `addressing` replaces the pools.
@@ -39,6 +40,17 @@ pub struct AddPeer {
     pub address: Option<Ipv4Addr>,
     /// A fixed IPv6 address; `None`: from the pool, when the server has IPv6.
     pub address6: Option<Ipv6Addr>,
+    /// Networks behind the peer (`allowed_ips`).
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// A peer added live, and what did not go as it should (a route the host already had).
+#[derive(Debug)]
+pub struct Added {
+    /// The peer as it runs (with the addresses the pools gave it).
+    pub config: PeerConfig,
+    /// Problems with its kernel routes, one line each; the peer is added all the same.
+    pub warnings: Vec<String>,
 }
 
 /// The peers at one moment.
@@ -112,10 +124,12 @@ pub struct ReloadReport {
     pub added: Vec<String>,
     /// Peers removed.
     pub removed: Vec<String>,
-    /// Peers changed, each with what changed (`psk`, `address`).
+    /// Peers changed, each with what changed (`psk`, `address`, `allowed_ips`).
     pub changed: Vec<(String, Vec<&'static str>)>,
     /// Peers left alone.
     pub unchanged: usize,
     /// Fields that differ but need a restart.
     pub restart_needed: Vec<&'static str>,
+    /// Problems with kernel routes, one line each (the peers are changed all the same).
+    pub warnings: Vec<String>,
 }

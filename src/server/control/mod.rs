@@ -5,6 +5,7 @@
 pub mod command;
 pub mod faillog;
 pub mod reload;
+pub mod routes;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -15,8 +16,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{select, Receiver};
 
-use self::command::{AddPeer, Addressing, Command, ReloadReport, Snapshot};
+use self::command::{AddPeer, Added, Addressing, Command, ReloadReport, Snapshot};
 use self::faillog::FailureLog;
+use self::routes::KernelRoutes;
 use crate::proto::handshake::FailureReason;
 use crate::proto::keys::{PresharedKey, PublicKey};
 use crate::proto::rng::OsRandom;
@@ -84,6 +86,9 @@ pub struct Control {
     /// The cookie secrets the workers answer cookie-less initiations with; replaced after
     /// each rotation (see [`Control::tick`]).
     cookie_secrets: SharedCookieSecrets,
+    /// The kernel routes for the peers' `allowed_ips` (none reach the kernel unless
+    /// [`Control::set_kernel_routes`] gave a device).
+    routes: KernelRoutes,
 }
 
 /// How long after peers are removed their memory is handed back: the lock-free table frees
@@ -123,8 +128,22 @@ impl Control {
             under_load_until: None,
             load: Arc::default(),
             cookie_secrets: Arc::new(ArcSwap::new(server.cookie_secrets().clone())),
+            routes: KernelRoutes::default(),
             server,
         }
+    }
+
+    /// Installs the kernel routes of the peers' `allowed_ips` through `routes` (into the TUN)
+    /// from now on. Call it before adding peers.
+    pub fn set_kernel_routes(&mut self, routes: KernelRoutes) {
+        self.routes = routes;
+    }
+
+    /// Applies the route changes of the peer changes made since the last call; returns the
+    /// problems (also logged). Peer commands and reloads call it themselves; the engine calls
+    /// it once after adding the configured peers.
+    pub fn flush_routes(&mut self) -> Vec<String> {
+        self.routes.flush()
     }
 
     /// Publishes the under-load state to `load` (shared with the workers).
@@ -172,19 +191,28 @@ impl Control {
         }
     }
 
-    /// Adds a peer (or replaces its configuration) and publishes its addresses. A replaced
-    /// peer keeps its entry (endpoint, byte counts) when its addresses stay; when they change it
-    /// gets a new entry under the new addresses and loses its keys, so that it handshakes again
-    /// and learns them.
+    /// Adds a peer (or replaces its configuration) and publishes its addresses and
+    /// `allowed_ips` (taking networks from peers that held them: the callers refuse or have
+    /// refused conflicts). A replaced peer keeps its entry (endpoint, byte counts) when its
+    /// addresses stay; when they change it gets a new entry under the new addresses and loses
+    /// its keys, so that it handshakes again and learns them. Kernel routes follow at the next
+    /// [`Control::flush_routes`].
     pub fn add_peer(&mut self, config: PeerConfig) {
         let key = config.public_key;
         let assignment = config.assignment;
+        let allowed_ips = config.allowed_ips.clone();
         self.psks.insert(key, config.psk.clone());
         let session = self.server.add_peer(config);
         match self.entries.get(&key).cloned() {
-            Some(old) if old.assignment == assignment => {}
+            Some(old) if old.assignment == assignment => {
+                self.release_routes(&old);
+                self.table.set_allowed_ips(&old, allowed_ips);
+                self.hold_routes(&old);
+            }
             Some(old) => {
-                let entry = Arc::new(PeerEntry::new(key, session, assignment));
+                let entry = Arc::new(
+                    PeerEntry::new(key, session, assignment).with_allowed_ips(allowed_ips),
+                );
                 if let Some(ep) = old.endpoint() {
                     entry.roam_to(ep);
                 }
@@ -194,8 +222,12 @@ impl Control {
                 entry
                     .tx_bytes
                     .store(old.tx_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
-                self.table.remove_peer(&old);
+                // The new entry first, so that what both hold never goes unrouted; then what
+                // only the old one still holds.
                 self.table.insert_peer(&entry);
+                self.table.remove_peer(&old);
+                self.release_routes(&old);
+                self.hold_routes(&entry);
                 self.entries.insert(key, entry);
                 // Keys made under the old assignment: erase them, so the client handshakes
                 // again and is told its new address.
@@ -205,10 +237,27 @@ impl Control {
                 old.session.clear();
             }
             None => {
-                let entry = Arc::new(PeerEntry::new(key, session, assignment));
+                let entry = Arc::new(
+                    PeerEntry::new(key, session, assignment).with_allowed_ips(allowed_ips),
+                );
                 self.table.insert_peer(&entry);
+                self.hold_routes(&entry);
                 self.entries.insert(key, entry);
             }
+        }
+    }
+
+    /// The kernel routes of `entry`'s networks are wanted.
+    fn hold_routes(&mut self, entry: &PeerEntry) {
+        for prefix in entry.allowed_ips().iter() {
+            self.routes.hold(*prefix);
+        }
+    }
+
+    /// `entry` no longer needs the kernel routes of its networks.
+    fn release_routes(&mut self, entry: &PeerEntry) {
+        for prefix in entry.allowed_ips().iter() {
+            self.routes.release(*prefix);
         }
     }
 
@@ -238,6 +287,7 @@ impl Control {
         };
         self.psks.remove(key);
         self.table.remove_peer(&entry);
+        self.release_routes(&entry);
         for index in self.server.remove_peer(key).unwrap_or_default() {
             self.table.remove_index(index);
         }
@@ -245,13 +295,14 @@ impl Control {
     }
 
     /// Adds a peer from the operator: addresses from the pools unless given.
-    fn add_live(&mut self, req: AddPeer) -> Result<PeerConfig, String> {
+    fn add_live(&mut self, req: AddPeer) -> Result<Added, String> {
         if self.entries.contains_key(&req.public_key) {
             return Err(format!(
                 "{} is already a peer; remove it first to change it",
                 req.public_key
             ));
         }
+        self.check_allowed_ips(&req)?;
         let Some(a) = self.addressing.as_mut() else {
             return Err("this server has no address pool".into());
         };
@@ -297,13 +348,50 @@ impl Control {
                 ipv6: ipv6.zip(a.prefix6),
                 mtu: a.mtu,
             },
+            allowed_ips: req.allowed_ips,
         };
         let push = a.push.global.clone();
         self.add_peer(spec.clone());
         self.server
             .set_push(&spec.public_key, push, monotonic_now());
-        tracing::info!(peer = %spec.public_key, address = %ipv4, "peer added");
-        Ok(spec)
+        let warnings = self.routes.flush();
+        tracing::info!(
+            peer = %spec.public_key,
+            address = %ipv4,
+            allowed_ips = ?spec.allowed_ips,
+            "peer added"
+        );
+        Ok(Added {
+            config: spec,
+            warnings,
+        })
+    }
+
+    /// Refuses `allowed_ips` that no peer may have (see [`config::allowed_ip_problem`]) or
+    /// that another peer has, naming both peers.
+    ///
+    /// [`config::allowed_ip_problem`]: crate::config::allowed_ip_problem
+    fn check_allowed_ips(&self, req: &AddPeer) -> Result<(), String> {
+        let Some(a) = self.addressing.as_ref() else {
+            return Ok(());
+        };
+        let table = self.table.snapshot();
+        for prefix in req.allowed_ips.iter().map(|p| p.trunc()) {
+            let subnet6 = a.pool6.as_ref().map(|p| p.network());
+            if let Some(why) = crate::config::allowed_ip_problem(prefix, a.pool.network(), subnet6)
+            {
+                return Err(format!("allowed_ips: {why}"));
+            }
+            if let Some(holder) = table.holder_of(prefix) {
+                return Err(format!(
+                    "allowed_ips: {prefix} is already routed to peer {}: a network can be \
+                     routed to one peer only, so peer {} was not added; remove {prefix} from \
+                     the first (or give the new peer a longer prefix inside it)",
+                    holder.public_key, req.public_key
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Removes a peer for the operator and gives its addresses back to the pools.
@@ -312,6 +400,7 @@ impl Control {
         if !self.remove_peer(key) {
             return Err(format!("{key} is not a peer"));
         }
+        self.routes.flush();
         if let (Some(a), Some(asg)) = (self.addressing.as_mut(), assignment) {
             a.pool.release(asg.ipv4);
             if let (Some(p6), Some((ip, _))) = (a.pool6.as_mut(), asg.ipv6) {
@@ -331,6 +420,7 @@ impl Control {
                     public_key: *k,
                     psk: self.psks.get(k).cloned().unwrap_or_else(PresharedKey::zero),
                     assignment: e.assignment,
+                    allowed_ips: e.allowed_ips().to_vec(),
                 };
                 (*k, spec)
             })
@@ -356,6 +446,9 @@ impl Control {
             if change.address {
                 what.push("address");
             }
+            if change.allowed_ips {
+                what.push("allowed_ips");
+            }
             report.changed.push((spec.public_key.to_string(), what));
             self.add_peer(spec);
         }
@@ -370,6 +463,7 @@ impl Control {
                 "push settings changed (sent at once to connected peers)"
             );
         }
+        report.warnings = self.routes.flush();
         report
     }
 
@@ -632,6 +726,7 @@ mod tests {
             psk: None,
             address,
             address6: None,
+            allowed_ips: Vec::new(),
         }
     }
 
@@ -661,7 +756,7 @@ mod tests {
     #[test]
     fn live_add_and_remove_use_the_pool() {
         let (mut c, table) = control();
-        let a = c.add_live(add(1, None)).unwrap().assignment.ipv4;
+        let a = c.add_live(add(1, None)).unwrap().config.assignment.ipv4;
         assert!(c.addressing.as_ref().unwrap().pool.is_taken(a));
         assert_eq!(lookup(&table, a).unwrap().public_key, key(1));
         assert!(c
@@ -671,7 +766,11 @@ mod tests {
         assert!(c.add_live(add(2, Some(a))).unwrap_err().contains("taken"));
         let fixed = Ipv4Addr::new(10, 66, 0, 200);
         assert_eq!(
-            c.add_live(add(2, Some(fixed))).unwrap().assignment.ipv4,
+            c.add_live(add(2, Some(fixed)))
+                .unwrap()
+                .config
+                .assignment
+                .ipv4,
             fixed
         );
         assert!(c
@@ -697,6 +796,7 @@ mod tests {
                 ipv6: None,
                 mtu: 1420,
             },
+            allowed_ips: Vec::new(),
         };
         let r = c.set_peers(
             vec![spec(1, 0, 2), spec(2, 0, 3), spec(3, 0, 4)],
@@ -749,6 +849,7 @@ mod tests {
                 ipv6: None,
                 mtu: 1420,
             },
+            allowed_ips: Vec::new(),
         }
     }
 
@@ -798,6 +899,150 @@ mod tests {
         reload_and_check(&mut c, &table, &[(1, 4), (2, 2), (3, 3)], &[]);
         // Rotation plus a new peer taking a moved peer's old address.
         reload_and_check(&mut c, &table, &[(1, 5), (2, 4), (3, 3), (4, 2)], &[]);
+    }
+
+    /// A kernel's routes as the control thread changes them, with every change it was asked.
+    #[derive(Clone, Default)]
+    struct FakeKernel {
+        routes: Arc<std::sync::Mutex<std::collections::BTreeSet<ipnet::IpNet>>>,
+        changes: Arc<std::sync::Mutex<Vec<crate::sys::link::RouteChange>>>,
+    }
+
+    impl routes::RouteInstaller for FakeKernel {
+        fn apply(
+            &mut self,
+            changes: &[crate::sys::link::RouteChange],
+        ) -> Vec<crate::sys::link::RouteOutcome> {
+            use crate::sys::link::{RouteChange, RouteOutcome};
+            self.changes.lock().unwrap().extend_from_slice(changes);
+            let mut routes = self.routes.lock().unwrap();
+            changes
+                .iter()
+                .map(|c| match *c {
+                    RouteChange::Add(p) if !routes.insert(p) => RouteOutcome::AlreadyPresent,
+                    RouteChange::Delete(p) if !routes.remove(&p) => {
+                        RouteOutcome::Absent("No such process".into())
+                    }
+                    _ => RouteOutcome::Done,
+                })
+                .collect()
+        }
+    }
+
+    impl FakeKernel {
+        fn routes(&self) -> Vec<String> {
+            self.routes
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|p| p.to_string())
+                .collect()
+        }
+
+        fn deletes(&self) -> usize {
+            let changes = self.changes.lock().unwrap();
+            changes
+                .iter()
+                .filter(|c| matches!(c, crate::sys::link::RouteChange::Delete(_)))
+                .count()
+        }
+    }
+
+    fn with_kernel(c: &mut Control) -> FakeKernel {
+        let kernel = FakeKernel::default();
+        c.set_kernel_routes(KernelRoutes::new(Box::new(kernel.clone())));
+        kernel
+    }
+
+    fn nets(prefixes: &[&str]) -> Vec<ipnet::IpNet> {
+        prefixes.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    fn holder(table: &SessionTable, ip: &str) -> Option<PublicKey> {
+        let snapshot = table.snapshot();
+        let g = snapshot.guard();
+        snapshot
+            .by_address(ip.parse().unwrap(), &g)
+            .map(|e| e.public_key)
+    }
+
+    #[test]
+    fn live_peers_route_their_networks_and_a_second_holder_is_refused() {
+        let (mut c, table) = control();
+        let kernel = with_kernel(&mut c);
+        let with = |i: u8, prefixes: &[&str]| AddPeer {
+            allowed_ips: nets(prefixes),
+            ..add(i, None)
+        };
+        let added = c
+            .add_live(with(1, &["10.99.0.0/24", "172.16.0.0/12"]))
+            .unwrap();
+        assert!(added.warnings.is_empty(), "{:?}", added.warnings);
+        assert_eq!(kernel.routes(), ["10.99.0.0/24", "172.16.0.0/12"]);
+        assert_eq!(holder(&table, "10.99.0.5"), Some(key(1)));
+        let taken_before = c.addressing.as_ref().unwrap().pool.taken();
+        let err = c.add_live(with(2, &["10.99.0.7/24"])).unwrap_err();
+        assert!(
+            err.contains("10.99.0.0/24")
+                && err.contains(&key(1).to_string())
+                && err.contains(&key(2).to_string()),
+            "{err}"
+        );
+        let err = c.add_live(with(2, &["10.66.0.0/25"])).unwrap_err();
+        assert!(err.contains("10.66.0.0/24"), "{err}");
+        // Nothing of the refused peer stayed.
+        assert!(!c.entries.contains_key(&key(2)));
+        assert_eq!(c.addressing.as_ref().unwrap().pool.taken(), taken_before);
+        // A longer prefix inside another peer's network is fine, and wins.
+        c.add_live(with(2, &["172.16.99.0/24"])).unwrap();
+        assert_eq!(holder(&table, "172.16.99.1"), Some(key(2)));
+        assert_eq!(holder(&table, "172.16.5.1"), Some(key(1)));
+        c.remove_live(&key(1)).unwrap();
+        assert_eq!(holder(&table, "10.99.0.5"), None);
+        assert_eq!(holder(&table, "172.16.5.1"), None);
+        assert_eq!(kernel.routes(), ["172.16.99.0/24"]);
+        drop(c);
+        assert!(
+            kernel.routes().is_empty(),
+            "the routes go with the control thread"
+        );
+    }
+
+    #[test]
+    fn reload_moves_networks_between_peers_without_touching_their_routes() {
+        let (mut c, table) = control();
+        let kernel = with_kernel(&mut c);
+        let spec = |i: u8, host: u8, prefixes: &[&str]| PeerConfig {
+            allowed_ips: nets(prefixes),
+            ..host_spec(i, host)
+        };
+        c.set_peers(
+            vec![spec(1, 2, &["10.99.0.0/24"]), spec(2, 3, &["10.98.0.0/24"])],
+            addressing(),
+        );
+        assert_eq!(kernel.routes(), ["10.98.0.0/24", "10.99.0.0/24"]);
+        // Swap the networks.
+        let r = c.set_peers(
+            vec![spec(1, 2, &["10.98.0.0/24"]), spec(2, 3, &["10.99.0.0/24"])],
+            addressing(),
+        );
+        assert_eq!(r.changed.len(), 2);
+        assert!(
+            r.changed.iter().all(|(_, what)| what == &["allowed_ips"]),
+            "{r:?}"
+        );
+        assert_eq!(holder(&table, "10.98.0.1"), Some(key(1)));
+        assert_eq!(holder(&table, "10.99.0.1"), Some(key(2)));
+        assert_eq!(kernel.deletes(), 0, "a moved network keeps its route");
+        assert_eq!(c.peer_specs()[&key(1)].allowed_ips, nets(&["10.98.0.0/24"]));
+        // Peer 1 moves to another address with its network; peer 2 leaves.
+        let r = c.set_peers(vec![spec(1, 9, &["10.98.0.0/24"])], addressing());
+        assert_eq!(r.removed, vec![key(2).to_string()]);
+        assert_eq!(holder(&table, "10.98.0.1"), Some(key(1)));
+        assert_eq!(holder(&table, "10.66.0.9"), Some(key(1)));
+        assert_eq!(holder(&table, "10.66.0.2"), None);
+        assert_eq!(holder(&table, "10.99.0.1"), None);
+        assert_eq!(kernel.routes(), ["10.98.0.0/24"]);
     }
 
     #[test]
@@ -852,7 +1097,7 @@ mod tests {
         tx.send(Command::Snapshot(stx)).unwrap();
         let snap = srx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(snap.peers.len(), 1);
-        assert_eq!(snap.peers[0].assignment, spec.assignment);
+        assert_eq!(snap.peers[0].assignment, spec.config.assignment);
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
     }

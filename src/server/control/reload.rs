@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use ipnet::IpNet;
+
 use crate::config::ServerConfig;
 use crate::proto::keys::{PresharedKey, PublicKey};
 use crate::proto::server::PeerConfig;
@@ -17,6 +19,8 @@ pub struct PeerChange {
     pub psk: bool,
     /// Its addresses (or MTU) changed.
     pub address: bool,
+    /// Its `allowed_ips` changed (as a set: order and host bits do not count).
+    pub allowed_ips: bool,
 }
 
 /// How to go from the running peers to the new file's.
@@ -43,6 +47,7 @@ pub fn plan(current: &HashMap<PublicKey, PeerConfig>, new: Vec<PeerConfig>) -> P
                 let change = PeerChange {
                     psk: old.psk != spec.psk,
                     address: old.assignment != spec.assignment,
+                    allowed_ips: prefix_set(&old.allowed_ips) != prefix_set(&spec.allowed_ips),
                 };
                 if change == PeerChange::default() {
                     p.unchanged += 1;
@@ -63,6 +68,14 @@ pub fn plan(current: &HashMap<PublicKey, PeerConfig>, new: Vec<PeerConfig>) -> P
     p
 }
 
+/// `prefixes` as a set: normalized, sorted, without duplicates.
+fn prefix_set(prefixes: &[IpNet]) -> Vec<IpNet> {
+    let mut set: Vec<IpNet> = prefixes.iter().map(|p| p.trunc()).collect();
+    set.sort();
+    set.dedup();
+    set
+}
+
 /// The peers of `config` as the control thread runs them.
 pub fn peer_specs(config: &ServerConfig) -> Vec<PeerConfig> {
     config
@@ -81,6 +94,7 @@ pub fn peer_specs(config: &ServerConfig) -> Vec<PeerConfig> {
                 ipv6: p.address6.zip(config.address6.map(|n| n.prefix_len())),
                 mtu: config.mtu,
             },
+            allowed_ips: p.allowed_ips.clone(),
         })
         .collect()
 }
@@ -113,6 +127,7 @@ pub fn restart_only(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
     check("nat", running.nat != new.nat);
     check("nat6", running.nat6 != new.nat6);
     check("offloads", running.offloads != new.offloads);
+    check("mss_clamp", running.mss_clamp != new.mss_clamp);
     check("tun_name", running.tun_name != new.tun_name);
     check(
         "control_socket",
@@ -163,6 +178,7 @@ mod tests {
                 ipv6: None,
                 mtu: 1420,
             },
+            allowed_ips: Vec::new(),
         }
     }
 
@@ -183,7 +199,7 @@ mod tests {
             p.change[0].1,
             PeerChange {
                 psk: true,
-                address: false
+                ..PeerChange::default()
             }
         );
         let p = plan(&current, vec![spec(1, 0, 9), spec(2, 0, 3), spec(3, 0, 4)]);
@@ -191,8 +207,31 @@ mod tests {
         assert_eq!(
             p.change[0].1,
             PeerChange {
-                psk: false,
-                address: true
+                address: true,
+                ..PeerChange::default()
+            }
+        );
+    }
+
+    #[test]
+    fn allowed_ips_changes_are_found_as_sets() {
+        let with = |prefixes: &[&str]| PeerConfig {
+            allowed_ips: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+            ..spec(1, 0, 2)
+        };
+        let current: HashMap<PublicKey, PeerConfig> = [with(&["10.99.0.0/24", "fd99::/48"])]
+            .into_iter()
+            .map(|s| (s.public_key, s))
+            .collect();
+        // Another order and host bits set: the same networks.
+        let p = plan(&current, vec![with(&["fd99::/48", "10.99.0.7/24"])]);
+        assert_eq!(p.unchanged, 1);
+        let p = plan(&current, vec![with(&["10.99.0.0/24"])]);
+        assert_eq!(
+            p.change[0].1,
+            PeerChange {
+                allowed_ips: true,
+                ..PeerChange::default()
             }
         );
     }

@@ -23,8 +23,8 @@ use crate::server::decision::Decision;
 use crate::server::handoff::HandshakeMessage;
 use crate::server::session_table::{TableGuard, TableSnapshot};
 use crate::sys::uring::FileIndex;
-use crate::tunnel::egress;
 use crate::tunnel::ingress::{self, Offered, TunBatch, TunFrame};
+use crate::tunnel::{egress, mss};
 
 /// Bytes of one region of an offload slot (input: a TUN read or a GRO receive; output: the
 /// sealed segments or the coalesced frames).
@@ -131,7 +131,12 @@ impl Worker {
         }
         self.counters.tun_rx_packets += 1;
         self.counters.tun_rx_bytes += n as u64;
+        let mss_clamp = self.mss_clamp;
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
+        if let Some(mtu) = mss_clamp {
+            let packet = &mut buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
+            mss::clamp_mss(packet, mtu, mss::ChecksumState::Complete);
+        }
         let packet = &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
         let dst = IpPacket::new_checked(packet)
             .map_err(|_| DropReason::Malformed)?
@@ -166,8 +171,12 @@ impl Worker {
         // once cut, each further segment counts too.
         self.counters.tun_rx_packets += 1;
         self.counters.tun_rx_bytes += n.saturating_sub(VNET_HDR_LEN) as u64;
+        let mss_clamp = self.mss_clamp;
         let buf = self.ring.buffer(slot).ok_or(DropReason::IoError)?;
         let (input, output) = buf.split_at_mut(REGION);
+        if let (Some(mtu), Some(frame)) = (mss_clamp, input.get_mut(..n)) {
+            mss::clamp_mss_after_vnet_header(frame, mtu);
+        }
         let packet = input.get(VNET_HDR_LEN..n).ok_or(DropReason::Malformed)?;
         let dst = IpPacket::new_checked(packet)
             .map_err(|_| DropReason::Malformed)?

@@ -104,6 +104,8 @@ pub struct WorkerContext {
     pub stop: Arc<AtomicBool>,
     /// Relay client-to-client packets inside the worker.
     pub client_to_client: bool,
+    /// Lower the MSS of TCP SYNs crossing the tunnel to fit this MTU (`mss_clamp`).
+    pub mss_clamp: Option<u16>,
     /// The server's mac1 key: initiations are checked before they are queued.
     pub mac_keys: Arc<crate::proto::cookie::MacKeys>,
     /// The control thread's under-load state (cookie-less initiations are shed here then).
@@ -142,6 +144,7 @@ pub(super) struct Worker {
     pub(super) gso_types: crate::offload::coalesce::GsoTypes,
     /// Decides what becomes of each received datagram.
     pub(super) gate: Gate,
+    pub(super) mss_clamp: Option<u16>,
     /// Idle slots whose re-arm could not be queued: retried before each wait (room for every
     /// slot, so adding one never allocates).
     unarmed: Vec<u32>,
@@ -213,6 +216,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
             load: ctx.load.clone(),
             cookie_secrets: ctx.cookie_secrets.clone(),
             client_to_client: ctx.client_to_client,
+            mss_clamp: ctx.mss_clamp,
         },
         &mut crate::proto::rng::OsRandom,
     );
@@ -221,6 +225,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         receive_len: if ctx.offloads { REGION } else { SLOT_BYTES },
         gso_types: ctx.gso_types,
         gate,
+        mss_clamp: ctx.mss_clamp,
         ctx,
         ring,
         counters: Counters::default(),
@@ -475,6 +480,7 @@ mod tests {
             latency: Arc::default(),
             stop: Arc::default(),
             client_to_client: false,
+            mss_clamp: None,
             mac_keys: Arc::new(crate::proto::cookie::MacKeys::new(&[9; 32])),
             load: Arc::default(),
             cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),

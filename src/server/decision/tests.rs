@@ -72,6 +72,7 @@ impl Headend {
             load: load.clone(),
             cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),
             client_to_client,
+            mss_clamp: None,
         };
         Headend {
             gate: Gate::new(config, &mut rng),
@@ -117,6 +118,7 @@ impl Headend {
                 ipv6: None,
                 mtu: 1420,
             },
+            allowed_ips: Vec::new(),
         });
         Client::new(
             ClientParams {
