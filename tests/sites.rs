@@ -685,7 +685,9 @@ fn the_same_prefix_on_two_peers_is_refused_at_load() {
     assert!(valid.ok(), "{}{}", valid.stdout, valid.stderr);
     assert!(
         valid.stdout.contains("2 networks on 2 peers")
-            && valid.stdout.contains("at most MSS 1380 (IPv4) or 1360 (IPv6)"),
+            && valid
+                .stdout
+                .contains("at most MSS 1380 (IPv4) or 1360 (IPv6)"),
         "{}",
         valid.stdout
     );
