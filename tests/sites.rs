@@ -668,7 +668,29 @@ fn the_same_prefix_on_two_peers_is_refused_at_load() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (out, first, second) = check_two_owners(&dir);
+    // The same file with the conflict and the overlap taken out is valid, and says so.
+    let config = dir.join("server.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .replace(r#", "10.0.0.0/8""#, "")
+        .replace("10.99.0.7/24", "172.16.99.0/24")
+        .replace("address = ", "mss_clamp = true\naddress = ");
+    std::fs::write(&config, text).unwrap();
+    let valid = cmd::run(
+        &[BIN, "check", "--config", config.to_str().unwrap()],
+        None,
+        SHORT,
+    );
     let _ = std::fs::remove_dir_all(&dir);
+    assert!(valid.ok(), "{}{}", valid.stdout, valid.stderr);
+    assert!(
+        valid.stdout.contains("2 networks on 2 peers")
+            && valid
+                .stdout
+                .contains("at most MSS 1380 (IPv4) or 1360 (IPv6)"),
+        "{}",
+        valid.stdout
+    );
     let text = format!("{}{}", out.stdout, out.stderr);
     assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{text}");
     // 10.99.0.7/24 is 10.99.0.0/24 once its host bits go: the same prefix as the first peer's.

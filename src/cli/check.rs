@@ -14,6 +14,7 @@ use anyhow::{anyhow, Result};
 use concentrator::config::{ClientConfig, ConfigError, ServerConfig};
 use concentrator::ops::socket::default_path;
 use concentrator::sys::privs;
+use concentrator::tunnel::mss::mss_limit;
 
 /// Lines of `label: value`, printed with the values aligned.
 #[derive(Default)]
@@ -188,6 +189,33 @@ fn describe_server(
             "{} ({fixed} with a fixed address, {psk} with a pre-shared key)",
             c.peers.len()
         ),
+    );
+    let networks: usize = c.peers.iter().map(|p| p.allowed_ips.len()).sum();
+    let sites = c.peers.iter().filter(|p| !p.allowed_ips.is_empty()).count();
+    r.row(
+        "allowed_ips",
+        if networks == 0 {
+            "none (each peer is routed its own addresses only)".to_string()
+        } else {
+            format!(
+                "{networks} network{} on {sites} peer{}, routed into the TUN at start \
+                 (ip route ... dev <interface>)",
+                if networks == 1 { "" } else { "s" },
+                if sites == 1 { "" } else { "s" }
+            )
+        },
+    );
+    r.row(
+        "mss_clamp",
+        if c.mss_clamp {
+            format!(
+                "on: TCP SYNs crossing the tunnel announce at most MSS {} (IPv4) or {} (IPv6)",
+                mss_limit(false, c.mtu),
+                mss_limit(true, c.mtu)
+            )
+        } else {
+            "off".to_string()
+        },
     );
     let socket = match &c.control_socket {
         Some(p) => p.display().to_string(),
