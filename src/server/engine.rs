@@ -4,7 +4,6 @@
 //! operator's peer commands. The binary adds only option parsing, the privilege drop, the
 //! operations threads and signals around it.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -14,12 +13,13 @@ use super::control::command::{Addressing, Command};
 use super::control::routes::{DeviceRoutes, KernelRoutes};
 use super::control::{reload, Control, HandshakeStats};
 use super::dataplane::stats::{Counters, DropReason, SharedCounters};
-use super::dataplane::worker::{self, BadInjectedPanic, InjectedPanic, WorkerContext};
+use super::dataplane::worker::{self, InjectedPanic, WorkerContext};
+pub use super::error::{EngineError, MAX_WORKERS};
 use super::handoff::{LoadSignal, HANDSHAKE_QUEUE};
 use super::host::Host;
 use super::latency::SharedLatency;
 use super::session_table::SessionTable;
-use super::threads::{Essential, ThreadDeath};
+use super::threads::Essential;
 use crate::config::ServerConfig;
 use crate::offload::coalesce::GsoTypes;
 use crate::proto::cookie::MacKeys;
@@ -27,75 +27,6 @@ use crate::proto::keys::StaticSecret;
 use crate::proto::rng::OsRandom;
 use crate::proto::server::Server;
 use crate::sys::clock;
-use crate::sys::error::SysError;
-
-/// Most workers a server runs.
-pub const MAX_WORKERS: usize = 1024;
-
-/// Why a server did not start, or stopped on its own.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// A set-up step failed in the kernel.
-    #[error("{what}")]
-    Sys {
-        what: &'static str,
-        #[source]
-        source: SysError,
-    },
-    /// A set-up step failed with an I/O error.
-    #[error("{what}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A worker's socket could not be bound.
-    #[error("binding UDP {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: SysError,
-    },
-    /// The TUN device's name is taken.
-    #[error(
-        "interface {0} already exists: is another concentrator running with this tun_name? \
-         Stop it, or choose another tun_name"
-    )]
-    InterfaceExists(String),
-    /// Someone holds the UDP port.
-    #[error(
-        "UDP port {} is already in use on {}: stop the other process or change listen_port",
-        .0.port(), .0.ip()
-    )]
-    PortInUse(SocketAddr),
-    /// The worker count is out of range.
-    #[error("--workers must be between 1 and {MAX_WORKERS} (got {0})")]
-    Workers(usize),
-    /// A worker could not set up its ring.
-    #[error("starting a worker")]
-    WorkerStart(#[source] SysError),
-    /// A worker thread ended during its set-up.
-    #[error("a worker thread died during start-up")]
-    WorkerLost,
-    /// The fault-injection knob is malformed.
-    #[error(transparent)]
-    FaultInjection(#[from] BadInjectedPanic),
-    /// Essential threads died while the server ran.
-    #[error(
-        "{}. The server stopped so that its service manager restarts it (left running, it \
-         would drop a share of the traffic)",
-        describe(.0)
-    )]
-    ThreadsDied(Vec<ThreadDeath>),
-}
-
-fn describe(deaths: &[ThreadDeath]) -> String {
-    deaths
-        .iter()
-        .map(|d| format!("{} died ({})", d.thread, d.reason))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
 
 /// How to run a configuration.
 #[derive(Debug, Clone, Copy)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::engine::EngineError;
+use super::error::EngineError;
 use crate::config::ServerConfig;
 use crate::offload::vnet::VNET_HDR_LEN;
 use crate::sys::error::SysError;

@@ -11,6 +11,7 @@ pub mod control;
 pub mod dataplane;
 pub mod decision;
 pub mod engine;
+pub mod error;
 pub mod handoff;
 pub mod host;
 pub mod latency;

@@ -2,5 +2,6 @@
 //! sockets, sealing and opening them in place.
 
 mod paths;
+pub mod slots;
 pub mod stats;
 pub mod worker;

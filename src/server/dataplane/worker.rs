@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::paths::{OPS_PER_SLOT, REGION};
+use super::slots::{OPS_PER_SLOT, REGION};
 use super::stats::{Counters, DropReason, SharedCounters};
 use crate::proto::time::Instant;
 use crate::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
