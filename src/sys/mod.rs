@@ -11,6 +11,7 @@
 //! This is the only module of the crate with `unsafe`; each block carries a `SAFETY:` note.
 
 pub mod clock;
+pub mod cmsg;
 pub mod dns;
 pub mod error;
 pub mod link;

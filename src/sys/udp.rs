@@ -5,12 +5,9 @@ use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+use super::cmsg::{parse_gro_cmsg, write_segment_cmsg, CMSG_SPACE, UDP_GRO, UDP_SEGMENT};
 use super::error::SysError;
 
-/// `UDP_SEGMENT` (linux/udp.h): GSO segment size for sends.
-const UDP_SEGMENT: libc::c_int = 103;
-/// `UDP_GRO` (linux/udp.h): receive coalesced datagrams.
-const UDP_GRO: libc::c_int = 104;
 /// Socket buffer size asked for (best effort).
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 
@@ -214,13 +211,13 @@ pub fn send_segments(
         iov_base: buf.as_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    let mut control = [0u64; super::uring::CMSG_SPACE / 8];
+    let mut control = [0u64; CMSG_SPACE / 8];
     // SAFETY: msghdr is a plain C struct; all-zero is valid (no name, no control).
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     if let Some(size) = segment_size {
-        let used = super::uring::write_segment_cmsg(&mut control, size);
+        let used = write_segment_cmsg(&mut control, size);
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = used as _;
     }
@@ -240,25 +237,25 @@ pub fn recv_gro(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let mut control = [0u64; super::uring::CMSG_SPACE / 8];
+    let mut control = [0u64; CMSG_SPACE / 8];
     // SAFETY: msghdr is a plain C struct; all-zero is valid.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = super::uring::CMSG_SPACE as _;
+    msg.msg_controllen = CMSG_SPACE as _;
     // SAFETY: msg points to one iovec over `buf` and to `control`, both writable and alive for
     // the call.
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut bytes = [0u8; super::uring::CMSG_SPACE];
+    let mut bytes = [0u8; CMSG_SPACE];
     for (chunk, word) in bytes.chunks_mut(8).zip(control.iter()) {
         chunk.copy_from_slice(&word.to_ne_bytes());
     }
-    let used = msg.msg_controllen.min(super::uring::CMSG_SPACE);
-    Ok((n as usize, super::uring::parse_gro_cmsg(&bytes[..used])))
+    let used = msg.msg_controllen.min(CMSG_SPACE);
+    Ok((n as usize, parse_gro_cmsg(&bytes[..used])))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 mod multishot;
 
 use self::multishot::{header_field, reap_multishot, BufRing};
+use super::cmsg::{parse_gro_cmsg, write_segment_cmsg, CMSG_SPACE};
 use super::error::SysError;
 use super::udp::{raw_to_socket_addr, socket_addr_to_raw};
 
@@ -183,9 +184,6 @@ pub struct SlotCompletion {
     pub result: Result<usize, IoFailure>,
 }
 
-/// Room for one control message carrying a u16/int (UDP_SEGMENT, UDP_GRO), 8-byte aligned.
-pub(super) const CMSG_SPACE: usize = 32;
-
 /// `struct io_uring_recvmsg_out` (include/uapi/linux/io_uring.h): namelen, controllen,
 /// payloadlen, flags, each a u32, in front of what a multishot `recvmsg` writes.
 const RECV_OUT_LEN: usize = 16;
@@ -242,11 +240,6 @@ unsafe impl Send for Uring {}
 fn user_data(slot: u32, op: Op, file: FileIndex, op_index: u16) -> u64 {
     (slot as u64) | ((op as u64) << 32) | ((file.0 as u64) << 40) | ((op_index as u64) << 48)
 }
-
-/// SOL_UDP and its options (linux/udp.h): segmentation offload on send, GRO on receive.
-const SOL_UDP: libc::c_int = 17;
-const UDP_SEGMENT: libc::c_int = 103;
-const UDP_GRO: libc::c_int = 104;
 
 impl Uring {
     /// A ring with `entries` submission entries, the TUN queue `tun` and `sockets` registered
@@ -602,42 +595,6 @@ impl OpRecord {
             cmsg: [0; CMSG_SPACE / 8],
         }
     }
-}
-
-/// Writes a `cmsghdr` for UDP_SEGMENT with `size` into `space`; returns the bytes used.
-pub(super) fn write_segment_cmsg(space: &mut [u64; CMSG_SPACE / 8], size: u16) -> usize {
-    let header = std::mem::size_of::<libc::cmsghdr>();
-    let len = header + std::mem::size_of::<u16>();
-    let mut bytes = [0u8; CMSG_SPACE];
-    bytes[..8].copy_from_slice(&(len as u64).to_ne_bytes()); // cmsg_len (size_t)
-    bytes[8..12].copy_from_slice(&SOL_UDP.to_ne_bytes()); // cmsg_level
-    bytes[12..16].copy_from_slice(&UDP_SEGMENT.to_ne_bytes()); // cmsg_type
-    bytes[header..header + 2].copy_from_slice(&size.to_ne_bytes());
-    for (word, chunk) in space.iter_mut().zip(bytes.chunks(8)) {
-        *word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
-    }
-    // CMSG_SPACE: the length rounded up to the alignment of size_t.
-    len.div_ceil(8) * 8
-}
-
-/// Finds a UDP_GRO control message in `control` and returns its segment size.
-pub(super) fn parse_gro_cmsg(control: &[u8]) -> Option<u16> {
-    let header = std::mem::size_of::<libc::cmsghdr>();
-    let mut at = 0;
-    while at + header <= control.len() {
-        let len = u64::from_ne_bytes(control[at..at + 8].try_into().ok()?) as usize;
-        let level = i32::from_ne_bytes(control[at + 8..at + 12].try_into().ok()?);
-        let kind = i32::from_ne_bytes(control[at + 12..at + 16].try_into().ok()?);
-        if len < header || at + len > control.len() {
-            return None;
-        }
-        if level == SOL_UDP && kind == UDP_GRO && len >= header + 4 {
-            let size = i32::from_ne_bytes(control[at + header..at + header + 4].try_into().ok()?);
-            return u16::try_from(size).ok();
-        }
-        at += len.div_ceil(8) * 8;
-    }
-    None
 }
 
 impl Drop for Uring {

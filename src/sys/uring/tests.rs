@@ -2,6 +2,7 @@
 //! (multishot into provided buffers, running out of buffers, the single-shot fallback).
 
 use super::*;
+use crate::sys::cmsg::{SOL_UDP, UDP_GRO};
 
 #[test]
 fn segment_cmsg_round_trips_through_the_parser_layout() {
