@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
 
@@ -21,7 +22,7 @@ use crate::proto::time::Instant;
 use crate::proto::wire::{IpPacket, INITIATION_LEN, TRANSPORT_HEADER_LEN};
 use crate::server::decision::Decision;
 use crate::server::handoff::HandshakeMessage;
-use crate::server::session_table::{TableGuard, TableSnapshot};
+use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
 use crate::sys::uring::FileIndex;
 use crate::tunnel::ingress::{self, Offered, TunBatch, TunFrame};
 use crate::tunnel::{egress, mss};
@@ -110,6 +111,21 @@ fn egress_drop(e: egress::EgressError) -> DropReason {
     }
 }
 
+/// The peer a packet read from the TUN goes to (the longest prefix holding its destination)
+/// and where that peer is now.
+fn destination<'t>(
+    packet: &[u8],
+    table: &'t TableSnapshot,
+    guard: &'t TableGuard<'_>,
+) -> Result<(&'t Arc<PeerEntry>, SocketAddr), DropReason> {
+    let dst = IpPacket::new_checked(packet)
+        .map_err(|_| DropReason::Malformed)?
+        .dst();
+    let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
+    let endpoint = peer.endpoint().ok_or(DropReason::NoEndpoint)?;
+    Ok((peer, endpoint))
+}
+
 impl Worker {
     /// A TUN read completed with `n` bytes.
     pub(super) fn egress(
@@ -132,11 +148,7 @@ impl Worker {
             mss::clamp_mss(packet, mtu, mss::ChecksumState::Complete);
         }
         let packet = &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
-        let dst = IpPacket::new_checked(packet)
-            .map_err(|_| DropReason::Malformed)?
-            .dst();
-        let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
-        let endpoint = peer.endpoint().ok_or(DropReason::NoEndpoint)?;
+        let (peer, endpoint) = destination(packet, table, guard)?;
         let file = socket_for(&self.socket_families, &endpoint).ok_or(DropReason::NoEndpoint)?;
         let len = peer.session.encrypt(buf, n, now)?;
         peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -172,11 +184,7 @@ impl Worker {
             mss::clamp_mss_after_vnet_header(frame, mtu);
         }
         let packet = input.get(VNET_HDR_LEN..n).ok_or(DropReason::Malformed)?;
-        let dst = IpPacket::new_checked(packet)
-            .map_err(|_| DropReason::Malformed)?
-            .dst();
-        let peer = table.by_address(dst, guard).ok_or(DropReason::NoPeer)?;
-        let endpoint = peer.endpoint().ok_or(DropReason::NoEndpoint)?;
+        let (peer, endpoint) = destination(packet, table, guard)?;
         let train = egress::seal_super_packet(&input[..n], output, &peer.session, now)
             .map_err(egress_drop)?;
         peer.tx_bytes
