@@ -277,6 +277,29 @@ fn with_client_to_client_a_packet_for_another_client_is_sealed_for_it() {
     );
 }
 
+/// A packet a client addresses to itself comes back to it, as the kernel's route into the TUN
+/// would also bring it back: the fuzz target once assumed a relay is always for someone else.
+#[test]
+fn with_client_to_client_a_packet_to_the_senders_own_address_comes_back_to_it() {
+    let mut h = Headend::new(true);
+    let mut a = h.connect_confirmed(2, udp("192.0.2.2:4000"));
+    let packet = ipv4_packet(client_address(2), client_address(2));
+    let mut datagram = seal(&mut a.client, &packet, T0);
+    let len = TRANSPORT_HEADER_LEN + packet.len() + TAG_LEN;
+    assert_eq!(
+        h.decide(&mut datagram, a.udp, T0),
+        Outcome::Relay {
+            len,
+            to: client_address(2)
+        }
+    );
+    let mut relayed = datagram[..len].to_vec();
+    let ClientEvent::Packet(range) = a.client.receive(&mut relayed, T0) else {
+        panic!("the hairpinned datagram does not open for its sender");
+    };
+    assert_eq!(&relayed[range], &packet[..]);
+}
+
 #[test]
 fn without_client_to_client_a_packet_for_another_client_goes_to_the_tun() {
     let mut h = Headend::new(false);
