@@ -161,6 +161,7 @@ fn handshake(c: &mut Criterion) {
             mtu: 1420,
         },
         allowed_ips: Vec::new(),
+        suite: concentrator::proto::suite::Suite::Native,
     });
     let own_mac_keys = MacKeys::new(client_public.as_bytes());
     let mut cookies = CookieJar::new(server_public.as_bytes());

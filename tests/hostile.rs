@@ -870,6 +870,7 @@ fn recording_server(
             mtu: 1420,
         },
         allowed_ips: Vec::new(),
+        suite: concentrator::proto::suite::Suite::Native,
     });
     server
 }

@@ -128,6 +128,7 @@ fn server_with_client(
         psk: PresharedKey::zero(),
         assignment: assignment(),
         allowed_ips: Vec::new(),
+        suite: concentrator::proto::suite::Suite::Native,
     });
     server
 }

@@ -52,6 +52,7 @@ fn setup(psk: PresharedKey) -> Setup {
         psk: PresharedKey::from_bytes(*psk.as_bytes()),
         assignment: assignment(),
         allowed_ips: Vec::new(),
+        suite: concentrator::proto::suite::Suite::Native,
     });
     Setup {
         rng,

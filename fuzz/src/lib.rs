@@ -84,6 +84,7 @@ pub fn server() -> Server {
         psk: PresharedKey::zero(),
         assignment: assignment(),
         allowed_ips: Vec::new(),
+        suite: concentrator::proto::suite::Suite::Native,
     });
     server
 }

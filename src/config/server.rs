@@ -13,6 +13,7 @@ use super::{
 };
 use crate::proto::constants::{MAX_MTU, MIN_MTU};
 use crate::proto::keys::{PresharedKey, PublicKey, StaticSecret};
+use crate::proto::suite::Suite;
 use crate::proto::wire::PushConfig;
 
 /// Default UDP port, WireGuard's.
@@ -63,6 +64,7 @@ struct RawPeer {
     address: Option<String>,
     address6: Option<String>,
     allowed_ips: Option<Vec<String>>,
+    protocol: Option<String>,
 }
 
 /// One `[[peer]]`, resolved.
@@ -87,6 +89,8 @@ pub struct PeerSection {
     /// Networks behind the client (`allowed_ips`), normalized, in file order: routed to it
     /// and accepted as sources from it besides its addresses.
     pub allowed_ips: Vec<IpNet>,
+    /// The protocol the peer speaks (`protocol`, default `native`).
+    pub protocol: Suite,
 }
 
 /// The server's configuration, resolved and validated.
@@ -555,6 +559,7 @@ struct Parsed {
     address6: Option<Ipv6Addr>,
     /// Each valid network of `allowed_ips`, with its index in the file's list.
     allowed_ips: Vec<(usize, IpNet)>,
+    protocol: Suite,
 }
 
 fn peers(
@@ -654,6 +659,27 @@ fn peers(
             problems,
             warnings,
         );
+        let protocol = match p.protocol.as_deref() {
+            None => Suite::Native,
+            // Until the WireGuard suite is served, a peer that asks for it is refused rather
+            // than silently spoken to in the native suite.
+            Some(name) if Suite::from_name(name) == Some(Suite::WireGuard) => {
+                problems.push(
+                    f("protocol"),
+                    "protocol = \"wireguard\" is not supported by this build yet".to_string(),
+                );
+                Suite::WireGuard
+            }
+            Some(name) => Suite::from_name(name).unwrap_or_else(|| {
+                problems.push(
+                    f("protocol"),
+                    format!(
+                        "unknown protocol {name:?}: use \"native\" (the default) or \"wireguard\""
+                    ),
+                );
+                Suite::Native
+            }),
+        };
         out.push(Parsed {
             public_key,
             preshared_key,
@@ -662,6 +688,7 @@ fn peers(
             address,
             address6,
             allowed_ips,
+            protocol,
         });
     }
     one_holder_per_prefix(&out, problems);
@@ -957,6 +984,7 @@ fn assign(
             address6: v6[i],
             fixed_address6: p.address6.is_some(),
             allowed_ips: p.allowed_ips.into_iter().map(|(_, p)| p).collect(),
+            protocol: p.protocol,
         });
     }
     (pool, pool6, Some(peers))
@@ -1001,6 +1029,17 @@ mod tests {
         let err = load(top, peers).expect_err("must fail");
         assert!(err.has_field(field), "no problem for {field}: {err}");
         err
+    }
+
+    #[test]
+    fn protocol_per_peer_defaults_to_native_and_unknown_names_are_refused() {
+        let (c, _) = load("", &peer(1)).unwrap();
+        assert_eq!(c.peers[0].protocol, Suite::Native);
+        let peers = format!("{}{}protocol = \"native\"\n", peer(1), peer(2));
+        assert_eq!(load("", &peers).unwrap().0.peers[1].protocol, Suite::Native);
+        let peers = format!("{}protocol = \"wg\"\n", peer(1));
+        let err = fails_on("", &peers, "peer[0].protocol");
+        assert!(err.to_string().contains("\"wireguard\""), "{err}");
     }
 
     #[test]

@@ -238,6 +238,7 @@ fn add_peer(
         address,
         address6,
         allowed_ips,
+        suite: crate::proto::suite::Suite::Native,
     })?;
     let spec = added.config;
     Ok(PeerAdded {

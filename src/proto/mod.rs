@@ -18,5 +18,6 @@ pub mod replay;
 pub mod rng;
 pub mod server;
 pub mod session;
+pub mod suite;
 pub mod time;
 pub mod wire;

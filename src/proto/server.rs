@@ -14,6 +14,7 @@ use super::handshake::{HandshakeError, Responder, ResponderAction};
 use super::keys::{PresharedKey, PublicKey, StaticSecret};
 use super::rng::Random;
 use super::session::Session;
+use super::suite::Suite;
 use super::time::{Instant, Tai64N};
 use super::wire::{
     AddressAssignment, PushConfig, MAX_PUSH_PAYLOAD_LEN, RESPONSE_LEN, TAG_LEN,
@@ -43,6 +44,8 @@ pub struct PeerConfig {
     /// besides its assigned addresses. The handshake does not use them; the server's routing
     /// does.
     pub allowed_ips: Vec<IpNet>,
+    /// The protocol it speaks.
+    pub suite: Suite,
 }
 
 struct Peer {

@@ -42,6 +42,8 @@ pub struct AddPeer {
     pub address6: Option<Ipv6Addr>,
     /// Networks behind the peer (`allowed_ips`).
     pub allowed_ips: Vec<IpNet>,
+    /// The protocol it speaks.
+    pub suite: crate::proto::suite::Suite,
 }
 
 /// A peer added live, and what did not go as it should (a route the host already had).

@@ -349,6 +349,7 @@ impl Control {
                 mtu: a.mtu,
             },
             allowed_ips: req.allowed_ips,
+            suite: req.suite,
         };
         let push = a.push.global.clone();
         self.add_peer(spec.clone());
@@ -421,6 +422,7 @@ impl Control {
                     psk: self.psks.get(k).cloned().unwrap_or_else(PresharedKey::zero),
                     assignment: e.assignment,
                     allowed_ips: e.allowed_ips().to_vec(),
+                    suite: crate::proto::suite::Suite::Native,
                 };
                 (*k, spec)
             })
@@ -727,6 +729,7 @@ mod tests {
             address,
             address6: None,
             allowed_ips: Vec::new(),
+            suite: crate::proto::suite::Suite::Native,
         }
     }
 
@@ -797,6 +800,7 @@ mod tests {
                 mtu: 1420,
             },
             allowed_ips: Vec::new(),
+            suite: crate::proto::suite::Suite::Native,
         };
         let r = c.set_peers(
             vec![spec(1, 0, 2), spec(2, 0, 3), spec(3, 0, 4)],
@@ -850,6 +854,7 @@ mod tests {
                 mtu: 1420,
             },
             allowed_ips: Vec::new(),
+            suite: crate::proto::suite::Suite::Native,
         }
     }
 
@@ -1014,6 +1019,7 @@ mod tests {
         let kernel = with_kernel(&mut c);
         let spec = |i: u8, host: u8, prefixes: &[&str]| PeerConfig {
             allowed_ips: nets(prefixes),
+            suite: crate::proto::suite::Suite::Native,
             ..host_spec(i, host)
         };
         c.set_peers(

@@ -95,6 +95,7 @@ pub fn peer_specs(config: &ServerConfig) -> Vec<PeerConfig> {
                 mtu: config.mtu,
             },
             allowed_ips: p.allowed_ips.clone(),
+            suite: p.protocol,
         })
         .collect()
 }
@@ -179,6 +180,7 @@ mod tests {
                 mtu: 1420,
             },
             allowed_ips: Vec::new(),
+            suite: crate::proto::suite::Suite::Native,
         }
     }
 

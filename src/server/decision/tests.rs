@@ -119,6 +119,7 @@ impl Headend {
                 mtu: 1420,
             },
             allowed_ips: Vec::new(),
+            suite: crate::proto::suite::Suite::Native,
         });
         Client::new(
             ClientParams {
