@@ -273,7 +273,7 @@ fn metrics_pass_promtool() {
         "concentrator_cookie_replies_total",
         "concentrator_sessions 1",
         "concentrator_peers 1",
-        "concentrator_packet_latency_seconds{worker=\"0\",quantile=\"0.99\"}",
+        "concentrator_packet_latency_seconds_bucket{worker=\"0\",le=\"0.001\"}",
         "concentrator_handshake_latency_seconds_count 1",
         "concentrator_peer_rx_bytes_total{public_key=",
     ] {

@@ -14,8 +14,34 @@ use std::time::{Duration, Instant};
 use super::Ops;
 use crate::server::dataplane::stats::DropReason;
 
-/// The quantiles exported for latency summaries.
-const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
+/// Upper bounds of the latency histograms' buckets, in nanoseconds: 1, 2.5 and 5 per decade
+/// from 1 us to 10 s. Classic Prometheus buckets, because quantiles of per-worker summaries
+/// cannot be added across workers or headends and buckets can (`sum by (le)`). The text
+/// exposition format has no native histograms (only the protobuf format carries them).
+const BUCKET_BOUNDS_NS: [u64; 22] = [
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
 
 struct Out(String);
 
@@ -33,16 +59,22 @@ impl Out {
         }
     }
 
-    fn summary(&mut self, name: &str, labels: &str, h: &hdrhistogram::Histogram<u64>) {
+    /// `h` (nanoseconds) as a Prometheus histogram in seconds: cumulative `_bucket` series,
+    /// `_sum` and `_count`. HdrHistogram keeps 3 significant digits, so a value within 0.1%
+    /// of a bound may be counted on either side of it.
+    fn histogram(&mut self, name: &str, labels: &str, h: &hdrhistogram::Histogram<u64>) {
         let sep = if labels.is_empty() { "" } else { "," };
-        for q in QUANTILES {
-            let v = if h.is_empty() {
-                0.0
+        let bucket = format!("{name}_bucket");
+        for bound in BUCKET_BOUNDS_NS {
+            let le = bound as f64 / 1e9;
+            let count = if h.is_empty() {
+                0
             } else {
-                h.value_at_quantile(q) as f64 / 1e9
+                h.count_between(0, bound)
             };
-            self.sample(name, &format!("{labels}{sep}quantile=\"{q}\""), v);
+            self.sample(&bucket, &format!("{labels}{sep}le=\"{le}\""), count);
         }
+        self.sample(&bucket, &format!("{labels}{sep}le=\"+Inf\""), h.len());
         let sum = h.mean() * h.len() as f64 / 1e9;
         self.sample(&format!("{name}_sum"), labels, sum);
         self.sample(&format!("{name}_count"), labels, h.len());
@@ -152,11 +184,11 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
     }
     o.head(
         "packet_latency_seconds",
-        "summary",
+        "histogram",
         "Per-packet processing latency in a worker: batch received to its sends submitted.",
     );
     for (w, l) in ops.latencies.iter().enumerate() {
-        o.summary(
+        o.histogram(
             "packet_latency_seconds",
             &format!("worker=\"{w}\""),
             &l.snapshot(),
@@ -190,10 +222,10 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
     o.sample("cookie_replies_total", "", counts.cookie_replies);
     o.head(
         "handshake_latency_seconds",
-        "summary",
+        "histogram",
         "Handshake latency: initiation received by a worker to the reply sent.",
     );
-    o.summary(
+    o.histogram(
         "handshake_latency_seconds",
         "",
         &ops.handshakes.latency.snapshot(),
@@ -396,6 +428,47 @@ mod tests {
     use super::*;
     use crate::config::testutil::{key_file, temp_dir};
     use crate::config::ServerConfig;
+
+    /// The `_bucket` values of `name` in `text`, in order.
+    fn buckets(text: &str, name: &str) -> Vec<(String, u64)> {
+        let prefix = format!("concentrator_{name}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(|rest| {
+                let (le, value) = rest.split_once("\"} ").expect("a bucket line");
+                (le.to_string(), value.parse().expect("a count"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn latencies_are_cumulative_histogram_buckets_that_add_up_to_the_count() {
+        let mut h = crate::server::latency::latency_histogram();
+        h.record_n(700, 3).unwrap(); // under 1 us
+        h.record_n(40_000, 2).unwrap(); // 25..50 us
+        h.record_n(2_000_000_000, 1).unwrap(); // 1..2.5 s
+        h.record_n(30_000_000_000, 1).unwrap(); // past the last bound: only in +Inf
+        let mut o = Out(String::new());
+        o.histogram("x_seconds", "", &h);
+        let b = buckets(&o.0, "x_seconds");
+        assert_eq!(b.len(), BUCKET_BOUNDS_NS.len() + 1);
+        let at = |le: &str| b.iter().find(|(l, _)| l == le).unwrap().1;
+        assert_eq!(at("0.000001"), 3);
+        assert_eq!(at("0.000025"), 3);
+        assert_eq!(at("0.00005"), 5);
+        assert_eq!(at("1"), 5);
+        assert_eq!(at("2.5"), 6);
+        assert_eq!(at("10"), 6);
+        assert_eq!(at("+Inf"), 7);
+        assert!(b.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative: {b:?}");
+        assert!(o.0.contains("concentrator_x_seconds_count 7\n"), "{}", o.0);
+        let empty = crate::server::latency::latency_histogram();
+        let mut o = Out(String::new());
+        o.histogram("y_seconds", "worker=\"0\"", &empty);
+        assert!(o
+            .0
+            .contains("concentrator_y_seconds_bucket{worker=\"0\",le=\"+Inf\"} 0"));
+    }
 
     fn ops() -> Arc<Ops> {
         let dir = temp_dir("metrics");
