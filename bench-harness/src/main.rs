@@ -33,7 +33,8 @@ enum Cmd {
         /// Short durations, K up to 100 (under 2 minutes).
         #[arg(long)]
         quick: bool,
-        /// Also wireguard-go and boringtun-cli.
+        /// Also wireguard-go and boringtun-cli, and the concentrator in WireGuard mode with a
+        /// wireguard-go client.
         #[arg(long)]
         peers: bool,
         /// perf record the server of each tunnel during a TCP upload.

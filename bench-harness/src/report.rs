@@ -11,10 +11,12 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 /// The systems, in report order. `plain` is the ceiling (routing, no tunnel).
-pub const SYSTEMS: [&str; 5] = [
+pub const SYSTEMS: [&str; 6] = [
     "plain",
     "concentrator",
     "concentrator-no-offloads",
+    // The concentrator's WireGuard mode, with the same wireguard-go client as "wireguard-go".
+    "concentrator-wg",
     "wireguard-go",
     "boringtun",
 ];

@@ -219,6 +219,44 @@ fn start_concentrator_server(
     Ok(p)
 }
 
+/// Writes the server's config (one peer: the client's key, plus `peer_extra` lines) and starts
+/// the concentrator server as `name`.
+fn concentrator_server(
+    lab: &Lab,
+    plan: &Plan,
+    keys: &Keys,
+    name: &str,
+    offloads: bool,
+    peer_extra: &str,
+) -> Result<Proc> {
+    let dir = &lab.dir;
+    write_secret(&dir.join("ctr-server.key"), &keys.server.to_base64())?;
+    let workers = *plan.workers.iter().max().unwrap_or(&2);
+    let server_toml = report::server_config(
+        &report::ServerToml {
+            private_key_file: "ctr-server.key",
+            listen: SERVER_UNDERLAY.parse()?,
+            port: CTR_PORT,
+            tun_name: &lab.link_name("t"),
+            workers,
+        },
+        &[keys.client.public_key().to_string()],
+    );
+    // IPv6 in the tunnel too, for the tcp6 figure (top-level keys go before the [[peer]]s).
+    let server_toml = format!("address6 = \"fd66::1/64\"\n{server_toml}{peer_extra}");
+    std::fs::write(dir.join("ctr-server.toml"), server_toml)?;
+    let dump = plan.out.join(format!("{name}-e2e-latency.hdr"));
+    start_concentrator_server(
+        lab,
+        plan,
+        &dir.join("ctr-server.toml"),
+        workers,
+        &dump,
+        &format!("{name}-server"),
+        offloads,
+    )
+}
+
 /// The concentrator, with offloads (`offloads`) or with the kill switch thrown on both sides.
 fn setup_concentrator(lab: &Lab, plan: &Plan, keys: &Keys, offloads: bool) -> Result<System> {
     let name = if offloads {
@@ -227,23 +265,7 @@ fn setup_concentrator(lab: &Lab, plan: &Plan, keys: &Keys, offloads: bool) -> Re
         "concentrator-no-offloads"
     };
     let dir = &lab.dir;
-    write_secret(&dir.join("ctr-server.key"), &keys.server.to_base64())?;
     write_secret(&dir.join("ctr-client.key"), &keys.client.to_base64())?;
-    let tun = lab.link_name("t");
-    let workers = *plan.workers.iter().max().unwrap_or(&2);
-    let server_toml = report::server_config(
-        &report::ServerToml {
-            private_key_file: "ctr-server.key",
-            listen: SERVER_UNDERLAY.parse()?,
-            port: CTR_PORT,
-            tun_name: &tun,
-            workers,
-        },
-        &[keys.client.public_key().to_string()],
-    );
-    // IPv6 in the tunnel too, for the tcp6 figure (top-level keys go before the [[peer]]s).
-    let server_toml = format!("address6 = \"fd66::1/64\"\n{server_toml}");
-    std::fs::write(dir.join("ctr-server.toml"), server_toml)?;
     let client_toml = format!(
         "private_key_file = \"ctr-client.key\"\nserver_public_key = \"{}\"\n\
          server_endpoint = \"{SERVER_UNDERLAY}:{CTR_PORT}\"\n\
@@ -254,15 +276,7 @@ fn setup_concentrator(lab: &Lab, plan: &Plan, keys: &Keys, offloads: bool) -> Re
     );
     std::fs::write(dir.join("ctr-client.toml"), client_toml)?;
     let dump = plan.out.join(format!("{name}-e2e-latency.hdr"));
-    let server = start_concentrator_server(
-        lab,
-        plan,
-        &dir.join("ctr-server.toml"),
-        workers,
-        &dump,
-        &format!("{name}-server"),
-        offloads,
-    )?;
+    let server = concentrator_server(lab, plan, keys, name, offloads, "")?;
     let bin = plan.concentrator.to_string_lossy().into_owned();
     let ccfg = dir.join("ctr-client.toml").to_string_lossy().into_owned();
     let mut client_argv = vec![bin.as_str(), "connect", "--config", &ccfg];
@@ -284,7 +298,79 @@ fn setup_concentrator(lab: &Lab, plan: &Plan, keys: &Keys, offloads: bool) -> Re
     })
 }
 
-/// wireguard-go or boringtun-cli: both speak the WireGuard UAPI, configured with `wg`.
+/// Starts a stock WireGuard endpoint, wireguard-go or boringtun-cli, on interface `dev` in
+/// `ns` and waits for its UAPI socket (both are configured with `wg`).
+fn start_stock(lab: &Lab, which: &str, ns: &str, dev: &str) -> Result<Proc> {
+    let argv: Vec<&str> = match which {
+        "boringtun" => vec![
+            "boringtun-cli",
+            "--foreground",
+            "--disable-drop-privileges",
+            "--threads",
+            "2",
+            dev,
+        ],
+        _ => vec!["wireguard-go", "-f", dev],
+    };
+    let env = [("LOG_LEVEL", "error"), ("WG_SUDO", "1")];
+    let p = lab.spawn(ns, &format!("{which}-{dev}"), &argv, &env)?;
+    let sock = PathBuf::from(format!("/var/run/wireguard/{dev}.sock"));
+    let end = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if Instant::now() > end {
+            bail!("{which} did not create {}: {}", sock.display(), p.stderr());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(p)
+}
+
+/// A stock client's side of the tunnel.
+struct StockClient<'a> {
+    dev: &'a str,
+    key_file: &'a Path,
+    server_public: String,
+    endpoint: String,
+    /// Its tunnel addresses, with prefix lengths.
+    address: String,
+    address6: String,
+    /// What it sends into the tunnel (besides the backend networks).
+    tunnel_nets: String,
+}
+
+/// Configures a started stock client with `wg set` and `ip`: its key, the server as its one
+/// peer, its addresses and the routes to the backend.
+fn configure_stock_client(lab: &Lab, c: &StockClient) -> Result<()> {
+    let key = c.key_file.to_string_lossy().into_owned();
+    let allowed = format!("{BACKEND_NET},{BACKEND_NET6},{}", c.tunnel_nets);
+    let argv = [
+        "wg",
+        "set",
+        c.dev,
+        "private-key",
+        &key,
+        "peer",
+        &c.server_public,
+        "endpoint",
+        &c.endpoint,
+        "allowed-ips",
+        &allowed,
+        "persistent-keepalive",
+        "25",
+    ];
+    lab.exec_ok(&lab.client, &argv, Duration::from_secs(10))?;
+    lab.ip(&lab.client, &["addr", "add", &c.address, "dev", c.dev])?;
+    lab.ip(
+        &lab.client,
+        &["addr", "add", &c.address6, "dev", c.dev, "nodad"],
+    )?;
+    lab.ip(&lab.client, &["link", "set", c.dev, "mtu", MTU, "up"])?;
+    lab.ip(&lab.client, &["route", "add", BACKEND_NET, "dev", c.dev])?;
+    lab.ip(&lab.client, &["route", "add", BACKEND_NET6, "dev", c.dev])?;
+    Ok(())
+}
+
+/// wireguard-go or boringtun-cli on both ends.
 fn setup_wg(lab: &Lab, keys: &Keys, which: &'static str) -> Result<System> {
     let dir = &lab.dir;
     let (sname, cname, net, net6) = match which {
@@ -293,40 +379,13 @@ fn setup_wg(lab: &Lab, keys: &Keys, which: &'static str) -> Result<System> {
     };
     write_secret(&dir.join("wg-server.key"), &keys.server.to_base64())?;
     write_secret(&dir.join("wg-client.key"), &keys.client.to_base64())?;
-    let mut procs = Vec::new();
-    for (ns, dev) in [(&lab.server, &sname), (&lab.client, &cname)] {
-        let argv: Vec<&str> = match which {
-            "wireguard-go" => vec!["wireguard-go", "-f", dev],
-            _ => vec![
-                "boringtun-cli",
-                "--foreground",
-                "--disable-drop-privileges",
-                "--threads",
-                "2",
-                dev,
-            ],
-        };
-        let env = [("LOG_LEVEL", "error"), ("WG_SUDO", "1")];
-        let p = lab.spawn(ns, &format!("{which}-{dev}"), &argv, &env)?;
-        procs.push(p);
-        let sock = PathBuf::from(format!("/var/run/wireguard/{dev}.sock"));
-        let end = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            if Instant::now() > end {
-                bail!(
-                    "{which} did not create {}: {}",
-                    sock.display(),
-                    procs.last().unwrap().stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    let procs = vec![
+        start_stock(lab, which, &lab.server, &sname)?,
+        start_stock(lab, which, &lab.client, &cname)?,
+    ];
     let sk = dir.join("wg-server.key").to_string_lossy().into_owned();
-    let ck = dir.join("wg-client.key").to_string_lossy().into_owned();
     let port = WG_PORT.to_string();
     let cpub = keys.client.public_key().to_string();
-    let spub = keys.server.public_key().to_string();
     let t = Duration::from_secs(10);
     lab.exec_ok(
         &lab.server,
@@ -361,43 +420,18 @@ fn setup_wg(lab: &Lab, keys: &Keys, which: &'static str) -> Result<System> {
         ],
     )?;
     lab.ip(&lab.server, &["link", "set", &sname, "mtu", MTU, "up"])?;
-    lab.exec_ok(
-        &lab.client,
-        &[
-            "wg",
-            "set",
-            &cname,
-            "private-key",
-            &ck,
-            "peer",
-            &spub,
-            "endpoint",
-            &format!("{SERVER_UNDERLAY}:{port}"),
-            "allowed-ips",
-            &format!("{BACKEND_NET},{net}.0/24,{BACKEND_NET6},{net6}:/64"),
-            "persistent-keepalive",
-            "25",
-        ],
-        t,
+    configure_stock_client(
+        lab,
+        &StockClient {
+            dev: &cname,
+            key_file: &dir.join("wg-client.key"),
+            server_public: keys.server.public_key().to_string(),
+            endpoint: format!("{SERVER_UNDERLAY}:{port}"),
+            address: format!("{net}.2/24"),
+            address6: format!("{net6}:2/64"),
+            tunnel_nets: format!("{net}.0/24,{net6}:/64"),
+        },
     )?;
-    lab.ip(
-        &lab.client,
-        &["addr", "add", &format!("{net}.2/24"), "dev", &cname],
-    )?;
-    lab.ip(
-        &lab.client,
-        &[
-            "addr",
-            "add",
-            &format!("{net6}:2/64"),
-            "dev",
-            &cname,
-            "nodad",
-        ],
-    )?;
-    lab.ip(&lab.client, &["link", "set", &cname, "mtu", MTU, "up"])?;
-    lab.ip(&lab.client, &["route", "add", BACKEND_NET, "dev", &cname])?;
-    lab.ip(&lab.client, &["route", "add", BACKEND_NET6, "dev", &cname])?;
     Ok(System {
         name: which,
         procs,
@@ -405,6 +439,40 @@ fn setup_wg(lab: &Lab, keys: &Keys, which: &'static str) -> Result<System> {
         client_ns: lab.client.clone(),
         latency_dump: None,
     })
+}
+
+/// The concentrator serving a stock wireguard-go client in its WireGuard mode: the same
+/// client as the wireguard-go system's, so the two servers compare side by side.
+fn setup_concentrator_wg(lab: &Lab, plan: &Plan, keys: &Keys) -> Result<System> {
+    let name = "concentrator-wg";
+    let dir = &lab.dir;
+    let address = report::peer_address(0);
+    let address6 = "fd66::a";
+    let peer_extra = format!("protocol = \"wireguard\"\naddress6 = \"{address6}\"\n");
+    let server = concentrator_server(lab, plan, keys, name, true, &peer_extra)?;
+    write_secret(&dir.join("wg-client.key"), &keys.client.to_base64())?;
+    let cname = lab.link_name("wc");
+    let client = start_stock(lab, "wireguard-go", &lab.client, &cname)?;
+    let system = System {
+        name,
+        procs: vec![server, client],
+        plain_route: false,
+        client_ns: lab.client.clone(),
+        latency_dump: Some(plan.out.join(format!("{name}-e2e-latency.hdr"))),
+    };
+    configure_stock_client(
+        lab,
+        &StockClient {
+            dev: &cname,
+            key_file: &dir.join("wg-client.key"),
+            server_public: keys.server.public_key().to_string(),
+            endpoint: format!("{SERVER_UNDERLAY}:{CTR_PORT}"),
+            address: format!("{address}/16"),
+            address6: format!("{address6}/64"),
+            tunnel_nets: "10.66.0.0/16,fd66::/64".into(),
+        },
+    )?;
+    Ok(system)
 }
 
 fn pingpong(lab: &Lab, count: u64, timeout_ms: u64) -> Result<Value> {
@@ -569,16 +637,42 @@ fn e2e(
     ] {
         check_interrupted()?;
         progress(&format!("{s}: {label} ({secs} s)"));
+        let cpu_before = sys.server_pid().and_then(cpu_seconds);
         let v = iperf.client_to(dst, &args, secs)?;
+        let cpu = cpu_before.zip(sys.server_pid().and_then(cpu_seconds));
         let bps = report::iperf_tcp_bps(&v).context("no TCP result")?;
         metrics.push(Metric::new(label, s, bps / 1e9, "Gbit/s", true));
+        if let Some((before, after)) = cpu {
+            // CPU seconds of the server process per gigabit carried (user + system, every
+            // thread; softirq work the kernel does in other contexts is not in it).
+            let gigabits = bps * secs as f64 / 1e9;
+            metrics.push(Metric::new(
+                &format!("server cpu per Gbit, {label}"),
+                s,
+                (after - before) / gigabits.max(1e-9),
+                "cpu s/Gbit",
+                false,
+            ));
+        }
         let retr = v["end"]["sum_sent"]["retransmits"].as_u64();
         extra.insert(format!("{s}/{label}/retransmits"), json!(retr));
     }
     check_interrupted()?;
     progress(&format!("{s}: udp 64-byte packets, -b 0 ({secs} s)"));
+    let cpu_before = sys.server_pid().and_then(cpu_seconds);
     let v = iperf.client(&["-u", "-l", "64", "-b", "0"], secs)?;
+    let cpu = cpu_before.zip(sys.server_pid().and_then(cpu_seconds));
     let u = report::iperf_udp(&v).context("no UDP result")?;
+    if let Some((before, after)) = cpu {
+        let packets = u.received_pps * secs as f64;
+        metrics.push(Metric::new(
+            "server cpu per packet, udp 64 B",
+            s,
+            (after - before) * 1e6 / packets.max(1.0),
+            "µs",
+            false,
+        ));
+    }
     metrics.push(Metric::new(
         "udp 64 B received",
         s,
@@ -616,6 +710,18 @@ fn e2e(
     latency_metrics(metrics, "rtt loaded", s, &p);
     extra.insert(format!("{s}/rtt loaded"), json!({"percentiles": p.to_json(), "lost": v["lost"], "histogram_v2": report::histogram_to_base64(&h)}));
     Ok(())
+}
+
+/// User plus system CPU time of process `pid` (all its threads) so far, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5) (utime, stime), the 12th and 13th after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
 }
 
 /// Records a CPU profile of the server process during a TCP upload.
@@ -1046,6 +1152,9 @@ pub fn run(plan: Plan) -> Result<()> {
         systems.push("concentrator-no-offloads");
     }
     if plan.peers {
+        // The same wireguard-go client against the concentrator's WireGuard mode and against
+        // a wireguard-go server.
+        systems.push("concentrator-wg");
         systems.push("wireguard-go");
         systems.push("boringtun");
     }
@@ -1103,6 +1212,7 @@ pub fn run(plan: Plan) -> Result<()> {
             "plain" => setup_plain(&lab),
             "concentrator" => setup_concentrator(&lab, &plan, &keys, true),
             "concentrator-no-offloads" => setup_concentrator(&lab, &plan, &keys, false),
+            "concentrator-wg" => setup_concentrator_wg(&lab, &plan, &keys),
             other => setup_wg(&lab, &keys, other),
         };
         let mut sys = match setup {
