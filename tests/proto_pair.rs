@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use concentrator::proto::client::{Client, ClientEvent, ClientParams};
 use concentrator::proto::constants::{
-    REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT, ZERO_KEYS_AFTER,
+    KEEPALIVE_ANSWER_AFTER, LIVENESS_PROBE_INTERVAL, REJECT_AFTER_TIME, REKEY_AFTER_TIME,
+    REKEY_TIMEOUT, ZERO_KEYS_AFTER,
 };
 use concentrator::proto::cookie::CookieChecker;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
@@ -365,6 +366,17 @@ impl Sim {
                 };
                 let _ = key;
                 if let Ok(r) = session.decrypt(index, &mut bytes, self.now) {
+                    // As the workers' gate does (`server::decision`): a keepalive from a peer
+                    // the server has been silent towards is answered.
+                    let silent = session
+                        .last_sent()
+                        .is_none_or(|t| self.now - t >= KEEPALIVE_ANSWER_AFTER);
+                    if r.plaintext.is_empty() && silent {
+                        let mut buf = [0u8; 32];
+                        if let Ok(n) = session.encrypt(&mut buf, 0, self.now) {
+                            self.transmit(Side::ToClient, buf[..n].to_vec());
+                        }
+                    }
                     if !r.plaintext.is_empty() {
                         let p = &bytes[r.plaintext];
                         let src = IpPacket::new_checked(p).unwrap().src();
@@ -986,4 +998,80 @@ fn a_push_message_is_not_data_and_asks_for_no_keepalive() {
     // The confirming keepalive after the handshake, and nothing for the three pushes.
     assert_eq!(sim.transport_sent[Side::ToServer as usize], 1);
     assert!(sim.at_client.is_empty());
+}
+
+/// A client with several servers: after its server dies (here: restarts with no session,
+/// which answers nothing a client sends under its old keys), it probes after one
+/// [`LIVENESS_PROBE_INTERVAL`] of unanswered data, calls the server silent after two, and its
+/// data flows again through the next server (the same key) right after.
+#[test]
+fn a_client_with_a_liveness_probe_moves_to_the_next_server_within_two_intervals() {
+    let mut sim = Sim::new(21, LinkFaults::default());
+    sim.client.set_liveness_probe(Some(LIVENESS_PROBE_INTERVAL));
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    sim.client_sends(0).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.at_server, [0]);
+    sim.restart_server();
+    let died = sim.now;
+    let keepalives_before = sim.client.stats().keepalives_sent;
+    let mut seq = 1;
+    let mut noticed = None;
+    while sim.at_server.len() < 2 {
+        let _ = sim.client_sends(seq);
+        seq += 1;
+        sim.run_for(Duration::from_millis(50));
+        if noticed.is_none() && sim.client.server_silent(sim.now) {
+            noticed = Some(sim.now - died);
+            sim.client.switch_server(sim.now);
+            sim.client_poll();
+        }
+        assert!(sim.now - died < Duration::from_secs(10), "never resumed");
+    }
+    let noticed = noticed.expect("the dead server was noticed");
+    let resumed = sim.now - died;
+    // Counted from the first send that got no answer: here the last one before the death,
+    // 100 ms earlier (this server answers no data).
+    assert!(
+        noticed >= LIVENESS_PROBE_INTERVAL * 2 - Duration::from_millis(150)
+            && noticed <= LIVENESS_PROBE_INTERVAL * 2 + Duration::from_millis(100),
+        "noticed after {noticed:?}"
+    );
+    assert!(
+        sim.client.stats().keepalives_sent > keepalives_before,
+        "a probe went out before the server was called silent"
+    );
+    assert!(
+        resumed < Duration::from_secs(3),
+        "resumed after {resumed:?}"
+    );
+}
+
+/// A live server answers the probe, so a client whose traffic only goes one way (an upload
+/// with no replies) never calls it silent and never switches.
+#[test]
+fn one_way_traffic_to_a_live_server_is_never_called_silent() {
+    let mut sim = Sim::new(22, LinkFaults::default());
+    sim.client.set_liveness_probe(Some(LIVENESS_PROBE_INTERVAL));
+    sim.client_poll();
+    sim.run_for(Duration::from_secs(1));
+    let start = sim.now;
+    let mut seq = 0;
+    while sim.now - start < Duration::from_secs(30) {
+        sim.client_sends(seq).unwrap();
+        seq += 1;
+        sim.run_for(Duration::from_millis(50));
+        assert!(
+            !sim.client.server_silent(sim.now),
+            "called silent at {:?}",
+            sim.now - start
+        );
+    }
+    assert_eq!(sim.at_server.len(), seq as usize, "every packet arrived");
+    assert_eq!(
+        sim.client.stats().handshakes_completed,
+        1,
+        "no extra handshake"
+    );
 }

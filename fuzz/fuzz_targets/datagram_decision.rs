@@ -122,6 +122,19 @@ fuzz_target!(|data: &[u8]| {
                 "forged keepalive: {received:02x?}"
             );
         }
+        Decision::KeepaliveReply { len } => {
+            assert!(
+                genuine && rest.is_empty(),
+                "a forged keepalive answered: {received:02x?}"
+            );
+            let mut answer = datagram[..len].to_vec();
+            let index = wire::transport_receiver_index(&answer).expect("a transport message");
+            let opened = fixture
+                .known_peer
+                .decrypt(index, &mut answer, fx::START)
+                .expect("the answer opens for the peer that sent the keepalive");
+            assert!(opened.plaintext.is_empty(), "the answer is a keepalive");
+        }
         Decision::CookieReply { len } => {
             assert!(under_load, "cookie reply while not under load");
             assert_eq!(len, COOKIE_REPLY_LEN);

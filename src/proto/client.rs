@@ -113,6 +113,10 @@ pub struct Client {
     /// What the server pushed last (empty until it pushes anything).
     pushed: PushConfig,
     keepalive_pending: bool,
+    /// Probe a silent server this often (several servers to fail over between); `None` = off.
+    liveness_probe: Option<Duration>,
+    /// When the last liveness probe went out.
+    probe_sent: Option<Instant>,
     stats: ClientStats,
 }
 
@@ -135,8 +139,49 @@ impl Client {
             assignment: None,
             pushed: PushConfig::default(),
             keepalive_pending: false,
+            liveness_probe: None,
+            probe_sent: None,
             stats: ClientStats::default(),
         }
+    }
+
+    /// Turns on fast detection of a dead server, for a client that has other servers to move
+    /// to: when data it sent has had no answer for `interval`, it sends a keepalive (the server
+    /// answers keepalives from a peer it has not sent to for a while), and when another
+    /// `interval` passes without an answer, [`Client::server_silent`] says so. A pending
+    /// handshake counts as silent after [`REKEY_TIMEOUT`] without a response.
+    pub fn set_liveness_probe(&mut self, interval: Option<Duration>) {
+        self.liveness_probe = interval;
+    }
+
+    /// With a liveness probe set: whether the server stopped answering (see
+    /// [`Client::set_liveness_probe`]), so the caller should move to another server and call
+    /// [`Client::switch_server`].
+    pub fn server_silent(&self, now: Instant) -> bool {
+        let Some(interval) = self.liveness_probe else {
+            return false;
+        };
+        let data_unanswered = self
+            .session
+            .unanswered_since()
+            .is_some_and(|t| now - t >= interval * 2);
+        let handshake_unanswered = self.handshake.is_some()
+            && self
+                .series_started
+                .is_some_and(|t| now - t >= REKEY_TIMEOUT);
+        data_unanswered || handshake_unanswered
+    }
+
+    /// Forgets the current server's session and starts a handshake at once, for a new
+    /// server endpoint (one that shares the old one's static key).
+    pub fn switch_server(&mut self, now: Instant) {
+        self.session.clear();
+        self.session.forget_unanswered();
+        self.handshake = None;
+        self.series_started = None;
+        self.retry_at = Some(now);
+        self.probe_sent = None;
+        self.keepalive_pending = false;
     }
 
     /// The session (shared with any thread that seals or opens for it).
@@ -363,12 +408,16 @@ impl Client {
         }
         let keepalive_due = self.keepalive_pending
             || self.session.needs_keepalive(now)
+            || self.probe_due(now)
             || self
                 .config
                 .persistent_keepalive
                 .is_some_and(|every| self.session.last_sent().is_none_or(|t| now - t >= every));
         if keepalive_due && self.session.current(now).is_some() {
             self.keepalive_pending = false;
+            if self.liveness_probe.is_some() {
+                self.probe_sent = Some(now);
+            }
             let n = self.send_keepalive(now, out)?;
             // A keepalive expects an answer (the server's passive keepalive) like any packet.
             return Some(n);
@@ -376,9 +425,23 @@ impl Client {
         None
     }
 
+    /// Whether a liveness probe is due: data unanswered for the probe interval, and no probe
+    /// sent since that data went out.
+    fn probe_due(&self, now: Instant) -> bool {
+        let (Some(interval), Some(unanswered)) =
+            (self.liveness_probe, self.session.unanswered_since())
+        else {
+            return false;
+        };
+        now - unanswered >= interval && self.probe_sent.is_none_or(|p| p < unanswered)
+    }
+
     /// The latest time by which [`Client::poll_transmit`] should be called again.
     pub fn next_timeout(&self, now: Instant) -> Instant {
-        let mut next = now + Duration::from_secs(1);
+        let mut next = now
+            + self.liveness_probe.map_or(Duration::from_secs(1), |p| {
+                (p / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+            });
         if let Some(t) = self.retry_at {
             next = next.min(t);
         }

@@ -25,6 +25,18 @@ pub const REKEY_TIMEOUT_JITTER_MAX: Duration = Duration::from_millis(333);
 /// Send a keepalive when data was received but nothing sent for this long. WireGuard whitepaper
 /// section 6.1 (`Keepalive-Timeout`).
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A server answers a keepalive with one of its own when it has sent that peer nothing for
+/// this long. Our own rule, not WireGuard's (whose keepalives are never answered): a client
+/// with several servers (`server_endpoints`) probes a server that stopped answering its data
+/// with a keepalive every [`LIVENESS_PROBE_INTERVAL`], and needs an answer from a live one
+/// within that interval. Half of it: whatever the server sent in the last half interval is
+/// already an answer on its way.
+pub const KEEPALIVE_ANSWER_AFTER: Duration = Duration::from_millis(500);
+/// How long a client with several servers waits for an answer to its data before it probes
+/// (and as long again for the probe's answer before it moves to the next server): our own
+/// choice, so that a client resumes through another headend within 3 s of a headend's death
+/// (2 intervals, a handshake and the first packet's round trip).
+pub const LIVENESS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Zero all keys of a peer after this long without a new handshake. WireGuard whitepaper
 /// section 6.3 (`Reject-After-Time` x 3).
 pub const ZERO_KEYS_AFTER: Duration = Duration::from_secs(180 * 3);

@@ -344,6 +344,12 @@ impl Session {
             .is_none_or(|h| now - h >= ZERO_KEYS_AFTER)
     }
 
+    /// Forgets that sent data is waiting for an answer (a client that moves to another server
+    /// starts counting afresh there).
+    pub fn forget_unanswered(&self) {
+        self.unanswered_since.store(0, Ordering::Relaxed);
+    }
+
     /// Drops every keypair (their keys are erased as they drop) and returns their indexes.
     pub fn clear(&self) -> Vec<u32> {
         // Nothing is swapped (or allocated) when there is nothing to drop: callers clear stale

@@ -19,12 +19,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::proto::admission::{Admission, Verdict};
+use crate::proto::constants::KEEPALIVE_ANSWER_AFTER;
 use crate::proto::cookie::MacKeys;
 use crate::proto::ratelimit::{SlotLimiter, DEFAULT_BURST, DEFAULT_PACKETS_PER_SECOND};
 use crate::proto::rng::{PrfRandom, Random};
 use crate::proto::time::Instant;
 use crate::proto::wire::{
-    self, IpPacket, MessageType, COOKIE_REPLY_LEN, TAG_LEN, TRANSPORT_HEADER_LEN,
+    self, IpPacket, MessageType, COOKIE_REPLY_LEN, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN,
 };
 use crate::server::handoff::{LoadSignal, SharedCookieSecrets};
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
@@ -60,6 +61,13 @@ pub enum Decision<'t> {
     },
     /// An authenticated keepalive: nothing to deliver.
     Keepalive,
+    /// An authenticated keepalive from a peer the server has not sent anything to for
+    /// [`KEEPALIVE_ANSWER_AFTER`]: send the first `len` bytes, a keepalive sealed for that
+    /// peer and written over the one received, back to the source (a client's liveness probe).
+    KeepaliveReply {
+        /// Bytes of the sealed keepalive.
+        len: usize,
+    },
     /// Nothing to send or write, for this reason.
     Drop(DropReason),
 }
@@ -189,7 +197,7 @@ impl Gate {
         // Authenticated: the peer's endpoint follows it (roaming).
         peer.roam_to(src);
         if received.plaintext.is_empty() {
-            return Ok(Decision::Keepalive);
+            return Ok(answer_keepalive(datagram, peer, now));
         }
         let packet = &datagram[received.plaintext.clone()];
         let inner = IpPacket::new_checked(packet).map_err(|_| DropReason::Malformed)?;
@@ -219,6 +227,26 @@ impl Gate {
         Ok(Decision::ToTun(
             TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len,
         ))
+    }
+}
+
+/// What a keepalive from `peer` calls for: an answer when the server has been silent towards
+/// it for [`KEEPALIVE_ANSWER_AFTER`] (sealed over the datagram), else nothing.
+fn answer_keepalive<'t>(datagram: &mut [u8], peer: &'t PeerEntry, now: Instant) -> Decision<'t> {
+    let silent = peer
+        .session
+        .last_sent()
+        .is_none_or(|sent| now - sent >= KEEPALIVE_ANSWER_AFTER);
+    if !silent {
+        return Decision::Keepalive;
+    }
+    match peer
+        .session
+        .encrypt(&mut datagram[..TRANSPORT_MIN_LEN], 0, now)
+    {
+        Ok(len) => Decision::KeepaliveReply { len },
+        // No keypair to seal with (not confirmed yet, or expired): nothing to answer with.
+        Err(_) => Decision::Keepalive,
     }
 }
 

@@ -353,6 +353,7 @@ impl SlotOps<'_> {
                 self.send(at, len, src);
             }
             Decision::QueueHandshake => self.queue_handshake(datagram, src, now),
+            Decision::KeepaliveReply { len } => self.send(at, len, src),
             Decision::Keepalive => {}
             Decision::Drop(why) => self.counters.drop(why),
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::*;
 use crate::proto::admission::COOKIE_REPLY_BUDGET_BURST;
 use crate::proto::client::{Client, ClientEvent, ClientParams};
-use crate::proto::constants::REJECT_AFTER_TIME;
+use crate::proto::constants::{KEEPALIVE_ANSWER_AFTER, REJECT_AFTER_TIME};
 use crate::proto::cookie::CookieJar;
 use crate::proto::keys::{PresharedKey, StaticSecret};
 use crate::proto::rng::SeededRandom;
@@ -102,6 +102,7 @@ impl Headend {
             Decision::QueueHandshake => Outcome::QueueHandshake,
             Decision::CookieReply { len } => Outcome::CookieReply { len },
             Decision::Keepalive => Outcome::Keepalive,
+            Decision::KeepaliveReply { len } => Outcome::KeepaliveReply { len },
             Decision::Drop(why) => Outcome::Drop(why),
         }
     }
@@ -160,7 +161,13 @@ impl Headend {
     fn connect_confirmed(&mut self, n: u8, udp: SocketAddr) -> Connected {
         let mut peer = self.connect(n, udp);
         let mut keepalive = transmit(&mut peer.client, T0, &mut self.rng);
-        assert_eq!(self.decide(&mut keepalive, udp, T0), Outcome::Keepalive);
+        // The server has sent it nothing yet, so the keepalive is answered.
+        assert_eq!(
+            self.decide(&mut keepalive, udp, T0),
+            Outcome::KeepaliveReply {
+                len: TRANSPORT_MIN_LEN
+            }
+        );
         peer
     }
 }
@@ -173,6 +180,7 @@ enum Outcome {
     QueueHandshake,
     CookieReply { len: usize },
     Keepalive,
+    KeepaliveReply { len: usize },
     Drop(DropReason),
 }
 
@@ -244,10 +252,44 @@ fn a_keepalive_is_delivered_nowhere_and_confirms_the_keys() {
     let mut a = h.connect(2, udp("192.0.2.2:4000"));
     assert_eq!(a.entry.endpoint(), None, "nothing authenticated yet");
     let mut keepalive = transmit(&mut a.client, T0, &mut h.rng);
-    assert_eq!(h.decide(&mut keepalive, a.udp, T0), Outcome::Keepalive);
+    let len = TRANSPORT_MIN_LEN;
+    assert_eq!(
+        h.decide(&mut keepalive, a.udp, T0),
+        Outcome::KeepaliveReply { len }
+    );
     assert_eq!(a.entry.endpoint(), Some(a.udp));
     assert!(a.entry.session.current(T0).is_some(), "confirmed: current");
     assert_eq!(a.entry.rx_bytes.load(Ordering::Relaxed), 0);
+    // The answer is a keepalive under the confirmed keys.
+    assert_eq!(
+        a.client.receive(&mut keepalive[..len], T0),
+        ClientEvent::Keepalive
+    );
+}
+
+/// A client that probes a silent server (several servers configured) gets an answer from a
+/// live one; one the server has just sent to needs none, so keepalives do not ping-pong.
+#[test]
+fn a_keepalive_is_answered_only_when_the_server_has_been_silent_towards_its_peer() {
+    let mut h = Headend::new(false);
+    let mut a = h.connect_confirmed(2, udp("192.0.2.2:4000"));
+    let just_after = T0 + Duration::from_millis(100);
+    let mut probe = seal(&mut a.client, &[], just_after);
+    assert_eq!(
+        h.decide(&mut probe, a.udp, just_after),
+        Outcome::Keepalive,
+        "the server answered the confirmation 100 ms ago"
+    );
+    let later = T0 + KEEPALIVE_ANSWER_AFTER;
+    let mut probe = seal(&mut a.client, &[], later);
+    let Outcome::KeepaliveReply { len } = h.decide(&mut probe, a.udp, later) else {
+        panic!("a keepalive after {KEEPALIVE_ANSWER_AFTER:?} of silence is not answered");
+    };
+    assert_eq!(
+        a.client.receive(&mut probe[..len], later),
+        ClientEvent::Keepalive
+    );
+    assert_eq!(a.entry.session.last_sent(), Some(later));
 }
 
 #[test]
