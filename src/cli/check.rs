@@ -282,9 +282,18 @@ fn describe_client(path: &Path, c: &ClientConfig, warnings: &[String]) -> String
             c.private_key.public_key()
         ),
     );
+    let servers: Vec<String> = c.server_endpoints.iter().map(|e| e.to_string()).collect();
     r.row(
         "server",
-        format!("{} (public key {})", c.server_endpoint, c.server_public_key),
+        if servers.len() > 1 {
+            format!(
+                "{} (public key {}; the next takes over within seconds when one stops answering)",
+                servers.join(", "),
+                c.server_public_key
+            )
+        } else {
+            format!("{} (public key {})", c.server_endpoint, c.server_public_key)
+        },
     );
     r.row(
         "pre-shared key",
@@ -302,7 +311,11 @@ fn describe_client(path: &Path, c: &ClientConfig, warnings: &[String]) -> String
         if c.full_tunnel {
             format!(
                 "yes: everything through the tunnel, a host route to {} over the current path",
-                c.server_endpoint.ip()
+                c.server_endpoints
+                    .iter()
+                    .map(|e| e.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         } else {
             "no (split tunnel)".into()

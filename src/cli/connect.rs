@@ -20,6 +20,7 @@ use concentrator::config::ClientConfig;
 use concentrator::offload::coalesce::GsoTypes;
 use concentrator::offload::vnet::VNET_HDR_LEN;
 use concentrator::proto::client::{Client, ClientDrop, ClientEvent, ClientParams};
+use concentrator::proto::constants::LIVENESS_PROBE_INTERVAL;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
 use concentrator::proto::session::Session;
@@ -101,7 +102,7 @@ fn bring_up(
     if server_pinned {
         // Keep the tunnel's own packets on the path they use now, before the /1 routes (or a
         // route covering the server) win.
-        pin_server_route(&mut routes, config.server_endpoint.ip(), &name)?;
+        pin_server_routes(&mut routes, config, &name)?;
     }
     for net in config.tunnel_routes() {
         routes
@@ -134,6 +135,14 @@ fn bring_up(
         _tun: dev,
         gso_types,
     })
+}
+
+/// [`pin_server_route`] for every server endpoint of `config`.
+fn pin_server_routes(routes: &mut RouteGuard, config: &ClientConfig, tun: &str) -> Result<()> {
+    for server in &config.server_endpoints {
+        pin_server_route(routes, server.ip(), tun)?;
+    }
+    Ok(())
 }
 
 /// Adds a host route to `server` along the path the kernel takes to it now, unless that path
@@ -181,12 +190,11 @@ impl Tunnel {
             .filter(|r| !installed.contains(r))
             .collect();
         if !self.server_pinned && config.covers_server(&new) {
-            let server = config.server_endpoint.ip();
-            match pin_server_route(&mut self.routes, server, &self.name) {
+            match pin_server_routes(&mut self.routes, config, &self.name) {
                 Ok(()) => self.server_pinned = true,
                 Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "pushed routes that contain the server's address are left out, or the tunnel would loop");
-                    new.retain(|r| !r.contains(&server));
+                    tracing::warn!(error = format!("{e:#}"), "pushed routes that contain a server's address are left out, or the tunnel would loop");
+                    new.retain(|r| !config.covers_server(&[*r]));
                 }
             }
         }
@@ -351,6 +359,11 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
         now,
         clock::wall_clock(),
     );
+    let endpoints = &config.server_endpoints;
+    let mut endpoint = 0;
+    if endpoints.len() > 1 {
+        client.set_liveness_probe(Some(LIVENESS_PROBE_INTERVAL));
+    }
     let sent_bytes = Arc::new(AtomicU64::new(0));
     let mut received_bytes = 0u64;
     let mut rng = OsRandom;
@@ -358,12 +371,23 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
     let mut buf = vec![0u8; REGION];
     let mut coalesce_buf = vec![0u8; REGION];
     let mut small = [0u8; 256];
-    tracing::info!(server = %config.server_endpoint, "connecting");
+    tracing::info!(server = %config.server_endpoint, endpoints = endpoints.len(), "connecting");
     loop {
         if let Some(signals::Signal::Stop) = signals::wait(Duration::ZERO) {
             break;
         }
         let now = clock::monotonic_now();
+        if client.server_silent(now) {
+            // Only with several endpoints: the next one takes over (same key, and with a
+            // shared registry the same address).
+            let silent = endpoints[endpoint];
+            endpoint = (endpoint + 1) % endpoints.len();
+            socket
+                .connect(endpoints[endpoint])
+                .with_context(|| format!("setting the server address {}", endpoints[endpoint]))?;
+            client.switch_server(now);
+            tracing::warn!(%silent, next = %endpoints[endpoint], "the server stopped answering; moving to the next");
+        }
         while let Some(n) = client.poll_transmit(now, &mut rng, &mut small) {
             if let Err(e) = socket.send(&small[..n]) {
                 tracing::debug!(error = %e, "send to server failed");

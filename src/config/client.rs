@@ -25,6 +25,7 @@ struct RawClient {
     private_key_file: Option<String>,
     server_public_key: Option<String>,
     server_endpoint: Option<String>,
+    server_endpoints: Option<Vec<String>>,
     preshared_key_file: Option<String>,
     routes: Option<Vec<String>>,
     full_tunnel: Option<bool>,
@@ -42,8 +43,12 @@ pub struct ClientConfig {
     pub private_key_file: PathBuf,
     /// The server's static public key.
     pub server_public_key: PublicKey,
-    /// The server's UDP address.
+    /// The server's UDP address: the first of [`ClientConfig::server_endpoints`].
     pub server_endpoint: SocketAddr,
+    /// Every server address the client may use, in order of preference (`server_endpoint`, or
+    /// `server_endpoints`: headends that share one static key). With more than one, a server
+    /// that stops answering is left for the next within seconds.
+    pub server_endpoints: Vec<SocketAddr>,
     /// The pre-shared key, when `preshared_key_file` is set.
     pub preshared_key: Option<PresharedKey>,
     /// Where the pre-shared key was read from.
@@ -118,8 +123,9 @@ impl ClientConfig {
     /// host route to the server along its current path must come first, or the tunnel's own
     /// packets would loop into it.
     pub fn covers_server(&self, routes: &[IpNet]) -> bool {
-        let server = self.server_endpoint.ip();
-        routes.iter().any(|r| r.contains(&server))
+        self.server_endpoints
+            .iter()
+            .any(|server| routes.iter().any(|r| r.contains(&server.ip())))
     }
 
     fn parse(text: &str, base_dir: &Path, file: &Path) -> Result<(Self, Vec<String>), ConfigError> {
@@ -129,6 +135,85 @@ impl ClientConfig {
         match validate(raw, base_dir, &mut problems, &mut warnings) {
             Some(cfg) if problems.is_empty() => Ok((cfg, warnings)),
             _ => Err(problems.into_error(file)),
+        }
+    }
+}
+
+/// The server endpoints from `server_endpoint` or `server_endpoints` (exactly one of them):
+/// addresses with ports, no duplicates, one address family (one socket serves them all).
+fn server_endpoints(
+    single: Option<&str>,
+    several: Option<&[String]>,
+    problems: &mut Problems,
+) -> Option<Vec<SocketAddr>> {
+    let texts: Vec<(String, &str)> = match (single, several) {
+        (Some(_), Some(_)) => {
+            problems.push(
+                "server_endpoints",
+                "set either server_endpoint (one server) or server_endpoints (several), not both",
+            );
+            return None;
+        }
+        (None, None) | (None, Some([])) => {
+            problems.push(
+                "server_endpoint",
+                "missing; add the server's address and port, e.g. \"192.0.2.1:51820\" or \"[2001:db8::1]:51820\" (or server_endpoints = [...] for several headends that share one key)",
+            );
+            return None;
+        }
+        (Some(one), None) => vec![("server_endpoint".to_string(), one)],
+        (None, Some(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("server_endpoints[{i}]"), t.as_str()))
+            .collect(),
+    };
+    let mut out: Vec<SocketAddr> = Vec::new();
+    let mut ok = true;
+    for (field, text) in texts {
+        match parse_endpoint(text, &field, problems) {
+            Some(a) if out.contains(&a) => {
+                problems.push(field, format!("{a} is listed twice; remove one"));
+                ok = false;
+            }
+            Some(a) if out.first().is_some_and(|f| f.is_ipv4() != a.is_ipv4()) => {
+                problems.push(
+                    field,
+                    format!(
+                        "{a} is of another address family than {}: the client uses one \
+                         socket, so list only IPv4 or only IPv6 endpoints",
+                        out[0]
+                    ),
+                );
+                ok = false;
+            }
+            Some(a) => out.push(a),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// One server endpoint, `field` naming it in problems.
+fn parse_endpoint(text: &str, field: &str, problems: &mut Problems) -> Option<SocketAddr> {
+    match text.trim().parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => {
+            problems.push(
+                field,
+                format!("{text:?} has port 0; use the server's listen_port, e.g. 51820"),
+            );
+            None
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(
+                field,
+                format!(
+                    "{text:?} is not an IP address with a port; write e.g. \"192.0.2.1:51820\" \
+                     or \"[2001:db8::1]:51820\" (host names are not resolved)"
+                ),
+            );
+            None
         }
     }
 }
@@ -179,35 +264,11 @@ fn validate(
         },
     };
 
-    let server_endpoint = match raw.server_endpoint.as_deref() {
-        None => {
-            problems.push(
-                "server_endpoint",
-                "missing; add the server's address and port, e.g. \"192.0.2.1:51820\" or \"[2001:db8::1]:51820\"",
-            );
-            None
-        }
-        Some(text) => match text.trim().parse::<SocketAddr>() {
-            Ok(a) if a.port() == 0 => {
-                problems.push(
-                    "server_endpoint",
-                    format!("{text:?} has port 0; use the server's listen_port, e.g. 51820"),
-                );
-                None
-            }
-            Ok(a) => Some(a),
-            Err(_) => {
-                problems.push(
-                    "server_endpoint",
-                    format!(
-                        "{text:?} is not an IP address with a port; write e.g. \"192.0.2.1:51820\" \
-                         or \"[2001:db8::1]:51820\" (host names are not resolved)"
-                    ),
-                );
-                None
-            }
-        },
-    };
+    let server_endpoints = server_endpoints(
+        raw.server_endpoint.as_deref(),
+        raw.server_endpoints.as_deref(),
+        problems,
+    );
 
     let (preshared_key, preshared_key_file) = match &raw.preshared_key_file {
         None => (None, None),
@@ -266,7 +327,7 @@ fn validate(
                 .to_string(),
         );
     }
-    if let Some(ep) = server_endpoint {
+    for ep in server_endpoints.iter().flatten() {
         if !full_tunnel {
             if let Some(r) = routes.iter().find(|r| r.contains(&ep.ip())) {
                 warnings.push(format!(
@@ -297,7 +358,8 @@ fn validate(
         private_key: private_key?,
         private_key_file,
         server_public_key: server_public_key?,
-        server_endpoint: server_endpoint?,
+        server_endpoint: *server_endpoints.as_ref()?.first()?,
+        server_endpoints: server_endpoints?,
         preshared_key,
         preshared_key_file,
         routes,
@@ -361,6 +423,35 @@ mod tests {
         fails_on("server_endpoint = \"192.0.2.1\"", "server_endpoint");
         fails_on("server_endpoint = \"192.0.2.1:0\"", "server_endpoint");
         fails_on("", "server_endpoint");
+    }
+
+    #[test]
+    fn several_server_endpoints() {
+        let (c, _) = load(
+            "server_endpoints = [\"192.0.2.1:51820\", \"192.0.2.2:51820\"]\nfull_tunnel = true",
+        )
+        .unwrap();
+        assert_eq!(c.server_endpoint, "192.0.2.1:51820".parse().unwrap());
+        assert_eq!(c.server_endpoints.len(), 2);
+        assert!(c.covers_server(&["192.0.2.2/32".parse().unwrap()]));
+        let (c, _) = load("server_endpoint = \"192.0.2.1:51820\"\nfull_tunnel = true").unwrap();
+        assert_eq!(c.server_endpoints, [c.server_endpoint]);
+        let err = fails_on(
+            "server_endpoint = \"192.0.2.1:51820\"\nserver_endpoints = [\"192.0.2.2:51820\"]",
+            "server_endpoints",
+        );
+        assert!(err.to_string().contains("not both"), "{err}");
+        fails_on(
+            "server_endpoints = [\"192.0.2.1:51820\", \"192.0.2.1:51820\"]",
+            "server_endpoints[1]",
+        );
+        let err = fails_on(
+            "server_endpoints = [\"192.0.2.1:51820\", \"[2001:db8::1]:51820\"]",
+            "server_endpoints[1]",
+        );
+        assert!(err.to_string().contains("address family"), "{err}");
+        fails_on("server_endpoints = [\"192.0.2.1\"]", "server_endpoints[0]");
+        fails_on("server_endpoints = []", "server_endpoint");
     }
 
     #[test]
