@@ -99,6 +99,9 @@ enum Cmd {
         /// Handshake mode with this many handshakes in flight.
         #[arg(long)]
         handshakes_in_flight: Option<usize>,
+        /// The server's PID: its CPU time (user and system) during the blast is reported.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Re-renders report.md from a results directory.
     Report { dir: PathBuf },
@@ -157,6 +160,7 @@ fn main() -> Result<()> {
             duration_s,
             connect_timeout_s,
             handshakes_in_flight,
+            server_pid,
         } => {
             let text = std::fs::read_to_string(&keys)
                 .with_context(|| format!("reading {}", keys.display()))?;
@@ -177,6 +181,7 @@ fn main() -> Result<()> {
                 duration: Duration::from_secs(duration_s),
                 handshakes_in_flight,
                 connect_timeout: Duration::from_secs(connect_timeout_s),
+                server_pid,
             })
         }
         Cmd::Report { dir } => {

@@ -109,6 +109,9 @@ pub fn report_markdown(r: &Value) -> String {
                 f(&wl["p50_us"], 1),
                 f(&wl["p99_us"], 1),
                 f(&wl["p99_9_us"], 1),
+                f(&x["server_cpu_per_packet_us"]["total"], 2),
+                f(&x["server_cpu_per_packet_us"]["user"], 2),
+                f(&x["server_cpu_per_packet_us"]["system"], 2),
             ]);
         }
         out += &rows_table(
@@ -122,9 +125,17 @@ pub fn report_markdown(r: &Value) -> String {
                 "worker p50 µs",
                 "worker p99 µs",
                 "worker p99.9 µs",
+                "server cpu µs/packet",
+                "user",
+                "system",
             ],
             &rows,
         );
+        out +=
+            "\nServer CPU per packet: the server process's own CPU time (every thread, user and \
+                system; kernel work done in other contexts, such as softirqs on other cores, is \
+                not in it) during the blast, divided by the packets it carried both ways (those \
+                the backend received plus the echoes the generator decrypted).\n";
     }
     if let Some(runs) = r["handshakes"].as_array() {
         out += "\n## Handshakes per second\n\n";

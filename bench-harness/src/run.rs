@@ -714,14 +714,7 @@ fn e2e(
 
 /// User plus system CPU time of process `pid` (all its threads) so far, in seconds.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // Fields 14 and 15 of proc(5) (utime, stime), the 12th and 13th after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+    crate::tools::process_cpu(pid).map(|(user, system)| user + system)
 }
 
 /// Records a CPU profile of the server process during a TCP upload.
@@ -908,6 +901,27 @@ fn dump_summary(path: &Path) -> Value {
     }
 }
 
+/// The server's CPU time per packet it carried during a loadgen blast (each packet crosses
+/// it once towards the backend and each echo once back), in µs: total, user and system.
+fn server_cpu_per_packet(run: &Value) -> Value {
+    let cpu = &run["loadgen"]["server_cpu"];
+    let secs = run["loadgen"]["duration_s"].as_f64().unwrap_or(0.0);
+    let packets = (run["backend_sink"]["pps"].as_f64().unwrap_or(0.0)
+        + run["loadgen"]["echo_pps"].as_f64().unwrap_or(0.0))
+        * secs;
+    let (Some(user), Some(system)) = (cpu["user_s"].as_f64(), cpu["system_s"].as_f64()) else {
+        return Value::Null;
+    };
+    if packets < 1.0 {
+        return Value::Null;
+    }
+    json!({
+        "total": (user + system) * 1e6 / packets,
+        "user": user * 1e6 / packets,
+        "system": system * 1e6 / packets,
+    })
+}
+
 /// Loadgen runs: data (K clients × workers) and handshakes.
 fn headend(lab: &Lab, plan: &Plan, results: &mut serde_json::Map<String, Value>) -> Result<()> {
     let kmax = *plan.loadgen_clients.iter().max().unwrap_or(&1);
@@ -1002,6 +1016,8 @@ fn headend(lab: &Lab, plan: &Plan, results: &mut serde_json::Map<String, Value>)
                     &plan.loadgen_seconds.to_string(),
                     "--connect-timeout-s",
                     &connect_timeout.to_string(),
+                    "--server-pid",
+                    &srv.pid().map(|p| p.to_string()).unwrap_or_default(),
                 ],
                 Duration::from_secs(connect_timeout + plan.loadgen_seconds + 30),
             )?;
@@ -1022,11 +1038,17 @@ fn headend(lab: &Lab, plan: &Plan, results: &mut serde_json::Map<String, Value>)
                 "backend_udp_counters": snmp_delta(&backend_before, &udp_snmp(lab, &lab.backend)),
                 "server_worker_latency": dump_summary(&dump),
             });
+            let mut run = run;
+            let per_packet = server_cpu_per_packet(&run);
+            run["server_cpu_per_packet_us"] = per_packet.clone();
             progress(&format!(
-                "  -> sent {:.0} kpps, backend received {:.0} kpps, echoes back {:.0} kpps",
+                "  -> sent {:.0} kpps, backend received {:.0} kpps, echoes back {:.0} kpps; server cpu per packet {:.2} µs (user {:.2}, system {:.2})",
                 run["loadgen"]["sent_pps"].as_f64().unwrap_or(0.0) / 1e3,
                 run["backend_sink"]["pps"].as_f64().unwrap_or(0.0) / 1e3,
-                run["loadgen"]["echo_pps"].as_f64().unwrap_or(0.0) / 1e3
+                run["loadgen"]["echo_pps"].as_f64().unwrap_or(0.0) / 1e3,
+                per_packet["total"].as_f64().unwrap_or(f64::NAN),
+                per_packet["user"].as_f64().unwrap_or(f64::NAN),
+                per_packet["system"].as_f64().unwrap_or(f64::NAN),
             ));
             runs.push(run);
         }

@@ -177,6 +177,21 @@ pub struct LoadgenOptions {
     pub handshakes_in_flight: Option<usize>,
     /// Longest the initial handshakes of all clients may take.
     pub connect_timeout: Duration,
+    /// The server's PID, to report its CPU time during the blast.
+    pub server_pid: Option<u32>,
+}
+
+/// User and system CPU seconds of process `pid` (all threads) so far.
+pub fn process_cpu(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5) (utime, stime), the 12th and 13th after the name.
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| (user as f64 / hz as f64, system as f64 / hz as f64))
 }
 
 fn new_client(secret: StaticSecret, server: PublicKey) -> Client {
@@ -323,6 +338,7 @@ pub fn loadgen(o: LoadgenOptions) -> Result<()> {
     let (mut sent, mut send_failed, mut echoes, mut rx_other) = (0u64, 0u64, 0u64, 0u64);
     let mut seal_failed = 0u64;
     let mut rx = Batch::new();
+    let cpu_before = o.server_pid.and_then(process_cpu);
     let start = Instant::now();
     let end = start + o.duration;
     let mut rounds = 0u64;
@@ -396,6 +412,10 @@ pub fn loadgen(o: LoadgenOptions) -> Result<()> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_after = o.server_pid.and_then(process_cpu);
+    let server_cpu = cpu_before
+        .zip(cpu_after)
+        .map(|(b, a)| json!({"user_s": a.0 - b.0, "system_s": a.1 - b.1, "seconds": secs}));
     // Late echoes still in flight.
     let drain_end = Instant::now() + Duration::from_millis(300);
     while Instant::now() < drain_end {
@@ -427,6 +447,7 @@ pub fn loadgen(o: LoadgenOptions) -> Result<()> {
             "seal_failed": seal_failed, "echoes": echoes, "rx_other": rx_other,
             "rounds": rounds,
             "sent_pps": sent as f64 / secs, "echo_pps": echoes as f64 / secs,
+            "server_cpu": server_cpu,
         })
     );
     Ok(())
