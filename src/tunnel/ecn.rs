@@ -1,4 +1,4 @@
-//! ECN across the tunnel, as RFC 6040 says for IP-in-IP tunnels (RFC 9601 §3 extends it to
+//! ECN across the tunnel, as RFC 6040 says for IP-in-IP tunnels (RFC 9601 extends it to
 //! tunnels with a shim header between the two IP headers, as our UDP and transport headers
 //! are). Pure mappings over the two-bit ECN field and in-place rewrites of an inner IPv4 or
 //! IPv6 header.
@@ -66,7 +66,7 @@ pub const fn outer_ecn_for(inner: Ecn) -> Ecn {
 
 /// The `IP_TOS` / `IPV6_TCLASS` value to send an inner packet's datagram with: the ECN field
 /// per [`outer_ecn_for`], DSCP zero (RFC 6040 governs ECN only; the inner DSCP is not copied
-/// out, as RFC 2983 §3 leaves to the tunnel's policy). Not-ECT for a packet that is not IP.
+/// out: RFC 2983 leaves that to the tunnel's policy). Not-ECT for a packet that is not IP.
 pub fn outer_tos_for(inner_packet: &[u8]) -> u8 {
     packet_ecn(inner_packet)
         .map_or(Ecn::NotEct, outer_ecn_for)

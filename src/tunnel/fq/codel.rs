@@ -157,8 +157,8 @@ impl Codel {
 }
 
 /// When the next drop is due after one at `t`, the `count`-th: `t + interval / sqrt(count)`
-/// (RFC 8289 §5.6 `control_law`), so the drop rate grows with the square root of the drops,
-/// as TCP's throughput falls with the square root of the loss rate (RFC 8289 §3.3).
+/// (RFC 8289 §5.6 `control_law`): the drop rate grows with the square root of the drops,
+/// since a TCP flow's throughput falls with the square root of its loss rate.
 fn control_law(t: Instant, count: u32, params: &CodelParams) -> Instant {
     let spacing = params.interval.as_nanos() as f64 / f64::from(count.max(1)).sqrt();
     t + Duration::from_nanos(spacing as u64)

@@ -28,8 +28,7 @@ pub const DEFAULT_BUCKETS: u32 = 1024;
 /// Bytes a flow may send per round: an Ethernet MTU with its header, 1514 (RFC 8290 §5.2.4).
 pub const DEFAULT_QUANTUM: u32 = 1514;
 /// At most this many packets dropped from the fattest flow per overflow, to spread the scan
-/// for it over several drops (Linux `fq_codel`'s `drop_batch_size`, RFC 8290 §4.1 leaves the
-/// batching to the implementation).
+/// for it over several drops (Linux `sch_fq_codel.c`, `drop_batch_size`).
 pub const OVERFLOW_DROP_BATCH: u32 = 64;
 
 /// A packet in a buffer the caller owns, as the queue knows it.
