@@ -338,6 +338,31 @@ mod tests {
     }
 
     #[test]
+    fn congestion_on_the_outer_path_reaches_the_inner_header_and_nothing_else_changes() {
+        for inner in Ecn::ALL {
+            for congested in [false, true] {
+                let mut outer = outer_ecn_for(inner);
+                // A router on the path marks an ECN-capable outer header (RFC 3168 §5); it
+                // would drop a Not-ECT one instead, so that one never arrives marked.
+                if congested && outer.is_ecn_capable() {
+                    outer = Ce;
+                }
+                let mut p = ipv4(inner.bits());
+                let got = decapsulate(outer, &mut p).unwrap();
+                let expected = if congested && inner.is_ecn_capable() {
+                    Ce
+                } else {
+                    inner
+                };
+                assert_eq!(got.inner, expected, "{inner:?}, congested {congested}");
+                assert_eq!(got.unusual, Unusual::No, "a compliant path is never unusual");
+                assert_eq!(packet_ecn(&p), Some(expected));
+                assert!(ipv4_checksum_ok(&p));
+            }
+        }
+    }
+
+    #[test]
     fn a_packet_that_is_not_ip_is_refused() {
         for mut p in [
             vec![],
