@@ -355,7 +355,11 @@ mod tests {
                     inner
                 };
                 assert_eq!(got.inner, expected, "{inner:?}, congested {congested}");
-                assert_eq!(got.unusual, Unusual::No, "a compliant path is never unusual");
+                assert_eq!(
+                    got.unusual,
+                    Unusual::No,
+                    "a compliant path is never unusual"
+                );
                 assert_eq!(packet_ecn(&p), Some(expected));
                 assert!(ipv4_checksum_ok(&p));
             }
