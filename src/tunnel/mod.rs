@@ -1,11 +1,15 @@
 //! The packet paths the server and the client share: one segment-and-seal egress routine (a TUN
 //! read, possibly a TSO/USO super-packet, into sealed datagrams ready for `UDP_SEGMENT` sends)
 //! and one coalescing ingress routine (opened packets into as few TUN writes as the device's
-//! offloads allow), and TCP MSS clamping for packets that cross the tunnel (`mss`). Pure computation on caller-provided buffers: no sockets, no allocation; the
-//! server's io_uring workers and the client's threads only carry out the writes and sends.
+//! offloads allow), and TCP MSS clamping for packets that cross the tunnel (`mss`); a per-flow
+//! fair queue with CoDel (`fq`) and ECN across the tunnel's headers (`ecn`). Pure computation on
+//! caller-provided buffers: no sockets, no allocation per packet; the server's io_uring workers
+//! and the client's threads only carry out the writes and sends.
 #![forbid(unsafe_code)]
 
+pub mod ecn;
 pub mod egress;
+pub mod fq;
 pub mod ingress;
 pub mod mss;
 
