@@ -298,7 +298,19 @@ fn wg_show_set_and_showconf_work_against_the_server() {
         show_peer(&lab, &c1).unwrap()["allowed_ips"],
         serde_json::json!(["10.99.0.0/24"])
     );
-    drop((idle, stuck));
+    // Both were dropped by the server after their idle time, with no answer.
+    for (name, mut stream) in [("idle", idle), ("stuck", stuck)] {
+        use std::io::Read;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(40)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let read = stream.read_to_end(&mut rest);
+        assert!(
+            matches!(read, Ok(0)),
+            "the {name} connection should have been closed: {read:?}"
+        );
+    }
 
     // Stopped, the server removes its socket.
     lab.stop_server();

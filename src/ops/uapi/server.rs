@@ -144,6 +144,7 @@ fn serve_connection(mut stream: UnixStream, ops: &Ops) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
     let mut scanned = 0;
     // When the request now in the buffer began (None: nothing buffered).
     let mut begun: Option<Instant> = None;
@@ -166,8 +167,8 @@ fn serve_connection(mut stream: UnixStream, ops: &Ops) -> std::io::Result<()> {
                 };
                 stream.set_read_timeout(Some(timeout))?;
                 scanned = buf.len();
-                let mut chunk = vec![0u8; READ_CHUNK.min(MAX_REQUEST - buf.len())];
-                let n = stream.read(&mut chunk)?;
+                let room = READ_CHUNK.min(MAX_REQUEST - buf.len());
+                let n = stream.read(&mut chunk[..room])?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -222,4 +223,157 @@ fn answer_status(
         e.errno
     });
     format_status(status).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::{key_file, temp_dir};
+    use crate::config::ServerConfig;
+    use crate::server::control::command::{Command, KeyedSnapshot, PeerSet, Snapshot};
+    use std::io::BufRead;
+
+    /// Operations state whose control thread answers every `get` with no peers and every
+    /// peer of a `set` with "absent"; it ends with the returned `Ops`.
+    fn ops() -> Arc<Ops> {
+        let dir = temp_dir("uapi-ops");
+        key_file(&dir, "server.key", &[7; 32]);
+        let text = "private_key_file = \"server.key\"\naddress = \"10.66.0.1/24\"\n";
+        let (config, _) = ServerConfig::from_toml_str(text, &dir).unwrap();
+        let (commands, control) = crossbeam_channel::bounded(4);
+        std::thread::spawn(move || {
+            for command in control {
+                match command {
+                    Command::KeyedSnapshot(reply) => {
+                        let _ = reply.send(KeyedSnapshot {
+                            snapshot: Snapshot {
+                                peers: Vec::new(),
+                                now: crate::sys::clock::monotonic_now(),
+                            },
+                            psks: Default::default(),
+                        });
+                    }
+                    Command::SetPeer(_, reply) => {
+                        let _ = reply.send(Ok(PeerSet::Absent));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Arc::new(Ops::new(
+            "ctr-test".into(),
+            dir.join("server.toml"),
+            config,
+            vec![Arc::default()],
+            vec![Arc::default()],
+            Arc::default(),
+            commands,
+        ))
+    }
+
+    /// Sends `request` and reads the answer up to its blank line.
+    fn ask(stream: &mut std::io::BufReader<UnixStream>, request: &str) -> String {
+        stream.get_mut().write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(stream.read_line(&mut line).unwrap() > 0, "closed: {answer}");
+            if line == "\n" {
+                return answer;
+            }
+            answer.push_str(&line);
+        }
+    }
+
+    #[test]
+    fn stuck_clients_do_not_block_others_and_each_answer_carries_its_errno() {
+        let ops = ops();
+        let dir = temp_dir("uapi-socket");
+        let path = dir.join("wg-test.sock");
+        let socket = Arc::new(UapiSocket::bind(&path).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = spawn(socket.clone(), ops.clone(), stop.clone()).unwrap();
+
+        let _idle = UnixStream::connect(&path).unwrap();
+        let mut stuck = UnixStream::connect(&path).unwrap();
+        stuck.write_all(b"set=1\nlisten_port=5").unwrap();
+        let client = UnixStream::connect(&path).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut client = std::io::BufReader::new(client);
+        let private = ops.running.private_key.to_bytes();
+        let private_hex: String = private.iter().map(|b| format!("{b:02x}")).collect();
+        let answer = ask(&mut client, "get=1\n\n");
+        assert_eq!(
+            answer,
+            format!("private_key={private_hex}\nlisten_port=51820\nerrno=0\n")
+        );
+        // Several operations on one connection, each with its status.
+        let cases = [
+            ("set=1\nlisten_port=51821\n\n", "errno=-98\n"),
+            ("set=1\nfwmark=1\n\n", "errno=-98\n"),
+            (
+                &*format!("set=1\nprivate_key={}\n\n", "ab".repeat(32)),
+                "errno=-22\n",
+            ),
+            ("set=1\nreplace_peers=true\n\n", "errno=-22\n"),
+            ("set=1\nmtu=1420\n\n", "errno=-22\n"),
+            ("set=1\nlisten_port\n\n", "errno=-71\n"),
+            (
+                &*format!(
+                    "set=1\nprivate_key={private_hex}\nlisten_port=51820\nfwmark=0\n\
+                     public_key={}\nallowed_ip=10.99.0.0/24\n\n",
+                    "cd".repeat(32)
+                ),
+                "errno=0\n",
+            ),
+            ("get=1\nx", "errno=-22\n"),
+        ];
+        for (request, status) in cases {
+            assert_eq!(ask(&mut client, request), status, "{request:?}");
+        }
+        // An unknown operation ends the connection without an answer, as the reference does.
+        client.get_mut().write_all(b"del=1\n\n").unwrap();
+        let mut rest = String::new();
+        assert_eq!(client.read_line(&mut rest).unwrap(), 0, "{rest}");
+
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+        drop(socket);
+        assert!(!path.exists(), "the socket goes with the server");
+    }
+
+    #[test]
+    fn an_oversized_request_is_refused_and_the_connection_closed() {
+        let ops = ops();
+        let path = temp_dir("uapi-socket").join("wg-big.sock");
+        let socket = Arc::new(UapiSocket::bind(&path).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = spawn(socket.clone(), ops, stop.clone()).unwrap();
+        let mut client = UnixStream::connect(&path).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // A valid line repeated past the limit, never ending the request.
+        let line = b"listen_port=51820\n";
+        let mut request = b"set=1\n".to_vec();
+        while request.len() <= MAX_REQUEST {
+            request.extend_from_slice(line);
+        }
+        let writer = {
+            let mut client = client.try_clone().unwrap();
+            // The server stops reading at the limit: the rest may not be taken.
+            std::thread::spawn(move || drop(client.write_all(&request)))
+        };
+        let mut answer = String::new();
+        let _ = client.read_to_string(&mut answer);
+        assert_eq!(answer, "errno=-22\n\n");
+        writer.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+    }
 }
