@@ -1,6 +1,6 @@
-//! Requests to the control thread from the operator's side (control socket, metrics, SIGHUP),
-//! each with its own reply channel: the control thread owns the peers, so nobody else touches
-//! them.
+//! Requests to the control thread from the operator's side (control socket, UAPI socket,
+//! metrics, SIGHUP), each with its own reply channel: the control thread owns the peers, so
+//! nobody else touches them.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};

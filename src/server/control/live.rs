@@ -65,6 +65,7 @@ impl Control {
         };
         let networks = edit_networks(entry.allowed_ips().to_vec(), &req.allowed_ips);
         let split = self.split_addresses(&key, networks, Some(entry.assignment))?;
+        let networks_changed = *entry.allowed_ips() != split.networks;
         self.take_networks(&key, split.networks);
         let psk_changed = req
             .psk
@@ -78,7 +79,15 @@ impl Control {
             self.add_peer(config);
         }
         let warnings = self.routes.flush();
-        tracing::info!(peer = %key, psk_changed, allowed_ips = ?entry.allowed_ips(), "peer changed (UAPI)");
+        // `wg syncconf` restates every peer: only a real change is worth a line.
+        if networks_changed || psk_changed {
+            tracing::info!(
+                peer = %key,
+                psk_changed,
+                allowed_ips = ?entry.allowed_ips(),
+                "peer changed (UAPI)"
+            );
+        }
         Ok(PeerSet::Changed { warnings })
     }
 
