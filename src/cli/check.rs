@@ -228,6 +228,17 @@ fn describe_server(
     };
     r.row("control socket", socket);
     r.row(
+        "WireGuard UAPI",
+        if c.uapi {
+            format!(
+                "{} (`wg show`, `wg set`)",
+                concentrator::ops::uapi::server::socket_path(&c.tun_name).display()
+            )
+        } else {
+            "off".into()
+        },
+    );
+    r.row(
         "metrics",
         match c.metrics_listen {
             Some(a) => format!(

@@ -43,6 +43,9 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     let (listen_port, peers) = (config.listen_port, config.peers.len());
     let ops = Arc::new(Ops::for_engine(&engine, config_path.to_path_buf(), config));
     let socket_path = doors.control_socket_path().display().to_string();
+    let uapi_path = doors
+        .uapi_socket_path()
+        .map_or_else(|| "off".to_string(), |p| p.display().to_string());
     let served = doors.serve(&engine, ops.clone())?;
     tracing::info!(
         interface = %engine.interface(),
@@ -51,6 +54,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         peers,
         offloads = %engine.offload_names(),
         control_socket = %socket_path,
+        uapi = %uapi_path,
         "concentrator is up"
     );
     let _ = notify::notify("READY=1");

@@ -46,6 +46,7 @@ struct RawServer {
     control_socket: Option<String>,
     metrics_listen: Option<String>,
     metrics_per_peer: Option<bool>,
+    uapi: Option<bool>,
     latency_log_dir: Option<String>,
     latency_log_interval: Option<i64>,
     latency_log_keep: Option<i64>,
@@ -138,6 +139,9 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Whether the metrics include one series per peer.
     pub metrics_per_peer: bool,
+    /// Serve WireGuard's userspace API on `/var/run/wireguard/<interface>.sock` (`wg show`,
+    /// `wg set`); off by default (see config/server.toml).
+    pub uapi: bool,
     /// Where HdrHistogram interval logs of the latencies go, if anywhere.
     pub latency_log_dir: Option<PathBuf>,
     /// Seconds covered by one latency log file.
@@ -312,6 +316,7 @@ fn validate(
         control_socket: ops.control_socket,
         metrics_listen: ops.metrics_listen,
         metrics_per_peer: ops.metrics_per_peer,
+        uapi: ops.uapi,
         latency_log_dir: ops.latency_log_dir,
         latency_log_interval: ops.latency_log_interval,
         latency_log_keep: ops.latency_log_keep,
@@ -327,6 +332,7 @@ struct Operations {
     control_socket: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     metrics_per_peer: bool,
+    uapi: bool,
     latency_log_dir: Option<PathBuf>,
     latency_log_interval: u64,
     latency_log_keep: usize,
@@ -418,6 +424,7 @@ fn operations(
         control_socket,
         metrics_listen,
         metrics_per_peer: raw.metrics_per_peer.unwrap_or(false),
+        uapi: raw.uapi.unwrap_or(false),
         latency_log_dir,
         latency_log_interval,
         latency_log_keep,
@@ -1048,10 +1055,11 @@ mod tests {
         assert!(w.is_empty(), "{w:?}");
         assert!(c.control_socket.is_none() && c.metrics_listen.is_none() && c.user.is_none());
         assert!(!c.metrics_per_peer && c.latency_log_dir.is_none());
+        assert!(!c.uapi, "the UAPI is off unless asked for");
         assert_eq!(c.latency_log_interval, 10);
         let (c, w) = load(
             "control_socket = \"ctl.sock\"\nmetrics_listen = \"127.0.0.1:9586\"\n\
-             metrics_per_peer = true\nlatency_log_dir = \"lat\"\nlatency_log_interval = 5\n\
+             metrics_per_peer = true\nuapi = true\nlatency_log_dir = \"lat\"\nlatency_log_interval = 5\n\
              latency_log_keep = 3\nuser = \"concentrator\"",
             &peer(1),
         )
@@ -1060,6 +1068,7 @@ mod tests {
         assert!(c.control_socket.unwrap().is_absolute());
         assert_eq!(c.metrics_listen.unwrap().port(), 9586);
         assert!(c.metrics_per_peer);
+        assert!(c.uapi);
         assert!(c.latency_log_dir.unwrap().ends_with("lat"));
         assert_eq!((c.latency_log_interval, c.latency_log_keep), (5, 3));
         assert_eq!(c.user.as_deref(), Some("concentrator"));

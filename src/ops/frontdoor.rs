@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 
 use super::latency_log::{self, LatencyLog};
 use super::socket::{self, ControlSocket};
+use super::uapi::server::{self as uapi, UapiSocket};
 use super::Ops;
 use crate::config::ServerConfig;
 use crate::server::engine::Engine;
@@ -21,6 +22,7 @@ use crate::server::engine::Engine;
 /// The bound doors, not yet served.
 pub struct FrontDoor {
     control_socket: Arc<ControlSocket>,
+    uapi_socket: Option<Arc<UapiSocket>>,
     metrics: Option<TcpListener>,
     latency_log_dir: Option<PathBuf>,
 }
@@ -30,17 +32,27 @@ pub struct Served {
     threads: Vec<JoinHandle<()>>,
     latency_log: Option<JoinHandle<LatencyLog>>,
     control_socket: Arc<ControlSocket>,
+    uapi_socket: Option<Arc<UapiSocket>>,
 }
 
 impl FrontDoor {
-    /// Binds the control socket (by default `/run/concentrator/<interface>.sock`) and the
-    /// metrics port, and creates the latency-log directory, as `config` says.
+    /// Binds the control socket (by default `/run/concentrator/<interface>.sock`), the UAPI
+    /// socket (`/var/run/wireguard/<interface>.sock`, with `uapi = true`) and the metrics
+    /// port, and creates the latency-log directory, as `config` says.
     pub fn bind(config: &ServerConfig, interface: &str) -> Result<Self> {
         let path = config
             .control_socket
             .clone()
             .unwrap_or_else(|| socket::default_path(interface));
         let control_socket = Arc::new(ControlSocket::bind(&path)?);
+        let uapi_socket = if config.uapi {
+            let path = uapi::socket_path(interface);
+            Some(Arc::new(UapiSocket::bind(&path).context(
+                "the WireGuard UAPI socket (uapi = true) cannot be opened",
+            )?))
+        } else {
+            None
+        };
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -54,6 +66,7 @@ impl FrontDoor {
         }
         Ok(FrontDoor {
             control_socket,
+            uapi_socket,
             metrics,
             latency_log_dir: config.latency_log_dir.clone(),
         })
@@ -64,12 +77,21 @@ impl FrontDoor {
         self.control_socket.path()
     }
 
+    /// The UAPI socket's path, when it is served.
+    pub fn uapi_socket_path(&self) -> Option<&Path> {
+        self.uapi_socket.as_deref().map(UapiSocket::path)
+    }
+
     /// Hands what was created as root to `uid:gid`, so the server can still use and remove it
     /// after dropping privileges.
     pub fn chown(&self, uid: u32, gid: u32) -> Result<()> {
         self.control_socket
             .chown(uid, gid)
             .context("handing the control socket to the user")?;
+        if let Some(uapi) = &self.uapi_socket {
+            uapi.chown(uid, gid)
+                .context("handing the UAPI socket to the user")?;
+        }
         if let Some(dir) = &self.latency_log_dir {
             std::os::unix::fs::chown(dir, Some(uid), Some(gid))
                 .context("handing latency_log_dir to the user")?;
@@ -85,6 +107,9 @@ impl FrontDoor {
             ops.clone(),
             stop.clone(),
         )?];
+        if let Some(uapi_socket) = &self.uapi_socket {
+            threads.push(uapi::spawn(uapi_socket.clone(), ops.clone(), stop.clone())?);
+        }
         if let Some(listener) = self.metrics {
             let (ops, stop) = (ops.clone(), stop.clone());
             let per_peer = ops.running.metrics_per_peer;
@@ -103,6 +128,7 @@ impl FrontDoor {
             threads,
             latency_log,
             control_socket: self.control_socket,
+            uapi_socket: self.uapi_socket,
         })
     }
 }
@@ -136,7 +162,7 @@ fn spawn_latency_log(
 
 impl Served {
     /// Waits for the doors' threads (the engine's stop flag must be set), writes the last,
-    /// partial latency interval and removes the control socket.
+    /// partial latency interval and removes the control and UAPI sockets.
     pub fn close(self) {
         for t in self.threads {
             let _ = t.join();
@@ -149,5 +175,6 @@ impl Served {
             }
         }
         drop(self.control_socket);
+        drop(self.uapi_socket);
     }
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod show;
 pub mod socket;
+pub mod uapi;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -25,7 +26,7 @@ use crate::proto::handshake::FailureReason;
 use crate::proto::keys::PublicKey;
 use crate::proto::time::Instant;
 use crate::server::control::command::{
-    AddPeer, Added, Addressing, Command, ReloadReport, Snapshot,
+    AddPeer, Added, Addressing, Command, KeyedSnapshot, ReloadReport, Snapshot,
 };
 use crate::server::control::reload;
 use crate::server::control::HandshakeStats;
@@ -162,6 +163,11 @@ impl Ops {
     /// Removes a peer live.
     pub fn remove_peer(&self, key: PublicKey) -> Result<(), String> {
         self.ask(|tx| Command::RemovePeer(key, tx))?
+    }
+
+    /// Every peer with its pre-shared key (for the UAPI's `get`).
+    pub fn keyed_snapshot(&self) -> Result<KeyedSnapshot, String> {
+        self.ask(Command::KeyedSnapshot)
     }
 
     /// Re-reads the configuration file and applies the differences in peers. A file with

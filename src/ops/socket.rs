@@ -48,37 +48,7 @@ impl ControlSocket {
     /// still answers on and anything that is not a socket, replaces a stale socket, and makes
     /// the socket 0600.
     pub fn bind(path: &Path) -> Result<Self> {
-        let mut created_dir = false;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                created_dir = true;
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-            }
-        }
-        // Not following a symbolic link: what sits at the path itself is what would be removed.
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
-            if !meta.file_type().is_socket() {
-                bail!(
-                    "{} exists and is not a socket: remove it or set control_socket to another \
-                     path (the server only replaces a socket left behind by a stopped server)",
-                    path.display()
-                );
-            }
-            if UnixStream::connect(path).is_ok() {
-                bail!(
-                    "{} is in use by another running server; stop it or set control_socket",
-                    path.display()
-                );
-            }
-            std::fs::remove_file(path)
-                .with_context(|| format!("removing the stale socket {}", path.display()))?;
-        }
-        let listener = UnixListener::bind(path)
-            .with_context(|| format!("binding the control socket {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let (listener, created_dir) = bind_private(path, "set control_socket to another path")?;
         Ok(ControlSocket {
             listener,
             path: path.to_path_buf(),
@@ -128,6 +98,44 @@ impl ControlSocket {
             }
         }
     }
+}
+
+/// Binds a unix stream socket at `path` for root's eyes only: creates its directory (0700)
+/// if missing, refuses a socket another process still answers on and anything that is not a
+/// socket (`fix` says what else the operator can do), replaces a stale socket, and makes the
+/// socket 0600. Returns the listener and whether the directory was created.
+pub(crate) fn bind_private(path: &Path, fix: &str) -> Result<(UnixListener, bool)> {
+    let mut created_dir = false;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            created_dir = true;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    // Not following a symbolic link: what sits at the path itself is what would be removed.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket: remove it or {fix} (the server only replaces a \
+                 socket left behind by a stopped process)",
+                path.display()
+            );
+        }
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "{} is in use by another running process; stop it or {fix}",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((listener, created_dir))
 }
 
 impl Drop for ControlSocket {

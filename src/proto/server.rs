@@ -242,6 +242,11 @@ impl Server {
         Some(len)
     }
 
+    /// A peer's configuration as it runs.
+    pub fn peer_config(&self, key: &PublicKey) -> Option<&PeerConfig> {
+        self.peers.get(key).map(|p| &p.config)
+    }
+
     /// The session of a configured peer.
     pub fn session(&self, key: &PublicKey) -> Option<&Arc<Session>> {
         self.peers.get(key).map(|p| &p.session)

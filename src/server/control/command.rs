@@ -1,6 +1,6 @@
-//! Requests to the control thread from the operator's side (control socket, metrics, SIGHUP),
-//! each with its own reply channel: the control thread owns the peers, so nobody else touches
-//! them.
+//! Requests to the control thread from the operator's side (control socket, UAPI socket,
+//! metrics, SIGHUP), each with its own reply channel: the control thread owns the peers, so
+//! nobody else touches them.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -27,6 +27,64 @@ pub enum Command {
     RemovePeer(PublicKey, Sender<Result<(), String>>),
     /// Make the peers exactly these (a reload); `addressing` replaces the pools.
     SetPeers(Vec<PeerConfig>, Box<Addressing>, Sender<ReloadReport>),
+    /// Create, change or remove one peer with WireGuard's semantics (the UAPI's `set`).
+    SetPeer(SetPeer, Sender<Result<PeerSet, String>>),
+    /// Every peer with its pre-shared key and suite (the UAPI's `get`).
+    KeyedSnapshot(Sender<KeyedSnapshot>),
+}
+
+/// One peer of a UAPI `set`: what WireGuard's `wg set IF peer KEY ...` asks.
+#[derive(Debug)]
+pub struct SetPeer {
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// Remove it (everything else is then ignored); a peer that does not exist is no error.
+    pub remove: bool,
+    /// Change it only if it exists; never create it.
+    pub update_only: bool,
+    /// A new pre-shared key (all zeros: none).
+    pub psk: Option<PresharedKey>,
+    /// Edits of its networks, in order. A network another peer holds moves to this one,
+    /// as WireGuard's `allowed_ip` does.
+    pub allowed_ips: Vec<NetworkEdit>,
+    /// The suite of a peer this creates (an existing peer keeps its own).
+    pub suite: crate::proto::suite::Suite,
+}
+
+/// One edit of a peer's networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkEdit {
+    /// Drop every network it has (its own addresses stay: they are assigned, not edited).
+    Clear,
+    /// Route this network to it.
+    Add(IpNet),
+    /// Stop routing this network to it.
+    Remove(IpNet),
+}
+
+/// What a [`SetPeer`] did.
+#[derive(Debug)]
+pub enum PeerSet {
+    /// The peer was created, with these addresses and networks.
+    Added(Added),
+    /// The peer existed and was changed (or left as it was).
+    Changed {
+        /// Route problems, one line each (the peer was changed all the same).
+        warnings: Vec<String>,
+    },
+    /// The peer was removed.
+    Removed,
+    /// Nothing to do: removing or updating (`update_only`) a peer that does not exist.
+    Absent,
+}
+
+/// The peers at one moment, with what the UAPI's `get` also lists.
+#[derive(Debug)]
+pub struct KeyedSnapshot {
+    /// The peers.
+    pub snapshot: Snapshot,
+    /// Pre-shared keys of the peers that have one.
+    pub psks: HashMap<PublicKey, PresharedKey>,
 }
 
 /// A peer to add live.

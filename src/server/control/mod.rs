@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod faillog;
+mod live;
 pub mod reload;
 pub mod routes;
 
@@ -422,7 +423,11 @@ impl Control {
                     psk: self.psks.get(k).cloned().unwrap_or_else(PresharedKey::zero),
                     assignment: e.assignment,
                     allowed_ips: e.allowed_ips().to_vec(),
-                    suite: crate::proto::suite::Suite::Native,
+                    suite: self
+                        .server
+                        .peer_config(k)
+                        .map(|c| c.suite)
+                        .unwrap_or_default(),
                 };
                 (*k, spec)
             })
@@ -487,6 +492,18 @@ impl Control {
             }
             Command::SetPeers(specs, addressing, reply) => {
                 let _ = reply.send(self.set_peers(specs, *addressing));
+            }
+            Command::SetPeer(req, reply) => {
+                let _ = reply.send(self.set_live(req));
+            }
+            Command::KeyedSnapshot(reply) => {
+                let _ = reply.send(command::KeyedSnapshot {
+                    snapshot: Snapshot {
+                        peers: self.entries.values().cloned().collect(),
+                        now: monotonic_now(),
+                    },
+                    psks: self.psks.clone(),
+                });
             }
         }
     }
@@ -684,7 +701,7 @@ mod tests {
     use crate::proto::keys::StaticSecret;
     use std::net::Ipv4Addr;
 
-    fn control() -> (Control, Arc<SessionTable>) {
+    pub(super) fn control() -> (Control, Arc<SessionTable>) {
         let mut rng = OsRandom;
         let server = Server::new(
             StaticSecret::generate(&mut rng),
@@ -718,7 +735,7 @@ mod tests {
         }
     }
 
-    fn key(i: u8) -> PublicKey {
+    pub(super) fn key(i: u8) -> PublicKey {
         PublicKey::from([i; 32])
     }
 
@@ -908,7 +925,7 @@ mod tests {
 
     /// A kernel's routes as the control thread changes them, with every change it was asked.
     #[derive(Clone, Default)]
-    struct FakeKernel {
+    pub(super) struct FakeKernel {
         routes: Arc<std::sync::Mutex<std::collections::BTreeSet<ipnet::IpNet>>>,
         changes: Arc<std::sync::Mutex<Vec<crate::sys::link::RouteChange>>>,
     }
@@ -935,7 +952,7 @@ mod tests {
     }
 
     impl FakeKernel {
-        fn routes(&self) -> Vec<String> {
+        pub(super) fn routes(&self) -> Vec<String> {
             self.routes
                 .lock()
                 .unwrap()
@@ -944,7 +961,7 @@ mod tests {
                 .collect()
         }
 
-        fn deletes(&self) -> usize {
+        pub(super) fn deletes(&self) -> usize {
             let changes = self.changes.lock().unwrap();
             changes
                 .iter()
@@ -953,17 +970,17 @@ mod tests {
         }
     }
 
-    fn with_kernel(c: &mut Control) -> FakeKernel {
+    pub(super) fn with_kernel(c: &mut Control) -> FakeKernel {
         let kernel = FakeKernel::default();
         c.set_kernel_routes(KernelRoutes::new(Box::new(kernel.clone())));
         kernel
     }
 
-    fn nets(prefixes: &[&str]) -> Vec<ipnet::IpNet> {
+    pub(super) fn nets(prefixes: &[&str]) -> Vec<ipnet::IpNet> {
         prefixes.iter().map(|p| p.parse().unwrap()).collect()
     }
 
-    fn holder(table: &SessionTable, ip: &str) -> Option<PublicKey> {
+    pub(super) fn holder(table: &SessionTable, ip: &str) -> Option<PublicKey> {
         let snapshot = table.snapshot();
         let g = snapshot.guard();
         snapshot

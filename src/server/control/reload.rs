@@ -134,6 +134,7 @@ pub fn restart_only(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
         "control_socket",
         running.control_socket != new.control_socket,
     );
+    check("uapi", running.uapi != new.uapi);
     check(
         "metrics_listen",
         running.metrics_listen != new.metrics_listen,
