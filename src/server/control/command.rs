@@ -27,6 +27,27 @@ pub enum Command {
     RemovePeer(PublicKey, Sender<Result<(), String>>),
     /// Make the peers exactly these (a reload); `addressing` replaces the pools.
     SetPeers(Vec<PeerConfig>, Box<Addressing>, Sender<ReloadReport>),
+    /// The running peers with their keys and push settings (only this one when given; an
+    /// unknown key is an error), for `save` and `peer config`.
+    Peers(Option<PublicKey>, Sender<Result<RunningPeers, String>>),
+}
+
+/// A peer as it runs: its configuration (with the addresses the pools gave it and its
+/// pre-shared key) and what it is pushed.
+#[derive(Debug, Clone)]
+pub struct RunningPeer {
+    pub config: PeerConfig,
+    pub push: PushConfig,
+}
+
+/// The answer to [`Command::Peers`].
+#[derive(Debug, Clone)]
+pub struct RunningPeers {
+    pub peers: Vec<RunningPeer>,
+    /// Where clients reach the server (`public_endpoint`), if the file says.
+    pub public_endpoint: Option<String>,
+    /// The client subnets (IPv4, then IPv6 when the server has it).
+    pub subnets: Vec<IpNet>,
 }
 
 /// A peer to add live.
@@ -80,6 +101,8 @@ pub struct Addressing {
     pub mtu: u16,
     /// The routes and DNS servers pushed to clients.
     pub push: PushPolicy,
+    /// Where clients reach the server (`public_endpoint`), for generated client configs.
+    pub public_endpoint: Option<String>,
 }
 
 /// Who is pushed what.
@@ -107,6 +130,7 @@ impl Addressing {
             prefix: config.address.prefix_len(),
             prefix6: config.address6.map(|n| n.prefix_len()),
             mtu: config.mtu,
+            public_endpoint: config.public_endpoint.clone(),
             push: PushPolicy {
                 global: config.push.clone(),
                 peers: config

@@ -15,8 +15,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{select, Receiver};
+use ipnet::IpNet;
 
-use self::command::{AddPeer, Added, Addressing, Command, ReloadReport, Snapshot};
+use self::command::{
+    AddPeer, Added, Addressing, Command, ReloadReport, RunningPeer, RunningPeers, Snapshot,
+};
 use self::faillog::FailureLog;
 use self::routes::KernelRoutes;
 use crate::proto::handshake::FailureReason;
@@ -200,18 +203,22 @@ impl Control {
     pub fn add_peer(&mut self, config: PeerConfig) {
         let key = config.public_key;
         let assignment = config.assignment;
+        let suite = config.suite;
         let allowed_ips = config.allowed_ips.clone();
         self.psks.insert(key, config.psk.clone());
         let session = self.server.add_peer(config);
         match self.entries.get(&key).cloned() {
-            Some(old) if old.assignment == assignment => {
+            // Another suite is another handshake: a new entry, like new addresses.
+            Some(old) if old.assignment == assignment && old.suite == suite => {
                 self.release_routes(&old);
                 self.table.set_allowed_ips(&old, allowed_ips);
                 self.hold_routes(&old);
             }
             Some(old) => {
                 let entry = Arc::new(
-                    PeerEntry::new(key, session, assignment).with_allowed_ips(allowed_ips),
+                    PeerEntry::new(key, session, assignment)
+                        .with_suite(suite)
+                        .with_allowed_ips(allowed_ips),
                 );
                 if let Some(ep) = old.endpoint() {
                     entry.roam_to(ep);
@@ -238,7 +245,9 @@ impl Control {
             }
             None => {
                 let entry = Arc::new(
-                    PeerEntry::new(key, session, assignment).with_allowed_ips(allowed_ips),
+                    PeerEntry::new(key, session, assignment)
+                        .with_suite(suite)
+                        .with_allowed_ips(allowed_ips),
                 );
                 self.table.insert_peer(&entry);
                 self.hold_routes(&entry);
@@ -414,19 +423,58 @@ impl Control {
 
     /// The running peers as specs (for reload diffs).
     pub fn peer_specs(&self) -> HashMap<PublicKey, PeerConfig> {
-        self.entries
-            .iter()
+        self.peer_specs_of(self.entries.keys())
+    }
+
+    /// The specs of the running peers among `keys`.
+    fn peer_specs_of<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a PublicKey>,
+    ) -> HashMap<PublicKey, PeerConfig> {
+        keys.filter_map(|k| Some((k, self.entries.get(k)?)))
             .map(|(k, e)| {
                 let spec = PeerConfig {
                     public_key: *k,
                     psk: self.psks.get(k).cloned().unwrap_or_else(PresharedKey::zero),
                     assignment: e.assignment,
                     allowed_ips: e.allowed_ips().to_vec(),
-                    suite: crate::proto::suite::Suite::Native,
+                    suite: e.suite,
                 };
                 (*k, spec)
             })
             .collect()
+    }
+
+    /// The running peers (only `key` when given) with their keys and what they are pushed, for
+    /// `concentrator save` and `peer config`.
+    fn running_peers(&self, key: Option<&PublicKey>) -> Result<RunningPeers, String> {
+        let keys: Vec<&PublicKey> = match key {
+            Some(k) if !self.entries.contains_key(k) => return Err(format!("{k} is not a peer")),
+            Some(k) => vec![k],
+            None => self.entries.keys().collect(),
+        };
+        let specs = self.peer_specs_of(keys.iter().copied());
+        let peers = keys
+            .iter()
+            .filter_map(|k| {
+                Some(RunningPeer {
+                    config: specs.get(*k)?.clone(),
+                    push: self.server.push(k).cloned().unwrap_or_default(),
+                })
+            })
+            .collect();
+        let a = self.addressing.as_ref();
+        Ok(RunningPeers {
+            peers,
+            public_endpoint: a.and_then(|a| a.public_endpoint.clone()),
+            subnets: a
+                .map(|a| {
+                    std::iter::once(IpNet::V4(a.pool.network()))
+                        .chain(a.pool6.as_ref().map(|p| IpNet::V6(p.network())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
     }
 
     /// Makes the peers exactly `specs`, touching only those that differ.
@@ -487,6 +535,9 @@ impl Control {
             }
             Command::SetPeers(specs, addressing, reply) => {
                 let _ = reply.send(self.set_peers(specs, *addressing));
+            }
+            Command::Peers(key, reply) => {
+                let _ = reply.send(self.running_peers(key.as_ref()));
             }
         }
     }
@@ -715,6 +766,7 @@ mod tests {
             prefix6: None,
             mtu: 1420,
             push: PushPolicy::default(),
+            public_endpoint: None,
         }
     }
 
