@@ -89,17 +89,17 @@ fn decode_qr(drawing: &str) -> String {
         lines.len()
     );
     const SCALE: usize = 4;
-    let img = rqrr::PreparedImage::prepare_from_greyscale(size * SCALE, size * SCALE, |x, y| {
-        let (col, row) = (x / SCALE, y / SCALE);
-        let (top, bottom) = light(lines[row / 2][col]);
-        let is_light = if row % 2 == 0 { top } else { bottom };
-        if is_light {
-            255
-        } else {
-            0
-        }
-    });
-    let mut img = img;
+    let mut img =
+        rqrr::PreparedImage::prepare_from_greyscale(size * SCALE, size * SCALE, |x, y| {
+            let (col, row) = (x / SCALE, y / SCALE);
+            let (top, bottom) = light(lines[row / 2][col]);
+            let is_light = if row % 2 == 0 { top } else { bottom };
+            if is_light {
+                255
+            } else {
+                0
+            }
+        });
     let grids = img.detect_grids();
     assert_eq!(grids.len(), 1, "QR codes found: {}", grids.len());
     let (_, text) = grids[0].decode().expect("the QR code decodes");
@@ -186,7 +186,7 @@ fn peer_config_is_a_working_wg_quick_config() {
         "{out:?}"
     );
     std::fs::write(
-        &lab.server_config_path(),
+        lab.server_config_path(),
         std::fs::read_to_string(lab.server_config_path())
             .unwrap()
             .replace(
