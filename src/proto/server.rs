@@ -214,11 +214,6 @@ impl Server {
         true
     }
 
-    /// A peer's configuration as it runs (keys, addresses, suite).
-    pub fn peer_config(&self, key: &PublicKey) -> Option<&PeerConfig> {
-        self.peers.get(key).map(|p| &p.config)
-    }
-
     /// What a peer is pushed.
     pub fn push(&self, key: &PublicKey) -> Option<&PushConfig> {
         self.peers.get(key).map(|p| &p.push.config)

@@ -423,44 +423,42 @@ impl Control {
 
     /// The running peers as specs (for reload diffs).
     pub fn peer_specs(&self) -> HashMap<PublicKey, PeerConfig> {
-        self.peer_specs_of(self.entries.keys())
+        self.entries
+            .iter()
+            .map(|(k, e)| (*k, self.spec_of(e)))
+            .collect()
     }
 
-    /// The specs of the running peers among `keys`.
-    fn peer_specs_of<'a>(
-        &self,
-        keys: impl Iterator<Item = &'a PublicKey>,
-    ) -> HashMap<PublicKey, PeerConfig> {
-        keys.filter_map(|k| Some((k, self.entries.get(k)?)))
-            .map(|(k, e)| {
-                let spec = PeerConfig {
-                    public_key: *k,
-                    psk: self.psks.get(k).cloned().unwrap_or_else(PresharedKey::zero),
-                    assignment: e.assignment,
-                    allowed_ips: e.allowed_ips().to_vec(),
-                    suite: e.suite,
-                };
-                (*k, spec)
-            })
-            .collect()
+    /// The spec a running peer runs with.
+    fn spec_of(&self, e: &PeerEntry) -> PeerConfig {
+        PeerConfig {
+            public_key: e.public_key,
+            psk: self
+                .psks
+                .get(&e.public_key)
+                .cloned()
+                .unwrap_or_else(PresharedKey::zero),
+            assignment: e.assignment,
+            allowed_ips: e.allowed_ips().to_vec(),
+            suite: e.suite,
+        }
     }
 
     /// The running peers (only `key` when given) with their keys and what they are pushed, for
     /// `concentrator save` and `peer config`.
     fn running_peers(&self, key: Option<&PublicKey>) -> Result<RunningPeers, String> {
-        let keys: Vec<&PublicKey> = match key {
-            Some(k) if !self.entries.contains_key(k) => return Err(format!("{k} is not a peer")),
-            Some(k) => vec![k],
-            None => self.entries.keys().collect(),
+        let entries: Vec<&Arc<PeerEntry>> = match key {
+            Some(k) => vec![self
+                .entries
+                .get(k)
+                .ok_or_else(|| format!("{k} is not a peer"))?],
+            None => self.entries.values().collect(),
         };
-        let specs = self.peer_specs_of(keys.iter().copied());
-        let peers = keys
-            .iter()
-            .filter_map(|k| {
-                Some(RunningPeer {
-                    config: specs.get(*k)?.clone(),
-                    push: self.server.push(k).cloned().unwrap_or_default(),
-                })
+        let peers = entries
+            .into_iter()
+            .map(|e| RunningPeer {
+                config: self.spec_of(e),
+                push: self.server.push(&e.public_key).cloned().unwrap_or_default(),
             })
             .collect();
         let a = self.addressing.as_ref();
@@ -806,6 +804,47 @@ mod tests {
         assert!(under_load(&mut until, UNDER_LOAD_THRESHOLD + 5, ms(2000)));
         assert!(under_load(&mut until, 0, ms(2999)));
         assert!(!under_load(&mut until, 0, ms(3000)));
+    }
+
+    #[test]
+    fn running_peers_carry_keys_suites_and_pushes() {
+        use crate::proto::suite::Suite;
+        use crate::proto::wire::PushConfig;
+        let (mut c, _) = control();
+        let mut a = c.addressing.clone().unwrap();
+        a.public_endpoint = Some("vpn.example.com:51820".into());
+        a.push.global = PushConfig::new(Vec::new(), vec!["10.1.0.53".parse().unwrap()]).unwrap();
+        c.set_addressing(a);
+        let mut req = add(1, None);
+        req.psk = Some(PresharedKey::from_bytes([7; 32]));
+        req.suite = Suite::WireGuard;
+        let address = c.add_live(req).unwrap().config.assignment.ipv4;
+        c.add_live(add(2, None)).unwrap();
+
+        let all = c.running_peers(None).unwrap();
+        assert_eq!(all.peers.len(), 2);
+        assert_eq!(
+            all.public_endpoint.as_deref(),
+            Some("vpn.example.com:51820")
+        );
+        assert_eq!(all.subnets, ["10.66.0.0/24".parse::<IpNet>().unwrap()]);
+        let one = c.running_peers(Some(&key(1))).unwrap();
+        assert_eq!(one.peers.len(), 1);
+        let p = &one.peers[0];
+        assert_eq!(p.config.public_key, key(1));
+        assert_eq!(p.config.assignment.ipv4, address);
+        assert_eq!(p.config.psk, PresharedKey::from_bytes([7; 32]));
+        assert_eq!(p.config.suite, Suite::WireGuard);
+        assert_eq!(
+            p.push.dns(),
+            ["10.1.0.53".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // The reload diff sees the suite too.
+        assert_eq!(c.peer_specs()[&key(1)].suite, Suite::WireGuard);
+        assert!(c
+            .running_peers(Some(&key(3)))
+            .unwrap_err()
+            .contains("not a peer"));
     }
 
     #[test]
