@@ -26,10 +26,8 @@
 #   <purposes, comma-separated> <kind> <name> <source>
 #   kind cmd:   a program on PATH;  py: a module python3 imports;  cargo: a `cargo NAME` subcommand
 #   source apt:PACKAGE, pip:PACKAGE, cargo:CRATE@VERSION, or rustup (not installable here)
-# For example, a test that runs stock WireGuard clients would add
-#   tests  cmd  wireguard-go   apt:wireguard-go
-#   tests  cmd  wg             apt:wireguard-tools
-#   tests  cmd  boringtun-cli  cargo:boringtun-cli@<version>
+# A cmd entry may come from a crate (cargo:CRATE@VERSION): `cargo install` puts the program in
+# ~/.cargo/bin, which must be on PATH (under sudo: sudo env "PATH=$PATH" ...).
 
 DEPS_LIST='
 demo,tests,fuzz,package  cmd    cargo     rustup
@@ -50,6 +48,9 @@ tests,fuzz               cmd    c++       apt:g++
 tests,fuzz               cargo  fuzz      cargo:cargo-fuzz@0.13.2
 tests,package            cargo  deb       cargo:cargo-deb@3.8.0
 tests,package            cmd    dpkg-deb  apt:dpkg
+tests                    cmd    wireguard-go   apt:wireguard-go
+tests                    cmd    wg             apt:wireguard-tools
+tests                    cmd    boringtun-cli  cargo:boringtun-cli@0.7.1
 '
 
 # Prints "kind name source" for every entry of PURPOSE (tests includes fuzz and package).

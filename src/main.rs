@@ -96,15 +96,30 @@ fn main() -> ExitCode {
                 address6,
                 allowed_ips,
                 psk_file,
+                protocol,
             } => cli::peer::add(
                 socket.as_deref(),
                 &public_key,
                 (address, address6),
                 allowed_ips,
                 psk_file.as_deref(),
+                protocol,
             ),
             PeerAction::Remove { public_key } => cli::peer::remove(socket.as_deref(), &public_key),
+            PeerAction::Config {
+                public_key,
+                qr,
+                private_key_file,
+            } => cli::peer::config(
+                socket.as_deref(),
+                &public_key,
+                qr,
+                private_key_file.as_deref(),
+            ),
         },
+        Some(Command::Save { config, socket }) => {
+            cli::save::run(socket.as_deref(), config.as_deref())
+        }
         Some(Command::Reload { json, socket }) => cli::reload::run(socket.as_deref(), json),
         Some(Command::Completions { shell }) => cli::docs::completions(shell),
         Some(Command::Manpages { dir }) => cli::docs::manpages(&dir),

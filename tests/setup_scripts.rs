@@ -115,7 +115,14 @@ impl FakeMachine {
             } else if let Some(pkg) = e.source.strip_prefix("pip:") {
                 pip_modules.insert(pkg.to_string(), e.name.clone());
             } else if let Some(krate) = e.source.strip_prefix("cargo:") {
-                crates.insert(krate.to_string(), e.name.clone());
+                // A cargo subcommand is "there" once its marker exists; a program (boringtun-cli)
+                // once its stand-in is on PATH.
+                let installed = if e.kind == "cmd" {
+                    format!("{}/{}", bin.display(), e.name)
+                } else {
+                    format!("{}/cargo/{}", root.display(), e.name)
+                };
+                crates.insert(krate.to_string(), installed);
             }
         }
         let log = root.join("log");
@@ -124,6 +131,16 @@ impl FakeMachine {
                 .map(|(k, v)| format!("    {k}) : >\"{}/{dir}/{v}\" ;;\n", root.display()))
                 .collect()
         };
+        // Each crate "installs" a stand-in at its path (executable, for programs).
+        let cargo_case: String = crates
+            .iter()
+            .map(|(k, path)| {
+                format!(
+                    "    {k}) printf '{}' >\"{path}\"; /bin/chmod 755 \"{path}\" ;;\n",
+                    STAND_IN.escape_default()
+                )
+            })
+            .collect();
         let apt_case: String = apt_cmds
             .iter()
             .map(|(pkg, cmds)| {
@@ -175,7 +192,6 @@ impl FakeMachine {
                  case \" $FAKE_CARGO_MISSING \" in *\" $1 \"*) [ -e \"{root}/cargo/$1\" ] ;; *) exit 0 ;; esac\n",
                 root = root.display(),
                 log = log.display(),
-                cargo_case = case(&crates, "cargo"),
             ),
         );
         FakeMachine { root }
@@ -390,4 +406,66 @@ fn nothing_missing_nothing_done() {
         r.assert_nothing_installed();
         assert!(!r.output.contains("missing"), "{script}:\n{}", r.output);
     }
+}
+
+#[test]
+fn the_stock_wireguard_clients_are_test_dependencies() {
+    let tests = list("tests");
+    let find = |name: &str| {
+        tests
+            .iter()
+            .find(|e| e.kind == "cmd" && e.name == name)
+            .map(|e| e.source.clone())
+            .unwrap_or_else(|| panic!("{name} not in the tests list"))
+    };
+    assert_eq!(find("wireguard-go"), "apt:wireguard-go");
+    assert_eq!(find("wg"), "apt:wireguard-tools");
+    let boringtun = find("boringtun-cli");
+    let version = boringtun
+        .strip_prefix("cargo:boringtun-cli@")
+        .expect("boringtun-cli from its crate");
+    assert!(
+        version.split('.').count() == 3 && version.split('.').all(|n| n.parse::<u32>().is_ok()),
+        "boringtun-cli is pinned to an exact version: {boringtun}"
+    );
+    // Neither the demo nor the fuzzing needs them.
+    for purpose in ["demo", "fuzz", "package"] {
+        assert!(
+            !list(purpose)
+                .iter()
+                .any(|e| ["wireguard-go", "wg", "boringtun-cli"].contains(&e.name.as_str())),
+            "{purpose} lists a stock client"
+        );
+    }
+
+    // Missing, they are installed: the Debian packages without recommends, the crate locked.
+    let m = FakeMachine::new("stock", &["wireguard-go", "wg", "boringtun-cli"]);
+    let r = m.run("test.sh", &["--deps-only"], &[ROOT]);
+    assert_eq!(r.code, Some(0), "{r:#?}");
+    assert_eq!(
+        r.apt_get,
+        [
+            "update",
+            "install -y --no-install-recommends wireguard-go wireguard-tools"
+        ]
+    );
+    assert_eq!(
+        r.cargo_install,
+        [format!("install --locked boringtun-cli@{version}")]
+    );
+    assert!(r.pip.is_empty(), "{r:#?}");
+    for word in [
+        "command wireguard-go (Debian package wireguard-go)",
+        "command wg (Debian package wireguard-tools)",
+        "command boringtun-cli (crate boringtun-cli@",
+    ] {
+        assert!(r.output.contains(word), "{word:?} not named:\n{}", r.output);
+    }
+    // The demo does not ask for them.
+    for tool in ["wireguard-go", "wg", "boringtun-cli"] {
+        std::fs::remove_file(m.root.join("bin").join(tool)).unwrap();
+    }
+    let r = m.run("quickstart.sh", &["--deps-only"], &[ROOT]);
+    assert_eq!(r.code, Some(0), "{r:#?}");
+    r.assert_nothing_installed();
 }

@@ -78,6 +78,17 @@ pub enum Command {
         #[command(subcommand)]
         action: PeerAction,
     },
+    /// Write the running peers (added or removed live) back into the config file's [[peer]]
+    /// list, keeping the rest of the file, so that a reload or restart keeps them (like
+    /// `wg-quick save`).
+    Save {
+        /// The config file to rewrite (default: the one the server runs from).
+        #[arg(long, short, value_hint = clap::ValueHint::FilePath)]
+        config: Option<PathBuf>,
+        /// The control socket (default: the only one in /run/concentrator).
+        #[arg(long, value_hint = clap::ValueHint::FilePath)]
+        socket: Option<PathBuf>,
+    },
     /// Make the running server re-read its config and apply the peer changes (as SIGHUP).
     Reload {
         /// Print JSON instead of text.
@@ -120,12 +131,47 @@ pub enum PeerAction {
         /// A file holding the base64 pre-shared key.
         #[arg(long, value_hint = clap::ValueHint::FilePath)]
         psk_file: Option<PathBuf>,
+        /// The protocol it speaks: the native suite (`concentrator connect`) or WireGuard
+        /// (stock WireGuard apps and wg-quick).
+        #[arg(long, value_enum, default_value_t = PeerProtocol::Native)]
+        protocol: PeerProtocol,
+    },
+    /// Print a ready wg-quick client config for a peer (Address, DNS, the server's key,
+    /// public_endpoint, AllowedIPs from the routes it is pushed), or its QR code.
+    Config {
+        /// The peer's base64 public key.
+        public_key: String,
+        /// Show the config as a QR code in the terminal (for the WireGuard phone apps).
+        #[arg(long)]
+        qr: bool,
+        /// The client's private key file, to fill in PrivateKey (the server never has it;
+        /// without this, PrivateKey is a placeholder to replace).
+        #[arg(long, value_hint = clap::ValueHint::FilePath)]
+        private_key_file: Option<PathBuf>,
     },
     /// Remove a peer: its session ends, its address returns to the pool.
     Remove {
         /// Its base64 public key.
         public_key: String,
     },
+}
+
+/// The protocols a peer can speak.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum PeerProtocol {
+    Native,
+    #[value(name = "wireguard")]
+    WireGuard,
+}
+
+impl PeerProtocol {
+    /// The protocol's name in config files and on the control socket.
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerProtocol::Native => concentrator::proto::suite::Suite::Native.name(),
+            PeerProtocol::WireGuard => concentrator::proto::suite::Suite::WireGuard.name(),
+        }
+    }
 }
 
 /// The shells completions are generated for.

@@ -239,6 +239,12 @@ fn describe_server(
         },
     );
     r.row(
+        "public endpoint",
+        c.public_endpoint
+            .clone()
+            .unwrap_or_else(|| "not set (`peer config` needs it)".into()),
+    );
+    r.row(
         "metrics",
         match c.metrics_listen {
             Some(a) => format!(

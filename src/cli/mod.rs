@@ -7,5 +7,6 @@ pub mod docs;
 pub mod keys;
 pub mod peer;
 pub mod reload;
+pub mod save;
 pub mod serve;
 pub mod show;

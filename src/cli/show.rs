@@ -135,6 +135,10 @@ pub fn render(v: &ShowReply) -> String {
         if !p.allowed_ips.is_empty() {
             let _ = writeln!(o, "  allowed ips: {}", p.allowed_ips.join(", "));
         }
+        // Said only when it is not the default, as in the config file.
+        if p.protocol != concentrator::proto::suite::Suite::Native.name() {
+            let _ = writeln!(o, "  protocol: {}", p.protocol);
+        }
         if let Some(secs) = p.latest_handshake_secs_ago {
             let _ = writeln!(o, "  latest handshake: {}", ago(secs));
         }

@@ -51,6 +51,7 @@ struct RawServer {
     latency_log_interval: Option<i64>,
     latency_log_keep: Option<i64>,
     user: Option<String>,
+    public_endpoint: Option<String>,
     #[serde(default)]
     peer: Vec<RawPeer>,
 }
@@ -150,6 +151,9 @@ pub struct ServerConfig {
     pub latency_log_keep: usize,
     /// The user to run as after setup (keeping CAP_NET_ADMIN), if any.
     pub user: Option<String>,
+    /// Where clients reach the server, `host:port` (`public_endpoint`): the `Endpoint` of the
+    /// client configs `concentrator peer config` prints. Not used to listen.
+    pub public_endpoint: Option<String>,
     /// The peers, in file order, each with its address assigned.
     pub peers: Vec<PeerSection>,
     /// The IPv4 pool with the server's and every peer's address taken, for live changes.
@@ -321,10 +325,65 @@ fn validate(
         latency_log_interval: ops.latency_log_interval,
         latency_log_keep: ops.latency_log_keep,
         user: ops.user,
+        public_endpoint: raw
+            .public_endpoint
+            .as_deref()
+            .and_then(|e| match public_endpoint(e) {
+                Ok(e) => Some(e),
+                Err(why) => {
+                    problems.push("public_endpoint", why);
+                    None
+                }
+            }),
         peers: peers?,
         pool,
         pool6,
     })
+}
+
+/// Checks `public_endpoint`: a DNS name, an IPv4 address or a bracketed IPv6 address, then
+/// `:port`; returns it trimmed, or why not.
+pub fn public_endpoint(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let example = "write it as clients reach the server, e.g. \"vpn.example.com:51820\", \
+                   \"203.0.113.7:51820\" or \"[2001:db8::7]:51820\"";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} has no port; {example}"));
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => {
+            return Err(format!(
+                "{text:?}: {port:?} is not a port (1-65535); {example}"
+            ))
+        }
+    }
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .is_some_and(|a| a.parse::<Ipv6Addr>().is_ok())
+    } else if host.parse::<Ipv4Addr>().is_ok() {
+        true
+    } else {
+        // A DNS name (RFC 1123 labels); a bare IPv6 address lands here and is refused.
+        !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+            // All digits and dots would be a mistyped IPv4 address, not a name.
+            && !host.chars().all(|c| c.is_ascii_digit() || c == '.')
+    };
+    if !host_ok {
+        return Err(format!(
+            "{text:?}: {host:?} is not a host name, IPv4 address or [IPv6] address; {example}"
+        ));
+    }
+    Ok(text.to_string())
 }
 
 /// The operations fields: control socket, metrics, latency logs, user.
@@ -1036,6 +1095,36 @@ mod tests {
         let err = load(top, peers).expect_err("must fail");
         assert!(err.has_field(field), "no problem for {field}: {err}");
         err
+    }
+
+    #[test]
+    fn public_endpoint_is_a_host_and_port() {
+        assert_eq!(load("", "").unwrap().0.public_endpoint, None);
+        for good in [
+            "vpn.example.com:51820",
+            "203.0.113.7:51820",
+            "[2001:db8::7]:443",
+            "localhost:1",
+        ] {
+            let top = format!("public_endpoint = \"{good}\"");
+            let (c, _) = load(&top, "").unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(c.public_endpoint.as_deref(), Some(good));
+        }
+        for bad in [
+            "vpn.example.com",
+            "vpn.example.com:0",
+            "vpn.example.com:65536",
+            ":51820",
+            "2001:db8::7:51820",
+            "[2001:db8::zz]:51820",
+            "bad_name.example:51820",
+            "-vpn.example.com:51820",
+            "203.0.113:51820",
+        ] {
+            let top = format!("public_endpoint = \"{bad}\"");
+            let err = fails_on(&top, "", "public_endpoint");
+            assert!(err.to_string().contains("vpn.example.com:51820"), "{err}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::proto::handshake::FailureReason;
 use crate::proto::keys::PublicKey;
 use crate::proto::time::Instant;
 use crate::server::control::command::{
-    AddPeer, Added, Addressing, Command, KeyedSnapshot, ReloadReport, Snapshot,
+    AddPeer, Added, Addressing, Command, KeyedSnapshot, ReloadReport, RunningPeers, Snapshot,
 };
 use crate::server::control::reload;
 use crate::server::control::HandshakeStats;
@@ -158,6 +158,11 @@ impl Ops {
     /// Adds a peer live.
     pub fn add_peer(&self, req: AddPeer) -> Result<Added, String> {
         self.ask(|tx| Command::AddPeer(req, tx))?
+    }
+
+    /// The running peers (only `key`), with their keys and push settings.
+    pub fn running_peers(&self, key: Option<PublicKey>) -> Result<RunningPeers, String> {
+        self.ask(|tx| Command::Peers(key, tx))?
     }
 
     /// Removes a peer live.

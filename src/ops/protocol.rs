@@ -1,7 +1,7 @@
 //! The control socket's protocol: one JSON request per connection, one JSON line back, typed on
 //! both ends (the server's `socket` module and the CLI share these types).
 //!
-//! Requests carry `"cmd"` (`show`, `peer_add`, `peer_remove`, `reload`); every answer carries
+//! Requests carry `"cmd"` (`show`, `peer_add`, `peer_remove`, `reload`, `peers`); every answer carries
 //! `"ok"`, and a failure `"error"` with what went wrong. Keys travel as base64 text, addresses as
 //! text, so the JSON stays readable for scripts that talk to the socket directly.
 
@@ -52,6 +52,10 @@ pub enum Request {
         /// out of the JSON when empty, so a server without sites understands the request.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         allowed_ips: Vec<IpNet>,
+        /// The protocol it speaks (`native` or `wireguard`); none: native. Left out of the
+        /// JSON when none, so an older server understands the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protocol: Option<String>,
     },
     /// Remove a peer live.
     PeerRemove {
@@ -60,6 +64,13 @@ pub enum Request {
     },
     /// Re-read the configuration file and apply the peer differences.
     Reload,
+    /// Every running peer (or only `public_key`) as it runs, pre-shared keys included: for
+    /// `concentrator save` and `concentrator peer config`. The socket is the root's (0600).
+    Peers {
+        /// Only this peer (an unknown key is refused).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        public_key: Option<String>,
+    },
 }
 
 /// Latency percentiles of a histogram, in nanoseconds (only `count` when it is empty).
@@ -146,6 +157,9 @@ pub struct PeerReport {
     /// Networks routed to the peer besides its addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_ips: Vec<String>,
+    /// The protocol it speaks: `native` or `wireguard`.
+    #[serde(default = "native")]
+    pub protocol: String,
     pub latest_handshake_secs_ago: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -181,6 +195,49 @@ pub struct PeerAdded {
     /// the peer was added all the same.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+fn native() -> String {
+    crate::proto::suite::Suite::Native.name().to_string()
+}
+
+/// One peer of a [`PeersReply`]: all a config file or a client config needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerDetail {
+    pub public_key: String,
+    /// Its IPv4 address (fixed or from the pool).
+    pub address: Ipv4Addr,
+    /// Its IPv6 address, when the server has IPv6.
+    pub address6: Option<Ipv6Addr>,
+    /// Networks routed to it besides its addresses.
+    #[serde(default)]
+    pub allowed_ips: Vec<IpNet>,
+    /// `native` or `wireguard`.
+    pub protocol: String,
+    /// Its base64 pre-shared key, when it has one.
+    #[serde(default)]
+    pub psk: Option<String>,
+    /// The routes it is pushed (top-level `push_routes`, then its own).
+    #[serde(default)]
+    pub push_routes: Vec<IpNet>,
+    /// The DNS servers it is pushed.
+    #[serde(default)]
+    pub push_dns: Vec<std::net::IpAddr>,
+}
+
+/// The answer to [`Request::Peers`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersReply {
+    /// The server's public key.
+    pub public_key: String,
+    /// The configuration file the server reloads from (absolute).
+    pub config_file: std::path::PathBuf,
+    /// Where clients reach the server (`public_endpoint`), if the config says.
+    pub public_endpoint: Option<String>,
+    /// The client subnets: IPv4, then IPv6 when the server has it.
+    pub subnets: Vec<IpNet>,
+    /// In address order.
+    pub peers: Vec<PeerDetail>,
 }
 
 /// The answer to [`Request::PeerRemove`].
@@ -305,6 +362,7 @@ mod tests {
                 address6: None,
                 psk: None,
                 allowed_ips: Vec::new(),
+                protocol: None,
             }
         );
         let add: Request = serde_json::from_str(
@@ -327,6 +385,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(text, r#"{"cmd":"peer_remove","public_key":"k"}"#);
+        let peers: Request = serde_json::from_str(r#"{"cmd":"peers"}"#).unwrap();
+        assert_eq!(peers, Request::Peers { public_key: None });
+        let add: Request =
+            serde_json::from_str(r#"{"cmd":"peer_add","public_key":"k","protocol":"wireguard"}"#)
+                .unwrap();
+        let Request::PeerAdd { protocol, .. } = &add else {
+            panic!("{add:?}");
+        };
+        assert_eq!(protocol.as_deref(), Some("wireguard"));
     }
 
     #[test]

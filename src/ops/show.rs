@@ -18,6 +18,7 @@ fn peer_report(p: &PeerEntry, now: crate::proto::time::Instant) -> PeerReport {
         address: p.assignment.ipv4.to_string(),
         address6: p.assignment.ipv6.map(|(a, _)| a.to_string()),
         allowed_ips: p.allowed_ips().iter().map(|n| n.to_string()).collect(),
+        protocol: p.suite.name().to_string(),
         latest_handshake_secs_ago: p.session.last_handshake().map(|h| (now - h).as_secs()),
         rx_bytes: p.rx_bytes.load(Relaxed),
         tx_bytes: p.tx_bytes.load(Relaxed),

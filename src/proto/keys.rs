@@ -187,6 +187,16 @@ impl PresharedKey {
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
+
+    /// True for [`PresharedKey::zero`], the "no pre-shared key" value.
+    pub fn is_zero(&self) -> bool {
+        *self.0 == [0u8; KEY_LEN]
+    }
+
+    /// The base64 form (for `concentrator save` and client configs). Zeroized when dropped.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(STANDARD.encode(*self.0))
+    }
 }
 
 impl Default for PresharedKey {

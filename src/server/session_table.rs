@@ -17,6 +17,7 @@ use ipnet::IpNet;
 
 use crate::proto::keys::PublicKey;
 use crate::proto::session::Session;
+use crate::proto::suite::Suite;
 use crate::proto::wire::AddressAssignment;
 use crate::route::{self, PrefixTable, SharedPrefixTable};
 
@@ -29,6 +30,8 @@ pub struct PeerEntry {
     pub session: Arc<Session>,
     /// Its virtual addresses.
     pub assignment: AddressAssignment,
+    /// The protocol it speaks (for `show`; fixed for the entry's life).
+    pub suite: Suite,
     /// The networks routed to it besides its addresses (`allowed_ips`), normalized; written by
     /// the control thread with the table ([`SessionTable::set_allowed_ips`]), never read on
     /// the data path (the table answers there).
@@ -52,6 +55,7 @@ impl PeerEntry {
             public_key,
             session,
             assignment,
+            suite: Suite::Native,
             allowed_ips: ArcSwap::from_pointee(Vec::new()),
             endpoint: ArcSwapOption::empty(),
             rx_bytes: AtomicU64::new(0),
@@ -70,6 +74,12 @@ impl PeerEntry {
         if self.endpoint.load().as_deref() != Some(&from) {
             self.endpoint.store(Some(Arc::new(from)));
         }
+    }
+
+    /// The same peer speaking `suite` (before it is published).
+    pub fn with_suite(mut self, suite: Suite) -> Self {
+        self.suite = suite;
+        self
     }
 
     /// The same peer with `allowed_ips` (before it is published).

@@ -24,6 +24,7 @@
 #![allow(dead_code)]
 
 pub mod cmd;
+pub mod stock;
 pub mod traffic;
 
 use std::net::Ipv4Addr;

@@ -31,6 +31,9 @@ pub enum Command {
     SetPeer(SetPeer, Sender<Result<PeerSet, String>>),
     /// Every peer with its pre-shared key and suite (the UAPI's `get`).
     KeyedSnapshot(Sender<KeyedSnapshot>),
+    /// The running peers with their keys and push settings (only this one when given; an
+    /// unknown key is an error), for `save` and `peer config`.
+    Peers(Option<PublicKey>, Sender<Result<RunningPeers, String>>),
 }
 
 /// One peer of a UAPI `set`: what WireGuard's `wg set IF peer KEY ...` asks.
@@ -87,6 +90,24 @@ pub struct KeyedSnapshot {
     pub psks: HashMap<PublicKey, PresharedKey>,
 }
 
+/// A peer as it runs: its configuration (with the addresses the pools gave it and its
+/// pre-shared key) and what it is pushed.
+#[derive(Debug, Clone)]
+pub struct RunningPeer {
+    pub config: PeerConfig,
+    pub push: PushConfig,
+}
+
+/// The answer to [`Command::Peers`].
+#[derive(Debug, Clone)]
+pub struct RunningPeers {
+    pub peers: Vec<RunningPeer>,
+    /// Where clients reach the server (`public_endpoint`), if the file says.
+    pub public_endpoint: Option<String>,
+    /// The client subnets (IPv4, then IPv6 when the server has it).
+    pub subnets: Vec<IpNet>,
+}
+
 /// A peer to add live.
 #[derive(Debug)]
 pub struct AddPeer {
@@ -138,6 +159,8 @@ pub struct Addressing {
     pub mtu: u16,
     /// The routes and DNS servers pushed to clients.
     pub push: PushPolicy,
+    /// Where clients reach the server (`public_endpoint`), for generated client configs.
+    pub public_endpoint: Option<String>,
 }
 
 /// Who is pushed what.
@@ -165,6 +188,7 @@ impl Addressing {
             prefix: config.address.prefix_len(),
             prefix6: config.address6.map(|n| n.prefix_len()),
             mtu: config.mtu,
+            public_endpoint: config.public_endpoint.clone(),
             push: PushPolicy {
                 global: config.push.clone(),
                 peers: config

@@ -16,8 +16,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{select, Receiver};
+use ipnet::IpNet;
 
-use self::command::{AddPeer, Added, Addressing, Command, ReloadReport, Snapshot};
+use self::command::{
+    AddPeer, Added, Addressing, Command, ReloadReport, RunningPeer, RunningPeers, Snapshot,
+};
 use self::faillog::FailureLog;
 use self::routes::KernelRoutes;
 use crate::proto::handshake::FailureReason;
@@ -201,18 +204,22 @@ impl Control {
     pub fn add_peer(&mut self, config: PeerConfig) {
         let key = config.public_key;
         let assignment = config.assignment;
+        let suite = config.suite;
         let allowed_ips = config.allowed_ips.clone();
         self.psks.insert(key, config.psk.clone());
         let session = self.server.add_peer(config);
         match self.entries.get(&key).cloned() {
-            Some(old) if old.assignment == assignment => {
+            // Another suite is another handshake: a new entry, like new addresses.
+            Some(old) if old.assignment == assignment && old.suite == suite => {
                 self.release_routes(&old);
                 self.table.set_allowed_ips(&old, allowed_ips);
                 self.hold_routes(&old);
             }
             Some(old) => {
                 let entry = Arc::new(
-                    PeerEntry::new(key, session, assignment).with_allowed_ips(allowed_ips),
+                    PeerEntry::new(key, session, assignment)
+                        .with_suite(suite)
+                        .with_allowed_ips(allowed_ips),
                 );
                 if let Some(ep) = old.endpoint() {
                     entry.roam_to(ep);
@@ -239,7 +246,9 @@ impl Control {
             }
             None => {
                 let entry = Arc::new(
-                    PeerEntry::new(key, session, assignment).with_allowed_ips(allowed_ips),
+                    PeerEntry::new(key, session, assignment)
+                        .with_suite(suite)
+                        .with_allowed_ips(allowed_ips),
                 );
                 self.table.insert_peer(&entry);
                 self.hold_routes(&entry);
@@ -417,21 +426,54 @@ impl Control {
     pub fn peer_specs(&self) -> HashMap<PublicKey, PeerConfig> {
         self.entries
             .iter()
-            .map(|(k, e)| {
-                let spec = PeerConfig {
-                    public_key: *k,
-                    psk: self.psks.get(k).cloned().unwrap_or_else(PresharedKey::zero),
-                    assignment: e.assignment,
-                    allowed_ips: e.allowed_ips().to_vec(),
-                    suite: self
-                        .server
-                        .peer_config(k)
-                        .map(|c| c.suite)
-                        .unwrap_or_default(),
-                };
-                (*k, spec)
-            })
+            .map(|(k, e)| (*k, self.spec_of(e)))
             .collect()
+    }
+
+    /// The spec a running peer runs with.
+    fn spec_of(&self, e: &PeerEntry) -> PeerConfig {
+        PeerConfig {
+            public_key: e.public_key,
+            psk: self
+                .psks
+                .get(&e.public_key)
+                .cloned()
+                .unwrap_or_else(PresharedKey::zero),
+            assignment: e.assignment,
+            allowed_ips: e.allowed_ips().to_vec(),
+            suite: e.suite,
+        }
+    }
+
+    /// The running peers (only `key` when given) with their keys and what they are pushed, for
+    /// `concentrator save` and `peer config`.
+    fn running_peers(&self, key: Option<&PublicKey>) -> Result<RunningPeers, String> {
+        let entries: Vec<&Arc<PeerEntry>> = match key {
+            Some(k) => vec![self
+                .entries
+                .get(k)
+                .ok_or_else(|| format!("{k} is not a peer"))?],
+            None => self.entries.values().collect(),
+        };
+        let peers = entries
+            .into_iter()
+            .map(|e| RunningPeer {
+                config: self.spec_of(e),
+                push: self.server.push(&e.public_key).cloned().unwrap_or_default(),
+            })
+            .collect();
+        let a = self.addressing.as_ref();
+        Ok(RunningPeers {
+            peers,
+            public_endpoint: a.and_then(|a| a.public_endpoint.clone()),
+            subnets: a
+                .map(|a| {
+                    std::iter::once(IpNet::V4(a.pool.network()))
+                        .chain(a.pool6.as_ref().map(|p| IpNet::V6(p.network())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
     }
 
     /// Makes the peers exactly `specs`, touching only those that differ.
@@ -504,6 +546,9 @@ impl Control {
                     },
                     psks: self.psks.clone(),
                 });
+            }
+            Command::Peers(key, reply) => {
+                let _ = reply.send(self.running_peers(key.as_ref()));
             }
         }
     }
@@ -732,6 +777,7 @@ mod tests {
             prefix6: None,
             mtu: 1420,
             push: PushPolicy::default(),
+            public_endpoint: None,
         }
     }
 
@@ -771,6 +817,47 @@ mod tests {
         assert!(under_load(&mut until, UNDER_LOAD_THRESHOLD + 5, ms(2000)));
         assert!(under_load(&mut until, 0, ms(2999)));
         assert!(!under_load(&mut until, 0, ms(3000)));
+    }
+
+    #[test]
+    fn running_peers_carry_keys_suites_and_pushes() {
+        use crate::proto::suite::Suite;
+        use crate::proto::wire::PushConfig;
+        let (mut c, _) = control();
+        let mut a = c.addressing.clone().unwrap();
+        a.public_endpoint = Some("vpn.example.com:51820".into());
+        a.push.global = PushConfig::new(Vec::new(), vec!["10.1.0.53".parse().unwrap()]).unwrap();
+        c.set_addressing(a);
+        let mut req = add(1, None);
+        req.psk = Some(PresharedKey::from_bytes([7; 32]));
+        req.suite = Suite::WireGuard;
+        let address = c.add_live(req).unwrap().config.assignment.ipv4;
+        c.add_live(add(2, None)).unwrap();
+
+        let all = c.running_peers(None).unwrap();
+        assert_eq!(all.peers.len(), 2);
+        assert_eq!(
+            all.public_endpoint.as_deref(),
+            Some("vpn.example.com:51820")
+        );
+        assert_eq!(all.subnets, ["10.66.0.0/24".parse::<IpNet>().unwrap()]);
+        let one = c.running_peers(Some(&key(1))).unwrap();
+        assert_eq!(one.peers.len(), 1);
+        let p = &one.peers[0];
+        assert_eq!(p.config.public_key, key(1));
+        assert_eq!(p.config.assignment.ipv4, address);
+        assert_eq!(p.config.psk, PresharedKey::from_bytes([7; 32]));
+        assert_eq!(p.config.suite, Suite::WireGuard);
+        assert_eq!(
+            p.push.dns(),
+            ["10.1.0.53".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // The reload diff sees the suite too.
+        assert_eq!(c.peer_specs()[&key(1)].suite, Suite::WireGuard);
+        assert!(c
+            .running_peers(Some(&key(3)))
+            .unwrap_err()
+            .contains("not a peer"));
     }
 
     #[test]
