@@ -8,7 +8,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 
+use concentrator::config::ServerConfig;
 use concentrator::ops::protocol::{PeerAdded, PeerRemoved, Request};
+use concentrator::ops::registry::{import_peers, ImportReport};
 
 /// `peer add`.
 pub fn add(
@@ -65,5 +67,31 @@ pub fn remove(socket: Option<&Path>, public_key: &str) -> Result<()> {
         },
     )?;
     println!("removed peer {}", removed.public_key);
+    Ok(())
+}
+
+/// `registry import FILE`: the file's peers, with the addresses it gives them, into etcd
+/// through the running headend (which seals their pre-shared keys).
+pub fn import(socket: Option<&Path>, file: &Path) -> Result<()> {
+    let (config, warnings) =
+        ServerConfig::load_for_import(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let peers = import_peers(&config);
+    if peers.is_empty() {
+        anyhow::bail!("{} has no [[peer]] entries: nothing to import", file.display());
+    }
+    let report: ImportReport = super::ctl::request(socket, &Request::RegistryImport { peers })?;
+    println!("imported {} peers", report.imported);
+    for s in &report.skipped {
+        eprintln!("skipped {s}");
+    }
+    if report.imported > 0 {
+        println!(
+            "now delete the [[peer]] entries from {} (the headend refuses them beside [registry])",
+            file.display()
+        );
+    }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The control socket's protocol: one JSON request per connection, one JSON line back, typed on
 //! both ends (the server's `socket` module and the CLI share these types).
 //!
-//! Requests carry `"cmd"` (`show`, `peer_add`, `peer_remove`, `reload`); every answer carries
+//! Requests carry `"cmd"` (`show`, `peer_add`, `peer_remove`, `reload`, `fleet`,
+//! `registry_import`); every answer carries
 //! `"ok"`, and a failure `"error"` with what went wrong. Keys travel as base64 text, addresses as
 //! text, so the JSON stays readable for scripts that talk to the socket directly.
 
@@ -60,6 +61,13 @@ pub enum Request {
     },
     /// Re-read the configuration file and apply the peer differences.
     Reload,
+    /// The live headends of the fleet (`show --fleet`).
+    Fleet,
+    /// Move peers into the fleet's registry (`registry import`).
+    RegistryImport {
+        /// The peers, with the addresses their file gave them.
+        peers: Vec<crate::ops::registry::ImportPeer>,
+    },
 }
 
 /// Latency percentiles of a histogram, in nanoseconds (only `count` when it is empty).
@@ -166,6 +174,18 @@ pub struct ShowReply {
     pub offset: usize,
     pub limit: usize,
     pub peers: Vec<PeerReport>,
+    /// The fleet registry's state, when the server has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<crate::ops::registry::RegistryReport>,
+}
+
+/// The answer to [`Request::Fleet`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetReply {
+    /// The fleet's name.
+    pub fleet: String,
+    /// The headends registered now, by name.
+    pub headends: Vec<crate::ops::registry::FleetMember>,
 }
 
 /// The answer to [`Request::PeerAdd`]: the peer and the addresses it got.

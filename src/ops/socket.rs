@@ -156,7 +156,7 @@ fn answer(stream: UnixStream, ops: &Ops) -> std::io::Result<()> {
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(req) => handle(ops, req),
         Err(e) => encode_error(&format!(
-            "bad request: {e}; commands are show, peer_add, peer_remove and reload"
+            "bad request: {e}; commands are show, peer_add, peer_remove, reload, fleet and registry_import"
         )),
     };
     (&stream).write_all(&reply)
@@ -214,6 +214,8 @@ pub fn handle(ops: &Ops, req: Request) -> Vec<u8> {
                 }))
             }),
         Request::Reload => ops.reload().map(|r| encode_ok(&reload_reply(r))),
+        Request::Fleet => ops.fleet().map(|r| encode_ok(&r)),
+        Request::RegistryImport { peers } => ops.registry_import(peers).map(|r| encode_ok(&r)),
     };
     answer.unwrap_or_else(|e| encode_error(&e))
 }

@@ -58,6 +58,11 @@ pub struct HandshakeStats {
     /// its answer (responses, and the cookie replies it writes), in ns. Cookie replies a worker
     /// writes itself are in that worker's per-packet latency instead.
     pub latency: SharedLatency,
+    /// Set by the fleet registry while its copy is older than `stale_after`: initiations are
+    /// refused (a headend cut off from etcd must not admit a revoked peer forever).
+    pub registry_stale: AtomicBool,
+    /// Initiations refused because the registry was stale.
+    pub refused_stale: AtomicU64,
 }
 
 /// The control thread's state.
@@ -514,6 +519,10 @@ impl Control {
 
     /// Handles one initiation.
     pub fn handle(&mut self, msg: &HandshakeMessage, now: Instant) {
+        if self.stats.registry_stale.load(Ordering::Relaxed) {
+            self.stats.refused_stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let under_load = under_load(&mut self.under_load_until, self.handshakes.len(), now);
         self.load.publish(self.under_load_until);
         let mut out = [0u8; 148];
