@@ -80,7 +80,10 @@ pub fn import(socket: Option<&Path>, file: &Path) -> Result<()> {
     }
     let peers = import_peers(&config);
     if peers.is_empty() {
-        anyhow::bail!("{} has no [[peer]] entries: nothing to import", file.display());
+        anyhow::bail!(
+            "{} has no [[peer]] entries: nothing to import",
+            file.display()
+        );
     }
     let report: ImportReport = super::ctl::request(socket, &Request::RegistryImport { peers })?;
     println!("imported {} peers", report.imported);

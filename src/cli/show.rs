@@ -26,8 +26,15 @@ pub fn fleet(socket: Option<&Path>, json_out: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&reply)?);
         return Ok(());
     }
-    println!("fleet {}: {} live headends", reply.fleet, reply.headends.len());
-    println!("{:<20} {:<32} {:>8}  version", "name", "endpoint", "clients");
+    println!(
+        "fleet {}: {} live headends",
+        reply.fleet,
+        reply.headends.len()
+    );
+    println!(
+        "{:<20} {:<32} {:>8}  version",
+        "name", "endpoint", "clients"
+    );
     for h in &reply.headends {
         println!(
             "{:<20} {:<32} {:>8}  {}",
@@ -131,7 +138,11 @@ pub fn render(v: &ShowReply) -> String {
         let _ = writeln!(o, "  latency: {}", latency(&w.latency));
     }
     if let Some(r) = &v.registry {
-        let state = if r.connected { "connected" } else { "NOT CONNECTED to etcd (serving the last known registry)" };
+        let state = if r.connected {
+            "connected"
+        } else {
+            "NOT CONNECTED to etcd (serving the last known registry)"
+        };
         let age = r
             .age_secs
             .map(|a| format!("in sync {a:.1} s ago"))
@@ -142,7 +153,10 @@ pub fn render(v: &ShowReply) -> String {
             r.fleet, r.name, r.revision, r.peers
         );
         if r.refusing_handshakes {
-            let _ = writeln!(o, "  registry: older than stale_after: new handshakes are refused");
+            let _ = writeln!(
+                o,
+                "  registry: older than stale_after: new handshakes are refused"
+            );
         }
         if let (false, Some(e)) = (r.connected, &r.last_error) {
             let _ = writeln!(o, "  registry: last error: {e}");

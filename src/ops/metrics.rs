@@ -280,7 +280,11 @@ fn registry_series(
         "gauge",
         "1 while new handshakes are refused because the registry is older than stale_after.",
     );
-    o.sample("registry_refusing_handshakes", &labels, u8::from(r.refusing_handshakes));
+    o.sample(
+        "registry_refusing_handshakes",
+        &labels,
+        u8::from(r.refusing_handshakes),
+    );
     o.head(
         "registry_stale_refusals_total",
         "counter",

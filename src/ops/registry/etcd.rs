@@ -64,6 +64,8 @@ pub(super) fn run(
         }
     };
     let layout = Layout::new(&ctx.config.fleet);
+    // Headends start on different members, so that a fleet spreads over the cluster.
+    let member = ctx.config.name.bytes().map(usize::from).sum::<usize>() % ctx.config.etcd.len();
     let mut thread = Registry {
         ctx,
         status,
@@ -71,6 +73,7 @@ pub(super) fn run(
         mirror: None,
         lease: None,
         was_stale: false,
+        member,
     };
     runtime.block_on(thread.run(requests));
 }
@@ -84,6 +87,10 @@ struct Registry {
     /// The etcd lease of this headend's registration.
     lease: Option<i64>,
     was_stale: bool,
+    /// The member to connect to next (index in `etcd`): one member per session, the next one
+    /// after a failure. (The client's own balancing over every member kept sending calls to
+    /// a dead member instead of failing over.)
+    member: usize,
 }
 
 /// Why a session ended.
@@ -95,13 +102,19 @@ enum End {
 impl Registry {
     async fn run(&mut self, mut requests: UnboundedReceiver<Request>) {
         let mut backoff = MIN_BACKOFF;
+        let members = self.ctx.config.etcd.len();
+        // Members tried since the last session that worked.
+        let mut tried = 0;
         while !self.stopping() {
             let error = match self.session(&mut requests).await {
                 End::Stopped => break,
                 End::Lost(e) => e,
             };
+            self.member = (self.member + 1) % members;
+            tried += 1;
             if self.status.connected.load(Ordering::Relaxed) {
                 backoff = MIN_BACKOFF;
+                tried = 1;
                 tracing::warn!(
                     error = %error,
                     "registry: lost etcd; serving the last known registry, retrying"
@@ -111,7 +124,16 @@ impl Registry {
             }
             self.status.set_connected(false, Some(error.clone()));
             self.lease = None;
-            let until = TokioInstant::now() + backoff;
+            // The next member at once; the backoff once every member has failed in a row.
+            let pause = if tried < members {
+                Duration::from_millis(50)
+            } else {
+                tried = 0;
+                let b = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                b
+            };
+            let until = TokioInstant::now() + pause;
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             loop {
                 tokio::select! {
@@ -135,7 +157,6 @@ impl Registry {
                     }
                 }
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -237,9 +258,11 @@ impl Registry {
 
     /// Connects, lists the fleet, applies it, registers this headend and starts the watch.
     async fn start(&mut self) -> Fallible<(Client, WatchStream)> {
-        let mut client = connect(&self.ctx.config).await?;
+        let endpoint = &self.ctx.config.etcd[self.member % self.ctx.config.etcd.len()];
+        let mut client = connect(&self.ctx.config, endpoint).await?;
         let prefix = self.layout.prefix().to_string();
-        let listing = call(client.get(prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
+        let listing =
+            call(client.get(prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
         let revision = listing.header().map(|h| h.revision()).unwrap_or_default();
         let mut mirror = Mirror::at(revision);
         for kv in listing.kvs() {
@@ -265,7 +288,11 @@ impl Registry {
         let peers = self.mirror_state().1;
         self.status.synced(revision, peers);
         self.status.set_connected(true, None);
-        tracing::info!(revision, peers, "registry: loaded from etcd, following its changes");
+        tracing::info!(
+            revision,
+            peers,
+            "registry: loaded from etcd, following its changes"
+        );
         Ok((client, watch))
     }
 
@@ -421,14 +448,20 @@ impl Registry {
         if key == self.ctx.server_key {
             return Err("that is the server's own public key".into());
         }
-        let mirror = self.mirror.as_ref().ok_or("the registry is not loaded yet")?;
+        let mirror = self
+            .mirror
+            .as_ref()
+            .ok_or("the registry is not loaded yet")?;
         if mirror.peer(&key).is_some() {
-            return Err(format!("{key} is already a peer of the fleet; remove it first to change it"));
+            return Err(format!(
+                "{key} is already a peer of the fleet; remove it first to change it"
+            ));
         }
         let a = &self.ctx.addressing;
         let subnet6 = a.pool6.as_ref().map(|p| p.network());
         for prefix in req.allowed_ips.iter().map(|p| p.trunc()) {
-            if let Some(why) = crate::config::allowed_ip_problem(prefix, a.pool.network(), subnet6) {
+            if let Some(why) = crate::config::allowed_ip_problem(prefix, a.pool.network(), subnet6)
+            {
                 return Err(format!("allowed_ips: {why}"));
             }
             if let Some(holder) = mirror.holder_of(prefix) {
@@ -493,9 +526,9 @@ impl Registry {
                 .when(when)
                 .and_then(then)
                 .or_else(vec![TxnOp::get(peer_key, None)]);
-            let resp = call(client.txn(txn))
-                .await
-                .map_err(|e| format!("etcd: {e}; the peer was not added (nothing is queued: try again)"))?;
+            let resp = call(client.txn(txn)).await.map_err(|e| {
+                format!("etcd: {e}; the peer was not added (nothing is queued: try again)")
+            })?;
             if resp.succeeded() {
                 tracing::info!(peer = %key, address = %ipv4, "registry: peer added to the fleet");
                 let a = &self.ctx.addressing;
@@ -520,7 +553,9 @@ impl Registry {
                 _ => false,
             });
             if exists {
-                return Err(format!("{key} is already a peer of the fleet (added meanwhile)"));
+                return Err(format!(
+                    "{key} is already a peer of the fleet (added meanwhile)"
+                ));
             }
             if req.address.is_some() || req.address6.is_some() {
                 return Err("the fixed address was taken meanwhile by another peer".into());
@@ -552,12 +587,18 @@ impl Registry {
             .into_iter()
             .chain(v6.map(|ip| self.layout.lease6(ip)))
         {
-            when.push(Compare::value(lease.clone(), CompareOp::Equal, key.to_string()));
+            when.push(Compare::value(
+                lease.clone(),
+                CompareOp::Equal,
+                key.to_string(),
+            ));
             then.push(TxnOp::delete(lease, None));
         }
         let resp = call(client.txn(Txn::new().when(when).and_then(then)))
             .await
-            .map_err(|e| format!("etcd: {e}; the peer was not removed (nothing is queued: try again)"))?;
+            .map_err(|e| {
+                format!("etcd: {e}; the peer was not removed (nothing is queued: try again)")
+            })?;
         if resp.succeeded() {
             tracing::info!(peer = %key, "registry: peer removed from the fleet");
             Ok(())
@@ -631,8 +672,11 @@ impl Registry {
 
     /// `show --fleet`: the headends registered now.
     async fn fleet(&self, client: &mut Client) -> Fallible<Vec<FleetMember>> {
-        let resp = call(client.get(self.layout.headends(), Some(GetOptions::new().with_prefix())))
-            .await?;
+        let resp = call(client.get(
+            self.layout.headends(),
+            Some(GetOptions::new().with_prefix()),
+        ))
+        .await?;
         let mut out = Vec::new();
         for kv in resp.kvs() {
             let Some(super::layout::Key::Headend(name)) = self.layout.parse(kv.key()) else {
@@ -688,7 +732,7 @@ async fn call<T>(
 }
 
 /// Connects to the cluster with the configured TLS and credentials.
-async fn connect(config: &crate::config::RegistryConfig) -> Fallible<Client> {
+async fn connect(config: &crate::config::RegistryConfig, endpoint: &str) -> Fallible<Client> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(PING_INTERVAL, CALL_TIMEOUT)
@@ -708,12 +752,12 @@ async fn connect(config: &crate::config::RegistryConfig) -> Fallible<Client> {
     }
     match timeout(
         CONNECT_TIMEOUT + CALL_TIMEOUT,
-        Client::connect(&config.etcd, Some(options)),
+        Client::connect([endpoint], Some(options)),
     )
     .await
     {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(format!("connecting to {:?}: {e}", config.etcd)),
-        Err(_) => Err(format!("connecting to {:?}: no answer in time", config.etcd)),
+        Ok(Err(e)) => Err(format!("connecting to {endpoint}: {e}")),
+        Err(_) => Err(format!("connecting to {endpoint}: no answer in time")),
     }
 }

@@ -107,7 +107,10 @@ mod tests {
         let key = PublicKey::from([0xfb; 32]);
         let name = l.peer(&key);
         assert!(name.starts_with("/concentrator/eu/peers/"));
-        assert!(!name["/concentrator/eu/peers/".len()..].contains('/'), "{name}");
+        assert!(
+            !name["/concentrator/eu/peers/".len()..].contains('/'),
+            "{name}"
+        );
         assert_eq!(l.parse(name.as_bytes()), Some(Key::Peer(key)));
         let ip = Ipv4Addr::new(10, 66, 0, 7);
         assert_eq!(l.lease4(ip), "/concentrator/eu/leases/v4/10.66.0.7");

@@ -91,8 +91,14 @@ impl Mirror {
     /// The addresses `key` holds leases on.
     pub fn addresses_of(&self, key: &PublicKey) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
         (
-            self.leases4.iter().find(|(_, o)| *o == key).map(|(ip, _)| *ip),
-            self.leases6.iter().find(|(_, o)| *o == key).map(|(ip, _)| *ip),
+            self.leases4
+                .iter()
+                .find(|(_, o)| *o == key)
+                .map(|(ip, _)| *ip),
+            self.leases6
+                .iter()
+                .find(|(_, o)| *o == key)
+                .map(|(ip, _)| *ip),
         )
     }
 
@@ -142,7 +148,9 @@ impl Mirror {
         let (mut specs, mut problems) = (Vec::with_capacity(self.peers.len()), Vec::new());
         for (key, record) in &self.peers {
             let Some(&ipv4) = v4.get(key) else {
-                problems.push(format!("peer {key}: no IPv4 lease in the registry; skipped"));
+                problems.push(format!(
+                    "peer {key}: no IPv4 lease in the registry; skipped"
+                ));
                 continue;
             };
             let psk = match &record.psk {
@@ -216,7 +224,10 @@ mod tests {
 
     fn put_peer(m: &mut Mirror, l: &Layout, i: u8, host: u8, allowed: &[&str]) {
         let key = PublicKey::from([i; 32]);
-        m.apply(l, Change::Put(l.peer(&key).as_bytes(), &record(allowed, None)));
+        m.apply(
+            l,
+            Change::Put(l.peer(&key).as_bytes(), &record(allowed, None)),
+        );
         let ip = Ipv4Addr::new(10, 66, 0, host);
         m.apply(
             l,
@@ -246,12 +257,21 @@ mod tests {
         put_peer(&mut m, &l, 4, 5, &[]);
         let gone = PublicKey::from([3; 32]);
         assert!(m.apply(&l, Change::Delete(l.peer(&gone).as_bytes())));
-        assert!(m.apply(&l, Change::Delete(l.lease4(Ipv4Addr::new(10, 66, 0, 4)).as_bytes())));
+        assert!(m.apply(
+            &l,
+            Change::Delete(l.lease4(Ipv4Addr::new(10, 66, 0, 4)).as_bytes())
+        ));
         let two = PublicKey::from([2; 32]);
-        assert!(m.apply(&l, Change::Put(l.peer(&two).as_bytes(), &record(&["10.99.0.0/24"], None))));
+        assert!(m.apply(
+            &l,
+            Change::Put(l.peer(&two).as_bytes(), &record(&["10.99.0.0/24"], None))
+        ));
         assert!(!m.apply(&l, Change::Put(l.headend("b").as_bytes(), b"{}")));
         // The same value again is no change.
-        assert!(!m.apply(&l, Change::Put(l.peer(&two).as_bytes(), &record(&["10.99.0.0/24"], None))));
+        assert!(!m.apply(
+            &l,
+            Change::Put(l.peer(&two).as_bytes(), &record(&["10.99.0.0/24"], None))
+        ));
 
         let (after, _) = m.desired(&fleet, &addressing());
         let plan = reload::plan(&current(&before), after);
@@ -262,7 +282,10 @@ mod tests {
         assert_eq!(plan.change.len(), 1);
         assert!(plan.change[0].1.allowed_ips && !plan.change[0].1.address);
         assert_eq!(m.holder_of("10.99.0.0/24".parse().unwrap()), Some(two));
-        assert_eq!(m.addresses_of(&two), (Some(Ipv4Addr::new(10, 66, 0, 3)), None));
+        assert_eq!(
+            m.addresses_of(&two),
+            (Some(Ipv4Addr::new(10, 66, 0, 3)), None)
+        );
     }
 
     #[test]
@@ -272,20 +295,37 @@ mod tests {
         let mut m = Mirror::default();
         // No lease yet.
         let lonely = PublicKey::from([1; 32]);
-        m.apply(&l, Change::Put(l.peer(&lonely).as_bytes(), &record(&[], None)));
+        m.apply(
+            &l,
+            Change::Put(l.peer(&lonely).as_bytes(), &record(&[], None)),
+        );
         // A PSK sealed with another fleet key.
         let other = PublicKey::from([2; 32]);
-        let sealed = seal::seal(&[6; 32], &other, &PresharedKey::from_bytes([1; 32]), [0; 12]);
+        let sealed = seal::seal(
+            &[6; 32],
+            &other,
+            &PresharedKey::from_bytes([1; 32]),
+            [0; 12],
+        );
         put_peer(&mut m, &l, 2, 3, &[]);
-        m.apply(&l, Change::Put(l.peer(&other).as_bytes(), &record(&[], Some(sealed))));
+        m.apply(
+            &l,
+            Change::Put(l.peer(&other).as_bytes(), &record(&[], Some(sealed))),
+        );
         // A good one with a PSK.
         let good = PublicKey::from([3; 32]);
         put_peer(&mut m, &l, 3, 4, &[]);
         let sealed = seal::seal(&fleet, &good, &PresharedKey::from_bytes([9; 32]), [1; 12]);
-        m.apply(&l, Change::Put(l.peer(&good).as_bytes(), &record(&[], Some(sealed))));
+        m.apply(
+            &l,
+            Change::Put(l.peer(&good).as_bytes(), &record(&[], Some(sealed))),
+        );
         // Junk is ignored, not fatal.
         m.apply(&l, Change::Put(b"/concentrator/eu/peers/zzz", b"{"));
-        m.apply(&l, Change::Put(l.lease4(Ipv4Addr::new(10, 66, 0, 9)).as_bytes(), b"nobody"));
+        m.apply(
+            &l,
+            Change::Put(l.lease4(Ipv4Addr::new(10, 66, 0, 9)).as_bytes(), b"nobody"),
+        );
 
         let (specs, problems) = m.desired(&fleet, &addressing());
         assert_eq!(specs.len(), 1);

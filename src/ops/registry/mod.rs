@@ -291,7 +291,6 @@ fn psk_base64(k: &PresharedKey) -> String {
 
 /// The suite of a protocol name from a request.
 fn suite(name: &str) -> Result<Suite, String> {
-    Suite::from_name(name).ok_or_else(|| {
-        format!("unknown protocol {name:?}: use \"native\" or \"wireguard\"")
-    })
+    Suite::from_name(name)
+        .ok_or_else(|| format!("unknown protocol {name:?}: use \"native\" or \"wireguard\""))
 }

@@ -56,13 +56,17 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<PeerRecord>(&text).unwrap(), r);
         let bare: PeerRecord = serde_json::from_str(r#"{"protocol":"native"}"#).unwrap();
-        assert_eq!((bare.address, bare.psk, bare.allowed_ips.len()), (None, None, 0));
+        assert_eq!(
+            (bare.address, bare.psk, bare.allowed_ips.len()),
+            (None, None, 0)
+        );
         let h = HeadendRecord {
             endpoint: "a:51820".into(),
             clients: 3,
             version: "0.1.0".into(),
         };
-        let back: HeadendRecord = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+        let back: HeadendRecord =
+            serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
         assert_eq!(back, h);
     }
 }

@@ -57,7 +57,11 @@ pub fn seal(
 }
 
 /// Opens what [`seal`] made for `peer`.
-pub fn open(fleet_key: &[u8; 32], peer: &PublicKey, sealed: &str) -> Result<PresharedKey, SealError> {
+pub fn open(
+    fleet_key: &[u8; 32],
+    peer: &PublicKey,
+    sealed: &str,
+) -> Result<PresharedKey, SealError> {
     let bytes = STANDARD
         .decode(sealed.trim())
         .map_err(|_| SealError::Malformed)?;
@@ -97,7 +101,10 @@ mod tests {
         assert_eq!(open(&[8; 32], &a, &sealed), Err(SealError::WrongKey));
         assert_eq!(open(&fleet, &b, &sealed), Err(SealError::WrongKey));
         assert_eq!(open(&fleet, &a, "not base64!"), Err(SealError::Malformed));
-        assert_eq!(open(&fleet, &a, &STANDARD.encode([0u8; 20])), Err(SealError::Malformed));
+        assert_eq!(
+            open(&fleet, &a, &STANDARD.encode([0u8; 20])),
+            Err(SealError::Malformed)
+        );
         // Fresh nonces: the same PSK seals differently each time.
         let (x, y) = (
             seal(&fleet, &a, &psk, random_nonce()),
