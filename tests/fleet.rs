@@ -252,12 +252,18 @@ impl Fleet {
         write_secret(&self.dir.join("fleet.key"), &fleet_key);
         let etcd = ETCD.map(|a| format!("\"http://{a}:2379\"")).join(", ");
         for (i, (name, addr)) in HEADENDS.iter().enumerate() {
+            // Headend a refuses new handshakes once cut off from etcd for 3 s.
+            let stale = if *name == "a" {
+                "stale_after = 3\n"
+            } else {
+                ""
+            };
             let text = format!(
                 "private_key_file = \"server.key\"\nlisten_port = {PORT}\n\
                  listen_addresses = [\"{addr}\"]\naddress = \"{SERVER_VIRTUAL}/16\"\nworkers = 1\n\
                  tun_name = \"ctrf0\"\ncontrol_socket = \"{sock}\"\n\n\
                  [registry]\netcd = [{etcd}]\nfleet = \"{fleet}\"\nname = \"{name}\"\n\
-                 endpoint = \"{addr}:{PORT}\"\nfleet_key_file = \"fleet.key\"\n",
+                 endpoint = \"{addr}:{PORT}\"\nfleet_key_file = \"fleet.key\"\n{stale}",
                 sock = self.socket(i).display(),
                 fleet = self.fleet_name,
             );
@@ -698,6 +704,10 @@ fn three_headends_share_one_registry_on_etcd() {
         "a still says connected during the cut: {reg:?}"
     );
     assert!(
+        reg.refusing_handshakes && reg.age_secs.is_some_and(|a| a > 3.0),
+        "a is past stale_after but does not refuse handshakes: {reg:?}"
+    );
+    assert!(
         a_show.peers.iter().any(|p| p.public_key == gone),
         "a keeps its last known registry"
     );
@@ -724,8 +734,14 @@ fn three_headends_share_one_registry_on_etcd() {
         healed - cut_at
     );
     let reg = fleet.show(0).registry.expect("registry");
-    assert!(reg.connected, "{reg:?}");
+    assert!(reg.connected && !reg.refusing_handshakes, "{reg:?}");
     assert!(fleet.pings(1, 3) >= 2, "client through a after the cut");
     assert!(fleet.pings(0, 3) >= 2, "client through c after the cut");
+    // A reload keeps the registry's peers (the file has none) and touches none of them.
+    let reload: concentrator::ops::protocol::ReloadReply =
+        fleet.request(1, &Request::Reload).expect("reload on b");
+    assert!(reload.added.is_empty() && reload.removed.is_empty() && reload.changed.is_empty());
+    assert_eq!(reload.unchanged, want.len(), "{reload:?}");
+    fleet.wait_peers(1, &want, Duration::from_secs(2));
     eprintln!("fleet test done in {:?}", started.elapsed());
 }

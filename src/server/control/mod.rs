@@ -749,6 +749,32 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_registry_refuses_initiations_before_looking_at_them() {
+        let (mut c, _) = control();
+        let msg = HandshakeMessage {
+            bytes: [0u8; 148],
+            src: "192.0.2.1:1".parse().unwrap(),
+            received: Instant::from_nanos(1),
+        };
+        let failed = |c: &Control| -> u64 {
+            c.stats
+                .failed
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .sum()
+        };
+        c.stats.registry_stale.store(true, Ordering::Relaxed);
+        c.handle(&msg, Instant::from_nanos(2));
+        assert_eq!(c.stats.refused_stale.load(Ordering::Relaxed), 1);
+        assert_eq!(failed(&c), 0, "refused before being checked");
+        // In sync again: the same (bad) initiation is looked at, and fails on its merits.
+        c.stats.registry_stale.store(false, Ordering::Relaxed);
+        c.handle(&msg, Instant::from_nanos(3));
+        assert_eq!(c.stats.refused_stale.load(Ordering::Relaxed), 1);
+        assert_eq!(failed(&c), 1);
+    }
+
+    #[test]
     fn under_load_holds_for_a_second_after_the_queue_drains() {
         let t0 = Instant::from_nanos(1_000_000_000);
         let ms = |m: u64| t0 + Duration::from_millis(m);
