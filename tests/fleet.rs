@@ -490,6 +490,62 @@ fn random_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(k)
 }
 
+/// Writes a pre-fleet server file with three peers (one fixed address, one pre-shared key),
+/// imports it through headend b twice; returns each peer's key, address and PSK.
+fn import_file(fleet: &Fleet) -> Vec<(String, String, Option<String>)> {
+    let (psk, _) = keypair();
+    write_secret(&fleet.dir.join("old.psk"), &psk);
+    let keys: Vec<String> = (0..3).map(|_| random_key()).collect();
+    let text = format!(
+        "private_key_file = \"server.key\"\naddress = \"{SERVER_VIRTUAL}/16\"\n\
+         [[peer]]\npublic_key = \"{}\"\naddress = \"10.66.250.7\"\n\
+         [[peer]]\npublic_key = \"{}\"\npreshared_key_file = \"old.psk\"\n\
+         [[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.99.0.0/24\"]\n",
+        keys[0], keys[1], keys[2]
+    );
+    let path = fleet.dir.join("old.toml");
+    std::fs::write(&path, text).expect("old config");
+    let (old, _) = concentrator::config::ServerConfig::load(&path).expect("the old file loads");
+    let socket = fleet.socket(1);
+    let import = |expect: &str| {
+        let out = cmd::run(
+            &[
+                BIN,
+                "registry",
+                "import",
+                "--socket",
+                socket.to_str().unwrap(),
+                path.to_str().unwrap(),
+            ],
+            None,
+            SHORT,
+        );
+        assert!(
+            out.ok() && out.stdout.contains(expect),
+            "import: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        out
+    };
+    import("imported 3 peers");
+    let again = import("imported 0 peers");
+    assert_eq!(
+        again.stderr.matches("skipped").count(),
+        3,
+        "{}",
+        again.stderr
+    );
+    old.peers
+        .iter()
+        .map(|p| {
+            let key = p.public_key.to_string();
+            let psk = p.preshared_key.is_some().then(|| psk.clone());
+            (key, p.address.to_string(), psk)
+        })
+        .collect()
+}
+
 /// Adds `count` peers spread over the three headends from `threads` threads at once; returns
 /// each key with the address its add reply gave.
 fn concurrent_adds(fleet: &Fleet, count: usize, threads: usize) -> HashMap<String, String> {
@@ -593,6 +649,55 @@ fn three_headends_share_one_registry_on_etcd() {
         c1.latest_handshake_secs_ago.is_some(),
         "c1 handshook with c"
     );
+
+    // A file's peers moved into etcd once, through B: every headend runs them with the
+    // addresses the file gave them; the pre-shared key is sealed in etcd; a second import
+    // skips them all.
+    let imported = import_file(&fleet);
+    want.extend(imported.iter().map(|(k, a, _)| (k.clone(), a.clone())));
+    for i in 0..3 {
+        fleet.wait_peers(i, &want, Duration::from_secs(5));
+    }
+    let (psk_peer, psk) = imported
+        .iter()
+        .find_map(|(k, _, psk)| psk.clone().map(|p| (k.clone(), p)))
+        .expect("a peer with a psk");
+    let url_key = base64::engine::general_purpose::URL_SAFE.encode(
+        base64::engine::general_purpose::STANDARD
+            .decode(&psk_peer)
+            .expect("base64 key"),
+    );
+    let record = fleet.etcdctl(&[
+        "get",
+        "--print-value-only",
+        &format!("/concentrator/{}/peers/{url_key}", fleet.fleet_name),
+    ]);
+    assert!(
+        record.ok() && record.stdout.contains("\"psk\""),
+        "{}",
+        record.stdout
+    );
+    assert!(
+        !record.stdout.contains(psk.trim()),
+        "the psk is in etcd in the clear"
+    );
+    let listed = cmd::run_ok(
+        &[
+            BIN,
+            "show",
+            "--fleet",
+            "--socket",
+            fleet.socket(2).to_str().unwrap(),
+        ],
+        None,
+        SHORT,
+    );
+    for (name, addr) in HEADENDS {
+        assert!(
+            listed.contains(name) && listed.contains(addr),
+            "show --fleet: {listed}"
+        );
+    }
 
     // 2. Concurrent adds spread over the three headends: every address distinct, every
     // headend runs them all with the same addresses.

@@ -664,7 +664,7 @@ impl Registry {
             Ok(())
         } else {
             Err(format!(
-                "already in the registry, or {} is leased to another peer; skipped",
+                "already in the registry, or {} is leased to another peer",
                 p.address
             ))
         }
