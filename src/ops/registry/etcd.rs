@@ -190,7 +190,30 @@ impl Registry {
 
     /// One connection to etcd: list, apply, register, then follow the watch until it breaks.
     async fn session(&mut self, requests: &mut UnboundedReceiver<Request>) -> End {
-        let (mut client, mut watch) = match self.start().await {
+        let mut reload = None;
+        let started = {
+            let start = self.start();
+            tokio::pin!(start);
+            // Writes asked for while connecting fail at once too; a reload waits for the end.
+            loop {
+                tokio::select! {
+                    r = &mut start => break r,
+                    req = requests.recv() => match req {
+                        Some(Request::Readdress(a, reply)) => reload = Some((a, reply)),
+                        Some(req) => refuse(req, "not connected: connecting to a member"),
+                        None => return End::Stopped,
+                    },
+                }
+            }
+        };
+        if let Some((addressing, reply)) = reload {
+            self.ctx.addressing = *addressing;
+            let _ = reply.send(
+                self.apply()
+                    .ok_or_else(|| "the control thread did not answer".to_string()),
+            );
+        }
+        let (mut client, mut watch) = match started {
             Ok(x) => x,
             Err(e) => return End::Lost(e),
         };
