@@ -55,6 +55,7 @@ demo,tests,fuzz,package  cmd    protoc    apt:protobuf-compiler
 demo,tests,fuzz,package  file   /usr/include/google/protobuf/descriptor.proto  apt:libprotobuf-dev
 tests                    cmd    etcd      apt:etcd-server
 tests                    cmd    etcdctl   apt:etcd-client
+tests                    cmd    openssl   apt:openssl
 '
 
 # Prints "kind name source" for every entry of PURPOSE (tests includes fuzz and package).

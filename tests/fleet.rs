@@ -17,6 +17,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -37,7 +38,8 @@ fn full_size() -> bool {
 
 /// The fleet: namespaces, etcd members, headends, clients; all stopped and removed on drop.
 struct Fleet {
-    pid: u32,
+    /// The test process's PID and this fleet's number in it: in every name.
+    tag: String,
     dir: PathBuf,
     hub: String,
     etcd_ns: Vec<String>,
@@ -87,13 +89,19 @@ impl Drop for Fleet {
 
 impl Fleet {
     fn new() -> Fleet {
-        let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("ctr-fleet-{pid}"));
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        // Link names hold the tag: at most 1 + 6 + 1 + 4 characters with a 22-bit PID.
+        let tag = format!(
+            "{:x}{:x}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("ctr-fleet-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("fleet dir");
-        let ns = |role: &str| format!("ctrf-{pid}-{role}");
+        let ns = |role: &str| format!("ctrf-{tag}-{role}");
         let mut f = Fleet {
-            pid,
+            tag: tag.clone(),
             hub: ns("hub"),
             etcd_ns: (1..=3).map(|i| ns(&format!("e{i}"))).collect(),
             headend_ns: HEADENDS.iter().map(|(n, _)| ns(&format!("h{n}"))).collect(),
@@ -103,7 +111,7 @@ impl Fleet {
             etcd: Vec::new(),
             headends: Vec::new(),
             clients: Vec::new(),
-            fleet_name: format!("t{pid}"),
+            fleet_name: format!("t{tag}"),
             dir,
         };
         f.topology();
@@ -126,7 +134,7 @@ impl Fleet {
     fn topology(&mut self) {
         let hub = self.hub.clone();
         self.add_ns(&hub);
-        let bridge = format!("f{:x}br", self.pid);
+        let bridge = format!("f{}br", self.tag);
         self.ip(&hub, &["link", "add", &bridge, "type", "bridge"]);
         self.ip(&hub, &["link", "set", &bridge, "up"]);
         let members: Vec<(String, String)> = self
@@ -139,10 +147,7 @@ impl Fleet {
             .collect();
         for (i, (ns, addr)) in members.iter().enumerate() {
             self.add_ns(ns);
-            let (inner, outer) = (
-                format!("f{:x}-{i}", self.pid),
-                format!("f{:x}-{i}h", self.pid),
-            );
+            let (inner, outer) = (format!("f{}-{i}", self.tag), format!("f{}-{i}h", self.tag));
             cmd::run_ok(
                 &[
                     "ip", "link", "add", &inner, "netns", ns, "type", "veth", "peer", "name",
@@ -171,7 +176,7 @@ impl Fleet {
             .join(",");
         for (i, addr) in ETCD.iter().enumerate() {
             let name = format!("e{}", i + 1);
-            let data = PathBuf::from(format!("/dev/shm/ctr-fleet-{}-{name}", self.pid));
+            let data = PathBuf::from(format!("/dev/shm/ctr-fleet-{}-{name}", self.tag));
             let _ = std::fs::remove_dir_all(&data);
             self.data_dirs.push(data.clone());
             let (client, peer) = (format!("http://{addr}:2379"), format!("http://{addr}:2380"));
@@ -226,13 +231,19 @@ impl Fleet {
     /// `etcdctl` from the client namespace c1 against every member.
     fn etcdctl(&self, args: &[&str]) -> common::Output {
         let endpoints = format!("--endpoints={}", self.endpoints());
+        let mut all = vec![endpoints.as_str()];
+        all.extend_from_slice(args);
+        self.etcdctl_raw(&all)
+    }
+
+    /// `etcdctl` from the client namespace c1 with `args` only.
+    fn etcdctl_raw(&self, args: &[&str]) -> common::Output {
         let mut argv = vec![
             "ip",
             "netns",
             "exec",
             &self.client_ns[0],
             "etcdctl",
-            &endpoints,
             "--command-timeout=5s",
             "--dial-timeout=2s",
         ];
@@ -849,4 +860,218 @@ fn three_headends_share_one_registry_on_etcd() {
     assert_eq!(reload.unchanged, want.len(), "{reload:?}");
     fleet.wait_peers(1, &want, Duration::from_secs(2));
     eprintln!("fleet test done in {:?}", started.elapsed());
+}
+
+/// One etcd member serving TLS with client certificates and password authentication (the
+/// headend's role may only touch its fleet's prefix), and one headend reaching it so.
+#[test]
+fn a_headend_reaches_etcd_over_tls_with_a_client_certificate_and_a_password() {
+    let test = "a_headend_reaches_etcd_over_tls_with_a_client_certificate_and_a_password";
+    if !root_or_skip(test) || !tools_or_skip(test, &["ip", "etcd", "etcdctl", "openssl"]) {
+        return;
+    }
+    let mut fleet = Fleet::new();
+    let dir = fleet.dir.clone();
+    make_certificates(&dir);
+    let addr = ETCD[0];
+    let url = format!("https://{addr}:2379");
+    let data = PathBuf::from(format!("/dev/shm/ctr-fleet-{}-tls", fleet.tag));
+    let _ = std::fs::remove_dir_all(&data);
+    fleet.data_dirs.push(data.clone());
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let (cert, key, ca) = (path("etcd.pem"), path("etcd.key"), path("ca.pem"));
+    let argv = [
+        "ip",
+        "netns",
+        "exec",
+        &fleet.etcd_ns[0],
+        "etcd",
+        "--name",
+        "e1",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen-client-urls",
+        &url,
+        "--advertise-client-urls",
+        &url,
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        "e1=http://127.0.0.1:2380",
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+        "--client-cert-auth",
+        "--trusted-ca-file",
+        &ca,
+    ];
+    fleet
+        .etcd
+        .push(Some(Proc::spawn("etcd-tls", &argv, &[], &dir)));
+    let (client_cert, client_key) = (path("client.pem"), path("client.key"));
+    let tls = [
+        format!("--endpoints={url}"),
+        format!("--cacert={ca}"),
+        format!("--cert={client_cert}"),
+        format!("--key={client_key}"),
+    ];
+    let ctl = |fleet: &Fleet, args: &[&str]| {
+        let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        fleet.etcdctl_raw(&all)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ctl(&fleet, &["endpoint", "health"]).ok() {
+        assert!(Instant::now() < deadline, "etcd with TLS not healthy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let prefix = format!("/concentrator/{}/", fleet.fleet_name);
+    let root = ["--user", "root:rootpw"];
+    for args in [
+        vec!["user", "add", "root", "--new-user-password=rootpw"],
+        vec!["auth", "enable"],
+        [&root[..], &["role", "add", "fleet"]].concat(),
+        [
+            &root[..],
+            &[
+                "role",
+                "grant-permission",
+                "fleet",
+                "--prefix=true",
+                "readwrite",
+                &prefix,
+            ],
+        ]
+        .concat(),
+        [
+            &root[..],
+            &["user", "add", "headend", "--new-user-password=secret"],
+        ]
+        .concat(),
+        [&root[..], &["user", "grant-role", "headend", "fleet"]].concat(),
+    ] {
+        let out = ctl(&fleet, &args);
+        assert!(out.ok(), "etcdctl {args:?}: {}{}", out.stdout, out.stderr);
+    }
+
+    fleet.write_configs();
+    std::fs::write(dir.join("etcd.password"), "secret\n").expect("password");
+    let config = dir.join("ha.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let registry = format!(
+        "[registry]\netcd = [\"{url}\"]\nca_file = \"ca.pem\"\ncert_file = \"client.pem\"\n\
+         key_file = \"client.key\"\nuser = \"headend\"\npassword_file = \"etcd.password\"\n"
+    );
+    let text = text
+        .lines()
+        .filter(|l| !l.starts_with("etcd = "))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("[registry]\n", &registry);
+    std::fs::write(&config, text).expect("config");
+    fleet.start_headend(0);
+    let key = random_key();
+    let added = fleet.add(0, &key).expect("add over TLS");
+    let want = HashMap::from([(key, added.address)]);
+    fleet.wait_peers(0, &want, Duration::from_secs(5));
+    let reg = fleet.show(0).registry.expect("registry");
+    assert!(reg.connected, "{reg:?}");
+    // The headend's user may write only under its fleet's prefix: the role is in force.
+    let denied = ctl(
+        &fleet,
+        &["--user", "headend:secret", "put", "/elsewhere", "x"],
+    );
+    assert!(!denied.ok(), "the headend's user wrote outside its prefix");
+}
+
+/// A CA, a certificate for the etcd member (its address in subjectAltName) and a client
+/// certificate, with openssl. The client certificate's name is no etcd user, so only the
+/// password makes the headend someone etcd lets in.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let mut argv = vec!["openssl"];
+        argv.extend_from_slice(args);
+        let out = cmd::run(&argv, None, SHORT);
+        assert!(out.ok(), "openssl {args:?}: {}", out.stderr);
+    };
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=fleet test CA",
+        ],
+    ]
+    .concat());
+    for (name, cn, ext) in [
+        (
+            "etcd",
+            "e1",
+            format!(
+                "subjectAltName=IP:{}\nextendedKeyUsage=serverAuth\n",
+                ETCD[0]
+            ),
+        ),
+        (
+            "client",
+            "fleet-client",
+            "extendedKeyUsage=clientAuth\n".to_string(),
+        ),
+    ] {
+        let ext_file = p(&format!("{name}.ext"));
+        std::fs::write(&ext_file, ext).expect("extensions");
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &p(&format!("{name}.key")),
+                "-out",
+                &p(&format!("{name}.csr")),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &p(&format!("{name}.csr")),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p(&format!("{name}.pem")),
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+        ]);
+    }
+    for f in ["etcd.key", "client.key"] {
+        write_secret(
+            &dir.join(f),
+            &std::fs::read_to_string(dir.join(f)).expect("key"),
+        );
+    }
 }
