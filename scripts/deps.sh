@@ -24,7 +24,8 @@
 #
 # Adding a dependency: one line in DEPS_LIST below, nothing else.
 #   <purposes, comma-separated> <kind> <name> <source>
-#   kind cmd:   a program on PATH;  py: a module python3 imports;  cargo: a `cargo NAME` subcommand
+#   kind cmd:   a program on PATH;  py: a module python3 imports;  cargo: a `cargo NAME` subcommand;
+#        file:  a file that must exist (NAME is its absolute path)
 #   source apt:PACKAGE, pip:PACKAGE, cargo:CRATE@VERSION, or rustup (not installable here)
 # A cmd entry may come from a crate (cargo:CRATE@VERSION): `cargo install` puts the program in
 # ~/.cargo/bin, which must be on PATH (under sudo: sudo env "PATH=$PATH" ...).
@@ -51,6 +52,11 @@ tests,package            cmd    dpkg-deb  apt:dpkg
 tests                    cmd    wireguard-go   apt:wireguard-go
 tests                    cmd    wg             apt:wireguard-tools
 tests                    cmd    boringtun-cli  cargo:boringtun-cli@0.7.1
+demo,tests,fuzz,package  cmd    protoc    apt:protobuf-compiler
+demo,tests,fuzz,package  file   /usr/include/google/protobuf/descriptor.proto  apt:libprotobuf-dev
+tests                    cmd    etcd      apt:etcd-server
+tests                    cmd    etcdctl   apt:etcd-client
+tests                    cmd    openssl   apt:openssl
 '
 
 # Prints "kind name source" for every entry of PURPOSE (tests includes fuzz and package).
@@ -72,6 +78,7 @@ deps_present() {
         { ((${DEPS_EUID:-$EUID} != 0)) && [[ -x /usr/sbin/$name || -x /sbin/$name ]]; } ;;
     py) "${PYTHON:-python3}" -c "import $name" >/dev/null 2>&1 ;;
     cargo) "${CARGO:-cargo}" "$name" --version >/dev/null 2>&1 ;;
+    file) [[ -e $name ]] ;;
     *) echo "deps: unknown kind $kind in DEPS_LIST" >&2; return 1 ;;
     esac
 }
@@ -83,6 +90,7 @@ deps_describe() {
     cmd) what="command $name" ;;
     py) what="Python module $name" ;;
     cargo) what="cargo $name" ;;
+    file) what="file $name" ;;
     esac
     case $source in
     apt:*) from="Debian package ${source#apt:}" ;;

@@ -8,7 +8,7 @@ use clap::Parser;
 
 mod cli;
 
-use cli::args::{Args, Command, PeerAction};
+use cli::args::{Args, Command, PeerAction, RegistryAction};
 
 /// Selects the log format: `text` (the default) or `json` (one JSON object per line).
 const LOG_FORMAT_ENV: &str = "CONCENTRATOR_LOG_FORMAT";
@@ -88,7 +88,17 @@ fn main() -> ExitCode {
             socket,
             limit,
             offset,
-        }) => cli::show::run(socket.as_deref(), json, offset, limit),
+            fleet,
+        }) => {
+            if fleet {
+                cli::show::fleet(socket.as_deref(), json)
+            } else {
+                cli::show::run(socket.as_deref(), json, offset, limit)
+            }
+        }
+        Some(Command::Registry { socket, action }) => match action {
+            RegistryAction::Import { file } => cli::peer::import(socket.as_deref(), &file),
+        },
         Some(Command::Peer { socket, action }) => match action {
             PeerAction::Add {
                 public_key,

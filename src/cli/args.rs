@@ -69,6 +69,9 @@ pub enum Command {
         /// Peers to skip, in address order.
         #[arg(long, default_value_t = 0)]
         offset: usize,
+        /// List the fleet's live headends (name, endpoint, clients, version) instead.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Add or remove a peer on the running server, live.
     Peer {
@@ -97,6 +100,14 @@ pub enum Command {
         /// The control socket (default: the only one in /run/concentrator).
         #[arg(long, value_hint = clap::ValueHint::FilePath)]
         socket: Option<PathBuf>,
+    },
+    /// The fleet registry (etcd) of a server with a [registry] table.
+    Registry {
+        /// The control socket (default: the only one in /run/concentrator).
+        #[arg(long, global = true, value_hint = clap::ValueHint::FilePath)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        action: RegistryAction,
     },
     /// Print the completion script for a shell (bash, zsh, fish).
     Completions {
@@ -172,6 +183,18 @@ impl PeerProtocol {
             PeerProtocol::WireGuard => concentrator::proto::suite::Suite::WireGuard.name(),
         }
     }
+}
+
+#[derive(Subcommand)]
+pub enum RegistryAction {
+    /// Move the [[peer]] entries of a server configuration file into the fleet's registry,
+    /// with their addresses and pre-shared keys (sealed); peers already there are skipped.
+    /// Then delete them from the file.
+    Import {
+        /// The server configuration file holding the peers.
+        #[arg(value_hint = clap::ValueHint::FilePath)]
+        file: PathBuf,
+    },
 }
 
 /// The shells completions are generated for.

@@ -182,6 +182,25 @@ fn describe_server(
         "ip forwarding",
         "enabled at start (IPv4, and IPv6 with address6), restored at stop",
     );
+    if let Some(reg) = &c.registry {
+        r.row(
+            "registry",
+            format!(
+                "fleet {} as {} (endpoint {}) on etcd {}; the peers come from etcd{}",
+                reg.fleet,
+                reg.name,
+                reg.endpoint,
+                reg.etcd.join(", "),
+                match reg.stale_after {
+                    Some(d) => format!(
+                        "; new handshakes refused once out of sync for {} s",
+                        d.as_secs()
+                    ),
+                    None => String::new(),
+                }
+            ),
+        );
+    }
     let psk = c.peers.iter().filter(|p| p.preshared_key.is_some()).count();
     r.row(
         "peers",

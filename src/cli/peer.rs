@@ -11,7 +11,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 
+use concentrator::config::ServerConfig;
 use concentrator::ops::protocol::{PeerAdded, PeerDetail, PeerRemoved, PeersReply, Request};
+use concentrator::ops::registry::{import_peers, ImportReport};
 use concentrator::proto::keys::{PublicKey, StaticSecret};
 use concentrator::proto::suite::Suite;
 
@@ -219,6 +221,35 @@ pub fn qr_code(text: &str) -> Result<String> {
         .light_color(Dense1x2::Dark)
         .quiet_zone(true)
         .build())
+}
+
+/// `registry import FILE`: the file's peers, with the addresses it gives them, into etcd
+/// through the running headend (which seals their pre-shared keys).
+pub fn import(socket: Option<&Path>, file: &Path) -> Result<()> {
+    let (config, warnings) =
+        ServerConfig::load_for_import(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let peers = import_peers(&config);
+    if peers.is_empty() {
+        anyhow::bail!(
+            "{} has no [[peer]] entries: nothing to import",
+            file.display()
+        );
+    }
+    let report: ImportReport = super::ctl::request(socket, &Request::RegistryImport { peers })?;
+    println!("imported {} peers", report.imported);
+    for s in &report.skipped {
+        eprintln!("skipped {s}");
+    }
+    if report.imported > 0 {
+        println!(
+            "now delete the [[peer]] entries from {} (the headend refuses them beside [registry])",
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

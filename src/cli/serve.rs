@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use concentrator::config::ServerConfig;
-use concentrator::ops::{frontdoor::FrontDoor, Ops};
+use concentrator::ops::{frontdoor::FrontDoor, registry, Ops};
+use concentrator::server::control::command::Addressing;
 use concentrator::server::engine::{Engine, EngineOptions};
 use concentrator::server::latency::{write_latency_dump, LATENCY_DUMP_ENV};
 use concentrator::sys::{notify, privs, signals};
@@ -41,7 +42,25 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
     }
     let mut engine = prepared.start(&config)?;
     let (listen_port, peers) = (config.listen_port, config.peers.len());
-    let ops = Arc::new(Ops::for_engine(&engine, config_path.to_path_buf(), config));
+    let registry = match &config.registry {
+        Some(r) => Some(
+            registry::spawn(registry::RegistryContext {
+                config: r.clone(),
+                addressing: Addressing::of(&config),
+                commands: engine.commands(),
+                handshakes: engine.handshake_stats(),
+                stop: engine.stop_flag(),
+                server_key: config.public_key,
+            })
+            .context("starting the registry thread")?,
+        ),
+        None => None,
+    };
+    let mut ops = Ops::for_engine(&engine, config_path.to_path_buf(), config);
+    if let Some(r) = registry {
+        ops = ops.with_registry(r);
+    }
+    let ops = Arc::new(ops);
     let socket_path = doors.control_socket_path().display().to_string();
     let uapi_path = doors
         .uapi_socket_path()
@@ -66,6 +85,9 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         tracing::info!("stopping");
     }
     let stopped = engine.stop();
+    if let Some(r) = &ops.registry {
+        r.join();
+    }
     served.close();
     if let Some(path) = std::env::var_os(LATENCY_DUMP_ENV) {
         let path = Path::new(&path);

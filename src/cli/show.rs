@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use concentrator::ops::protocol::{LatencySummary, Request, ShowReply};
+use concentrator::ops::protocol::{FleetReply, LatencySummary, Request, ShowReply};
 
 /// Prints the server's state: summary plus `limit` peers from `offset`.
 pub fn run(socket: Option<&Path>, json_out: bool, offset: usize, limit: usize) -> Result<()> {
@@ -15,6 +15,31 @@ pub fn run(socket: Option<&Path>, json_out: bool, offset: usize, limit: usize) -
         println!("{}", serde_json::to_string_pretty(&reply)?);
     } else {
         print!("{}", render(&reply));
+    }
+    Ok(())
+}
+
+/// Prints the fleet's live headends.
+pub fn fleet(socket: Option<&Path>, json_out: bool) -> Result<()> {
+    let reply: FleetReply = super::ctl::request(socket, &Request::Fleet)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    println!(
+        "fleet {}: {} live headends",
+        reply.fleet,
+        reply.headends.len()
+    );
+    println!(
+        "{:<20} {:<32} {:>8}  version",
+        "name", "endpoint", "clients"
+    );
+    for h in &reply.headends {
+        println!(
+            "{:<20} {:<32} {:>8}  {}",
+            h.name, h.endpoint, h.clients, h.version
+        );
     }
     Ok(())
 }
@@ -111,6 +136,31 @@ pub fn render(v: &ShowReply) -> String {
         );
         let _ = writeln!(o, "  drops: {}{}", w.drops_total, nonzero(&w.drops));
         let _ = writeln!(o, "  latency: {}", latency(&w.latency));
+    }
+    if let Some(r) = &v.registry {
+        let state = if r.connected {
+            "connected"
+        } else {
+            "NOT CONNECTED to etcd (serving the last known registry)"
+        };
+        let age = r
+            .age_secs
+            .map(|a| format!("in sync {a:.1} s ago"))
+            .unwrap_or_else(|| "never loaded".into());
+        let _ = writeln!(
+            o,
+            "  registry: fleet {} as {}: {state}, revision {}, {} peers, {age}",
+            r.fleet, r.name, r.revision, r.peers
+        );
+        if r.refusing_handshakes {
+            let _ = writeln!(
+                o,
+                "  registry: older than stale_after: new handshakes are refused"
+            );
+        }
+        if let (false, Some(e)) = (r.connected, &r.last_error) {
+            let _ = writeln!(o, "  registry: last error: {e}");
+        }
     }
     let h = &v.handshakes;
     let _ = writeln!(

@@ -14,6 +14,7 @@
 mod client;
 mod pool;
 mod push;
+mod registry;
 mod server;
 
 use std::fmt;
@@ -23,6 +24,7 @@ use zeroize::Zeroizing;
 
 pub use client::ClientConfig;
 pub use pool::{AddressPool, AddressPool6};
+pub use registry::RegistryConfig;
 pub use server::{allowed_ip_problem, PeerSection, ServerConfig};
 
 /// One thing wrong with a configuration file.
@@ -80,6 +82,10 @@ impl Problems {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 
     pub(crate) fn into_error(self, file: &Path) -> ConfigError {

@@ -52,6 +52,7 @@ struct RawServer {
     latency_log_keep: Option<i64>,
     user: Option<String>,
     public_endpoint: Option<String>,
+    registry: Option<super::registry::RawRegistry>,
     #[serde(default)]
     peer: Vec<RawPeer>,
 }
@@ -160,6 +161,8 @@ pub struct ServerConfig {
     pub pool: AddressPool,
     /// The IPv6 pool, when `address6` is set.
     pub pool6: Option<AddressPool6>,
+    /// The fleet registry (`[registry]`): peers come from etcd, not from the file.
+    pub registry: Option<super::RegistryConfig>,
 }
 
 impl ServerConfig {
@@ -167,18 +170,43 @@ impl ServerConfig {
     /// Returns the config and its warnings, or every problem found.
     pub fn load(path: &Path) -> Result<(Self, Vec<String>), ConfigError> {
         let (text, dir) = read_file(path)?;
-        Self::parse(&text, &dir, path)
+        Self::parse(&text, &dir, path, false)
+    }
+
+    /// Loads `path` for `concentrator registry import`: like [`ServerConfig::load`], but
+    /// `[[peer]]` entries are accepted beside a `[registry]` table (they are what is moved).
+    pub fn load_for_import(path: &Path) -> Result<(Self, Vec<String>), ConfigError> {
+        let (text, dir) = read_file(path)?;
+        Self::parse(&text, &dir, path, true)
     }
 
     /// Parses and validates `text`; relative key paths are resolved against `base_dir`.
     pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<(Self, Vec<String>), ConfigError> {
-        Self::parse(text, base_dir, Path::new(STRING_SOURCE))
+        Self::parse(text, base_dir, Path::new(STRING_SOURCE), false)
     }
 
-    fn parse(text: &str, base_dir: &Path, file: &Path) -> Result<(Self, Vec<String>), ConfigError> {
-        let raw: RawServer = parse_toml(text, file)?;
+    fn parse(
+        text: &str,
+        base_dir: &Path,
+        file: &Path,
+        importing: bool,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let mut raw: RawServer = parse_toml(text, file)?;
         let mut problems = Problems::default();
         let mut warnings = Vec::new();
+        if raw.registry.is_some() && !raw.peer.is_empty() && !importing {
+            problems.push(
+                "peer",
+                format!(
+                    "{} [[peer]] entries beside [registry]: with a registry, the peers live in \
+                     etcd; move them there once with `concentrator registry import {}`, then \
+                     delete them from this file",
+                    raw.peer.len(),
+                    file.display()
+                ),
+            );
+            raw.peer.clear();
+        }
         match validate(raw, base_dir, &mut problems, &mut warnings) {
             Some(cfg) if problems.is_empty() => Ok((cfg, warnings)),
             _ => Err(problems.into_error(file)),
@@ -199,12 +227,13 @@ fn default_workers() -> usize {
 }
 
 fn validate(
-    raw: RawServer,
+    mut raw: RawServer,
     base_dir: &Path,
     problems: &mut Problems,
     warnings: &mut Vec<String>,
 ) -> Option<ServerConfig> {
     let ops = operations(&raw, base_dir, problems, warnings);
+    let registry = raw.registry.take();
     let (private_key, private_key_file) = match &raw.private_key_file {
         None => {
             problems.push(
@@ -287,6 +316,8 @@ fn validate(
         .unwrap_or_else(|| DEFAULT_SERVER_TUN_NAME.to_string());
     check_ifname(&tun_name, true, "tun_name", problems);
 
+    let registry = registry
+        .and_then(|r| super::registry::validate(r, base_dir, listen_port, problems, warnings));
     let server_key = private_key.as_ref().map(StaticSecret::public_key);
     let peers = peers(
         raw.peer, base_dir, server_key, address, address6, problems, warnings,
@@ -338,6 +369,7 @@ fn validate(
         peers: peers?,
         pool,
         pool6,
+        registry,
     })
 }
 
@@ -1060,6 +1092,7 @@ fn assign(
 mod tests {
     use super::super::testutil::{b64, key_file, set_mode, temp_dir};
     use super::*;
+    use std::time::Duration;
 
     fn key(i: u8) -> [u8; 32] {
         let mut k = [i; 32];
@@ -1095,6 +1128,95 @@ mod tests {
         let err = load(top, peers).expect_err("must fail");
         assert!(err.has_field(field), "no problem for {field}: {err}");
         err
+    }
+
+    /// A `[registry]` table with a fleet key file in `dir`, and `extra` lines.
+    fn registry(dir: &Path, extra: &str) -> String {
+        key_file(dir, "fleet.key", &key(150));
+        format!(
+            "[registry]\netcd = [\"http://10.1.0.1:2379\", \"http://10.1.0.2:2379\"]\n\
+             fleet = \"eu\"\nname = \"a\"\nfleet_key_file = \"fleet.key\"\n{extra}\n"
+        )
+    }
+
+    fn load_registry(extra: &str, peers: &str) -> Result<ServerConfig, ConfigError> {
+        let (text, dir) = cfg("", "");
+        let text = format!("{text}{}{peers}", registry(&dir, extra));
+        ServerConfig::from_toml_str(&text, &dir).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn registry_table_is_validated() {
+        let c = load_registry("stale_after = 30", "").unwrap();
+        let r = c.registry.expect("registry");
+        assert_eq!(r.etcd.len(), 2);
+        assert_eq!((r.fleet.as_str(), r.name.as_str()), ("eu", "a"));
+        assert_eq!(r.endpoint, "a:51820");
+        assert_eq!(*r.fleet_key, key(150));
+        assert_eq!(r.stale_after, Some(Duration::from_secs(30)));
+        assert!(
+            !format!("{r:?}").contains("fleet_key"),
+            "the key stays out of Debug"
+        );
+        // Off by default, and 0 means off.
+        assert_eq!(
+            load_registry("", "").unwrap().registry.unwrap().stale_after,
+            None
+        );
+        assert_eq!(
+            load_registry("stale_after = 0", "")
+                .unwrap()
+                .registry
+                .unwrap()
+                .stale_after,
+            None
+        );
+        for (extra, field) in [
+            ("stale_after = -1", "registry.stale_after"),
+            ("user = \"root\"", "registry.user"),
+            ("ca_file = \"missing.pem\"", "registry.ca_file"),
+            ("cert_file = \"fleet.key\"", "registry.cert_file"),
+        ] {
+            let err = load_registry(extra, "").expect_err(extra);
+            assert!(err.has_field(field), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn registry_needs_urls_a_fleet_and_a_fleet_key() {
+        let (text, dir) = cfg("", "");
+        let text = format!("{text}[registry]\netcd = [\"10.1.0.1:2379\"]\nfleet = \"a/b\"\n");
+        let err = ServerConfig::from_toml_str(&text, &dir).expect_err("must fail");
+        for field in [
+            "registry.etcd[0]",
+            "registry.fleet",
+            "registry.fleet_key_file",
+        ] {
+            assert!(err.has_field(field), "no problem for {field}: {err}");
+        }
+        let (text, dir) = cfg("", "");
+        let text = format!(
+            "{text}{}",
+            registry(&dir, "").replace("http://10.1.0.2", "https://10.1.0.2")
+        );
+        let err = ServerConfig::from_toml_str(&text, &dir).expect_err("mixed schemes");
+        assert!(err.has_field("registry.etcd"), "{err}");
+    }
+
+    #[test]
+    fn peers_beside_a_registry_are_refused_except_for_import() {
+        let err = load_registry("", &peer(1)).expect_err("peers with a registry");
+        assert!(err.has_field("peer"), "{err}");
+        assert!(
+            err.to_string().contains("concentrator registry import"),
+            "{err}"
+        );
+        let (text, dir) = cfg("", "");
+        let path = dir.join("server.toml");
+        std::fs::write(&path, format!("{text}{}{}", registry(&dir, ""), peer(1))).unwrap();
+        let (c, _) = ServerConfig::load_for_import(&path).unwrap();
+        assert_eq!(c.peers.len(), 1);
+        assert!(c.registry.is_some());
     }
 
     #[test]

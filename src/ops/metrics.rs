@@ -231,6 +231,9 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
         &ops.handshakes.latency.snapshot(),
     );
 
+    if let Some(r) = &ops.registry {
+        registry_series(&mut o, &r.report(), &ops.handshakes);
+    }
     match ops.snapshot() {
         Ok(snap) => {
             o.head("peers", "gauge", "Configured peers.");
@@ -244,6 +247,54 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
         Err(e) => tracing::warn!(error = %e, "metrics: no peer snapshot"),
     }
     o.0
+}
+
+/// The fleet registry's state: connected, revision, age, refusals.
+fn registry_series(
+    o: &mut Out,
+    r: &super::registry::RegistryReport,
+    handshakes: &crate::server::control::HandshakeStats,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let labels = format!("fleet=\"{}\",headend=\"{}\"", esc(&r.fleet), esc(&r.name));
+    o.head(
+        "registry_connected",
+        "gauge",
+        "1 while the fleet registry follows etcd, 0 while it serves its last known copy.",
+    );
+    o.sample("registry_connected", &labels, u8::from(r.connected));
+    o.head(
+        "registry_revision",
+        "gauge",
+        "The etcd revision of this headend's copy of the registry.",
+    );
+    o.sample("registry_revision", &labels, r.revision);
+    o.head(
+        "registry_age_seconds",
+        "gauge",
+        "Seconds since the registry copy was last known to be in sync (-1: never loaded).",
+    );
+    o.sample("registry_age_seconds", &labels, r.age_secs.unwrap_or(-1.0));
+    o.head(
+        "registry_refusing_handshakes",
+        "gauge",
+        "1 while new handshakes are refused because the registry is older than stale_after.",
+    );
+    o.sample(
+        "registry_refusing_handshakes",
+        &labels,
+        u8::from(r.refusing_handshakes),
+    );
+    o.head(
+        "registry_stale_refusals_total",
+        "counter",
+        "Initiations refused because the registry was older than stale_after.",
+    );
+    o.sample(
+        "registry_stale_refusals_total",
+        &labels,
+        handshakes.refused_stale.load(Relaxed),
+    );
 }
 
 fn peer_series(o: &mut Out, snap: &crate::server::control::command::Snapshot) {

@@ -10,6 +10,7 @@ pub mod frontdoor;
 pub mod latency_log;
 pub mod metrics;
 pub mod protocol;
+pub mod registry;
 pub mod show;
 pub mod socket;
 pub mod uapi;
@@ -61,6 +62,8 @@ pub struct Ops {
     pub commands: Sender<Command>,
     /// When the server started.
     pub started: Instant,
+    /// The fleet registry's thread, when the server has one: peer changes go to etcd.
+    pub registry: Option<registry::RegistryHandle>,
     rates: Mutex<Rates>,
     reload_lock: Mutex<()>,
 }
@@ -114,6 +117,7 @@ impl Ops {
             handshakes,
             commands,
             started,
+            registry: None,
             rates: Mutex::new(Rates {
                 at: started,
                 counters: vec![Counters::default(); workers],
@@ -155,9 +159,10 @@ impl Ops {
         self.ask(Command::Snapshot)
     }
 
-    /// Adds a peer live.
-    pub fn add_peer(&self, req: AddPeer) -> Result<Added, String> {
-        self.ask(|tx| Command::AddPeer(req, tx))?
+    /// With a fleet registry, peer changes go to etcd through its thread.
+    pub fn with_registry(mut self, registry: registry::RegistryHandle) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// The running peers (only `key`), with their keys and push settings.
@@ -165,9 +170,47 @@ impl Ops {
         self.ask(|tx| Command::Peers(key, tx))?
     }
 
-    /// Removes a peer live.
+    /// Adds a peer live (to the fleet's registry, when there is one).
+    pub fn add_peer(&self, req: AddPeer) -> Result<Added, String> {
+        match &self.registry {
+            Some(r) => r.add_peer(req),
+            None => self.ask(|tx| Command::AddPeer(req, tx))?,
+        }
+    }
+
+    /// Removes a peer live (from the fleet's registry, when there is one).
     pub fn remove_peer(&self, key: PublicKey) -> Result<(), String> {
-        self.ask(|tx| Command::RemovePeer(key, tx))?
+        match &self.registry {
+            Some(r) => r.remove_peer(key),
+            None => self.ask(|tx| Command::RemovePeer(key, tx))?,
+        }
+    }
+
+    fn registry(&self) -> Result<&registry::RegistryHandle, String> {
+        self.registry.as_ref().ok_or_else(|| {
+            "this server has no [registry]: it is not part of a fleet (see \
+             docs/operations.md, \"Running a fleet\")"
+                .to_string()
+        })
+    }
+
+    /// The live headends of the fleet.
+    pub fn fleet(&self) -> Result<protocol::FleetReply, String> {
+        let r = self.registry()?;
+        let mut headends = r.fleet()?;
+        headends.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(protocol::FleetReply {
+            fleet: r.report().fleet,
+            headends,
+        })
+    }
+
+    /// Moves peers into the fleet's registry.
+    pub fn registry_import(
+        &self,
+        peers: Vec<registry::ImportPeer>,
+    ) -> Result<registry::ImportReport, String> {
+        self.registry()?.import(peers)
     }
 
     /// Every peer with its pre-shared key (for the UAPI's `get`).
@@ -194,7 +237,11 @@ impl Ops {
         }
         let mut addressing = Addressing::of(&new);
         addressing.mtu = self.running.mtu;
-        let mut report = self.ask(|tx| Command::SetPeers(specs, Box::new(addressing), tx))?;
+        let mut report = match &self.registry {
+            // The peers are etcd's: they run again under the new push settings.
+            Some(r) => r.readdress(addressing)?,
+            None => self.ask(|tx| Command::SetPeers(specs, Box::new(addressing), tx))?,
+        };
         report.restart_needed = restart_needed;
         tracing::info!(
             added = report.added.len(),

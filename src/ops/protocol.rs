@@ -1,7 +1,8 @@
 //! The control socket's protocol: one JSON request per connection, one JSON line back, typed on
 //! both ends (the server's `socket` module and the CLI share these types).
 //!
-//! Requests carry `"cmd"` (`show`, `peer_add`, `peer_remove`, `reload`, `peers`); every answer carries
+//! Requests carry `"cmd"` (`show`, `peer_add`, `peer_remove`, `reload`, `peers`, `fleet`,
+//! `registry_import`); every answer carries
 //! `"ok"`, and a failure `"error"` with what went wrong. Keys travel as base64 text, addresses as
 //! text, so the JSON stays readable for scripts that talk to the socket directly.
 
@@ -70,6 +71,13 @@ pub enum Request {
         /// Only this peer (an unknown key is refused).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         public_key: Option<String>,
+    },
+    /// The live headends of the fleet (`show --fleet`).
+    Fleet,
+    /// Move peers into the fleet's registry (`registry import`).
+    RegistryImport {
+        /// The peers, with the addresses their file gave them.
+        peers: Vec<crate::ops::registry::ImportPeer>,
     },
 }
 
@@ -180,6 +188,18 @@ pub struct ShowReply {
     pub offset: usize,
     pub limit: usize,
     pub peers: Vec<PeerReport>,
+    /// The fleet registry's state, when the server has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<crate::ops::registry::RegistryReport>,
+}
+
+/// The answer to [`Request::Fleet`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetReply {
+    /// The fleet's name.
+    pub fleet: String,
+    /// The headends registered now, by name.
+    pub headends: Vec<crate::ops::registry::FleetMember>,
 }
 
 /// The answer to [`Request::PeerAdd`]: the peer and the addresses it got.

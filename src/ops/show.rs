@@ -92,5 +92,6 @@ pub fn show(ops: &Ops, offset: usize, limit: usize) -> Result<ShowReply, String>
         offset,
         limit,
         peers: page,
+        registry: ops.registry.as_ref().map(|r| r.report()),
     })
 }

@@ -167,7 +167,7 @@ fn answer(stream: UnixStream, ops: &Ops) -> std::io::Result<()> {
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(req) => handle(ops, req),
         Err(e) => encode_error(&format!(
-            "bad request: {e}; commands are show, peer_add, peer_remove, reload and peers"
+            "bad request: {e}; commands are show, peer_add, peer_remove, reload, peers, fleet and registry_import"
         )),
     };
     (&stream).write_all(&reply)
@@ -228,6 +228,8 @@ pub fn handle(ops: &Ops, req: Request) -> Vec<u8> {
             }),
         Request::Reload => ops.reload().map(|r| encode_ok(&reload_reply(r))),
         Request::Peers { public_key } => peers(ops, public_key.as_deref()).map(|r| encode_ok(&r)),
+        Request::Fleet => ops.fleet().map(|r| encode_ok(&r)),
+        Request::RegistryImport { peers } => ops.registry_import(peers).map(|r| encode_ok(&r)),
     };
     answer.unwrap_or_else(|e| encode_error(&e))
 }

@@ -62,6 +62,11 @@ pub struct HandshakeStats {
     /// its answer (responses, and the cookie replies it writes), in ns. Cookie replies a worker
     /// writes itself are in that worker's per-packet latency instead.
     pub latency: SharedLatency,
+    /// Set by the fleet registry while its copy is older than `stale_after`: initiations are
+    /// refused (a headend cut off from etcd must not admit a revoked peer forever).
+    pub registry_stale: AtomicBool,
+    /// Initiations refused because the registry was stale.
+    pub refused_stale: AtomicU64,
 }
 
 /// The control thread's state.
@@ -576,6 +581,10 @@ impl Control {
 
     /// Handles one initiation.
     pub fn handle(&mut self, msg: &HandshakeMessage, now: Instant) {
+        if self.stats.registry_stale.load(Ordering::Relaxed) {
+            self.stats.refused_stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let under_load = under_load(&mut self.under_load_until, self.handshakes.len(), now);
         self.load.publish(self.under_load_until);
         let mut out = [0u8; 148];
@@ -800,6 +809,32 @@ mod tests {
         let snapshot = table.snapshot();
         let g = snapshot.guard();
         snapshot.by_address(ip.into(), &g).cloned()
+    }
+
+    #[test]
+    fn a_stale_registry_refuses_initiations_before_looking_at_them() {
+        let (mut c, _) = control();
+        let msg = HandshakeMessage {
+            bytes: [0u8; 148],
+            src: "192.0.2.1:1".parse().unwrap(),
+            received: Instant::from_nanos(1),
+        };
+        let failed = |c: &Control| -> u64 {
+            c.stats
+                .failed
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .sum()
+        };
+        c.stats.registry_stale.store(true, Ordering::Relaxed);
+        c.handle(&msg, Instant::from_nanos(2));
+        assert_eq!(c.stats.refused_stale.load(Ordering::Relaxed), 1);
+        assert_eq!(failed(&c), 0, "refused before being checked");
+        // In sync again: the same (bad) initiation is looked at, and fails on its merits.
+        c.stats.registry_stale.store(false, Ordering::Relaxed);
+        c.handle(&msg, Instant::from_nanos(3));
+        assert_eq!(c.stats.refused_stale.load(Ordering::Relaxed), 1);
+        assert_eq!(failed(&c), 1);
     }
 
     #[test]

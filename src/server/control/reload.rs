@@ -150,11 +150,19 @@ pub fn restart_only(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
             || running.latency_log_keep != new.latency_log_keep,
     );
     check("user", running.user != new.user);
+    check("registry", running.registry != new.registry);
     out
 }
 
 /// Why a new configuration cannot be applied live at all, if so.
 pub fn refuse(running: &ServerConfig, new: &ServerConfig) -> Option<String> {
+    if running.registry.is_some() != new.registry.is_some() {
+        return Some(
+            "[registry] was added or removed: where the peers come from (the file or etcd) \
+             changes only on a restart; the running configuration stays"
+                .to_string(),
+        );
+    }
     if running.address != new.address || running.address6 != new.address6 {
         return Some(format!(
             "address/address6 changed ({} -> {}): every peer's address depends on the subnet, \
