@@ -187,10 +187,21 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
         "histogram",
         "Per-packet processing latency in a worker: batch received to its sends submitted.",
     );
+    // In a fleet the latency histograms carry the headend's name from the registry, so that
+    // one query adds them up over every worker of every headend.
+    let headend = ops
+        .registry
+        .as_ref()
+        .map(|r| format!("headend=\"{}\"", esc(&r.report().name)));
+    let with_headend = |labels: String| match (&headend, labels.is_empty()) {
+        (Some(h), true) => h.clone(),
+        (Some(h), false) => format!("{h},{labels}"),
+        (None, _) => labels,
+    };
     for (w, l) in ops.latencies.iter().enumerate() {
         o.histogram(
             "packet_latency_seconds",
-            &format!("worker=\"{w}\""),
+            &with_headend(format!("worker=\"{w}\"")),
             &l.snapshot(),
         );
     }
@@ -227,7 +238,7 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
     );
     o.histogram(
         "handshake_latency_seconds",
-        "",
+        &with_headend(String::new()),
         &ops.handshakes.latency.snapshot(),
     );
 
