@@ -68,7 +68,9 @@ impl Headend {
         let server = Server::new(secret(&mut rng), T0, &mut rng);
         let load = Arc::new(LoadSignal::default());
         let config = GateConfig {
-            mac_keys: Arc::new(MacKeys::new(server.public_key().as_bytes())),
+            mac_keys: Arc::new(crate::proto::cookie::ServerMacKeys::new(
+                server.public_key().as_bytes(),
+            )),
             load: load.clone(),
             cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),
             client_to_client,
