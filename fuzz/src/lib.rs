@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use concentrator::proto::client::{Client, ClientEvent, ClientParams};
-use concentrator::proto::cookie::{self, CookieSecrets, MacKeys};
+use concentrator::proto::cookie::{self, CookieSecrets, MacKeys, ServerMacKeys};
 use concentrator::proto::keypair::Keypair;
 use concentrator::proto::keys::{PresharedKey, PublicKey, StaticSecret};
 use concentrator::proto::rng::{Random, SeededRandom};
@@ -60,6 +60,11 @@ pub fn assignment() -> AddressAssignment {
         ipv6: Some(("fd00:66::7".parse().expect("literal"), 64)),
         mtu: 1420,
     }
+}
+
+/// The suite whose mac1 an initiation to the server carries, if either.
+pub fn server_suite_of(msg: &[u8]) -> Option<concentrator::proto::suite::Suite> {
+    ServerMacKeys::new(server_public().as_bytes()).suite_of(msg)
 }
 
 /// The mac1 keys of the server (what initiations to it carry).
@@ -294,7 +299,7 @@ pub fn gate(client_to_client: bool, under_load: bool) -> Gate {
         load.publish(Some(Instant::from_nanos(u64::MAX)));
     }
     let config = GateConfig {
-        mac_keys: Arc::new(server_mac_keys()),
+        mac_keys: Arc::new(ServerMacKeys::new(server_public().as_bytes())),
         load,
         cookie_secrets: Arc::new(ArcSwap::new(server_cookie_secrets())),
         client_to_client,

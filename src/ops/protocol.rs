@@ -140,6 +140,9 @@ pub struct HandshakeReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerReport {
     pub public_key: String,
+    /// The protocol it speaks: "native" or "wireguard" (`proto::suite::Suite::name`).
+    #[serde(default)]
+    pub protocol: String,
     pub endpoint: Option<String>,
     pub address: String,
     pub address6: Option<String>,

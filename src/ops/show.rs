@@ -14,6 +14,7 @@ fn peer_report(p: &PeerEntry, now: crate::proto::time::Instant) -> PeerReport {
     use std::sync::atomic::Ordering::Relaxed;
     PeerReport {
         public_key: p.public_key.to_string(),
+        protocol: p.suite.name().to_string(),
         endpoint: p.endpoint().map(|e| e.to_string()),
         address: p.assignment.ipv4.to_string(),
         address6: p.assignment.ipv6.map(|(a, _)| a.to_string()),

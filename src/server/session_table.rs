@@ -8,6 +8,7 @@
 //! `ArcSwap`). A worker takes a [`TableSnapshot`] and pins a [`TableGuard`] once per batch of
 //! completions and looks up as often as it likes under it.
 
+use crate::proto::suite::Suite;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct PeerEntry {
     pub session: Arc<Session>,
     /// Its virtual addresses.
     pub assignment: AddressAssignment,
+    /// The protocol it speaks (for `show`; the data path needs none: its keypairs know).
+    pub suite: Suite,
     /// The networks routed to it besides its addresses (`allowed_ips`), normalized; written by
     /// the control thread with the table ([`SessionTable::set_allowed_ips`]), never read on
     /// the data path (the table answers there).
@@ -52,11 +55,18 @@ impl PeerEntry {
             public_key,
             session,
             assignment,
+            suite: Suite::Native,
             allowed_ips: ArcSwap::from_pointee(Vec::new()),
             endpoint: ArcSwapOption::empty(),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// The same entry for a peer of `suite`.
+    pub fn with_suite(mut self, suite: Suite) -> Self {
+        self.suite = suite;
+        self
     }
 
     /// Where to send the peer's packets, if known.

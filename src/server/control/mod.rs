@@ -200,18 +200,21 @@ impl Control {
     pub fn add_peer(&mut self, config: PeerConfig) {
         let key = config.public_key;
         let assignment = config.assignment;
+        let suite = config.suite;
         let allowed_ips = config.allowed_ips.clone();
         self.psks.insert(key, config.psk.clone());
         let session = self.server.add_peer(config);
         match self.entries.get(&key).cloned() {
-            Some(old) if old.assignment == assignment => {
+            Some(old) if old.assignment == assignment && old.suite == suite => {
                 self.release_routes(&old);
                 self.table.set_allowed_ips(&old, allowed_ips);
                 self.hold_routes(&old);
             }
             Some(old) => {
                 let entry = Arc::new(
-                    PeerEntry::new(key, session, assignment).with_allowed_ips(allowed_ips),
+                    PeerEntry::new(key, session, assignment)
+                        .with_suite(suite)
+                        .with_allowed_ips(allowed_ips),
                 );
                 if let Some(ep) = old.endpoint() {
                     entry.roam_to(ep);
@@ -238,7 +241,9 @@ impl Control {
             }
             None => {
                 let entry = Arc::new(
-                    PeerEntry::new(key, session, assignment).with_allowed_ips(allowed_ips),
+                    PeerEntry::new(key, session, assignment)
+                        .with_suite(suite)
+                        .with_allowed_ips(allowed_ips),
                 );
                 self.table.insert_peer(&entry);
                 self.hold_routes(&entry);
@@ -422,7 +427,7 @@ impl Control {
                     psk: self.psks.get(k).cloned().unwrap_or_else(PresharedKey::zero),
                     assignment: e.assignment,
                     allowed_ips: e.allowed_ips().to_vec(),
-                    suite: crate::proto::suite::Suite::Native,
+                    suite: e.suite,
                 };
                 (*k, spec)
             })
@@ -450,6 +455,9 @@ impl Control {
             }
             if change.allowed_ips {
                 what.push("allowed_ips");
+            }
+            if change.protocol {
+                what.push("protocol");
             }
             report.changed.push((spec.public_key.to_string(), what));
             self.add_peer(spec);
@@ -785,6 +793,36 @@ mod tests {
         assert!(!c.addressing.as_ref().unwrap().pool.is_taken(a));
         assert!(c.remove_live(&key(1)).is_err());
         assert_eq!(lookup(&table, fixed).unwrap().public_key, key(2));
+    }
+
+    #[test]
+    fn a_peers_suite_is_kept_across_reloads_and_a_change_of_suite_is_a_change() {
+        use crate::proto::suite::Suite;
+        let (mut c, table) = control();
+        let spec = |suite: Suite| PeerConfig {
+            public_key: key(1),
+            psk: PresharedKey::zero(),
+            assignment: AddressAssignment {
+                ipv4: Ipv4Addr::new(10, 66, 0, 2),
+                ipv4_prefix: 24,
+                ipv6: None,
+                mtu: 1420,
+            },
+            allowed_ips: Vec::new(),
+            suite,
+        };
+        c.set_peers(vec![spec(Suite::WireGuard)], addressing());
+        assert_eq!(c.peer_specs()[&key(1)].suite, Suite::WireGuard);
+        let entry = lookup(&table, Ipv4Addr::new(10, 66, 0, 2)).unwrap();
+        assert_eq!(entry.suite, Suite::WireGuard);
+        let r = c.set_peers(vec![spec(Suite::WireGuard)], addressing());
+        assert_eq!(r.unchanged, 1, "the same WireGuard peer is not a change");
+        assert!(r.changed.is_empty());
+        let r = c.set_peers(vec![spec(Suite::Native)], addressing());
+        assert_eq!(r.changed.len(), 1);
+        assert_eq!(c.peer_specs()[&key(1)].suite, Suite::Native);
+        let entry = lookup(&table, Ipv4Addr::new(10, 66, 0, 2)).unwrap();
+        assert_eq!(entry.suite, Suite::Native, "show sees the new suite");
     }
 
     #[test]

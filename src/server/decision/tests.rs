@@ -18,6 +18,7 @@ use crate::proto::wire::{AddressAssignment, INITIATION_LEN, RESPONSE_LEN};
 use crate::server::session_table::SessionTable;
 
 mod flood;
+mod wireguard;
 
 const T0: Instant = Instant::from_nanos(1_000_000_000);
 /// A host behind the server, where clients send their packets.
