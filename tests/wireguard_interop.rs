@@ -124,7 +124,7 @@ impl Pair {
 
     /// Feeds a datagram from the server to boringtun; returns what it writes to the network
     /// (a keepalive after a response) or to its tunnel.
-    fn to_client(&mut self, datagram: &[u8]) -> ClientOutput {
+    fn deliver_to_client(&mut self, datagram: &[u8]) -> ClientOutput {
         let mut dst = vec![0u8; 2048];
         let server_ip = Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)));
         match self.tunn.decapsulate(server_ip, datagram, &mut dst) {
@@ -157,7 +157,7 @@ impl Pair {
 
     /// boringtun takes the response and confirms with a keepalive, which opens on our side.
     fn confirm(&mut self, response: &[u8], local_index: u32) {
-        let ClientOutput::Network(mut keepalive) = self.to_client(response) else {
+        let ClientOutput::Network(mut keepalive) = self.deliver_to_client(response) else {
             panic!("boringtun sent no keepalive after the response");
         };
         assert_eq!(keepalive.len(), TRANSPORT_HEADER_LEN + TAG_LEN);
@@ -202,7 +202,7 @@ impl Pair {
             .session()
             .encrypt(&mut buf, reply.len(), self.now)
             .unwrap();
-        match self.to_client(&buf[..len]) {
+        match self.deliver_to_client(&buf[..len]) {
             ClientOutput::Tunnel(packet, from) => {
                 assert_eq!(packet, reply);
                 assert_eq!(from, BACKEND);
@@ -229,7 +229,10 @@ fn boringtun_handshakes_and_exchanges_data_both_ways() {
     // A passive keepalive from the server (an empty transport message) is taken by boringtun.
     let mut buf = [0u8; TRANSPORT_HEADER_LEN + TAG_LEN];
     let len = p.session().encrypt(&mut buf, 0, p.now).unwrap();
-    assert!(matches!(p.to_client(&buf[..len]), ClientOutput::Nothing));
+    assert!(matches!(
+        p.deliver_to_client(&buf[..len]),
+        ClientOutput::Nothing
+    ));
 }
 
 #[test]
@@ -240,7 +243,10 @@ fn cookie_reply_under_load_then_handshake_with_mac2() {
     assert!(matches!(reply, HandshakeReply::Cookie(COOKIE_REPLY_LEN)));
     assert_eq!(cookie_reply[0], 3, "a cookie reply");
     // boringtun opens our XChaCha20-Poly1305 cookie and keeps it.
-    assert!(matches!(p.to_client(&cookie_reply), ClientOutput::Nothing));
+    assert!(matches!(
+        p.deliver_to_client(&cookie_reply),
+        ClientOutput::Nothing
+    ));
     // Its next initiation carries mac2 under that cookie, which our server accepts under load.
     let second = p.initiation();
     assert_ne!(&second[132..148], &[0u8; 16], "mac2 is set");
