@@ -12,6 +12,7 @@ use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::replay::ReplayWindow;
 use concentrator::proto::rng::{PrfRandom, SeededRandom};
 use concentrator::proto::server::{HandshakeReply, PeerConfig, Server};
+use concentrator::proto::suite::Suite;
 use concentrator::proto::time::{Instant, Tai64N};
 use concentrator::proto::wire::{
     AddressAssignment, COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN, TAG_LEN,
@@ -26,20 +27,29 @@ const SIZES: [usize; 4] = [64, 512, 1420, 8192];
 
 const NOW: Instant = Instant::from_nanos(1_000_000_000);
 
-/// Two ends of one session: `tx` seals what `rx` opens.
-fn pair() -> (Keypair, Keypair) {
+/// Two ends of one session of `suite`: `tx` seals what `rx` opens.
+fn pair(suite: Suite) -> (Keypair, Keypair) {
     let a = Zeroizing::new([0x11; 32]);
     let b = Zeroizing::new([0x22; 32]);
     (
-        Keypair::new(&a, &b, 1, 2, NOW, true),
-        Keypair::new(&b, &a, 2, 1, NOW, false),
+        Keypair::for_suite(suite, &a, &b, 1, 2, NOW, true),
+        Keypair::for_suite(suite, &b, &a, 2, 1, NOW, false),
     )
 }
 
-fn receiver() -> Keypair {
+fn receiver(suite: Suite) -> Keypair {
     let a = Zeroizing::new([0x11; 32]);
     let b = Zeroizing::new([0x22; 32]);
-    Keypair::new(&b, &a, 2, 1, NOW, false)
+    Keypair::for_suite(suite, &b, &a, 2, 1, NOW, false)
+}
+
+/// The benchmark group of `name` for `suite`: the native suite keeps the plain names, so that
+/// its figures compare with earlier runs.
+fn group_name(name: &str, suite: Suite) -> String {
+    match suite {
+        Suite::Native => name.to_string(),
+        Suite::WireGuard => format!("{name}_wireguard"),
+    }
 }
 
 fn buffer(size: usize) -> Vec<u8> {
@@ -47,13 +57,19 @@ fn buffer(size: usize) -> Vec<u8> {
 }
 
 fn seal(c: &mut Criterion) {
-    let mut group = c.benchmark_group("seal");
+    for suite in [Suite::Native, Suite::WireGuard] {
+        seal_suite(c, suite);
+    }
+}
+
+fn seal_suite(c: &mut Criterion, suite: Suite) {
+    let mut group = c.benchmark_group(group_name("seal", suite));
     for size in SIZES {
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(size.to_string(), |b| {
             // Sealing again in place just encrypts the previous ciphertext: same cost, and the
             // counter keeps increasing (2^28 messages per key is far beyond a run's count).
-            let (tx, _) = pair();
+            let (tx, _) = pair(suite);
             let mut buf = buffer(size);
             b.iter(|| tx.seal(black_box(&mut buf), size, NOW).expect("seal"));
         });
@@ -66,11 +82,17 @@ fn seal(c: &mut Criterion) {
 /// 0..BATCH) once; per batch of iterations, copy them into work buffers and make a new
 /// receiving keypair (both untimed), then time only the `open` calls.
 fn open(c: &mut Criterion) {
+    for suite in [Suite::Native, Suite::WireGuard] {
+        open_suite(c, suite);
+    }
+}
+
+fn open_suite(c: &mut Criterion, suite: Suite) {
     const BATCH: usize = 1024;
-    let mut group = c.benchmark_group("open");
+    let mut group = c.benchmark_group(group_name("open", suite));
     for size in SIZES {
         group.throughput(Throughput::Bytes(size as u64));
-        let (tx, _) = pair();
+        let (tx, _) = pair(suite);
         let sealed: Vec<Vec<u8>> = (0..BATCH)
             .map(|_| {
                 let mut buf = buffer(size);
@@ -88,7 +110,7 @@ fn open(c: &mut Criterion) {
                     for (w, s) in work.iter_mut().zip(&sealed).take(n) {
                         w.copy_from_slice(s);
                     }
-                    let rx = receiver();
+                    let rx = receiver(suite);
                     let start = std::time::Instant::now();
                     for w in work.iter_mut().take(n) {
                         black_box(rx.open(black_box(w), NOW).expect("open"));

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use concentrator::proto::client::{Client, ClientEvent, ClientParams};
-use concentrator::proto::cookie::{self, CookieSecrets, MacKeys};
+use concentrator::proto::cookie::{self, CookieSecrets, MacKeys, ServerMacKeys};
 use concentrator::proto::keypair::Keypair;
 use concentrator::proto::keys::{PresharedKey, PublicKey, StaticSecret};
 use concentrator::proto::rng::{Random, SeededRandom};
@@ -60,6 +60,11 @@ pub fn assignment() -> AddressAssignment {
         ipv6: Some(("fd00:66::7".parse().expect("literal"), 64)),
         mtu: 1420,
     }
+}
+
+/// The suite whose mac1 an initiation to the server carries, if either.
+pub fn server_suite_of(msg: &[u8]) -> Option<concentrator::proto::suite::Suite> {
+    ServerMacKeys::new(server_public().as_bytes()).suite_of(msg)
 }
 
 /// The mac1 keys of the server (what initiations to it carry).
@@ -294,7 +299,7 @@ pub fn gate(client_to_client: bool, under_load: bool) -> Gate {
         load.publish(Some(Instant::from_nanos(u64::MAX)));
     }
     let config = GateConfig {
-        mac_keys: Arc::new(server_mac_keys()),
+        mac_keys: Arc::new(ServerMacKeys::new(server_public().as_bytes())),
         load,
         cookie_secrets: Arc::new(ArcSwap::new(server_cookie_secrets())),
         client_to_client,
@@ -309,4 +314,51 @@ fn server_cookie_secrets() -> Arc<CookieSecrets> {
     SECRETS
         .get_or_init(|| server().cookie_secrets().clone())
         .clone()
+}
+
+/// A server with the fixed key and the known peer, configured for `suite`.
+pub fn server_with_suite(suite: concentrator::proto::suite::Suite) -> Server {
+    let mut server = server();
+    server.add_peer(PeerConfig {
+        public_key: client_public(),
+        psk: PresharedKey::zero(),
+        assignment: assignment(),
+        allowed_ips: Vec::new(),
+        suite,
+    });
+    server
+}
+
+/// A genuine WireGuard initiation from the known peer to the server (as a stock client makes
+/// it: Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s with WireGuard's identifier as prologue, a TAI64N
+/// timestamp `seconds` past the TAI64 epoch label, WireGuard's mac1), with the handshake state
+/// that reads the response.
+pub fn wireguard_initiation(
+    sender_index: u32,
+    seconds: u64,
+) -> (snow::HandshakeState, [u8; INITIATION_LEN]) {
+    use concentrator::proto::constants::{WG_IDENTIFIER, WG_NOISE_PARAMS};
+    use concentrator::proto::wireguard;
+    let secret = client_secret_bytes();
+    let server = server_public();
+    let mut state = snow::Builder::new(WG_NOISE_PARAMS.parse().expect("valid parameters"))
+        .prologue(WG_IDENTIFIER)
+        .and_then(|b| b.local_private_key(&secret))
+        .and_then(|b| b.remote_public_key(server.as_bytes()))
+        .and_then(|b| b.psk(2, &[0u8; 32]))
+        .and_then(|b| b.build_initiator())
+        .expect("keys of the right length");
+    let mut timestamp = [0u8; 12];
+    timestamp[..8].copy_from_slice(&((1u64 << 62) + 10 + seconds).to_be_bytes());
+    let mut m = [0u8; INITIATION_LEN];
+    m[0] = 1;
+    m[4..8].copy_from_slice(&sender_index.to_le_bytes());
+    state
+        .write_message(&timestamp, &mut m[8..116])
+        .expect("frame sized for message 1");
+    wireguard::write_mac1(
+        &wireguard::WgMacKeys::new(server_public().as_bytes()),
+        &mut m,
+    );
+    (state, m)
 }

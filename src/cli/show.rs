@@ -174,6 +174,9 @@ pub fn render(v: &ShowReply) -> String {
     let _ = writeln!(o, "  latency: {}", latency(&h.latency));
     for p in &v.peers {
         let _ = writeln!(o, "\npeer: {}", p.public_key);
+        if !p.protocol.is_empty() {
+            let _ = writeln!(o, "  protocol: {}", p.protocol);
+        }
         if let Some(e) = &p.endpoint {
             let _ = writeln!(o, "  endpoint: {e}");
         }

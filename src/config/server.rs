@@ -759,15 +759,6 @@ fn peers(
         );
         let protocol = match p.protocol.as_deref() {
             None => Suite::Native,
-            // Until the WireGuard suite is served, a peer that asks for it is refused rather
-            // than silently spoken to in the native suite.
-            Some(name) if Suite::from_name(name) == Some(Suite::WireGuard) => {
-                problems.push(
-                    f("protocol"),
-                    "protocol = \"wireguard\" is not supported by this build yet".to_string(),
-                );
-                Suite::WireGuard
-            }
             Some(name) => Suite::from_name(name).unwrap_or_else(|| {
                 problems.push(
                     f("protocol"),
@@ -1250,11 +1241,15 @@ mod tests {
     }
 
     #[test]
-    fn protocol_per_peer_defaults_to_native_and_unknown_names_are_refused() {
+    fn protocol_per_peer_defaults_to_native_takes_wireguard_and_refuses_unknown_names() {
         let (c, _) = load("", &peer(1)).unwrap();
         assert_eq!(c.peers[0].protocol, Suite::Native);
         let peers = format!("{}{}protocol = \"native\"\n", peer(1), peer(2));
         assert_eq!(load("", &peers).unwrap().0.peers[1].protocol, Suite::Native);
+        let peers = format!("{}{}protocol = \"wireguard\"\n", peer(1), peer(2));
+        let (c, _) = load("", &peers).unwrap();
+        assert_eq!(c.peers[0].protocol, Suite::Native);
+        assert_eq!(c.peers[1].protocol, Suite::WireGuard);
         let peers = format!("{}protocol = \"wg\"\n", peer(1));
         let err = fails_on("", &peers, "peer[0].protocol");
         assert!(err.to_string().contains("\"wireguard\""), "{err}");

@@ -159,15 +159,16 @@ pub struct HandshakeReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerReport {
     pub public_key: String,
+    /// The protocol it speaks: "native" or "wireguard" (`proto::suite::Suite::name`); an
+    /// older server leaves it out: native.
+    #[serde(default = "native")]
+    pub protocol: String,
     pub endpoint: Option<String>,
     pub address: String,
     pub address6: Option<String>,
     /// Networks routed to the peer besides its addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_ips: Vec<String>,
-    /// The protocol it speaks: `native` or `wireguard`.
-    #[serde(default = "native")]
-    pub protocol: String,
     pub latest_handshake_secs_ago: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,

@@ -14,11 +14,11 @@ fn peer_report(p: &PeerEntry, now: crate::proto::time::Instant) -> PeerReport {
     use std::sync::atomic::Ordering::Relaxed;
     PeerReport {
         public_key: p.public_key.to_string(),
+        protocol: p.suite.name().to_string(),
         endpoint: p.endpoint().map(|e| e.to_string()),
         address: p.assignment.ipv4.to_string(),
         address6: p.assignment.ipv6.map(|(a, _)| a.to_string()),
         allowed_ips: p.allowed_ips().iter().map(|n| n.to_string()).collect(),
-        protocol: p.suite.name().to_string(),
         latest_handshake_secs_ago: p.session.last_handshake().map(|h| (now - h).as_secs()),
         rx_bytes: p.rx_bytes.load(Relaxed),
         tx_bytes: p.tx_bytes.load(Relaxed),

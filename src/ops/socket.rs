@@ -239,11 +239,6 @@ fn requested_suite(protocol: Option<&str>) -> Result<Suite, String> {
     match protocol.map(str::trim) {
         None => Ok(Suite::Native),
         Some(name) => match Suite::from_name(name) {
-            // Until the WireGuard suite is served, as in the config file (config::server):
-            // refused rather than silently spoken to in the native suite.
-            Some(Suite::WireGuard) => {
-                Err("protocol \"wireguard\" is not supported by this build yet".into())
-            }
             Some(suite) => Ok(suite),
             None => Err(format!(
                 "unknown protocol {name:?}: use \"native\" (the default) or \"wireguard\""

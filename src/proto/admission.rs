@@ -13,8 +13,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::cookie::{self, CookieSecrets, MacKeys};
+use super::cookie::{CookieSecrets, ServerMacKeys};
 use super::ratelimit::{RateLimiter, SlotLimiter, TokenBucket};
+use super::suite::Suite;
 use super::time::Instant;
 use super::wire;
 
@@ -31,11 +32,12 @@ pub const COOKIE_REPLY_BUDGET_BURST: u32 = 1_000;
 /// What becomes of an initiation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Go on to the Diffie-Hellman: mac1 is valid and, under load, mac2 too, within its
-    /// source's handshake rate.
-    Proceed,
-    /// Under load without a valid mac2: answer with a cookie reply (its budget token is spent).
-    CookieReply,
+    /// Go on to the Diffie-Hellman of this suite: its mac1 is valid and, under load, its mac2
+    /// too, within its source's handshake rate.
+    Proceed(Suite),
+    /// Under load without a valid mac2: answer with a cookie reply in this suite's format (its
+    /// budget token is spent).
+    CookieReply(Suite),
     /// mac1 is not valid for this server: drop it without an answer.
     BadMac,
     /// Under load without a valid mac2, past the cookie-reply budget: drop it.
@@ -82,35 +84,37 @@ impl<L: SourceLimiter> Admission<L> {
 
     /// Decides what becomes of `msg`, an initiation (its type and length checked by the
     /// caller) received from `src`. `keys` are the server's mac keys, `secrets` the cookie
-    /// secrets in use (only read under load). A [`Verdict::CookieReply`] is for the caller to
-    /// write ([`CookieSecrets::write_cookie_reply`]).
+    /// secrets in use (only read under load). The suite is the one whose mac1 verifies
+    /// ([`ServerMacKeys::suite_of`]); mac2 is then checked with that suite's MAC, and a
+    /// [`Verdict::CookieReply`] is for the caller to write in that suite's format
+    /// ([`CookieSecrets::write_cookie_reply_for`]). The budgets are shared by both suites.
     pub fn check(
         &mut self,
-        keys: &MacKeys,
+        keys: &ServerMacKeys,
         secrets: &CookieSecrets,
         msg: &[u8],
         src: SocketAddr,
         now: Instant,
         under_load: bool,
     ) -> Verdict {
-        if !cookie::verify_mac1(keys, msg) {
+        let Some(suite) = keys.suite_of(msg) else {
             return Verdict::BadMac;
-        }
+        };
         if !under_load {
-            return Verdict::Proceed;
+            return Verdict::Proceed(suite);
         }
         // An all-zero mac2 means "no cookie yet": skip the MACs of the check, which a flood
         // without cookies would otherwise cost every time.
         let has_cookie = wire::Initiation::new_checked(msg).is_ok_and(|p| p.has_cookie());
-        if has_cookie && secrets.check_mac2(msg, src) {
+        if has_cookie && secrets.check_mac2_for(suite, msg, src) {
             return if self.per_source.allow(src.ip(), now) {
-                Verdict::Proceed
+                Verdict::Proceed(suite)
             } else {
                 Verdict::RateLimited
             };
         }
         if self.replies.allow(now) {
-            Verdict::CookieReply
+            Verdict::CookieReply(suite)
         } else {
             Verdict::OverReplyBudget
         }
@@ -196,8 +200,14 @@ mod tests {
         let src = addr("192.0.2.1:1000");
         let mut jar = CookieJar::new(&SERVER_PUB);
         let m = stamped(&mut jar, &mut f.rng, ms(0));
-        assert_eq!(f.check(&m, src, ms(0), false), Verdict::Proceed);
-        assert_eq!(f.check(&m, src, ms(0), true), Verdict::CookieReply);
+        assert_eq!(
+            f.check(&m, src, ms(0), false),
+            Verdict::Proceed(Suite::Native)
+        );
+        assert_eq!(
+            f.check(&m, src, ms(0), true),
+            Verdict::CookieReply(Suite::Native)
+        );
         let mut other = CookieJar::new(&[8; 32]);
         let foreign = stamped(&mut other, &mut f.rng, ms(0));
         assert_eq!(f.check(&foreign, src, ms(0), false), Verdict::BadMac);
@@ -210,9 +220,15 @@ mod tests {
         let src = addr("192.0.2.1:1000");
         let mut jar = f.jar_with_cookie(src, ms(0));
         let m = stamped(&mut jar, &mut f.rng, ms(1));
-        assert_eq!(f.check(&m, src, ms(1), true), Verdict::Proceed);
+        assert_eq!(
+            f.check(&m, src, ms(1), true),
+            Verdict::Proceed(Suite::Native)
+        );
         let elsewhere = addr("192.0.2.1:1001");
-        assert_eq!(f.check(&m, elsewhere, ms(1), true), Verdict::CookieReply);
+        assert_eq!(
+            f.check(&m, elsewhere, ms(1), true),
+            Verdict::CookieReply(Suite::Native)
+        );
     }
 
     #[test]
@@ -223,7 +239,7 @@ mod tests {
         let m = stamped(&mut jar, &mut f.rng, ms(0));
         // One source asking at once gets the whole burst of the budget, then nothing.
         let burst = (0..2 * COOKIE_REPLY_BUDGET_BURST)
-            .filter(|_| f.check(&m, src, ms(0), true) == Verdict::CookieReply)
+            .filter(|_| f.check(&m, src, ms(0), true) == Verdict::CookieReply(Suite::Native))
             .count();
         assert_eq!(burst, COOKIE_REPLY_BUDGET_BURST as usize);
         assert_eq!(f.check(&m, src, ms(0), true), Verdict::OverReplyBudget);
@@ -232,7 +248,7 @@ mod tests {
         let later = (0..2 * per_ms)
             .filter(|i| {
                 let from = SocketAddr::new(src.ip(), 2000 + *i as u16);
-                f.check(&m, from, ms(1), true) == Verdict::CookieReply
+                f.check(&m, from, ms(1), true) == Verdict::CookieReply(Suite::Native)
             })
             .count();
         assert_eq!(later, per_ms);
@@ -245,9 +261,12 @@ mod tests {
         let mut jar = f.jar_with_cookie(victim, ms(0));
         let mut junk_jar = CookieJar::new(&SERVER_PUB);
         let junk = stamped(&mut junk_jar, &mut f.rng, ms(0));
-        while f.check(&junk, victim, ms(0), true) == Verdict::CookieReply {}
+        while f.check(&junk, victim, ms(0), true) == Verdict::CookieReply(Suite::Native) {}
         let m = stamped(&mut jar, &mut f.rng, ms(0));
-        assert_eq!(f.check(&m, victim, ms(0), true), Verdict::Proceed);
+        assert_eq!(
+            f.check(&m, victim, ms(0), true),
+            Verdict::Proceed(Suite::Native)
+        );
     }
 
     /// Both limiters the check is used with: the responder's exact one and the workers' fixed
@@ -258,7 +277,7 @@ mod tests {
         let burst = (0..2 * DEFAULT_BURST)
             .filter(|_| {
                 let m = stamped(&mut jar, &mut f.rng, ms(0));
-                f.check(&m, src, ms(0), true) == Verdict::Proceed
+                f.check(&m, src, ms(0), true) == Verdict::Proceed(Suite::Native)
             })
             .count();
         assert_eq!(burst, DEFAULT_BURST as usize);
@@ -268,14 +287,20 @@ mod tests {
         let refill = Duration::from_secs(1) / DEFAULT_PACKETS_PER_SECOND;
         let then = ms(0) + refill;
         let m = stamped(&mut jar, &mut f.rng, then);
-        assert_eq!(f.check(&m, src, then, true), Verdict::Proceed);
+        assert_eq!(
+            f.check(&m, src, then, true),
+            Verdict::Proceed(Suite::Native)
+        );
         let m = stamped(&mut jar, &mut f.rng, then);
         assert_eq!(f.check(&m, src, then, true), Verdict::RateLimited);
         // Another proven source has its own budget.
         let other = addr("192.0.2.2:1000");
         let mut other_jar = f.jar_with_cookie(other, ms(0));
         let m = stamped(&mut other_jar, &mut f.rng, ms(0));
-        assert_eq!(f.check(&m, other, ms(0), true), Verdict::Proceed);
+        assert_eq!(
+            f.check(&m, other, ms(0), true),
+            Verdict::Proceed(Suite::Native)
+        );
     }
 
     #[test]
@@ -304,12 +329,82 @@ mod tests {
             if i % 2 == 1 {
                 f.rng.fill(&mut junk[132..]);
             }
-            assert_eq!(f.check(&junk, victim, now, true), Verdict::CookieReply);
+            assert_eq!(
+                f.check(&junk, victim, now, true),
+                Verdict::CookieReply(Suite::Native)
+            );
             if i % 100 == 0 {
                 let m = stamped(&mut jar, &mut f.rng, now);
-                proceeded += usize::from(f.check(&m, victim, now, true) == Verdict::Proceed);
+                proceeded +=
+                    usize::from(f.check(&m, victim, now, true) == Verdict::Proceed(Suite::Native));
             }
         }
         assert_eq!(proceeded, 10);
+    }
+
+    /// A WireGuard initiation with a random body and WireGuard's mac1 (and mac2 under `cookie`).
+    fn wireguard_stamped(
+        rng: &mut SeededRandom,
+        cookie: Option<&[u8; crate::proto::wire::MAC_LEN]>,
+    ) -> [u8; INITIATION_LEN] {
+        use crate::proto::wireguard;
+        let mut m = [0u8; INITIATION_LEN];
+        rng.fill(&mut m[4..116]);
+        m[0] = 1;
+        wireguard::write_mac1(&wireguard::WgMacKeys::new(&SERVER_PUB), &mut m);
+        if let Some(cookie) = cookie {
+            wireguard::write_mac2(cookie, &mut m);
+        }
+        m
+    }
+
+    #[test]
+    fn the_suite_is_the_one_whose_mac1_verifies_and_mac2_is_checked_with_its_mac() {
+        use crate::proto::wire::CookieReply;
+        use crate::proto::wireguard;
+        let mut f = fixture();
+        let src = addr("192.0.2.9:4000");
+        let m = wireguard_stamped(&mut f.rng, None);
+        assert_eq!(
+            f.check(&m, src, ms(0), false),
+            Verdict::Proceed(Suite::WireGuard)
+        );
+        assert_eq!(
+            f.check(&m, src, ms(0), true),
+            Verdict::CookieReply(Suite::WireGuard)
+        );
+        // The reply is WireGuard's: the cookie opens with XChaCha20-Poly1305 under its key.
+        let mut reply = [0u8; COOKIE_REPLY_LEN];
+        f.checker
+            .write_cookie_reply_for(Suite::WireGuard, &m, src, ms(0), &mut f.rng, &mut reply);
+        let view = CookieReply::new_checked(&reply[..]).unwrap();
+        let cookie = wireguard::open_cookie(
+            &wireguard::WgMacKeys::new(&SERVER_PUB),
+            view.nonce(),
+            view.encrypted_cookie(),
+            &m[116..132].try_into().unwrap(),
+        )
+        .expect("a WireGuard cookie reply");
+        // With a mac2 under that cookie it proceeds under load; from another port it does not.
+        let proven = wireguard_stamped(&mut f.rng, Some(&cookie));
+        assert_eq!(
+            f.check(&proven, src, ms(1), true),
+            Verdict::Proceed(Suite::WireGuard)
+        );
+        assert_eq!(
+            f.check(&proven, addr("192.0.2.9:4001"), ms(1), true),
+            Verdict::CookieReply(Suite::WireGuard)
+        );
+        // A native mac2 (HMAC) under the same cookie bytes does not count for WireGuard.
+        let mut native_mac2 = wireguard_stamped(&mut f.rng, None);
+        crate::proto::cookie::write_mac2(&cookie, &mut native_mac2);
+        assert_eq!(
+            f.check(&native_mac2, src, ms(1), true),
+            Verdict::CookieReply(Suite::WireGuard)
+        );
+        // Neither suite's mac1: dropped.
+        let mut junk = m;
+        junk[120] ^= 1;
+        assert_eq!(f.check(&junk, src, ms(0), false), Verdict::BadMac);
     }
 }

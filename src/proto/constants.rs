@@ -45,7 +45,8 @@ pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
 /// An initiator keeps a received cookie this long. WireGuard whitepaper section 5.4.7.
 pub const COOKIE_LIFETIME: Duration = Duration::from_secs(120);
 
-/// Rekey after this many messages under one key: half of [`REJECT_AFTER_MESSAGES`].
+/// Rekey after this many messages under one key (native suite): half of
+/// [`REJECT_AFTER_MESSAGES`].
 pub const REKEY_AFTER_MESSAGES: u64 = 1 << 27;
 /// Refuse to send or receive under a key after this many messages: the AES-GCM
 /// confidentiality limit for small packets. RFC 9001 section 6.6 sets 2^23 packets for
@@ -65,9 +66,28 @@ pub const REJECT_AFTER_MESSAGES: u64 = 1 << 28;
 /// those within the 2^35 the limit allows.
 pub const MESSAGE_BYTES: usize = 1 << 11;
 
-/// Width of the replay window in counters. RFC 6479 style; must be at least 2048 (our own
-/// requirement, so that reordering across workers and queues does not drop packets).
-pub const REPLAY_WINDOW: u64 = 4096 - 32;
+/// Width of the replay window in counters, for both suites: as large as the Linux kernel's
+/// WireGuard (`drivers/net/wireguard/messages.h`: `COUNTER_BITS_TOTAL` 8192, of which
+/// `COUNTER_WINDOW_SIZE = COUNTER_BITS_TOTAL - BITS_PER_LONG` = 8128 are usable). RFC 6479 style;
+/// must be at least 2048 (our own requirement, so that reordering across workers and queues
+/// does not drop packets).
+pub const REPLAY_WINDOW: u64 = 8192 - 64;
+
+/// Noise protocol name of the WireGuard suite, its `CONSTRUCTION`. WireGuard whitepaper
+/// section 5.4 ("Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"); wireguard-go `device/noise-protocol.go`
+/// `NoiseConstruction`.
+pub const WG_NOISE_PARAMS: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
+/// WireGuard's `IDENTIFIER`, mixed into the hash right after the construction: exactly Noise's
+/// prologue (`h = HASH(HASH(CONSTRUCTION) || IDENTIFIER)`). WireGuard whitepaper section 5.4.2;
+/// wireguard-go `device/noise-protocol.go` `WGIdentifier`.
+pub const WG_IDENTIFIER: &[u8] = b"WireGuard v1 zx2c4 Jason@zx2c4.com";
+/// WireGuard's `Rekey-After-Messages` (2^60). WireGuard whitepaper section 6.1;
+/// wireguard-go `device/constants.go` `RekeyAfterMessages`.
+pub const WG_REKEY_AFTER_MESSAGES: u64 = 1 << 60;
+/// WireGuard's `Reject-After-Messages` (2^64 - 2^13 - 1: the counter space less the replay
+/// window). WireGuard whitepaper section 6.1; wireguard-go `device/constants.go`
+/// `RejectAfterMessages`.
+pub const WG_REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 
 /// Largest inner MTU the handshake may assign: keeps every sealed packet under 2^7 AES blocks,
 /// the assumption behind [`REJECT_AFTER_MESSAGES`].

@@ -14,11 +14,13 @@ use zeroize::Zeroizing;
 
 use super::constants::{COOKIE_LIFETIME, COOKIE_SECRET_LIFETIME};
 use super::rng::Random;
+use super::suite::Suite;
 use super::time::Instant;
 use super::wire::{
     CookieReply, CookieReplyRepr, Initiation, WireError, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN,
     ENCRYPTED_COOKIE_LEN, MAC_LEN,
 };
+use super::wireguard::{self, WgMacKeys};
 
 /// Domain separation label for the mac1 key.
 const LABEL_MAC1: &[u8; 8] = b"mac1----";
@@ -71,6 +73,38 @@ impl MacKeys {
         let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, k.as_ref())
             .unwrap_or_else(|_| unreachable!("HMAC-SHA256 output is an AES-256 key"));
         aead::LessSafeKey::new(unbound)
+    }
+}
+
+/// The server's mac keys for both suites, derived from its one static public key: an
+/// initiation is of the suite whose mac1 verifies.
+#[derive(Debug, Clone)]
+pub struct ServerMacKeys {
+    /// The native suite's (HMAC-SHA256).
+    pub native: MacKeys,
+    /// The WireGuard suite's (keyed BLAKE2s).
+    pub wireguard: WgMacKeys,
+}
+
+impl ServerMacKeys {
+    /// Derives both suites' keys for messages addressed to the owner of `public`.
+    pub fn new(public: &[u8; 32]) -> Self {
+        ServerMacKeys {
+            native: MacKeys::new(public),
+            wireguard: WgMacKeys::new(public),
+        }
+    }
+
+    /// The suite whose mac1 a full initiation carries: native first (its clients are checked
+    /// at the cost of one HMAC, as before), then WireGuard; `None` when neither verifies.
+    pub fn suite_of(&self, msg: &[u8]) -> Option<Suite> {
+        if verify_mac1(&self.native, msg) {
+            Some(Suite::Native)
+        } else if wireguard::verify_mac1(&self.wireguard, msg) {
+            Some(Suite::WireGuard)
+        } else {
+            None
+        }
     }
 }
 
@@ -162,6 +196,9 @@ pub fn verify_mac2(cookie: &[u8; MAC_LEN], msg: &[u8]) -> bool {
 pub struct CookieSecrets {
     current: hmac::Key,
     previous: Option<hmac::Key>,
+    /// The WireGuard suite's secrets (keys of its BLAKE2s MAC), replaced with the native ones.
+    wg_current: Zeroizing<[u8; 32]>,
+    wg_previous: Option<Zeroizing<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for CookieSecrets {
@@ -174,12 +211,64 @@ impl std::fmt::Debug for CookieSecrets {
 }
 
 impl CookieSecrets {
-    fn new(rng: &mut impl Random, previous: Option<hmac::Key>) -> Self {
+    fn new(rng: &mut impl Random, previous: Option<(hmac::Key, Zeroizing<[u8; 32]>)>) -> Self {
         let mut fresh = Zeroizing::new([0u8; 32]);
         rng.fill(fresh.as_mut());
+        let mut wg_current = Zeroizing::new([0u8; 32]);
+        rng.fill(wg_current.as_mut());
+        let (previous, wg_previous) = match previous {
+            Some((native, wg)) => (Some(native), Some(wg)),
+            None => (None, None),
+        };
         CookieSecrets {
             current: hmac::Key::new(hmac::HMAC_SHA256, fresh.as_ref()),
             previous,
+            wg_current,
+            wg_previous,
+        }
+    }
+
+    /// Whether mac2 of an initiation of `suite` is valid under a cookie for `src` made with the
+    /// current or previous secret.
+    pub fn check_mac2_for(&self, suite: Suite, msg: &[u8], src: SocketAddr) -> bool {
+        match suite {
+            Suite::Native => self.check_mac2(msg, src),
+            Suite::WireGuard => {
+                wireguard::verify_mac2(&wireguard::cookie_for(&self.wg_current, src), msg)
+                    || self.wg_previous.as_ref().is_some_and(|previous| {
+                        wireguard::verify_mac2(&wireguard::cookie_for(previous, src), msg)
+                    })
+            }
+        }
+    }
+
+    /// Writes the cookie reply to an initiation of `suite` (see
+    /// [`CookieSecrets::write_cookie_reply`]; the WireGuard one seals with XChaCha20-Poly1305).
+    pub fn write_cookie_reply_for(
+        &self,
+        suite: Suite,
+        keys: &ServerMacKeys,
+        initiation: &[u8],
+        src: SocketAddr,
+        rng: &mut impl Random,
+        out: &mut [u8; COOKIE_REPLY_LEN],
+    ) {
+        match suite {
+            Suite::Native => self.write_cookie_reply(&keys.native, initiation, src, rng, out),
+            Suite::WireGuard => {
+                let Ok(initiation) = Initiation::new_checked(initiation) else {
+                    out.fill(0);
+                    return;
+                };
+                let cookie = wireguard::cookie_for(&self.wg_current, src);
+                let mac1 = *initiation.mac1();
+                let mut reply = CookieReply::new_unchecked(&mut out[..]);
+                reply.fill_header(initiation.sender_index());
+                rng.fill(reply.nonce_mut());
+                let nonce = *reply.nonce();
+                *reply.encrypted_cookie_mut() =
+                    wireguard::seal_cookie(&keys.wireguard, &nonce, &cookie, &mac1);
+            }
         }
     }
 
@@ -228,7 +317,7 @@ impl CookieSecrets {
 /// [`CookieChecker::rotate`]; cookies made under the previous secret stay valid until the next
 /// replacement, so a client that just got a cookie is not refused at a rotation.
 pub struct CookieChecker {
-    keys: MacKeys,
+    keys: ServerMacKeys,
     secrets: Arc<CookieSecrets>,
     born: Instant,
 }
@@ -247,14 +336,14 @@ impl CookieChecker {
     /// A checker for messages addressed to `own_public`, with a fresh secret born `now`.
     pub fn new(own_public: &[u8; 32], now: Instant, rng: &mut impl Random) -> Self {
         CookieChecker {
-            keys: MacKeys::new(own_public),
+            keys: ServerMacKeys::new(own_public),
             secrets: Arc::new(CookieSecrets::new(rng, None)),
             born: now,
         }
     }
 
-    /// The mac1 keys of this responder.
-    pub fn keys(&self) -> &MacKeys {
+    /// The mac1 keys of this responder, for both suites.
+    pub fn keys(&self) -> &ServerMacKeys {
         &self.keys
     }
 
@@ -265,7 +354,7 @@ impl CookieChecker {
 
     /// Whether mac1 is valid: the sender knows our public key.
     pub fn check_mac1(&self, msg: &[u8]) -> bool {
-        verify_mac1(&self.keys, msg)
+        verify_mac1(&self.keys.native, msg)
     }
 
     /// Whether mac2 is valid under a cookie for `src` made with the current or previous secret.
@@ -290,9 +379,23 @@ impl CookieChecker {
         rng: &mut impl Random,
         out: &mut [u8; COOKIE_REPLY_LEN],
     ) {
+        self.write_cookie_reply_for(Suite::Native, initiation, src, now, rng, out);
+    }
+
+    /// Writes the cookie reply to an initiation of `suite` (see
+    /// [`CookieSecrets::write_cookie_reply_for`]).
+    pub fn write_cookie_reply_for(
+        &mut self,
+        suite: Suite,
+        initiation: &[u8],
+        src: SocketAddr,
+        now: Instant,
+        rng: &mut impl Random,
+        out: &mut [u8; COOKIE_REPLY_LEN],
+    ) {
         self.rotate(now, rng);
         self.secrets
-            .write_cookie_reply(&self.keys, initiation, src, rng, out);
+            .write_cookie_reply_for(suite, &self.keys, initiation, src, rng, out);
     }
 
     /// Replaces the secret once it is [`COOKIE_SECRET_LIFETIME`] old. The old one is kept as
@@ -304,7 +407,12 @@ impl CookieChecker {
         if age < COOKIE_SECRET_LIFETIME {
             return;
         }
-        let previous = (age < 2 * COOKIE_SECRET_LIFETIME).then(|| self.secrets.current.clone());
+        let previous = (age < 2 * COOKIE_SECRET_LIFETIME).then(|| {
+            (
+                self.secrets.current.clone(),
+                self.secrets.wg_current.clone(),
+            )
+        });
         self.secrets = Arc::new(CookieSecrets::new(rng, previous));
         self.born = now;
     }
@@ -738,7 +846,7 @@ mod tests {
 
         // A reply made for an initiation the jar did not send (another mac1).
         let mut foreign = initiation(50);
-        write_mac1(checker.keys(), &mut foreign);
+        write_mac1(&checker.keys().native, &mut foreign);
         let mut reply = [0u8; 64];
         checker.write_cookie_reply(&foreign, src, secs(0), &mut rng, &mut reply);
         assert_eq!(

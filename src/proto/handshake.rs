@@ -11,16 +11,19 @@ use snow::{Builder, HandshakeState};
 use zeroize::Zeroizing;
 
 use super::admission::{Admission, Verdict};
-use super::constants::{NOISE_PARAMS, NOISE_PROLOGUE};
+use super::constants::{NOISE_PARAMS, NOISE_PROLOGUE, WG_IDENTIFIER, WG_NOISE_PARAMS};
 use super::cookie::{self, CookieChecker, CookieJar, CookieSecrets, MacKeys};
 use super::keypair::Keypair;
 use super::keys::{PresharedKey, PublicKey, StaticSecret};
 use super::ratelimit::RateLimiter;
 use super::rng::Random;
+use super::suite::Suite;
 use super::time::{Instant, Tai64N};
 use super::wire::{
     self, AddressAssignment, MessageType, ASSIGNMENT_LEN, INITIATION_LEN, RESPONSE_LEN, TAG_LEN,
+    WG_RESPONSE_LEN,
 };
+use super::wireguard::{self as wg, WgMacKeys};
 
 /// Why a handshake message was not accepted. None of these is answered on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +52,9 @@ pub enum HandshakeError {
     /// The assignment inside the response is out of range.
     #[error("invalid address assignment")]
     BadAssignment,
+    /// The initiation is of the other suite than the one its peer is configured with.
+    #[error("initiation of a suite its peer is not configured for")]
+    WrongSuite,
 }
 
 /// How an initiation failure is counted and logged: the few kinds an operator tells apart,
@@ -93,7 +99,8 @@ impl HandshakeError {
     /// The reason this failure is counted under.
     pub fn reason(self) -> FailureReason {
         match self {
-            HandshakeError::UnknownPeer => FailureReason::UnknownPeer,
+            // No peer with this key is configured for this suite.
+            HandshakeError::UnknownPeer | HandshakeError::WrongSuite => FailureReason::UnknownPeer,
             HandshakeError::Replayed => FailureReason::Replayed,
             HandshakeError::BadMac => FailureReason::BadMac,
             HandshakeError::RateLimited => FailureReason::RateLimited,
@@ -106,9 +113,22 @@ impl HandshakeError {
 }
 
 fn noise_builder() -> Builder<'static> {
-    // NOISE_PARAMS is a constant known to parse.
-    Builder::new(NOISE_PARAMS.parse().expect("valid Noise parameters"))
-        .prologue(NOISE_PROLOGUE)
+    suite_builder(Suite::Native)
+}
+
+/// The Noise builder of a suite. WireGuard's construction is Noise's with the identifier as the
+/// prologue: Noise hashes the 37-byte protocol name (longer than `HASHLEN`) into `h`, sets
+/// `ck = h` and mixes the prologue into `h`, which is WireGuard's `C = HASH(CONSTRUCTION)`,
+/// `H = HASH(C ‖ IDENTIFIER)` (whitepaper section 5.4.2); the interoperability test with
+/// boringtun checks it.
+fn suite_builder(suite: Suite) -> Builder<'static> {
+    let (params, prologue) = match suite {
+        Suite::Native => (NOISE_PARAMS, NOISE_PROLOGUE),
+        Suite::WireGuard => (WG_NOISE_PARAMS, WG_IDENTIFIER),
+    };
+    // Both names are constants known to parse (with snow's BLAKE2s and ChaChaPoly enabled).
+    Builder::new(params.parse().expect("valid Noise parameters"))
+        .prologue(prologue)
         .expect("prologue set once")
 }
 
@@ -211,6 +231,8 @@ impl InitiatorHandshake {
 /// who claims to have sent it, but nothing is answered or stored yet.
 pub struct VerifiedInitiation {
     state: HandshakeState,
+    /// The suite the initiation was made for (its mac1 told).
+    pub suite: Suite,
     /// The initiator's static public key (authenticated by the `ss` token).
     pub peer: PublicKey,
     /// The initiator's timestamp, to compare with the last one accepted from that peer.
@@ -297,24 +319,25 @@ impl Responder {
             now,
             under_load,
         );
-        match verdict {
-            Verdict::Proceed => {}
+        let suite = match verdict {
+            Verdict::Proceed(suite) => suite,
             Verdict::BadMac => return Err(HandshakeError::BadMac),
             Verdict::OverReplyBudget | Verdict::RateLimited => {
                 return Err(HandshakeError::RateLimited)
             }
-            Verdict::CookieReply => {
+            Verdict::CookieReply(suite) => {
                 let reply: &mut [u8; wire::COOKIE_REPLY_LEN] = out
                     .get_mut(..wire::COOKIE_REPLY_LEN)
                     .and_then(|s| s.try_into().ok())
                     .ok_or(HandshakeError::Malformed)?;
-                self.cookies.write_cookie_reply(msg, src, now, rng, reply);
+                self.cookies
+                    .write_cookie_reply_for(suite, msg, src, now, rng, reply);
                 return Ok(ResponderAction::CookieReply(wire::COOKIE_REPLY_LEN));
             }
-        }
+        };
         let packet = wire::Initiation::new_checked(msg).map_err(|_| HandshakeError::Malformed)?;
         let secret = self.secret.to_bytes();
-        let mut state = noise_builder()
+        let mut state = suite_builder(suite)
             .local_private_key(&secret[..])
             // The peer's PSK is only known once its static key is; psk2 is mixed in after
             // message 1 is read, so a placeholder is replaced in `respond`.
@@ -334,6 +357,7 @@ impl Responder {
             .ok_or(HandshakeError::Decryption)?;
         Ok(ResponderAction::Verified(Box::new(VerifiedInitiation {
             state,
+            suite,
             peer: PublicKey::from_bytes(peer_bytes),
             timestamp: Tai64N(timestamp[..12].try_into().expect("12 bytes")),
             initiator_index: packet.sender_index(),
@@ -353,6 +377,9 @@ impl VerifiedInitiation {
         now: Instant,
         out: &mut [u8; RESPONSE_LEN],
     ) -> Result<Keypair, HandshakeError> {
+        if self.suite != Suite::Native {
+            return Err(HandshakeError::WrongSuite);
+        }
         self.state
             .set_psk(2, psk.as_bytes())
             .map_err(|_| HandshakeError::Decryption)?;
@@ -368,6 +395,43 @@ impl VerifiedInitiation {
         cookie::write_mac1(&MacKeys::new(self.peer.as_bytes()), &mut out[..]);
         let (recv, send) = split(&mut self.state);
         Ok(Keypair::new(
+            &send,
+            &recv,
+            local_index,
+            self.initiator_index,
+            now,
+            false,
+        ))
+    }
+
+    /// Completes a WireGuard handshake for a known peer: writes WireGuard's 92-byte response
+    /// (empty payload, mac1 keyed by the peer's public key with keyed BLAKE2s, mac2 zero) into
+    /// `out` and returns the responder's keypair (ChaCha20-Poly1305), to be confirmed by the
+    /// initiator's first transport packet. WireGuard whitepaper section 5.4.3.
+    pub fn respond_wireguard(
+        mut self,
+        psk: &PresharedKey,
+        local_index: u32,
+        now: Instant,
+        out: &mut [u8; WG_RESPONSE_LEN],
+    ) -> Result<Keypair, HandshakeError> {
+        if self.suite != Suite::WireGuard {
+            return Err(HandshakeError::WrongSuite);
+        }
+        self.state
+            .set_psk(2, psk.as_bytes())
+            .map_err(|_| HandshakeError::Decryption)?;
+        out.fill(0);
+        let mut packet = wire::WgResponse::new_unchecked(&mut out[..]);
+        packet.fill_header(local_index, self.initiator_index);
+        // 48 bytes = 32 (e) + 16 (the empty payload's tag): exactly the room in the frame.
+        self.state
+            .write_message(&[], packet.noise_message_mut())
+            .map_err(|_| HandshakeError::Decryption)?;
+        wg::write_mac1(&WgMacKeys::new(self.peer.as_bytes()), &mut out[..]);
+        let (recv, send) = split(&mut self.state);
+        Ok(Keypair::for_suite(
+            Suite::WireGuard,
             &send,
             &recv,
             local_index,

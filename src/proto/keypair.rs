@@ -1,14 +1,19 @@
-//! One pair of transport keys: AES-256-GCM in place, with the send counter and the replay window.
+//! One pair of transport keys, sealing and opening in place, with the send counter and the replay
+//! window. The suite picks the AEAD when the keypair is made (AES-256-GCM for the native suite,
+//! ChaCha20-Poly1305 for WireGuard, both ring's `LessSafeKey`) and, per packet, the associated
+//! data and the message limits: a branch on a field, the same for every packet of a keypair.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::aead::{Aad, Algorithm, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
 use zeroize::Zeroizing;
 
 use super::constants::{
     MESSAGE_BYTES, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
+    WG_REJECT_AFTER_MESSAGES, WG_REKEY_AFTER_MESSAGES,
 };
 use super::replay::{ReplayError, ReplayWindow};
+use super::suite::Suite;
 use super::time::Instant;
 use super::wire::{self, MessageType, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN};
 
@@ -21,7 +26,7 @@ pub enum TransportError {
     /// Shorter than a header and a tag, or not a transport message.
     #[error("malformed transport message")]
     Malformed,
-    /// This key has sealed or opened as many messages as AES-GCM allows.
+    /// This key has sealed or opened as many messages as its suite allows.
     #[error("key used for the maximum number of messages; a new handshake is needed")]
     KeyExhausted,
     /// The key is older than `REJECT_AFTER_TIME`.
@@ -42,6 +47,8 @@ pub enum TransportError {
 pub struct Keypair {
     sealing: LessSafeKey,
     opening: LessSafeKey,
+    /// The protocol the keys were made by: it picks the AAD and the limits.
+    suite: Suite,
     send_counter: AtomicU64,
     replay: ReplayWindow,
     /// The index peers put in packets sent to us under this keypair.
@@ -60,40 +67,52 @@ impl std::fmt::Debug for Keypair {
         f.debug_struct("Keypair")
             .field("local_index", &self.local_index)
             .field("remote_index", &self.remote_index)
+            .field("suite", &self.suite)
             .field("created", &self.created)
             .field("sent", &self.messages_sent())
             .finish()
     }
 }
 
-/// The GCM nonce: 32 zero bits followed by the 64-bit counter, little-endian (docs/protocol.md).
+/// The nonce: 32 zero bits followed by the 64-bit counter, little-endian, for both suites
+/// (docs/protocol.md; WireGuard whitepaper section 5.4.6).
 fn nonce_for(counter: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_le_bytes());
     Nonce::assume_unique_for_key(n)
 }
 
-fn aes_key(bytes: &[u8; 32]) -> LessSafeKey {
-    // A 32-byte key is exactly what AES-256-GCM takes, so this cannot fail.
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("AES-256 key is 32 bytes"))
+fn aead_key(algorithm: &'static Algorithm, bytes: &[u8; 32]) -> LessSafeKey {
+    // A 32-byte key is exactly what AES-256-GCM and ChaCha20-Poly1305 take: this cannot fail.
+    LessSafeKey::new(UnboundKey::new(algorithm, bytes).expect("AEAD key is 32 bytes"))
+}
+
+/// The transport AEAD of a suite.
+fn algorithm(suite: Suite) -> &'static Algorithm {
+    match suite {
+        Suite::Native => &AES_256_GCM,
+        // WireGuard whitepaper section 5.4.6: ChaCha20-Poly1305 (RFC 7539).
+        Suite::WireGuard => &CHACHA20_POLY1305,
+    }
 }
 
 impl Drop for Keypair {
     fn drop(&mut self) {
-        // ring keeps the expanded AES key schedule and the GHASH key inside `LessSafeKey` and
-        // does not erase them. Overwriting each key in place with one made from an all-zero key
-        // replaces every secret byte of the schedule with public ones; `black_box` keeps the
-        // compiler from dropping the stores as dead.
+        // ring keeps the expanded AES key schedule and the GHASH key (or the ChaCha20 key)
+        // inside `LessSafeKey` and does not erase them. Overwriting each key in place with one
+        // made from an all-zero key of the same algorithm replaces every secret byte with public
+        // ones; `black_box` keeps the compiler from dropping the stores as dead.
         let zero = [0u8; 32];
-        self.sealing = aes_key(&zero);
-        self.opening = aes_key(&zero);
+        let algorithm = algorithm(self.suite);
+        self.sealing = aead_key(algorithm, &zero);
+        self.opening = aead_key(algorithm, &zero);
         std::hint::black_box((&self.sealing, &self.opening));
     }
 }
 
 impl Keypair {
-    /// Builds a keypair from the raw keys of the Noise split. The raw bytes are the caller's to
-    /// zeroize (they come wrapped in `Zeroizing`).
+    /// Builds a native-suite keypair from the raw keys of the Noise split. The raw bytes are the
+    /// caller's to zeroize (they come wrapped in `Zeroizing`).
     pub fn new(
         send_key: &Zeroizing<[u8; 32]>,
         recv_key: &Zeroizing<[u8; 32]>,
@@ -102,16 +121,44 @@ impl Keypair {
         created: Instant,
         is_initiator: bool,
     ) -> Self {
+        Self::for_suite(
+            Suite::Native,
+            send_key,
+            recv_key,
+            local_index,
+            remote_index,
+            created,
+            is_initiator,
+        )
+    }
+
+    /// [`Keypair::new`] for the keys of a handshake of `suite`.
+    pub fn for_suite(
+        suite: Suite,
+        send_key: &Zeroizing<[u8; 32]>,
+        recv_key: &Zeroizing<[u8; 32]>,
+        local_index: u32,
+        remote_index: u32,
+        created: Instant,
+        is_initiator: bool,
+    ) -> Self {
+        let algorithm = algorithm(suite);
         Keypair {
-            sealing: aes_key(send_key),
-            opening: aes_key(recv_key),
+            sealing: aead_key(algorithm, send_key),
+            opening: aead_key(algorithm, recv_key),
+            suite,
             send_counter: AtomicU64::new(0),
-            replay: ReplayWindow::new(),
+            replay: ReplayWindow::with_limit(reject_after_messages(suite)),
             local_index,
             remote_index,
             created,
             is_initiator,
         }
+    }
+
+    /// The protocol these keys belong to.
+    pub fn suite(&self) -> Suite {
+        self.suite
     }
 
     /// How many counters have been taken for sending.
@@ -121,27 +168,30 @@ impl Keypair {
 
     /// True once the keypair may no longer be used (age or message count).
     pub fn is_expired(&self, now: Instant) -> bool {
-        now - self.created >= REJECT_AFTER_TIME || self.messages_sent() >= REJECT_AFTER_MESSAGES
+        now - self.created >= REJECT_AFTER_TIME
+            || self.messages_sent() >= reject_after_messages(self.suite)
     }
 
     /// True once the initiator should start a new handshake because of this keypair's use:
     /// either direction's counter passed `REKEY_AFTER_MESSAGES` (the initiator sees the
     /// responder's counter in what it receives, so only the initiator needs to act).
     pub fn wants_rekey_by_count(&self) -> bool {
-        self.messages_sent() >= REKEY_AFTER_MESSAGES
-            || self
-                .replay
-                .highest()
-                .is_some_and(|c| c >= REKEY_AFTER_MESSAGES)
+        let rekey_after = match self.suite {
+            Suite::Native => REKEY_AFTER_MESSAGES,
+            Suite::WireGuard => WG_REKEY_AFTER_MESSAGES,
+        };
+        self.messages_sent() >= rekey_after
+            || self.replay.highest().is_some_and(|c| c >= rekey_after)
     }
 
     /// Seals in place. `buf[16..16 + payload_len]` holds the plaintext; `buf` must have room
     /// for the header before and the tag after. Returns the length of the whole message.
     ///
-    /// A message of more than [`MESSAGE_BYTES`] (header and plaintext) takes one counter per
-    /// started [`MESSAGE_BYTES`] and is sealed under the first: the count behind
+    /// Native suite: a message of more than [`MESSAGE_BYTES`] (header and plaintext) takes one
+    /// counter per started [`MESSAGE_BYTES`] and is sealed under the first: the count behind
     /// [`REJECT_AFTER_MESSAGES`] and rekeying is then one of 2 KiB messages whatever the sizes.
-    /// The receiver's replay window takes the gap.
+    /// The receiver's replay window takes the gap. WireGuard: one counter per message, as its
+    /// peers expect (ChaCha20-Poly1305 has no such size-dependent limit).
     #[inline]
     pub fn seal(
         &self,
@@ -153,7 +203,8 @@ impl Keypair {
     }
 
     /// Seals a push message (type 5) in place, as [`Keypair::seal`] seals transport data:
-    /// same counter, same keys; the type byte in the AAD keeps the two apart.
+    /// same counter, same keys; the type byte in the AAD keeps the two apart. Native suite
+    /// only: a WireGuard peer knows no type 5 (the caller never pushes to one).
     pub fn seal_push(
         &self,
         buf: &mut [u8],
@@ -178,9 +229,18 @@ impl Keypair {
         if now - self.created >= REJECT_AFTER_TIME {
             return Err(TransportError::KeyExpired);
         }
-        let charged = (TRANSPORT_HEADER_LEN + payload_len).div_ceil(MESSAGE_BYTES) as u64;
+        let (charged, limit) = match self.suite {
+            Suite::Native => (
+                (TRANSPORT_HEADER_LEN + payload_len).div_ceil(MESSAGE_BYTES) as u64,
+                REJECT_AFTER_MESSAGES,
+            ),
+            Suite::WireGuard => (1, WG_REJECT_AFTER_MESSAGES),
+        };
         let counter = self.send_counter.fetch_add(charged, Ordering::Relaxed);
-        if counter + charged > REJECT_AFTER_MESSAGES {
+        // The WireGuard limit is near u64::MAX, and the counter keeps growing on failures.
+        if counter.saturating_add(charged) > limit {
+            // Leave it at the limit, so it cannot wrap around to a used nonce.
+            self.send_counter.store(limit, Ordering::Relaxed);
             return Err(TransportError::KeyExhausted);
         }
         let (header, rest) = buf.split_at_mut(TRANSPORT_HEADER_LEN);
@@ -189,10 +249,21 @@ impl Keypair {
         let (payload, tag_space) = rest.split_at_mut(payload_len);
         let tag = self
             .sealing
-            .seal_in_place_separate_tag(nonce_for(counter), Aad::from(&*header), payload)
+            .seal_in_place_separate_tag(nonce_for(counter), self.aad(header), payload)
             .map_err(|_| TransportError::BufferTooSmall)?;
         tag_space[..TAG_LEN].copy_from_slice(tag.as_ref());
         Ok(total)
+    }
+
+    /// The associated data of a message with this header: the header itself (native, so that
+    /// type and indexes are authenticated), nothing (WireGuard whitepaper section 5.4.6:
+    /// `AEAD(key, counter, P, ε)`).
+    #[inline]
+    fn aad<'h>(&self, header: &'h [u8; TRANSPORT_HEADER_LEN]) -> Aad<&'h [u8]> {
+        match self.suite {
+            Suite::Native => Aad::from(&header[..]),
+            Suite::WireGuard => Aad::from(&[][..]),
+        }
     }
 
     /// Opens a whole transport message in place and returns its counter and the plaintext
@@ -217,7 +288,7 @@ impl Keypair {
             .opening
             .open_in_place(
                 nonce_for(counter),
-                Aad::from(&header),
+                self.aad(&header),
                 &mut buf[TRANSPORT_HEADER_LEN..],
             )
             .map_err(|_| TransportError::Authentication)?
@@ -227,6 +298,14 @@ impl Keypair {
             counter,
             TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + plain_len,
         ))
+    }
+}
+
+/// The suite's `Reject-After-Messages`.
+fn reject_after_messages(suite: Suite) -> u64 {
+    match suite {
+        Suite::Native => REJECT_AFTER_MESSAGES,
+        Suite::WireGuard => WG_REJECT_AFTER_MESSAGES,
     }
 }
 
@@ -312,5 +391,86 @@ mod tests {
             .store(REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
         seal(&tx, 1000).unwrap();
         assert_eq!(seal(&tx, 1000).err(), Some(TransportError::KeyExhausted));
+    }
+
+    fn wireguard_pair() -> (Keypair, Keypair) {
+        let (a, b) = (Zeroizing::new([1u8; 32]), Zeroizing::new([2u8; 32]));
+        let t = Instant::from_nanos(1);
+        (
+            Keypair::for_suite(Suite::WireGuard, &a, &b, 1, 2, t, true),
+            Keypair::for_suite(Suite::WireGuard, &b, &a, 2, 1, t, false),
+        )
+    }
+
+    #[test]
+    fn wireguard_transport_is_chacha20_poly1305_without_aad() {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let (tx, rx) = wireguard_pair();
+        let plain = b"an inner packet".to_vec();
+        for expected_counter in 0..3u64 {
+            let (mut sealed, counter) = seal(&tx, plain.len()).unwrap();
+            assert_eq!(counter, expected_counter, "one counter per message");
+            // An independent ChaCha20-Poly1305 (RFC 7539) opens it: nonce = 4 zero bytes and
+            // the little-endian counter, no associated data (whitepaper section 5.4.6).
+            let mut nonce = [0u8; 12];
+            nonce[4..].copy_from_slice(&counter.to_le_bytes());
+            let cipher = chacha20poly1305::ChaCha20Poly1305::new(&[1u8; 32].into());
+            let opened = cipher
+                .decrypt(
+                    &nonce.into(),
+                    Payload {
+                        msg: &sealed[TRANSPORT_HEADER_LEN..],
+                        aad: &[],
+                    },
+                )
+                .expect("opens as WireGuard transport data");
+            assert_eq!(opened, vec![0x5a; plain.len()]);
+            let (c, range) = rx.open(&mut sealed, Instant::from_nanos(3)).unwrap();
+            assert_eq!(c, counter);
+            assert_eq!(range.len(), plain.len());
+        }
+        // Large messages are not charged by size in this suite.
+        seal(&tx, 60_000).unwrap();
+        assert_eq!(tx.messages_sent(), 4);
+        assert_eq!(tx.suite(), Suite::WireGuard);
+    }
+
+    #[test]
+    fn wireguard_keys_do_not_open_native_packets() {
+        let (native_tx, _) = pair();
+        let (_, wg_rx) = wireguard_pair();
+        let (mut sealed, _) = seal(&native_tx, 40).unwrap();
+        assert_eq!(
+            wg_rx.open(&mut sealed, Instant::from_nanos(3)),
+            Err(TransportError::Authentication)
+        );
+    }
+
+    #[test]
+    fn wireguard_limits_are_its_own_and_the_counter_never_wraps() {
+        let (tx, _) = wireguard_pair();
+        // Native limits do not apply.
+        tx.send_counter
+            .store(REJECT_AFTER_MESSAGES + 5, Ordering::Relaxed);
+        seal(&tx, 100).unwrap();
+        assert!(!tx.wants_rekey_by_count());
+        tx.send_counter
+            .store(WG_REKEY_AFTER_MESSAGES, Ordering::Relaxed);
+        assert!(tx.wants_rekey_by_count());
+        tx.send_counter
+            .store(WG_REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
+        let (_, last) = seal(&tx, 100).unwrap();
+        assert_eq!(last, WG_REJECT_AFTER_MESSAGES - 1);
+        for _ in 0..3 {
+            assert_eq!(seal(&tx, 100).err(), Some(TransportError::KeyExhausted));
+        }
+        assert!(tx.is_expired(Instant::from_nanos(2)));
+        tx.send_counter.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(
+            seal(&tx, 100).err(),
+            Some(TransportError::KeyExhausted),
+            "a counter at the top does not wrap to a used nonce"
+        );
+        assert_eq!(tx.messages_sent(), WG_REJECT_AFTER_MESSAGES);
     }
 }

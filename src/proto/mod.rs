@@ -21,3 +21,4 @@ pub mod session;
 pub mod suite;
 pub mod time;
 pub mod wire;
+pub mod wireguard;

@@ -1,20 +1,32 @@
 //! The receive-side replay window, lock-free so several workers may receive for one session.
 //!
 //! Design after RFC 6479 ("IPsec Anti-Replay Algorithm without Bit Shifting"): the window is a
-//! ring of `SLOTS` (128) blocks of `BLOCK_BITS` (32) counters each. Instead of clearing a block when
+//! ring of `SLOTS` (256) blocks of `BLOCK_BITS` (32) counters each. Instead of clearing a block when
 //! the window slides (which needs a lock or a multi-word update), every slot carries the number
-//! of the block it describes in its high 32 bits (a tag); a slot whose tag is older than the
-//! block wanted is simply treated as empty and replaced in one compare-exchange.
+//! of the block it describes in its high 32 bits (a tag, the block number modulo 2^32, compared
+//! in serial-number arithmetic so that 64-bit counters fit); a slot whose tag is older than the
+//! block wanted, or which has no bit set, is simply treated as empty and replaced in one
+//! compare-exchange.
 //!
 //! Acceptance rule (the same as a `BTreeSet` of seen counters plus the highest one): counter `c`
-//! is accepted iff `c < REJECT_AFTER_MESSAGES`, and nothing was seen yet or
+//! is accepted iff `c < limit` (the suite's `Reject-After-Messages`), and nothing was seen yet or
 //! `c + REPLAY_WINDOW > max`, and `c` was not seen before.
+//!
+//! Why the 32-bit tag is enough for 64-bit counters: every counter that passes the window rule
+//! is in a block at most `SLOTS` blocks from the newest, and a slot only ever holds blocks that
+//! were the newest or within the window when written. A slot's tag can only be mistaken for
+//! another block's after the slot went unwritten for 2^31 blocks (2^36 counters) while the
+//! window moved on: then a packet may be dropped as a duplicate or too old, never accepted
+//! twice (a duplicate has the same block as its slot, which compares equal exactly). An honest
+//! sender cannot get there: 2^36 messages within `REJECT_AFTER_TIME` (180 s) would be 380
+//! million per second.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
 
 use super::constants::{REJECT_AFTER_MESSAGES, REPLAY_WINDOW};
+use std::cmp::Ordering as Order;
 
 /// Counters per block: one slot's low 32 bits.
 const BLOCK_BITS: u64 = 32;
@@ -22,13 +34,25 @@ const BLOCK_BITS: u64 = 32;
 const BLOCK_SHIFT: u32 = 5;
 /// Number of blocks in the ring. One block is always partly ahead of the window (it holds the
 /// highest counter), so the window covers `SLOTS - 1` whole blocks, as in RFC 6479 section 2.
-const SLOTS: usize = 128;
+const SLOTS: usize = 256;
+/// The low bits of a slot: which counters of its block were seen.
+const BITS_MASK: u64 = (1 << BLOCK_BITS) - 1;
 
 // The window must fit in the ring minus the block being filled, or two live blocks could share
-// a slot. Block numbers must fit in the 32-bit tag.
+// a slot.
 const _: () = assert!(REPLAY_WINDOW <= (SLOTS as u64 - 1) * BLOCK_BITS);
 const _: () = assert!(1 << BLOCK_SHIFT == BLOCK_BITS);
-const _: () = assert!((REJECT_AFTER_MESSAGES >> BLOCK_SHIFT) <= u32::MAX as u64);
+
+/// How the block in a slot compares with `block`: by the 32-bit tag in serial-number arithmetic
+/// (RFC 1982); a slot with no bit set is empty whatever its tag (the initial state).
+fn compare_slot(slot: u64, block: u64) -> Order {
+    if slot & BITS_MASK == 0 {
+        return Order::Less;
+    }
+    // Truncation to 32 bits is the point: the tag is the block number modulo 2^32.
+    let distance = ((slot >> 32) as u32).wrapping_sub(block as u32) as i32;
+    distance.cmp(&0)
+}
 
 /// Why a counter was refused.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -51,14 +75,25 @@ pub struct ReplayWindow {
     slots: [AtomicU64; SLOTS],
     /// Highest counter accepted plus one; 0 means nothing accepted yet.
     max: AtomicU64,
+    /// Counters at or above this are refused: the suite's `Reject-After-Messages`.
+    limit: u64,
 }
 
 impl ReplayWindow {
-    /// An empty window: every counter below the limit is acceptable.
+    /// An empty window for the native suite: every counter below [`REJECT_AFTER_MESSAGES`] is
+    /// acceptable.
     pub const fn new() -> Self {
+        Self::with_limit(REJECT_AFTER_MESSAGES)
+    }
+
+    /// An empty window that refuses counters at or above `limit`, which must leave room for the
+    /// window below `u64::MAX` (both suites' limits do).
+    pub const fn with_limit(limit: u64) -> Self {
+        assert!(limit <= u64::MAX - REPLAY_WINDOW);
         Self {
             slots: [const { AtomicU64::new(0) }; SLOTS],
             max: AtomicU64::new(0),
+            limit,
         }
     }
 
@@ -72,10 +107,10 @@ impl ReplayWindow {
     pub fn check(&self, counter: u64) -> Result<(), ReplayError> {
         let (block, bit) = self.locate(counter)?;
         let slot = self.slot(block).load(Ordering::Acquire);
-        match (slot >> 32).cmp(&block) {
-            std::cmp::Ordering::Equal if slot & bit != 0 => Err(ReplayError::Duplicate),
+        match compare_slot(slot, block) {
+            Order::Equal if slot & bit != 0 => Err(ReplayError::Duplicate),
             // A newer block owns the slot, so a counter at least a whole ring ahead was seen.
-            std::cmp::Ordering::Greater => Err(ReplayError::TooOld),
+            Order::Greater => Err(ReplayError::TooOld),
             _ => Ok(()),
         }
     }
@@ -95,33 +130,30 @@ impl ReplayWindow {
         let slot = self.slot(block);
         let mut current = slot.load(Ordering::Acquire);
         loop {
-            let tag = current >> 32;
-            let next = match tag.cmp(&block) {
-                std::cmp::Ordering::Equal if current & bit != 0 => {
-                    return Err(ReplayError::Duplicate)
-                }
-                std::cmp::Ordering::Equal => current | bit,
+            let next = match compare_slot(current, block) {
+                Order::Equal if current & bit != 0 => return Err(ReplayError::Duplicate),
+                Order::Equal => current | bit,
                 // The slot holds a block out of the window (or never used): start afresh.
-                std::cmp::Ordering::Less => (block << 32) | bit,
-                std::cmp::Ordering::Greater => return Err(ReplayError::TooOld),
+                Order::Less => (block << 32) | bit,
+                Order::Greater => return Err(ReplayError::TooOld),
             };
             match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
                 Err(seen) => current = seen,
             }
         }
-        // counter < 2^28, so + 1 cannot overflow.
+        // counter < limit <= u64::MAX - REPLAY_WINDOW, so + 1 cannot overflow.
         self.max.fetch_max(counter + 1, Ordering::AcqRel);
         Ok(())
     }
 
     /// Applies the limit and the window rule, and returns (block number, bit within the block).
     fn locate(&self, counter: u64) -> Result<(u64, u64), ReplayError> {
-        if counter >= REJECT_AFTER_MESSAGES {
+        if counter >= self.limit {
             return Err(ReplayError::LimitReached);
         }
         let max_plus_one = self.max.load(Ordering::Acquire);
-        // counter < 2^28, so the sums cannot overflow. `counter + W <= max` means too old.
+        // counter < limit <= u64::MAX - REPLAY_WINDOW, so the sum cannot overflow. `counter + W <= max` means too old.
         if max_plus_one != 0 && counter + REPLAY_WINDOW < max_plus_one {
             return Err(ReplayError::TooOld);
         }
@@ -157,6 +189,7 @@ mod tests {
 
     const W: u64 = REPLAY_WINDOW;
     const LIMIT: u64 = REJECT_AFTER_MESSAGES;
+    use crate::proto::constants::WG_REJECT_AFTER_MESSAGES;
 
     /// check, then update; asserts they agree (single-threaded).
     fn deliver(w: &ReplayWindow, c: u64) -> Result<(), ReplayError> {
@@ -248,15 +281,23 @@ mod tests {
     }
 
     /// The naive reference: the same rule over a set.
-    #[derive(Default)]
     struct Model {
         seen: BTreeSet<u64>,
         max: Option<u64>,
+        limit: u64,
     }
 
     impl Model {
+        fn new(limit: u64) -> Self {
+            Model {
+                seen: BTreeSet::new(),
+                max: None,
+                limit,
+            }
+        }
+
         fn deliver(&mut self, c: u64) -> Result<(), ReplayError> {
-            if c >= LIMIT {
+            if c >= self.limit {
                 return Err(ReplayError::LimitReached);
             }
             if let Some(m) = self.max {
@@ -275,8 +316,15 @@ mod tests {
     /// Turns (kind, value) pairs into counters around a moving cursor, so that sequences have
     /// dense runs, window-edge hits, jumps and repeats.
     fn counters(ops: &[(u8, u64)]) -> Vec<u64> {
+        counters_from(ops, 0, LIMIT, true)
+    }
+
+    /// [`counters`] with the cursor starting at `start`, for a window refusing from `limit`;
+    /// without `far_jumps`, "anywhere" means within 2^35 of `start` (an honest sender's reach
+    /// within `REJECT_AFTER_TIME`, see the module comment).
+    fn counters_from(ops: &[(u8, u64)], start: u64, limit: u64, far_jumps: bool) -> Vec<u64> {
         let mut out: Vec<u64> = Vec::with_capacity(ops.len());
-        let mut cursor = 0u64;
+        let mut cursor = start;
         for &(kind, v) in ops {
             let c = match kind {
                 // Near the cursor, either side.
@@ -291,11 +339,15 @@ mod tests {
                 // Around the window's trailing edge.
                 6 => (cursor + v % 4).saturating_sub(W + 1),
                 // Near or beyond the limit, or anywhere at all.
-                7 => match v % 4 {
-                    0 => LIMIT - 1 - v % 3,
-                    1 => LIMIT + v % 3,
+                7 if far_jumps => match v % 4 {
+                    0 => limit - 1 - v % 3,
+                    1 => limit + v % 3,
                     2 => v,
-                    _ => v % LIMIT,
+                    _ => v % limit,
+                },
+                7 => match v % 2 {
+                    0 => limit + v % 3,
+                    _ => start + v % (1 << 35),
                 },
                 _ => cursor,
             };
@@ -309,7 +361,7 @@ mod tests {
         #[test]
         fn matches_model(ops in prop::collection::vec((0u8..9, any::<u64>()), 1..600)) {
             let w = ReplayWindow::new();
-            let mut model = Model::default();
+            let mut model = Model::new(LIMIT);
             for c in counters(&ops) {
                 let expected = model.deliver(c);
                 prop_assert_eq!(w.check(c), expected, "check({})", c);
@@ -317,6 +369,37 @@ mod tests {
                 prop_assert_eq!(w.highest(), model.max);
             }
         }
+
+        /// WireGuard's limit and 64-bit counters: blocks past 2^32, where the tag wraps.
+        #[test]
+        fn matches_model_with_wireguard_counters(
+            ops in prop::collection::vec((0u8..9, any::<u64>()), 1..600),
+            start in (1u64 << 37)..(1u64 << 63),
+        ) {
+            let w = ReplayWindow::with_limit(WG_REJECT_AFTER_MESSAGES);
+            let mut model = Model::new(WG_REJECT_AFTER_MESSAGES);
+            for c in counters_from(&ops, start, WG_REJECT_AFTER_MESSAGES, false) {
+                let expected = model.deliver(c);
+                prop_assert_eq!(w.check(c), expected, "check({})", c);
+                prop_assert_eq!(w.update(c), expected, "update({})", c);
+                prop_assert_eq!(w.highest(), model.max);
+            }
+        }
+    }
+
+    #[test]
+    fn wireguard_limit_is_the_last_counter_accepted() {
+        let w = ReplayWindow::with_limit(WG_REJECT_AFTER_MESSAGES);
+        let last = WG_REJECT_AFTER_MESSAGES - 1;
+        assert_eq!(deliver(&w, last - 5), Ok(()));
+        assert_eq!(deliver(&w, last), Ok(()));
+        assert_eq!(deliver(&w, last), Err(ReplayError::Duplicate));
+        assert_eq!(deliver(&w, last - 5), Err(ReplayError::Duplicate));
+        assert_eq!(deliver(&w, last - 4), Ok(()));
+        assert_eq!(deliver(&w, last + 1), Err(ReplayError::LimitReached));
+        assert_eq!(deliver(&w, u64::MAX), Err(ReplayError::LimitReached));
+        assert_eq!(deliver(&w, last - W), Err(ReplayError::TooOld));
+        assert_eq!(w.highest(), Some(last));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::suite::Suite;
 use super::time::{Instant, Tai64N};
 use super::wire::{
     AddressAssignment, PushConfig, MAX_PUSH_PAYLOAD_LEN, RESPONSE_LEN, TAG_LEN,
-    TRANSPORT_HEADER_LEN,
+    TRANSPORT_HEADER_LEN, WG_RESPONSE_LEN,
 };
 
 /// How many times a push message goes out after each handshake (or change) when it pushes
@@ -38,7 +38,9 @@ pub struct PeerConfig {
     pub public_key: PublicKey,
     /// Its pre-shared key ([`PresharedKey::zero`] when none).
     pub psk: PresharedKey,
-    /// The address (and MTU) it is told in every handshake response.
+    /// The address (and MTU) it is told in every handshake response (native suite); a
+    /// WireGuard peer is told nothing (it sets its own address), but the server routes this
+    /// address to it all the same.
     pub assignment: AddressAssignment,
     /// Networks behind the peer (`allowed_ips`): routed to it, and accepted as sources from it,
     /// besides its assigned addresses. The handshake does not use them; the server's routing
@@ -66,8 +68,14 @@ struct PushState {
 }
 
 impl PushState {
-    /// Starts a round of sends, the first at `now`.
-    fn start_round(&mut self, now: Instant) {
+    /// Starts a round of sends, the first at `now`; none for a WireGuard peer, which knows no
+    /// push message (type 5).
+    fn start_round(&mut self, now: Instant, suite: Suite) {
+        if suite == Suite::WireGuard {
+            self.sends_left = 0;
+            self.due = None;
+            return;
+        }
         self.sends_left = if self.config.is_empty() {
             1
         } else {
@@ -150,10 +158,15 @@ impl Server {
     }
 
     /// Adds (or replaces the configuration of) a peer; returns its session. A replaced peer
-    /// keeps its session and timestamp.
+    /// keeps its session and timestamp, unless its suite changed: then its keys are erased
+    /// (they are of the other suite's handshake, which it may no longer make).
     pub fn add_peer(&mut self, config: PeerConfig) -> Arc<Session> {
         match self.peers.get_mut(&config.public_key) {
             Some(peer) => {
+                if peer.config.suite != config.suite {
+                    peer.session.clear();
+                    peer.push.sends_left = 0;
+                }
                 peer.config = config;
                 peer.session.clone()
             }
@@ -209,7 +222,7 @@ impl Server {
         }
         peer.push.config = config;
         if peer.session.newest(now).is_some() {
-            peer.push.start_round(now);
+            peer.push.start_round(now, peer.config.suite);
         }
         true
     }
@@ -226,7 +239,9 @@ impl Server {
     pub fn write_push(&mut self, key: &PublicKey, now: Instant, out: &mut [u8]) -> Option<usize> {
         let room = out.get_mut(..PUSH_BUFFER_LEN)?;
         let peer = self.peers.get_mut(key)?;
-        if !peer.push.is_due(now) {
+        // Never to a WireGuard peer: it knows no type 5 (its round never starts; this holds
+        // even if its suite changed since).
+        if !peer.push.is_due(now) || peer.config.suite == Suite::WireGuard {
             return None;
         }
         let Some(keypair) = peer.session.newest(now) else {
@@ -296,6 +311,10 @@ impl Server {
             .peers
             .get(&verified.peer)
             .ok_or(HandshakeError::UnknownPeer)?;
+        // A peer handshakes only with the suite it is configured for.
+        if peer.config.suite != verified.suite {
+            return Err(HandshakeError::WrongSuite);
+        }
         if peer
             .last_timestamp
             .is_some_and(|last| verified.timestamp <= last)
@@ -306,17 +325,31 @@ impl Server {
         let timestamp = verified.timestamp;
         let local_index = self.allocate_index(key, rng);
         let peer = self.peers.get_mut(&key).expect("looked up above");
-        let response: &mut [u8; RESPONSE_LEN] = out
-            .get_mut(..RESPONSE_LEN)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(HandshakeError::Malformed)?;
-        let keypair = match verified.respond(
-            &peer.config.psk,
-            &peer.config.assignment,
-            local_index,
-            now,
-            response,
-        ) {
+        let responded = match verified.suite {
+            Suite::Native => out
+                .get_mut(..RESPONSE_LEN)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(HandshakeError::Malformed)
+                .and_then(|response| {
+                    verified.respond(
+                        &peer.config.psk,
+                        &peer.config.assignment,
+                        local_index,
+                        now,
+                        response,
+                    )
+                })
+                .map(|keypair| (keypair, RESPONSE_LEN)),
+            Suite::WireGuard => out
+                .get_mut(..WG_RESPONSE_LEN)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(HandshakeError::Malformed)
+                .and_then(|response| {
+                    verified.respond_wireguard(&peer.config.psk, local_index, now, response)
+                })
+                .map(|keypair| (keypair, WG_RESPONSE_LEN)),
+        };
+        let (keypair, len) = match responded {
             Ok(k) => k,
             Err(e) => {
                 self.index_owner.remove(&local_index);
@@ -324,14 +357,14 @@ impl Server {
             }
         };
         peer.last_timestamp = Some(timestamp);
-        peer.push.start_round(now);
+        peer.push.start_round(now, peer.config.suite);
         let session = peer.session.clone();
         let retired_indexes = session.install(Arc::new(keypair), now);
         for index in &retired_indexes {
             self.index_owner.remove(index);
         }
         Ok(HandshakeReply::Established(Established {
-            len: RESPONSE_LEN,
+            len,
             peer: key,
             session,
             local_index,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::proto::admission::{Admission, Verdict};
 use crate::proto::constants::KEEPALIVE_ANSWER_AFTER;
-use crate::proto::cookie::MacKeys;
+use crate::proto::cookie::ServerMacKeys;
 use crate::proto::ratelimit::{SlotLimiter, DEFAULT_BURST, DEFAULT_PACKETS_PER_SECOND};
 use crate::proto::rng::{PrfRandom, Random};
 use crate::proto::time::Instant;
@@ -77,8 +77,8 @@ pub enum Decision<'t> {
 /// through the server.
 #[derive(Clone)]
 pub struct GateConfig {
-    /// The server's mac1 key: initiations are checked before they are queued.
-    pub mac_keys: Arc<MacKeys>,
+    /// The server's mac1 keys (both suites): initiations are checked before they are queued.
+    pub mac_keys: Arc<ServerMacKeys>,
     /// The control thread's under-load state (while it holds, initiations need a valid mac2).
     pub load: Arc<LoadSignal>,
     /// The responder's cookie secrets, kept current by the control thread.
@@ -161,15 +161,23 @@ impl Gate {
             .admission
             .check(keys, &secrets, datagram, src, now, under_load)
         {
-            Verdict::Proceed => Decision::QueueHandshake,
+            // The control thread tells the suite again by mac1: a queued datagram is just bytes.
+            Verdict::Proceed(_) => Decision::QueueHandshake,
             Verdict::BadMac => Decision::Drop(DropReason::BadMac),
             Verdict::OverReplyBudget | Verdict::RateLimited => {
                 Decision::Drop(DropReason::HandshakeShed)
             }
-            Verdict::CookieReply => {
+            Verdict::CookieReply(suite) => {
                 // The reply is made from the initiation's mac1, so not written over it directly.
                 let mut reply = [0u8; COOKIE_REPLY_LEN];
-                secrets.write_cookie_reply(keys, datagram, src, &mut self.nonces, &mut reply);
+                secrets.write_cookie_reply_for(
+                    suite,
+                    keys,
+                    datagram,
+                    src,
+                    &mut self.nonces,
+                    &mut reply,
+                );
                 datagram[..COOKIE_REPLY_LEN].copy_from_slice(&reply);
                 Decision::CookieReply {
                     len: COOKIE_REPLY_LEN,

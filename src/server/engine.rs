@@ -22,7 +22,7 @@ use super::session_table::SessionTable;
 use super::threads::Essential;
 use crate::config::ServerConfig;
 use crate::offload::coalesce::GsoTypes;
-use crate::proto::cookie::MacKeys;
+use crate::proto::cookie::ServerMacKeys;
 use crate::proto::keys::StaticSecret;
 use crate::proto::rng::OsRandom;
 use crate::proto::server::Server;
@@ -120,7 +120,7 @@ struct Wiring {
     handshakes: Arc<HandshakeStats>,
     load: Arc<LoadSignal>,
     cookie_secrets: super::handoff::SharedCookieSecrets,
-    mac_keys: Arc<MacKeys>,
+    mac_keys: Arc<ServerMacKeys>,
     table: Arc<SessionTable>,
 }
 
@@ -174,7 +174,9 @@ fn build_control(
         handshakes,
         load,
         cookie_secrets: control.shared_cookie_secrets(),
-        mac_keys: Arc::new(MacKeys::new(config.private_key.public_key().as_bytes())),
+        mac_keys: Arc::new(ServerMacKeys::new(
+            config.private_key.public_key().as_bytes(),
+        )),
         table,
     };
     Ok((control, wiring))

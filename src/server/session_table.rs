@@ -8,6 +8,7 @@
 //! `ArcSwap`). A worker takes a [`TableSnapshot`] and pins a [`TableGuard`] once per batch of
 //! completions and looks up as often as it likes under it.
 
+use crate::proto::suite::Suite;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,7 +18,6 @@ use ipnet::IpNet;
 
 use crate::proto::keys::PublicKey;
 use crate::proto::session::Session;
-use crate::proto::suite::Suite;
 use crate::proto::wire::AddressAssignment;
 use crate::route::{self, PrefixTable, SharedPrefixTable};
 
@@ -30,7 +30,8 @@ pub struct PeerEntry {
     pub session: Arc<Session>,
     /// Its virtual addresses.
     pub assignment: AddressAssignment,
-    /// The protocol it speaks (for `show`; fixed for the entry's life).
+    /// The protocol it speaks (for `show`, fixed for the entry's life; the data path needs none:
+    /// its keypairs know).
     pub suite: Suite,
     /// The networks routed to it besides its addresses (`allowed_ips`), normalized; written by
     /// the control thread with the table ([`SessionTable::set_allowed_ips`]), never read on
@@ -63,6 +64,12 @@ impl PeerEntry {
         }
     }
 
+    /// The same entry for a peer of `suite`.
+    pub fn with_suite(mut self, suite: Suite) -> Self {
+        self.suite = suite;
+        self
+    }
+
     /// Where to send the peer's packets, if known.
     pub fn endpoint(&self) -> Option<SocketAddr> {
         self.endpoint.load().as_deref().copied()
@@ -74,12 +81,6 @@ impl PeerEntry {
         if self.endpoint.load().as_deref() != Some(&from) {
             self.endpoint.store(Some(Arc::new(from)));
         }
-    }
-
-    /// The same peer speaking `suite` (before it is published).
-    pub fn with_suite(mut self, suite: Suite) -> Self {
-        self.suite = suite;
-        self
     }
 
     /// The same peer with `allowed_ips` (before it is published).

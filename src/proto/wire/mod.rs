@@ -18,6 +18,7 @@ mod ip;
 mod push;
 mod response;
 mod transport;
+mod wg_response;
 
 pub use assignment::AddressAssignment;
 pub use cookie_reply::{CookieReply, CookieReplyRepr, COOKIE_NONCE_LEN, ENCRYPTED_COOKIE_LEN};
@@ -34,6 +35,7 @@ pub use response::{Response, ResponseRepr};
 pub use transport::{
     transport_receiver_index, write_sealed_header, write_transport_header, Transport,
 };
+pub use wg_response::{WgResponse, WgResponseRepr, WG_RESPONSE_LEN, WG_RESPONSE_NOISE_LEN};
 
 /// Length of a handshake initiation (type 1).
 pub const INITIATION_LEN: usize = 148;

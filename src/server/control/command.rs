@@ -208,7 +208,7 @@ pub struct ReloadReport {
     pub added: Vec<String>,
     /// Peers removed.
     pub removed: Vec<String>,
-    /// Peers changed, each with what changed (`psk`, `address`, `allowed_ips`).
+    /// Peers changed, each with what changed (`psk`, `address`, `allowed_ips`, `protocol`).
     pub changed: Vec<(String, Vec<&'static str>)>,
     /// Peers left alone.
     pub unchanged: usize,

@@ -503,6 +503,9 @@ impl Control {
             if change.allowed_ips {
                 what.push("allowed_ips");
             }
+            if change.protocol {
+                what.push("protocol");
+            }
             report.changed.push((spec.public_key.to_string(), what));
             self.add_peer(spec);
         }
@@ -924,6 +927,36 @@ mod tests {
         assert!(!c.addressing.as_ref().unwrap().pool.is_taken(a));
         assert!(c.remove_live(&key(1)).is_err());
         assert_eq!(lookup(&table, fixed).unwrap().public_key, key(2));
+    }
+
+    #[test]
+    fn a_peers_suite_is_kept_across_reloads_and_a_change_of_suite_is_a_change() {
+        use crate::proto::suite::Suite;
+        let (mut c, table) = control();
+        let spec = |suite: Suite| PeerConfig {
+            public_key: key(1),
+            psk: PresharedKey::zero(),
+            assignment: AddressAssignment {
+                ipv4: Ipv4Addr::new(10, 66, 0, 2),
+                ipv4_prefix: 24,
+                ipv6: None,
+                mtu: 1420,
+            },
+            allowed_ips: Vec::new(),
+            suite,
+        };
+        c.set_peers(vec![spec(Suite::WireGuard)], addressing());
+        assert_eq!(c.peer_specs()[&key(1)].suite, Suite::WireGuard);
+        let entry = lookup(&table, Ipv4Addr::new(10, 66, 0, 2)).unwrap();
+        assert_eq!(entry.suite, Suite::WireGuard);
+        let r = c.set_peers(vec![spec(Suite::WireGuard)], addressing());
+        assert_eq!(r.unchanged, 1, "the same WireGuard peer is not a change");
+        assert!(r.changed.is_empty());
+        let r = c.set_peers(vec![spec(Suite::Native)], addressing());
+        assert_eq!(r.changed.len(), 1);
+        assert_eq!(c.peer_specs()[&key(1)].suite, Suite::Native);
+        let entry = lookup(&table, Ipv4Addr::new(10, 66, 0, 2)).unwrap();
+        assert_eq!(entry.suite, Suite::Native, "show sees the new suite");
     }
 
     #[test]

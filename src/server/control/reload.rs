@@ -21,6 +21,8 @@ pub struct PeerChange {
     pub address: bool,
     /// Its `allowed_ips` changed (as a set: order and host bits do not count).
     pub allowed_ips: bool,
+    /// Its protocol (suite) changed: its keys are erased, it handshakes anew in the new one.
+    pub protocol: bool,
 }
 
 /// How to go from the running peers to the new file's.
@@ -48,6 +50,7 @@ pub fn plan(current: &HashMap<PublicKey, PeerConfig>, new: Vec<PeerConfig>) -> P
                     psk: old.psk != spec.psk,
                     address: old.assignment != spec.assignment,
                     allowed_ips: prefix_set(&old.allowed_ips) != prefix_set(&spec.allowed_ips),
+                    protocol: old.suite != spec.suite,
                 };
                 if change == PeerChange::default() {
                     p.unchanged += 1;

@@ -107,7 +107,7 @@ pub struct WorkerContext {
     /// Lower the MSS of TCP SYNs crossing the tunnel to fit this MTU (`mss_clamp`).
     pub mss_clamp: Option<u16>,
     /// The server's mac1 key: initiations are checked before they are queued.
-    pub mac_keys: Arc<crate::proto::cookie::MacKeys>,
+    pub mac_keys: Arc<crate::proto::cookie::ServerMacKeys>,
     /// The control thread's under-load state (cookie-less initiations are shed here then).
     pub load: Arc<LoadSignal>,
     /// The cookie secrets, kept current by the control thread: under load, workers answer
@@ -481,7 +481,7 @@ mod tests {
             stop: Arc::default(),
             client_to_client: false,
             mss_clamp: None,
-            mac_keys: Arc::new(crate::proto::cookie::MacKeys::new(&[9; 32])),
+            mac_keys: Arc::new(crate::proto::cookie::ServerMacKeys::new(&[9; 32])),
             load: Arc::default(),
             cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),
             offloads,

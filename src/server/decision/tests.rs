@@ -18,6 +18,7 @@ use crate::proto::wire::{AddressAssignment, INITIATION_LEN, RESPONSE_LEN};
 use crate::server::session_table::SessionTable;
 
 mod flood;
+mod wireguard;
 
 const T0: Instant = Instant::from_nanos(1_000_000_000);
 /// A host behind the server, where clients send their packets.
@@ -68,7 +69,9 @@ impl Headend {
         let server = Server::new(secret(&mut rng), T0, &mut rng);
         let load = Arc::new(LoadSignal::default());
         let config = GateConfig {
-            mac_keys: Arc::new(MacKeys::new(server.public_key().as_bytes())),
+            mac_keys: Arc::new(crate::proto::cookie::ServerMacKeys::new(
+                server.public_key().as_bytes(),
+            )),
             load: load.clone(),
             cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),
             client_to_client,
