@@ -2,20 +2,24 @@
 # End-to-end benchmark suite: plain routing vs concentrator (and, with --peers, wireguard-go and
 # boringtun-cli) in network namespaces, plus the headend alone under emulated clients.
 #
-#   sudo scripts/bench.sh [--quick] [--peers] [--profile] [--no-build]
+#   sudo scripts/bench.sh [--quick] [--peers] [--profile] [--systems=A,B] [--no-build]
 #
+# --systems=concentrator-wg,wireguard-go: only those tunnels beside plain routing, without the
+# headend-alone runs (the systems: plain, concentrator, concentrator-no-offloads,
+# concentrator-wg, wireguard-go, boringtun).
 # Results: bench-results/<timestamp>/{results.json,report.md,*.png}. Needs root, iproute2,
 # iperf3; --peers needs wireguard-go + wireguard-tools (bookworm-backports) and boringtun-cli
 # (`cargo install boringtun-cli`); --profile needs perf (Debian: linux-perf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick="" peers="" profile="" build=1
+quick="" peers="" profile="" systems="" build=1
 for a in "$@"; do
   case "$a" in
     --quick) quick=--quick ;;
     --peers) peers=--peers ;;
     --profile) profile=--profile ;;
+    --systems=*) systems="--systems ${a#--systems=}" ;;
     --no-build) build=0 ;;
     -h|--help) sed -n 2,9p "$0"; exit 0 ;;
     *) echo "unknown argument $a" >&2; exit 2 ;;
@@ -52,7 +56,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 timeout --signal=TERM --kill-after=30 "$limit" \
-  "$target/bench-harness" run $quick $peers $profile --out "$out" --concentrator "$target/concentrator" &
+  "$target/bench-harness" run $quick $peers $profile $systems --out "$out" --concentrator "$target/concentrator" &
 harness_pid=$!
 rc=0
 wait "$harness_pid" || rc=$?

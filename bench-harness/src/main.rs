@@ -40,6 +40,10 @@ enum Cmd {
         /// perf record the server of each tunnel during a TCP upload.
         #[arg(long)]
         profile: bool,
+        /// Only these tunnels (comma-separated, e.g. `concentrator-wg,wireguard-go`) beside
+        /// plain routing, and no headend-alone runs: a quick side-by-side comparison.
+        #[arg(long, value_delimiter = ',')]
+        systems: Vec<String>,
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
@@ -114,9 +118,14 @@ fn main() -> Result<()> {
             quick,
             peers,
             profile,
+            systems,
             out,
             concentrator,
-        } => run::run(run::Plan::new(quick, peers, profile, out, concentrator)),
+        } => {
+            let mut plan = run::Plan::new(quick, peers, profile, out, concentrator);
+            plan.only = systems;
+            run::run(plan)
+        }
         Cmd::Pingpong {
             server,
             bind,

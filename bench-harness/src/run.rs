@@ -35,6 +35,8 @@ pub struct Plan {
     pub workers: Vec<usize>,
     pub loadgen_seconds: u64,
     pub handshake_seconds: u64,
+    /// When not empty: only these tunnels beside plain routing, and no headend-alone runs.
+    pub only: Vec<String>,
 }
 
 impl Plan {
@@ -61,6 +63,7 @@ impl Plan {
             workers: vec![1, 2],
             loadgen_seconds: if quick { 3 } else { 8 },
             handshake_seconds: if quick { 3 } else { 8 },
+            only: Vec::new(),
         }
     }
 }
@@ -1180,6 +1183,21 @@ pub fn run(plan: Plan) -> Result<()> {
         systems.push("wireguard-go");
         systems.push("boringtun");
     }
+    if !plan.only.is_empty() {
+        for wanted in &plan.only {
+            if !report::SYSTEMS.contains(&wanted.as_str()) {
+                bail!(
+                    "unknown system {wanted:?}; the systems are {:?}",
+                    report::SYSTEMS
+                );
+            }
+        }
+        systems = report::SYSTEMS
+            .iter()
+            .copied()
+            .filter(|s| *s == "plain" || plan.only.iter().any(|o| o == s))
+            .collect();
+    }
     let work = std::env::temp_dir().join(format!("ctrb-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let _cleanup = DirGuard(work.clone());
@@ -1280,7 +1298,9 @@ pub fn run(plan: Plan) -> Result<()> {
         }
         drop(sys);
     }
-    if let Err(e) = headend(&lab, &plan, &mut results) {
+    if !plan.only.is_empty() {
+        progress("headend-alone runs skipped (--systems)");
+    } else if let Err(e) = headend(&lab, &plan, &mut results) {
         progress(&format!("headend: failed: {e:#}"));
         errors.insert("headend".into(), json!(format!("{e:#}")));
     }
