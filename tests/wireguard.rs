@@ -7,7 +7,8 @@
 //! iperf3 TCP both ways, a SHA-256-checked transfer both ways, the native client at the same
 //! time, roaming (the client's source port changes) and a server restart the client survives.
 //! And the live path: a peer added with `wg set` on the server's UAPI connects, is kept by
-//! `concentrator save` and `reload`, and is cut off by `wg set ... remove`.
+//! `concentrator save` and `reload`, is cut off by `wg set ... remove`, and comes back when
+//! added again.
 //!
 //! Needs root, `wireguard-go`, `boringtun-cli`, `wg` and `iperf3` on the path (`sudo
 //! scripts/deps.sh tests`); prints `SKIPPED <name>: ...` otherwise.
@@ -414,6 +415,22 @@ fn a_peer_added_with_wg_set_connects_is_saved_kept_and_removed() {
     assert!(show_peer(&lab, &stock_public).is_none());
     ping_fails(&lab, &stock_ns, BACKEND);
     ping_fails(&lab, &backend, LIVE_ADDRESS);
+
+    // Added again, it gets the same address, and the client is back once it handshakes anew
+    // (as after a restart: when its data has gone unanswered long enough).
+    wg_ok(&[
+        "set",
+        &interface,
+        "peer",
+        &stock_public,
+        "allowed-ips",
+        &format!("{LIVE_ADDRESS}/32"),
+    ]);
+    let again = show_peer(&lab, &stock_public).expect("the peer added again");
+    assert_eq!(again["address"], LIVE_ADDRESS, "{again}");
+    let resumed = ping_until_reply(&lab, &stock_ns, BACKEND, RESUME_DEADLINE);
+    eprintln!("{name}: traffic resumed {resumed:?} after the peer was added again");
+    lab.ping_ok(&backend, LIVE_ADDRESS, 3);
     lab.stop_server();
     drop(stock);
 }
