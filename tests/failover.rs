@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -108,23 +108,6 @@ fn add_headend_b(lab: &mut Lab) -> Headend {
     }
 }
 
-/// Wall-clock seconds.
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// The timestamps of the replies in `ping -D` output.
-fn reply_times(ping_output: &str) -> Vec<f64> {
-    ping_output
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect()
-}
-
 #[test]
 fn a_client_moves_to_the_next_headend_when_its_headend_dies() {
     let test = "a_client_moves_to_the_next_headend_when_its_headend_dies";
@@ -206,16 +189,12 @@ fn a_client_moves_to_the_next_headend_when_its_headend_dies() {
         dying.kill();
         ping.wait(Duration::from_secs(seconds + 10));
         let output = ping.stdout();
-        let first_after = reply_times(&output)
-            .into_iter()
-            .find(|t| *t > killed_at + 0.05);
-        let Some(first_after) = first_after else {
+        let Some(resumed) = first_reply_after(&output, killed_at) else {
             panic!(
                 "round {round}: no ping reply after the headend died\n{output}\n{}",
                 lab.logs()
             );
         };
-        let resumed = Duration::from_secs_f64(first_after - killed_at);
         eprintln!("round {round}: the client resumed {resumed:?} after its headend died");
         assert!(
             resumed < RESUME_LIMIT,

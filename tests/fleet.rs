@@ -8,10 +8,15 @@
 //!                                          └─ c1 10.9.0.31, c2 10.9.0.32
 //! ```
 //!
+//! The failover test has more clients (client `i` at 10.9.0.(31 + i)) and a backend namespace
+//! with 10.7.0.1 on its loopback, linked to each headend over 10.8.i.0/24 (headend .1,
+//! backend .2); each headend masquerades towards it (`nat`).
+//!
 //! Every name carries the test's PID; etcd's data directories are on tmpfs (/dev/shm); every
 //! process is stopped by its PID and every namespace deleted on drop, also when the test fails.
 //! The CI size (1 000 concurrent adds, an 8 s partition, a 5 s propagation bound) runs in well
-//! under two minutes; `FLEET_FULL=1` runs the issue's 30 s partition and one-second bound.
+//! under two minutes; `FLEET_FULL=1` runs the issue's 30 s partition and one-second bound,
+//! and the failover with 10 clients held to the issue's 3 s instead of 3 clients and 10 s.
 
 mod common;
 
@@ -22,13 +27,17 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::cmd::{self, Proc};
-use common::{keypair, root_or_skip, tools_or_skip, BIN};
+use common::{first_reply_after, keypair, reply_times, root_or_skip, tools_or_skip, unix_now, BIN};
 use concentrator::ops::protocol::{FleetReply, PeerAdded, PeerRemoved, Request, ShowReply};
 
 const SHORT: Duration = Duration::from_secs(10);
 const ETCD: [&str; 3] = ["10.9.0.11", "10.9.0.12", "10.9.0.13"];
 const HEADENDS: [(&str, &str); 3] = [("a", "10.9.0.21"), ("b", "10.9.0.22"), ("c", "10.9.0.23")];
-const CLIENTS: [&str; 2] = ["10.9.0.31", "10.9.0.32"];
+/// Client namespaces unless a test asks for more: client `i` is 10.9.0.(31 + i).
+const CLIENTS: usize = 2;
+/// The backend behind the fleet (on its loopback), reached from each headend over its own
+/// link 10.8.i.0/24 (headend .1, backend .2) when a test adds it.
+const BACKEND: &str = "10.7.0.1";
 const PORT: u16 = 51820;
 const SERVER_VIRTUAL: &str = "10.66.0.1";
 
@@ -45,6 +54,8 @@ struct Fleet {
     etcd_ns: Vec<String>,
     headend_ns: Vec<String>,
     client_ns: Vec<String>,
+    /// The backend's namespace, once [`Fleet::add_backend`] made it.
+    backend_ns: Option<String>,
     namespaces: Vec<String>,
     data_dirs: Vec<PathBuf>,
     etcd: Vec<Option<Proc>>,
@@ -89,6 +100,10 @@ impl Drop for Fleet {
 
 impl Fleet {
     fn new() -> Fleet {
+        Fleet::with_clients(CLIENTS)
+    }
+
+    fn with_clients(clients: usize) -> Fleet {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         // Link names hold the tag: at most 1 + 6 + 1 + 4 characters with a 22-bit PID.
         let tag = format!(
@@ -105,7 +120,8 @@ impl Fleet {
             hub: ns("hub"),
             etcd_ns: (1..=3).map(|i| ns(&format!("e{i}"))).collect(),
             headend_ns: HEADENDS.iter().map(|(n, _)| ns(&format!("h{n}"))).collect(),
-            client_ns: (1..=CLIENTS.len()).map(|i| ns(&format!("c{i}"))).collect(),
+            client_ns: (1..=clients).map(|i| ns(&format!("c{i}"))).collect(),
+            backend_ns: None,
             namespaces: Vec::new(),
             data_dirs: Vec::new(),
             etcd: Vec::new(),
@@ -142,8 +158,13 @@ impl Fleet {
             .iter()
             .zip(ETCD)
             .chain(self.headend_ns.iter().zip(HEADENDS.map(|(_, a)| a)))
-            .chain(self.client_ns.iter().zip(CLIENTS))
             .map(|(n, a)| (n.clone(), a.to_string()))
+            .chain(
+                self.client_ns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n.clone(), client_address(i))),
+            )
             .collect();
         for (i, (ns, addr)) in members.iter().enumerate() {
             self.add_ns(ns);
@@ -160,6 +181,50 @@ impl Fleet {
             self.ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", &inner]);
             self.ip(ns, &["link", "set", &inner, "up"]);
         }
+    }
+
+    /// The headend's link towards the backend (its `nat` egress interface).
+    fn backend_link(&self, i: usize) -> String {
+        format!("f{}-k{i}", self.tag)
+    }
+
+    /// A backend namespace with [`BACKEND`] on its loopback and one link to each headend,
+    /// which routes [`BACKEND`] over it: each headend reaches the backend on its own, as
+    /// headends in different places would.
+    fn add_backend(&mut self) {
+        let backend = format!("ctrf-{}-bk", self.tag);
+        self.add_ns(&backend);
+        self.ip(
+            &backend,
+            &["addr", "add", &format!("{BACKEND}/32"), "dev", "lo"],
+        );
+        for i in 0..HEADENDS.len() {
+            let (link, peer) = (self.backend_link(i), format!("f{}-k{i}b", self.tag));
+            let ns = self.headend_ns[i].clone();
+            cmd::run_ok(
+                &[
+                    "ip", "link", "add", &link, "netns", &ns, "type", "veth", "peer", "name",
+                    &peer, "netns", &backend,
+                ],
+                None,
+                SHORT,
+            );
+            self.ip(
+                &ns,
+                &["addr", "add", &format!("10.8.{i}.1/24"), "dev", &link],
+            );
+            self.ip(&ns, &["link", "set", &link, "up"]);
+            self.ip(
+                &backend,
+                &["addr", "add", &format!("10.8.{i}.2/24"), "dev", &peer],
+            );
+            self.ip(&backend, &["link", "set", &peer, "up"]);
+            self.ip(
+                &ns,
+                &["route", "add", BACKEND, "via", &format!("10.8.{i}.2")],
+            );
+        }
+        self.backend_ns = Some(backend);
     }
 
     fn endpoints(&self) -> String {
@@ -269,10 +334,17 @@ impl Fleet {
             } else {
                 ""
             };
+            // With a backend, each headend masquerades towards it: replies to a client that
+            // moved come back to the headend it is on now.
+            let nat = if self.backend_ns.is_some() {
+                format!("nat = \"{}\"\n", self.backend_link(i))
+            } else {
+                String::new()
+            };
             let text = format!(
                 "private_key_file = \"server.key\"\nlisten_port = {PORT}\n\
                  listen_addresses = [\"{addr}\"]\naddress = \"{SERVER_VIRTUAL}/16\"\nworkers = 1\n\
-                 tun_name = \"ctrf0\"\ncontrol_socket = \"{sock}\"\n\n\
+                 tun_name = \"ctrf0\"\ncontrol_socket = \"{sock}\"\n{nat}\n\
                  [registry]\netcd = [{etcd}]\nfleet = \"{fleet}\"\nname = \"{name}\"\n\
                  endpoint = \"{addr}:{PORT}\"\nfleet_key_file = \"fleet.key\"\n{stale}",
                 sock = self.socket(i).display(),
@@ -375,14 +447,19 @@ impl Fleet {
     }
 
     fn start_client(&mut self, c: usize, key_file: &Path, server_pub: &str, via: usize) {
+        let endpoint = format!("server_endpoint = \"{}:{PORT}\"\n", HEADENDS[via].1);
+        self.start_client_with(c, key_file, server_pub, &endpoint);
+    }
+
+    /// Starts client `c` with `settings` (its endpoints, routes) added to the common ones.
+    fn start_client_with(&mut self, c: usize, key_file: &Path, server_pub: &str, settings: &str) {
         let config = self.dir.join(format!("c{}.toml", c + 1));
         std::fs::write(
             &config,
             format!(
                 "private_key_file = \"{}\"\nserver_public_key = \"{server_pub}\"\n\
-                 server_endpoint = \"{}:{PORT}\"\npersistent_keepalive = 1\ntun_name = \"ctrfc0\"\n",
+                 {settings}persistent_keepalive = 1\ntun_name = \"ctrfc0\"\n",
                 key_file.display(),
-                HEADENDS[via].1
             ),
         )
         .expect("client config");
@@ -487,6 +564,10 @@ impl Fleet {
         }
         s
     }
+}
+
+fn client_address(i: usize) -> String {
+    format!("10.9.0.{}", 31 + i)
 }
 
 fn write_secret(path: &Path, text: &str) {
@@ -1075,4 +1156,286 @@ fn make_certificates(dir: &Path) {
             &std::fs::read_to_string(dir.join(f)).expect("key"),
         );
     }
+}
+
+/// Which headend (by index) carries a session with `public_key` now, and the address it
+/// gives it: a headend knows every peer of the fleet, but only the one the client handshook
+/// with has a handshake time for it.
+fn session_on(fleet: &Fleet, headends: &[usize], public_key: &str) -> Option<(usize, String)> {
+    headends.iter().find_map(|&i| {
+        fleet
+            .show(i)
+            .peers
+            .into_iter()
+            .find(|p| p.public_key == public_key && p.latest_handshake_secs_ago.is_some())
+            .map(|p| (i, p.address))
+    })
+}
+
+/// A client's iperf3 TCP upload to the backend; its JSON report's bytes sent, or why none.
+fn iperf3_upload(fleet: &Fleet, c: usize, port: u16, seconds: u32) -> Result<u64, String> {
+    let (port, secs) = (port.to_string(), seconds.to_string());
+    let out = cmd::run(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &fleet.client_ns[c],
+            "iperf3",
+            "-c",
+            BACKEND,
+            "-p",
+            &port,
+            "-t",
+            &secs,
+            "-b",
+            "50M",
+            "--connect-timeout",
+            "3000",
+            "-J",
+        ],
+        None,
+        Duration::from_secs(u64::from(seconds) + 15),
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {}", out.stderr))?;
+    match report["end"]["sum_sent"]["bytes"].as_u64() {
+        Some(bytes) if out.ok() => Ok(bytes),
+        _ => Err(format!("iperf3 failed: {}", report["error"])),
+    }
+}
+
+/// Headend A killed with SIGKILL while its clients ping the backend every 100 ms and one of
+/// them uploads with iperf3: every client resumes through B or C with the address the fleet
+/// gave it. The distribution of the resume times is printed; CI asserts 10 s, `FLEET_FULL=1`
+/// (10 clients; `FLEET_FAILOVER_CLIENTS` sets another count) the issue's 3 s.
+///
+/// With `nat`, the backend sees the headend's address: an established TCP flow cannot survive
+/// the move to another headend (the backend answers the new source address with a reset), so
+/// what must work after the failover is a new connection, here a second iperf3 run.
+#[test]
+fn clients_of_a_killed_headend_resume_through_the_others_with_their_addresses() {
+    let test = "clients_of_a_killed_headend_resume_through_the_others_with_their_addresses";
+    if !root_or_skip(test) || !tools_or_skip(test, &["ip", "ping", "iperf3", "etcd", "etcdctl"]) {
+        return;
+    }
+    let full = full_size();
+    let clients: usize = std::env::var("FLEET_FAILOVER_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 10 } else { 3 });
+    // What is asserted: the issue's target at full size; a generous bound on a busy CI machine.
+    let limit = Duration::from_secs(if full { 3 } else { 10 });
+    let started = Instant::now();
+    let mut fleet = Fleet::with_clients(clients);
+    fleet.add_backend();
+    fleet.start_etcd();
+    let server_pub = fleet.write_configs();
+    for i in 0..3 {
+        fleet.start_headend(i);
+    }
+    let cluster_up = Instant::now();
+    eprintln!("fleet up in {:?}", started.elapsed());
+
+    // Every client added through the registry on A's command line, and known to B and C.
+    let sock_a = fleet.socket(0);
+    let mut peers = Vec::new();
+    for c in 0..clients {
+        let (key, public) = keypair();
+        let key_file = fleet.dir.join(format!("c{}.key", c + 1));
+        write_secret(&key_file, &key);
+        let out = cmd::run_ok(
+            &[
+                BIN,
+                "peer",
+                "add",
+                "--socket",
+                sock_a.to_str().unwrap(),
+                "--public-key",
+                &public,
+            ],
+            None,
+            SHORT,
+        );
+        let address = out
+            .split("with address ")
+            .nth(1)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| panic!("peer add said: {out}"));
+        peers.push((key_file, public, address));
+    }
+    let want: HashMap<String, String> = peers
+        .iter()
+        .map(|(_, k, a)| (k.clone(), a.clone()))
+        .collect();
+    for i in 1..3 {
+        fleet.wait_peers(i, &want, Duration::from_secs(5));
+    }
+
+    // Each client lists A first, then B and C, every other one C before B (so the two share
+    // A's clients), and routes only the backend into the tunnel.
+    for (c, (key_file, _, _)) in peers.iter().enumerate() {
+        let order = if c % 2 == 0 { [0, 1, 2] } else { [0, 2, 1] };
+        let endpoints = order
+            .map(|i| format!("\"{}:{PORT}\"", HEADENDS[i].1))
+            .join(", ");
+        let settings = format!("server_endpoints = [{endpoints}]\nroutes = [\"{BACKEND}/32\"]\n");
+        fleet.start_client_with(c, key_file, &server_pub, &settings);
+    }
+    for (public, address) in peers.iter().map(|(_, k, a)| (k, a)) {
+        assert_eq!(
+            session_on(&fleet, &[0], public),
+            Some((0, address.clone())),
+            "every client starts on a with the fleet's address"
+        );
+    }
+
+    let backend = fleet.backend_ns.clone().expect("a backend");
+    let iperf_server = |port: &str| {
+        let argv = [
+            "ip", "netns", "exec", &backend, "iperf3", "-s", "-1", "-B", BACKEND, "-p", port,
+        ];
+        Proc::spawn(&format!("iperf3-s{port}"), &argv, &[], &fleet.dir)
+    };
+    // One server for the upload cut by the failover, one for the run after it (the first may
+    // still wait on its dead connection).
+    let _servers = [iperf_server("5201"), iperf_server("5202")];
+    std::thread::sleep(Duration::from_millis(300));
+    let ping_secs = 2 + limit.as_secs() + 1;
+    let upload = Proc::spawn(
+        "iperf3-c1",
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &fleet.client_ns[0],
+            "iperf3",
+            "-c",
+            BACKEND,
+            "-p",
+            "5201",
+            "-t",
+            &ping_secs.to_string(),
+            "-b",
+            "50M",
+            "--connect-timeout",
+            "3000",
+        ],
+        &[],
+        &fleet.dir,
+    );
+    let mut pings: Vec<Proc> = (0..clients)
+        .map(|c| {
+            let argv = [
+                "ip",
+                "netns",
+                "exec",
+                &fleet.client_ns[c],
+                "ping",
+                "-n",
+                "-D",
+                "-i",
+                "0.1",
+                "-W",
+                "1",
+                "-w",
+                &ping_secs.to_string(),
+                BACKEND,
+            ];
+            Proc::spawn(&format!("ping-c{}", c + 1), &argv, &[], &fleet.dir)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let killed_at = unix_now();
+    fleet.headends[0].as_mut().expect("a runs").kill();
+    for p in &mut pings {
+        p.wait(Duration::from_secs(ping_secs + 10));
+    }
+
+    let mut resumed = Vec::new();
+    let mut carriers = [0usize; 3];
+    for (c, (_, public, address)) in peers.iter().enumerate() {
+        let output = pings[c].stdout();
+        assert!(
+            reply_times(&output).iter().any(|t| *t < killed_at),
+            "client {} had no reply through a before the kill:\n{output}",
+            c + 1
+        );
+        let Some(after) = first_reply_after(&output, killed_at) else {
+            panic!(
+                "client {} had no reply after a died:\n{output}\n{}",
+                c + 1,
+                fleet.logs()
+            );
+        };
+        let (on, now) = session_on(&fleet, &[1, 2], public)
+            .unwrap_or_else(|| panic!("client {} has a session on neither b nor c", c + 1));
+        let next = if c % 2 == 0 { 1 } else { 2 };
+        assert_eq!(on, next, "client {} moved to the next in its list", c + 1);
+        assert_eq!(&now, address, "client {} changed address", c + 1);
+        let tun = cmd::run_ok(
+            &[
+                "ip",
+                "-n",
+                &fleet.client_ns[c],
+                "-4",
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                "ctrfc0",
+            ],
+            None,
+            SHORT,
+        );
+        assert!(
+            tun.contains(&format!(" {address}/")),
+            "client {}'s tunnel: {tun}",
+            c + 1
+        );
+        let log = fleet.clients[c].as_ref().expect("client runs").stderr();
+        assert!(
+            log.contains("moving to the next") && !log.contains("rebuilding the tunnel"),
+            "client {} moved without rebuilding its tunnel:\n{log}",
+            c + 1
+        );
+        eprintln!(
+            "client {} ({address}) resumed through {} {after:?} after a died",
+            c + 1,
+            HEADENDS[on].0
+        );
+        assert!(
+            after < limit,
+            "client {} resumed only after {after:?} (bound {limit:?})\n{}",
+            c + 1,
+            fleet.logs()
+        );
+        carriers[on] += 1;
+        resumed.push(after);
+    }
+
+    // The upload's connection did not survive the change of source address; a new one works.
+    let mut upload = upload;
+    let first_run = upload.wait(Duration::from_secs(5));
+    let said = upload.stderr();
+    eprintln!(
+        "the upload running through the kill ended ({first_run:?}): {}",
+        said.lines().last().unwrap_or("")
+    );
+    let sent = iperf3_upload(&fleet, 0, 5202, 2)
+        .unwrap_or_else(|e| panic!("iperf3 after the failover: {e}\n{}", fleet.logs()));
+    assert!(sent > 0, "iperf3 after the failover sent nothing");
+
+    resumed.sort();
+    eprintln!(
+        "failover of {clients} clients: resumed min {:?}, median {:?}, max {:?} after a died \
+         (b carries {}, c {}; bound {limit:?}, target 3 s); the test took {:?} after the \
+         cluster was up",
+        resumed[0],
+        resumed[resumed.len() / 2],
+        resumed[resumed.len() - 1],
+        carriers[1],
+        carriers[2],
+        cluster_up.elapsed()
+    );
 }

@@ -96,6 +96,32 @@ pub fn keypair() -> (String, String) {
     (key, public)
 }
 
+/// Wall-clock seconds, comparable with the timestamps `ping -D` prints.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs_f64()
+}
+
+/// The timestamps (wall-clock seconds) of the replies in `ping -D` output.
+pub fn reply_times(ping_output: &str) -> Vec<f64> {
+    ping_output
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect()
+}
+
+/// How long after `since` (wall-clock seconds) the first reply in `ping -D` output came;
+/// replies within 50 ms of `since` are taken as answers sent before it.
+pub fn first_reply_after(ping_output: &str, since: f64) -> Option<Duration> {
+    reply_times(ping_output)
+        .into_iter()
+        .find(|t| *t > since + 0.05)
+        .map(|t| Duration::from_secs_f64(t - since))
+}
+
 /// A bare network namespace, deleted on drop.
 pub struct TempNs(pub String);
 
