@@ -255,7 +255,10 @@ fn iperf3_udp(offloads: bool, test: &str) {
     let (mut lab, _) = lab_up(offloads);
     let m = mode(offloads);
     for (port, reverse) in [(5203, false), (5204, true)] {
-        let mut extra = vec!["-u", "-b", "200M", "-l", "1200"];
+        // 50 Mbit/s: well within what a debug build carries on a busy shared 2-core machine
+        // (at 200 Mbit/s it lost most datagrams whenever the load average passed ~8, a speed
+        // test in disguise); still thousands of datagrams per second through the offload paths.
+        let mut extra = vec!["-u", "-b", "50M", "-l", "1200"];
         if reverse {
             extra.push("-R");
         }
@@ -277,7 +280,7 @@ fn iperf3_udp(offloads: bool, test: &str) {
         );
         assert!(
             lost_percent < 50.0,
-            "[{m}] reverse={reverse}: {lost_percent:.1}% of the UDP datagrams lost at 200 \
+            "[{m}] reverse={reverse}: {lost_percent:.1}% of the UDP datagrams lost at 50 \
              Mbit/s: the tunnel is not forwarding UDP properly: {sum}"
         );
     }
