@@ -39,6 +39,16 @@ impl StockKind {
         }
     }
 
+    /// Seconds since the handshake whose `latest_handshake` (from `wg show dump`) is `latest`,
+    /// at `now` (seconds since the epoch): wireguard-go reports a time, boringtun-cli already
+    /// an age.
+    pub fn handshake_age(self, latest: u64, now: u64) -> u64 {
+        match self {
+            StockKind::WireguardGo => now.saturating_sub(latest),
+            StockKind::Boringtun => latest,
+        }
+    }
+
     /// Two letters for interface names.
     fn tag(self) -> &'static str {
         match self {
@@ -115,7 +125,9 @@ pub struct DumpPeer {
     pub preshared_key: Option<String>,
     pub endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<String>,
-    /// Seconds since the epoch; `None` before the first handshake.
+    /// Seconds since the epoch from wireguard-go; boringtun-cli reports the seconds since the
+    /// handshake instead (its UAPI writes `time_since_last_handshake` there): see
+    /// [`StockKind::handshake_age`]. `None` before the first handshake.
     pub latest_handshake: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
