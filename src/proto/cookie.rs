@@ -16,6 +16,7 @@ use super::constants::{COOKIE_LIFETIME, COOKIE_SECRET_LIFETIME};
 use super::rng::Random;
 use super::suite::Suite;
 use super::time::Instant;
+use super::wire::{ct_eq, mac_offsets};
 use super::wire::{
     CookieReply, CookieReplyRepr, Initiation, WireError, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN,
     ENCRYPTED_COOKIE_LEN, MAC_LEN,
@@ -123,22 +124,6 @@ fn truncate(tag: hmac::Tag) -> [u8; MAC_LEN] {
     let mut out = [0u8; MAC_LEN];
     out.copy_from_slice(&tag.as_ref()[..MAC_LEN]);
     out
-}
-
-/// Compares without an early exit, so timing does not reveal how many leading bytes matched
-/// (ring's `constant_time` module is deprecated).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
-/// Offsets of mac1 and mac2 in a full initiation or response, or `None` if too short.
-fn mac_offsets(len: usize) -> Option<(usize, usize)> {
-    let mac1 = len.checked_sub(2 * MAC_LEN)?;
-    Some((mac1, mac1 + MAC_LEN))
 }
 
 /// Writes mac1 into a full initiation or response: it sits at `len-32..len-16` and covers

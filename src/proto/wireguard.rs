@@ -16,7 +16,7 @@ use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::XChaCha20Poly1305;
 use zeroize::Zeroizing;
 
-use super::wire::{COOKIE_NONCE_LEN, ENCRYPTED_COOKIE_LEN, MAC_LEN, TAG_LEN};
+use super::wire::{ct_eq, mac_offsets, COOKIE_NONCE_LEN, ENCRYPTED_COOKIE_LEN, MAC_LEN, TAG_LEN};
 
 /// Domain separation label of the mac1 key. WireGuard whitepaper section 5.4.4 (`LABEL-MAC1`);
 /// wireguard-go `device/noise-protocol.go` `WGLabelMAC1`.
@@ -42,21 +42,6 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; MAC_LEN] {
         state.update(part);
     }
     state.finalize().into_bytes().into()
-}
-
-/// Compares without an early exit (as `super::cookie` does).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
-/// Offsets of mac1 and mac2 in a full initiation or response, or `None` if too short.
-fn mac_offsets(len: usize) -> Option<(usize, usize)> {
-    let mac1 = len.checked_sub(2 * MAC_LEN)?;
-    Some((mac1, mac1 + MAC_LEN))
 }
 
 /// The mac1 and cookie keys derived from one static public key.

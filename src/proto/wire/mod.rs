@@ -199,6 +199,23 @@ fn read_u32(bytes: &[u8], start: usize) -> u32 {
     u32::from_le_bytes(*array(bytes, start))
 }
 
+/// Compares without an early exit, so timing does not reveal how many leading bytes matched
+/// (ring's `constant_time` module is deprecated). For the MACs of both suites.
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Offsets of mac1 and mac2 in a full initiation or response (of either suite: both end in
+/// mac1 and mac2), or `None` if too short.
+pub(crate) fn mac_offsets(len: usize) -> Option<(usize, usize)> {
+    let mac1 = len.checked_sub(2 * MAC_LEN)?;
+    Some((mac1, mac1 + MAC_LEN))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
