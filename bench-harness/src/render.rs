@@ -168,11 +168,12 @@ pub fn report_markdown(r: &Value) -> String {
         );
     }
     if let Some(ps) = r["profiles"].as_array().filter(|a| !a.is_empty()) {
-        out += "\n## CPU profiles of the server during a TCP upload (perf, self time)\n\n";
+        out += "\n## CPU profiles of the server during a TCP upload and download (perf, self time)\n\n";
         for x in ps {
             out += &format!(
-                "### {} ({} Gbit/s while profiled)\n\n```\n",
+                "### {}, {} ({} Gbit/s while profiled)\n\n```\n",
                 x["system"].as_str().unwrap_or("?"),
+                x["direction"].as_str().unwrap_or("up"),
                 f(&x["tcp_gbps_during_profile"], 2)
             );
             if let Some(lines) = x["top_self"].as_array() {

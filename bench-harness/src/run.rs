@@ -721,14 +721,26 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// Records a CPU profile of the server process during a TCP upload.
-fn profile(lab: &Lab, plan: &Plan, sys: &System, iperf: &mut Iperf) -> Result<Value> {
+fn profile(
+    lab: &Lab,
+    plan: &Plan,
+    sys: &System,
+    iperf: &mut Iperf,
+    download: bool,
+) -> Result<Value> {
     let pid = sys.server_pid().context("no server pid")?.to_string();
-    let data = plan.out.join(format!("perf-{}.data", sys.name));
+    let tag = if download {
+        format!("{}-down", sys.name)
+    } else {
+        sys.name.to_string()
+    };
+    let data = plan.out.join(format!("perf-{tag}.data"));
     let data_s = data.to_string_lossy().into_owned();
     let secs = plan.seconds.min(5);
     progress(&format!(
-        "{}: perf record -g of the server during a TCP upload ({secs} s)",
-        sys.name
+        "{}: perf record -g of the server during a TCP {} ({secs} s)",
+        sys.name,
+        if download { "download" } else { "upload" }
     ));
     let mut rec = Proc::spawn(
         &format!("perf-{}", sys.name),
@@ -749,7 +761,7 @@ fn profile(lab: &Lab, plan: &Plan, sys: &System, iperf: &mut Iperf) -> Result<Va
         &[],
         &lab.dir,
     )?;
-    let v = iperf.client(&[], secs)?;
+    let v = iperf.client(if download { &["-R"] } else { &[] }, secs)?;
     rec.wait(Duration::from_secs(secs + 20));
     let bps = report::iperf_tcp_bps(&v).unwrap_or(0.0);
     let out = lab::run(
@@ -769,7 +781,7 @@ fn profile(lab: &Lab, plan: &Plan, sys: &System, iperf: &mut Iperf) -> Result<Va
         ],
         Duration::from_secs(120),
     )?;
-    let txt = plan.out.join(format!("perf-{}.txt", sys.name));
+    let txt = plan.out.join(format!("perf-{tag}.txt"));
     std::fs::write(&txt, &out.stdout)?;
     let children = lab::run(
         &[
@@ -789,7 +801,7 @@ fn profile(lab: &Lab, plan: &Plan, sys: &System, iperf: &mut Iperf) -> Result<Va
         Duration::from_secs(120),
     )?;
     std::fs::write(
-        plan.out.join(format!("perf-{}-children.txt", sys.name)),
+        plan.out.join(format!("perf-{tag}-children.txt")),
         &children.stdout,
     )?;
     let top: Vec<String> = out
@@ -800,7 +812,7 @@ fn profile(lab: &Lab, plan: &Plan, sys: &System, iperf: &mut Iperf) -> Result<Va
         .map(|l| l.trim().to_string())
         .collect();
     Ok(
-        json!({"system": sys.name, "tcp_gbps_during_profile": bps / 1e9, "top_self": top,
+        json!({"system": sys.name, "direction": if download { "down" } else { "up" }, "tcp_gbps_during_profile": bps / 1e9, "top_self": top,
               "report": txt.file_name().map(|f| f.to_string_lossy().into_owned())}),
     )
 }
@@ -1281,9 +1293,11 @@ pub fn run(plan: Plan) -> Result<()> {
             errors.insert(s.to_string(), json!(format!("{e:#}")));
         }
         if plan.profile && *s != "plain" && check_interrupted().is_ok() {
-            match profile(&lab, &plan, &sys, &mut iperf) {
-                Ok(p) => profiles.push(p),
-                Err(e) => progress(&format!("{s}: profile failed: {e:#}")),
+            for download in [false, true] {
+                match profile(&lab, &plan, &sys, &mut iperf, download) {
+                    Ok(p) => profiles.push(p),
+                    Err(e) => progress(&format!("{s}: profile failed: {e:#}")),
+                }
             }
         }
         let logs = sys.stop();
