@@ -5,7 +5,8 @@
 //! Modelled on smoltcp's `wire` module: each message has a zero-copy view over a buffer
 //! (`Initiation<T: AsRef<[u8]>>` and friends) whose `new_checked` validates the length once, so
 //! that no accessor can panic afterwards, and a `Repr` (an owned, parsed form) with
-//! `parse`/`emit`/`buffer_len`.
+//! `parse`/`emit`/`buffer_len`. The handshake messages share one view, [`HandshakeMessage`],
+//! laid out per message and suite.
 //!
 //! Receivers call [`message_type`] first: it checks the type byte, the reserved bytes and the
 //! length for that type, the checks the spec asks for before anything else.
@@ -13,6 +14,7 @@
 mod assignment;
 pub mod checksum;
 mod cookie_reply;
+mod handshake;
 mod initiation;
 mod ip;
 mod push;
@@ -22,6 +24,9 @@ mod wg_response;
 
 pub use assignment::AddressAssignment;
 pub use cookie_reply::{CookieReply, CookieReplyRepr, COOKIE_NONCE_LEN, ENCRYPTED_COOKIE_LEN};
+pub use handshake::{
+    HandshakeLayout, HandshakeMessage, HandshakeResponseRepr, InitiationLayout, ResponseLayout,
+};
 pub use initiation::{Initiation, InitiationRepr};
 pub use ip::{
     IpError, IpLayout, IpPacket, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN,
