@@ -221,6 +221,48 @@ pub(crate) fn mac_offsets(len: usize) -> Option<(usize, usize)> {
     Some((mac1, mac1 + MAC_LEN))
 }
 
+/// One of the two MACs that end every initiation and response (of either suite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MacSlot {
+    /// mac1, `len-32..len-16`.
+    Mac1,
+    /// mac2, the last 16 bytes.
+    Mac2,
+}
+
+/// Where the MAC in `slot` of a full initiation or response lies (it covers everything before
+/// it), or `None` if too short.
+fn mac_range(len: usize, slot: MacSlot) -> Option<core::ops::Range<usize>> {
+    let (mac1, mac2) = mac_offsets(len)?;
+    let start = match slot {
+        MacSlot::Mac1 => mac1,
+        MacSlot::Mac2 => mac2,
+    };
+    Some(start..start + MAC_LEN)
+}
+
+/// Writes `mac` of everything before `slot` into `slot`, in a suite's own MAC. Does nothing to
+/// a buffer shorter than both MACs.
+pub(crate) fn write_mac(msg: &mut [u8], slot: MacSlot, mac: impl FnOnce(&[u8]) -> [u8; MAC_LEN]) {
+    if let Some(range) = mac_range(msg.len(), slot) {
+        let tag = mac(&msg[..range.start]);
+        msg[range].copy_from_slice(&tag);
+    }
+}
+
+/// Whether `slot` holds `mac` of everything before it, compared in constant time (false if
+/// the buffer is shorter than both MACs).
+pub(crate) fn verify_mac(
+    msg: &[u8],
+    slot: MacSlot,
+    mac: impl FnOnce(&[u8]) -> [u8; MAC_LEN],
+) -> bool {
+    match mac_range(msg.len(), slot) {
+        Some(range) => ct_eq(&mac(&msg[..range.start]), &msg[range]),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
