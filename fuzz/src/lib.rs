@@ -19,7 +19,9 @@ use concentrator::proto::rng::{Random, SeededRandom};
 use concentrator::proto::server::{HandshakeReply, PeerConfig, Server};
 use concentrator::proto::session::Session;
 use concentrator::proto::time::Instant;
-use concentrator::proto::wire::{AddressAssignment, INITIATION_LEN, RESPONSE_LEN};
+use concentrator::proto::wire::{
+    self, AddressAssignment, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_HEADER_LEN,
+};
 use concentrator::server::decision::{Gate, GateConfig};
 use concentrator::server::handoff::LoadSignal;
 use concentrator::server::session_table::{PeerEntry, SessionTable};
@@ -203,6 +205,71 @@ pub fn sized(data: &[u8], len: usize) -> Vec<u8> {
     let mut v = data[..data.len().min(len)].to_vec();
     v.resize(len, 0);
     v
+}
+
+/// A responder target's input: byte 0 = flags (bit 0: under load; bits 1-2: mode), bytes 1-2
+/// = source port, the rest the message.
+pub struct ResponderInput<'a> {
+    /// Whether the server answers as under load.
+    pub under_load: bool,
+    /// Which way the target feeds the message in (0 to 3).
+    pub mode: u8,
+    /// Where the message comes from: [`client_udp`]'s address at the input's port.
+    pub src: SocketAddr,
+    /// Bit 0 set: mode 3 leaves the transport header as it is.
+    pub keep_header: bool,
+    /// The message.
+    pub message: &'a [u8],
+}
+
+impl<'a> ResponderInput<'a> {
+    /// Splits `data`, or `None` if it is shorter than the three leading bytes.
+    pub fn split(data: &'a [u8]) -> Option<Self> {
+        let (&[flags, p0, p1], message) = data.split_first_chunk::<3>()?;
+        Some(ResponderInput {
+            under_load: flags & 1 != 0,
+            mode: (flags >> 1) & 3,
+            src: SocketAddr::new(client_udp().ip(), u16::from_le_bytes([p0, p1])),
+            keep_header: p0 & 1 != 0,
+            message,
+        })
+    }
+}
+
+/// Mode 3 of the responder targets: the message to `session`'s `decrypt`; when long enough
+/// (and not `keep_header`), with the header rewritten to type 4 and receiver index `index` so
+/// that it reaches the replay window and the AEAD. Panics if the garbage decrypts.
+pub fn assert_garbage_does_not_decrypt(
+    session: &Session,
+    index: u32,
+    message: &[u8],
+    keep_header: bool,
+) {
+    let mut buf = message.to_vec();
+    if buf.len() >= TRANSPORT_HEADER_LEN && !keep_header {
+        let counter = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+        let header: &mut [u8; TRANSPORT_HEADER_LEN] =
+            (&mut buf[..TRANSPORT_HEADER_LEN]).try_into().expect("16");
+        wire::write_transport_header(header, index, counter);
+    }
+    let index = wire::transport_receiver_index(&buf).unwrap_or(index);
+    let result = session.decrypt(index, &mut buf, START);
+    assert!(result.is_err(), "garbage decrypted: {result:?}");
+}
+
+/// `data` framed as an initiation: sized to [`INITIATION_LEN`], type 1, reserved zero (mac1 is
+/// the caller's, in its suite).
+pub fn framed_initiation(data: &[u8]) -> Vec<u8> {
+    let mut m = sized(data, INITIATION_LEN);
+    m[..4].copy_from_slice(&[1, 0, 0, 0]);
+    m
+}
+
+/// `genuine` XOR `data` (sized to [`INITIATION_LEN`]): a near-valid initiation (mac1 is the
+/// caller's, in its suite).
+pub fn xored_initiation(genuine: &[u8; INITIATION_LEN], data: &[u8]) -> Vec<u8> {
+    let x = sized(data, INITIATION_LEN);
+    genuine.iter().zip(&x).map(|(g, x)| g ^ x).collect()
 }
 
 /// Recomputes mac1 of a whole initiation or response in place.
