@@ -272,6 +272,36 @@ pub fn xored_initiation(genuine: &[u8; INITIATION_LEN], data: &[u8]) -> Vec<u8> 
     genuine.iter().zip(&x).map(|(g, x)| g ^ x).collect()
 }
 
+/// Checks the server's cookie reply `reply` to `msg`: sent only under load, only to a valid
+/// mac1 (whose suite it returns), and a whole cookie reply.
+pub fn check_cookie_reply(
+    msg: &[u8],
+    reply: &[u8],
+    under_load: bool,
+) -> concentrator::proto::suite::Suite {
+    assert!(under_load, "cookie reply while not under load");
+    let suite = server_suite_of(msg).expect("a cookie reply to a valid mac1");
+    assert_eq!(reply.len(), wire::COOKIE_REPLY_LEN);
+    assert_eq!(
+        wire::message_type(reply),
+        Ok(wire::MessageType::CookieReply)
+    );
+    suite
+}
+
+/// Checks a handshake the server completed with `msg`: only `genuine`'s Noise message can do
+/// that (the header's sender index and mac2 are not authenticated by it; the committed seeds
+/// hold no other initiation of the known peer, see examples/gen_corpus.rs, so any other
+/// completion is a forgery), and only for the known peer.
+pub fn check_completed_by_genuine(msg: &[u8], genuine: &[u8; INITIATION_LEN], peer: &PublicKey) {
+    assert_eq!(
+        msg[8..116],
+        genuine[8..116],
+        "a handshake completed with a forged initiation"
+    );
+    assert_eq!(*peer, client_public());
+}
+
 /// Recomputes mac1 of a whole initiation or response in place.
 pub fn fix_mac1(keys: &MacKeys, msg: &mut [u8]) {
     cookie::write_mac1(keys, msg);
