@@ -19,7 +19,6 @@
 //! garbage decrypts.
 #![no_main]
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use concentrator::proto::rng::SeededRandom;
@@ -27,8 +26,7 @@ use concentrator::proto::server::{HandshakeReply, Server};
 use concentrator::proto::session::Session;
 use concentrator::proto::suite::Suite;
 use concentrator::proto::wire::{
-    self, CookieReply, CookieReplyRepr, WgResponse, WgResponseRepr, INITIATION_LEN,
-    TRANSPORT_HEADER_LEN, WG_RESPONSE_LEN,
+    CookieReply, CookieReplyRepr, WgResponse, WgResponseRepr, INITIATION_LEN, WG_RESPONSE_LEN,
 };
 use concentrator::proto::wireguard::{self, WgMacKeys};
 use concentrator_fuzz as fx;
@@ -77,27 +75,16 @@ fn state() -> &'static Mutex<State> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&[flags, p0, p1], rest)) = data.split_first_chunk::<3>() else {
+    let Some(input) = fx::ResponderInput::split(data) else {
         return;
     };
-    let under_load = flags & 1 != 0;
-    let mode = (flags >> 1) & 3;
-    let src = SocketAddr::new(fx::client_udp().ip(), u16::from_le_bytes([p0, p1]));
+    let (under_load, mode, src, rest) = (input.under_load, input.mode, input.src, input.message);
     let mut guard = state().lock().unwrap_or_else(|e| e.into_inner());
     let st = &mut *guard;
     let server_wg_keys = WgMacKeys::new(fx::server_public().as_bytes());
 
     if mode == 3 {
-        let mut buf = rest.to_vec();
-        if buf.len() >= TRANSPORT_HEADER_LEN && p0 & 1 == 0 {
-            let counter = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
-            let header: &mut [u8; TRANSPORT_HEADER_LEN] =
-                (&mut buf[..TRANSPORT_HEADER_LEN]).try_into().expect("16");
-            wire::write_transport_header(header, st.index, counter);
-        }
-        let index = wire::transport_receiver_index(&buf).unwrap_or(st.index);
-        let result = st.session.decrypt(index, &mut buf, fx::START);
-        assert!(result.is_err(), "garbage decrypted: {result:?}");
+        fx::assert_garbage_does_not_decrypt(&st.session, st.index, rest, input.keep_header);
         return;
     }
 
@@ -127,14 +114,12 @@ fuzz_target!(|data: &[u8]| {
             rest.to_vec()
         }
         1 => {
-            let mut m = fx::sized(rest, INITIATION_LEN);
-            m[..4].copy_from_slice(&[1, 0, 0, 0]);
+            let mut m = fx::framed_initiation(rest);
             wireguard::write_mac1(&server_wg_keys, &mut m);
             m
         }
         _ => {
-            let x = fx::sized(rest, INITIATION_LEN);
-            let mut m: Vec<u8> = st.genuine.iter().zip(&x).map(|(g, x)| g ^ x).collect();
+            let mut m = fx::xored_initiation(&st.genuine, rest);
             wireguard::write_mac1(&server_wg_keys, &mut m);
             m
         }
@@ -155,13 +140,7 @@ fuzz_target!(|data: &[u8]| {
             .handle_initiation(&msg, src, fx::START, under_load, &mut st.rng, &mut out);
     match result {
         Ok(HandshakeReply::Cookie(n)) => {
-            assert!(under_load, "cookie reply while not under load");
-            let suite = fx::server_suite_of(&msg).expect("a cookie reply to a valid mac1");
-            assert_eq!(n, wire::COOKIE_REPLY_LEN);
-            assert_eq!(
-                wire::message_type(&out[..n]),
-                Ok(wire::MessageType::CookieReply)
-            );
+            let suite = fx::check_cookie_reply(&msg, &out[..n], under_load);
             if suite == Suite::WireGuard {
                 let reply = CookieReply::new_checked(&out[..n]).expect("64 bytes");
                 let mac1: [u8; 16] = msg[116..132].try_into().expect("16 bytes");
@@ -178,15 +157,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Ok(HandshakeReply::Established(e)) => {
-            // Only the genuine Noise message can complete a handshake (the header's sender
-            // index and mac2 are not authenticated by it); the committed seeds hold no other
-            // initiation of the known peer.
-            assert_eq!(
-                msg[8..116],
-                st.genuine[8..116],
-                "a handshake completed with a forged initiation"
-            );
-            assert_eq!(e.peer, fx::client_public());
+            fx::check_completed_by_genuine(&msg, &st.genuine, &e.peer);
             assert_eq!(e.len, WG_RESPONSE_LEN);
             let response = WgResponse::new_checked(&out[..e.len]).expect("92 bytes");
             assert!(WgResponseRepr::parse(&response).is_ok());

@@ -19,7 +19,9 @@ use concentrator::proto::rng::{Random, SeededRandom};
 use concentrator::proto::server::{HandshakeReply, PeerConfig, Server};
 use concentrator::proto::session::Session;
 use concentrator::proto::time::Instant;
-use concentrator::proto::wire::{AddressAssignment, INITIATION_LEN, RESPONSE_LEN};
+use concentrator::proto::wire::{
+    self, AddressAssignment, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_HEADER_LEN,
+};
 use concentrator::server::decision::{Gate, GateConfig};
 use concentrator::server::handoff::LoadSignal;
 use concentrator::server::session_table::{PeerEntry, SessionTable};
@@ -203,6 +205,101 @@ pub fn sized(data: &[u8], len: usize) -> Vec<u8> {
     let mut v = data[..data.len().min(len)].to_vec();
     v.resize(len, 0);
     v
+}
+
+/// A responder target's input: byte 0 = flags (bit 0: under load; bits 1-2: mode), bytes 1-2
+/// = source port, the rest the message.
+pub struct ResponderInput<'a> {
+    /// Whether the server answers as under load.
+    pub under_load: bool,
+    /// Which way the target feeds the message in (0 to 3).
+    pub mode: u8,
+    /// Where the message comes from: [`client_udp`]'s address at the input's port.
+    pub src: SocketAddr,
+    /// Bit 0 set: mode 3 leaves the transport header as it is.
+    pub keep_header: bool,
+    /// The message.
+    pub message: &'a [u8],
+}
+
+impl<'a> ResponderInput<'a> {
+    /// Splits `data`, or `None` if it is shorter than the three leading bytes.
+    pub fn split(data: &'a [u8]) -> Option<Self> {
+        let (&[flags, p0, p1], message) = data.split_first_chunk::<3>()?;
+        Some(ResponderInput {
+            under_load: flags & 1 != 0,
+            mode: (flags >> 1) & 3,
+            src: SocketAddr::new(client_udp().ip(), u16::from_le_bytes([p0, p1])),
+            keep_header: p0 & 1 != 0,
+            message,
+        })
+    }
+}
+
+/// Mode 3 of the responder targets: the message to `session`'s `decrypt`; when long enough
+/// (and not `keep_header`), with the header rewritten to type 4 and receiver index `index` so
+/// that it reaches the replay window and the AEAD. Panics if the garbage decrypts.
+pub fn assert_garbage_does_not_decrypt(
+    session: &Session,
+    index: u32,
+    message: &[u8],
+    keep_header: bool,
+) {
+    let mut buf = message.to_vec();
+    if buf.len() >= TRANSPORT_HEADER_LEN && !keep_header {
+        let counter = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+        let header: &mut [u8; TRANSPORT_HEADER_LEN] =
+            (&mut buf[..TRANSPORT_HEADER_LEN]).try_into().expect("16");
+        wire::write_transport_header(header, index, counter);
+    }
+    let index = wire::transport_receiver_index(&buf).unwrap_or(index);
+    let result = session.decrypt(index, &mut buf, START);
+    assert!(result.is_err(), "garbage decrypted: {result:?}");
+}
+
+/// `data` framed as an initiation: sized to [`INITIATION_LEN`], type 1, reserved zero (mac1 is
+/// the caller's, in its suite).
+pub fn framed_initiation(data: &[u8]) -> Vec<u8> {
+    let mut m = sized(data, INITIATION_LEN);
+    m[..4].copy_from_slice(&[1, 0, 0, 0]);
+    m
+}
+
+/// `genuine` XOR `data` (sized to [`INITIATION_LEN`]): a near-valid initiation (mac1 is the
+/// caller's, in its suite).
+pub fn xored_initiation(genuine: &[u8; INITIATION_LEN], data: &[u8]) -> Vec<u8> {
+    let x = sized(data, INITIATION_LEN);
+    genuine.iter().zip(&x).map(|(g, x)| g ^ x).collect()
+}
+
+/// Checks the server's cookie reply `reply` to `msg`: sent only under load, only to a valid
+/// mac1 (whose suite it returns), and a whole cookie reply.
+pub fn check_cookie_reply(
+    msg: &[u8],
+    reply: &[u8],
+    under_load: bool,
+) -> concentrator::proto::suite::Suite {
+    assert!(under_load, "cookie reply while not under load");
+    let suite = server_suite_of(msg).expect("a cookie reply to a valid mac1");
+    assert_eq!(reply.len(), wire::COOKIE_REPLY_LEN);
+    assert_eq!(
+        wire::message_type(reply),
+        Ok(wire::MessageType::CookieReply)
+    );
+    suite
+}
+
+/// Checks a handshake the server completed with `msg`: only `genuine`'s Noise message can do
+/// that (the header's sender index and mac2 are not authenticated by it; the committed seeds
+/// hold no other initiation of the known peer, see examples/gen_corpus.rs, so any other
+/// completion is a forgery), and only for the known peer.
+pub fn check_completed_by_genuine(msg: &[u8], genuine: &[u8; INITIATION_LEN], peer: &PublicKey) {
+    assert_eq!(
+        msg[8..116],
+        genuine[8..116],
+        "a handshake completed with a forged initiation"
+    );
+    assert_eq!(*peer, client_public());
 }
 
 /// Recomputes mac1 of a whole initiation or response in place.

@@ -16,7 +16,7 @@ use super::constants::{COOKIE_LIFETIME, COOKIE_SECRET_LIFETIME};
 use super::rng::Random;
 use super::suite::Suite;
 use super::time::Instant;
-use super::wire::{ct_eq, mac_offsets};
+use super::wire::{mac_offsets, verify_mac, write_mac, MacSlot};
 use super::wire::{
     CookieReply, CookieReplyRepr, Initiation, WireError, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN,
     ENCRYPTED_COOKIE_LEN, MAC_LEN,
@@ -129,18 +129,12 @@ fn truncate(tag: hmac::Tag) -> [u8; MAC_LEN] {
 /// Writes mac1 into a full initiation or response: it sits at `len-32..len-16` and covers
 /// `0..len-32`. Does nothing to a buffer shorter than 32 bytes.
 pub fn write_mac1(keys: &MacKeys, msg: &mut [u8]) {
-    if let Some((at, end)) = mac_offsets(msg.len()) {
-        let mac = keys.mac1(&msg[..at]);
-        msg[at..end].copy_from_slice(&mac);
-    }
+    write_mac(msg, MacSlot::Mac1, |covered| keys.mac1(covered));
 }
 
 /// Whether mac1 of a full initiation or response is valid under `keys` (false if too short).
 pub fn verify_mac1(keys: &MacKeys, msg: &[u8]) -> bool {
-    match mac_offsets(msg.len()) {
-        Some((at, end)) => ct_eq(&keys.mac1(&msg[..at]), &msg[at..end]),
-        None => false,
-    }
+    verify_mac(msg, MacSlot::Mac1, |covered| keys.mac1(covered))
 }
 
 /// `MAC(cookie, covered)`.
@@ -154,10 +148,7 @@ fn mac2_of(cookie: &[u8; MAC_LEN], covered: &[u8]) -> [u8; MAC_LEN] {
 /// Writes mac2 (the last 16 bytes, covering everything before them) of a full initiation or
 /// response. Does nothing to a buffer shorter than 32 bytes.
 pub fn write_mac2(cookie: &[u8; MAC_LEN], msg: &mut [u8]) {
-    if let Some((_, at)) = mac_offsets(msg.len()) {
-        let mac = mac2_of(cookie, &msg[..at]);
-        msg[at..].copy_from_slice(&mac);
-    }
+    write_mac(msg, MacSlot::Mac2, |covered| mac2_of(cookie, covered));
 }
 
 /// Zeroes mac2, as the spec asks of a sender without a cookie.
@@ -169,10 +160,7 @@ pub fn clear_mac2(msg: &mut [u8]) {
 
 /// Whether mac2 of a full message is valid under `cookie` (false if too short).
 pub fn verify_mac2(cookie: &[u8; MAC_LEN], msg: &[u8]) -> bool {
-    match mac_offsets(msg.len()) {
-        Some((_, at)) => ct_eq(&mac2_of(cookie, &msg[..at]), &msg[at..]),
-        None => false,
-    }
+    verify_mac(msg, MacSlot::Mac2, |covered| mac2_of(cookie, covered))
 }
 
 /// The cookie secrets R of one period: the current one and, after an on-time replacement, the
@@ -537,7 +525,7 @@ impl CookieJar {
 mod tests {
     use super::*;
     use crate::proto::rng::SeededRandom;
-    use crate::proto::wire::{INITIATION_LEN, RESPONSE_LEN};
+    use crate::proto::wire::{ct_eq, INITIATION_LEN, RESPONSE_LEN};
 
     const SERVER_PUB: [u8; 32] = [7; 32];
 

@@ -16,7 +16,9 @@ use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::XChaCha20Poly1305;
 use zeroize::Zeroizing;
 
-use super::wire::{ct_eq, mac_offsets, COOKIE_NONCE_LEN, ENCRYPTED_COOKIE_LEN, MAC_LEN, TAG_LEN};
+use super::wire::{
+    verify_mac, write_mac, MacSlot, COOKIE_NONCE_LEN, ENCRYPTED_COOKIE_LEN, MAC_LEN, TAG_LEN,
+};
 
 /// Domain separation label of the mac1 key. WireGuard whitepaper section 5.4.4 (`LABEL-MAC1`);
 /// wireguard-go `device/noise-protocol.go` `WGLabelMAC1`.
@@ -78,34 +80,22 @@ impl WgMacKeys {
 /// Writes mac1 into a full initiation or response (at `len-32..len-16`, covering `0..len-32`).
 /// Does nothing to a buffer shorter than 32 bytes.
 pub fn write_mac1(keys: &WgMacKeys, msg: &mut [u8]) {
-    if let Some((at, end)) = mac_offsets(msg.len()) {
-        let mac = keys.mac1(&msg[..at]);
-        msg[at..end].copy_from_slice(&mac);
-    }
+    write_mac(msg, MacSlot::Mac1, |covered| keys.mac1(covered));
 }
 
 /// Whether mac1 of a full initiation or response is valid under `keys` (false if too short).
 pub fn verify_mac1(keys: &WgMacKeys, msg: &[u8]) -> bool {
-    match mac_offsets(msg.len()) {
-        Some((at, end)) => ct_eq(&keys.mac1(&msg[..at]), &msg[at..end]),
-        None => false,
-    }
+    verify_mac(msg, MacSlot::Mac1, |covered| keys.mac1(covered))
 }
 
 /// Writes mac2 = `MAC(cookie, everything before mac2)` into a full message.
 pub fn write_mac2(cookie: &[u8; MAC_LEN], msg: &mut [u8]) {
-    if let Some((_, at)) = mac_offsets(msg.len()) {
-        let mac = mac(cookie, &[&msg[..at]]);
-        msg[at..].copy_from_slice(&mac);
-    }
+    write_mac(msg, MacSlot::Mac2, |covered| mac(cookie, &[covered]));
 }
 
 /// Whether mac2 of a full message is valid under `cookie` (false if too short).
 pub fn verify_mac2(cookie: &[u8; MAC_LEN], msg: &[u8]) -> bool {
-    match mac_offsets(msg.len()) {
-        Some((_, at)) => ct_eq(&mac(cookie, &[&msg[..at]]), &msg[at..]),
-        None => false,
-    }
+    verify_mac(msg, MacSlot::Mac2, |covered| mac(cookie, &[covered]))
 }
 
 /// The cookie of `src`: `MAC(R, source IP address bytes ‖ source UDP port)` (whitepaper

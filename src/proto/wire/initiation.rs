@@ -1,102 +1,14 @@
-//! Handshake initiation (type 1, 148 bytes).
+//! Handshake initiation (type 1, 148 bytes): the shared handshake view with Noise message 1.
 
-use super::{
-    array, array_mut, check_exact_len, check_header, read_u32, write_header, MessageType,
-    WireError, INITIATION_LEN, INITIATION_NOISE_LEN, MAC_LEN,
-};
+use super::handshake::{HandshakeMessage, InitiationLayout};
+use super::{WireError, INITIATION_LEN, INITIATION_NOISE_LEN, MAC_LEN};
 
-mod field {
-    use core::ops::Range;
-    pub const SENDER_INDEX: Range<usize> = 4..8;
-    pub const NOISE: Range<usize> = 8..116;
-    pub const MAC1: Range<usize> = 116..132;
-    pub const MAC2: Range<usize> = 132..148;
-}
+/// A zero-copy view of a handshake initiation: sender index (4..8), Noise message 1
+/// (`e, es, s, ss`, 8..116), mac1 (116..132), mac2 (132..148).
+pub type Initiation<T> = HandshakeMessage<T, InitiationLayout, INITIATION_NOISE_LEN>;
 
-/// A zero-copy view of a handshake initiation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Initiation<T: AsRef<[u8]>> {
-    buffer: T,
-}
-
-impl<T: AsRef<[u8]>> Initiation<T> {
-    /// Wraps a buffer without checking it. Accessors panic if it is shorter than
-    /// [`INITIATION_LEN`]; use [`Initiation::new_checked`] for anything received.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Initiation { buffer }
-    }
-
-    /// Wraps a buffer of exactly [`INITIATION_LEN`] bytes. Only the length is checked (as in
-    /// smoltcp); [`InitiationRepr::parse`] or [`super::message_type`] check the header.
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        check_exact_len(buffer.as_ref(), INITIATION_LEN)?;
-        Ok(Initiation { buffer })
-    }
-
-    /// The wrapped buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The initiator's receiver index for this handshake.
-    pub fn sender_index(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::SENDER_INDEX.start)
-    }
-
-    /// Noise message 1 (`e, es, s, ss`), bytes 8..116.
-    pub fn noise_message(&self) -> &[u8; INITIATION_NOISE_LEN] {
-        array(self.buffer.as_ref(), field::NOISE.start)
-    }
-
-    /// mac1, bytes 116..132.
-    pub fn mac1(&self) -> &[u8; MAC_LEN] {
-        array(self.buffer.as_ref(), field::MAC1.start)
-    }
-
-    /// mac2, bytes 132..148 (zeros when the initiator holds no cookie).
-    pub fn mac2(&self) -> &[u8; MAC_LEN] {
-        array(self.buffer.as_ref(), field::MAC2.start)
-    }
-
-    /// Whether the initiator sent a cookie: mac2 is all zeros when its jar was empty.
-    pub fn has_cookie(&self) -> bool {
-        self.mac2().iter().any(|&b| b != 0)
-    }
-
-    /// The bytes mac1 covers, 0..116.
-    pub fn mac1_covered(&self) -> &[u8] {
-        &self.buffer.as_ref()[..field::MAC1.start]
-    }
-
-    /// The bytes mac2 covers, 0..132.
-    pub fn mac2_covered(&self) -> &[u8] {
-        &self.buffer.as_ref()[..field::MAC2.start]
-    }
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Initiation<T> {
-    /// Writes the type, zeroes the reserved bytes and writes the sender index.
-    pub fn fill_header(&mut self, sender_index: u32) {
-        let b = self.buffer.as_mut();
-        write_header(b, MessageType::Initiation);
-        b[field::SENDER_INDEX].copy_from_slice(&sender_index.to_le_bytes());
-    }
-
-    /// Noise message 1, for the handshake to write into.
-    pub fn noise_message_mut(&mut self) -> &mut [u8; INITIATION_NOISE_LEN] {
-        array_mut(self.buffer.as_mut(), field::NOISE.start)
-    }
-
-    /// mac1, for writing.
-    pub fn mac1_mut(&mut self) -> &mut [u8; MAC_LEN] {
-        array_mut(self.buffer.as_mut(), field::MAC1.start)
-    }
-
-    /// mac2, for writing.
-    pub fn mac2_mut(&mut self) -> &mut [u8; MAC_LEN] {
-        array_mut(self.buffer.as_mut(), field::MAC2.start)
-    }
-}
+// The shared layout adds up to the length the spec gives.
+const _: () = assert!(Initiation::<&[u8]>::LEN == INITIATION_LEN);
 
 /// A parsed handshake initiation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,10 +24,9 @@ pub struct InitiationRepr {
 }
 
 impl InitiationRepr {
-    /// Parses a checked view, rejecting a wrong type byte or non-zero reserved bytes.
+    /// Parses a view, rejecting a wrong length, type byte or non-zero reserved bytes.
     pub fn parse<T: AsRef<[u8]>>(packet: &Initiation<T>) -> Result<Self, WireError> {
-        check_exact_len(packet.buffer.as_ref(), INITIATION_LEN)?;
-        check_header(packet.buffer.as_ref(), MessageType::Initiation)?;
+        packet.check()?;
         Ok(InitiationRepr {
             sender_index: packet.sender_index(),
             noise_message: *packet.noise_message(),
@@ -127,9 +38,7 @@ impl InitiationRepr {
     /// Writes every byte of the message.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Initiation<T>) {
         packet.fill_header(self.sender_index);
-        *packet.noise_message_mut() = self.noise_message;
-        *packet.mac1_mut() = self.mac1;
-        *packet.mac2_mut() = self.mac2;
+        packet.emit_body(&self.noise_message, &self.mac1, &self.mac2);
     }
 
     /// The length of the emitted message.

@@ -5,7 +5,8 @@
 //! Modelled on smoltcp's `wire` module: each message has a zero-copy view over a buffer
 //! (`Initiation<T: AsRef<[u8]>>` and friends) whose `new_checked` validates the length once, so
 //! that no accessor can panic afterwards, and a `Repr` (an owned, parsed form) with
-//! `parse`/`emit`/`buffer_len`.
+//! `parse`/`emit`/`buffer_len`. The handshake messages share one view, [`HandshakeMessage`],
+//! laid out per message and suite.
 //!
 //! Receivers call [`message_type`] first: it checks the type byte, the reserved bytes and the
 //! length for that type, the checks the spec asks for before anything else.
@@ -13,6 +14,7 @@
 mod assignment;
 pub mod checksum;
 mod cookie_reply;
+mod handshake;
 mod initiation;
 mod ip;
 mod push;
@@ -22,6 +24,9 @@ mod wg_response;
 
 pub use assignment::AddressAssignment;
 pub use cookie_reply::{CookieReply, CookieReplyRepr, COOKIE_NONCE_LEN, ENCRYPTED_COOKIE_LEN};
+pub use handshake::{
+    HandshakeLayout, HandshakeMessage, HandshakeResponseRepr, InitiationLayout, ResponseLayout,
+};
 pub use initiation::{Initiation, InitiationRepr};
 pub use ip::{
     IpError, IpLayout, IpPacket, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN,
@@ -214,6 +219,48 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 pub(crate) fn mac_offsets(len: usize) -> Option<(usize, usize)> {
     let mac1 = len.checked_sub(2 * MAC_LEN)?;
     Some((mac1, mac1 + MAC_LEN))
+}
+
+/// One of the two MACs that end every initiation and response (of either suite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MacSlot {
+    /// mac1, `len-32..len-16`.
+    Mac1,
+    /// mac2, the last 16 bytes.
+    Mac2,
+}
+
+/// Where the MAC in `slot` of a full initiation or response lies (it covers everything before
+/// it), or `None` if too short.
+fn mac_range(len: usize, slot: MacSlot) -> Option<core::ops::Range<usize>> {
+    let (mac1, mac2) = mac_offsets(len)?;
+    let start = match slot {
+        MacSlot::Mac1 => mac1,
+        MacSlot::Mac2 => mac2,
+    };
+    Some(start..start + MAC_LEN)
+}
+
+/// Writes `mac` of everything before `slot` into `slot`, in a suite's own MAC. Does nothing to
+/// a buffer shorter than both MACs.
+pub(crate) fn write_mac(msg: &mut [u8], slot: MacSlot, mac: impl FnOnce(&[u8]) -> [u8; MAC_LEN]) {
+    if let Some(range) = mac_range(msg.len(), slot) {
+        let tag = mac(&msg[..range.start]);
+        msg[range].copy_from_slice(&tag);
+    }
+}
+
+/// Whether `slot` holds `mac` of everything before it, compared in constant time (false if
+/// the buffer is shorter than both MACs).
+pub(crate) fn verify_mac(
+    msg: &[u8],
+    slot: MacSlot,
+    mac: impl FnOnce(&[u8]) -> [u8; MAC_LEN],
+) -> bool {
+    match mac_range(msg.len(), slot) {
+        Some(range) => ct_eq(&mac(&msg[..range.start]), &msg[range]),
+        None => false,
+    }
 }
 
 #[cfg(test)]

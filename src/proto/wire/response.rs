@@ -1,151 +1,23 @@
-//! Handshake response (type 2, 116 bytes).
+//! Handshake response (type 2, 116 bytes): the shared handshake view with the native Noise
+//! message 2 (`e, ee, se, psk` and the sealed address assignment, bytes 12..84).
 
-use super::{
-    array, array_mut, check_exact_len, check_header, read_u32, write_header, MessageType,
-    WireError, MAC_LEN, RESPONSE_LEN, RESPONSE_NOISE_LEN,
-};
+use super::handshake::{HandshakeMessage, HandshakeResponseRepr, ResponseLayout};
+use super::{RESPONSE_LEN, RESPONSE_NOISE_LEN};
 
-mod field {
-    use core::ops::Range;
-    pub const SENDER_INDEX: Range<usize> = 4..8;
-    pub const RECEIVER_INDEX: Range<usize> = 8..12;
-    pub const NOISE: Range<usize> = 12..84;
-    pub const MAC1: Range<usize> = 84..100;
-    pub const MAC2: Range<usize> = 100..116;
-}
-
-/// A zero-copy view of a handshake response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response<T: AsRef<[u8]>> {
-    buffer: T,
-}
-
-impl<T: AsRef<[u8]>> Response<T> {
-    /// Wraps a buffer without checking it. Accessors panic if it is shorter than
-    /// [`RESPONSE_LEN`]; use [`Response::new_checked`] for anything received.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Response { buffer }
-    }
-
-    /// Wraps a buffer of exactly [`RESPONSE_LEN`] bytes. Only the length is checked;
-    /// [`ResponseRepr::parse`] or [`super::message_type`] check the header.
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        check_exact_len(buffer.as_ref(), RESPONSE_LEN)?;
-        Ok(Response { buffer })
-    }
-
-    /// The wrapped buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The responder's receiver index.
-    pub fn sender_index(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::SENDER_INDEX.start)
-    }
-
-    /// The initiator's sender index, echoed.
-    pub fn receiver_index(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::RECEIVER_INDEX.start)
-    }
-
-    /// Noise message 2 (`e, ee, se, psk`), bytes 12..84.
-    pub fn noise_message(&self) -> &[u8; RESPONSE_NOISE_LEN] {
-        array(self.buffer.as_ref(), field::NOISE.start)
-    }
-
-    /// mac1, bytes 84..100.
-    pub fn mac1(&self) -> &[u8; MAC_LEN] {
-        array(self.buffer.as_ref(), field::MAC1.start)
-    }
-
-    /// mac2, bytes 100..116 (zeros: initiators never send cookies).
-    pub fn mac2(&self) -> &[u8; MAC_LEN] {
-        array(self.buffer.as_ref(), field::MAC2.start)
-    }
-
-    /// The bytes mac1 covers, 0..84.
-    pub fn mac1_covered(&self) -> &[u8] {
-        &self.buffer.as_ref()[..field::MAC1.start]
-    }
-
-    /// The bytes mac2 covers, 0..100.
-    pub fn mac2_covered(&self) -> &[u8] {
-        &self.buffer.as_ref()[..field::MAC2.start]
-    }
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Response<T> {
-    /// Writes the type, zeroes the reserved bytes and writes both indices.
-    pub fn fill_header(&mut self, sender_index: u32, receiver_index: u32) {
-        let b = self.buffer.as_mut();
-        write_header(b, MessageType::Response);
-        b[field::SENDER_INDEX].copy_from_slice(&sender_index.to_le_bytes());
-        b[field::RECEIVER_INDEX].copy_from_slice(&receiver_index.to_le_bytes());
-    }
-
-    /// Noise message 2, for the handshake to write into.
-    pub fn noise_message_mut(&mut self) -> &mut [u8; RESPONSE_NOISE_LEN] {
-        array_mut(self.buffer.as_mut(), field::NOISE.start)
-    }
-
-    /// mac1, for writing.
-    pub fn mac1_mut(&mut self) -> &mut [u8; MAC_LEN] {
-        array_mut(self.buffer.as_mut(), field::MAC1.start)
-    }
-
-    /// mac2, for writing.
-    pub fn mac2_mut(&mut self) -> &mut [u8; MAC_LEN] {
-        array_mut(self.buffer.as_mut(), field::MAC2.start)
-    }
-}
+/// A zero-copy view of a handshake response: sender index (4..8), receiver index (8..12),
+/// Noise message 2 (12..84), mac1 (84..100), mac2 (100..116).
+pub type Response<T> = HandshakeMessage<T, ResponseLayout, RESPONSE_NOISE_LEN>;
 
 /// A parsed handshake response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseRepr {
-    /// The responder's receiver index.
-    pub sender_index: u32,
-    /// The initiator's sender index, echoed.
-    pub receiver_index: u32,
-    /// Noise message 2.
-    pub noise_message: [u8; RESPONSE_NOISE_LEN],
-    /// mac1.
-    pub mac1: [u8; MAC_LEN],
-    /// mac2.
-    pub mac2: [u8; MAC_LEN],
-}
+pub type ResponseRepr = HandshakeResponseRepr<RESPONSE_NOISE_LEN>;
 
-impl ResponseRepr {
-    /// Parses a view, rejecting a wrong length, type byte or non-zero reserved bytes.
-    pub fn parse<T: AsRef<[u8]>>(packet: &Response<T>) -> Result<Self, WireError> {
-        check_exact_len(packet.buffer.as_ref(), RESPONSE_LEN)?;
-        check_header(packet.buffer.as_ref(), MessageType::Response)?;
-        Ok(ResponseRepr {
-            sender_index: packet.sender_index(),
-            receiver_index: packet.receiver_index(),
-            noise_message: *packet.noise_message(),
-            mac1: *packet.mac1(),
-            mac2: *packet.mac2(),
-        })
-    }
-
-    /// Writes every byte of the message.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Response<T>) {
-        packet.fill_header(self.sender_index, self.receiver_index);
-        *packet.noise_message_mut() = self.noise_message;
-        *packet.mac1_mut() = self.mac1;
-        *packet.mac2_mut() = self.mac2;
-    }
-
-    /// The length of the emitted message.
-    pub const fn buffer_len(&self) -> usize {
-        RESPONSE_LEN
-    }
-}
+// The shared layout adds up to the length the spec gives.
+const _: () = assert!(Response::<&[u8]>::LEN == RESPONSE_LEN);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::wire::WireError;
 
     fn sample() -> [u8; RESPONSE_LEN] {
         let mut b = [0u8; RESPONSE_LEN];

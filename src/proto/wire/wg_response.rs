@@ -2,10 +2,8 @@
 //! assignment, since WireGuard's message 2 carries an empty payload. WireGuard whitepaper
 //! section 5.4.3; wireguard-go `device/noise-protocol.go` `MessageResponseSize`.
 
-use super::{
-    array, array_mut, check_exact_len, check_header, read_u32, write_header, MessageType,
-    WireError, MAC_LEN, TAG_LEN,
-};
+use super::handshake::{HandshakeMessage, HandshakeResponseRepr, ResponseLayout};
+use super::TAG_LEN;
 
 /// Length of a WireGuard handshake response: type and reserved (4), sender (4), receiver (4),
 /// ephemeral (32), empty payload's tag (16), mac1 (16), mac2 (16). WireGuard whitepaper
@@ -15,132 +13,20 @@ pub const WG_RESPONSE_LEN: usize = 92;
 /// the empty payload.
 pub const WG_RESPONSE_NOISE_LEN: usize = 32 + TAG_LEN;
 
-mod field {
-    use core::ops::Range;
-    pub const SENDER_INDEX: Range<usize> = 4..8;
-    pub const RECEIVER_INDEX: Range<usize> = 8..12;
-    pub const NOISE: Range<usize> = 12..60;
-    pub const MAC1: Range<usize> = 60..76;
-    pub const MAC2: Range<usize> = 76..92;
-}
-
-/// A zero-copy view of a WireGuard handshake response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WgResponse<T: AsRef<[u8]>> {
-    buffer: T,
-}
-
-impl<T: AsRef<[u8]>> WgResponse<T> {
-    /// Wraps a buffer without checking it. Accessors panic if it is shorter than
-    /// [`WG_RESPONSE_LEN`]; use [`WgResponse::new_checked`] for anything received.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        WgResponse { buffer }
-    }
-
-    /// Wraps a buffer of exactly [`WG_RESPONSE_LEN`] bytes. Only the length is checked;
-    /// [`WgResponseRepr::parse`] checks the header.
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        check_exact_len(buffer.as_ref(), WG_RESPONSE_LEN)?;
-        Ok(WgResponse { buffer })
-    }
-
-    /// The responder's receiver index.
-    pub fn sender_index(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::SENDER_INDEX.start)
-    }
-
-    /// The initiator's sender index, echoed.
-    pub fn receiver_index(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::RECEIVER_INDEX.start)
-    }
-
-    /// Noise message 2 (`e, ee, se, psk` and the empty payload's tag), bytes 12..60.
-    pub fn noise_message(&self) -> &[u8; WG_RESPONSE_NOISE_LEN] {
-        array(self.buffer.as_ref(), field::NOISE.start)
-    }
-
-    /// mac1, bytes 60..76.
-    pub fn mac1(&self) -> &[u8; MAC_LEN] {
-        array(self.buffer.as_ref(), field::MAC1.start)
-    }
-
-    /// mac2, bytes 76..92.
-    pub fn mac2(&self) -> &[u8; MAC_LEN] {
-        array(self.buffer.as_ref(), field::MAC2.start)
-    }
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> WgResponse<T> {
-    /// Writes the type, zeroes the reserved bytes and writes both indices.
-    pub fn fill_header(&mut self, sender_index: u32, receiver_index: u32) {
-        let b = self.buffer.as_mut();
-        write_header(b, MessageType::Response);
-        b[field::SENDER_INDEX].copy_from_slice(&sender_index.to_le_bytes());
-        b[field::RECEIVER_INDEX].copy_from_slice(&receiver_index.to_le_bytes());
-    }
-
-    /// Noise message 2, for the handshake to write into.
-    pub fn noise_message_mut(&mut self) -> &mut [u8; WG_RESPONSE_NOISE_LEN] {
-        array_mut(self.buffer.as_mut(), field::NOISE.start)
-    }
-
-    /// mac1, for writing.
-    pub fn mac1_mut(&mut self) -> &mut [u8; MAC_LEN] {
-        array_mut(self.buffer.as_mut(), field::MAC1.start)
-    }
-
-    /// mac2, for writing.
-    pub fn mac2_mut(&mut self) -> &mut [u8; MAC_LEN] {
-        array_mut(self.buffer.as_mut(), field::MAC2.start)
-    }
-}
+/// A zero-copy view of a WireGuard handshake response: sender index (4..8), receiver index
+/// (8..12), Noise message 2 (12..60), mac1 (60..76), mac2 (76..92).
+pub type WgResponse<T> = HandshakeMessage<T, ResponseLayout, WG_RESPONSE_NOISE_LEN>;
 
 /// A parsed WireGuard handshake response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WgResponseRepr {
-    /// The responder's receiver index.
-    pub sender_index: u32,
-    /// The initiator's sender index, echoed.
-    pub receiver_index: u32,
-    /// Noise message 2.
-    pub noise_message: [u8; WG_RESPONSE_NOISE_LEN],
-    /// mac1.
-    pub mac1: [u8; MAC_LEN],
-    /// mac2.
-    pub mac2: [u8; MAC_LEN],
-}
+pub type WgResponseRepr = HandshakeResponseRepr<WG_RESPONSE_NOISE_LEN>;
 
-impl WgResponseRepr {
-    /// Parses a view, rejecting a wrong length, type byte or non-zero reserved bytes.
-    pub fn parse<T: AsRef<[u8]>>(packet: &WgResponse<T>) -> Result<Self, WireError> {
-        check_exact_len(packet.buffer.as_ref(), WG_RESPONSE_LEN)?;
-        check_header(packet.buffer.as_ref(), MessageType::Response)?;
-        Ok(WgResponseRepr {
-            sender_index: packet.sender_index(),
-            receiver_index: packet.receiver_index(),
-            noise_message: *packet.noise_message(),
-            mac1: *packet.mac1(),
-            mac2: *packet.mac2(),
-        })
-    }
-
-    /// Writes every byte of the message.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut WgResponse<T>) {
-        packet.fill_header(self.sender_index, self.receiver_index);
-        *packet.noise_message_mut() = self.noise_message;
-        *packet.mac1_mut() = self.mac1;
-        *packet.mac2_mut() = self.mac2;
-    }
-
-    /// The length of the emitted message.
-    pub const fn buffer_len(&self) -> usize {
-        WG_RESPONSE_LEN
-    }
-}
+// The shared layout adds up to the length WireGuard gives.
+const _: () = assert!(WgResponse::<&[u8]>::LEN == WG_RESPONSE_LEN);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::wire::{WireError, MAC_LEN};
 
     fn sample() -> [u8; WG_RESPONSE_LEN] {
         let mut b = [0u8; WG_RESPONSE_LEN];

@@ -11,9 +11,10 @@ use crate::proto::admission::COOKIE_REPLY_BUDGET_BURST;
 use crate::proto::client::{Client, ClientEvent, ClientParams};
 use crate::proto::constants::{KEEPALIVE_ANSWER_AFTER, REJECT_AFTER_TIME};
 use crate::proto::cookie::CookieJar;
-use crate::proto::keys::{PresharedKey, StaticSecret};
+use crate::proto::keys::{PresharedKey, PublicKey, StaticSecret};
 use crate::proto::rng::SeededRandom;
-use crate::proto::server::{HandshakeReply, PeerConfig, Server};
+use crate::proto::server::{Established, HandshakeReply, PeerConfig, Server};
+use crate::proto::suite::Suite;
 use crate::proto::wire::{AddressAssignment, INITIATION_LEN, RESPONSE_LEN};
 use crate::server::session_table::SessionTable;
 
@@ -110,21 +111,60 @@ impl Headend {
         }
     }
 
+    /// Configures peer `n` at 10.66.0.n with `public_key`, speaking `suite`.
+    fn add_peer(&mut self, n: u8, public_key: PublicKey, suite: Suite) {
+        self.server.add_peer(PeerConfig {
+            public_key,
+            psk: PresharedKey::zero(),
+            assignment: assignment(n),
+            allowed_ips: Vec::new(),
+            suite,
+        });
+    }
+
+    /// Has the server answer a genuine `initiation` from `udp` (not under load): the response
+    /// it wrote (in a buffer of the native length, the longer one) and the handshake's result.
+    fn accept(&mut self, initiation: &[u8], udp: SocketAddr) -> ([u8; RESPONSE_LEN], Established) {
+        let mut response = [0u8; RESPONSE_LEN];
+        let reply = self
+            .server
+            .handle_initiation(initiation, udp, T0, false, &mut self.rng, &mut response)
+            .expect("a genuine initiation");
+        let HandshakeReply::Established(done) = reply else {
+            panic!("not under load, so no cookie reply");
+        };
+        (response, done)
+    }
+
+    /// Publishes a completed handshake as the control thread does: the peer of `suite` with
+    /// `assignment` in the table, its session under its receiver index.
+    fn publish(
+        &mut self,
+        done: Established,
+        assignment: AddressAssignment,
+        suite: Suite,
+    ) -> Arc<PeerEntry> {
+        let entry = Arc::new(PeerEntry::new(done.peer, done.session, assignment).with_suite(suite));
+        self.table.insert_peer(&entry);
+        self.table.insert_index(done.local_index, &entry);
+        entry
+    }
+
+    /// Runs the keepalive that confirms a new peer's keys through the gate: the server has
+    /// sent it nothing yet, so it is answered.
+    fn confirm(&mut self, keepalive: &mut [u8], udp: SocketAddr) {
+        assert_eq!(
+            self.decide(keepalive, udp, T0),
+            Outcome::KeepaliveReply {
+                len: TRANSPORT_MIN_LEN
+            }
+        );
+    }
+
     /// A client for a new peer `n` at 10.66.0.n, not yet connected.
     fn client(&mut self, n: u8) -> Client {
         let secret = secret(&mut self.rng);
-        self.server.add_peer(PeerConfig {
-            public_key: secret.public_key(),
-            psk: PresharedKey::zero(),
-            assignment: AddressAssignment {
-                ipv4: client_address(n),
-                ipv4_prefix: 16,
-                ipv6: None,
-                mtu: 1420,
-            },
-            allowed_ips: Vec::new(),
-            suite: crate::proto::suite::Suite::Native,
-        });
+        self.add_peer(n, secret.public_key(), Suite::Native);
         Client::new(
             ClientParams {
                 secret,
@@ -143,20 +183,11 @@ impl Headend {
     fn connect(&mut self, n: u8, udp: SocketAddr) -> Connected {
         let mut client = self.client(n);
         let initiation = transmit(&mut client, T0, &mut self.rng);
-        let mut response = [0u8; RESPONSE_LEN];
-        let reply = self
-            .server
-            .handle_initiation(&initiation, udp, T0, false, &mut self.rng, &mut response)
-            .expect("a genuine initiation");
-        let HandshakeReply::Established(done) = reply else {
-            panic!("not under load, so no cookie reply");
-        };
+        let (mut response, done) = self.accept(&initiation, udp);
         let ClientEvent::Connected(assignment) = client.receive(&mut response, T0) else {
             panic!("the server's response does not connect the client");
         };
-        let entry = Arc::new(PeerEntry::new(done.peer, done.session, assignment));
-        self.table.insert_peer(&entry);
-        self.table.insert_index(done.local_index, &entry);
+        let entry = self.publish(done, assignment, Suite::Native);
         Connected { client, entry, udp }
     }
 
@@ -164,13 +195,7 @@ impl Headend {
     fn connect_confirmed(&mut self, n: u8, udp: SocketAddr) -> Connected {
         let mut peer = self.connect(n, udp);
         let mut keepalive = transmit(&mut peer.client, T0, &mut self.rng);
-        // The server has sent it nothing yet, so the keepalive is answered.
-        assert_eq!(
-            self.decide(&mut keepalive, udp, T0),
-            Outcome::KeepaliveReply {
-                len: TRANSPORT_MIN_LEN
-            }
-        );
+        self.confirm(&mut keepalive, udp);
         peer
     }
 }
@@ -213,6 +238,61 @@ fn seal(client: &mut Client, packet: &[u8], now: Instant) -> Vec<u8> {
     buf
 }
 
+/// Client `n`'s address assignment: 10.66.0.n/16.
+fn assignment(n: u8) -> AddressAssignment {
+    AddressAssignment {
+        ipv4: client_address(n),
+        ipv4_prefix: 16,
+        ipv6: None,
+        mtu: 1420,
+    }
+}
+
+/// Runs `datagram`, sealing `packet` for the peer of `entry`, through the gate from `roamed`:
+/// it goes to the TUN opened in place, the peer's endpoint follows it and its bytes count.
+fn assert_to_tun_from(
+    h: &mut Headend,
+    entry: &PeerEntry,
+    datagram: &mut [u8],
+    packet: &[u8],
+    roamed: SocketAddr,
+) {
+    let Outcome::ToTun(range) = h.decide(datagram, roamed, T0) else {
+        panic!("not to the TUN");
+    };
+    assert_eq!(&datagram[range], packet, "the plaintext, opened in place");
+    assert_eq!(entry.endpoint(), Some(roamed));
+    assert_eq!(entry.rx_bytes.load(Ordering::Relaxed), packet.len() as u64);
+}
+
+/// Runs `datagram`, sealing a packet of `packet_len` bytes, through the gate from `src`; it
+/// must be relayed to client `to`. What the relay sends that client.
+fn relayed(
+    h: &mut Headend,
+    datagram: &mut [u8],
+    src: SocketAddr,
+    to: u8,
+    packet_len: usize,
+) -> Vec<u8> {
+    let len = TRANSPORT_HEADER_LEN + packet_len + TAG_LEN;
+    assert_eq!(
+        h.decide(datagram, src, T0),
+        Outcome::Relay {
+            len,
+            to: client_address(to)
+        }
+    );
+    datagram[..len].to_vec()
+}
+
+/// What native `client` opens from a relayed datagram; `who` names it if it does not open.
+fn opened_by(client: &mut Client, mut relayed: Vec<u8>, who: &str) -> Vec<u8> {
+    let ClientEvent::Packet(range) = client.receive(&mut relayed, T0) else {
+        panic!("the relayed datagram does not open for {who}");
+    };
+    relayed[range].to_vec()
+}
+
 #[test]
 fn a_packet_from_a_client_goes_to_the_tun_and_its_endpoint_follows_it() {
     let mut h = Headend::new(false);
@@ -220,19 +300,7 @@ fn a_packet_from_a_client_goes_to_the_tun_and_its_endpoint_follows_it() {
     let packet = ipv4_packet(client_address(2), BACKEND);
     let mut datagram = seal(&mut a.client, &packet, T0);
     let roamed = udp("198.51.100.9:5000");
-    let Outcome::ToTun(range) = h.decide(&mut datagram, roamed, T0) else {
-        panic!("not to the TUN");
-    };
-    assert_eq!(
-        &datagram[range],
-        &packet[..],
-        "the plaintext, opened in place"
-    );
-    assert_eq!(a.entry.endpoint(), Some(roamed));
-    assert_eq!(
-        a.entry.rx_bytes.load(Ordering::Relaxed),
-        packet.len() as u64
-    );
+    assert_to_tun_from(&mut h, &a.entry, &mut datagram, &packet, roamed);
 }
 
 #[test]
@@ -302,21 +370,9 @@ fn with_client_to_client_a_packet_for_another_client_is_sealed_for_it() {
     let mut b = h.connect_confirmed(3, udp("192.0.2.3:4000"));
     let packet = ipv4_packet(client_address(2), client_address(3));
     let mut datagram = seal(&mut a.client, &packet, T0);
-    let outcome = h.decide(&mut datagram, a.udp, T0);
-    let len = TRANSPORT_HEADER_LEN + packet.len() + TAG_LEN;
-    assert_eq!(
-        outcome,
-        Outcome::Relay {
-            len,
-            to: client_address(3)
-        }
-    );
+    let relayed = relayed(&mut h, &mut datagram, a.udp, 3, packet.len());
     // What the other client gets is the packet, under its own keys.
-    let mut relayed = datagram[..len].to_vec();
-    let ClientEvent::Packet(range) = b.client.receive(&mut relayed, T0) else {
-        panic!("the relayed datagram does not open for its client");
-    };
-    assert_eq!(&relayed[range], &packet[..]);
+    assert_eq!(opened_by(&mut b.client, relayed, "its client"), packet);
     assert_eq!(
         b.entry.tx_bytes.load(Ordering::Relaxed),
         packet.len() as u64
@@ -331,19 +387,8 @@ fn with_client_to_client_a_packet_to_the_senders_own_address_comes_back_to_it() 
     let mut a = h.connect_confirmed(2, udp("192.0.2.2:4000"));
     let packet = ipv4_packet(client_address(2), client_address(2));
     let mut datagram = seal(&mut a.client, &packet, T0);
-    let len = TRANSPORT_HEADER_LEN + packet.len() + TAG_LEN;
-    assert_eq!(
-        h.decide(&mut datagram, a.udp, T0),
-        Outcome::Relay {
-            len,
-            to: client_address(2)
-        }
-    );
-    let mut relayed = datagram[..len].to_vec();
-    let ClientEvent::Packet(range) = a.client.receive(&mut relayed, T0) else {
-        panic!("the hairpinned datagram does not open for its sender");
-    };
-    assert_eq!(&relayed[range], &packet[..]);
+    let relayed = relayed(&mut h, &mut datagram, a.udp, 2, packet.len());
+    assert_eq!(opened_by(&mut a.client, relayed, "its sender"), packet);
 }
 
 #[test]

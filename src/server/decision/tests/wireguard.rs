@@ -20,18 +20,8 @@ impl Headend {
     fn wireguard_client(&mut self, n: u8) -> Tunn {
         let mut bytes = [0u8; 32];
         self.rng.fill(&mut bytes);
-        self.server.add_peer(PeerConfig {
-            public_key: StaticSecret::from_bytes(bytes).public_key(),
-            psk: PresharedKey::zero(),
-            assignment: AddressAssignment {
-                ipv4: client_address(n),
-                ipv4_prefix: 16,
-                ipv6: None,
-                mtu: 1420,
-            },
-            allowed_ips: Vec::new(),
-            suite: Suite::WireGuard,
-        });
+        let public_key = StaticSecret::from_bytes(bytes).public_key();
+        self.add_peer(n, public_key, Suite::WireGuard);
         Tunn::new(
             x25519::StaticSecret::from(bytes),
             x25519::PublicKey::from(*self.server.public_key().as_bytes()),
@@ -52,42 +42,17 @@ impl Headend {
             Outcome::QueueHandshake,
             "the gate passes a WireGuard initiation by its mac1"
         );
-        let mut response = [0u8; RESPONSE_LEN];
-        let reply = self
-            .server
-            .handle_initiation(&initiation, udp, T0, false, &mut self.rng, &mut response)
-            .expect("a genuine WireGuard initiation");
-        let HandshakeReply::Established(done) = reply else {
-            panic!("not under load, so no cookie reply");
-        };
-        let entry = Arc::new(
-            PeerEntry::new(done.peer, done.session, assignment(n)).with_suite(Suite::WireGuard),
-        );
-        self.table.insert_peer(&entry);
-        self.table.insert_index(done.local_index, &entry);
-        let mut keepalive = match to_wg_client(&mut tunn, &response[..done.len]) {
+        let (response, done) = self.accept(&initiation, udp);
+        let response_len = done.len;
+        let entry = self.publish(done, assignment(n), Suite::WireGuard);
+        let mut keepalive = match to_wg_client(&mut tunn, &response[..response_len]) {
             Some(TunnOutput::Network(k)) => k,
             other => panic!("boringtun sent no keepalive after the response: {other:?}"),
         };
-        // The server has sent it nothing yet, so its keepalive is answered (a stock client
-        // takes the answer as any keepalive).
-        assert_eq!(
-            self.decide(&mut keepalive, udp, T0),
-            Outcome::KeepaliveReply {
-                len: TRANSPORT_MIN_LEN
-            }
-        );
+        // A stock client takes the answer to its keepalive as any keepalive.
+        self.confirm(&mut keepalive, udp);
         initiation.clear();
         WgConnected { tunn, entry, udp }
-    }
-}
-
-fn assignment(n: u8) -> AddressAssignment {
-    AddressAssignment {
-        ipv4: client_address(n),
-        ipv4_prefix: 16,
-        ipv6: None,
-        mtu: 1420,
     }
 }
 
@@ -137,15 +102,7 @@ fn a_wireguard_packet_goes_to_the_tun_and_its_endpoint_follows_it() {
     let packet = ipv4_packet(client_address(2), BACKEND);
     let mut datagram = wg_seal(&mut tunn, &packet);
     let roamed = udp("198.51.100.9:5000");
-    let Outcome::ToTun(range) = h.decide(&mut datagram, roamed, T0) else {
-        panic!("not to the TUN");
-    };
-    assert_eq!(&datagram[range], &packet[..]);
-    assert_eq!(a.entry.endpoint(), Some(roamed));
-    assert_eq!(
-        a.entry.rx_bytes.load(Ordering::Relaxed),
-        packet.len() as u64
-    );
+    assert_to_tun_from(&mut h, &a.entry, &mut datagram, &packet, roamed);
     // A replay of it is dropped, as for a native peer.
     let mut again = wg_seal(&mut tunn, &packet);
     let copy = again.clone();
@@ -175,15 +132,8 @@ fn native_and_wireguard_clients_in_one_table_reach_each_other_through_the_relay(
     // Native to WireGuard: sealed again under the WireGuard peer's ChaCha20-Poly1305 keys.
     let packet = ipv4_packet(client_address(2), client_address(3));
     let mut datagram = seal(&mut native.client, &packet, T0);
-    let len = TRANSPORT_HEADER_LEN + packet.len() + TAG_LEN;
-    assert_eq!(
-        h.decide(&mut datagram, native.udp, T0),
-        Outcome::Relay {
-            len,
-            to: client_address(3)
-        }
-    );
-    match to_wg_client(&mut tunn, &datagram[..len]) {
+    let relayed_to_wg = relayed(&mut h, &mut datagram, native.udp, 3, packet.len());
+    match to_wg_client(&mut tunn, &relayed_to_wg) {
         Some(TunnOutput::Tunnel(p)) => assert_eq!(p, packet),
         other => panic!("boringtun did not deliver the relayed packet: {other:?}"),
     }
@@ -191,18 +141,11 @@ fn native_and_wireguard_clients_in_one_table_reach_each_other_through_the_relay(
     // WireGuard to native: sealed again under the native peer's AES-256-GCM keys.
     let packet = ipv4_packet(client_address(3), client_address(2));
     let mut datagram = wg_seal(&mut tunn, &packet);
+    let relayed_to_native = relayed(&mut h, &mut datagram, wg.udp, 2, packet.len());
     assert_eq!(
-        h.decide(&mut datagram, wg.udp, T0),
-        Outcome::Relay {
-            len,
-            to: client_address(2)
-        }
+        opened_by(&mut native.client, relayed_to_native, "the native client"),
+        packet
     );
-    let mut relayed = datagram[..len].to_vec();
-    let ClientEvent::Packet(range) = native.client.receive(&mut relayed, T0) else {
-        panic!("the relayed datagram does not open for the native client");
-    };
-    assert_eq!(&relayed[range], &packet[..]);
 }
 
 #[test]
