@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::cmd::{self, Proc};
+use common::ctl::{cli_at, cli_at_ok};
+use common::net::timestamped_ping;
 use common::{first_reply_after, keypair, reply_times, root_or_skip, tools_or_skip, unix_now, BIN};
 use concentrator::ops::protocol::{FleetReply, PeerAdded, PeerRemoved, Request, ShowReply};
 
@@ -320,6 +322,16 @@ impl Fleet {
         self.dir.join(format!("h{}.sock", HEADENDS[i].0))
     }
 
+    /// `concentrator peer add --public-key PUBLIC` on headend `i`'s command line, which must
+    /// succeed; returns the address the peer got (from the registry).
+    fn add_peer(&self, i: usize, public: &str) -> String {
+        let out = cli_at_ok(&self.socket(i), &["peer", "add", "--public-key", public]);
+        out.split("with address ")
+            .nth(1)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| panic!("peer add said: {out}"))
+    }
+
     /// Writes the shared keys and each headend's configuration.
     fn write_configs(&self) -> String {
         let (server_key, server_pub) = keypair();
@@ -601,18 +613,7 @@ fn import_file(fleet: &Fleet) -> Vec<(String, String, Option<String>)> {
     let (old, _) = concentrator::config::ServerConfig::load(&path).expect("the old file loads");
     let socket = fleet.socket(1);
     let import = |expect: &str| {
-        let out = cmd::run(
-            &[
-                BIN,
-                "registry",
-                "import",
-                "--socket",
-                socket.to_str().unwrap(),
-                path.to_str().unwrap(),
-            ],
-            None,
-            SHORT,
-        );
+        let out = cli_at(&socket, &["registry", "import", path.to_str().unwrap()]);
         assert!(
             out.ok() && out.stdout.contains(expect),
             "import: {}{}",
@@ -698,26 +699,8 @@ fn three_headends_share_one_registry_on_etcd() {
     let (c1_key, c1_pub) = keypair();
     let c1_key_file = fleet.dir.join("c1.key");
     write_secret(&c1_key_file, &c1_key);
-    let sock_a = fleet.socket(0);
-    let out = cmd::run_ok(
-        &[
-            BIN,
-            "peer",
-            "add",
-            "--socket",
-            sock_a.to_str().unwrap(),
-            "--public-key",
-            &c1_pub,
-        ],
-        None,
-        SHORT,
-    );
+    let c1_addr = fleet.add_peer(0, &c1_pub);
     let added_at = Instant::now();
-    let c1_addr = out
-        .split("with address ")
-        .nth(1)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| panic!("peer add said: {out}"));
     let mut want: HashMap<String, String> = HashMap::from([(c1_pub.clone(), c1_addr.clone())]);
     let bound = if full {
         Duration::from_secs(1)
@@ -774,17 +757,7 @@ fn three_headends_share_one_registry_on_etcd() {
         !record.stdout.contains(psk.trim()),
         "the psk is in etcd in the clear"
     );
-    let listed = cmd::run_ok(
-        &[
-            BIN,
-            "show",
-            "--fleet",
-            "--socket",
-            fleet.socket(2).to_str().unwrap(),
-        ],
-        None,
-        SHORT,
-    );
+    let listed = cli_at_ok(&fleet.socket(2), &["show", "--fleet"]);
     for (name, addr) in HEADENDS {
         assert!(
             listed.contains(name) && listed.contains(addr),
@@ -1238,30 +1211,12 @@ fn clients_of_a_killed_headend_resume_through_the_others_with_their_addresses() 
     eprintln!("fleet up in {:?}", started.elapsed());
 
     // Every client added through the registry on A's command line, and known to B and C.
-    let sock_a = fleet.socket(0);
     let mut peers = Vec::new();
     for c in 0..clients {
         let (key, public) = keypair();
         let key_file = fleet.dir.join(format!("c{}.key", c + 1));
         write_secret(&key_file, &key);
-        let out = cmd::run_ok(
-            &[
-                BIN,
-                "peer",
-                "add",
-                "--socket",
-                sock_a.to_str().unwrap(),
-                "--public-key",
-                &public,
-            ],
-            None,
-            SHORT,
-        );
-        let address = out
-            .split("with address ")
-            .nth(1)
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|| panic!("peer add said: {out}"));
+        let address = fleet.add_peer(0, &public);
         peers.push((key_file, public, address));
     }
     let want: HashMap<String, String> = peers
@@ -1326,22 +1281,9 @@ fn clients_of_a_killed_headend_resume_through_the_others_with_their_addresses() 
     );
     let mut pings: Vec<Proc> = (0..clients)
         .map(|c| {
-            let argv = [
-                "ip",
-                "netns",
-                "exec",
-                &fleet.client_ns[c],
-                "ping",
-                "-n",
-                "-D",
-                "-i",
-                "0.1",
-                "-W",
-                "1",
-                "-w",
-                &ping_secs.to_string(),
-                BACKEND,
-            ];
+            let ping_secs = ping_secs.to_string();
+            let mut argv = vec!["ip", "netns", "exec", &fleet.client_ns[c]];
+            argv.extend(timestamped_ping(&ping_secs, BACKEND));
             Proc::spawn(&format!("ping-c{}", c + 1), &argv, &[], &fleet.dir)
         })
         .collect();
