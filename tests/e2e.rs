@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::net::{
-    assert_masqueraded_then_table_gone, forwarding, no_route_back_and_nat_counters, route_dev,
-    wait_link_gone,
+    assert_masqueraded_then_table_gone, count_input, forwarding, no_route_back_and_nat_counters,
+    route_dev, wait_link_gone,
 };
 use common::setup::new_lab_or_skip;
 use common::traffic::{iperf3_bytes, iperf3_client, transfer_sha256, Transfer};
@@ -331,18 +331,14 @@ fn spoofed_inner_source_dropped() {
         &c1,
         &["addr", "add", &format!("{spoof}/32"), "dev", CLIENT_TUN],
     );
-    lab.nft(
+    count_input(
+        &lab,
         &b,
-        &format!(
-            "table inet ctre_spoof {{\n\
-               counter spoofed {{}}\n\
-               counter legit {{}}\n\
-               chain ctre_input {{ type filter hook input priority 0; policy accept;\n\
-                 ip saddr {spoof} counter name spoofed\n\
-                 ip saddr {addr} counter name legit\n\
-               }}\n\
-             }}\n"
-        ),
+        "ctre_spoof",
+        &[
+            ("spoofed", &format!("ip saddr {spoof}")),
+            ("legit", &format!("ip saddr {addr}")),
+        ],
     );
     let before = lab.ping(&c1, BACKEND, 3, &[]);
     assert!(before.ok(), "legit ping failed:\n{}", before.stdout);
@@ -472,15 +468,8 @@ fn full_tunnel_routes_and_clean_exit() {
         "the server's underlay address must not go into the tunnel"
     );
     let b = lab.backend_ns.clone();
-    lab.nft(
-        &b,
-        &format!(
-            "table inet ctre_ft {{\n\
-               counter tunneled {{}}\n\
-               chain ctre_input {{ type filter hook input priority 0; policy accept; ip saddr {addr} counter name tunneled; }}\n\
-             }}\n"
-        ),
-    );
+    let from_client = format!("ip saddr {addr}");
+    count_input(&lab, &b, "ctre_ft", &[("tunneled", &from_client)]);
     lab.ping_ok(&c1, BACKEND, 5);
     assert!(
         lab.nft_counter(&b, "ctre_ft", "tunneled") >= 5,

@@ -13,7 +13,8 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use common::net::{
-    assert_masqueraded_then_table_gone, forwarding, no_route_back_and_nat_counters, route_dev,
+    assert_masqueraded_then_table_gone, count_input, forwarding, no_route_back_and_nat_counters,
+    route_dev,
 };
 use common::traffic::{
     csum_errors, iperf3_bytes, iperf3_client_to, transfer_sha256_bytes, tun_kernel_packets,
@@ -219,17 +220,8 @@ fn inner6_traffic(underlay6: bool, offloads: bool, test: &str) {
     );
 
     // Plain routing: the backend sees the client's own IPv6 address.
-    lab.nft(
-        &b,
-        &format!(
-            "table inet ctre_v6 {{\n\
-               counter from_client {{}}\n\
-               chain ctre_input {{ type filter hook input priority 0; policy accept;\n\
-                 ip6 saddr {a6} counter name from_client\n\
-               }}\n\
-             }}\n"
-        ),
-    );
+    let from_client = format!("ip6 saddr {a6}");
+    count_input(&lab, &b, "ctre_v6", &[("from_client", &from_client)]);
     lab.ping_ok(&c1, BACKEND6, 5);
     lab.ping_ok(&b, &a6, 5);
     lab.ping_ok(&c1, SERVER_VIRTUAL6, 3);
@@ -466,18 +458,14 @@ fn full_tunnel(underlay6: bool, test: &str) {
             "{dst} not routed into the tunnel"
         );
     }
-    lab.nft(
+    count_input(
+        &lab,
         &b,
-        &format!(
-            "table inet ctre_ft {{\n\
-               counter tunneled4 {{}}\n\
-               counter tunneled6 {{}}\n\
-               chain ctre_input {{ type filter hook input priority 0; policy accept;\n\
-                 ip saddr {a4} counter name tunneled4\n\
-                 ip6 saddr {a6} counter name tunneled6\n\
-               }}\n\
-             }}\n"
-        ),
+        "ctre_ft",
+        &[
+            ("tunneled4", &format!("ip saddr {a4}")),
+            ("tunneled6", &format!("ip6 saddr {a6}")),
+        ],
     );
     lab.ping_ok(&c1, BACKEND6, 5);
     lab.ping_ok(&c1, BACKEND, 5);

@@ -83,19 +83,34 @@ pub fn no_route_back_and_nat_counters(lab: &Lab, client: IpAddr) {
         "backend unexpectedly has a route to {client}: {}",
         back.stdout
     );
-    lab.nft(
+    count_input(
+        lab,
         b,
-        &format!(
-            "table inet ctre_nat {{\n\
-               counter from_server {{}}\n\
-               counter from_client {{}}\n\
-               chain ctre_input {{ type filter hook input priority 0; policy accept;\n\
-                 {family} saddr {server} {icmp} type echo-request counter name from_server\n\
-                 {family} saddr {subnet} counter name from_client\n\
-               }}\n\
-             }}\n"
-        ),
+        "ctre_nat",
+        &[
+            (
+                "from_server",
+                &format!("{family} saddr {server} {icmp} type echo-request"),
+            ),
+            ("from_client", &format!("{family} saddr {subnet}")),
+        ],
     );
+}
+
+/// Adds nft table `table` (family inet) in `ns` that counts the packets `ns` receives: for each
+/// `(name, rule)`, counter `name` counts what `rule` matches (`ip saddr 10.66.0.2`, say).
+/// [`Lab::nft_counter`] reads them.
+pub fn count_input(lab: &Lab, ns: &str, table: &str, counters: &[(&str, &str)]) {
+    let mut script = format!("table inet {table} {{\n");
+    for (name, _) in counters {
+        script += &format!("  counter {name} {{}}\n");
+    }
+    script += "  chain ctre_input { type filter hook input priority 0; policy accept;\n";
+    for (name, rule) in counters {
+        script += &format!("    {rule} counter name {name}\n");
+    }
+    script += "  }\n}\n";
+    lab.nft(ns, &script);
 }
 
 /// The end of a masquerade test started with [`no_route_back_and_nat_counters`], after at
