@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::net::{
-    assert_masqueraded_then_table_gone, count_input, forwarding, no_route_back_and_nat_counters,
-    route_dev, wait_link_gone,
+    assert_forwarding_on_only_while_running, assert_masqueraded_then_table_gone, count_input,
+    no_route_back_and_nat_counters, route_dev, wait_link_gone,
 };
 use common::setup::new_lab_or_skip;
 use common::traffic::{iperf3_bytes, iperf3_client, transfer_sha256, Transfer};
@@ -204,18 +204,7 @@ fn forwarding_is_restored_on_exit() {
             ],
             Duration::from_secs(5),
         );
-        lab.start_server();
-        assert_eq!(
-            forwarding(&lab, &s),
-            ("1".into(), "1".into()),
-            "while running"
-        );
-        lab.stop_server();
-        assert_eq!(
-            forwarding(&lab, &s),
-            (before.into(), before.into()),
-            "after the exit, as before the start"
-        );
+        assert_forwarding_on_only_while_running(&mut lab, (before, before));
     }
 }
 

@@ -13,8 +13,8 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use common::net::{
-    assert_masqueraded_then_table_gone, count_input, forwarding, no_route_back_and_nat_counters,
-    route_dev,
+    assert_forwarding_on_only_while_running, assert_masqueraded_then_table_gone, count_input,
+    forwarding, no_route_back_and_nat_counters, route_dev,
 };
 use common::traffic::{
     csum_errors, iperf3_bytes, iperf3_client_to, transfer_sha256_bytes, tun_kernel_packets,
@@ -717,18 +717,7 @@ fn forwarding_of_both_families_on_while_running() {
     let s = lab.server_ns.clone();
     let off = ("0".to_string(), "0".to_string());
     assert_eq!(forwarding(&lab, &s), off, "a new namespace forwards");
-    lab.start_server();
-    assert_eq!(
-        forwarding(&lab, &s),
-        ("1".to_string(), "1".to_string()),
-        "forwarding while the server runs"
-    );
-    lab.stop_server();
-    assert_eq!(
-        forwarding(&lab, &s),
-        off,
-        "forwarding after the server stopped (IPv4, IPv6)"
-    );
+    assert_forwarding_on_only_while_running(&mut lab, ("0", "0"));
 }
 
 /// `nat6`: the IPv6 client subnet leaves behind the server's backend-facing address, so a

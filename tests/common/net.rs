@@ -30,6 +30,24 @@ pub fn forwarding(lab: &Lab, ns: &str) -> (String, String) {
     )
 }
 
+/// Starts the lab's server and stops it: while it runs, both forwarding switches of its
+/// namespace are on; after it stops, they are back at `before` (`(IPv4, IPv6)`).
+pub fn assert_forwarding_on_only_while_running(lab: &mut Lab, before: (&str, &str)) {
+    let s = lab.server_ns.clone();
+    lab.start_server();
+    assert_eq!(
+        forwarding(lab, &s),
+        ("1".to_string(), "1".to_string()),
+        "forwarding (IPv4, IPv6) while the server runs"
+    );
+    lab.stop_server();
+    assert_eq!(
+        forwarding(lab, &s),
+        (before.0.to_string(), before.1.to_string()),
+        "forwarding (IPv4, IPv6) after the server stopped, as before its start"
+    );
+}
+
 /// Waits until link `dev` is gone from `ns`; panics when it is still there after `limit`
 /// (counted from `since`, the moment `what` happened). Returns how long after `since` it went.
 pub fn wait_link_gone(
