@@ -10,8 +10,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::net::{
-    assert_forwarding_on_only_while_running, assert_masqueraded_then_table_gone, count_input,
-    no_route_back_and_nat_counters, route_dev, wait_link_gone,
+    assert_forwarding_on_only_while_running, assert_full_tunnel_client_leaves_no_trace,
+    assert_masqueraded_then_table_gone, count_input, no_route_back_and_nat_counters, route_dev,
+    routes_of_both_families, wait_link_gone,
 };
 use common::setup::new_lab_or_skip;
 use common::traffic::{iperf3_bytes, iperf3_client, transfer_sha256, Transfer};
@@ -436,10 +437,7 @@ fn full_tunnel_routes_and_clean_exit() {
     let c1 = lab.client_ns[0].clone();
     // A real client has a default route over its underlay; the server is its gateway here.
     lab.ip(&c1, &["route", "add", "default", "via", SERVER_UNDERLAY]);
-    let routes_before = (
-        lab.ip(&c1, &["-4", "route", "show"]),
-        lab.ip(&c1, &["-6", "route", "show"]),
-    );
+    let routes_before = routes_of_both_families(&lab, &c1);
     let addr = lab.up()[0];
     assert_eq!(
         route_dev(&lab, &c1, BACKEND),
@@ -464,27 +462,7 @@ fn full_tunnel_routes_and_clean_exit() {
         lab.nft_counter(&b, "ctre_ft", "tunneled") >= 5,
         "pings did not come out of the tunnel"
     );
-    let (st, log) = lab.stop_client(0);
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "client did not exit cleanly ({st:?}):\n{log}"
-    );
-    let v4 = lab.ip(&c1, &["-4", "route", "show"]);
-    for r in ["0.0.0.0/1", "128.0.0.0/1"] {
-        assert!(!v4.contains(r), "{r} left behind:\n{v4}");
-    }
-    let v6 = lab.ip(&c1, &["-6", "route", "show"]);
-    assert_eq!(
-        (v4, v6),
-        routes_before,
-        "routes differ from before the client ran"
-    );
-    let tun = lab.exec(
-        &c1,
-        &["ip", "link", "show", CLIENT_TUN],
-        Duration::from_secs(5),
-    );
-    assert!(!tun.ok(), "TUN left behind after exit");
+    assert_full_tunnel_client_leaves_no_trace(&mut lab, 0, routes_before);
 }
 
 /// Writes `text` as a config and runs the server (or client) on it. As root it runs inside a

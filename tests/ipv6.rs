@@ -13,8 +13,9 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use common::net::{
-    assert_forwarding_on_only_while_running, assert_masqueraded_then_table_gone, count_input,
-    forwarding, no_route_back_and_nat_counters, route_dev,
+    assert_forwarding_on_only_while_running, assert_full_tunnel_client_leaves_no_trace,
+    assert_masqueraded_then_table_gone, count_input, forwarding, no_route_back_and_nat_counters,
+    route_dev, routes_of_both_families,
 };
 use common::traffic::{
     csum_errors, iperf3_bytes, iperf3_client_to, transfer_sha256_bytes, tun_kernel_packets,
@@ -422,10 +423,7 @@ fn full_tunnel(underlay6: bool, test: &str) {
     let (b, c1) = (lab.backend_ns.clone(), lab.client_ns[0].clone());
     let link = lab.client_links[0].clone();
     behind_gateway(&lab, 0, underlay6);
-    let routes_before = (
-        lab.ip(&c1, &["-4", "route", "show"]),
-        lab.ip(&c1, &["-6", "route", "show"]),
-    );
+    let routes_before = routes_of_both_families(&lab, &c1);
     lab.start_server();
     lab.start_client(0);
     let a6 = tunnel_addr6(&mut lab, 0);
@@ -488,25 +486,7 @@ fn full_tunnel(underlay6: bool, test: &str) {
     );
     assert_eq!(got, sent, "full tunnel TCP6: sha256 differs at the backend");
 
-    let (st, log) = lab.stop_client(0);
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "client did not exit cleanly ({st:?}):\n{log}"
-    );
-    let routes_after = (
-        lab.ip(&c1, &["-4", "route", "show"]),
-        lab.ip(&c1, &["-6", "route", "show"]),
-    );
-    assert_eq!(
-        routes_after, routes_before,
-        "routes differ from before the client ran"
-    );
-    let tun = lab.exec(
-        &c1,
-        &["ip", "link", "show", CLIENT_TUN],
-        Duration::from_secs(5),
-    );
-    assert!(!tun.ok(), "TUN left behind after exit");
+    assert_full_tunnel_client_leaves_no_trace(&mut lab, 0, routes_before);
 }
 
 #[test]

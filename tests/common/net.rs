@@ -149,3 +149,38 @@ pub fn assert_masqueraded_then_table_gone(lab: &mut Lab, table: &str) {
         "nft {table} left after exit:\n{tables}"
     );
 }
+
+/// The IPv4 and the IPv6 routes of `ns`, as `ip route show` lists them.
+pub fn routes_of_both_families(lab: &Lab, ns: &str) -> (String, String) {
+    (
+        lab.ip(ns, &["-4", "route", "show"]),
+        lab.ip(ns, &["-6", "route", "show"]),
+    )
+}
+
+/// Stops full-tunnel client `i`, which must exit cleanly and leave its namespace as it was
+/// before it ran: no half of the IPv4 default route left, the routes `before` (from
+/// [`routes_of_both_families`]) and no TUN.
+pub fn assert_full_tunnel_client_leaves_no_trace(
+    lab: &mut Lab,
+    i: usize,
+    before: (String, String),
+) {
+    let (st, log) = lab.stop_client(i);
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "client did not exit cleanly ({st:?}):\n{log}"
+    );
+    let ns = lab.client_ns[i].clone();
+    let after = routes_of_both_families(lab, &ns);
+    for r in ["0.0.0.0/1", "128.0.0.0/1"] {
+        assert!(!after.0.contains(r), "{r} left behind:\n{}", after.0);
+    }
+    assert_eq!(after, before, "routes differ from before the client ran");
+    let tun = lab.exec(
+        &ns,
+        &["ip", "link", "show", super::CLIENT_TUN],
+        Duration::from_secs(5),
+    );
+    assert!(!tun.ok(), "TUN left behind after exit");
+}
