@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::cmd::{self, Proc};
+use common::cmd::{self, in_netns, Proc};
 use common::ctl::{cli_at, cli_at_ok};
 use common::net::timestamped_ping;
 use common::{first_reply_after, keypair, reply_times, root_or_skip, tools_or_skip, unix_now, BIN};
@@ -247,35 +247,34 @@ impl Fleet {
             let _ = std::fs::remove_dir_all(&data);
             self.data_dirs.push(data.clone());
             let (client, peer) = (format!("http://{addr}:2379"), format!("http://{addr}:2380"));
-            let argv = [
-                "ip",
-                "netns",
-                "exec",
+            let argv = in_netns(
                 &self.etcd_ns[i],
-                "etcd",
-                "--name",
-                &name,
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &cluster,
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                &self.fleet_name,
-                "--heartbeat-interval",
-                "200",
-                "--election-timeout",
-                "2000",
-            ];
+                &[
+                    "etcd",
+                    "--name",
+                    &name,
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                    "--initial-cluster",
+                    &cluster,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    &self.fleet_name,
+                    "--heartbeat-interval",
+                    "200",
+                    "--election-timeout",
+                    "2000",
+                ],
+            );
             self.etcd
                 .push(Some(Proc::spawn(&name, &argv, &[], &self.dir)));
         }
@@ -305,15 +304,10 @@ impl Fleet {
 
     /// `etcdctl` from the client namespace c1 with `args` only.
     fn etcdctl_raw(&self, args: &[&str]) -> common::Output {
-        let mut argv = vec![
-            "ip",
-            "netns",
-            "exec",
+        let mut argv = in_netns(
             &self.client_ns[0],
-            "etcdctl",
-            "--command-timeout=5s",
-            "--dial-timeout=2s",
-        ];
+            &["etcdctl", "--command-timeout=5s", "--dial-timeout=2s"],
+        );
         argv.extend_from_slice(args);
         cmd::run_env(&argv, &[("ETCDCTL_API", Some("3"))], None, SHORT)
     }
@@ -369,15 +363,10 @@ impl Fleet {
 
     fn start_headend(&mut self, i: usize) {
         let config = self.dir.join(format!("h{}.toml", HEADENDS[i].0));
-        let argv = [
-            "ip",
-            "netns",
-            "exec",
+        let argv = in_netns(
             &self.headend_ns[i],
-            BIN,
-            "--config",
-            config.to_str().unwrap(),
-        ];
+            &[BIN, "--config", config.to_str().unwrap()],
+        );
         let name = format!("h{}", HEADENDS[i].0);
         let p = Proc::spawn(&name, &argv, &[("CONCENTRATOR_LOG", "info")], &self.dir);
         if self.headends.len() <= i {
@@ -475,16 +464,10 @@ impl Fleet {
             ),
         )
         .expect("client config");
-        let argv = [
-            "ip",
-            "netns",
-            "exec",
+        let argv = in_netns(
             &self.client_ns[c],
-            BIN,
-            "connect",
-            "--config",
-            config.to_str().unwrap(),
-        ];
+            &[BIN, "connect", "--config", config.to_str().unwrap()],
+        );
         let p = Proc::spawn(&format!("c{}", c + 1), &argv, &[], &self.dir);
         if self.clients.len() <= c {
             self.clients.resize_with(c + 1, || None);
@@ -510,23 +493,22 @@ impl Fleet {
         let n = count.to_string();
         let deadline = (count + 3).to_string();
         let out = cmd::run(
-            &[
-                "ip",
-                "netns",
-                "exec",
+            &in_netns(
                 &self.client_ns[c],
-                "ping",
-                "-n",
-                "-c",
-                &n,
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                "-w",
-                &deadline,
-                SERVER_VIRTUAL,
-            ],
+                &[
+                    "ping",
+                    "-n",
+                    "-c",
+                    &n,
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "1",
+                    "-w",
+                    &deadline,
+                    SERVER_VIRTUAL,
+                ],
+            ),
             None,
             Duration::from_secs(u64::from(count) + 10),
         );
@@ -837,7 +819,7 @@ fn three_headends_share_one_registry_on_etcd() {
                    chain in { type filter hook input priority 0; tcp sport 2379 drop; }\n\
                  }\n";
     let out = cmd::run(
-        &["ip", "netns", "exec", &ns_a, "nft", "-f", "-"],
+        &in_netns(&ns_a, &["nft", "-f", "-"]),
         Some(rules.as_bytes()),
         SHORT,
     );
@@ -892,9 +874,7 @@ fn three_headends_share_one_registry_on_etcd() {
     let remaining = Duration::from_secs(cut).saturating_sub(cut_at.elapsed());
     std::thread::sleep(remaining);
     cmd::run_ok(
-        &[
-            "ip", "netns", "exec", &ns_a, "nft", "delete", "table", "inet", "ctrfcut",
-        ],
+        &in_netns(&ns_a, &["nft", "delete", "table", "inet", "ctrfcut"]),
         None,
         SHORT,
     );
@@ -935,34 +915,33 @@ fn a_headend_reaches_etcd_over_tls_with_a_client_certificate_and_a_password() {
     fleet.data_dirs.push(data.clone());
     let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
     let (cert, key, ca) = (path("etcd.pem"), path("etcd.key"), path("ca.pem"));
-    let argv = [
-        "ip",
-        "netns",
-        "exec",
+    let argv = in_netns(
         &fleet.etcd_ns[0],
-        "etcd",
-        "--name",
-        "e1",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen-client-urls",
-        &url,
-        "--advertise-client-urls",
-        &url,
-        "--listen-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-advertise-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-cluster",
-        "e1=http://127.0.0.1:2380",
-        "--cert-file",
-        &cert,
-        "--key-file",
-        &key,
-        "--client-cert-auth",
-        "--trusted-ca-file",
-        &ca,
-    ];
+        &[
+            "etcd",
+            "--name",
+            "e1",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "e1=http://127.0.0.1:2380",
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            &ca,
+        ],
+    );
     fleet
         .etcd
         .push(Some(Proc::spawn("etcd-tls", &argv, &[], &dir)));
@@ -1149,24 +1128,23 @@ fn session_on(fleet: &Fleet, headends: &[usize], public_key: &str) -> Option<(us
 fn iperf3_upload(fleet: &Fleet, c: usize, port: u16, seconds: u32) -> Result<u64, String> {
     let (port, secs) = (port.to_string(), seconds.to_string());
     let out = cmd::run(
-        &[
-            "ip",
-            "netns",
-            "exec",
+        &in_netns(
             &fleet.client_ns[c],
-            "iperf3",
-            "-c",
-            BACKEND,
-            "-p",
-            &port,
-            "-t",
-            &secs,
-            "-b",
-            "50M",
-            "--connect-timeout",
-            "3000",
-            "-J",
-        ],
+            &[
+                "iperf3",
+                "-c",
+                BACKEND,
+                "-p",
+                &port,
+                "-t",
+                &secs,
+                "-b",
+                "50M",
+                "--connect-timeout",
+                "3000",
+                "-J",
+            ],
+        ),
         None,
         Duration::from_secs(u64::from(seconds) + 15),
     );
@@ -1247,9 +1225,7 @@ fn clients_of_a_killed_headend_resume_through_the_others_with_their_addresses() 
 
     let backend = fleet.backend_ns.clone().expect("a backend");
     let iperf_server = |port: &str| {
-        let argv = [
-            "ip", "netns", "exec", &backend, "iperf3", "-s", "-1", "-B", BACKEND, "-p", port,
-        ];
+        let argv = in_netns(&backend, &["iperf3", "-s", "-1", "-B", BACKEND, "-p", port]);
         Proc::spawn(&format!("iperf3-s{port}"), &argv, &[], &fleet.dir)
     };
     // One server for the upload cut by the failover, one for the run after it (the first may
@@ -1259,31 +1235,29 @@ fn clients_of_a_killed_headend_resume_through_the_others_with_their_addresses() 
     let ping_secs = 2 + limit.as_secs() + 1;
     let upload = Proc::spawn(
         "iperf3-c1",
-        &[
-            "ip",
-            "netns",
-            "exec",
+        &in_netns(
             &fleet.client_ns[0],
-            "iperf3",
-            "-c",
-            BACKEND,
-            "-p",
-            "5201",
-            "-t",
-            &ping_secs.to_string(),
-            "-b",
-            "50M",
-            "--connect-timeout",
-            "3000",
-        ],
+            &[
+                "iperf3",
+                "-c",
+                BACKEND,
+                "-p",
+                "5201",
+                "-t",
+                &ping_secs.to_string(),
+                "-b",
+                "50M",
+                "--connect-timeout",
+                "3000",
+            ],
+        ),
         &[],
         &fleet.dir,
     );
     let mut pings: Vec<Proc> = (0..clients)
         .map(|c| {
             let ping_secs = ping_secs.to_string();
-            let mut argv = vec!["ip", "netns", "exec", &fleet.client_ns[c]];
-            argv.extend(timestamped_ping(&ping_secs, BACKEND));
+            let argv = in_netns(&fleet.client_ns[c], &timestamped_ping(&ping_secs, BACKEND));
             Proc::spawn(&format!("ping-c{}", c + 1), &argv, &[], &fleet.dir)
         })
         .collect();

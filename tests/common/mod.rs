@@ -709,8 +709,7 @@ impl Lab {
         argv: &[&str],
         extra: &[(String, String)],
     ) -> Proc {
-        let mut full = vec!["ip", "netns", "exec", ns];
-        full.extend_from_slice(argv);
+        let full = cmd::in_netns(ns, argv);
         let env = Self::log_env();
         let env: Vec<(&str, &str)> = env
             .iter()
@@ -732,8 +731,7 @@ impl Lab {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Output {
-        let mut full = vec!["ip", "netns", "exec", ns];
-        full.extend_from_slice(argv);
+        let full = cmd::in_netns(ns, argv);
         cmd::run(&full, stdin, timeout)
     }
 
