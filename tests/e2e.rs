@@ -9,6 +9,12 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use common::net::{
+    assert_forwarding_on_only_while_running, assert_full_tunnel_client_leaves_no_trace,
+    assert_masqueraded_then_table_gone, count_input, no_route_back_and_nat_counters, route_dev,
+    routes_of_both_families, wait_link_gone,
+};
+use common::setup::new_lab_or_skip;
 use common::traffic::{iperf3_bytes, iperf3_client, transfer_sha256, Transfer};
 use common::*;
 
@@ -16,22 +22,11 @@ fn sum(c: &[WorkerCounters], f: impl Fn(&WorkerCounters) -> u64) -> u64 {
     c.iter().map(f).sum()
 }
 
-/// The device `ip route get DST` picks in `ns`.
-fn route_dev(lab: &Lab, ns: &str, dst: &str) -> String {
-    let out = lab.ip(ns, &["route", "get", dst]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "dev")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no dev in route get {dst}: {out}"))
-        .to_string()
-}
-
 #[test]
 fn ping_both_directions() {
-    if !lab_or_skip("ping_both_directions") {
+    let Some(mut lab) = new_lab_or_skip("ping_both_directions", LabConfig::with_clients(1)) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig::with_clients(1));
+    };
     let addr = lab.up()[0];
     let subnet: ipnet::Ipv4Net = CLIENT_SUBNET.parse().unwrap();
     assert!(
@@ -89,10 +84,9 @@ fn iperf3_tcp_both_directions() {
 
 #[test]
 fn transfer_20mb_sha256() {
-    if !lab_or_skip("transfer_20mb_sha256") {
+    let Some(mut lab) = new_lab_or_skip("transfer_20mb_sha256", LabConfig::with_clients(1)) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig::with_clients(1));
+    };
     lab.up();
     let backend = lab.backend_ns.clone();
     let c1 = lab.client_ns[0].clone();
@@ -119,17 +113,23 @@ fn add_forward_drop(lab: &Lab) {
     );
 }
 
+/// For the client-to-client tests: two clients, relayed by the server itself when
+/// `client_to_client`, all up; with the clients' addresses. `None` when lab tests cannot run.
+fn two_clients_up_or_skip(test: &str, client_to_client: bool) -> Option<(Lab, Vec<Ipv4Addr>)> {
+    let cfg = LabConfig {
+        client_to_client,
+        ..LabConfig::with_clients(2)
+    };
+    let mut lab = new_lab_or_skip(test, cfg)?;
+    let addrs = lab.up();
+    Some((lab, addrs))
+}
+
 #[test]
 fn client_to_client_enabled() {
-    if !lab_or_skip("client_to_client_enabled") {
+    let Some((lab, a)) = two_clients_up_or_skip("client_to_client_enabled", true) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig {
-        clients: 2,
-        client_to_client: true,
-        ..Default::default()
-    });
-    let a = lab.up();
+    };
     let (c1, c2) = (lab.client_ns[0].clone(), lab.client_ns[1].clone());
     lab.ping_ok(&c1, &a[1].to_string(), 5);
     lab.ping_ok(&c2, &a[0].to_string(), 3);
@@ -142,15 +142,10 @@ fn client_to_client_enabled() {
 
 #[test]
 fn client_to_client_disabled_goes_through_kernel() {
-    if !lab_or_skip("client_to_client_disabled_goes_through_kernel") {
+    let test = "client_to_client_disabled_goes_through_kernel";
+    let Some((lab, a)) = two_clients_up_or_skip(test, false) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig {
-        clients: 2,
-        client_to_client: false,
-        ..Default::default()
-    });
-    let a = lab.up();
+    };
     let c1 = lab.client_ns[0].clone();
     // Forwarding is on (the server enables it), so the kernel routes c1 -> TUN -> c2.
     lab.ping_ok(&c1, &a[1].to_string(), 5);
@@ -171,21 +166,11 @@ fn client_to_client_disabled_goes_through_kernel() {
 
 #[test]
 fn nat_masquerade() {
-    if !lab_or_skip("nat_masquerade") {
+    let Some(mut lab) = new_lab_or_skip("nat_masquerade", LabConfig::masqueraded(1)) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig {
-        clients: 1,
-        nat: true,
-        backend_route: false,
-        ..Default::default()
-    });
+    };
     let addr = lab.up()[0];
-    let (s, b, c1) = (
-        lab.server_ns.clone(),
-        lab.backend_ns.clone(),
-        lab.client_ns[0].clone(),
-    );
+    let (s, c1) = (lab.server_ns.clone(), lab.client_ns[0].clone());
     let table = format!("concentrator_{}", lab.server_pid());
     let tables = lab.nft_tables(&s);
     assert!(
@@ -193,64 +178,18 @@ fn nat_masquerade() {
         "no nft table {table} while running:\n{tables}"
     );
     // No way back to the client subnet from the backend...
-    let back = lab.exec(
-        &b,
-        &["ip", "route", "get", &addr.to_string()],
-        Duration::from_secs(5),
-    );
-    assert!(
-        !back.ok(),
-        "backend unexpectedly has a route to {addr}: {}",
-        back.stdout
-    );
-    lab.nft(
-        &b,
-        &format!(
-            "table inet ctre_nat {{\n\
-               counter from_server {{}}\n\
-               counter from_client {{}}\n\
-               chain ctre_input {{ type filter hook input priority 0; policy accept;\n\
-                 ip saddr {SERVER_BACKEND} icmp type echo-request counter name from_server\n\
-                 ip saddr {CLIENT_SUBNET} counter name from_client\n\
-               }}\n\
-             }}\n"
-        ),
-    );
+    no_route_back_and_nat_counters(&lab, addr.into());
     // ...so replies arrive only thanks to the masquerade.
     lab.ping_ok(&c1, BACKEND, 5);
-    assert!(lab.nft_counter(&b, "ctre_nat", "from_server") >= 5);
-    assert_eq!(
-        lab.nft_counter(&b, "ctre_nat", "from_client"),
-        0,
-        "unmasqueraded packets"
-    );
-    lab.stop_server();
-    let tables = lab.nft_tables(&s);
-    assert!(
-        !tables.contains(&table),
-        "nft table {table} left after exit:\n{tables}"
-    );
-}
-
-/// `net.ipv4.ip_forward` and `net.ipv6.conf.all.forwarding` in `ns`.
-fn forwarding(lab: &Lab, ns: &str) -> (String, String) {
-    let read = |path: &str| {
-        lab.exec_ok(ns, &["cat", path], Duration::from_secs(5))
-            .trim()
-            .to_string()
-    };
-    (
-        read("/proc/sys/net/ipv4/ip_forward"),
-        read("/proc/sys/net/ipv6/conf/all/forwarding"),
-    )
+    assert_masqueraded_then_table_gone(&mut lab, &table);
 }
 
 #[test]
 fn forwarding_is_restored_on_exit() {
-    if !lab_or_skip("forwarding_is_restored_on_exit") {
+    let test = "forwarding_is_restored_on_exit";
+    let Some(mut lab) = new_lab_or_skip(test, LabConfig::with_clients(1)) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig::with_clients(1));
+    };
     // With an IPv6 subnet the server forwards IPv6 too.
     lab.add_server_settings("address6 = \"fd00:66::1/64\"");
     let s = lab.server_ns.clone();
@@ -266,18 +205,7 @@ fn forwarding_is_restored_on_exit() {
             ],
             Duration::from_secs(5),
         );
-        lab.start_server();
-        assert_eq!(
-            forwarding(&lab, &s),
-            ("1".into(), "1".into()),
-            "while running"
-        );
-        lab.stop_server();
-        assert_eq!(
-            forwarding(&lab, &s),
-            (before.into(), before.into()),
-            "after the exit, as before the start"
-        );
+        assert_forwarding_on_only_while_running(&mut lab, (before, before));
     }
 }
 
@@ -320,15 +248,11 @@ fn two_workers_both_busy() {
 
 #[test]
 fn unknown_key_gets_no_answer() {
-    if !lab_or_skip("unknown_key_gets_no_answer") {
-        return;
-    }
     // c2's key is not in the server config.
-    let mut lab = Lab::new(LabConfig {
-        clients: 2,
-        unknown_clients: vec![1],
-        ..Default::default()
-    });
+    let cfg = LabConfig::second_client_unknown();
+    let Some(mut lab) = new_lab_or_skip("unknown_key_gets_no_answer", cfg) else {
+        return;
+    };
     lab.start_server();
     let s = lab.server_ns.clone();
     lab.nft(
@@ -381,14 +305,10 @@ fn unknown_key_gets_no_answer() {
 
 #[test]
 fn spoofed_inner_source_dropped() {
-    if !lab_or_skip("spoofed_inner_source_dropped") {
+    let cfg = LabConfig::without_ipv6(1);
+    let Some(mut lab) = new_lab_or_skip("spoofed_inner_source_dropped", cfg) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig {
-        clients: 1,
-        ipv6: false,
-        ..Default::default()
-    });
+    };
     let addr = lab.up()[0];
     let (b, c1) = (lab.backend_ns.clone(), lab.client_ns[0].clone());
     // Another address of the client subnet (one that is not ours), as if impersonating a peer.
@@ -401,18 +321,14 @@ fn spoofed_inner_source_dropped() {
         &c1,
         &["addr", "add", &format!("{spoof}/32"), "dev", CLIENT_TUN],
     );
-    lab.nft(
+    count_input(
+        &lab,
         &b,
-        &format!(
-            "table inet ctre_spoof {{\n\
-               counter spoofed {{}}\n\
-               counter legit {{}}\n\
-               chain ctre_input {{ type filter hook input priority 0; policy accept;\n\
-                 ip saddr {spoof} counter name spoofed\n\
-                 ip saddr {addr} counter name legit\n\
-               }}\n\
-             }}\n"
-        ),
+        "ctre_spoof",
+        &[
+            ("spoofed", &format!("ip saddr {spoof}")),
+            ("legit", &format!("ip saddr {addr}")),
+        ],
     );
     let before = lab.ping(&c1, BACKEND, 3, &[]);
     assert!(before.ok(), "legit ping failed:\n{}", before.stdout);
@@ -467,35 +383,28 @@ fn wait_ping_resumes(lab: &Lab, since: Instant, limit: Duration) {
     }
 }
 
-#[test]
-fn server_restart_client_resumes() {
-    if !lab_or_skip("server_restart_client_resumes") {
-        return;
-    }
-    let mut lab = Lab::new(LabConfig::with_clients(1));
+/// For the restart tests: one client up, its pings reaching the backend. `None` when lab
+/// tests cannot run here.
+fn one_client_through_or_skip(test: &str) -> Option<Lab> {
+    let mut lab = new_lab_or_skip(test, LabConfig::with_clients(1))?;
     lab.up();
     let c1 = lab.client_ns[0].clone();
     lab.ping_ok(&c1, BACKEND, 3);
+    Some(lab)
+}
+
+#[test]
+fn server_restart_client_resumes() {
+    let Some(mut lab) = one_client_through_or_skip("server_restart_client_resumes") else {
+        return;
+    };
     lab.kill_server();
     // The old TUN outlives the killed process for a moment (see
     // `server_restart_right_after_sigkill`); wait for it so that this test is about the client.
-    let killed = Instant::now();
     let s = lab.server_ns.clone();
-    while lab
-        .exec(
-            &s,
-            &["ip", "link", "show", SERVER_TUN],
-            Duration::from_secs(5),
-        )
-        .ok()
-    {
-        assert!(
-            killed.elapsed() < Duration::from_secs(10),
-            "{SERVER_TUN} still there 10 s after SIGKILL"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!("old {SERVER_TUN} gone {:?} after SIGKILL", killed.elapsed());
+    let limit = Duration::from_secs(10);
+    let gone = wait_link_gone(&lab, &s, SERVER_TUN, Instant::now(), limit, "SIGKILL");
+    eprintln!("old {SERVER_TUN} gone {gone:?} after SIGKILL");
     lab.start_server();
     wait_ping_resumes(&lab, Instant::now(), Duration::from_secs(20));
     assert!(
@@ -506,13 +415,9 @@ fn server_restart_client_resumes() {
 
 #[test]
 fn server_restart_right_after_sigkill() {
-    if !lab_or_skip("server_restart_right_after_sigkill") {
+    let Some(mut lab) = one_client_through_or_skip("server_restart_right_after_sigkill") else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig::with_clients(1));
-    lab.up();
-    let c1 = lab.client_ns[0].clone();
-    lab.ping_ok(&c1, BACKEND, 3);
+    };
     // What a supervisor does: restart at once with the same config.
     lab.kill_server();
     lab.start_server();
@@ -532,10 +437,7 @@ fn full_tunnel_routes_and_clean_exit() {
     let c1 = lab.client_ns[0].clone();
     // A real client has a default route over its underlay; the server is its gateway here.
     lab.ip(&c1, &["route", "add", "default", "via", SERVER_UNDERLAY]);
-    let routes_before = (
-        lab.ip(&c1, &["-4", "route", "show"]),
-        lab.ip(&c1, &["-6", "route", "show"]),
-    );
+    let routes_before = routes_of_both_families(&lab, &c1);
     let addr = lab.up()[0];
     assert_eq!(
         route_dev(&lab, &c1, BACKEND),
@@ -553,41 +455,14 @@ fn full_tunnel_routes_and_clean_exit() {
         "the server's underlay address must not go into the tunnel"
     );
     let b = lab.backend_ns.clone();
-    lab.nft(
-        &b,
-        &format!(
-            "table inet ctre_ft {{\n\
-               counter tunneled {{}}\n\
-               chain ctre_input {{ type filter hook input priority 0; policy accept; ip saddr {addr} counter name tunneled; }}\n\
-             }}\n"
-        ),
-    );
+    let from_client = format!("ip saddr {addr}");
+    count_input(&lab, &b, "ctre_ft", &[("tunneled", &from_client)]);
     lab.ping_ok(&c1, BACKEND, 5);
     assert!(
         lab.nft_counter(&b, "ctre_ft", "tunneled") >= 5,
         "pings did not come out of the tunnel"
     );
-    let (st, log) = lab.stop_client(0);
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "client did not exit cleanly ({st:?}):\n{log}"
-    );
-    let v4 = lab.ip(&c1, &["-4", "route", "show"]);
-    for r in ["0.0.0.0/1", "128.0.0.0/1"] {
-        assert!(!v4.contains(r), "{r} left behind:\n{v4}");
-    }
-    let v6 = lab.ip(&c1, &["-6", "route", "show"]);
-    assert_eq!(
-        (v4, v6),
-        routes_before,
-        "routes differ from before the client ran"
-    );
-    let tun = lab.exec(
-        &c1,
-        &["ip", "link", "show", CLIENT_TUN],
-        Duration::from_secs(5),
-    );
-    assert!(!tun.ok(), "TUN left behind after exit");
+    assert_full_tunnel_client_leaves_no_trace(&mut lab, 0, routes_before);
 }
 
 /// Writes `text` as a config and runs the server (or client) on it. As root it runs inside a

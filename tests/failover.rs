@@ -15,6 +15,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::net::timestamped_ping;
+use common::setup::new_lab_or_skip;
 use common::*;
 
 const HEADEND_B: &str = "10.0.0.2";
@@ -111,15 +113,9 @@ fn add_headend_b(lab: &mut Lab) -> Headend {
 #[test]
 fn a_client_moves_to_the_next_headend_when_its_headend_dies() {
     let test = "a_client_moves_to_the_next_headend_when_its_headend_dies";
-    if !lab_or_skip(test) {
+    let Some(mut lab) = new_lab_or_skip(test, LabConfig::masqueraded(1)) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig {
-        clients: 1,
-        nat: true,
-        backend_route: false,
-        ..Default::default()
-    });
+    };
     // One fixed address on both headends (a shared registry gives the same guarantee).
     let a_config = std::fs::read_to_string(lab.server_config_path()).unwrap();
     let a_config = a_config.replace(
@@ -168,21 +164,11 @@ fn a_client_moves_to_the_next_headend_when_its_headend_dies() {
             (&mut b, &mut a)
         };
         let seconds = 12;
+        let seconds_text = seconds.to_string();
         let mut ping = lab.spawn_proc(
             &c1,
             &format!("ping-{round}"),
-            &[
-                "ping",
-                "-n",
-                "-D",
-                "-i",
-                "0.1",
-                "-W",
-                "1",
-                "-w",
-                &seconds.to_string(),
-                BACKEND,
-            ],
+            &timestamped_ping(&seconds_text, BACKEND),
         );
         std::thread::sleep(Duration::from_secs(2));
         let killed_at = unix_now();

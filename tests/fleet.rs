@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::cmd::{self, Proc};
+use common::cmd::{self, in_netns, Proc};
+use common::ctl::{cli_at, cli_at_ok};
+use common::net::timestamped_ping;
 use common::{first_reply_after, keypair, reply_times, root_or_skip, tools_or_skip, unix_now, BIN};
 use concentrator::ops::protocol::{FleetReply, PeerAdded, PeerRemoved, Request, ShowReply};
 
@@ -245,35 +247,34 @@ impl Fleet {
             let _ = std::fs::remove_dir_all(&data);
             self.data_dirs.push(data.clone());
             let (client, peer) = (format!("http://{addr}:2379"), format!("http://{addr}:2380"));
-            let argv = [
-                "ip",
-                "netns",
-                "exec",
+            let argv = in_netns(
                 &self.etcd_ns[i],
-                "etcd",
-                "--name",
-                &name,
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &cluster,
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                &self.fleet_name,
-                "--heartbeat-interval",
-                "200",
-                "--election-timeout",
-                "2000",
-            ];
+                &[
+                    "etcd",
+                    "--name",
+                    &name,
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                    "--initial-cluster",
+                    &cluster,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    &self.fleet_name,
+                    "--heartbeat-interval",
+                    "200",
+                    "--election-timeout",
+                    "2000",
+                ],
+            );
             self.etcd
                 .push(Some(Proc::spawn(&name, &argv, &[], &self.dir)));
         }
@@ -303,21 +304,26 @@ impl Fleet {
 
     /// `etcdctl` from the client namespace c1 with `args` only.
     fn etcdctl_raw(&self, args: &[&str]) -> common::Output {
-        let mut argv = vec![
-            "ip",
-            "netns",
-            "exec",
+        let mut argv = in_netns(
             &self.client_ns[0],
-            "etcdctl",
-            "--command-timeout=5s",
-            "--dial-timeout=2s",
-        ];
+            &["etcdctl", "--command-timeout=5s", "--dial-timeout=2s"],
+        );
         argv.extend_from_slice(args);
         cmd::run_env(&argv, &[("ETCDCTL_API", Some("3"))], None, SHORT)
     }
 
     fn socket(&self, i: usize) -> PathBuf {
         self.dir.join(format!("h{}.sock", HEADENDS[i].0))
+    }
+
+    /// `concentrator peer add --public-key PUBLIC` on headend `i`'s command line, which must
+    /// succeed; returns the address the peer got (from the registry).
+    fn add_peer(&self, i: usize, public: &str) -> String {
+        let out = cli_at_ok(&self.socket(i), &["peer", "add", "--public-key", public]);
+        out.split("with address ")
+            .nth(1)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| panic!("peer add said: {out}"))
     }
 
     /// Writes the shared keys and each headend's configuration.
@@ -357,15 +363,10 @@ impl Fleet {
 
     fn start_headend(&mut self, i: usize) {
         let config = self.dir.join(format!("h{}.toml", HEADENDS[i].0));
-        let argv = [
-            "ip",
-            "netns",
-            "exec",
+        let argv = in_netns(
             &self.headend_ns[i],
-            BIN,
-            "--config",
-            config.to_str().unwrap(),
-        ];
+            &[BIN, "--config", config.to_str().unwrap()],
+        );
         let name = format!("h{}", HEADENDS[i].0);
         let p = Proc::spawn(&name, &argv, &[("CONCENTRATOR_LOG", "info")], &self.dir);
         if self.headends.len() <= i {
@@ -463,16 +464,10 @@ impl Fleet {
             ),
         )
         .expect("client config");
-        let argv = [
-            "ip",
-            "netns",
-            "exec",
+        let argv = in_netns(
             &self.client_ns[c],
-            BIN,
-            "connect",
-            "--config",
-            config.to_str().unwrap(),
-        ];
+            &[BIN, "connect", "--config", config.to_str().unwrap()],
+        );
         let p = Proc::spawn(&format!("c{}", c + 1), &argv, &[], &self.dir);
         if self.clients.len() <= c {
             self.clients.resize_with(c + 1, || None);
@@ -498,23 +493,22 @@ impl Fleet {
         let n = count.to_string();
         let deadline = (count + 3).to_string();
         let out = cmd::run(
-            &[
-                "ip",
-                "netns",
-                "exec",
+            &in_netns(
                 &self.client_ns[c],
-                "ping",
-                "-n",
-                "-c",
-                &n,
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                "-w",
-                &deadline,
-                SERVER_VIRTUAL,
-            ],
+                &[
+                    "ping",
+                    "-n",
+                    "-c",
+                    &n,
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "1",
+                    "-w",
+                    &deadline,
+                    SERVER_VIRTUAL,
+                ],
+            ),
             None,
             Duration::from_secs(u64::from(count) + 10),
         );
@@ -601,18 +595,7 @@ fn import_file(fleet: &Fleet) -> Vec<(String, String, Option<String>)> {
     let (old, _) = concentrator::config::ServerConfig::load(&path).expect("the old file loads");
     let socket = fleet.socket(1);
     let import = |expect: &str| {
-        let out = cmd::run(
-            &[
-                BIN,
-                "registry",
-                "import",
-                "--socket",
-                socket.to_str().unwrap(),
-                path.to_str().unwrap(),
-            ],
-            None,
-            SHORT,
-        );
+        let out = cli_at(&socket, &["registry", "import", path.to_str().unwrap()]);
         assert!(
             out.ok() && out.stdout.contains(expect),
             "import: {}{}",
@@ -698,26 +681,8 @@ fn three_headends_share_one_registry_on_etcd() {
     let (c1_key, c1_pub) = keypair();
     let c1_key_file = fleet.dir.join("c1.key");
     write_secret(&c1_key_file, &c1_key);
-    let sock_a = fleet.socket(0);
-    let out = cmd::run_ok(
-        &[
-            BIN,
-            "peer",
-            "add",
-            "--socket",
-            sock_a.to_str().unwrap(),
-            "--public-key",
-            &c1_pub,
-        ],
-        None,
-        SHORT,
-    );
+    let c1_addr = fleet.add_peer(0, &c1_pub);
     let added_at = Instant::now();
-    let c1_addr = out
-        .split("with address ")
-        .nth(1)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| panic!("peer add said: {out}"));
     let mut want: HashMap<String, String> = HashMap::from([(c1_pub.clone(), c1_addr.clone())]);
     let bound = if full {
         Duration::from_secs(1)
@@ -774,17 +739,7 @@ fn three_headends_share_one_registry_on_etcd() {
         !record.stdout.contains(psk.trim()),
         "the psk is in etcd in the clear"
     );
-    let listed = cmd::run_ok(
-        &[
-            BIN,
-            "show",
-            "--fleet",
-            "--socket",
-            fleet.socket(2).to_str().unwrap(),
-        ],
-        None,
-        SHORT,
-    );
+    let listed = cli_at_ok(&fleet.socket(2), &["show", "--fleet"]);
     for (name, addr) in HEADENDS {
         assert!(
             listed.contains(name) && listed.contains(addr),
@@ -864,7 +819,7 @@ fn three_headends_share_one_registry_on_etcd() {
                    chain in { type filter hook input priority 0; tcp sport 2379 drop; }\n\
                  }\n";
     let out = cmd::run(
-        &["ip", "netns", "exec", &ns_a, "nft", "-f", "-"],
+        &in_netns(&ns_a, &["nft", "-f", "-"]),
         Some(rules.as_bytes()),
         SHORT,
     );
@@ -919,9 +874,7 @@ fn three_headends_share_one_registry_on_etcd() {
     let remaining = Duration::from_secs(cut).saturating_sub(cut_at.elapsed());
     std::thread::sleep(remaining);
     cmd::run_ok(
-        &[
-            "ip", "netns", "exec", &ns_a, "nft", "delete", "table", "inet", "ctrfcut",
-        ],
+        &in_netns(&ns_a, &["nft", "delete", "table", "inet", "ctrfcut"]),
         None,
         SHORT,
     );
@@ -962,34 +915,33 @@ fn a_headend_reaches_etcd_over_tls_with_a_client_certificate_and_a_password() {
     fleet.data_dirs.push(data.clone());
     let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
     let (cert, key, ca) = (path("etcd.pem"), path("etcd.key"), path("ca.pem"));
-    let argv = [
-        "ip",
-        "netns",
-        "exec",
+    let argv = in_netns(
         &fleet.etcd_ns[0],
-        "etcd",
-        "--name",
-        "e1",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen-client-urls",
-        &url,
-        "--advertise-client-urls",
-        &url,
-        "--listen-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-advertise-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-cluster",
-        "e1=http://127.0.0.1:2380",
-        "--cert-file",
-        &cert,
-        "--key-file",
-        &key,
-        "--client-cert-auth",
-        "--trusted-ca-file",
-        &ca,
-    ];
+        &[
+            "etcd",
+            "--name",
+            "e1",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "e1=http://127.0.0.1:2380",
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            &ca,
+        ],
+    );
     fleet
         .etcd
         .push(Some(Proc::spawn("etcd-tls", &argv, &[], &dir)));
@@ -1176,24 +1128,23 @@ fn session_on(fleet: &Fleet, headends: &[usize], public_key: &str) -> Option<(us
 fn iperf3_upload(fleet: &Fleet, c: usize, port: u16, seconds: u32) -> Result<u64, String> {
     let (port, secs) = (port.to_string(), seconds.to_string());
     let out = cmd::run(
-        &[
-            "ip",
-            "netns",
-            "exec",
+        &in_netns(
             &fleet.client_ns[c],
-            "iperf3",
-            "-c",
-            BACKEND,
-            "-p",
-            &port,
-            "-t",
-            &secs,
-            "-b",
-            "50M",
-            "--connect-timeout",
-            "3000",
-            "-J",
-        ],
+            &[
+                "iperf3",
+                "-c",
+                BACKEND,
+                "-p",
+                &port,
+                "-t",
+                &secs,
+                "-b",
+                "50M",
+                "--connect-timeout",
+                "3000",
+                "-J",
+            ],
+        ),
         None,
         Duration::from_secs(u64::from(seconds) + 15),
     );
@@ -1238,30 +1189,12 @@ fn clients_of_a_killed_headend_resume_through_the_others_with_their_addresses() 
     eprintln!("fleet up in {:?}", started.elapsed());
 
     // Every client added through the registry on A's command line, and known to B and C.
-    let sock_a = fleet.socket(0);
     let mut peers = Vec::new();
     for c in 0..clients {
         let (key, public) = keypair();
         let key_file = fleet.dir.join(format!("c{}.key", c + 1));
         write_secret(&key_file, &key);
-        let out = cmd::run_ok(
-            &[
-                BIN,
-                "peer",
-                "add",
-                "--socket",
-                sock_a.to_str().unwrap(),
-                "--public-key",
-                &public,
-            ],
-            None,
-            SHORT,
-        );
-        let address = out
-            .split("with address ")
-            .nth(1)
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|| panic!("peer add said: {out}"));
+        let address = fleet.add_peer(0, &public);
         peers.push((key_file, public, address));
     }
     let want: HashMap<String, String> = peers
@@ -1292,9 +1225,7 @@ fn clients_of_a_killed_headend_resume_through_the_others_with_their_addresses() 
 
     let backend = fleet.backend_ns.clone().expect("a backend");
     let iperf_server = |port: &str| {
-        let argv = [
-            "ip", "netns", "exec", &backend, "iperf3", "-s", "-1", "-B", BACKEND, "-p", port,
-        ];
+        let argv = in_netns(&backend, &["iperf3", "-s", "-1", "-B", BACKEND, "-p", port]);
         Proc::spawn(&format!("iperf3-s{port}"), &argv, &[], &fleet.dir)
     };
     // One server for the upload cut by the failover, one for the run after it (the first may
@@ -1304,44 +1235,29 @@ fn clients_of_a_killed_headend_resume_through_the_others_with_their_addresses() 
     let ping_secs = 2 + limit.as_secs() + 1;
     let upload = Proc::spawn(
         "iperf3-c1",
-        &[
-            "ip",
-            "netns",
-            "exec",
+        &in_netns(
             &fleet.client_ns[0],
-            "iperf3",
-            "-c",
-            BACKEND,
-            "-p",
-            "5201",
-            "-t",
-            &ping_secs.to_string(),
-            "-b",
-            "50M",
-            "--connect-timeout",
-            "3000",
-        ],
+            &[
+                "iperf3",
+                "-c",
+                BACKEND,
+                "-p",
+                "5201",
+                "-t",
+                &ping_secs.to_string(),
+                "-b",
+                "50M",
+                "--connect-timeout",
+                "3000",
+            ],
+        ),
         &[],
         &fleet.dir,
     );
     let mut pings: Vec<Proc> = (0..clients)
         .map(|c| {
-            let argv = [
-                "ip",
-                "netns",
-                "exec",
-                &fleet.client_ns[c],
-                "ping",
-                "-n",
-                "-D",
-                "-i",
-                "0.1",
-                "-W",
-                "1",
-                "-w",
-                &ping_secs.to_string(),
-                BACKEND,
-            ];
+            let ping_secs = ping_secs.to_string();
+            let argv = in_netns(&fleet.client_ns[c], &timestamped_ping(&ping_secs, BACKEND));
             Proc::spawn(&format!("ping-c{}", c + 1), &argv, &[], &fleet.dir)
         })
         .collect();

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::net::wait_link_gone;
 use common::traffic::iperf3_client;
 use common::*;
 use concentrator::proto::keys::PublicKey;
@@ -777,21 +778,8 @@ fn worker_panic_stops_the_server_and_tears_down() {
         "the log names the worker and its panic:\n{log}"
     );
     // The TUN goes with the last queue closed (the kernel may take a moment after the exit).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab
-        .exec(
-            &s,
-            &["ip", "link", "show", SERVER_TUN],
-            Duration::from_secs(5),
-        )
-        .ok()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{SERVER_TUN} still there after the exit"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let limit = Duration::from_secs(5);
+    wait_link_gone(&lab, &s, SERVER_TUN, Instant::now(), limit, "the exit");
     let tables = lab.nft_tables(&s);
     assert!(
         !tables.contains(&table),
@@ -889,10 +877,23 @@ fn recording_server(
     server
 }
 
-/// Sans-IO, no root: a client and a server with fixed keys; returns (server static, client
-/// static, the client's initiation, the server's session and index, one data packet the client
-/// sealed for the server).
-fn recorded_session() -> ([u8; 32], [u8; 32], Vec<u8>, Vec<u8>) {
+/// Sans-IO: a handshake between a client and a [`recording_server`] with fixed static secrets.
+struct FixedKeyHandshake {
+    /// The server's and the client's static secrets.
+    ss: [u8; 32],
+    cs: [u8; 32],
+    now: concentrator::proto::time::Instant,
+    /// The client, connected.
+    client: concentrator::proto::client::Client,
+    /// What went on the wire: the client's initiation and the server's response.
+    initiation: Vec<u8>,
+    response: Vec<u8>,
+    /// The server's side of the handshake.
+    established: concentrator::proto::server::Established,
+}
+
+/// Runs a [`FixedKeyHandshake`] with randomness from `seed`; the client must connect.
+fn fixed_key_handshake(seed: u64) -> FixedKeyHandshake {
     use concentrator::proto::client::{Client, ClientEvent, ClientParams};
     use concentrator::proto::keys::{PresharedKey, StaticSecret};
     use concentrator::proto::rng::SeededRandom;
@@ -900,7 +901,7 @@ fn recorded_session() -> ([u8; 32], [u8; 32], Vec<u8>, Vec<u8>) {
     use concentrator::proto::time::Instant as PInstant;
     let (ss, cs) = ([0x11u8; 32], [0x22u8; 32]);
     let now = PInstant::from_nanos(1_000_000_000);
-    let mut rng = SeededRandom(5);
+    let mut rng = SeededRandom(seed);
     let mut server = recording_server(ss, cs, now, &mut rng);
     let mut client = Client::new(
         ClientParams {
@@ -917,16 +918,39 @@ fn recorded_session() -> ([u8; 32], [u8; 32], Vec<u8>, Vec<u8>) {
     let initiation = out[..n].to_vec();
     let src: SocketAddr = "192.0.2.1:4000".parse().unwrap();
     let mut resp = [0u8; 256];
-    let Ok(HandshakeReply::Established(est)) =
+    let Ok(HandshakeReply::Established(established)) =
         server.handle_initiation(&initiation, src, now, false, &mut rng, &mut resp)
     else {
         panic!("handshake failed");
     };
-    let mut r = resp[..est.len].to_vec();
+    let response = resp[..established.len].to_vec();
     assert!(matches!(
-        client.receive(&mut r, now),
+        client.receive(&mut response.clone(), now),
         ClientEvent::Connected(_)
     ));
+    FixedKeyHandshake {
+        ss,
+        cs,
+        now,
+        client,
+        initiation,
+        response,
+        established,
+    }
+}
+
+/// Sans-IO, no root: a client and a server with fixed keys; returns (server static, client
+/// static, the client's initiation, one data packet the client sealed for the server).
+fn recorded_session() -> ([u8; 32], [u8; 32], Vec<u8>, Vec<u8>) {
+    let FixedKeyHandshake {
+        ss,
+        cs,
+        now,
+        mut client,
+        initiation,
+        established: est,
+        ..
+    } = fixed_key_handshake(5);
     let mut buf = vec![0u8; 256];
     let secret = b"the plaintext an eavesdropper wants";
     buf[16..16 + secret.len()].copy_from_slice(secret);
@@ -959,40 +983,9 @@ fn a_responses_mac1_tells_which_known_client_it_answers() {
     // HASH("mac1----" || client static public), so whoever holds a list of candidate client
     // public keys (from a config, `show`, per-peer metrics, logs) can tell, from one
     // response on the wire, which of them the handshake was for: one HMAC per candidate.
-    use concentrator::proto::client::{Client, ClientEvent, ClientParams};
     use concentrator::proto::cookie::{self, MacKeys};
-    use concentrator::proto::keys::{PresharedKey, StaticSecret};
-    use concentrator::proto::rng::SeededRandom;
-    use concentrator::proto::server::HandshakeReply;
-    use concentrator::proto::time::Instant as PInstant;
-    let (ss, cs) = ([0x11u8; 32], [0x22u8; 32]);
-    let now = PInstant::from_nanos(1_000_000_000);
-    let mut rng = SeededRandom(6);
-    let mut server = recording_server(ss, cs, now, &mut rng);
-    let mut client = Client::new(
-        ClientParams {
-            secret: StaticSecret::from_bytes(cs),
-            server: StaticSecret::from_bytes(ss).public_key(),
-            psk: PresharedKey::zero(),
-            persistent_keepalive: None,
-        },
-        now,
-        Duration::from_secs(1_700_000_000),
-    );
-    let mut out = [0u8; 256];
-    let n = client.poll_transmit(now, &mut rng, &mut out).unwrap();
-    let src: SocketAddr = "192.0.2.1:4000".parse().unwrap();
-    let mut resp = [0u8; 256];
-    let Ok(HandshakeReply::Established(est)) =
-        server.handle_initiation(&out[..n], src, now, false, &mut rng, &mut resp)
-    else {
-        panic!("handshake failed");
-    };
-    let response = resp[..est.len].to_vec();
-    assert!(matches!(
-        client.receive(&mut response.clone(), now),
-        ClientEvent::Connected(_)
-    ));
+    use concentrator::proto::keys::StaticSecret;
+    let FixedKeyHandshake { cs, response, .. } = fixed_key_handshake(6);
     let candidates: Vec<_> = (0u8..50)
         .map(|i| StaticSecret::from_bytes([0x30 + i; 32]).public_key())
         .chain([StaticSecret::from_bytes(cs).public_key()])

@@ -12,6 +12,11 @@ mod common;
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
+use common::net::{
+    assert_forwarding_on_only_while_running, assert_full_tunnel_client_leaves_no_trace,
+    assert_masqueraded_then_table_gone, count_input, forwarding, no_route_back_and_nat_counters,
+    route_dev, routes_of_both_families,
+};
 use common::traffic::{
     csum_errors, iperf3_bytes, iperf3_client_to, transfer_sha256_bytes, tun_kernel_packets,
     uso_transfer_buffers, Transfer,
@@ -24,16 +29,6 @@ const TRANSFER_BYTES: usize = 4 * 1024 * 1024;
 const USO_BUFFERS: u32 = 100;
 /// Seconds per iperf3 run.
 const IPERF_SECS: u64 = 2;
-
-/// The device `ip route get DST` picks in `ns`.
-fn route_dev(lab: &Lab, ns: &str, dst: &str) -> String {
-    let out = lab.ip(ns, &["route", "get", dst]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "dev")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no dev in route get {dst}: {out}"))
-        .to_string()
-}
 
 /// Waits for client `i`'s tunnel and returns its IPv6 address, which must be in the subnet.
 fn tunnel_addr6(lab: &mut Lab, i: usize) -> Ipv6Addr {
@@ -105,43 +100,30 @@ impl Counts {
 /// Segments per TUN read (split) and per TUN write (coalesce) on the sending and the receiving
 /// side of a transfer between `before` and `after`; `to_client` says its direction.
 fn ratios(before: Counts, after: Counts, to_client: bool) -> [(&'static str, f64); 2] {
-    let d = |a: u64, b: u64| a.saturating_sub(b);
-    let r = |segments: u64, io: u64| segments as f64 / io.max(1) as f64;
-    if to_client {
+    type Counter = fn(&Counts) -> u64;
+    // Each side: its name, its segments (a server counter) and its TUN reads or writes (a
+    // kernel counter).
+    let sides: [(&'static str, Counter, Counter); 2] = if to_client {
         [
-            (
-                "server TUN reads (split)",
-                r(
-                    d(after.tun_rx, before.tun_rx),
-                    d(after.server_tun.1, before.server_tun.1),
-                ),
-            ),
+            ("server TUN reads (split)", |c| c.tun_rx, |c| c.server_tun.1),
             (
                 "client TUN writes (coalesce)",
-                r(
-                    d(after.udp_tx, before.udp_tx),
-                    d(after.client_tun.0, before.client_tun.0),
-                ),
+                |c| c.udp_tx,
+                |c| c.client_tun.0,
             ),
         ]
     } else {
         [
-            (
-                "client TUN reads (split)",
-                r(
-                    d(after.udp_rx, before.udp_rx),
-                    d(after.client_tun.1, before.client_tun.1),
-                ),
-            ),
+            ("client TUN reads (split)", |c| c.udp_rx, |c| c.client_tun.1),
             (
                 "server TUN writes (coalesce)",
-                r(
-                    d(after.tun_tx, before.tun_tx),
-                    d(after.server_tun.0, before.server_tun.0),
-                ),
+                |c| c.tun_tx,
+                |c| c.server_tun.0,
             ),
         ]
-    }
+    };
+    let grew = |count: Counter| count(&after).saturating_sub(count(&before));
+    sides.map(|(side, segments, io)| (side, grew(segments) as f64 / grew(io).max(1) as f64))
 }
 
 /// Checks what `ratios` says: with offloads, bulk data crosses each TUN as super-packets
@@ -239,17 +221,8 @@ fn inner6_traffic(underlay6: bool, offloads: bool, test: &str) {
     );
 
     // Plain routing: the backend sees the client's own IPv6 address.
-    lab.nft(
-        &b,
-        &format!(
-            "table inet ctre_v6 {{\n\
-               counter from_client {{}}\n\
-               chain ctre_input {{ type filter hook input priority 0; policy accept;\n\
-                 ip6 saddr {a6} counter name from_client\n\
-               }}\n\
-             }}\n"
-        ),
-    );
+    let from_client = format!("ip6 saddr {a6}");
+    count_input(&lab, &b, "ctre_v6", &[("from_client", &from_client)]);
     lab.ping_ok(&c1, BACKEND6, 5);
     lab.ping_ok(&b, &a6, 5);
     lab.ping_ok(&c1, SERVER_VIRTUAL6, 3);
@@ -450,10 +423,7 @@ fn full_tunnel(underlay6: bool, test: &str) {
     let (b, c1) = (lab.backend_ns.clone(), lab.client_ns[0].clone());
     let link = lab.client_links[0].clone();
     behind_gateway(&lab, 0, underlay6);
-    let routes_before = (
-        lab.ip(&c1, &["-4", "route", "show"]),
-        lab.ip(&c1, &["-6", "route", "show"]),
-    );
+    let routes_before = routes_of_both_families(&lab, &c1);
     lab.start_server();
     lab.start_client(0);
     let a6 = tunnel_addr6(&mut lab, 0);
@@ -486,18 +456,14 @@ fn full_tunnel(underlay6: bool, test: &str) {
             "{dst} not routed into the tunnel"
         );
     }
-    lab.nft(
+    count_input(
+        &lab,
         &b,
-        &format!(
-            "table inet ctre_ft {{\n\
-               counter tunneled4 {{}}\n\
-               counter tunneled6 {{}}\n\
-               chain ctre_input {{ type filter hook input priority 0; policy accept;\n\
-                 ip saddr {a4} counter name tunneled4\n\
-                 ip6 saddr {a6} counter name tunneled6\n\
-               }}\n\
-             }}\n"
-        ),
+        "ctre_ft",
+        &[
+            ("tunneled4", &format!("ip saddr {a4}")),
+            ("tunneled6", &format!("ip6 saddr {a6}")),
+        ],
     );
     lab.ping_ok(&c1, BACKEND6, 5);
     lab.ping_ok(&c1, BACKEND, 5);
@@ -520,25 +486,7 @@ fn full_tunnel(underlay6: bool, test: &str) {
     );
     assert_eq!(got, sent, "full tunnel TCP6: sha256 differs at the backend");
 
-    let (st, log) = lab.stop_client(0);
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "client did not exit cleanly ({st:?}):\n{log}"
-    );
-    let routes_after = (
-        lab.ip(&c1, &["-4", "route", "show"]),
-        lab.ip(&c1, &["-6", "route", "show"]),
-    );
-    assert_eq!(
-        routes_after, routes_before,
-        "routes differ from before the client ran"
-    );
-    let tun = lab.exec(
-        &c1,
-        &["ip", "link", "show", CLIENT_TUN],
-        Duration::from_secs(5),
-    );
-    assert!(!tun.ok(), "TUN left behind after exit");
+    assert_full_tunnel_client_leaves_no_trace(&mut lab, 0, routes_before);
 }
 
 #[test]
@@ -733,19 +681,6 @@ fn mixed_underlays_relay_between_clients() {
 // ---------------------------------------------------------------------------------------------
 // Forwarding, NAT66
 
-/// `(IPv4, IPv6)` forwarding switches in `ns`.
-fn forwarding(lab: &Lab, ns: &str) -> (String, String) {
-    let read = |path: &str| {
-        lab.exec_ok(ns, &["cat", path], Duration::from_secs(5))
-            .trim()
-            .to_string()
-    };
-    (
-        read("/proc/sys/net/ipv4/ip_forward"),
-        read("/proc/sys/net/ipv6/conf/all/forwarding"),
-    )
-}
-
 /// With `address6` the server turns IPv6 forwarding on, as it does IPv4's, and puts both back
 /// as it found them when it stops.
 #[test]
@@ -762,18 +697,7 @@ fn forwarding_of_both_families_on_while_running() {
     let s = lab.server_ns.clone();
     let off = ("0".to_string(), "0".to_string());
     assert_eq!(forwarding(&lab, &s), off, "a new namespace forwards");
-    lab.start_server();
-    assert_eq!(
-        forwarding(&lab, &s),
-        ("1".to_string(), "1".to_string()),
-        "forwarding while the server runs"
-    );
-    lab.stop_server();
-    assert_eq!(
-        forwarding(&lab, &s),
-        off,
-        "forwarding after the server stopped (IPv4, IPv6)"
-    );
+    assert_forwarding_on_only_while_running(&mut lab, ("0", "0"));
 }
 
 /// `nat6`: the IPv6 client subnet leaves behind the server's backend-facing address, so a
@@ -811,25 +735,7 @@ fn nat66_masquerade() {
         "an IPv4 masquerade without `nat`:\n{tables}"
     );
     // No way back to the client subnet from the backend...
-    let back = lab.exec(
-        &b,
-        &["ip", "-6", "route", "get", &a6.to_string()],
-        Duration::from_secs(5),
-    );
-    assert!(!back.ok(), "backend has a route to {a6}: {}", back.stdout);
-    lab.nft(
-        &b,
-        &format!(
-            "table inet ctre_nat {{\n\
-               counter from_server {{}}\n\
-               counter from_client {{}}\n\
-               chain ctre_input {{ type filter hook input priority 0; policy accept;\n\
-                 ip6 saddr {SERVER_BACKEND6} icmpv6 type echo-request counter name from_server\n\
-                 ip6 saddr {CLIENT_SUBNET6} counter name from_client\n\
-               }}\n\
-             }}\n"
-        ),
-    );
+    no_route_back_and_nat_counters(&lab, a6.into());
     // ...so answers arrive only thanks to the masquerade.
     lab.ping_ok(&c1, BACKEND6, 5);
     let Transfer { sent, got, .. } = transfer_sha256_bytes(
@@ -845,16 +751,5 @@ fn nat66_masquerade() {
         got, sent,
         "TCP6 through NAT66: sha256 differs at the backend"
     );
-    assert!(lab.nft_counter(&b, "ctre_nat", "from_server") >= 5);
-    assert_eq!(
-        lab.nft_counter(&b, "ctre_nat", "from_client"),
-        0,
-        "unmasqueraded packets from the client subnet"
-    );
-    lab.stop_server();
-    let tables = lab.nft_tables(&s);
-    assert!(
-        !tables.contains(&table),
-        "{table} left after exit:\n{tables}"
-    );
+    assert_masqueraded_then_table_gone(&mut lab, &table);
 }

@@ -8,42 +8,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::ctl::{cli, cli_ok};
+use common::setup::new_lab_or_skip;
 use common::*;
-
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Adds operations settings to the lab's server.toml (before the first `[[peer]]`).
-fn add_server_settings(lab: &Lab, settings: &str) {
-    lab.add_server_settings(settings);
-}
-
-fn socket(lab: &Lab) -> PathBuf {
-    lab.control_socket()
-}
-
-/// Runs `concentrator <args> --socket <lab socket>`; returns the output.
-fn cli(lab: &Lab, args: &[&str]) -> Output {
-    let sock = socket(lab);
-    let mut argv = vec![BIN];
-    argv.extend_from_slice(args);
-    argv.extend_from_slice(&["--socket", sock.to_str().unwrap()]);
-    cmd::run(&argv, None, CLI_TIMEOUT)
-}
-
-fn cli_ok(lab: &Lab, args: &[&str]) -> String {
-    let out = cli(lab, args);
-    assert!(
-        out.ok(),
-        "concentrator {args:?} failed: {}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
-    out.stdout
-}
 
 fn show_json(lab: &Lab, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["show", "--json"];
@@ -84,17 +54,13 @@ fn peer_keys(show: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn live_peer_add_and_remove_while_another_peer_pings() {
-    if !lab_or_skip("live_peer_add_and_remove_while_another_peer_pings") {
-        return;
-    }
+    let test = "live_peer_add_and_remove_while_another_peer_pings";
     // Client 2's key is not in the file: it is added live.
-    let mut lab = Lab::new(LabConfig {
-        clients: 2,
-        unknown_clients: vec![1],
-        ..Default::default()
-    });
+    let Some(mut lab) = new_lab_or_skip(test, LabConfig::second_client_unknown()) else {
+        return;
+    };
     lab.start_server();
-    let socket_mode = std::fs::metadata(socket(&lab)).map(|m| {
+    let socket_mode = std::fs::metadata(lab.control_socket()).map(|m| {
         use std::os::unix::fs::PermissionsExt;
         m.permissions().mode() & 0o777
     });
@@ -142,17 +108,17 @@ fn live_peer_add_and_remove_while_another_peer_pings() {
         "{log}"
     );
     assert!(
-        !socket(&lab).exists(),
+        !lab.control_socket().exists(),
         "the control socket is removed on exit"
     );
 }
 
 #[test]
 fn reload_changes_one_peer_while_another_peer_pings() {
-    if !lab_or_skip("reload_changes_one_peer_while_another_peer_pings") {
+    let test = "reload_changes_one_peer_while_another_peer_pings";
+    let Some(mut lab) = new_lab_or_skip(test, LabConfig::with_clients(2)) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig::with_clients(2));
+    };
     lab.up();
     let (c1, k1, k2) = (
         lab.client_ns[0].clone(),
@@ -251,14 +217,10 @@ fn scrape(lab: &Lab, port: u16) -> String {
 
 #[test]
 fn metrics_pass_promtool() {
-    if !lab_or_skip("metrics_pass_promtool") {
+    let Some(mut lab) = new_lab_or_skip("metrics_pass_promtool", LabConfig::with_clients(1)) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig::with_clients(1));
-    add_server_settings(
-        &lab,
-        "metrics_listen = \"127.0.0.1:9586\"\nmetrics_per_peer = true",
-    );
+    };
+    lab.add_server_settings("metrics_listen = \"127.0.0.1:9586\"\nmetrics_per_peer = true");
     lab.up();
     let c1 = lab.client_ns[0].clone();
     lab.ping_ok(&c1, BACKEND, 5);
@@ -348,18 +310,15 @@ print(json.dumps(totals))
 
 #[test]
 fn latency_log_reads_back_with_hdrh() {
-    if !lab_or_skip("latency_log_reads_back_with_hdrh") {
+    let test = "latency_log_reads_back_with_hdrh";
+    let Some(mut lab) = new_lab_or_skip(test, LabConfig::with_clients(1)) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig::with_clients(1));
+    };
     let dir = lab.dir().join("latency");
-    add_server_settings(
-        &lab,
-        &format!(
-            "latency_log_dir = \"{}\"\nlatency_log_interval = 1\nlatency_log_keep = 1000",
-            dir.display()
-        ),
-    );
+    lab.add_server_settings(&format!(
+        "latency_log_dir = \"{}\"\nlatency_log_interval = 1\nlatency_log_keep = 1000",
+        dir.display()
+    ));
     lab.up();
     let c1 = lab.client_ns[0].clone();
     lab.ping_ok(&c1, BACKEND, 15);
@@ -385,16 +344,16 @@ fn latency_log_reads_back_with_hdrh() {
 
 #[test]
 fn show_with_100k_peers_is_paged_and_bounded() {
-    if !lab_or_skip("show_with_100k_peers_is_paged_and_bounded") {
-        return;
-    }
     const PEERS: u32 = 100_000;
-    let mut lab = Lab::new(LabConfig::with_clients(1));
+    let test = "show_with_100k_peers_is_paged_and_bounded";
+    let Some(mut lab) = new_lab_or_skip(test, LabConfig::with_clients(1)) else {
+        return;
+    };
     // A /10 client subnet holds 100k peers; keys are arbitrary distinct 32-byte strings.
     let mut text = format!(
         "private_key_file = \"server.key\"\nlisten_port = {PORT}\nlisten_addresses = [\"{SERVER_UNDERLAY}\"]\n\
          address = \"10.64.0.1/10\"\nworkers = 1\ntun_name = \"{SERVER_TUN}\"\ncontrol_socket = \"{}\"\n",
-        socket(&lab).display()
+        lab.control_socket().display()
     );
     use base64::Engine as _;
     for i in 0..PEERS {
@@ -466,16 +425,11 @@ fn show_with_100k_peers_is_paged_and_bounded() {
 
 #[test]
 fn user_drop_keeps_cap_net_admin_and_cleans_up_nat() {
-    if !lab_or_skip("user_drop_keeps_cap_net_admin_and_cleans_up_nat") {
+    let test = "user_drop_keeps_cap_net_admin_and_cleans_up_nat";
+    let Some(mut lab) = new_lab_or_skip(test, LabConfig::masqueraded(1)) else {
         return;
-    }
-    let mut lab = Lab::new(LabConfig {
-        clients: 1,
-        nat: true,
-        backend_route: false,
-        ..Default::default()
-    });
-    add_server_settings(&lab, "user = \"nobody\"");
+    };
+    lab.add_server_settings("user = \"nobody\"");
     // The unprivileged server must still read its config on reload.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(lab.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();

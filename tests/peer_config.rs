@@ -11,31 +11,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::ctl::{cli, cli_ok, cli_ok_output};
 use common::stock::{wg_keypair, StockEndpoint, StockKind};
 use common::*;
-
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `concentrator <args> --socket <lab socket>`.
-fn cli(lab: &Lab, args: &[&str]) -> Output {
-    let sock = lab.control_socket();
-    let mut argv = vec![BIN];
-    argv.extend_from_slice(args);
-    argv.extend_from_slice(&["--socket", sock.to_str().unwrap()]);
-    cmd::run(&argv, None, CLI_TIMEOUT)
-}
-
-fn cli_ok(lab: &Lab, args: &[&str]) -> Output {
-    let out = cli(lab, args);
-    assert!(
-        out.ok(),
-        "concentrator {args:?} failed: {}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
-    out
-}
 
 /// The lines `wg setconf` reads: wg-quick's own settings (Address, DNS, ...) removed, as
 /// `wg-quick strip` does.
@@ -126,34 +104,28 @@ fn peer_config_is_a_working_wg_quick_config() {
     std::fs::write(&psk_file, format!("{psk}\n")).unwrap();
 
     // --protocol reaches the server: the peer speaks the WireGuard suite.
+    let add_with_protocol = [
+        "peer",
+        "add",
+        "--public-key",
+        client_pub.as_str(),
+        "--protocol",
+    ];
+    let psk_path = psk_file.to_str().unwrap();
     cli_ok(
         &lab,
         &[
-            "peer",
-            "add",
-            "--public-key",
-            &client_pub,
-            "--protocol",
-            "wireguard",
-            "--psk-file",
-            psk_file.to_str().unwrap(),
-        ],
+            &add_with_protocol[..],
+            &["wireguard", "--psk-file", psk_path],
+        ]
+        .concat(),
     );
-    let bad = cli(
-        &lab,
-        &[
-            "peer",
-            "add",
-            "--public-key",
-            &client_pub,
-            "--protocol",
-            "ipsec",
-        ],
-    );
+    let bad = cli(&lab, &[&add_with_protocol[..], &["ipsec"]].concat());
     assert!(!bad.ok() && bad.stderr.contains("ipsec"), "{bad:?}");
 
     // No public_endpoint yet: an error naming the setting.
-    let out = cli(&lab, &["peer", "config", &client_pub]);
+    let peer_config = ["peer", "config", client_pub.as_str()];
+    let out = cli(&lab, &peer_config);
     assert!(
         !out.ok() && out.stderr.contains("public_endpoint = \""),
         "{out:?}"
@@ -185,29 +157,19 @@ fn peer_config_is_a_working_wg_quick_config() {
     let (other_key, _) = wg_keypair();
     let other_file = lab.dir().join("other.key");
     std::fs::write(&other_file, &other_key).unwrap();
+    let other_path = other_file.to_str().unwrap();
     let out = cli(
         &lab,
-        &[
-            "peer",
-            "config",
-            &client_pub,
-            "--private-key-file",
-            other_file.to_str().unwrap(),
-        ],
+        &[&peer_config[..], &["--private-key-file", other_path]].concat(),
     );
     assert!(!out.ok() && out.stderr.contains("not peer"), "{out:?}");
 
-    let config = cli_ok(
-        &lab,
-        &[
-            "peer",
-            "config",
-            &client_pub,
-            "--private-key-file",
-            key_file.to_str().unwrap(),
-        ],
-    )
-    .stdout;
+    let with_key_file = [
+        &peer_config[..],
+        &["--private-key-file", key_file.to_str().unwrap()],
+    ]
+    .concat();
+    let config = cli_ok(&lab, &with_key_file);
     let show = lab.show_json();
     let me = show["peers"]
         .as_array()
@@ -263,21 +225,10 @@ fn peer_config_is_a_working_wg_quick_config() {
     drop(ep);
 
     // The QR code holds the same text.
-    let qr = cli_ok(
-        &lab,
-        &[
-            "peer",
-            "config",
-            &client_pub,
-            "--private-key-file",
-            key_file.to_str().unwrap(),
-            "--qr",
-        ],
-    )
-    .stdout;
+    let qr = cli_ok(&lab, &[&with_key_file[..], &["--qr"]].concat());
     assert_eq!(decode_qr(&qr), config);
     // Without the key file: a marked placeholder, and a note saying so.
-    let placeholder = cli_ok(&lab, &["peer", "config", &client_pub]);
+    let placeholder = cli_ok_output(&lab, &peer_config);
     assert!(
         placeholder
             .stdout

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::net::route_dev;
 use common::*;
 
 /// Pushed to every peer: a network behind the server, in both families.
@@ -65,16 +66,6 @@ fn lab_with_pushes(dns: bool) -> Lab {
 /// The routes of `ns` for one family (`-4` or `-6`).
 fn routes(lab: &Lab, ns: &str, family: &str) -> String {
     lab.ip(ns, &[family, "route", "show"])
-}
-
-/// The device `ip route get DST` picks in `ns`.
-fn route_dev(lab: &Lab, ns: &str, dst: &str) -> String {
-    let out = lab.ip(ns, &["route", "get", dst]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "dev")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no dev in route get {dst}: {out}"))
-        .to_string()
 }
 
 /// Waits until `ip route show NET` in `ns` says `want` (present through the TUN, or absent).

@@ -8,28 +8,10 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::time::Duration;
 
+use common::ctl::cli_ok;
+use common::setup::new_lab_or_skip;
 use common::*;
-
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `concentrator <args> --socket <lab socket>`, which must succeed; returns stdout.
-fn cli_ok(lab: &Lab, args: &[&str]) -> String {
-    let sock = lab.control_socket();
-    let mut argv = vec![BIN];
-    argv.extend_from_slice(args);
-    argv.extend_from_slice(&["--socket", sock.to_str().unwrap()]);
-    let out = cmd::run(&argv, None, CLI_TIMEOUT);
-    assert!(
-        out.ok(),
-        "concentrator {args:?} failed: {}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
-    out.stdout
-}
 
 fn show_peer(lab: &Lab, key: &str) -> Option<serde_json::Value> {
     let show: serde_json::Value =
@@ -45,16 +27,14 @@ fn show_peer(lab: &Lab, key: &str) -> Option<serde_json::Value> {
 #[test]
 fn saved_live_peers_survive_a_reload() {
     let name = "saved_live_peers_survive_a_reload";
-    if !lab_or_skip(name) {
-        return;
-    }
     // Client 2's key is not in the file: it is added live, with a pre-shared key and a network.
-    let mut lab = Lab::new(LabConfig {
-        clients: 2,
-        unknown_clients: vec![1],
+    let cfg = LabConfig {
         inner6: true,
-        ..Default::default()
-    });
+        ..LabConfig::second_client_unknown()
+    };
+    let Some(mut lab) = new_lab_or_skip(name, cfg) else {
+        return;
+    };
     let (k1, k2) = (lab.client_pubkeys[0].clone(), lab.client_pubkeys[1].clone());
     let path = lab.server_config_path();
     // The operator's comments, which a save keeps.

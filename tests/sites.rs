@@ -17,7 +17,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::traffic::{transfer_sha256_bytes, Transfer};
+use common::traffic::{transfer_sha256_bytes, Transfer, CONNECT};
 use common::*;
 
 /// The site behind client B, and its host.
@@ -83,6 +83,17 @@ impl SiteLab {
         lab.set_allowed_ips(1, b_allowed);
         lab.add_client_routes(0, a_routes);
         lab
+    }
+
+    /// For `test`: a lab without IPv6 whose site's one network is all B may send from, with
+    /// the server and both clients up; `None` (after the skip line) when lab tests cannot run.
+    fn one_network_up_or_skip(test: &str) -> Option<SiteLab> {
+        if !lab_or_skip(test) {
+            return None;
+        }
+        let mut s = SiteLab::new(LabConfig::without_ipv6(2), &[SITE_NET], &[]);
+        s.lab.up();
+        Some(s)
     }
 
     /// Sets peer `i`'s `allowed_ips` in the server's file (replacing what it had).
@@ -211,8 +222,7 @@ fn site_reachable(client_to_client: bool) {
     }
     let cfg = LabConfig {
         client_to_client,
-        ipv6: false,
-        ..Default::default()
+        ..LabConfig::without_ipv6(2)
     };
     let mut s = SiteLab::new(cfg, &[SITE_NET], &[SITE_NET]);
     s.lab.up();
@@ -311,15 +321,9 @@ fn site_reachable_without_client_to_client() {
 #[test]
 fn site_sources_outside_the_allowed_networks_are_dropped() {
     let test = "site_sources_outside_the_allowed_networks_are_dropped";
-    if !lab_or_skip(test) {
+    let Some(s) = SiteLab::one_network_up_or_skip(test) else {
         return;
-    }
-    let cfg = LabConfig {
-        ipv6: false,
-        ..Default::default()
     };
-    let mut s = SiteLab::new(cfg, &[SITE_NET], &[]);
-    s.lab.up();
     let site = s.site.clone();
     // The site's own network passes...
     s.lab.ping_ok(&site, BACKEND, 3);
@@ -347,11 +351,7 @@ fn the_more_specific_prefix_wins() {
     }
     // A hub (client A) holds 172.16.0.0/12 with a host of it on its loopback; the site behind
     // B holds 172.16.99.0/24, inside the hub's network.
-    let cfg = LabConfig {
-        ipv6: false,
-        ..Default::default()
-    };
-    let s = SiteLab::new(cfg, &["172.16.99.0/24"], &[]);
+    let s = SiteLab::new(LabConfig::without_ipv6(2), &["172.16.99.0/24"], &[]);
     s.set_allowed_ips(0, &["172.16.0.0/12"]);
     let (a, b, site, backend) = (
         s.lab.client_ns[0].clone(),
@@ -481,15 +481,9 @@ fn kernel_routes_follow_the_peers() {
 #[test]
 fn the_same_prefix_on_two_peers_is_refused_live() {
     let test = "the_same_prefix_on_two_peers_is_refused_live";
-    if !lab_or_skip(test) {
+    let Some(s) = SiteLab::one_network_up_or_skip(test) else {
         return;
-    }
-    let cfg = LabConfig {
-        ipv6: false,
-        ..Default::default()
     };
-    let mut s = SiteLab::new(cfg, &[SITE_NET], &[]);
-    s.lab.up();
     let b_key = s.lab.client_pubkeys[1].clone();
     let (_, newcomer) = keypair();
     let out = s.peer_command(&["add", "--public-key", &newcomer, "--allowed-ips", SITE_NET]);
@@ -542,9 +536,8 @@ fn mss(clamp: bool, offloads: bool) {
         return;
     }
     let cfg = LabConfig {
-        ipv6: false,
         offloads,
-        ..Default::default()
+        ..LabConfig::without_ipv6(2)
     };
     let mut s = SiteLab::new(cfg, &[SITE_NET], &[]);
     if clamp {
@@ -566,19 +559,14 @@ print(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG), flush=True)
 c.settimeout(20)
 c.recv(1)
 "#;
-    let connector = r#"
-import socket, sys, time
-for _ in range(50):
-    try:
-        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
-        break
-    except OSError:
-        time.sleep(0.1)
-else:
-    sys.exit("cannot connect")
+    let connector = format!(
+        "{CONNECT}{}",
+        r#"
+s = connect(sys.argv[1], sys.argv[2])
 print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG), flush=True)
 s.close()
-"#;
+"#
+    );
     let site = s.site.clone();
     let backend = s.lab.backend_ns.clone();
     let mut rx = s.lab.spawn_proc(
@@ -594,7 +582,7 @@ s.close()
     }
     let tx = s.lab.exec_ok(
         &backend,
-        &["python3", "-c", connector, SITE_HOST, "5501"],
+        &["python3", "-c", &connector, SITE_HOST, "5501"],
         SHORT,
     );
     assert!(

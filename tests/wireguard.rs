@@ -17,6 +17,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::ctl::cli_ok;
 use common::stock::{wg_keypair, StockConfig, StockEndpoint, StockKind, StockPeer};
 use common::traffic::{iperf3_bytes, iperf3_client, transfer_sha256_bytes};
 use common::*;
@@ -142,11 +143,7 @@ fn stock_client_end_to_end(name: &str, kind: StockKind, stop: Stop) {
     }
     // Client 1 runs `concentrator connect`; client 2's namespace holds the stock client, whose
     // key is not the lab's: its peer is written here, with the WireGuard suite.
-    let mut lab = Lab::new(LabConfig {
-        clients: 2,
-        unknown_clients: vec![1],
-        ..Default::default()
-    });
+    let mut lab = Lab::new(LabConfig::second_client_unknown());
     let (stock_private, stock_public) = wg_keypair();
     let config = lab.server_config_path();
     let text = std::fs::read_to_string(&config).unwrap();
@@ -293,23 +290,6 @@ fn boringtun_client_end_to_end() {
     );
 }
 
-/// Runs `concentrator <args> --socket <lab socket>`, which must succeed; returns stdout.
-fn cli_ok(lab: &Lab, args: &[&str]) -> String {
-    let sock = lab.control_socket();
-    let mut argv = vec![BIN];
-    argv.extend_from_slice(args);
-    argv.extend_from_slice(&["--socket", sock.to_str().unwrap()]);
-    let out = cmd::run(&argv, None, Duration::from_secs(30));
-    assert!(
-        out.ok(),
-        "concentrator {args:?} failed: {}\n{}\n{}",
-        out.stdout,
-        out.stderr,
-        lab.logs()
-    );
-    out.stdout
-}
-
 /// `wg ARGS...` against the server's UAPI socket (in the file system, so from any namespace),
 /// which must succeed.
 fn wg_ok(args: &[&str]) -> String {
@@ -328,11 +308,7 @@ fn a_peer_added_with_wg_set_connects_is_saved_kept_and_removed() {
     }
     // Client 1's peer is in the file (and stays idle); client 2's namespace holds the stock
     // client, whose peer only `wg set` adds.
-    let mut lab = Lab::new(LabConfig {
-        clients: 2,
-        unknown_clients: vec![1],
-        ..Default::default()
-    });
+    let mut lab = Lab::new(LabConfig::second_client_unknown());
     // The UAPI socket is named after the interface, in a directory all namespaces share.
     let interface = format!("wl{:x}x{}", std::process::id(), lab.id);
     let config = lab.server_config_path();
@@ -347,14 +323,16 @@ fn a_peer_added_with_wg_set_connects_is_saved_kept_and_removed() {
 
     const LIVE_ADDRESS: &str = "10.66.0.201";
     let (stock_private, stock_public) = wg_keypair();
-    wg_ok(&[
+    let live_ips = format!("{LIVE_ADDRESS}/32");
+    let add_stock_peer: [&str; 6] = [
         "set",
         &interface,
         "peer",
         &stock_public,
         "allowed-ips",
-        &format!("{LIVE_ADDRESS}/32"),
-    ]);
+        &live_ips,
+    ];
+    wg_ok(&add_stock_peer);
     let added = show_peer(&lab, &stock_public).expect("the peer `wg set` added");
     assert_eq!(added["protocol"], "wireguard", "{added}");
     assert_eq!(added["address"], LIVE_ADDRESS, "{added}");
@@ -418,14 +396,7 @@ fn a_peer_added_with_wg_set_connects_is_saved_kept_and_removed() {
 
     // Added again, it gets the same address, and the client is back once it handshakes anew
     // (as after a restart: when its data has gone unanswered long enough).
-    wg_ok(&[
-        "set",
-        &interface,
-        "peer",
-        &stock_public,
-        "allowed-ips",
-        &format!("{LIVE_ADDRESS}/32"),
-    ]);
+    wg_ok(&add_stock_peer);
     let again = show_peer(&lab, &stock_public).expect("the peer added again");
     assert_eq!(again["address"], LIVE_ADDRESS, "{again}");
     let resumed = ping_until_reply(&lab, &stock_ns, BACKEND, RESUME_DEADLINE);

@@ -99,6 +99,13 @@ pub fn run_ok(argv: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> String 
     out.stdout
 }
 
+/// `ip netns exec NS argv...`: the argv that runs `argv` inside network namespace `ns`.
+pub fn in_netns<'a>(ns: &'a str, argv: &[&'a str]) -> Vec<&'a str> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(argv);
+    full
+}
+
 /// Polls `child` until it exits or `timeout` passes; `None` on timeout.
 pub fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;

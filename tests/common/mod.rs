@@ -24,6 +24,9 @@
 #![allow(dead_code)]
 
 pub mod cmd;
+pub mod ctl;
+pub mod net;
+pub mod setup;
 pub mod stock;
 pub mod traffic;
 
@@ -706,8 +709,7 @@ impl Lab {
         argv: &[&str],
         extra: &[(String, String)],
     ) -> Proc {
-        let mut full = vec!["ip", "netns", "exec", ns];
-        full.extend_from_slice(argv);
+        let full = cmd::in_netns(ns, argv);
         let env = Self::log_env();
         let env: Vec<(&str, &str)> = env
             .iter()
@@ -729,8 +731,7 @@ impl Lab {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Output {
-        let mut full = vec!["ip", "netns", "exec", ns];
-        full.extend_from_slice(argv);
+        let full = cmd::in_netns(ns, argv);
         cmd::run(&full, stdin, timeout)
     }
 
@@ -830,57 +831,35 @@ impl Lab {
 
     /// The IPv4 address on the client's TUN, if any.
     pub fn client_tun_addr(&self, i: usize) -> Option<Ipv4Addr> {
-        let out = cmd::run(
-            &[
-                "ip",
-                "-n",
-                &self.client_ns[i],
-                "-4",
-                "-o",
-                "addr",
-                "show",
-                "dev",
-                CLIENT_TUN,
-            ],
-            None,
-            SHORT,
-        );
-        if !out.ok() {
-            return None;
-        }
-        out.stdout
-            .split_whitespace()
-            .skip_while(|w| *w != "inet")
-            .nth(1)
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
+        self.client_tun_addr_of(i, "-4", "inet", &[])
     }
 
     /// The global IPv6 address on the client's TUN, if any.
     pub fn client_tun_addr6(&self, i: usize) -> Option<std::net::Ipv6Addr> {
-        let out = cmd::run(
-            &[
-                "ip",
-                "-n",
-                &self.client_ns[i],
-                "-6",
-                "-o",
-                "addr",
-                "show",
-                "dev",
-                CLIENT_TUN,
-                "scope",
-                "global",
-            ],
-            None,
-            SHORT,
-        );
+        self.client_tun_addr_of(i, "-6", "inet6", &["scope", "global"])
+    }
+
+    /// The address after `word` (`inet`, `inet6`) in `ip <family> -o addr show dev TUN
+    /// <filter>` in client `i`'s namespace, parsed.
+    fn client_tun_addr_of<A: std::str::FromStr>(
+        &self,
+        i: usize,
+        family: &str,
+        word: &str,
+        filter: &[&str],
+    ) -> Option<A> {
+        let ns = self.client_ns[i].as_str();
+        let mut argv = vec![
+            "ip", "-n", ns, family, "-o", "addr", "show", "dev", CLIENT_TUN,
+        ];
+        argv.extend_from_slice(filter);
+        let out = cmd::run(&argv, None, SHORT);
         if !out.ok() {
             return None;
         }
         out.stdout
             .split_whitespace()
-            .skip_while(|w| *w != "inet6")
+            .skip_while(|w| *w != word)
             .nth(1)
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse().ok())

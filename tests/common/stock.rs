@@ -296,8 +296,7 @@ impl StockEndpoint {
 
     /// `ip netns exec NS argv...`, which must succeed; returns stdout.
     fn exec_ok(&self, argv: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.ns];
-        full.extend_from_slice(argv);
+        let full = cmd::in_netns(&self.ns, argv);
         let out = cmd::run(&full, None, SHORT);
         assert!(
             out.ok(),

@@ -29,19 +29,26 @@ while True:
 print(n, h.hexdigest(), flush=True)
 "#;
 
-/// argv: dst_addr port [bytes]. Connects (retrying for about 10 s), sends `bytes` (default
-/// 20 MiB) of random bytes and prints their length and sha256.
-pub const SENDER: &str = r#"
-import socket, hashlib, os, sys, time
-data = os.urandom(int(sys.argv[3]) if len(sys.argv) > 3 else 20 * 1024 * 1024)
-for _ in range(100):
-    try:
-        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
-        break
-    except OSError:
-        time.sleep(0.1)
-else:
+/// Python, for the start of a script: `connect(addr, port)` returns a TCP connection to
+/// `addr:port`, retrying for about 10 s (the listener may still be starting); the script exits
+/// with an error when it cannot connect.
+pub const CONNECT: &str = r#"
+import socket, sys, time
+def connect(addr, port):
+    for _ in range(100):
+        try:
+            return socket.create_connection((addr, int(port)), timeout=2)
+        except OSError:
+            time.sleep(0.1)
     sys.exit("cannot connect")
+"#;
+
+/// After [`CONNECT`]; argv: dst_addr port [bytes]. Connects, sends `bytes` (default 20 MiB) of
+/// random bytes and prints their length and sha256.
+pub const SENDER: &str = r#"
+import hashlib, os
+data = os.urandom(int(sys.argv[3]) if len(sys.argv) > 3 else 20 * 1024 * 1024)
+s = connect(sys.argv[1], sys.argv[2])
 s.settimeout(30)
 s.sendall(data)
 s.shutdown(socket.SHUT_WR)
@@ -93,9 +100,10 @@ pub fn transfer_sha256_bytes(
         &["python3", "-c", RECEIVER, to_addr, &port],
     );
     let started = Instant::now();
+    let sender = format!("{CONNECT}{SENDER}");
     let tx = lab.exec(
         from_ns,
-        &["python3", "-c", SENDER, to_addr, &port, &bytes],
+        &["python3", "-c", &sender, to_addr, &port, &bytes],
         Duration::from_secs(45),
     );
     assert!(
