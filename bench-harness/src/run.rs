@@ -37,6 +37,12 @@ pub struct Plan {
     pub handshake_seconds: u64,
     /// When not empty: only these tunnels beside plain routing, and no headend-alone runs.
     pub only: Vec<String>,
+    /// Only the headend-alone data blasts: no tunnels, no handshake runs.
+    pub headend_only: bool,
+    /// How the headend-alone blasts generate load (each runs the whole matrix).
+    pub blasts: Vec<crate::Blast>,
+    /// IP packet sizes of the pre-sealed blasts.
+    pub packet_bytes: Vec<usize>,
 }
 
 impl Plan {
@@ -64,6 +70,9 @@ impl Plan {
             loadgen_seconds: if quick { 3 } else { 8 },
             handshake_seconds: if quick { 3 } else { 8 },
             only: Vec::new(),
+            headend_only: false,
+            blasts: vec![crate::Blast::PresealedMmsg],
+            packet_bytes: vec![64, 1420],
         }
     }
 }
@@ -717,7 +726,7 @@ fn e2e(
 
 /// User plus system CPU time of process `pid` (all its threads) so far, in seconds.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    crate::tools::process_cpu(pid).map(|(user, system)| user + system)
+    crate::cpu::process_cpu(pid).map(|(user, system)| user + system)
 }
 
 /// Records a CPU profile of the server process during a TCP upload.
@@ -904,25 +913,147 @@ fn dump_summary(path: &Path) -> Value {
     }
 }
 
-/// The server's CPU time per packet it carried during a loadgen blast (each packet crosses
-/// it once towards the backend and each echo once back), in µs: total, user and system.
-fn server_cpu_per_packet(run: &Value) -> Value {
-    let cpu = &run["loadgen"]["server_cpu"];
-    let secs = run["loadgen"]["duration_s"].as_f64().unwrap_or(0.0);
-    let packets = (run["backend_sink"]["pps"].as_f64().unwrap_or(0.0)
-        + run["loadgen"]["echo_pps"].as_f64().unwrap_or(0.0))
-        * secs;
-    let (Some(user), Some(system)) = (cpu["user_s"].as_f64(), cpu["system_s"].as_f64()) else {
-        return Value::Null;
+/// CPU time per packet during a loadgen blast, in µs: the server's (total, user, system) per
+/// packet it carried (each packet crosses it once towards the backend and each echo once
+/// back), the generator's per datagram it sent, the sink's per datagram it received.
+fn cpu_per_packet(run: &Value) -> Value {
+    let lg = &run["loadgen"];
+    let secs = lg["duration_s"].as_f64().unwrap_or(0.0);
+    let at_backend = run["backend_sink"]["pps"].as_f64().unwrap_or(0.0) * secs;
+    let carried = at_backend + lg["echo_pps"].as_f64().unwrap_or(0.0) * secs;
+    let sent = lg["sent"].as_f64().unwrap_or(0.0);
+    let per = |cpu: &Value, packets: f64| {
+        let (Some(user), Some(system)) = (cpu["user_s"].as_f64(), cpu["system_s"].as_f64()) else {
+            return Value::Null;
+        };
+        if packets < 1.0 {
+            return Value::Null;
+        }
+        json!({
+            "total": (user + system) * 1e6 / packets,
+            "user": user * 1e6 / packets,
+            "system": system * 1e6 / packets,
+        })
     };
-    if packets < 1.0 {
-        return Value::Null;
-    }
     json!({
-        "total": (user + system) * 1e6 / packets,
-        "user": user * 1e6 / packets,
-        "system": system * 1e6 / packets,
+        "server": per(&lg["server_cpu"], carried),
+        "generator": per(&lg["generator_cpu"], sent),
+        "sink": per(&lg["sink_cpu"], at_backend),
     })
+}
+
+/// One headend-alone blast: a fresh server with `k` peers and `w` workers, a sink on the
+/// backend (echoing for the first generator only), loadgen in the client namespace.
+#[allow(clippy::type_complexity)]
+fn loadgen_run(
+    lab: &Lab,
+    plan: &Plan,
+    exe: &str,
+    server: &StaticSecret,
+    write_cfg: &dyn Fn(usize, usize) -> Result<(PathBuf, PathBuf)>,
+    (blast, bytes, k, w): (crate::Blast, usize, usize, usize),
+) -> Result<Value> {
+    let echo = blast == crate::Blast::SealEach;
+    let tag = format!("{}-b{bytes}-k{k}-w{w}", blast.name());
+    progress(&format!(
+        "loadgen {}: {k} clients, {w} worker(s), {bytes}-byte packets: handshake all, then blast for {} s",
+        blast.name(),
+        plan.loadgen_seconds
+    ));
+    let (cfg, kf) = write_cfg(k, w)?;
+    let dump = plan
+        .out
+        .join(format!("concentrator-loadgen-{tag}-latency.hdr"));
+    let mut srv =
+        start_concentrator_server(lab, plan, &cfg, w, &dump, &format!("lg-server-{tag}"), true)?;
+    let connect_timeout = 30 + k as u64 / 100;
+    // Sealing ahead takes a few seconds at most (bounded by --pool-mib).
+    let budget = connect_timeout + plan.loadgen_seconds + 20;
+    let bind = format!("{BACKEND}:{SINK_PORT}");
+    let deadline = budget.to_string();
+    let mut sink_argv = vec![exe, "sink", "--bind", &bind, "--deadline-s", &deadline];
+    sink_argv.extend(["--idle-ms", "1500"]);
+    if echo {
+        sink_argv.push("--echo");
+    }
+    let mut sink = lab.spawn(&lab.backend, &format!("sink-{tag}"), &sink_argv, &[])?;
+    std::thread::sleep(Duration::from_millis(200));
+    let backend_before = udp_snmp(lab, &lab.backend);
+    let server_before = udp_snmp(lab, &lab.server);
+    let out = lab.exec(
+        &lab.client,
+        &[
+            exe,
+            "loadgen",
+            "--server",
+            &format!("{SERVER_UNDERLAY}:{CTR_PORT}"),
+            "--server-key",
+            &server.public_key().to_string(),
+            "--keys",
+            &kf.to_string_lossy(),
+            "--backend",
+            &format!("{BACKEND}:{SINK_PORT}"),
+            "--sockets",
+            &k.min(16).to_string(),
+            "--duration-s",
+            &plan.loadgen_seconds.to_string(),
+            "--connect-timeout-s",
+            &connect_timeout.to_string(),
+            "--server-pid",
+            &srv.pid().map(|p| p.to_string()).unwrap_or_default(),
+            "--sink-pid",
+            &sink.pid().map(|p| p.to_string()).unwrap_or_default(),
+            "--blast",
+            blast.name(),
+            "--packet-bytes",
+            &bytes.to_string(),
+        ],
+        Duration::from_secs(budget + 10),
+    )?;
+    sink.wait(Duration::from_secs(budget + 5));
+    srv.stop_with(libc::SIGINT);
+    let tun_gone = link_gone_after(lab);
+    let lg: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|_| json!({"error": out.stderr.clone()}));
+    let sk: Value = serde_json::from_str(sink.stdout().trim())
+        .unwrap_or_else(|_| json!({"error": sink.stderr()}));
+    let mut run = json!({
+        "blast": blast.name(), "packet_bytes": bytes,
+        "clients": k, "workers": w,
+        "loadgen": lg, "backend_sink": sk,
+        "server_counters": parse_counters(&srv.stderr()),
+        "server_tun_gone_after_exit_ms": tun_gone,
+        "backend_udp_counters": snmp_delta(&backend_before, &udp_snmp(lab, &lab.backend)),
+        "server_udp_counters": snmp_delta(&server_before, &udp_snmp(lab, &lab.server)),
+        "server_worker_latency": dump_summary(&dump),
+    });
+    let per_packet = cpu_per_packet(&run);
+    let cores = |who: &str| run["loadgen"][who]["cores"].as_f64().unwrap_or(f64::NAN);
+    let (server_cores, generator_cores, sink_cores) = (
+        cores("server_cpu"),
+        cores("generator_cpu"),
+        cores("sink_cpu"),
+    );
+    let busy = run["loadgen"]["machine_cpu_share"]["busy_cores"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    // Softirqs in ksoftirqd, and anything else running on the machine.
+    let others = busy - server_cores - generator_cores - sink_cores;
+    run["other_cores"] = json!(others);
+    progress(&format!(
+        "  -> offered {:.0} kpps, backend received {:.0} kpps, echoes {:.0} kpps; server µs/packet {:.2} (user {:.2}, system {:.2}); cores used: server {:.2}, generator {:.2}, sink {:.2}, others {others:.2}",
+        run["loadgen"]["sent_pps"].as_f64().unwrap_or(0.0) / 1e3,
+        run["backend_sink"]["pps"].as_f64().unwrap_or(0.0) / 1e3,
+        run["loadgen"]["echo_pps"].as_f64().unwrap_or(0.0) / 1e3,
+        per_packet["server"]["total"].as_f64().unwrap_or(f64::NAN),
+        per_packet["server"]["user"].as_f64().unwrap_or(f64::NAN),
+        per_packet["server"]["system"].as_f64().unwrap_or(f64::NAN),
+        server_cores,
+        generator_cores,
+        sink_cores,
+    ));
+    run["cpu_per_packet_us"] = per_packet;
+    Ok(run)
 }
 
 /// Loadgen runs: data (K clients × workers) and handshakes.
@@ -963,101 +1094,28 @@ fn headend(lab: &Lab, plan: &Plan, results: &mut serde_json::Map<String, Value>)
         write_secret(&kf, &text)?;
         Ok((cfg, kf))
     };
-    for &k in &plan.loadgen_clients {
-        for &w in &plan.workers {
-            check_interrupted()?;
-            progress(&format!("loadgen: {k} clients, {w} worker(s): handshake all, then blast 64-byte packets for {} s", plan.loadgen_seconds));
-            let (cfg, kf) = write_cfg(k, w)?;
-            let dump = plan
-                .out
-                .join(format!("concentrator-loadgen-k{k}-w{w}-latency.hdr"));
-            let mut srv = start_concentrator_server(
-                lab,
-                plan,
-                &cfg,
-                w,
-                &dump,
-                &format!("lg-server-k{k}-w{w}"),
-                true,
-            )?;
-            let connect_timeout = 30 + k as u64 / 100;
-            let sink_deadline = (connect_timeout + plan.loadgen_seconds + 20).to_string();
-            let mut sink = lab.spawn(
-                &lab.backend,
-                &format!("sink-k{k}-w{w}"),
-                &[
-                    &exe,
-                    "sink",
-                    "--bind",
-                    &format!("{BACKEND}:{SINK_PORT}"),
-                    "--echo",
-                    "--deadline-s",
-                    &sink_deadline,
-                    "--idle-ms",
-                    "3000",
-                ],
-                &[],
-            )?;
-            std::thread::sleep(Duration::from_millis(200));
-            let backend_before = udp_snmp(lab, &lab.backend);
-            let out = lab.exec(
-                &lab.client,
-                &[
-                    &exe,
-                    "loadgen",
-                    "--server",
-                    &format!("{SERVER_UNDERLAY}:{CTR_PORT}"),
-                    "--server-key",
-                    &server.public_key().to_string(),
-                    "--keys",
-                    &kf.to_string_lossy(),
-                    "--backend",
-                    &format!("{BACKEND}:{SINK_PORT}"),
-                    "--sockets",
-                    &k.min(16).to_string(),
-                    "--duration-s",
-                    &plan.loadgen_seconds.to_string(),
-                    "--connect-timeout-s",
-                    &connect_timeout.to_string(),
-                    "--server-pid",
-                    &srv.pid().map(|p| p.to_string()).unwrap_or_default(),
-                ],
-                Duration::from_secs(connect_timeout + plan.loadgen_seconds + 30),
-            )?;
-            sink.wait(Duration::from_secs(
-                connect_timeout + plan.loadgen_seconds + 25,
-            ));
-            srv.stop_with(libc::SIGINT);
-            let tun_gone = link_gone_after(lab);
-            let lg: Value = serde_json::from_str(out.stdout.trim())
-                .unwrap_or_else(|_| json!({"error": out.stderr.clone()}));
-            let sk: Value = serde_json::from_str(sink.stdout().trim())
-                .unwrap_or_else(|_| json!({"error": sink.stderr()}));
-            let run = json!({
-                "clients": k, "workers": w,
-                "loadgen": lg, "backend_sink": sk,
-                "server_counters": parse_counters(&srv.stderr()),
-                "server_tun_gone_after_exit_ms": tun_gone,
-                "backend_udp_counters": snmp_delta(&backend_before, &udp_snmp(lab, &lab.backend)),
-                "server_worker_latency": dump_summary(&dump),
-            });
-            let mut run = run;
-            let per_packet = server_cpu_per_packet(&run);
-            run["server_cpu_per_packet_us"] = per_packet.clone();
-            progress(&format!(
-                "  -> sent {:.0} kpps, backend received {:.0} kpps, echoes back {:.0} kpps; server cpu per packet {:.2} µs (user {:.2}, system {:.2})",
-                run["loadgen"]["sent_pps"].as_f64().unwrap_or(0.0) / 1e3,
-                run["backend_sink"]["pps"].as_f64().unwrap_or(0.0) / 1e3,
-                run["loadgen"]["echo_pps"].as_f64().unwrap_or(0.0) / 1e3,
-                per_packet["total"].as_f64().unwrap_or(f64::NAN),
-                per_packet["user"].as_f64().unwrap_or(f64::NAN),
-                per_packet["system"].as_f64().unwrap_or(f64::NAN),
-            ));
-            runs.push(run);
+    // Every (blast, size) pair: the first generator has one size of its own.
+    let mut shapes: Vec<(crate::Blast, usize)> = Vec::new();
+    for &blast in &plan.blasts {
+        match blast {
+            crate::Blast::SealEach => shapes.push((blast, 20 + 8 + 64)),
+            _ => shapes.extend(plan.packet_bytes.iter().map(|&b| (blast, b))),
+        }
+    }
+    for &(blast, bytes) in &shapes {
+        for &k in &plan.loadgen_clients {
+            for &w in &plan.workers {
+                check_interrupted()?;
+                let run = loadgen_run(lab, plan, &exe, &server, &write_cfg, (blast, bytes, k, w))?;
+                runs.push(run);
+            }
         }
     }
     results.insert("loadgen".into(), Value::Array(runs));
 
+    if plan.headend_only {
+        return Ok(());
+    }
     let mut hs_runs = Vec::new();
     let in_flights: Vec<usize> = if plan.quick {
         vec![128]
@@ -1183,6 +1241,9 @@ pub fn run(plan: Plan) -> Result<()> {
         systems.push("wireguard-go");
         systems.push("boringtun");
     }
+    if plan.headend_only {
+        systems.clear();
+    }
     if !plan.only.is_empty() {
         for wanted in &plan.only {
             if !report::SYSTEMS.contains(&wanted.as_str()) {
@@ -1213,6 +1274,9 @@ pub fn run(plan: Plan) -> Result<()> {
             "concentrator_workers_e2e": plan.workers.iter().max(),
             "boringtun_threads": 2, "mtu": 1420,
             "udp_payload_bytes": 64,
+            "headend_only": plan.headend_only,
+            "blasts": plan.blasts.iter().map(|b| b.name()).collect::<Vec<_>>(),
+            "blast_packet_bytes": plan.packet_bytes,
         }),
     );
     progress(&format!("output in {}", plan.out.display()));

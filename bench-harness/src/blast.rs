@@ -1,0 +1,527 @@
+//! The headend-alone blast with packets sealed ahead of the run. Every emulated client's
+//! datagrams are sealed before the clock starts, with consecutive counters, laid out one
+//! socket's worth per buffer in the order they go out; the timed loop only hands slices of
+//! those buffers to the kernel (`sendmmsg` of up to 1024 datagrams, or `UDP_SEGMENT` sends of
+//! up to 64), so the generator's own cost per packet is the kernel's send path and nothing
+//! else, and the figure it reports is the server's.
+
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use concentrator::proto::client::Client;
+use concentrator::proto::time::Instant;
+use concentrator::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
+use concentrator::sys::clock;
+
+use crate::cpu::CpuWatch;
+use crate::report;
+use crate::tools::LoadgenOptions;
+
+/// Messages per `sendmmsg` call: the kernel caps `vlen` at `UIO_MAXIOV` (1024,
+/// include/uapi/linux/uio.h).
+pub const MMSG_MESSAGES: usize = 1024;
+/// Datagrams per `UDP_SEGMENT` send: `UDP_MAX_SEGMENTS` is 64 on older kernels
+/// (include/linux/udp.h); newer ones allow 128, 64 works on both.
+pub const GSO_SEGMENTS: usize = 64;
+/// Most UDP payload bytes one send may carry over IPv4: 65 535 (IP total length) less the
+/// IPv4 (20) and UDP (8) headers (RFC 791, RFC 768).
+pub const GSO_BYTES: usize = 65_535 - 20 - 8;
+/// `UDP_SEGMENT` socket option (include/uapi/linux/udp.h).
+const UDP_SEGMENT: libc::c_int = 103;
+/// `UDP_GRO` socket option (include/uapi/linux/udp.h).
+#[allow(dead_code)]
+pub const UDP_GRO: libc::c_int = 104;
+
+/// How the timed loop hands datagrams to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendMode {
+    /// `sendmmsg`, one message per datagram: every datagram crosses the stack alone, as
+    /// datagrams from many hosts would arrive.
+    Mmsg,
+    /// `sendmmsg` of `UDP_SEGMENT` messages: a run of equal datagrams crosses the sending
+    /// stack and the veth as one buffer, and a receiver with `UDP_GRO` on (the server's
+    /// offloads) takes it in one read.
+    Gso,
+}
+
+/// One socket's datagrams, sealed, each `stride` bytes, in the order they are sent.
+pub struct SealedPool {
+    bytes: Vec<u8>,
+    stride: usize,
+}
+
+impl SealedPool {
+    /// Number of datagrams.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.stride
+    }
+
+    /// Bytes per datagram.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Datagram `i`.
+    #[cfg(test)]
+    pub fn datagram(&self, i: usize) -> &[u8] {
+        &self.bytes[i * self.stride..(i + 1) * self.stride]
+    }
+}
+
+/// Datagram length of a sealed IP packet of `packet_len` bytes (no padding in this suite).
+pub fn sealed_len(packet_len: usize) -> usize {
+    TRANSPORT_HEADER_LEN + packet_len + TAG_LEN
+}
+
+/// Seals `rounds` packets for each client in `members` (indexes into `clients` and
+/// `packets`, the IP packet each client sends, all of one length), interleaved: datagram
+/// `r * members.len() + m` is the `r`-th packet of client `members[m]`. So every client's
+/// counters rise by one from each of its datagrams to the next, in sending order: inside the
+/// server's replay window whatever its size.
+pub fn seal_pool(
+    clients: &mut [Client],
+    members: &[usize],
+    packets: &[Vec<u8>],
+    rounds: usize,
+    now: Instant,
+) -> Result<SealedPool> {
+    let Some(&first) = members.first() else {
+        bail!("a pool needs at least one client");
+    };
+    let packet_len = packets[first].len();
+    let stride = sealed_len(packet_len);
+    let mut bytes = vec![0u8; rounds * members.len() * stride];
+    for (slot_no, slot) in bytes.chunks_exact_mut(stride).enumerate() {
+        let i = members[slot_no % members.len()];
+        let packet = &packets[i];
+        if packet.len() != packet_len {
+            bail!(
+                "client {i}'s packet is {} bytes, others {packet_len}: one pool holds one size",
+                packet.len()
+            );
+        }
+        slot[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + packet_len].copy_from_slice(packet);
+        match clients[i].encrypt(slot, packet_len, now) {
+            Ok(n) if n == stride => {}
+            Ok(n) => bail!("client {i} sealed {n} bytes, expected {stride}"),
+            Err(e) => bail!("client {i} cannot seal ({e}): is its session up?"),
+        }
+    }
+    Ok(SealedPool { bytes, stride })
+}
+
+/// The messages one send call carries, from datagram `from` of a pool of `len` datagrams of
+/// `stride` bytes: (byte offset, byte length) each, at most `per_message` datagrams per
+/// message and `messages` messages, never past the pool's end.
+pub fn plan_messages(
+    from: usize,
+    len: usize,
+    stride: usize,
+    per_message: usize,
+    messages: usize,
+) -> impl Iterator<Item = (usize, usize)> {
+    let per_message = per_message.max(1);
+    (0..messages).map_while(move |m| {
+        let start = from + m * per_message;
+        (start < len).then(|| {
+            let count = per_message.min(len - start);
+            (start * stride, count * stride)
+        })
+    })
+}
+
+/// Datagrams of `stride` bytes one `UDP_SEGMENT` message carries.
+pub fn segments_per_message(stride: usize) -> usize {
+    (GSO_BYTES / stride.max(1)).clamp(1, GSO_SEGMENTS)
+}
+
+/// Turns `UDP_SEGMENT` on for `sock`: every send longer than `stride` is cut into datagrams
+/// of `stride` bytes by the kernel.
+pub fn enable_gso(sock: &UdpSocket, stride: usize) -> io::Result<()> {
+    set_udp_option(sock, UDP_SEGMENT, stride as libc::c_int)
+}
+
+/// Sets a `SOL_UDP` integer option.
+pub fn set_udp_option(sock: &UdpSocket, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt with a valid int option value of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Message headers for sends out of a pool (reused from call to call).
+pub struct PoolSender {
+    mode: SendMode,
+    iov: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    /// Datagrams in each message of the last call.
+    counts: Vec<usize>,
+}
+
+impl PoolSender {
+    pub fn new(mode: SendMode) -> PoolSender {
+        let n = match mode {
+            SendMode::Mmsg => MMSG_MESSAGES,
+            // 64 messages of up to 64 datagrams: 4096 datagrams per call.
+            SendMode::Gso => 64,
+        };
+        PoolSender {
+            mode,
+            // SAFETY: all-zero is a valid iovec and mmsghdr (null pointers, zero lengths).
+            iov: vec![unsafe { std::mem::zeroed() }; n],
+            hdrs: vec![unsafe { std::mem::zeroed() }; n],
+            counts: vec![0; n],
+        }
+    }
+
+    /// Sends up to `limit` datagrams of `pool` from datagram `from` on the connected `sock`;
+    /// returns how many went (`WouldBlock` when none could).
+    pub fn send(
+        &mut self,
+        sock: &UdpSocket,
+        pool: &SealedPool,
+        from: usize,
+        limit: usize,
+    ) -> io::Result<usize> {
+        let per_message = match self.mode {
+            SendMode::Mmsg => 1,
+            SendMode::Gso => segments_per_message(pool.stride),
+        };
+        let len = pool.len().min(from.saturating_add(limit));
+        let mut n = 0;
+        for (m, (offset, bytes)) in
+            plan_messages(from, len, pool.stride, per_message, self.hdrs.len()).enumerate()
+        {
+            self.iov[m] = libc::iovec {
+                // The kernel only reads from it (a send).
+                iov_base: pool.bytes[offset..].as_ptr() as *mut libc::c_void,
+                iov_len: bytes,
+            };
+            let h = &mut self.hdrs[m].msg_hdr;
+            h.msg_name = std::ptr::null_mut();
+            h.msg_namelen = 0;
+            h.msg_iov = &mut self.iov[m];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.counts[m] = bytes / pool.stride;
+            n = m + 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        // SAFETY: hdrs[..n] point at iov entries owned by self and at pool bytes, both alive
+        // and unmoved for the call; the kernel only reads them.
+        let rc = unsafe { libc::sendmmsg(sock.as_raw_fd(), self.hdrs.as_mut_ptr(), n as u32, 0) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(self.counts[..rc as usize].iter().sum())
+    }
+}
+
+/// More than one generator thread offers on the 2-core lab machine (it measured at most
+/// 0.5 Mpps with `sendmmsg`): no run seals more than its duration at this rate could send.
+/// A pool that runs out early says so (`pool_ran_out`) and the run is just shorter.
+const MAX_OFFERED_PPS: f64 = 1.5e6;
+/// IPv4 (20) and UDP (8) headers (RFC 791, RFC 768) of each packet.
+const IPV4_UDP_HEADERS: usize = 20 + 8;
+
+/// The IP packet client `i` sends: UDP from its tunnel address to the backend, `bytes` long.
+pub fn client_packet(i: usize, backend: std::net::SocketAddrV4, bytes: usize) -> Vec<u8> {
+    let mut p = vec![0u8; bytes];
+    report::ipv4_udp_packet(
+        &mut p,
+        report::peer_address(i),
+        *backend.ip(),
+        10_000 + (i % 50_000) as u16,
+        backend.port(),
+        bytes - IPV4_UDP_HEADERS,
+    );
+    p
+}
+
+/// Seals the pools (every client of socket `s` is `i % sockets == s`), then sends them for
+/// `o.duration` or until they run out; returns the report (no echoes: the sink only counts).
+pub fn run_presealed(
+    o: &LoadgenOptions,
+    send: SendMode,
+    socks: &[UdpSocket],
+    clients: &mut [Client],
+) -> Result<Value> {
+    let k = clients.len();
+    let nsock = socks.len();
+    // The tunnel's MTU is the largest packet (config: mtu = 1420 in the lab).
+    if !(IPV4_UDP_HEADERS..=1420).contains(&o.packet_bytes) {
+        bail!(
+            "--packet-bytes {} is outside 28..=1420 (IPv4+UDP headers .. the tunnel MTU)",
+            o.packet_bytes
+        );
+    }
+    let std::net::SocketAddr::V4(backend) = o.backend else {
+        bail!("IPv4 backend only");
+    };
+    let packets: Vec<Vec<u8>> = (0..k)
+        .map(|i| client_packet(i, backend, o.packet_bytes))
+        .collect();
+    let stride = sealed_len(o.packet_bytes);
+    let by_memory = (o.pool_mib << 20) / stride;
+    let rate = o.rate_pps.map_or(MAX_OFFERED_PPS, |r| r as f64);
+    let by_time = (o.duration.as_secs_f64() * rate) as usize;
+    let rounds = (by_memory.min(by_time) / k).max(1);
+    let t_seal = std::time::Instant::now();
+    let now = clock::monotonic_now();
+    let pools: Vec<SealedPool> = (0..nsock)
+        .map(|s| {
+            let members: Vec<usize> = (s..k).step_by(nsock).collect();
+            seal_pool(clients, &members, &packets, rounds, now)
+        })
+        .collect::<Result<_>>()?;
+    let sealed: usize = pools.iter().map(SealedPool::len).sum();
+    let seal_s = t_seal.elapsed().as_secs_f64();
+    eprintln!(
+        "loadgen: sealed {sealed} datagrams of {stride} bytes ({rounds} per client) in {seal_s:.2}s"
+    );
+    if send == SendMode::Gso {
+        for (sock, pool) in socks.iter().zip(&pools) {
+            enable_gso(sock, pool.stride())?;
+        }
+    }
+    let mut sender = PoolSender::new(send);
+    let mut cursors = vec![0usize; nsock];
+    let (mut sent, mut would_block, mut send_errors) = (0u64, 0u64, 0u64);
+    let mut last_error = String::new();
+    let mut ran_out = false;
+    let watch = CpuWatch::start(o.server_pid, o.sink_pid);
+    let start = std::time::Instant::now();
+    let end = start + o.duration;
+    loop {
+        let now = std::time::Instant::now();
+        if now >= end {
+            break;
+        }
+        let budget = match o.rate_pps {
+            Some(r) => {
+                let due = (r as f64 * (now - start).as_secs_f64()) as u64;
+                let budget = due.saturating_sub(sent) as usize;
+                if budget == 0 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                budget.div_ceil(nsock)
+            }
+            None => usize::MAX,
+        };
+        let mut any_left = false;
+        for (s, sock) in socks.iter().enumerate() {
+            if cursors[s] >= pools[s].len() {
+                continue;
+            }
+            any_left = true;
+            match sender.send(sock, &pools[s], cursors[s], budget) {
+                Ok(n) => {
+                    cursors[s] += n;
+                    sent += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block += 1,
+                Err(e) => {
+                    send_errors += 1;
+                    last_error = e.to_string();
+                    if send_errors > 100_000 {
+                        bail!("sends keep failing: {e}");
+                    }
+                }
+            }
+        }
+        if !any_left {
+            ran_out = true;
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = watch.finish();
+    let mut report = json!({
+        "mode": match send { SendMode::Mmsg => "presealed-mmsg", SendMode::Gso => "presealed-gso" },
+        "packet_bytes": o.packet_bytes, "datagram_bytes": stride,
+        "sealed": sealed, "seal_s": seal_s, "pool_ran_out": ran_out,
+        "rate_limit_pps": o.rate_pps,
+        "duration_s": secs, "sent": sent, "sent_pps": sent as f64 / secs,
+        "would_block": would_block, "send_errors": send_errors, "last_send_error": last_error,
+    });
+    cpu.add_to(&mut report);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use concentrator::proto::client::{ClientEvent, ClientParams};
+    use concentrator::proto::keys::{PresharedKey, StaticSecret};
+    use concentrator::proto::rng::SeededRandom;
+    use concentrator::proto::server::{HandshakeReply, PeerConfig, Server};
+    use concentrator::proto::session::Session;
+    use concentrator::proto::suite::Suite;
+    use concentrator::proto::wire::{self, AddressAssignment};
+
+    /// `n` clients connected to one server (the sans-IO cores only, no sockets): each client
+    /// with the server's session for it and the server's receiver index.
+    fn connected(n: usize, now: Instant) -> (Vec<Client>, Vec<(Arc<Session>, u32)>) {
+        let mut rng = SeededRandom(17);
+        let mut server = Server::new(StaticSecret::from_bytes([9; 32]), now, &mut rng);
+        let mut clients = Vec::new();
+        let mut sessions = Vec::new();
+        for i in 0..n {
+            let secret = StaticSecret::from_bytes([i as u8 + 1; 32]);
+            server.add_peer(PeerConfig {
+                public_key: secret.public_key(),
+                psk: PresharedKey::zero(),
+                assignment: AddressAssignment {
+                    ipv4: report::peer_address(i),
+                    ipv4_prefix: 16,
+                    ipv6: None,
+                    mtu: 1420,
+                },
+                allowed_ips: Vec::new(),
+                suite: Suite::Native,
+            });
+            let mut client = Client::new(
+                ClientParams {
+                    secret,
+                    server: *server.public_key(),
+                    psk: PresharedKey::zero(),
+                    persistent_keepalive: None,
+                },
+                now,
+                Duration::from_secs(1_700_000_000),
+            );
+            let mut buf = [0u8; 512];
+            let n = client
+                .poll_transmit(now, &mut rng, &mut buf)
+                .expect("an initiation");
+            let mut out = [0u8; 512];
+            let src = "192.0.2.1:40000".parse().unwrap();
+            let reply = server.handle_initiation(&buf[..n], src, now, false, &mut rng, &mut out);
+            let Ok(HandshakeReply::Established(e)) = reply else {
+                panic!("handshake of client {i}: {reply:?}");
+            };
+            let event = client.receive(&mut out[..e.len], now);
+            assert!(matches!(event, ClientEvent::Connected(_)), "{event:?}");
+            // The keepalive that confirms the session (counter 0).
+            while let Some(n) = client.poll_transmit(now, &mut rng, &mut buf) {
+                e.session
+                    .decrypt(e.local_index, &mut buf[..n], now)
+                    .unwrap();
+            }
+            clients.push(client);
+            sessions.push((e.session, e.local_index));
+        }
+        (clients, sessions)
+    }
+
+    #[test]
+    fn presealed_datagrams_open_at_the_server_with_consecutive_counters() {
+        let now = Instant::from_nanos(1_000_000_000);
+        let (mut clients, sessions) = connected(3, now);
+        let backend = "10.77.0.2:9000".parse().unwrap();
+        let packets: Vec<Vec<u8>> = (0..3).map(|i| client_packet(i, backend, 64)).collect();
+        // Clients 0 and 2 share a socket; client 1 is not in this pool.
+        let rounds = 5;
+        let pool = seal_pool(&mut clients, &[0, 2], &packets, rounds, now).unwrap();
+        assert_eq!(pool.len(), 2 * rounds);
+        assert_eq!(pool.stride(), sealed_len(64));
+        let mut last_counter = [None::<u64>; 3];
+        for j in 0..pool.len() {
+            let i = [0, 2][j % 2];
+            let mut d = pool.datagram(j).to_vec();
+            let t = wire::Transport::new_checked(&d[..]).unwrap();
+            let (index, counter) = (t.receiver_index(), t.counter());
+            let (session, local_index) = &sessions[i];
+            assert_eq!(index, *local_index, "datagram {j} is client {i}'s");
+            // One more than the client's previous datagram (its keepalive had counter 0).
+            assert_eq!(
+                counter,
+                last_counter[i].map_or(1, |c| c + 1),
+                "datagram {j}"
+            );
+            last_counter[i] = Some(counter);
+            let got = session
+                .decrypt(index, &mut d, now)
+                .expect("the server opens it");
+            assert_eq!(&d[got.plaintext], &packets[i][..], "datagram {j}");
+        }
+        // Client 1 sealed nothing: its first datagram still carries counter 1.
+        let pool = seal_pool(&mut clients, &[1], &packets, 1, now).unwrap();
+        assert_eq!(
+            wire::Transport::new_checked(pool.datagram(0))
+                .unwrap()
+                .counter(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_pool_refuses_mixed_sizes_and_clients_without_a_session() {
+        let now = Instant::from_nanos(1_000_000_000);
+        let (mut clients, _) = connected(2, now);
+        let backend = "10.77.0.2:9000".parse().unwrap();
+        let mixed = vec![
+            client_packet(0, backend, 64),
+            client_packet(1, backend, 100),
+        ];
+        assert!(seal_pool(&mut clients, &[0, 1], &mixed, 1, now).is_err());
+        let mut fresh = vec![Client::new(
+            ClientParams {
+                secret: StaticSecret::from_bytes([5; 32]),
+                server: StaticSecret::from_bytes([9; 32]).public_key(),
+                psk: PresharedKey::zero(),
+                persistent_keepalive: None,
+            },
+            now,
+            Duration::from_secs(1_700_000_000),
+        )];
+        let one = vec![client_packet(0, backend, 64)];
+        let err = seal_pool(&mut fresh, &[0], &one, 1, now).err().unwrap();
+        assert!(err.to_string().contains("cannot seal"), "{err}");
+        assert!(seal_pool(&mut clients, &[], &one, 1, now).is_err());
+    }
+
+    #[test]
+    fn messages_cover_the_pool_once_and_stop_at_its_end() {
+        let stride = 96;
+        let got: Vec<_> = plan_messages(0, 10, stride, 4, 8).collect();
+        assert_eq!(got, vec![(0, 4 * 96), (4 * 96, 4 * 96), (8 * 96, 2 * 96)]);
+        let got: Vec<_> = plan_messages(3, 10, stride, 1, 2).collect();
+        assert_eq!(got, vec![(3 * 96, 96), (4 * 96, 96)]);
+        assert_eq!(plan_messages(10, 10, stride, 1, 8).count(), 0);
+        // A zero per-message count still makes progress.
+        assert_eq!(plan_messages(0, 3, stride, 0, 8).count(), 3);
+    }
+
+    #[test]
+    fn segments_fit_one_ip_datagram_and_the_kernel_limit() {
+        assert_eq!(segments_per_message(sealed_len(64)), GSO_SEGMENTS);
+        let big = sealed_len(1420);
+        let n = segments_per_message(big);
+        assert!(n * big <= GSO_BYTES && (n + 1) * big > GSO_BYTES, "{n}");
+        assert_eq!(segments_per_message(70_000), 1);
+    }
+}

@@ -1,0 +1,168 @@
+//! CPU time during a blast: the server's, the generator's own, the sink's (each process's
+//! user and system time from /proc), and the whole machine's split (/proc/stat), so a report
+//! tells which of them used up the shared cores.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+/// User and system CPU seconds of process `pid` (all threads) so far.
+pub fn process_cpu(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (user, system) = parse_process_stat(&stat)?;
+    let hz = ticks_per_second()?;
+    Some((user as f64 / hz, system as f64 / hz))
+}
+
+fn ticks_per_second() -> Option<f64> {
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then_some(hz as f64)
+}
+
+/// utime and stime (clock ticks) from the text of /proc/PID/stat.
+pub fn parse_process_stat(stat: &str) -> Option<(u64, u64)> {
+    // The command name (field 2) may hold spaces and parentheses: count fields after its
+    // last closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5) (utime, stime), the 12th and 13th after the name.
+    Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
+}
+
+/// The machine's CPU time by kind, in clock ticks (the `cpu` line of /proc/stat, proc(5)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineTicks {
+    pub user: u64,
+    pub system: u64,
+    pub softirq: u64,
+    pub idle: u64,
+    pub total: u64,
+}
+
+/// The `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal ...
+pub fn parse_machine_stat(text: &str) -> Option<MachineTicks> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if v.len() < 8 {
+        return None;
+    }
+    Some(MachineTicks {
+        user: v[0] + v[1],
+        system: v[2] + v[5],
+        softirq: v[6],
+        idle: v[3] + v[4],
+        // guest time (fields 9, 10) is already inside user.
+        total: v[..8].iter().sum(),
+    })
+}
+
+fn machine_ticks() -> Option<MachineTicks> {
+    parse_machine_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// Snapshots at the start of a blast.
+pub struct CpuWatch {
+    start: Instant,
+    server_pid: Option<u32>,
+    sink_pid: Option<u32>,
+    server: Option<(f64, f64)>,
+    generator: Option<(f64, f64)>,
+    sink: Option<(f64, f64)>,
+    machine: Option<MachineTicks>,
+}
+
+/// What a [`CpuWatch`] saw between its start and [`CpuWatch::finish`].
+pub struct CpuUse(Value);
+
+impl CpuWatch {
+    pub fn start(server_pid: Option<u32>, sink_pid: Option<u32>) -> CpuWatch {
+        CpuWatch {
+            start: Instant::now(),
+            server_pid,
+            sink_pid,
+            server: server_pid.and_then(process_cpu),
+            generator: process_cpu(std::process::id()),
+            sink: sink_pid.and_then(process_cpu),
+            machine: machine_ticks(),
+        }
+    }
+
+    pub fn finish(&self) -> CpuUse {
+        let secs = self.start.elapsed().as_secs_f64();
+        let delta = |before: Option<(f64, f64)>, pid: Option<u32>| {
+            before
+                .zip(pid.and_then(process_cpu))
+                .map(|(b, a)| {
+                    json!({
+                        "user_s": a.0 - b.0, "system_s": a.1 - b.1, "seconds": secs,
+                        "cores": (a.0 - b.0 + a.1 - b.1) / secs.max(1e-9),
+                    })
+                })
+                .unwrap_or(Value::Null)
+        };
+        let machine = self
+            .machine
+            .zip(machine_ticks())
+            .map(|(b, a)| {
+                let total = (a.total - b.total).max(1) as f64;
+                let share = |x: u64, y: u64| (x - y) as f64 / total;
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                json!({
+                    "user": share(a.user, b.user), "system": share(a.system, b.system),
+                    "softirq": share(a.softirq, b.softirq), "idle": share(a.idle, b.idle),
+                    "cpus": cpus,
+                    "busy_cores": (1.0 - share(a.idle, b.idle)) * cpus as f64,
+                })
+            })
+            .unwrap_or(Value::Null);
+        CpuUse(json!({
+            "server_cpu": delta(self.server, self.server_pid),
+            "generator_cpu": delta(self.generator, Some(std::process::id())),
+            "sink_cpu": delta(self.sink, self.sink_pid),
+            "machine_cpu_share": machine,
+        }))
+    }
+}
+
+impl CpuUse {
+    /// Adds `server_cpu`, `generator_cpu`, `sink_cpu` and `machine_cpu_share` to `report`.
+    pub fn add_to(self, report: &mut Value) {
+        if let (Some(r), Value::Object(m)) = (report.as_object_mut(), self.0) {
+            r.extend(m);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_stat_fields_after_a_name_with_spaces_and_parentheses() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 731 52 0 0 20 0 3 0 \
+                    99 0 0";
+        assert_eq!(parse_process_stat(stat), Some((731, 52)));
+        assert_eq!(parse_process_stat("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn machine_stat_sums_the_kinds() {
+        let text = "cpu  100 5 40 1000 7 3 20 0 0 0\ncpu0 50 2 20 500 3 1 10 0 0 0\n";
+        let t = parse_machine_stat(text).unwrap();
+        assert_eq!(
+            t,
+            MachineTicks {
+                user: 105,
+                system: 43,
+                softirq: 20,
+                idle: 1007,
+                total: 1175
+            }
+        );
+        assert_eq!(parse_machine_stat("cpu0 1 2 3\n"), None);
+    }
+}
