@@ -239,6 +239,24 @@ impl PoolSender {
 /// 0.5 Mpps with `sendmmsg`): no run seals more than its duration at this rate could send.
 /// A pool that runs out early says so (`pool_ran_out`) and the run is just shorter.
 const MAX_OFFERED_PPS: f64 = 1.5e6;
+/// Datagrams a paced blast sends per wake-up (one `sendmmsg` call or a few): it sleeps
+/// until this many are due.
+const PACED_BATCH: u64 = 256;
+
+/// Datagrams due by `elapsed` at `rate` per second, less the `sent` ones.
+pub fn due(rate: u64, elapsed: std::time::Duration, sent: u64) -> u64 {
+    let by_now = u128::from(rate) * elapsed.as_nanos() / 1_000_000_000;
+    u64::try_from(by_now)
+        .unwrap_or(u64::MAX)
+        .saturating_sub(sent)
+}
+
+/// When, from the start, the `n`-th datagram is due at `rate` per second.
+pub fn due_at(rate: u64, n: u64) -> std::time::Duration {
+    let nanos = u128::from(n) * 1_000_000_000 / u128::from(rate.max(1));
+    std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
 /// IPv4 (20) and UDP (8) headers (RFC 791, RFC 768) of each packet.
 const IPV4_UDP_HEADERS: usize = 20 + 8;
 
@@ -306,7 +324,7 @@ pub fn run_presealed(
     let mut cursors = vec![0usize; nsock];
     let (mut sent, mut would_block, mut send_errors) = (0u64, 0u64, 0u64);
     let mut last_error = String::new();
-    let mut ran_out = false;
+    let mut ran_out_after: Option<f64> = None;
     let watch = CpuWatch::start(o.server_pid, o.sink_pid);
     let start = std::time::Instant::now();
     let end = start + o.duration;
@@ -316,14 +334,15 @@ pub fn run_presealed(
             break;
         }
         let budget = match o.rate_pps {
-            Some(r) => {
-                let due = (r as f64 * (now - start).as_secs_f64()) as u64;
-                let budget = due.saturating_sub(sent) as usize;
-                if budget == 0 {
-                    std::hint::spin_loop();
+            Some(rate) => {
+                let due = due(rate, now - start, sent);
+                if due < PACED_BATCH {
+                    // Asleep until a batch is due: pacing costs no CPU.
+                    let wake = start + due_at(rate, sent + PACED_BATCH);
+                    std::thread::sleep(wake.min(end).saturating_duration_since(now));
                     continue;
                 }
-                budget.div_ceil(nsock)
+                (due as usize).div_ceil(nsock)
             }
             None => usize::MAX,
         };
@@ -349,7 +368,9 @@ pub fn run_presealed(
             }
         }
         if !any_left {
-            ran_out = true;
+            // The CPU window stays the run's duration: the server drains what it holds.
+            ran_out_after = Some(start.elapsed().as_secs_f64());
+            std::thread::sleep(end.saturating_duration_since(std::time::Instant::now()));
             break;
         }
     }
@@ -358,7 +379,7 @@ pub fn run_presealed(
     let mut report = json!({
         "mode": match send { SendMode::Mmsg => "presealed-mmsg", SendMode::Gso => "presealed-gso" },
         "packet_bytes": o.packet_bytes, "datagram_bytes": stride,
-        "sealed": sealed, "seal_s": seal_s, "pool_ran_out": ran_out,
+        "sealed": sealed, "seal_s": seal_s, "pool_ran_out_after_s": ran_out_after,
         "rate_limit_pps": o.rate_pps,
         "duration_s": secs, "sent": sent, "sent_pps": sent as f64 / secs,
         "would_block": would_block, "send_errors": send_errors, "last_send_error": last_error,
@@ -514,6 +535,19 @@ mod tests {
         assert_eq!(plan_messages(10, 10, stride, 1, 8).count(), 0);
         // A zero per-message count still makes progress.
         assert_eq!(plan_messages(0, 3, stride, 0, 8).count(), 3);
+    }
+
+    #[test]
+    fn pacing_is_due_what_the_rate_allows_and_no_more() {
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(due(200_000, ms(10), 0), 2_000);
+        assert_eq!(due(200_000, ms(10), 1_500), 500);
+        assert_eq!(due(200_000, ms(10), 3_000), 0);
+        assert_eq!(due_at(200_000, 2_000), ms(10));
+        // The wake-up for the next batch is when that batch is due, not earlier.
+        let wake = due_at(200_000, 2_000 + PACED_BATCH);
+        assert!(due(200_000, wake, 2_000) >= PACED_BATCH);
+        assert!(due(200_000, wake - ms(1), 2_000) < PACED_BATCH);
     }
 
     #[test]

@@ -64,6 +64,10 @@ enum Cmd {
         /// Seconds per headend-alone blast (default: 3 with --quick, 8 without).
         #[arg(long)]
         blast_seconds: Option<u64>,
+        /// Open-loop pacing of the pre-sealed blasts, datagrams per second (default: as fast
+        /// as the kernel takes them).
+        #[arg(long)]
+        blast_rate_pps: Option<u64>,
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
@@ -190,6 +194,7 @@ fn main() -> Result<()> {
             packet_bytes,
             clients,
             blast_seconds,
+            blast_rate_pps,
             out,
             concentrator,
         } => {
@@ -201,6 +206,7 @@ fn main() -> Result<()> {
             if !clients.is_empty() {
                 plan.loadgen_clients = clients;
             }
+            plan.blast_rate_pps = blast_rate_pps;
             if let Some(s) = blast_seconds {
                 plan.loadgen_seconds = s;
             }

@@ -43,6 +43,8 @@ pub struct Plan {
     pub blasts: Vec<crate::Blast>,
     /// IP packet sizes of the pre-sealed blasts.
     pub packet_bytes: Vec<usize>,
+    /// Open-loop pacing of the pre-sealed blasts (none: as fast as the kernel takes them).
+    pub blast_rate_pps: Option<u64>,
 }
 
 impl Plan {
@@ -73,6 +75,7 @@ impl Plan {
             headend_only: false,
             blasts: vec![crate::Blast::PresealedMmsg],
             packet_bytes: vec![64, 1420],
+            blast_rate_pps: None,
         }
     }
 }
@@ -918,9 +921,10 @@ fn dump_summary(path: &Path) -> Value {
 /// back), the generator's per datagram it sent, the sink's per datagram it received.
 fn cpu_per_packet(run: &Value) -> Value {
     let lg = &run["loadgen"];
-    let secs = lg["duration_s"].as_f64().unwrap_or(0.0);
-    let at_backend = run["backend_sink"]["pps"].as_f64().unwrap_or(0.0) * secs;
-    let carried = at_backend + lg["echo_pps"].as_f64().unwrap_or(0.0) * secs;
+    // Every packet the sink counted crossed the server during the blast (or while it drained
+    // its socket at the very end, a few ms of packets at most).
+    let at_backend = run["backend_sink"]["received"].as_f64().unwrap_or(0.0);
+    let carried = at_backend + lg["echoes"].as_f64().unwrap_or(0.0);
     let sent = lg["sent"].as_f64().unwrap_or(0.0);
     let per = |cpu: &Value, packets: f64| {
         let (Some(user), Some(system)) = (cpu["user_s"].as_f64(), cpu["system_s"].as_f64()) else {
@@ -980,36 +984,46 @@ fn loadgen_run(
     std::thread::sleep(Duration::from_millis(200));
     let backend_before = udp_snmp(lab, &lab.backend);
     let server_before = udp_snmp(lab, &lab.server);
-    let out = lab.exec(
-        &lab.client,
-        &[
-            exe,
-            "loadgen",
-            "--server",
-            &format!("{SERVER_UNDERLAY}:{CTR_PORT}"),
-            "--server-key",
-            &server.public_key().to_string(),
-            "--keys",
-            &kf.to_string_lossy(),
-            "--backend",
-            &format!("{BACKEND}:{SINK_PORT}"),
-            "--sockets",
-            &k.min(16).to_string(),
-            "--duration-s",
-            &plan.loadgen_seconds.to_string(),
-            "--connect-timeout-s",
-            &connect_timeout.to_string(),
-            "--server-pid",
-            &srv.pid().map(|p| p.to_string()).unwrap_or_default(),
-            "--sink-pid",
-            &sink.pid().map(|p| p.to_string()).unwrap_or_default(),
-            "--blast",
-            blast.name(),
-            "--packet-bytes",
-            &bytes.to_string(),
-        ],
-        Duration::from_secs(budget + 10),
-    )?;
+    let rate = plan.blast_rate_pps.map(|r| r.to_string());
+    let server_addr = format!("{SERVER_UNDERLAY}:{CTR_PORT}");
+    let server_key = server.public_key().to_string();
+    let keys_file = kf.to_string_lossy().into_owned();
+    let sockets = k.min(16).to_string();
+    let seconds = plan.loadgen_seconds.to_string();
+    let connect_s = connect_timeout.to_string();
+    let server_pid = srv.pid().map(|p| p.to_string()).unwrap_or_default();
+    let sink_pid = sink.pid().map(|p| p.to_string()).unwrap_or_default();
+    let bytes_s = bytes.to_string();
+    let mut argv = vec![
+        exe,
+        "loadgen",
+        "--server",
+        &server_addr,
+        "--server-key",
+        &server_key,
+        "--keys",
+        &keys_file,
+        "--backend",
+        &bind,
+        "--sockets",
+        &sockets,
+        "--duration-s",
+        &seconds,
+        "--connect-timeout-s",
+        &connect_s,
+        "--server-pid",
+        &server_pid,
+        "--sink-pid",
+        &sink_pid,
+        "--blast",
+        blast.name(),
+        "--packet-bytes",
+        &bytes_s,
+    ];
+    if let Some(rate) = &rate {
+        argv.extend(["--rate-pps", rate]);
+    }
+    let out = lab.exec(&lab.client, &argv, Duration::from_secs(budget + 10))?;
     sink.wait(Duration::from_secs(budget + 5));
     srv.stop_with(libc::SIGINT);
     let tun_gone = link_gone_after(lab);
