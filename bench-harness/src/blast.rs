@@ -381,7 +381,9 @@ pub fn run_presealed(
         "packet_bytes": o.packet_bytes, "datagram_bytes": stride,
         "sealed": sealed, "seal_s": seal_s, "pool_ran_out_after_s": ran_out_after,
         "rate_limit_pps": o.rate_pps,
-        "duration_s": secs, "sent": sent, "sent_pps": sent as f64 / secs,
+        "duration_s": secs, "sent": sent,
+        // Offered while there was something to send.
+        "sent_pps": sent as f64 / ran_out_after.unwrap_or(secs),
         "would_block": would_block, "send_errors": send_errors, "last_send_error": last_error,
     });
     cpu.add_to(&mut report);

@@ -2,6 +2,7 @@
 //! user and system time from /proc), and the whole machine's split (/proc/stat), so a report
 //! tells which of them used up the shared cores.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -27,6 +28,56 @@ pub fn parse_process_stat(stat: &str) -> Option<(u64, u64)> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // Fields 14 and 15 of proc(5) (utime, stime), the 12th and 13th after the name.
     Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
+}
+
+/// Time on a CPU and time runnable but waiting for one, in ns (the first two fields of
+/// /proc/PID/task/TID/schedstat, Documentation/scheduler/sched-stats.rst).
+pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut fields = text.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some((fields.next()??, fields.next()??))
+}
+
+/// Every thread of `pid`: its id, name, and (on-CPU, waiting-for-a-CPU) ns so far.
+pub fn thread_times(pid: u32) -> BTreeMap<u32, (String, u64, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let read = |f: &str| std::fs::read_to_string(entry.path().join(f)).ok();
+        if let (Some(name), Some((run, wait))) = (
+            read("comm"),
+            read("schedstat").as_deref().and_then(parse_schedstat),
+        ) {
+            out.insert(tid, (name.trim().to_string(), run, wait));
+        }
+    }
+    out
+}
+
+/// Per thread that ran during a window of `secs` seconds: CPU cores used and cores' worth of
+/// time spent runnable but waiting for a CPU (busy threads only).
+fn thread_use(
+    before: &BTreeMap<u32, (String, u64, u64)>,
+    after: &BTreeMap<u32, (String, u64, u64)>,
+    secs: f64,
+) -> Value {
+    let mut threads = Vec::new();
+    let (mut run_total, mut wait_total) = (0.0, 0.0);
+    for (tid, (name, run, wait)) in after {
+        let (run0, wait0) = before.get(tid).map_or((0, 0), |b| (b.1, b.2));
+        let run = run.saturating_sub(run0) as f64 / 1e9 / secs;
+        let wait = wait.saturating_sub(wait0) as f64 / 1e9 / secs;
+        run_total += run;
+        wait_total += wait;
+        if run >= 0.01 || wait >= 0.01 {
+            threads.push(json!({"tid": tid, "name": name, "cores": run, "waiting_cores": wait}));
+        }
+    }
+    json!({"cores": run_total, "waiting_cores": wait_total, "busy": threads})
 }
 
 /// The machine's CPU time by kind, in clock ticks (the `cpu` line of /proc/stat, proc(5)).
@@ -73,6 +124,7 @@ pub struct CpuWatch {
     generator: Option<(f64, f64)>,
     sink: Option<(f64, f64)>,
     machine: Option<MachineTicks>,
+    server_threads: BTreeMap<u32, (String, u64, u64)>,
 }
 
 /// What a [`CpuWatch`] saw between its start and [`CpuWatch::finish`].
@@ -88,6 +140,7 @@ impl CpuWatch {
             generator: process_cpu(std::process::id()),
             sink: sink_pid.and_then(process_cpu),
             machine: machine_ticks(),
+            server_threads: server_pid.map(thread_times).unwrap_or_default(),
         }
     }
 
@@ -119,7 +172,12 @@ impl CpuWatch {
                 })
             })
             .unwrap_or(Value::Null);
+        let threads = self
+            .server_pid
+            .map(|pid| thread_use(&self.server_threads, &thread_times(pid), secs.max(1e-9)))
+            .unwrap_or(Value::Null);
         CpuUse(json!({
+            "server_threads": threads,
             "server_cpu": delta(self.server, self.server_pid),
             "generator_cpu": delta(self.generator, Some(std::process::id())),
             "sink_cpu": delta(self.sink, self.sink_pid),
@@ -147,6 +205,34 @@ mod tests {
                     99 0 0";
         assert_eq!(parse_process_stat(stat), Some((731, 52)));
         assert_eq!(parse_process_stat("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn schedstat_gives_run_and_wait() {
+        assert_eq!(parse_schedstat("123456 7890 42\n"), Some((123456, 7890)));
+        assert_eq!(parse_schedstat("12"), None);
+    }
+
+    #[test]
+    fn thread_use_is_per_second_and_skips_idle_threads() {
+        let t = |run, wait| ("w".to_string(), run, wait);
+        let before = BTreeMap::from([(1, t(0, 0)), (2, t(5_000_000_000, 0))]);
+        // Thread 1 ran 1 s and waited 0.5 s of 2 s; thread 2 did nothing; thread 3 is new.
+        let after = BTreeMap::from([
+            (1, t(1_000_000_000, 500_000_000)),
+            (2, t(5_000_000_000, 0)),
+            (3, t(200_000_000, 0)),
+        ]);
+        let u = thread_use(&before, &after, 2.0);
+        assert_eq!(u["cores"], json!(0.6));
+        assert_eq!(u["waiting_cores"], json!(0.25));
+        let busy: Vec<u64> = u["busy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["tid"].as_u64().unwrap())
+            .collect();
+        assert_eq!(busy, vec![1, 3]);
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub fn report_markdown(r: &Value) -> String {
                 f(&per["server"]["user"], 2),
                 f(&per["server"]["system"], 2),
                 f(&lg["server_cpu"]["cores"], 2),
+                f(&lg["server_threads"]["waiting_cores"], 2),
                 f(&lg["generator_cpu"]["cores"], 2),
                 f(&lg["sink_cpu"]["cores"], 2),
                 f(&x["other_cores"], 2),
@@ -137,6 +138,7 @@ pub fn report_markdown(r: &Value) -> String {
                 "user",
                 "system",
                 "server cores",
+                "server waiting",
                 "generator cores",
                 "sink cores",
                 "other cores",
@@ -148,7 +150,8 @@ pub fn report_markdown(r: &Value) -> String {
                 system; kernel work done in other contexts, such as the receive softirq of the \
                 generator's sends, is not in it) during the blast, divided by the packets it \
                 carried (those the backend received, plus the echoes). Cores: CPU seconds per \
-                second of the blast, per process; other cores: the rest of the machine's busy \
+                second of the blast, per process; server waiting: cores' worth of time its threads \
+                were runnable but waited for a CPU (schedstat); other cores: the rest of the machine's busy \
                 time (softirq threads, anything else running). A server using fewer cores than \
                 it has workers is starved, not saturated: its rate is then set by its share of \
                 the shared cores, and its µs/packet is the figure to compare.\n";
@@ -229,6 +232,7 @@ mod tests {
                         {"blast": "presealed-mmsg", "packet_bytes": 1420, "clients": 1, "workers": 1,
                          "loadgen": {"sent_pps": 300000.0, "connect_s": 0.25,
                                      "server_cpu": {"cores": 0.9}, "generator_cpu": {"cores": 0.5},
+                                     "server_threads": {"waiting_cores": 0.4},
                                      "sink_cpu": {"cores": 0.25}},
                          "other_cores": 0.35,
                          "backend_sink": {"pps": 200000.0},
@@ -246,7 +250,7 @@ mod tests {
         assert!(
             md.contains(
                 "| presealed-mmsg | 1420 | 1 | 1 | 0.25 | 300.0 | 200.0 | – | 4.50 | 1.50 | 3.00 \
-                 | 0.90 | 0.50 | 0.25 | 0.35 | 1.25 |"
+                 | 0.90 | 0.40 | 0.50 | 0.25 | 0.35 | 1.25 |"
             ),
             "{md}"
         );

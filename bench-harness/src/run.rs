@@ -1055,7 +1055,7 @@ fn loadgen_run(
     let others = busy - server_cores - generator_cores - sink_cores;
     run["other_cores"] = json!(others);
     progress(&format!(
-        "  -> offered {:.0} kpps, backend received {:.0} kpps, echoes {:.0} kpps; server µs/packet {:.2} (user {:.2}, system {:.2}); cores used: server {:.2}, generator {:.2}, sink {:.2}, others {others:.2}",
+        "  -> offered {:.0} kpps, backend received {:.0} kpps, echoes {:.0} kpps; server µs/packet {:.2} (user {:.2}, system {:.2}); cores used: server {:.2} (waiting for a CPU {:.2}), generator {:.2}, sink {:.2}, others {others:.2}",
         run["loadgen"]["sent_pps"].as_f64().unwrap_or(0.0) / 1e3,
         run["backend_sink"]["pps"].as_f64().unwrap_or(0.0) / 1e3,
         run["loadgen"]["echo_pps"].as_f64().unwrap_or(0.0) / 1e3,
@@ -1063,6 +1063,9 @@ fn loadgen_run(
         per_packet["server"]["user"].as_f64().unwrap_or(f64::NAN),
         per_packet["server"]["system"].as_f64().unwrap_or(f64::NAN),
         server_cores,
+        run["loadgen"]["server_threads"]["waiting_cores"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
         generator_cores,
         sink_cores,
     ));
