@@ -54,8 +54,9 @@ enum Cmd {
         /// whole matrix).
         #[arg(long, value_delimiter = ',', default_value = "presealed-mmsg")]
         blast: Vec<Blast>,
-        /// IP packet sizes of the headend-alone blasts (pre-sealed modes; comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "64,1420")]
+        /// IP packet sizes of the headend-alone blasts (pre-sealed modes; comma-separated;
+        /// default: 64 with --quick, 64,1420 without).
+        #[arg(long, value_delimiter = ',')]
         packet_bytes: Vec<usize>,
         /// Emulated clients of the headend-alone blasts (comma-separated; default: 1,100 with
         /// --quick, 1,100,10000 without).
@@ -202,7 +203,9 @@ fn main() -> Result<()> {
             plan.only = systems;
             plan.headend_only = headend_only;
             plan.blasts = blast;
-            plan.packet_bytes = packet_bytes;
+            if !packet_bytes.is_empty() {
+                plan.packet_bytes = packet_bytes;
+            }
             if !clients.is_empty() {
                 plan.loadgen_clients = clients;
             }

@@ -74,7 +74,7 @@ impl Plan {
             only: Vec::new(),
             headend_only: false,
             blasts: vec![crate::Blast::PresealedMmsg],
-            packet_bytes: vec![64, 1420],
+            packet_bytes: if quick { vec![64] } else { vec![64, 1420] },
             blast_rate_pps: None,
         }
     }
