@@ -69,6 +69,10 @@ enum Cmd {
         /// as the kernel takes them).
         #[arg(long)]
         blast_rate_pps: Option<u64>,
+        /// Runs the load generator of the headend-alone blasts at this nice level (e.g. 19):
+        /// where it shares cores with the server, the server gets them first.
+        #[arg(long, allow_hyphen_values = true)]
+        generator_nice: Option<i32>,
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
@@ -196,6 +200,7 @@ fn main() -> Result<()> {
             clients,
             blast_seconds,
             blast_rate_pps,
+            generator_nice,
             out,
             concentrator,
         } => {
@@ -210,6 +215,7 @@ fn main() -> Result<()> {
                 plan.loadgen_clients = clients;
             }
             plan.blast_rate_pps = blast_rate_pps;
+            plan.generator_nice = generator_nice;
             if let Some(s) = blast_seconds {
                 plan.loadgen_seconds = s;
             }

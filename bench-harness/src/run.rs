@@ -45,6 +45,8 @@ pub struct Plan {
     pub packet_bytes: Vec<usize>,
     /// Open-loop pacing of the pre-sealed blasts (none: as fast as the kernel takes them).
     pub blast_rate_pps: Option<u64>,
+    /// Nice level of the load generator in the headend-alone blasts.
+    pub generator_nice: Option<i32>,
 }
 
 impl Plan {
@@ -76,6 +78,7 @@ impl Plan {
             blasts: vec![crate::Blast::PresealedMmsg],
             packet_bytes: if quick { vec![64] } else { vec![64, 1420] },
             blast_rate_pps: None,
+            generator_nice: None,
         }
     }
 }
@@ -994,7 +997,12 @@ fn loadgen_run(
     let server_pid = srv.pid().map(|p| p.to_string()).unwrap_or_default();
     let sink_pid = sink.pid().map(|p| p.to_string()).unwrap_or_default();
     let bytes_s = bytes.to_string();
-    let mut argv = vec![
+    let nice = plan.generator_nice.map(|n| n.to_string());
+    let mut argv: Vec<&str> = match &nice {
+        Some(n) => vec!["nice", "-n", n],
+        None => Vec::new(),
+    };
+    argv.extend([
         exe,
         "loadgen",
         "--server",
@@ -1019,7 +1027,7 @@ fn loadgen_run(
         blast.name(),
         "--packet-bytes",
         &bytes_s,
-    ];
+    ]);
     if let Some(rate) = &rate {
         argv.extend(["--rate-pps", rate]);
     }
@@ -1294,6 +1302,7 @@ pub fn run(plan: Plan) -> Result<()> {
             "headend_only": plan.headend_only,
             "blasts": plan.blasts.iter().map(|b| b.name()).collect::<Vec<_>>(),
             "blast_packet_bytes": plan.packet_bytes,
+            "blast_rate_pps": plan.blast_rate_pps, "generator_nice": plan.generator_nice,
         }),
     );
     progress(&format!("output in {}", plan.out.display()));
