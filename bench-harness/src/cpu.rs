@@ -37,8 +37,20 @@ pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
     Some((fields.next()??, fields.next()??))
 }
 
-/// Every thread of `pid`: its id, name, and (on-CPU, waiting-for-a-CPU) ns so far.
-pub fn thread_times(pid: u32) -> BTreeMap<u32, (String, u64, u64)> {
+/// One thread's times so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThreadTimes {
+    pub name: String,
+    /// On a CPU and runnable but waiting for one, ns (schedstat).
+    pub run_ns: u64,
+    pub wait_ns: u64,
+    /// User and system time, clock ticks (stat).
+    pub user_ticks: u64,
+    pub system_ticks: u64,
+}
+
+/// Every thread of `pid` by id.
+pub fn thread_times(pid: u32) -> BTreeMap<u32, ThreadTimes> {
     let mut out = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
@@ -48,33 +60,52 @@ pub fn thread_times(pid: u32) -> BTreeMap<u32, (String, u64, u64)> {
             continue;
         };
         let read = |f: &str| std::fs::read_to_string(entry.path().join(f)).ok();
-        if let (Some(name), Some((run, wait))) = (
-            read("comm"),
-            read("schedstat").as_deref().and_then(parse_schedstat),
-        ) {
-            out.insert(tid, (name.trim().to_string(), run, wait));
+        let sched = read("schedstat").as_deref().and_then(parse_schedstat);
+        let stat = read("stat").as_deref().and_then(parse_process_stat);
+        if let (Some(name), Some((run_ns, wait_ns)), Some((user_ticks, system_ticks))) =
+            (read("comm"), sched, stat)
+        {
+            let name = name.trim().to_string();
+            out.insert(
+                tid,
+                ThreadTimes {
+                    name,
+                    run_ns,
+                    wait_ns,
+                    user_ticks,
+                    system_ticks,
+                },
+            );
         }
     }
     out
 }
 
-/// Per thread that ran during a window of `secs` seconds: CPU cores used and cores' worth of
-/// time spent runnable but waiting for a CPU (busy threads only).
+/// Per thread that ran during a window of `secs` seconds: cores used (user and system split),
+/// and cores' worth of time spent runnable but waiting for a CPU (busy threads only).
 fn thread_use(
-    before: &BTreeMap<u32, (String, u64, u64)>,
-    after: &BTreeMap<u32, (String, u64, u64)>,
+    before: &BTreeMap<u32, ThreadTimes>,
+    after: &BTreeMap<u32, ThreadTimes>,
     secs: f64,
+    ticks_per_second: f64,
 ) -> Value {
     let mut threads = Vec::new();
     let (mut run_total, mut wait_total) = (0.0, 0.0);
-    for (tid, (name, run, wait)) in after {
-        let (run0, wait0) = before.get(tid).map_or((0, 0), |b| (b.1, b.2));
-        let run = run.saturating_sub(run0) as f64 / 1e9 / secs;
-        let wait = wait.saturating_sub(wait0) as f64 / 1e9 / secs;
+    let none = ThreadTimes::default();
+    for (tid, a) in after {
+        let b = before.get(tid).unwrap_or(&none);
+        let ns = |x: u64, y: u64| x.saturating_sub(y) as f64 / 1e9 / secs;
+        let ticks = |x: u64, y: u64| x.saturating_sub(y) as f64 / ticks_per_second / secs;
+        let run = ns(a.run_ns, b.run_ns);
+        let wait = ns(a.wait_ns, b.wait_ns);
         run_total += run;
         wait_total += wait;
         if run >= 0.01 || wait >= 0.01 {
-            threads.push(json!({"tid": tid, "name": name, "cores": run, "waiting_cores": wait}));
+            threads.push(json!({
+                "tid": tid, "name": a.name, "cores": run, "waiting_cores": wait,
+                "user_cores": ticks(a.user_ticks, b.user_ticks),
+                "system_cores": ticks(a.system_ticks, b.system_ticks),
+            }));
         }
     }
     json!({"cores": run_total, "waiting_cores": wait_total, "busy": threads})
@@ -124,7 +155,7 @@ pub struct CpuWatch {
     generator: Option<(f64, f64)>,
     sink: Option<(f64, f64)>,
     machine: Option<MachineTicks>,
-    server_threads: BTreeMap<u32, (String, u64, u64)>,
+    server_threads: BTreeMap<u32, ThreadTimes>,
 }
 
 /// What a [`CpuWatch`] saw between its start and [`CpuWatch::finish`].
@@ -174,7 +205,11 @@ impl CpuWatch {
             .unwrap_or(Value::Null);
         let threads = self
             .server_pid
-            .map(|pid| thread_use(&self.server_threads, &thread_times(pid), secs.max(1e-9)))
+            .map(|pid| {
+                let after = thread_times(pid);
+                let hz = ticks_per_second().unwrap_or(100.0);
+                thread_use(&self.server_threads, &after, secs.max(1e-9), hz)
+            })
             .unwrap_or(Value::Null);
         CpuUse(json!({
             "server_threads": threads,
@@ -215,24 +250,29 @@ mod tests {
 
     #[test]
     fn thread_use_is_per_second_and_skips_idle_threads() {
-        let t = |run, wait| ("w".to_string(), run, wait);
-        let before = BTreeMap::from([(1, t(0, 0)), (2, t(5_000_000_000, 0))]);
-        // Thread 1 ran 1 s and waited 0.5 s of 2 s; thread 2 did nothing; thread 3 is new.
+        let t = |run_ns, wait_ns, user_ticks, system_ticks| ThreadTimes {
+            name: "w".into(),
+            run_ns,
+            wait_ns,
+            user_ticks,
+            system_ticks,
+        };
+        let before = BTreeMap::from([(1, t(0, 0, 0, 0)), (2, t(5_000_000_000, 0, 400, 100))]);
+        // Thread 1 ran 1 s (0.2 s user, 0.8 s system) and waited 0.5 s of 2 s; thread 2 did
+        // nothing; thread 3 is new.
         let after = BTreeMap::from([
-            (1, t(1_000_000_000, 500_000_000)),
-            (2, t(5_000_000_000, 0)),
-            (3, t(200_000_000, 0)),
+            (1, t(1_000_000_000, 500_000_000, 20, 80)),
+            (2, t(5_000_000_000, 0, 400, 100)),
+            (3, t(200_000_000, 0, 10, 10)),
         ]);
-        let u = thread_use(&before, &after, 2.0);
+        let u = thread_use(&before, &after, 2.0, 100.0);
         assert_eq!(u["cores"], json!(0.6));
         assert_eq!(u["waiting_cores"], json!(0.25));
-        let busy: Vec<u64> = u["busy"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["tid"].as_u64().unwrap())
-            .collect();
-        assert_eq!(busy, vec![1, 3]);
+        let busy = u["busy"].as_array().unwrap();
+        let tids: Vec<u64> = busy.iter().map(|b| b["tid"].as_u64().unwrap()).collect();
+        assert_eq!(tids, vec![1, 3]);
+        assert_eq!(busy[0]["user_cores"], json!(0.1));
+        assert_eq!(busy[0]["system_cores"], json!(0.4));
     }
 
     #[test]
