@@ -14,6 +14,7 @@ use concentrator::proto::keys::{PublicKey, StaticSecret};
 
 mod blast;
 mod cpu;
+mod headend;
 mod lab;
 mod mmsg;
 mod render;
