@@ -3,17 +3,21 @@
 # boringtun-cli) in network namespaces, plus the headend alone under emulated clients.
 #
 #   sudo scripts/bench.sh [--quick] [--peers] [--profile] [--systems=A,B] [--no-build]
+#   sudo scripts/bench.sh --headend [--blast=presealed-mmsg,seal-each] [--no-build]
 #
 # --systems=concentrator-wg,wireguard-go: only those tunnels beside plain routing, without the
 # headend-alone runs (the systems: plain, concentrator, concentrator-no-offloads,
 # concentrator-wg, wireguard-go, boringtun).
+# --headend: only the headend-alone matrix (64- and 1420-byte packets, 1, 100 and 10 000
+# clients, 1 and 2 workers, 3 s each; a few minutes): server CPU per packet, user and system.
+# --blast=A,B: its generators (presealed-mmsg, presealed-gso, seal-each: the first one).
 # Results: bench-results/<timestamp>/{results.json,report.md,*.png}. Needs root, iproute2,
 # iperf3; --peers needs wireguard-go + wireguard-tools (bookworm-backports) and boringtun-cli
 # (`cargo install boringtun-cli`); --profile needs perf (Debian: linux-perf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick="" peers="" profile="" systems="" build=1
+quick="" peers="" profile="" systems="" build=1 headend="" blast=""
 for a in "$@"; do
   case "$a" in
     --quick) quick=--quick ;;
@@ -21,7 +25,9 @@ for a in "$@"; do
     --profile) profile=--profile ;;
     --systems=*) systems="--systems ${a#--systems=}" ;;
     --no-build) build=0 ;;
-    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    --headend) headend="--headend-only --blast-seconds 3" ;;
+    --blast=*) blast="--blast ${a#--blast=}" ;;
+    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
     *) echo "unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -38,6 +44,7 @@ mkdir -p "$out"
 
 # Bounded: the harness stops itself well before these limits; timeout is the backstop.
 limit=900; [ -n "$quick" ] && limit=180; [ -n "$profile" ] && limit=$((limit + 120))
+[ -n "$headend" ] && limit=600
 harness_pid=""
 cleanup() {
   if [ -n "$harness_pid" ] && kill -0 "$harness_pid" 2>/dev/null; then
@@ -56,7 +63,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 timeout --signal=TERM --kill-after=30 "$limit" \
-  "$target/bench-harness" run $quick $peers $profile $systems --out "$out" --concentrator "$target/concentrator" &
+  "$target/bench-harness" run $quick $peers $profile $systems $headend $blast --out "$out" --concentrator "$target/concentrator" &
 harness_pid=$!
 rc=0
 wait "$harness_pid" || rc=$?

@@ -82,29 +82,29 @@ def main(out):
 
     runs = r.get("loadgen") or []
     if runs:
+        # One generator (the first in the run), one line per (packet size, workers).
+        blast = runs[0].get("blast", "seal-each")
+        runs = [x for x in runs if x.get("blast", "seal-each") == blast]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        workers = sorted({x["workers"] for x in runs})
-        clients = sorted({x["clients"] for x in runs})
-        for w in workers:
+        shapes = sorted({(x.get("packet_bytes", 92), x["workers"]) for x in runs})
+        for size, w in shapes:
+            mine = [x for x in runs if x.get("packet_bytes", 92) == size and x["workers"] == w]
+            label = f"{size} B, {w} worker(s)"
             pts = sorted((x["clients"], (x.get("backend_sink") or {}).get("pps", 0) / 1e3)
-                         for x in runs if x["workers"] == w)
-            axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{w} worker(s)")
-        axes[0].set_xscale("log")
-        axes[0].set_xlabel("emulated clients")
+                         for x in mine)
+            axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            pts = sorted((x["clients"], ((x.get("cpu_per_packet_us") or {}).get("server") or {})
+                          .get("total") or 0) for x in mine)
+            axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         axes[0].set_ylabel("kpps received by the backend")
-        axes[0].set_title("concentrator: pps vs client count")
-        axes[0].legend(fontsize=8)
-        for k in clients:
-            pts = sorted((x["workers"], (x.get("backend_sink") or {}).get("pps", 0) / 1e3)
-                         for x in runs if x["clients"] == k)
-            axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{k} clients")
-        axes[1].set_xticks(workers)
-        axes[1].set_xlabel("server workers")
-        axes[1].set_ylabel("kpps received by the backend")
-        axes[1].set_title("concentrator: pps vs worker count")
-        axes[1].legend(fontsize=8)
+        axes[0].set_title(f"concentrator ({blast}): pps vs client count")
+        axes[1].set_ylabel("server CPU µs per packet")
+        axes[1].set_title("concentrator: CPU per packet vs client count")
         for ax in axes:
+            ax.set_xscale("log")
+            ax.set_xlabel("emulated clients")
             ax.set_ylim(bottom=0)
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "loadgen.png", dpi=110)
         plt.close(fig)

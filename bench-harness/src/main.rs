@@ -8,10 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use concentrator::proto::keys::{PublicKey, StaticSecret};
 
+mod blast;
+mod cpu;
+mod headend;
 mod lab;
 mod mmsg;
 mod render;
@@ -44,6 +47,33 @@ enum Cmd {
         /// plain routing, and no headend-alone runs: a quick side-by-side comparison.
         #[arg(long, value_delimiter = ',')]
         systems: Vec<String>,
+        /// Only the headend-alone runs (loadgen data blasts and handshakes): no tunnels, no
+        /// iperf3.
+        #[arg(long, conflicts_with = "systems")]
+        headend_only: bool,
+        /// How the headend-alone blasts generate load (comma-separated: each one runs the
+        /// whole matrix).
+        #[arg(long, value_delimiter = ',', default_value = "presealed-mmsg")]
+        blast: Vec<Blast>,
+        /// IP packet sizes of the headend-alone blasts (pre-sealed modes; comma-separated;
+        /// default: 64 with --quick, 64,1420 without).
+        #[arg(long, value_delimiter = ',')]
+        packet_bytes: Vec<usize>,
+        /// Emulated clients of the headend-alone blasts (comma-separated; default: 1,100 with
+        /// --quick, 1,100,10000 without).
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<usize>,
+        /// Seconds per headend-alone blast (default: 3 with --quick, 8 without).
+        #[arg(long)]
+        blast_seconds: Option<u64>,
+        /// Open-loop pacing of the pre-sealed blasts, datagrams per second (default: as fast
+        /// as the kernel takes them).
+        #[arg(long)]
+        blast_rate_pps: Option<u64>,
+        /// Runs the load generator of the headend-alone blasts at this nice level (e.g. 19):
+        /// where it shares cores with the server, the server gets them first.
+        #[arg(long, allow_hyphen_values = true)]
+        generator_nice: Option<i32>,
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
@@ -106,9 +136,55 @@ enum Cmd {
         /// The server's PID: its CPU time (user and system) during the blast is reported.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// The backend sink's PID: its CPU time during the blast is reported.
+        #[arg(long)]
+        sink_pid: Option<u32>,
+        /// How the blast seals and sends.
+        #[arg(long, value_enum, default_value = "presealed-mmsg")]
+        blast: Blast,
+        /// IP packet length (pre-sealed modes; 28 to 1420).
+        #[arg(long, default_value = "64")]
+        packet_bytes: usize,
+        /// Most memory for the pre-sealed datagrams (MiB).
+        #[arg(long, default_value = "1024")]
+        pool_mib: usize,
+        /// Open-loop pacing, datagrams per second in all (pre-sealed modes; default: as fast
+        /// as the kernel takes them).
+        #[arg(long)]
+        rate_pps: Option<u64>,
     },
     /// Re-renders report.md from a results directory.
     Report { dir: PathBuf },
+}
+
+/// How `loadgen` generates data load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Blast {
+    /// Sealed ahead with consecutive counters, sent with `sendmmsg` (1024 per call), no echo.
+    PresealedMmsg,
+    /// Sealed ahead, sent as `UDP_SEGMENT` runs of up to 64 datagrams, no echo.
+    PresealedGso,
+    /// The first generator: 64-byte payloads sealed one by one in the timed loop, sent 64
+    /// per call, echoed by the backend and decrypted.
+    SealEach,
+}
+
+impl Blast {
+    pub fn name(self) -> &'static str {
+        match self {
+            Blast::PresealedMmsg => "presealed-mmsg",
+            Blast::PresealedGso => "presealed-gso",
+            Blast::SealEach => "seal-each",
+        }
+    }
+
+    pub fn load_mode(self) -> tools::LoadMode {
+        match self {
+            Blast::PresealedMmsg => tools::LoadMode::Presealed(blast::SendMode::Mmsg),
+            Blast::PresealedGso => tools::LoadMode::Presealed(blast::SendMode::Gso),
+            Blast::SealEach => tools::LoadMode::SealEach,
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -119,11 +195,31 @@ fn main() -> Result<()> {
             peers,
             profile,
             systems,
+            headend_only,
+            blast,
+            packet_bytes,
+            clients,
+            blast_seconds,
+            blast_rate_pps,
+            generator_nice,
             out,
             concentrator,
         } => {
             let mut plan = run::Plan::new(quick, peers, profile, out, concentrator);
             plan.only = systems;
+            plan.headend_only = headend_only;
+            plan.blasts = blast;
+            if !packet_bytes.is_empty() {
+                plan.packet_bytes = packet_bytes;
+            }
+            if !clients.is_empty() {
+                plan.loadgen_clients = clients;
+            }
+            plan.blast_rate_pps = blast_rate_pps;
+            plan.generator_nice = generator_nice;
+            if let Some(s) = blast_seconds {
+                plan.loadgen_seconds = s;
+            }
             run::run(plan)
         }
         Cmd::Pingpong {
@@ -170,6 +266,11 @@ fn main() -> Result<()> {
             connect_timeout_s,
             handshakes_in_flight,
             server_pid,
+            sink_pid,
+            blast,
+            packet_bytes,
+            pool_mib,
+            rate_pps,
         } => {
             let text = std::fs::read_to_string(&keys)
                 .with_context(|| format!("reading {}", keys.display()))?;
@@ -191,6 +292,11 @@ fn main() -> Result<()> {
                 handshakes_in_flight,
                 connect_timeout: Duration::from_secs(connect_timeout_s),
                 server_pid,
+                sink_pid,
+                mode: blast.load_mode(),
+                packet_bytes,
+                pool_mib,
+                rate_pps,
             })
         }
         Cmd::Report { dir } => {

@@ -37,6 +37,16 @@ pub struct Plan {
     pub handshake_seconds: u64,
     /// When not empty: only these tunnels beside plain routing, and no headend-alone runs.
     pub only: Vec<String>,
+    /// Only the headend-alone data blasts: no tunnels, no handshake runs.
+    pub headend_only: bool,
+    /// How the headend-alone blasts generate load (each runs the whole matrix).
+    pub blasts: Vec<crate::Blast>,
+    /// IP packet sizes of the pre-sealed blasts.
+    pub packet_bytes: Vec<usize>,
+    /// Open-loop pacing of the pre-sealed blasts (none: as fast as the kernel takes them).
+    pub blast_rate_pps: Option<u64>,
+    /// Nice level of the load generator in the headend-alone blasts.
+    pub generator_nice: Option<i32>,
 }
 
 impl Plan {
@@ -64,17 +74,22 @@ impl Plan {
             loadgen_seconds: if quick { 3 } else { 8 },
             handshake_seconds: if quick { 3 } else { 8 },
             only: Vec::new(),
+            headend_only: false,
+            blasts: vec![crate::Blast::PresealedMmsg],
+            packet_bytes: if quick { vec![64] } else { vec![64, 1420] },
+            blast_rate_pps: None,
+            generator_nice: None,
         }
     }
 }
 
 const WG_PORT: u16 = 51821;
-const CTR_PORT: u16 = 51820;
+pub(crate) const CTR_PORT: u16 = 51820;
 const PINGPONG_PORT: u16 = 7777;
-const SINK_PORT: u16 = 9000;
+pub(crate) const SINK_PORT: u16 = 9000;
 const MTU: &str = "1420";
 
-fn progress(msg: &str) {
+pub(crate) fn progress(msg: &str) {
     eprintln!("[bench {}] {msg}", chrono_now());
 }
 
@@ -84,13 +99,13 @@ fn chrono_now() -> String {
         .unwrap_or_default()
 }
 
-fn write_secret(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_secret(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(())
 }
 
-fn self_exe() -> Result<String> {
+pub(crate) fn self_exe() -> Result<String> {
     Ok(std::env::current_exe()?.to_string_lossy().into_owned())
 }
 
@@ -162,7 +177,7 @@ fn setup_plain(lab: &Lab) -> Result<System> {
 /// How long each server start had to wait for the port (see `start_concentrator_server`).
 static PORT_WAITS_MS: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
 
-fn start_concentrator_server(
+pub(crate) fn start_concentrator_server(
     lab: &Lab,
     plan: &Plan,
     config: &Path,
@@ -717,7 +732,7 @@ fn e2e(
 
 /// User plus system CPU time of process `pid` (all its threads) so far, in seconds.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    crate::tools::process_cpu(pid).map(|(user, system)| user + system)
+    crate::cpu::process_cpu(pid).map(|(user, system)| user + system)
 }
 
 /// Records a CPU profile of the server process during a TCP upload.
@@ -819,7 +834,7 @@ fn profile(
 
 /// The `Udp:` counters of /proc/net/snmp inside `ns` (the receive-buffer drops show where
 /// a tunnel loses packets).
-fn udp_snmp(lab: &Lab, ns: &str) -> std::collections::BTreeMap<String, i64> {
+pub(crate) fn udp_snmp(lab: &Lab, ns: &str) -> std::collections::BTreeMap<String, i64> {
     let text = lab
         .exec(ns, &["cat", "/proc/net/snmp"], Duration::from_secs(5))
         .map(|o| o.stdout)
@@ -840,7 +855,7 @@ fn udp_snmp(lab: &Lab, ns: &str) -> std::collections::BTreeMap<String, i64> {
     m
 }
 
-fn snmp_delta(
+pub(crate) fn snmp_delta(
     before: &std::collections::BTreeMap<String, i64>,
     after: &std::collections::BTreeMap<String, i64>,
 ) -> Value {
@@ -860,7 +875,7 @@ fn snmp_delta(
 
 /// Milliseconds until the server's TUN device disappeared after the server exited (at most
 /// 5 s; `None` when it was still there then).
-fn link_gone_after(lab: &Lab) -> Option<u64> {
+pub(crate) fn link_gone_after(lab: &Lab) -> Option<u64> {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(5) {
         let out = lab
@@ -874,14 +889,14 @@ fn link_gone_after(lab: &Lab) -> Option<u64> {
     None
 }
 
-fn gen_keys(n: usize) -> Vec<StaticSecret> {
+pub(crate) fn gen_keys(n: usize) -> Vec<StaticSecret> {
     (0..n)
         .map(|_| StaticSecret::generate(&mut OsRandom))
         .collect()
 }
 
 /// Counters from the server's exit log (`worker counters worker=0 tun_rx=...`).
-fn parse_counters(log: &str) -> Vec<Value> {
+pub(crate) fn parse_counters(log: &str) -> Vec<Value> {
     log.lines()
         .filter(|l| l.contains("worker counters"))
         .map(|l| {
@@ -898,7 +913,7 @@ fn parse_counters(log: &str) -> Vec<Value> {
         .collect()
 }
 
-fn dump_summary(path: &Path) -> Value {
+pub(crate) fn dump_summary(path: &Path) -> Value {
     let Ok(text) = std::fs::read_to_string(path) else {
         return json!({"error": "no dump written"});
     };
@@ -914,221 +929,6 @@ fn dump_summary(path: &Path) -> Value {
         }
         Err(e) => json!({"error": e.to_string()}),
     }
-}
-
-/// The server's CPU time per packet it carried during a loadgen blast (each packet crosses
-/// it once towards the backend and each echo once back), in µs: total, user and system.
-fn server_cpu_per_packet(run: &Value) -> Value {
-    let cpu = &run["loadgen"]["server_cpu"];
-    let secs = run["loadgen"]["duration_s"].as_f64().unwrap_or(0.0);
-    let packets = (run["backend_sink"]["pps"].as_f64().unwrap_or(0.0)
-        + run["loadgen"]["echo_pps"].as_f64().unwrap_or(0.0))
-        * secs;
-    let (Some(user), Some(system)) = (cpu["user_s"].as_f64(), cpu["system_s"].as_f64()) else {
-        return Value::Null;
-    };
-    if packets < 1.0 {
-        return Value::Null;
-    }
-    json!({
-        "total": (user + system) * 1e6 / packets,
-        "user": user * 1e6 / packets,
-        "system": system * 1e6 / packets,
-    })
-}
-
-/// Loadgen runs: data (K clients × workers) and handshakes.
-fn headend(lab: &Lab, plan: &Plan, results: &mut serde_json::Map<String, Value>) -> Result<()> {
-    let kmax = *plan.loadgen_clients.iter().max().unwrap_or(&1);
-    progress(&format!("loadgen: generating {kmax} client keys"));
-    let keys = gen_keys(kmax);
-    let server = StaticSecret::generate(&mut OsRandom);
-    write_secret(&lab.dir.join("lg-server.key"), &server.to_base64())?;
-    let exe = self_exe()?;
-    let run_no = std::cell::Cell::new(0u32);
-    let mut runs = Vec::new();
-    // A new TUN name per server start: see `link_gone_after`.
-    let write_cfg = |k: usize, workers: usize| -> Result<(PathBuf, PathBuf)> {
-        let tun = lab.link_name(&format!("l{}", run_no.get()));
-        run_no.set(run_no.get() + 1);
-        let pubs: Vec<String> = keys[..k]
-            .iter()
-            .map(|s| s.public_key().to_string())
-            .collect();
-        let toml = report::server_config(
-            &report::ServerToml {
-                private_key_file: "lg-server.key",
-                listen: SERVER_UNDERLAY.parse()?,
-                port: CTR_PORT,
-                tun_name: &tun,
-                workers,
-            },
-            &pubs,
-        );
-        let cfg = lab.dir.join(format!("lg-server-{k}.toml"));
-        std::fs::write(&cfg, toml)?;
-        let kf = lab.dir.join(format!("lg-keys-{k}.txt"));
-        let text: String = keys[..k]
-            .iter()
-            .map(|s| format!("{}\n", &*s.to_base64()))
-            .collect();
-        write_secret(&kf, &text)?;
-        Ok((cfg, kf))
-    };
-    for &k in &plan.loadgen_clients {
-        for &w in &plan.workers {
-            check_interrupted()?;
-            progress(&format!("loadgen: {k} clients, {w} worker(s): handshake all, then blast 64-byte packets for {} s", plan.loadgen_seconds));
-            let (cfg, kf) = write_cfg(k, w)?;
-            let dump = plan
-                .out
-                .join(format!("concentrator-loadgen-k{k}-w{w}-latency.hdr"));
-            let mut srv = start_concentrator_server(
-                lab,
-                plan,
-                &cfg,
-                w,
-                &dump,
-                &format!("lg-server-k{k}-w{w}"),
-                true,
-            )?;
-            let connect_timeout = 30 + k as u64 / 100;
-            let sink_deadline = (connect_timeout + plan.loadgen_seconds + 20).to_string();
-            let mut sink = lab.spawn(
-                &lab.backend,
-                &format!("sink-k{k}-w{w}"),
-                &[
-                    &exe,
-                    "sink",
-                    "--bind",
-                    &format!("{BACKEND}:{SINK_PORT}"),
-                    "--echo",
-                    "--deadline-s",
-                    &sink_deadline,
-                    "--idle-ms",
-                    "3000",
-                ],
-                &[],
-            )?;
-            std::thread::sleep(Duration::from_millis(200));
-            let backend_before = udp_snmp(lab, &lab.backend);
-            let out = lab.exec(
-                &lab.client,
-                &[
-                    &exe,
-                    "loadgen",
-                    "--server",
-                    &format!("{SERVER_UNDERLAY}:{CTR_PORT}"),
-                    "--server-key",
-                    &server.public_key().to_string(),
-                    "--keys",
-                    &kf.to_string_lossy(),
-                    "--backend",
-                    &format!("{BACKEND}:{SINK_PORT}"),
-                    "--sockets",
-                    &k.min(16).to_string(),
-                    "--duration-s",
-                    &plan.loadgen_seconds.to_string(),
-                    "--connect-timeout-s",
-                    &connect_timeout.to_string(),
-                    "--server-pid",
-                    &srv.pid().map(|p| p.to_string()).unwrap_or_default(),
-                ],
-                Duration::from_secs(connect_timeout + plan.loadgen_seconds + 30),
-            )?;
-            sink.wait(Duration::from_secs(
-                connect_timeout + plan.loadgen_seconds + 25,
-            ));
-            srv.stop_with(libc::SIGINT);
-            let tun_gone = link_gone_after(lab);
-            let lg: Value = serde_json::from_str(out.stdout.trim())
-                .unwrap_or_else(|_| json!({"error": out.stderr.clone()}));
-            let sk: Value = serde_json::from_str(sink.stdout().trim())
-                .unwrap_or_else(|_| json!({"error": sink.stderr()}));
-            let run = json!({
-                "clients": k, "workers": w,
-                "loadgen": lg, "backend_sink": sk,
-                "server_counters": parse_counters(&srv.stderr()),
-                "server_tun_gone_after_exit_ms": tun_gone,
-                "backend_udp_counters": snmp_delta(&backend_before, &udp_snmp(lab, &lab.backend)),
-                "server_worker_latency": dump_summary(&dump),
-            });
-            let mut run = run;
-            let per_packet = server_cpu_per_packet(&run);
-            run["server_cpu_per_packet_us"] = per_packet.clone();
-            progress(&format!(
-                "  -> sent {:.0} kpps, backend received {:.0} kpps, echoes back {:.0} kpps; server cpu per packet {:.2} µs (user {:.2}, system {:.2})",
-                run["loadgen"]["sent_pps"].as_f64().unwrap_or(0.0) / 1e3,
-                run["backend_sink"]["pps"].as_f64().unwrap_or(0.0) / 1e3,
-                run["loadgen"]["echo_pps"].as_f64().unwrap_or(0.0) / 1e3,
-                per_packet["total"].as_f64().unwrap_or(f64::NAN),
-                per_packet["user"].as_f64().unwrap_or(f64::NAN),
-                per_packet["system"].as_f64().unwrap_or(f64::NAN),
-            ));
-            runs.push(run);
-        }
-    }
-    results.insert("loadgen".into(), Value::Array(runs));
-
-    let mut hs_runs = Vec::new();
-    let in_flights: Vec<usize> = if plan.quick {
-        vec![128]
-    } else {
-        vec![128, 2048]
-    };
-    for inflight in in_flights {
-        let w = *plan.workers.iter().max().unwrap_or(&2);
-        check_interrupted()?;
-        progress(&format!(
-            "handshakes: {kmax} keys, {inflight} in flight, {w} workers, {} s",
-            plan.handshake_seconds
-        ));
-        let (cfg, kf) = write_cfg(kmax, w)?;
-        let dump = plan
-            .out
-            .join(format!("concentrator-handshake-{inflight}-latency.hdr"));
-        let mut srv = start_concentrator_server(
-            lab,
-            plan,
-            &cfg,
-            w,
-            &dump,
-            &format!("hs-server-{inflight}"),
-            true,
-        )?;
-        let out = lab.exec(
-            &lab.client,
-            &[
-                &exe,
-                "loadgen",
-                "--server",
-                &format!("{SERVER_UNDERLAY}:{CTR_PORT}"),
-                "--server-key",
-                &server.public_key().to_string(),
-                "--keys",
-                &kf.to_string_lossy(),
-                "--backend",
-                &format!("{BACKEND}:{SINK_PORT}"),
-                "--sockets",
-                "16",
-                "--duration-s",
-                &plan.handshake_seconds.to_string(),
-                "--handshakes-in-flight",
-                &inflight.to_string(),
-            ],
-            Duration::from_secs(plan.handshake_seconds + 30),
-        )?;
-        srv.stop_with(libc::SIGINT);
-        let v: Value = serde_json::from_str(out.stdout.trim())
-            .unwrap_or_else(|_| json!({"error": out.stderr.clone()}));
-        progress(&format!(
-            "  -> {:.0} handshakes/s",
-            v["handshakes_per_s"].as_f64().unwrap_or(0.0)
-        ));
-        hs_runs.push(json!({"keys": kmax, "workers": w, "in_flight": inflight, "loadgen": v}));
-    }
-    results.insert("handshakes".into(), Value::Array(hs_runs));
-    Ok(())
 }
 
 fn version_of(argv: &[&str]) -> String {
@@ -1195,6 +995,9 @@ pub fn run(plan: Plan) -> Result<()> {
         systems.push("wireguard-go");
         systems.push("boringtun");
     }
+    if plan.headend_only {
+        systems.clear();
+    }
     if !plan.only.is_empty() {
         for wanted in &plan.only {
             if !report::SYSTEMS.contains(&wanted.as_str()) {
@@ -1225,6 +1028,10 @@ pub fn run(plan: Plan) -> Result<()> {
             "concentrator_workers_e2e": plan.workers.iter().max(),
             "boringtun_threads": 2, "mtu": 1420,
             "udp_payload_bytes": 64,
+            "headend_only": plan.headend_only,
+            "blasts": plan.blasts.iter().map(|b| b.name()).collect::<Vec<_>>(),
+            "blast_packet_bytes": plan.packet_bytes,
+            "blast_rate_pps": plan.blast_rate_pps, "generator_nice": plan.generator_nice,
         }),
     );
     progress(&format!("output in {}", plan.out.display()));
@@ -1314,7 +1121,7 @@ pub fn run(plan: Plan) -> Result<()> {
     }
     if !plan.only.is_empty() {
         progress("headend-alone runs skipped (--systems)");
-    } else if let Err(e) = headend(&lab, &plan, &mut results) {
+    } else if let Err(e) = crate::headend::headend(&lab, &plan, &mut results) {
         progress(&format!("headend: failed: {e:#}"));
         errors.insert("headend".into(), json!(format!("{e:#}")));
     }

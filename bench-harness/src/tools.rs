@@ -15,6 +15,7 @@ use concentrator::proto::rng::OsRandom;
 use concentrator::proto::wire::{self, TAG_LEN, TRANSPORT_HEADER_LEN};
 use concentrator::sys::clock;
 
+use crate::cpu::CpuWatch;
 use crate::mmsg::{self, Batch};
 use crate::report::{self, histogram_to_base64, percentiles};
 
@@ -179,22 +180,29 @@ pub struct LoadgenOptions {
     pub connect_timeout: Duration,
     /// The server's PID, to report its CPU time during the blast.
     pub server_pid: Option<u32>,
+    /// The backend sink's PID, to report its CPU time during the blast.
+    pub sink_pid: Option<u32>,
+    /// How the blast seals and sends.
+    pub mode: LoadMode,
+    /// Length of each IP packet the clients send (pre-sealed mode).
+    pub packet_bytes: usize,
+    /// Most memory for the pre-sealed datagrams, in MiB.
+    pub pool_mib: usize,
+    /// Open-loop pacing: at most this many datagrams per second in all (none: as fast as the
+    /// kernel takes them).
+    pub rate_pps: Option<u64>,
 }
 
-/// User and system CPU seconds of process `pid` (all threads) so far.
-pub fn process_cpu(pid: u32) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // Fields 14 and 15 of proc(5) (utime, stime), the 12th and 13th after the name.
-    let user: u64 = fields.get(11)?.parse().ok()?;
-    let system: u64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| (user as f64 / hz as f64, system as f64 / hz as f64))
+/// How the blast seals and sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Every datagram sealed ahead of the run; the timed loop only sends (no echoes).
+    Presealed(crate::blast::SendMode),
+    /// The first generator: sealed one by one in the timed loop, echoes decrypted.
+    SealEach,
 }
 
-fn new_client(secret: StaticSecret, server: PublicKey) -> Client {
+pub fn new_client(secret: StaticSecret, server: PublicKey) -> Client {
     Client::new(
         ClientParams {
             secret,
@@ -233,8 +241,8 @@ fn addressed_index(msg: &[u8]) -> Option<u32> {
     }
 }
 
-/// Emulated clients: connect all, then either blast sealed packets to the backend and count
-/// the echoes, or (handshake mode) do handshakes in a loop.
+/// Emulated clients: connect all, then blast (packets sealed ahead, or sealed one by one with
+/// the echoes decrypted: `LoadMode`), or (handshake mode) do handshakes in a loop.
 pub fn loadgen(o: LoadgenOptions) -> Result<()> {
     let k = o.keys.len();
     if k == 0 {
@@ -245,6 +253,28 @@ pub fn loadgen(o: LoadgenOptions) -> Result<()> {
     if let Some(window) = o.handshakes_in_flight {
         return handshake_loop(&o, &socks, window.clamp(1, k));
     }
+    let (mut clients, by_index, connect_s) = connect_all(&o, &socks)?;
+    let report = match o.mode {
+        LoadMode::SealEach => blast_seal_each(&o, &socks, &mut clients, &by_index)?,
+        LoadMode::Presealed(send) => crate::blast::run_presealed(&o, send, &socks, &mut clients)?,
+    };
+    let mut report = report;
+    report["clients"] = json!(k);
+    report["sockets"] = json!(nsock);
+    report["connect_s"] = json!(connect_s);
+    println!("{report}");
+    Ok(())
+}
+
+/// Handshakes for every client (at most a few hundred in flight), each session confirmed by
+/// its keepalive; returns the clients, who owns which receiver index, and the seconds taken.
+#[allow(clippy::type_complexity)]
+fn connect_all(
+    o: &LoadgenOptions,
+    socks: &[UdpSocket],
+) -> Result<(Vec<Client>, HashMap<u32, usize>, f64)> {
+    let k = o.keys.len();
+    let nsock = socks.len();
     let mut clients: Vec<Client> = o
         .keys
         .iter()
@@ -290,7 +320,7 @@ pub fn loadgen(o: LoadgenOptions) -> Result<()> {
             break;
         }
         mmsg::wait_readable(&socks.iter().collect::<Vec<_>>(), 5);
-        for s in &socks {
+        for s in socks {
             while let Ok(n) = batch.recv(s) {
                 if n == 0 {
                     break;
@@ -324,6 +354,20 @@ pub fn loadgen(o: LoadgenOptions) -> Result<()> {
     eprintln!("loadgen: {k} clients connected in {connect_s:.2}s");
     std::thread::sleep(Duration::from_millis(300));
 
+    Ok((clients, by_index, connect_s))
+}
+
+/// The first generator: each packet sealed in the timed loop, sent in batches of 64 per
+/// socket, the backend echoing everything and the echoes decrypted here.
+fn blast_seal_each(
+    o: &LoadgenOptions,
+    socks: &[UdpSocket],
+    clients: &mut [Client],
+    by_index: &HashMap<u32, usize>,
+) -> Result<serde_json::Value> {
+    let k = clients.len();
+    let nsock = socks.len();
+    let mut batch = Batch::new();
     // Phase 2: blast. Clients are spread over the sockets; each round sends one batch per
     // socket, round robin over that socket's clients.
     let backend_ip = match o.backend.ip() {
@@ -338,7 +382,7 @@ pub fn loadgen(o: LoadgenOptions) -> Result<()> {
     let (mut sent, mut send_failed, mut echoes, mut rx_other) = (0u64, 0u64, 0u64, 0u64);
     let mut seal_failed = 0u64;
     let mut rx = Batch::new();
-    let cpu_before = o.server_pid.and_then(process_cpu);
+    let watch = CpuWatch::start(o.server_pid, o.sink_pid);
     let start = Instant::now();
     let end = start + o.duration;
     let mut rounds = 0u64;
@@ -387,7 +431,7 @@ pub fn loadgen(o: LoadgenOptions) -> Result<()> {
         }
         rounds += 1;
         // Drain the echoes.
-        for sock in &socks {
+        for sock in socks {
             for _ in 0..4 {
                 let Ok(n) = rx.recv(sock) else { break };
                 if n == 0 {
@@ -412,15 +456,12 @@ pub fn loadgen(o: LoadgenOptions) -> Result<()> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu_after = o.server_pid.and_then(process_cpu);
-    let server_cpu = cpu_before
-        .zip(cpu_after)
-        .map(|(b, a)| json!({"user_s": a.0 - b.0, "system_s": a.1 - b.1, "seconds": secs}));
+    let cpu = watch.finish();
     // Late echoes still in flight.
     let drain_end = Instant::now() + Duration::from_millis(300);
     while Instant::now() < drain_end {
         let mut any = false;
-        for sock in &socks {
+        for sock in socks {
             if let Ok(n) = rx.recv(sock) {
                 any |= n > 0;
                 let now = clock::monotonic_now();
@@ -439,18 +480,15 @@ pub fn loadgen(o: LoadgenOptions) -> Result<()> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    println!(
-        "{}",
-        json!({
-            "clients": k, "sockets": nsock, "connect_s": connect_s,
-            "duration_s": secs, "sent": sent, "send_failed": send_failed,
-            "seal_failed": seal_failed, "echoes": echoes, "rx_other": rx_other,
-            "rounds": rounds,
-            "sent_pps": sent as f64 / secs, "echo_pps": echoes as f64 / secs,
-            "server_cpu": server_cpu,
-        })
-    );
-    Ok(())
+    let mut report = json!({
+        "mode": "seal-each", "packet_bytes": 20 + 8 + 64,
+        "duration_s": secs, "sent": sent, "send_failed": send_failed,
+        "seal_failed": seal_failed, "echoes": echoes, "rx_other": rx_other,
+        "rounds": rounds,
+        "sent_pps": sent as f64 / secs, "echo_pps": echoes as f64 / secs,
+    });
+    cpu.add_to(&mut report);
+    Ok(report)
 }
 
 /// Handshakes in a loop: `window` fresh clients in flight, each replaced by a new one (the
