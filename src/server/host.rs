@@ -89,6 +89,8 @@ impl Host {
             link::add_address(&dev, IpNet::V6(a6)).map_err(sys("setting the TUN IPv6 address"))?;
         }
         link::set_up(&dev, config.mtu as u32).map_err(sys("bringing the TUN up"))?;
+        link::set_tx_queue_len(&dev, crate::tunnel::egress_queue::TUN_TX_QUEUE_LEN)
+            .map_err(sys("setting the TUN's queue length"))?;
         let undo = Undo::apply(config)?;
         let sockets = bind_sockets(config, workers)?;
         if offloads {

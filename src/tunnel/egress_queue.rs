@@ -11,6 +11,14 @@ use super::ecn;
 use super::fq::{Dequeued, Dropped, FairQueue, FqConfig, FqConfigError, FqStats, Packet};
 use crate::proto::time::Instant;
 
+/// The TUN's `txqueuelen` the product sets: the kernel's ring of packets waiting for our reads,
+/// a plain FIFO in front of the fair queue. Its default, 500, is 750 KB of 1500-byte packets
+/// and up to 32 MB of 64 KB super-packets; since both ends keep reads armed and drain it into
+/// the fair queue each round, it only needs to absorb what arrives during one round of sealing
+/// (a few hundred microseconds): 256 is 384 KB of full-size packets, about 3 ms at 1 Gbit/s.
+/// Past it the kernel drops at the tail, which the senders see as loss, as from any router.
+pub const TUN_TX_QUEUE_LEN: u32 = 256;
+
 /// What the egress queue may hold and what may be in flight behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EgressLimits {
@@ -39,6 +47,51 @@ impl SendBudget {
     /// than the byte bound still leaves.
     pub const fn allows(&self, bytes: u64, sends: u32) -> bool {
         sends == 0 || (bytes < self.max_bytes && sends < self.max_sends)
+    }
+}
+
+/// With offloads, TUN reads queued at most: 32 super-packets, up to 2 MiB (below).
+const QUEUED_SUPER_PACKETS: u32 = 32;
+/// Without offloads, TUN reads queued at most (one packet each, 2 KiB slots).
+const QUEUED_PACKETS: u32 = 256;
+/// Bytes queued at most: about 16 ms at 1 Gbit/s. CoDel keeps the standing delay near its 5 ms
+/// target; this bound only caps a burst (RFC 8290 §4.1 bounds the queue in memory, not packets).
+const QUEUED_BYTES: u64 = 2 << 20;
+/// Bytes handed to the sockets and not yet completed at most: four super-packets. A send that
+/// the socket's buffer cannot take yet stays in flight; past this, packets wait in the fair
+/// queue instead of behind the socket. It also bounds the sealing done between two looks at
+/// the TUN reads that completed.
+const SEND_BYTES_IN_FLIGHT: u64 = 256 << 10;
+/// Slots with sends in flight at most: with offloads 16, without 64 (each send a packet).
+const SENDS_WITH_OFFLOADS: u32 = 16;
+const SENDS_WITHOUT_OFFLOADS: u32 = 64;
+
+impl EgressLimits {
+    /// The limits for TUN reads with offloads (super-packets) or without (one packet each).
+    pub fn for_reads(offloads: bool) -> EgressLimits {
+        let (queued_packets, max_packet, max_sends) = if offloads {
+            // A flow holding one super-packet behind its head has no standing queue.
+            (
+                QUEUED_SUPER_PACKETS,
+                super::REGION as u32,
+                SENDS_WITH_OFFLOADS,
+            )
+        } else {
+            (
+                QUEUED_PACKETS,
+                u32::from(crate::proto::constants::MAX_MTU),
+                SENDS_WITHOUT_OFFLOADS,
+            )
+        };
+        EgressLimits {
+            queued_packets,
+            queued_bytes: QUEUED_BYTES,
+            max_packet,
+            budget: SendBudget {
+                max_bytes: SEND_BYTES_IN_FLIGHT,
+                max_sends,
+            },
+        }
     }
 }
 
@@ -206,6 +259,14 @@ impl EgressQueue {
     pub fn completed(&mut self, bytes: u64) {
         self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
         self.in_flight_sends = self.in_flight_sends.saturating_sub(1);
+    }
+
+    /// Every send [`EgressQueue::sent`] counted completed: for a caller whose sends complete
+    /// as they are made (blocking `sendmsg`), which counts a round's sends as in flight until
+    /// it has looked at the TUN again, so a round seals a bounded amount.
+    pub fn all_completed(&mut self) {
+        self.in_flight_bytes = 0;
+        self.in_flight_sends = 0;
     }
 
     /// Packets queued.
