@@ -24,12 +24,12 @@ use concentrator::proto::constants::LIVENESS_PROBE_INTERVAL;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
 use concentrator::proto::session::Session;
-use concentrator::proto::wire::{AddressAssignment, PushConfig, TAG_LEN, TRANSPORT_HEADER_LEN};
+use concentrator::proto::wire::{AddressAssignment, PushConfig};
 use concentrator::sys::dns::{DnsError, DnsGuard};
 use concentrator::sys::link::{self, RouteGuard};
 use concentrator::sys::{clock, poll, signals, tun, udp};
 use concentrator::tunnel::ingress::{self, Offered, TunBatch};
-use concentrator::tunnel::{egress, REGION};
+use concentrator::tunnel::{egress_queue, REGION};
 
 /// Reads from one descriptor before looking at the other.
 const BURST: usize = 64;
@@ -97,6 +97,7 @@ fn bring_up(
         link::add_address(&name, IpNet::V6(net))?;
     }
     link::set_up(&name, a.mtu as u32)?;
+    link::set_tx_queue_len(&name, egress_queue::TUN_TX_QUEUE_LEN)?;
     let mut routes = RouteGuard::new();
     let server_pinned = config.covers_server(&config.tunnel_routes());
     if server_pinned {
@@ -120,7 +121,9 @@ fn bring_up(
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("tun-reader".into())
-            .spawn(move || read_tun(queue, socket, session, offloads, stop, sent_bytes))?
+            .spawn(move || {
+                super::upload::read_tun(queue, socket, session, offloads, stop, sent_bytes)
+            })?
     };
     tracing::info!(interface = %name, address = %v4, mtu = a.mtu, full_tunnel = config.full_tunnel, offloads, "tunnel up");
     Ok(Tunnel {
@@ -249,58 +252,6 @@ impl Tunnel {
             }
             Err(e) => {
                 tracing::warn!(dns = %list, error = %e, "could not set the pushed DNS servers")
-            }
-        }
-    }
-}
-
-/// The TUN reader: packets (or super-packets) out to the server, through the egress path the
-/// server uses too (`tunnel::egress`).
-fn read_tun(
-    queue: OwnedFd,
-    socket: UdpSocket,
-    session: Arc<Session>,
-    offloads: bool,
-    stop: Arc<AtomicBool>,
-    sent_bytes: Arc<AtomicU64>,
-) {
-    let mut input = vec![0u8; REGION];
-    let mut output = vec![0u8; REGION];
-    // Without offloads a packet is read where it is sealed, after the transport header's room.
-    let read_at = if offloads { 0 } else { TRANSPORT_HEADER_LEN };
-    let read_room = if offloads {
-        REGION
-    } else {
-        REGION - TRANSPORT_HEADER_LEN - TAG_LEN
-    };
-    while !stop.load(Ordering::Relaxed) {
-        let buf = if offloads { &mut input } else { &mut output };
-        let room = &mut buf[read_at..read_at + read_room];
-        let n = match tun::read_timeout(queue.as_fd(), room, Some(Duration::from_millis(200))) {
-            Ok(Some(n)) if n > 0 => n,
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "TUN read failed");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let now = clock::monotonic_now();
-        if !offloads {
-            if let Ok(len) = session.encrypt(&mut output, n, now) {
-                let _ = udp::send_segments(socket.as_fd(), &output[..len], None);
-                sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            continue;
-        }
-        let Ok(train) = egress::seal_super_packet(&input[..n], &mut output, &session, now) else {
-            continue;
-        };
-        sent_bytes.fetch_add(train.plaintext as u64, Ordering::Relaxed);
-        for send in train.sends(0) {
-            let bytes = &output[send.offset..send.offset + send.len];
-            if let Err(e) = udp::send_segments(socket.as_fd(), bytes, send.segment) {
-                tracing::debug!(error = %e, "send to server failed");
             }
         }
     }
