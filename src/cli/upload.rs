@@ -16,18 +16,16 @@ use concentrator::proto::rng::{OsRandom, Random};
 use concentrator::proto::session::Session;
 use concentrator::proto::time::Instant;
 use concentrator::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
-use concentrator::sys::{clock, tun, udp};
+use concentrator::sys::{clock, poll, tun, udp};
 use concentrator::tunnel::egress_queue::{self, EgressLimits, EgressQueue};
 use concentrator::tunnel::fq::{Dropped, FqStats};
 use concentrator::tunnel::{egress, REGION};
 
 /// How long the reader waits for the TUN when nothing is queued, so it notices `stop`.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
-/// How long a send waits for room in the socket's buffer before the datagram is dropped.
-const SEND_WAIT: Duration = Duration::from_millis(100);
 
-/// The reader's buffers: one more than the queue holds, so a read always has one to land in
-/// (the queue drops from its fattest flow to make room when full).
+/// The reader's buffers: two more than the queue holds, so a read always has one to land in
+/// (the queue drops from its fattest flow to make room when full) while a sealed one waits.
 struct Pool {
     bytes: Vec<u8>,
     size: usize,
@@ -110,7 +108,9 @@ pub(crate) fn read_tun(
         }
     };
     let layout = Layout::new(offloads);
-    let buffers = limits.queued_packets as usize + 1;
+    // One buffer more than the queue holds, for the read in hand, and one for a sealed
+    // datagram waiting for room in the socket.
+    let buffers = limits.queued_packets as usize + 2;
     let mut pool = Pool::new(buffers, layout.buffer_size());
     let mut output = vec![0u8; REGION];
     let mut dropped: Vec<Dropped> = Vec::with_capacity(buffers + 1);
@@ -119,21 +119,39 @@ pub(crate) fn read_tun(
         session: &session,
         output: &mut output,
         sent_bytes: &sent_bytes,
+        unsent: None,
     };
     while !stop.load(Ordering::Relaxed) {
-        drain_tun(&queue, &mut pool, &layout, &mut egress, &mut dropped);
+        if sender.unsent.is_some() {
+            // Wait for room in the socket, reading the TUN meanwhile.
+            let _ = poll::readable_or_writable(queue.as_fd(), socket.as_fd(), IDLE_WAIT);
+        }
+        drain_tun(
+            &queue,
+            &mut pool,
+            &layout,
+            &mut egress,
+            &mut dropped,
+            sender.unsent.is_some(),
+        );
+        if !sender.flush(&mut pool) {
+            continue;
+        }
         egress.all_completed();
         let now = clock::monotonic_now();
         while let Some(d) = egress.dequeue(now, &mut |d| dropped.push(d)) {
             pool.free.extend(dropped.drain(..).map(|d| d.packet.slot));
             let (index, n) = (d.packet.slot, d.packet.len as usize);
             let buf = pool.buffer(index);
-            let marked = !d.mark_ce || egress_queue::mark(&mut buf[layout.packet(n)]);
-            if marked {
-                let bytes = sender.seal_and_send(buf, n, &layout, now);
-                egress.sent(bytes as u64);
+            if d.mark_ce && !egress_queue::mark(&mut buf[layout.packet(n)]) {
+                pool.free.push(index);
+                continue;
             }
-            pool.free.push(index);
+            let bytes = sender.seal(buf, index, n, &layout, now);
+            egress.sent(bytes as u64);
+            if !sender.flush(&mut pool) {
+                break;
+            }
         }
         pool.free.extend(dropped.drain(..).map(|d| d.packet.slot));
     }
@@ -141,15 +159,17 @@ pub(crate) fn read_tun(
 }
 
 /// Reads what the TUN holds into the queue: waits for a first packet only when nothing is
-/// queued, and reads at most a pool's worth per round so that the queue gets sent from too.
+/// queued or waiting, and reads at most a pool's worth per round so that the queue gets
+/// sent from too.
 fn drain_tun(
     queue: &OwnedFd,
     pool: &mut Pool,
     layout: &Layout,
     egress: &mut EgressQueue,
     dropped: &mut Vec<Dropped>,
+    waiting: bool,
 ) {
-    let mut wait = if egress.is_empty() {
+    let mut wait = if egress.is_empty() && !waiting {
         IDLE_WAIT
     } else {
         Duration::ZERO
@@ -178,54 +198,99 @@ fn drain_tun(
     }
 }
 
+/// Sends of sealed datagrams not yet taken by the socket: from the pool buffer they were
+/// sealed in (without offloads) or from the output buffer (a train), the next one first.
+struct Unsent {
+    /// The pool buffer holding them, or the one to free once they are sent.
+    buffer: u32,
+    /// They are in the pool buffer, not in the output.
+    in_buffer: bool,
+    sends: [Option<egress::GsoSend>; MAX_SENDS_PER_TRAIN],
+    next: usize,
+}
+
+/// Sends one train needs at most: a 64 KiB super-packet cut into at most 128 segments
+/// (`tunnel::REGION`), at most 64 per send (`egress::SEGMENTS_PER_SEND`), or 64 KiB per send.
+const MAX_SENDS_PER_TRAIN: usize = 4;
+
 /// Seals and sends what the queue lets out.
 struct Sender<'a> {
     socket: &'a UdpSocket,
     session: &'a Session,
     output: &'a mut [u8],
     sent_bytes: &'a AtomicU64,
+    unsent: Option<Unsent>,
 }
 
 impl Sender<'_> {
-    /// Seals the read of `n` bytes in `buf` and sends it; the bytes handed to the socket.
-    fn seal_and_send(&mut self, buf: &mut [u8], n: usize, layout: &Layout, now: Instant) -> usize {
+    /// Seals the read of `n` bytes in pool buffer `index` (`buf`) into sends waiting in
+    /// [`Sender::unsent`]; the bytes sealed.
+    fn seal(
+        &mut self,
+        buf: &mut [u8],
+        index: u32,
+        n: usize,
+        layout: &Layout,
+        now: Instant,
+    ) -> usize {
+        let mut unsent = Unsent {
+            buffer: index,
+            in_buffer: !layout.offloads,
+            sends: [None; MAX_SENDS_PER_TRAIN],
+            next: 0,
+        };
         if !layout.offloads {
             let Ok(len) = self.session.encrypt(buf, n, now) else {
+                self.unsent = Some(unsent);
                 return 0;
             };
-            self.send(&buf[..len], None);
+            unsent.sends[0] = Some(egress::GsoSend {
+                offset: 0,
+                len,
+                segment: None,
+                datagrams: 1,
+            });
             self.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            self.unsent = Some(unsent);
             return len;
         }
-        let Ok(train) = egress::seal_super_packet(&buf[..n], self.output, self.session, now) else {
-            return 0;
-        };
-        self.sent_bytes
-            .fetch_add(train.plaintext as u64, Ordering::Relaxed);
-        for send in train.sends(0) {
-            let bytes = &self.output[send.offset..send.offset + send.len];
-            self.send(bytes, send.segment);
+        if let Ok(train) = egress::seal_super_packet(&buf[..n], self.output, self.session, now) {
+            for (slot, send) in unsent.sends.iter_mut().zip(train.sends(0)) {
+                *slot = Some(send);
+            }
+            self.sent_bytes
+                .fetch_add(train.plaintext as u64, Ordering::Relaxed);
+            self.unsent = Some(unsent);
+            return train.end;
         }
-        train.end
+        self.unsent = Some(unsent);
+        0
     }
 
-    /// One send; when the socket's buffer is full, waits for room a while (the queue in front
-    /// keeps the backlog, where CoDel sees it), then gives up on the datagram.
-    fn send(&self, bytes: &[u8], segment: Option<u16>) {
+    /// Sends what waits; true when nothing is left (its buffer back in the pool), false when
+    /// the socket's buffer is full (the rest waits for room; the queue keeps the backlog, where
+    /// CoDel sees it).
+    fn flush(&mut self, pool: &mut Pool) -> bool {
+        let Some(unsent) = self.unsent.as_mut() else {
+            return true;
+        };
         let fd = self.socket.as_fd();
-        for _ in 0..2 {
-            match udp::send_segments(fd, bytes, segment) {
-                Ok(_) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let _ = tun::poll_fd(fd, libc::POLLOUT, Some(SEND_WAIT));
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "send to server failed");
-                    return;
-                }
+        while let Some(send) = unsent.sends.get(unsent.next).copied().flatten() {
+            let bytes = if unsent.in_buffer {
+                &pool.buffer(unsent.buffer)[send.offset..send.offset + send.len]
+            } else {
+                &self.output[send.offset..send.offset + send.len]
+            };
+            match udp::send_segments(fd, bytes, send.segment) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) => tracing::debug!(error = %e, "send to server failed"),
             }
+            unsent.next += 1;
         }
-        tracing::debug!("the socket's send buffer stayed full; datagram dropped");
+        pool.free.push(unsent.buffer);
+        self.unsent = None;
+        true
     }
 }
 
