@@ -257,7 +257,7 @@ fn metrics_pass_promtool() {
     let mut lab = Lab::new(LabConfig::with_clients(1));
     add_server_settings(
         &lab,
-        "metrics_listen = \"127.0.0.1:9586\"\nmetrics_per_peer = true",
+        "metrics_listen = \"127.0.0.1:9586\"\nmetrics_per_peer = true\nfair_queue = true",
     );
     lab.up();
     let c1 = lab.client_ns[0].clone();

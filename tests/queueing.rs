@@ -40,6 +40,17 @@ fn slow_underlay(lab: &Lab, ns: &str, dst: &str) {
     );
 }
 
+/// A lab of one client with the fair queue on at both ends (it is off by default).
+fn lab_with_fair_queues() -> Lab {
+    let mut lab = Lab::new(LabConfig::with_clients(1));
+    lab.add_server_settings("fair_queue = true");
+    let client = lab.dir().join("c1.toml");
+    let text = std::fs::read_to_string(&client).expect("client config");
+    std::fs::write(&client, format!("{text}fair_queue = true\n")).expect("client config");
+    lab.up();
+    lab
+}
+
 /// A worker's egress-queue counter from `show --json`, summed over the workers.
 fn queue(show: &serde_json::Value, name: &str) -> u64 {
     show["workers"]
@@ -60,8 +71,7 @@ fn a_download_flood_stands_in_the_servers_queue_and_is_marked_or_dropped() {
     if !lab_or_skip(name) || !tools_or_skip(name, &["iperf3", "tc"]) {
         return;
     }
-    let mut lab = Lab::new(LabConfig::with_clients(1));
-    lab.up();
+    let mut lab = lab_with_fair_queues();
     let srv = lab.server_ns.clone();
     slow_underlay(&lab, &srv, &lab.client_underlay(0).0);
 
@@ -132,8 +142,7 @@ fn an_upload_flood_stands_in_the_clients_queue_and_is_marked() {
     if !lab_or_skip(name) || !tools_or_skip(name, &["iperf3", "tc"]) {
         return;
     }
-    let mut lab = Lab::new(LabConfig::with_clients(1));
-    lab.up();
+    let mut lab = lab_with_fair_queues();
     let client = lab.client_ns[0].clone();
     slow_underlay(&lab, &client, lab.server_underlay());
     let flood = ["-u", "-b", "55M", "-l", "1300", "--tos", "2"];

@@ -97,7 +97,9 @@ fn bring_up(
         link::add_address(&name, IpNet::V6(net))?;
     }
     link::set_up(&name, a.mtu as u32)?;
-    link::set_tx_queue_len(&name, egress_queue::TUN_TX_QUEUE_LEN)?;
+    if config.fair_queue {
+        link::set_tx_queue_len(&name, egress_queue::TUN_TX_QUEUE_LEN)?;
+    }
     let mut routes = RouteGuard::new();
     let server_pinned = config.covers_server(&config.tunnel_routes());
     if server_pinned {
@@ -119,10 +121,13 @@ fn bring_up(
         let queue = queue.try_clone().context("duplicating the TUN queue")?;
         let socket = socket.try_clone().context("duplicating the UDP socket")?;
         let stop = stop.clone();
+        let fair_queue = config.fair_queue;
         std::thread::Builder::new()
             .name("tun-reader".into())
             .spawn(move || {
-                super::upload::read_tun(queue, socket, session, offloads, stop, sent_bytes)
+                super::upload::read_tun(
+                    queue, socket, session, offloads, fair_queue, stop, sent_bytes,
+                )
             })?
     };
     tracing::info!(interface = %name, address = %v4, mtu = a.mtu, full_tunnel = config.full_tunnel, offloads, "tunnel up");
@@ -257,7 +262,7 @@ impl Tunnel {
     }
 }
 
-fn underlay_socket(server: SocketAddr, offloads: bool) -> Result<UdpSocket> {
+fn underlay_socket(server: SocketAddr, offloads: bool, fair_queue: bool) -> Result<UdpSocket> {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {
@@ -270,6 +275,9 @@ fn underlay_socket(server: SocketAddr, offloads: bool) -> Result<UdpSocket> {
     // The default receive buffer (rmem_default, ~208 KiB) overflows under a burst from the
     // server (a GSO train or a TUN batch): raise it as the server does for its sockets.
     udp::raise_buffers(&s);
+    if fair_queue {
+        udp::set_send_buffer(&s, egress_queue::SOCKET_SEND_BUFFER);
+    }
     if offloads {
         if let Err(e) = udp::set_udp_gro(s.as_fd(), true) {
             tracing::warn!(error = %e, "UDP GRO unavailable");
@@ -293,7 +301,7 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
     }
     let offloads = config.offloads && !no_offloads;
     signals::block();
-    let socket = underlay_socket(config.server_endpoint, offloads)?;
+    let socket = underlay_socket(config.server_endpoint, offloads, config.fair_queue)?;
     let now = clock::monotonic_now();
     let psk = config
         .preshared_key

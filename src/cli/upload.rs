@@ -96,6 +96,7 @@ pub(crate) fn read_tun(
     socket: UdpSocket,
     session: Arc<Session>,
     offloads: bool,
+    fair_queue: bool,
     stop: Arc<AtomicBool>,
     sent_bytes: Arc<AtomicU64>,
 ) {
@@ -112,6 +113,9 @@ pub(crate) fn read_tun(
     // datagram waiting for room in the socket.
     let buffers = limits.queued_packets as usize + 2;
     let mut pool = Pool::new(buffers, layout.buffer_size());
+    // Without the fair queue, one read per round: each is sealed and sent before the next, and
+    // the kernel's TUN ring is the only queue.
+    let reads_per_round = if fair_queue { buffers } else { 1 };
     let mut output = vec![0u8; REGION];
     let mut dropped: Vec<Dropped> = Vec::with_capacity(buffers + 1);
     let mut sender = Sender {
@@ -126,14 +130,11 @@ pub(crate) fn read_tun(
             // Wait for room in the socket, reading the TUN meanwhile.
             let _ = poll::readable_or_writable(queue.as_fd(), socket.as_fd(), IDLE_WAIT);
         }
-        drain_tun(
-            &queue,
-            &mut pool,
-            &layout,
-            &mut egress,
-            &mut dropped,
-            sender.unsent.is_some(),
-        );
+        let reads = Reads {
+            most: reads_per_round,
+            waiting: sender.unsent.is_some(),
+        };
+        drain_tun(&queue, &mut pool, &layout, &mut egress, &mut dropped, reads);
         if !sender.flush(&mut pool) {
             continue;
         }
@@ -158,6 +159,14 @@ pub(crate) fn read_tun(
     log_queue(egress.stats());
 }
 
+/// How [`drain_tun`] reads in a round.
+struct Reads {
+    /// At most this many.
+    most: usize,
+    /// A sealed datagram waits for room in the socket: do not wait for the TUN.
+    waiting: bool,
+}
+
 /// Reads what the TUN holds into the queue: waits for a first packet only when nothing is
 /// queued or waiting, and reads at most a pool's worth per round so that the queue gets
 /// sent from too.
@@ -167,14 +176,14 @@ fn drain_tun(
     layout: &Layout,
     egress: &mut EgressQueue,
     dropped: &mut Vec<Dropped>,
-    waiting: bool,
+    reads: Reads,
 ) {
-    let mut wait = if egress.is_empty() && !waiting {
+    let mut wait = if egress.is_empty() && !reads.waiting {
         IDLE_WAIT
     } else {
         Duration::ZERO
     };
-    for _ in 0..pool.bytes.len() / pool.size {
+    for _ in 0..reads.most {
         let Some(index) = pool.free.pop() else { break };
         let room = &mut pool.buffer(index)[layout.read_at..layout.read_at + layout.read_room];
         let n = match tun::read_timeout(queue.as_fd(), room, Some(wait)) {

@@ -8,15 +8,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use super::cmsg::{parse_gro_cmsg, write_segment_cmsg, CMSG_SPACE, UDP_GRO, UDP_SEGMENT};
 use super::error::SysError;
 
-/// Receive buffer size asked for (best effort).
+/// Socket buffer size asked for (best effort).
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
-/// A socket's send buffer: what it may hold in the kernel below it (the qdisc, the device's
-/// ring) until transmitted, in bytes, so it is the socket path's bound on bytes in flight. The
-/// kernel doubles the value for its bookkeeping (socket(7), `SO_SNDBUF`): 512 KiB of buffers
-/// (about 200 datagrams of full size), 0.4 ms at 10 Gbit/s, 40 ms at 100 Mbit/s. A larger one lets a slow link's
-/// qdisc hold a standing queue behind the send, where the product's fair queue cannot act;
-/// with this one, sends wait for room instead and the backlog stays in the fair queue.
-pub const SEND_BUFFER: libc::c_int = 256 << 10;
 
 /// Binds a non-blocking, close-on-exec UDP socket to `addr` with `SO_REUSEPORT` and
 /// `SO_REUSEADDR`, so several workers can share the port. IPv6 sockets are `IPV6_V6ONLY`,
@@ -74,16 +67,25 @@ fn bind_fd(fd: &OwnedFd, addr: &SocketAddr) -> Result<(), SysError> {
     })
 }
 
-/// Sets `SO_RCVBUF` to 4 MiB and `SO_SNDBUF` to [`SEND_BUFFER`]: the `*FORCE` variants when
-/// privileged, else the plain ones (capped by `net.core.[rw]mem_max`). Failures are ignored.
+/// Raises `SO_RCVBUF`/`SO_SNDBUF` to 4 MiB: the `*FORCE` variants when privileged, else
+/// the plain ones (capped by `net.core.[rw]mem_max`). Failures are ignored.
 pub fn raise_buffers(fd: &impl AsRawFd) {
-    for (force, plain, size) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, SOCKET_BUFFER),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SEND_BUFFER),
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
-        if setsockopt_int(fd, libc::SOL_SOCKET, force, size).is_err() {
-            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, size);
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
         }
+    }
+}
+
+/// Sets `SO_SNDBUF` to `bytes` (`SO_SNDBUFFORCE` when privileged, else the plain option,
+/// capped by `net.core.wmem_max`); the kernel doubles it for its bookkeeping (socket(7)).
+/// Failures are ignored.
+pub fn set_send_buffer(fd: &impl AsRawFd, bytes: libc::c_int) {
+    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, bytes).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes);
     }
 }
 

@@ -18,7 +18,11 @@ use super::worker::{Outcome, Worker, TUN_READS_IN_FLIGHT};
 
 /// TUN slots of a worker: the reads kept armed, plus what the queue and the sends may hold,
 /// so that at least [`TUN_READS_IN_FLIGHT`] reads stay armed however full the queue is.
-pub(super) fn tun_slot_count(offloads: bool) -> usize {
+/// Without the queue, only the reads.
+pub(super) fn tun_slot_count(offloads: bool, fair_queue: bool) -> usize {
+    if !fair_queue {
+        return TUN_READS_IN_FLIGHT;
+    }
     let l = EgressLimits::for_reads(offloads);
     TUN_READS_IN_FLIGHT + l.queued_packets as usize + l.budget.max_sends as usize
 }

@@ -118,6 +118,8 @@ pub struct WorkerContext {
     /// The cookie secrets, kept current by the control thread: under load, workers answer
     /// initiations without a valid mac2 themselves.
     pub cookie_secrets: SharedCookieSecrets,
+    /// TUN reads go through the egress queue (`queueing`) rather than being sealed at once.
+    pub fair_queue: bool,
     /// The TUN queue carries virtio headers (super-packets) and the sockets use UDP GRO/GSO.
     pub offloads: bool,
     /// The super-packets the TUN takes in writes (the offloads it accepted): packets of
@@ -191,7 +193,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         }
     }
     let sockets: Vec<_> = ctx.sockets.iter().map(|s| s.as_raw_fd()).collect();
-    let tun_slots = tun_slot_count(ctx.offloads);
+    let tun_slots = tun_slot_count(ctx.offloads, ctx.fair_queue);
     let slots = tun_slots + RECVS_IN_FLIGHT * ctx.sockets.len();
     let (slot_bytes, ops) = if ctx.offloads {
         (2 * REGION, OPS_PER_SLOT)
@@ -431,7 +433,15 @@ impl Worker {
         };
         match c.op {
             // Sealed and sent when the egress queue lets it out (`drain_egress_queue`).
-            Op::Read => self.queue_tun_read(c.slot, n, now),
+            Op::Read if self.ctx.fair_queue => self.queue_tun_read(c.slot, n, now),
+            Op::Read => match self.egress(c.slot, n, now, table, guard) {
+                Ok(Outcome::Queued) => {}
+                Ok(Outcome::Consumed) => self.rearm(c.slot),
+                Err(why) => {
+                    self.counters.drop(why);
+                    self.rearm(c.slot);
+                }
+            },
             Op::Recv => match self.ingress(c.slot, n, now, table, guard) {
                 Ok(Outcome::Queued) => {}
                 Ok(Outcome::Consumed) => self.rearm(c.slot),
@@ -508,6 +518,7 @@ mod tests {
             load: Arc::default(),
             cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),
             offloads,
+            fair_queue: true,
             gso_types: crate::offload::coalesce::GsoTypes::NONE,
             panic_after_packets: None,
         };
