@@ -110,12 +110,15 @@ pub(crate) fn read_tun(
     };
     let layout = Layout::new(offloads);
     // One buffer more than the queue holds, for the read in hand, and one for a sealed
-    // datagram waiting for room in the socket.
-    let buffers = limits.queued_packets as usize + 2;
+    // datagram waiting for room in the socket. Without the fair queue, one read per round:
+    // each is sealed and sent before the next, and the kernel's TUN ring is the only queue.
+    let (buffers, reads_per_round) = if fair_queue {
+        let buffers = limits.queued_packets as usize + 2;
+        (buffers, buffers)
+    } else {
+        (3, 1)
+    };
     let mut pool = Pool::new(buffers, layout.buffer_size());
-    // Without the fair queue, one read per round: each is sealed and sent before the next, and
-    // the kernel's TUN ring is the only queue.
-    let reads_per_round = if fair_queue { buffers } else { 1 };
     let mut output = vec![0u8; REGION];
     let mut dropped: Vec<Dropped> = Vec::with_capacity(buffers + 1);
     let mut sender = Sender {
