@@ -9,7 +9,6 @@ use crate::offload::vnet::VNET_HDR_LEN;
 use crate::proto::time::Instant;
 use crate::proto::wire::TRANSPORT_HEADER_LEN;
 use crate::server::session_table::{TableGuard, TableSnapshot};
-use crate::sys::clock::monotonic_now;
 use crate::tunnel::egress_queue::{self, EgressLimits};
 use crate::tunnel::fq::{DropCause, Dropped};
 
@@ -44,12 +43,17 @@ impl Worker {
         self.give_back_dropped();
     }
 
-    /// Seals and sends from the queue, in its order, while the send budget allows.
-    pub(super) fn drain_egress_queue(&mut self, table: &TableSnapshot, guard: &TableGuard<'_>) {
+    /// Seals and sends from the queue, in its order, while the send budget allows; `now` is
+    /// the time after the batch's completions (the queue's sojourn times end there).
+    pub(super) fn drain_egress_queue(
+        &mut self,
+        now: Instant,
+        table: &TableSnapshot,
+        guard: &TableGuard<'_>,
+    ) {
         if self.egress_queue.is_empty() {
             return;
         }
-        let now = monotonic_now();
         loop {
             let dropped = &mut self.queue_dropped;
             let next = self

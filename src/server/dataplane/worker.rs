@@ -363,7 +363,9 @@ impl Worker {
             for c in &batch {
                 self.complete(c, now, &snapshot, &guard);
             }
-            self.drain_egress_queue(&snapshot, &guard);
+            if !self.egress_queue.is_empty() {
+                self.drain_egress_queue(monotonic_now(), &snapshot, &guard);
+            }
             drop(guard);
             drop(snapshot);
             let packets =
@@ -621,6 +623,58 @@ mod tests {
         w.rearm_unarmed();
         assert!(w.unarmed.is_empty());
         assert!(w.ring.buffer(0).is_none(), "slot 0 has its read queued");
+    }
+
+    #[test]
+    fn a_queued_tun_read_is_sealed_and_sent_when_the_queue_is_drained() {
+        let mut w = worker();
+        assert!(w.ctx.fair_queue);
+        let n = tun_packet(&mut w, 0);
+        w.queue_tun_read(0, n, Instant::from_nanos(2));
+        assert_eq!(w.egress_queue.len(), 1);
+        assert_eq!(w.counters.udp_tx_packets, 0, "queued, not sent yet");
+        let snapshot = w.ctx.table.snapshot();
+        let guard = snapshot.guard();
+        w.drain_egress_queue(Instant::from_nanos(3), &snapshot, &guard);
+        drop(guard);
+        assert!(w.egress_queue.is_empty());
+        assert_eq!(w.counters.udp_tx_packets, 1);
+        assert_eq!(w.egress_queue.sends_in_flight(), 1);
+        assert_eq!(
+            w.send_bytes[0], n as u64,
+            "the send counts against the budget"
+        );
+        w.tun_sends_done(0);
+        assert_eq!(w.egress_queue.sends_in_flight(), 0);
+    }
+
+    #[test]
+    fn slots_the_full_queue_drops_are_read_into_again() {
+        let mut w = worker();
+        let limit = crate::tunnel::egress_queue::EgressLimits::for_reads(false).queued_packets;
+        assert!(
+            limit < w.tun_slots,
+            "room for a read beyond the queue's limit"
+        );
+        for slot in 0..=limit {
+            let n = tun_packet(&mut w, slot);
+            w.queue_tun_read(slot, n, Instant::from_nanos(2));
+        }
+        let stats = *w.egress_queue.stats();
+        assert!(stats.overflow_drops > 0, "{stats:?}");
+        assert_eq!(
+            w.egress_queue.len() as u64 + stats.overflow_drops,
+            u64::from(limit) + 1
+        );
+        // One flow: the oldest were dropped, and their slots have reads armed again.
+        for slot in 0..stats.overflow_drops as u32 {
+            assert!(w.ring.buffer(slot).is_none(), "slot {slot} not re-armed");
+        }
+        assert!(
+            w.ring.buffer(limit).is_some(),
+            "the newest read is still queued"
+        );
+        assert!(w.queue_dropped.is_empty());
     }
 
     #[test]
