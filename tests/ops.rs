@@ -220,7 +220,9 @@ fn metrics_pass_promtool() {
     let Some(mut lab) = new_lab_or_skip("metrics_pass_promtool", LabConfig::with_clients(1)) else {
         return;
     };
-    lab.add_server_settings("metrics_listen = \"127.0.0.1:9586\"\nmetrics_per_peer = true");
+    lab.add_server_settings(
+        "metrics_listen = \"127.0.0.1:9586\"\nmetrics_per_peer = true\nfair_queue = true",
+    );
     lab.up();
     let c1 = lab.client_ns[0].clone();
     lab.ping_ok(&c1, BACKEND, 5);
@@ -238,6 +240,9 @@ fn metrics_pass_promtool() {
         "concentrator_packet_latency_seconds_bucket{worker=\"0\",le=\"0.001\"}",
         "concentrator_handshake_latency_seconds_count 1",
         "concentrator_peer_rx_bytes_total{public_key=",
+        "concentrator_egress_queue_drops_total{worker=\"0\",cause=\"aqm\"}",
+        "concentrator_egress_queue_ce_marks_total{worker=\"0\"}",
+        "concentrator_egress_queue_delay_seconds_bucket{worker=\"0\",le=\"0.001024\"}",
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
@@ -250,6 +255,14 @@ fn metrics_pass_promtool() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(udp_rx >= 5.0, "{text}");
+    // The echo replies came out of the TUN, so through the worker's egress queue.
+    let queued: f64 = text
+        .lines()
+        .find(|l| l.starts_with("concentrator_egress_queue_packets_total{worker=\"0\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(queued >= 5.0, "{text}");
     if tools_or_skip("metrics_pass_promtool (promtool part)", &["promtool"]) {
         let out = cmd::run(
             &["promtool", "check", "metrics"],

@@ -604,15 +604,16 @@ impl Iperf<'_> {
         Ok(v)
     }
 
-    fn background_client(&mut self, seconds: u64) -> Result<(Proc, Proc)> {
+    /// An iperf3 TCP client in the background for `seconds`, with `extra` arguments (`-P 4`
+    /// streams, `-R` for a download).
+    fn background_client(&mut self, seconds: u64, extra: &[&str]) -> Result<(Proc, Proc)> {
         let (server, port) = self.start_server(BACKEND)?;
         let t = seconds.to_string();
-        let c = self.lab.spawn(
-            &self.lab.client,
-            &format!("iperf3-load-{port}"),
-            &["iperf3", "-c", BACKEND, "-p", &port, "-t", &t, "-J"],
-            &[],
-        )?;
+        let mut args = vec!["iperf3", "-c", BACKEND, "-p", &port, "-t", &t, "-J"];
+        args.extend_from_slice(extra);
+        let c = self
+            .lab
+            .spawn(&self.lab.client, &format!("iperf3-load-{port}"), &args, &[])?;
         Ok((server, c))
     }
 }
@@ -714,19 +715,32 @@ fn e2e(
     latency_metrics(metrics, "rtt idle", s, &p);
     extra.insert(format!("{s}/rtt idle"), json!({"percentiles": p.to_json(), "lost": v["lost"], "histogram_v2": report::histogram_to_base64(&h)}));
 
-    check_interrupted()?;
-    progress(&format!(
-        "{s}: latency under load (iperf3 TCP 1 stream up meanwhile)"
-    ));
-    let load_secs = plan.probes / 1000 + 3;
-    let (mut srv, mut load) = iperf.background_client(load_secs)?;
-    std::thread::sleep(Duration::from_millis(1000));
-    let v = pingpong(lab, plan.probes, 1000)?;
-    load.wait(Duration::from_secs(load_secs + 20));
-    srv.wait(Duration::from_secs(5));
-    let (p, h) = percentiles_from(&v)?;
-    latency_metrics(metrics, "rtt loaded", s, &p);
-    extra.insert(format!("{s}/rtt loaded"), json!({"percentiles": p.to_json(), "lost": v["lost"], "histogram_v2": report::histogram_to_base64(&h)}));
+    // Round-trip latency while TCP streams fill the tunnel one way or the other: the queues
+    // in the path show here (a bulk flow's backlog in front of the probes).
+    for (label, what, args) in [
+        ("rtt loaded", "1 stream up", &[][..]),
+        ("rtt loaded 4 up", "4 streams up", &["-P", "4"][..]),
+        ("rtt loaded 1 down", "1 stream down", &["-R"][..]),
+        (
+            "rtt loaded 4 down",
+            "4 streams down",
+            &["-P", "4", "-R"][..],
+        ),
+    ] {
+        check_interrupted()?;
+        progress(&format!(
+            "{s}: latency under load (iperf3 TCP {what} meanwhile)"
+        ));
+        let load_secs = plan.probes / 1000 + 3;
+        let (mut srv, mut load) = iperf.background_client(load_secs, args)?;
+        std::thread::sleep(Duration::from_millis(1000));
+        let v = pingpong(lab, plan.probes, 1000)?;
+        load.wait(Duration::from_secs(load_secs + 20));
+        srv.wait(Duration::from_secs(5));
+        let (p, h) = percentiles_from(&v)?;
+        latency_metrics(metrics, label, s, &p);
+        extra.insert(format!("{s}/{label}"), json!({"percentiles": p.to_json(), "lost": v["lost"], "histogram_v2": report::histogram_to_base64(&h)}));
+    }
     Ok(())
 }
 

@@ -24,12 +24,12 @@ use concentrator::proto::constants::LIVENESS_PROBE_INTERVAL;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
 use concentrator::proto::session::Session;
-use concentrator::proto::wire::{AddressAssignment, PushConfig, TAG_LEN, TRANSPORT_HEADER_LEN};
+use concentrator::proto::wire::{AddressAssignment, PushConfig};
 use concentrator::sys::dns::{DnsError, DnsGuard};
 use concentrator::sys::link::{self, RouteGuard};
 use concentrator::sys::{clock, poll, signals, tun, udp};
 use concentrator::tunnel::ingress::{self, Offered, TunBatch};
-use concentrator::tunnel::{egress, REGION};
+use concentrator::tunnel::{egress_queue, REGION};
 
 /// Reads from one descriptor before looking at the other.
 const BURST: usize = 64;
@@ -97,6 +97,9 @@ fn bring_up(
         link::add_address(&name, IpNet::V6(net))?;
     }
     link::set_up(&name, a.mtu as u32)?;
+    if config.fair_queue {
+        link::set_tx_queue_len(&name, egress_queue::TUN_TX_QUEUE_LEN)?;
+    }
     let mut routes = RouteGuard::new();
     let server_pinned = config.covers_server(&config.tunnel_routes());
     if server_pinned {
@@ -118,9 +121,14 @@ fn bring_up(
         let queue = queue.try_clone().context("duplicating the TUN queue")?;
         let socket = socket.try_clone().context("duplicating the UDP socket")?;
         let stop = stop.clone();
+        let fair_queue = config.fair_queue;
         std::thread::Builder::new()
             .name("tun-reader".into())
-            .spawn(move || read_tun(queue, socket, session, offloads, stop, sent_bytes))?
+            .spawn(move || {
+                super::upload::read_tun(
+                    queue, socket, session, offloads, fair_queue, stop, sent_bytes,
+                )
+            })?
     };
     tracing::info!(interface = %name, address = %v4, mtu = a.mtu, full_tunnel = config.full_tunnel, offloads, "tunnel up");
     Ok(Tunnel {
@@ -254,59 +262,7 @@ impl Tunnel {
     }
 }
 
-/// The TUN reader: packets (or super-packets) out to the server, through the egress path the
-/// server uses too (`tunnel::egress`).
-fn read_tun(
-    queue: OwnedFd,
-    socket: UdpSocket,
-    session: Arc<Session>,
-    offloads: bool,
-    stop: Arc<AtomicBool>,
-    sent_bytes: Arc<AtomicU64>,
-) {
-    let mut input = vec![0u8; REGION];
-    let mut output = vec![0u8; REGION];
-    // Without offloads a packet is read where it is sealed, after the transport header's room.
-    let read_at = if offloads { 0 } else { TRANSPORT_HEADER_LEN };
-    let read_room = if offloads {
-        REGION
-    } else {
-        REGION - TRANSPORT_HEADER_LEN - TAG_LEN
-    };
-    while !stop.load(Ordering::Relaxed) {
-        let buf = if offloads { &mut input } else { &mut output };
-        let room = &mut buf[read_at..read_at + read_room];
-        let n = match tun::read_timeout(queue.as_fd(), room, Some(Duration::from_millis(200))) {
-            Ok(Some(n)) if n > 0 => n,
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "TUN read failed");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let now = clock::monotonic_now();
-        if !offloads {
-            if let Ok(len) = session.encrypt(&mut output, n, now) {
-                let _ = udp::send_segments(socket.as_fd(), &output[..len], None);
-                sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            continue;
-        }
-        let Ok(train) = egress::seal_super_packet(&input[..n], &mut output, &session, now) else {
-            continue;
-        };
-        sent_bytes.fetch_add(train.plaintext as u64, Ordering::Relaxed);
-        for send in train.sends(0) {
-            let bytes = &output[send.offset..send.offset + send.len];
-            if let Err(e) = udp::send_segments(socket.as_fd(), bytes, send.segment) {
-                tracing::debug!(error = %e, "send to server failed");
-            }
-        }
-    }
-}
-
-fn underlay_socket(server: SocketAddr, offloads: bool) -> Result<UdpSocket> {
+fn underlay_socket(server: SocketAddr, offloads: bool, fair_queue: bool) -> Result<UdpSocket> {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {
@@ -319,6 +275,9 @@ fn underlay_socket(server: SocketAddr, offloads: bool) -> Result<UdpSocket> {
     // The default receive buffer (rmem_default, ~208 KiB) overflows under a burst from the
     // server (a GSO train or a TUN batch): raise it as the server does for its sockets.
     udp::raise_buffers(&s);
+    if fair_queue {
+        udp::set_send_buffer(&s, egress_queue::SOCKET_SEND_BUFFER);
+    }
     if offloads {
         if let Err(e) = udp::set_udp_gro(s.as_fd(), true) {
             tracing::warn!(error = %e, "UDP GRO unavailable");
@@ -342,7 +301,7 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
     }
     let offloads = config.offloads && !no_offloads;
     signals::block();
-    let socket = underlay_socket(config.server_endpoint, offloads)?;
+    let socket = underlay_socket(config.server_endpoint, offloads, config.fair_queue)?;
     let now = clock::monotonic_now();
     let psk = config
         .preshared_key

@@ -10,3 +10,4 @@ pub mod reload;
 pub mod save;
 pub mod serve;
 pub mod show;
+mod upload;

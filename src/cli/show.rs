@@ -136,6 +136,23 @@ pub fn render(v: &ShowReply) -> String {
         );
         let _ = writeln!(o, "  drops: {}{}", w.drops_total, nonzero(&w.drops));
         let _ = writeln!(o, "  latency: {}", latency(&w.latency));
+        let q = &w.queue;
+        let _ = writeln!(
+            o,
+            "  queue: {} queued ({}), {} marked CE, {} dropped by AQM, {} by overflow; \
+             delay mean {} p99 < {} max {}; backlog {} ({} packets), peak {}",
+            q.queued_packets,
+            bytes(q.queued_bytes),
+            q.ce_marks,
+            q.aqm_drops,
+            q.overflow_drops,
+            ns(q.delay_mean_ns),
+            ns(q.delay_p99_ns),
+            ns(q.delay_max_ns),
+            bytes(q.backlog_bytes),
+            q.backlog_packets,
+            bytes(q.peak_backlog_bytes)
+        );
     }
     if let Some(r) = &v.registry {
         let state = if r.connected {

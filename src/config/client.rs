@@ -32,6 +32,7 @@ struct RawClient {
     persistent_keepalive: Option<i64>,
     tun_name: Option<String>,
     offloads: Option<bool>,
+    fair_queue: Option<bool>,
 }
 
 /// The client's configuration, resolved and validated.
@@ -63,6 +64,10 @@ pub struct ClientConfig {
     pub tun_name: String,
     /// Whether TUN/UDP offloads may be used (false is the kill switch).
     pub offloads: bool,
+    /// Whether uploads go through the per-flow fair queue with CoDel (`tunnel::egress_queue`);
+    /// off, each TUN read is sealed and sent before the next. Default off: see
+    /// docs/benchmarks.md.
+    pub fair_queue: bool,
 }
 
 /// The routes of a full tunnel: both halves of each address space, so they win over the default
@@ -368,6 +373,7 @@ fn validate(
             .then(|| Duration::from_secs(persistent_keepalive as u64)),
         tun_name,
         offloads: raw.offloads.unwrap_or(true),
+        fair_queue: raw.fair_queue.unwrap_or(false),
     })
 }
 
@@ -402,7 +408,7 @@ mod tests {
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(c.persistent_keepalive, Some(Duration::from_secs(25)));
         assert_eq!(c.tun_name, "ctrc%d");
-        assert!(c.offloads && !c.full_tunnel && c.preshared_key.is_none());
+        assert!(c.offloads && !c.fair_queue && !c.full_tunnel && c.preshared_key.is_none());
         assert_eq!(c.server_public_key.as_bytes(), &[9; 32]);
         assert_eq!(*c.private_key.to_bytes(), [5; 32]);
         assert_eq!(

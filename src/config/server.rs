@@ -41,6 +41,7 @@ struct RawServer {
     nat: Option<String>,
     nat6: Option<String>,
     offloads: Option<bool>,
+    fair_queue: Option<bool>,
     mss_clamp: Option<bool>,
     tun_name: Option<String>,
     control_socket: Option<String>,
@@ -131,6 +132,10 @@ pub struct ServerConfig {
     pub nat6: Option<String>,
     /// Whether TUN/UDP offloads may be used (false is the kill switch).
     pub offloads: bool,
+    /// Whether TUN reads go through the per-flow fair queue with CoDel before they are sealed
+    /// (`tunnel::egress_queue`); off, they are sealed in arrival order (the kernel's TUN ring
+    /// is the only queue). Default off: see docs/benchmarks.md.
+    pub fair_queue: bool,
     /// Whether the MSS option of TCP SYNs crossing the tunnel is lowered to fit the MTU.
     pub mss_clamp: bool,
     /// TUN interface name (may hold one `%d`).
@@ -346,6 +351,7 @@ fn validate(
         nat: raw.nat,
         nat6: raw.nat6,
         offloads: raw.offloads.unwrap_or(true),
+        fair_queue: raw.fair_queue.unwrap_or(false),
         mss_clamp: raw.mss_clamp.unwrap_or(false),
         tun_name,
         control_socket: ops.control_socket,
@@ -1294,7 +1300,7 @@ mod tests {
         assert_eq!(c.listen_addresses.len(), 2);
         assert_eq!(c.mtu, 1420);
         assert!(c.workers >= 1);
-        assert!(!c.client_to_client && c.offloads);
+        assert!(!c.client_to_client && c.offloads && !c.fair_queue);
         assert_eq!(c.tun_name, "ctr%d");
         assert!(c.private_key_file.is_absolute());
         assert_eq!(*c.private_key.to_bytes(), key(200));

@@ -81,6 +81,109 @@ impl Out {
     }
 }
 
+/// The workers' egress queues (downloads): what went through, CoDel's marks and drops, the
+/// overflow drops, the backlog, and the queue delay as a histogram over the queue's
+/// power-of-two buckets.
+fn queue_metrics(o: &mut Out, counters: &[crate::server::dataplane::stats::Counters]) {
+    o.head(
+        "egress_queue_packets_total",
+        "counter",
+        "TUN reads (packets or super-packets) queued in a worker's egress queue.",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        o.sample(
+            "egress_queue_packets_total",
+            &format!("worker=\"{w}\""),
+            c.queue.enqueued_packets,
+        );
+    }
+    o.head(
+        "egress_queue_bytes_total",
+        "counter",
+        "Bytes queued in a worker's egress queue.",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        o.sample(
+            "egress_queue_bytes_total",
+            &format!("worker=\"{w}\""),
+            c.queue.enqueued_bytes,
+        );
+    }
+    o.head(
+        "egress_queue_ce_marks_total",
+        "counter",
+        "Packets CoDel marked CE instead of dropping them (ECN-capable flows).",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        o.sample(
+            "egress_queue_ce_marks_total",
+            &format!("worker=\"{w}\""),
+            c.queue.ce_marks,
+        );
+    }
+    o.head(
+        "egress_queue_drops_total",
+        "counter",
+        "Packets the egress queue dropped: aqm (CoDel: the queue delay stayed above target) \
+         or overflow (the queue was full).",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        for (cause, v) in [
+            ("aqm", c.queue.aqm_drops),
+            ("overflow", c.queue.overflow_drops),
+        ] {
+            o.sample(
+                "egress_queue_drops_total",
+                &format!("worker=\"{w}\",cause=\"{cause}\""),
+                v,
+            );
+        }
+    }
+    o.head(
+        "egress_queue_backlog_bytes",
+        "gauge",
+        "Bytes in a worker's egress queue now.",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        o.sample(
+            "egress_queue_backlog_bytes",
+            &format!("worker=\"{w}\""),
+            c.queue.backlog_bytes,
+        );
+    }
+    o.head(
+        "egress_queue_delay_seconds",
+        "histogram",
+        "Time packets spent in a worker's egress queue, enqueue to dequeue.",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        let labels = format!("worker=\"{w}\"");
+        let s = &c.queue.sojourn;
+        let mut cumulative = 0;
+        // Bucket i holds delays below 2^i µs; the last one has no bound (+Inf below).
+        for (i, n) in s.buckets.iter().enumerate().take(s.buckets.len() - 1) {
+            cumulative += n;
+            let le = (1u64 << i) as f64 / 1e6;
+            o.sample(
+                "egress_queue_delay_seconds_bucket",
+                &format!("{labels},le=\"{le}\""),
+                cumulative,
+            );
+        }
+        o.sample(
+            "egress_queue_delay_seconds_bucket",
+            &format!("{labels},le=\"+Inf\""),
+            s.count,
+        );
+        o.sample(
+            "egress_queue_delay_seconds_sum",
+            &labels,
+            s.total_nanos as f64 / 1e9,
+        );
+        o.sample("egress_queue_delay_seconds_count", &labels, s.count);
+    }
+}
+
 /// Escapes a label value.
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -182,6 +285,7 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
             );
         }
     }
+    queue_metrics(&mut o, &counters);
     o.head(
         "packet_latency_seconds",
         "histogram",

@@ -141,6 +141,36 @@ pub struct WorkerReport {
     /// Drops by reason name (every reason, zeros included).
     pub drops: BTreeMap<String, u64>,
     pub latency: LatencySummary,
+    /// The egress queue (downloads: TUN reads waiting to be sealed and sent); an older server
+    /// leaves it out.
+    #[serde(default)]
+    pub queue: QueueReport,
+}
+
+/// A worker's egress queue: per-flow fair queue with CoDel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueReport {
+    /// TUN reads (packets or super-packets) queued, and their bytes.
+    pub queued_packets: u64,
+    pub queued_bytes: u64,
+    /// Let through (marked ones included).
+    pub sent_packets: u64,
+    /// Marked CE by CoDel instead of dropped (ECN-capable flows).
+    pub ce_marks: u64,
+    /// Dropped by CoDel: the flow's queue delay stayed above the target.
+    pub aqm_drops: u64,
+    /// Dropped because the queue was full (bytes or packets).
+    pub overflow_drops: u64,
+    /// Queued now.
+    pub backlog_packets: u64,
+    pub backlog_bytes: u64,
+    /// The most bytes queued at once.
+    pub peak_backlog_bytes: u64,
+    /// Queue delay of the packets let through: mean, an upper bound of the 99th percentile
+    /// (power-of-two buckets), maximum, in nanoseconds.
+    pub delay_mean_ns: u64,
+    pub delay_p99_ns: u64,
+    pub delay_max_ns: u64,
 }
 
 /// The handshake counters of the whole server.

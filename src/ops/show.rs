@@ -4,7 +4,7 @@
 //! at most [`MAX_PAGE`]), sorted by virtual address so pages are stable.
 
 use super::protocol::{
-    HandshakeReport, LatencySummary, PeerReport, ShowReply, WorkerReport, MAX_PAGE,
+    HandshakeReport, LatencySummary, PeerReport, QueueReport, ShowReply, WorkerReport, MAX_PAGE,
 };
 use super::Ops;
 use crate::server::dataplane::stats::DropReason;
@@ -67,6 +67,7 @@ pub fn show(ops: &Ops, offset: usize, limit: usize) -> Result<ShowReply, String>
                 .map(|d| (d.name().to_string(), c.drops[*d as usize]))
                 .collect(),
             latency: LatencySummary::of(&lat.snapshot()),
+            queue: queue_report(&c.queue),
         })
         .collect();
     let counts = ops.handshake_counts();
@@ -94,4 +95,22 @@ pub fn show(ops: &Ops, offset: usize, limit: usize) -> Result<ShowReply, String>
         peers: page,
         registry: ops.registry.as_ref().map(|r| r.report()),
     })
+}
+
+/// The egress queue's counters as `show` reports them.
+fn queue_report(q: &crate::tunnel::fq::FqStats) -> QueueReport {
+    QueueReport {
+        queued_packets: q.enqueued_packets,
+        queued_bytes: q.enqueued_bytes,
+        sent_packets: q.dequeued_packets,
+        ce_marks: q.ce_marks,
+        aqm_drops: q.aqm_drops,
+        overflow_drops: q.overflow_drops,
+        backlog_packets: q.backlog_packets,
+        backlog_bytes: q.backlog_bytes,
+        peak_backlog_bytes: q.peak_backlog_bytes,
+        delay_mean_ns: q.sojourn.mean().as_nanos() as u64,
+        delay_p99_ns: q.sojourn.quantile_upper_bound(0.99).as_nanos() as u64,
+        delay_max_ns: q.sojourn.max_nanos,
+    }
 }

@@ -218,6 +218,7 @@ impl Engine {
                 load: wiring.load.clone(),
                 cookie_secrets: wiring.cookie_secrets.clone(),
                 offloads: options.offloads,
+                fair_queue: config.fair_queue,
                 gso_types: GsoTypes::from_tun_offloads(self.host.tun_offloads),
                 panic_after_packets: injected_panic
                     .filter(|fault| fault.worker == id)

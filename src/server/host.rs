@@ -89,8 +89,17 @@ impl Host {
             link::add_address(&dev, IpNet::V6(a6)).map_err(sys("setting the TUN IPv6 address"))?;
         }
         link::set_up(&dev, config.mtu as u32).map_err(sys("bringing the TUN up"))?;
+        if config.fair_queue {
+            link::set_tx_queue_len(&dev, crate::tunnel::egress_queue::TUN_TX_QUEUE_LEN)
+                .map_err(sys("setting the TUN's queue length"))?;
+        }
         let undo = Undo::apply(config)?;
         let sockets = bind_sockets(config, workers)?;
+        if config.fair_queue {
+            for socket in sockets.iter().flatten() {
+                udp::set_send_buffer(socket, crate::tunnel::egress_queue::SOCKET_SEND_BUFFER);
+            }
+        }
         if offloads {
             for socket in sockets.iter().flatten() {
                 if let Err(e) = udp::set_udp_gro(socket.as_fd(), true) {

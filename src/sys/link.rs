@@ -69,6 +69,20 @@ pub fn set_up(dev: &str, mtu: u32) -> Result<(), SysError> {
     ip(&["link", "set", "dev", dev, "mtu", &mtu.to_string(), "up"]).map(drop)
 }
 
+/// Sets how many packets the kernel queues for `dev` (`txqueuelen`; for a TUN, the ring of
+/// packets waiting to be read).
+pub fn set_tx_queue_len(dev: &str, packets: u32) -> Result<(), SysError> {
+    ip(&[
+        "link",
+        "set",
+        "dev",
+        dev,
+        "txqueuelen",
+        &packets.to_string(),
+    ])
+    .map(drop)
+}
+
 /// Adds address `addr` (with its prefix length, e.g. `10.0.0.1/24`) to `dev`. IPv6
 /// addresses skip duplicate address detection so they are usable at once.
 pub fn add_address(dev: &str, addr: IpNet) -> Result<(), SysError> {

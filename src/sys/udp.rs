@@ -80,6 +80,15 @@ pub fn raise_buffers(fd: &impl AsRawFd) {
     }
 }
 
+/// Sets `SO_SNDBUF` to `bytes` (`SO_SNDBUFFORCE` when privileged, else the plain option,
+/// capped by `net.core.wmem_max`); the kernel doubles it for its bookkeeping (socket(7)).
+/// Failures are ignored.
+pub fn set_send_buffer(fd: &impl AsRawFd, bytes: libc::c_int) {
+    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, bytes).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes);
+    }
+}
+
 /// `setsockopt` with an `int` value.
 fn setsockopt_int(
     fd: &impl AsRawFd,

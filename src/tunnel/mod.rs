@@ -9,6 +9,7 @@
 
 pub mod ecn;
 pub mod egress;
+pub mod egress_queue;
 pub mod fq;
 pub mod ingress;
 pub mod mss;

@@ -2,6 +2,7 @@
 //! sockets, sealing and opening them in place.
 
 mod paths;
+mod queueing;
 pub mod slots;
 pub mod stats;
 pub mod worker;

@@ -3,6 +3,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::tunnel::fq::stats::SOJOURN_BUCKETS;
+use crate::tunnel::fq::FqStats;
+
 /// The reasons are the decision's ([`crate::server::decision`]), counted here.
 pub use crate::server::decision::DropReason;
 
@@ -33,6 +36,9 @@ pub struct Counters {
     pub cookie_replies: u64,
     /// Drops, indexed by [`DropReason`].
     pub drops: [u64; DropReason::ALL.len()],
+    /// The egress queue's (TUN reads waiting to be sealed and sent): what went through it,
+    /// its marks and drops, its backlog and the queue delays.
+    pub queue: FqStats,
 }
 
 impl Counters {
@@ -50,11 +56,74 @@ impl Counters {
 /// Counters of [`Counters`] before the drops.
 const PLAIN_COUNTERS: usize = 11;
 
+/// Numbers of [`FqStats`] published, before its sojourn buckets.
+const QUEUE_COUNTERS: usize = 16;
+/// Where the queue's numbers start in the published values.
+const QUEUE_AT: usize = PLAIN_COUNTERS + DropReason::ALL.len();
+const VALUES: usize = QUEUE_AT + QUEUE_COUNTERS + SOJOURN_BUCKETS;
+
 /// The published copy, one per worker (on its own cache lines).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(128))]
 pub struct SharedCounters {
-    values: [AtomicU64; PLAIN_COUNTERS + DropReason::ALL.len()],
+    values: [AtomicU64; VALUES],
+}
+
+impl Default for SharedCounters {
+    fn default() -> Self {
+        SharedCounters {
+            values: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// The queue's counters in publishing order.
+fn queue_values(q: &FqStats) -> [u64; QUEUE_COUNTERS] {
+    [
+        q.enqueued_packets,
+        q.enqueued_bytes,
+        q.dequeued_packets,
+        q.dequeued_bytes,
+        q.aqm_drops,
+        q.aqm_drop_bytes,
+        q.ce_marks,
+        q.overflow_drops,
+        q.overflow_drop_bytes,
+        q.new_flows,
+        q.backlog_bytes,
+        q.backlog_packets,
+        q.peak_backlog_bytes,
+        q.sojourn.count,
+        q.sojourn.total_nanos,
+        q.sojourn.max_nanos,
+    ]
+}
+
+/// [`queue_values`] read back.
+fn queue_from(v: &[u64]) -> FqStats {
+    let mut q = FqStats {
+        enqueued_packets: v[0],
+        enqueued_bytes: v[1],
+        dequeued_packets: v[2],
+        dequeued_bytes: v[3],
+        aqm_drops: v[4],
+        aqm_drop_bytes: v[5],
+        ce_marks: v[6],
+        overflow_drops: v[7],
+        overflow_drop_bytes: v[8],
+        new_flows: v[9],
+        backlog_bytes: v[10],
+        backlog_packets: v[11],
+        peak_backlog_bytes: v[12],
+        ..FqStats::default()
+    };
+    q.sojourn.count = v[13];
+    q.sojourn.total_nanos = v[14];
+    q.sojourn.max_nanos = v[15];
+    q.sojourn
+        .buckets
+        .copy_from_slice(&v[QUEUE_COUNTERS..QUEUE_COUNTERS + SOJOURN_BUCKETS]);
+    q
 }
 
 impl SharedCounters {
@@ -73,7 +142,13 @@ impl SharedCounters {
             c.handshakes_forwarded,
             c.cookie_replies,
         ];
-        for (slot, v) in self.values.iter().zip(plain.iter().chain(c.drops.iter())) {
+        let queue = queue_values(&c.queue);
+        let all = plain
+            .iter()
+            .chain(c.drops.iter())
+            .chain(queue.iter())
+            .chain(c.queue.sojourn.buckets.iter());
+        for (slot, v) in self.values.iter().zip(all) {
             slot.store(*v, Ordering::Relaxed);
         }
     }
@@ -99,7 +174,8 @@ impl SharedCounters {
             cookie_replies: v[10],
             ..Counters::default()
         };
-        c.drops.copy_from_slice(&v[PLAIN_COUNTERS..]);
+        c.drops.copy_from_slice(&v[PLAIN_COUNTERS..QUEUE_AT]);
+        c.queue = queue_from(&v[QUEUE_AT..]);
         c
     }
 }
@@ -119,6 +195,9 @@ mod tests {
         c.drop(DropReason::SpoofedSource);
         c.drop(DropReason::SpoofedSource);
         c.drop(DropReason::IoError);
+        c.queue.ce_marks = 5;
+        c.queue.backlog_bytes = 7;
+        c.queue.sojourn.record(std::time::Duration::from_millis(3));
         let shared = SharedCounters::default();
         shared.publish(&c);
         assert_eq!(shared.snapshot(), c);

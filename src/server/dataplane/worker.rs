@@ -1,7 +1,7 @@
 //! One data-plane worker: a TUN queue, its UDP sockets and an io_uring, on one core.
 //!
-//! Slots `0..tun_slots` live on the TUN side: a read from the TUN, sealed in place, sent to the
-//! peer, then read again. The other slots live on a socket: a datagram received, opened in place,
+//! Slots `0..tun_slots` live on the TUN side: a read from the TUN, queued in the egress queue
+//! (`queueing`), sealed in place when the queue lets it out, sent to the peer, then read again. The other slots live on a socket: a datagram received, opened in place,
 //! written to the TUN (or relayed to another client), then received into again. Every
 //! submission of a loop iteration goes to the kernel in one `io_uring_enter`, and all its
 //! completions are handled as one batch under one pinned view of the session table.
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
+use super::queueing::tun_slot_count;
 use super::slots::{OPS_PER_SLOT, REGION};
 use super::stats::{Counters, DropReason, SharedCounters};
 use crate::proto::time::Instant;
@@ -24,10 +25,14 @@ use crate::server::latency::{latency_histogram, record_latency, SharedLatency};
 use crate::server::session_table::{SessionTable, TableGuard, TableSnapshot};
 use crate::sys::clock::monotonic_now;
 use crate::sys::uring::{Completion, FileIndex, IoFailure, Op, Uring};
+use crate::tunnel::egress_queue::{EgressLimits, EgressQueue};
+use crate::tunnel::fq::Dropped;
 
 /// Room for the largest datagram: header + MTU (at most `MAX_MTU`) + tag, rounded up.
 pub const SLOT_BYTES: usize = 2048;
-/// Reads kept in flight on the TUN queue (with offloads each may carry 64 KB).
+/// Reads kept in flight on the TUN queue at least (with offloads each may carry 64 KB); the
+/// worker has more TUN slots, for what the egress queue and the sends hold
+/// ([`queueing::tun_slot_count`](super::queueing)).
 pub const TUN_READS_IN_FLIGHT: usize = 32;
 /// Receives kept in flight on each socket.
 pub const RECVS_IN_FLIGHT: usize = 32;
@@ -113,6 +118,8 @@ pub struct WorkerContext {
     /// The cookie secrets, kept current by the control thread: under load, workers answer
     /// initiations without a valid mac2 themselves.
     pub cookie_secrets: SharedCookieSecrets,
+    /// TUN reads go through the egress queue (`queueing`) rather than being sealed at once.
+    pub fair_queue: bool,
     /// The TUN queue carries virtio headers (super-packets) and the sockets use UDP GRO/GSO.
     pub offloads: bool,
     /// The super-packets the TUN takes in writes (the offloads it accepted): packets of
@@ -148,6 +155,12 @@ pub(super) struct Worker {
     /// Idle slots whose re-arm could not be queued: retried before each wait (room for every
     /// slot, so adding one never allocates).
     unarmed: Vec<u32>,
+    /// TUN reads waiting to be sealed and sent, in fair-queue order.
+    pub(super) egress_queue: EgressQueue,
+    /// Slots the egress queue just dropped, to re-arm (room for every TUN slot).
+    pub(super) queue_dropped: Vec<Dropped>,
+    /// Per TUN slot, the bytes its sends in flight count against the send budget (0: none).
+    pub(super) send_bytes: Vec<u64>,
 }
 
 /// Runs a worker until `stop` is set. `ready` gets the outcome of the set-up (the ring must be
@@ -180,8 +193,8 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         }
     }
     let sockets: Vec<_> = ctx.sockets.iter().map(|s| s.as_raw_fd()).collect();
-    let tun_slots = TUN_READS_IN_FLIGHT as u32;
-    let slots = TUN_READS_IN_FLIGHT + RECVS_IN_FLIGHT * ctx.sockets.len();
+    let tun_slots = tun_slot_count(ctx.offloads, ctx.fair_queue);
+    let slots = tun_slots + RECVS_IN_FLIGHT * ctx.sockets.len();
     let (slot_bytes, ops) = if ctx.offloads {
         (2 * REGION, OPS_PER_SLOT)
     } else {
@@ -205,6 +218,11 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         }
     }
     let unarmed = Vec::with_capacity(ring.slot_count());
+    let seed = crate::proto::rng::Random::next_u32(&mut crate::proto::rng::OsRandom);
+    let egress_queue =
+        EgressQueue::new(EgressLimits::for_reads(ctx.offloads), seed).map_err(|e| {
+            crate::sys::error::SysError::InvalidArgument(format!("the egress queue: {e}"))
+        })?;
     let socket_families = ctx
         .sockets
         .iter()
@@ -229,9 +247,12 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         ctx,
         ring,
         counters: Counters::default(),
-        tun_slots,
+        tun_slots: tun_slots as u32,
         socket_families,
         unarmed,
+        egress_queue,
+        queue_dropped: Vec::with_capacity(tun_slots + 1),
+        send_bytes: vec![0; tun_slots],
     })
 }
 
@@ -258,7 +279,7 @@ impl Worker {
 
     /// Puts a slot back to its home operation; if that cannot be queued now, the slot is
     /// retried before the next wait ([`Worker::rearm_unarmed`]) rather than lost.
-    fn rearm(&mut self, slot: u32) {
+    pub(super) fn rearm(&mut self, slot: u32) {
         if let Err(e) = self.try_rearm(slot) {
             tracing::error!(worker = self.ctx.id, slot, error = %e, "could not re-arm an I/O slot; retrying");
             if !self.unarmed.contains(&slot) {
@@ -318,7 +339,13 @@ impl Worker {
                 self.rearm_unarmed();
             }
             self.arm_multishot();
-            match self.ring.submit_and_wait(WAIT) {
+            // Packets queued with no send in flight to wake the wait: only look for completions.
+            let wait = if self.egress_queue.needs_service() {
+                Duration::ZERO
+            } else {
+                WAIT
+            };
+            match self.ring.submit_and_wait(wait) {
                 Ok(done) => batch.extend_from_slice(done),
                 Err(e) => {
                     tracing::error!(worker = self.ctx.id, error = %e, "io_uring wait failed; worker stops");
@@ -336,6 +363,9 @@ impl Worker {
             for c in &batch {
                 self.complete(c, now, &snapshot, &guard);
             }
+            if !self.egress_queue.is_empty() {
+                self.drain_egress_queue(monotonic_now(), &snapshot, &guard);
+            }
             drop(guard);
             drop(snapshot);
             let packets =
@@ -346,6 +376,7 @@ impl Worker {
                 // Idle: publish what the last busy period recorded instead of holding it.
                 self.ctx.latency.merge_from(&mut latency);
             }
+            self.counters.queue = *self.egress_queue.stats();
             self.ctx.counters.publish(&self.counters);
             if let Some(after) = self.ctx.panic_after_packets {
                 let received = self.counters.tun_rx_packets + self.counters.udp_rx_packets;
@@ -396,12 +427,15 @@ impl Worker {
                     tracing::debug!(worker = self.ctx.id, op = ?c.op, error = %failure, "I/O error");
                 }
                 if c.slot_idle {
+                    self.tun_sends_done(c.slot);
                     self.rearm(c.slot);
                 }
                 return;
             }
         };
         match c.op {
+            // Sealed and sent when the egress queue lets it out (`drain_egress_queue`).
+            Op::Read if self.ctx.fair_queue => self.queue_tun_read(c.slot, n, now),
             Op::Read => match self.egress(c.slot, n, now, table, guard) {
                 Ok(Outcome::Queued) => {}
                 Ok(Outcome::Consumed) => self.rearm(c.slot),
@@ -421,6 +455,7 @@ impl Worker {
             // Sends and writes were counted when submitted.
             Op::Send | Op::Write => {
                 if c.slot_idle {
+                    self.tun_sends_done(c.slot);
                     self.rearm(c.slot);
                 }
             }
@@ -485,6 +520,7 @@ mod tests {
             load: Arc::default(),
             cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),
             offloads,
+            fair_queue: true,
             gso_types: crate::offload::coalesce::GsoTypes::NONE,
             panic_after_packets: None,
         };
@@ -587,6 +623,58 @@ mod tests {
         w.rearm_unarmed();
         assert!(w.unarmed.is_empty());
         assert!(w.ring.buffer(0).is_none(), "slot 0 has its read queued");
+    }
+
+    #[test]
+    fn a_queued_tun_read_is_sealed_and_sent_when_the_queue_is_drained() {
+        let mut w = worker();
+        assert!(w.ctx.fair_queue);
+        let n = tun_packet(&mut w, 0);
+        w.queue_tun_read(0, n, Instant::from_nanos(2));
+        assert_eq!(w.egress_queue.len(), 1);
+        assert_eq!(w.counters.udp_tx_packets, 0, "queued, not sent yet");
+        let snapshot = w.ctx.table.snapshot();
+        let guard = snapshot.guard();
+        w.drain_egress_queue(Instant::from_nanos(3), &snapshot, &guard);
+        drop(guard);
+        assert!(w.egress_queue.is_empty());
+        assert_eq!(w.counters.udp_tx_packets, 1);
+        assert_eq!(w.egress_queue.sends_in_flight(), 1);
+        assert_eq!(
+            w.send_bytes[0], n as u64,
+            "the send counts against the budget"
+        );
+        w.tun_sends_done(0);
+        assert_eq!(w.egress_queue.sends_in_flight(), 0);
+    }
+
+    #[test]
+    fn slots_the_full_queue_drops_are_read_into_again() {
+        let mut w = worker();
+        let limit = crate::tunnel::egress_queue::EgressLimits::for_reads(false).queued_packets;
+        assert!(
+            limit < w.tun_slots,
+            "room for a read beyond the queue's limit"
+        );
+        for slot in 0..=limit {
+            let n = tun_packet(&mut w, slot);
+            w.queue_tun_read(slot, n, Instant::from_nanos(2));
+        }
+        let stats = *w.egress_queue.stats();
+        assert!(stats.overflow_drops > 0, "{stats:?}");
+        assert_eq!(
+            w.egress_queue.len() as u64 + stats.overflow_drops,
+            u64::from(limit) + 1
+        );
+        // One flow: the oldest were dropped, and their slots have reads armed again.
+        for slot in 0..stats.overflow_drops as u32 {
+            assert!(w.ring.buffer(slot).is_none(), "slot {slot} not re-armed");
+        }
+        assert!(
+            w.ring.buffer(limit).is_some(),
+            "the newest read is still queued"
+        );
+        assert!(w.queue_dropped.is_empty());
     }
 
     #[test]
