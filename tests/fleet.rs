@@ -410,6 +410,16 @@ impl Fleet {
     }
 
     fn add(&self, i: usize, public_key: &str) -> anyhow::Result<PeerAdded> {
+        self.add_routing(i, public_key, &[])
+    }
+
+    /// [`Fleet::add`] of a peer with `networks` behind it.
+    fn add_routing(
+        &self,
+        i: usize,
+        public_key: &str,
+        networks: &[&str],
+    ) -> anyhow::Result<PeerAdded> {
         self.request(
             i,
             &Request::PeerAdd {
@@ -417,7 +427,10 @@ impl Fleet {
                 address: None,
                 address6: None,
                 psk: None,
-                allowed_ips: Vec::new(),
+                allowed_ips: networks
+                    .iter()
+                    .map(|n| n.parse().expect("network"))
+                    .collect(),
                 protocol: None,
             },
         )
@@ -766,6 +779,53 @@ fn three_headends_share_one_registry_on_etcd() {
         fleet.wait_peers(i, &want, Duration::from_secs(20));
     }
     eprintln!("{count} concurrent adds over 3 headends in {took:?}, all distinct, all applied");
+
+    // 2b. One network asked for through all three headends at the same moment, for nine
+    // peers: exactly one gets it (each headend checks overlaps against its own copy, and etcd
+    // refuses the adds whose copy was overtaken).
+    for round in 0..5 {
+        let network = format!("10.98.{round}.0/24");
+        const ASKERS: usize = 9;
+        let keys: Vec<String> = (0..ASKERS).map(|_| random_key()).collect();
+        let barrier = std::sync::Barrier::new(ASKERS);
+        let shared = &fleet;
+        let results: Vec<anyhow::Result<PeerAdded>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..ASKERS)
+                .map(|i| {
+                    let (barrier, keys, network) = (&barrier, &keys, &network);
+                    s.spawn(move || {
+                        barrier.wait();
+                        shared.add_routing(i % 3, &keys[i], &[network.as_str()])
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("adder"))
+                .collect()
+        });
+        let winners: Vec<usize> = (0..ASKERS).filter(|&i| results[i].is_ok()).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {network} given to {} peers: {results:?}",
+            winners.len()
+        );
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            let why = format!("{r:#}");
+            assert!(
+                why.contains("already routed") || why.contains("at the same moment"),
+                "round {round}: refused for another reason: {why}"
+            );
+        }
+        let winner = winners[0];
+        let added = results.into_iter().nth(winner).unwrap().unwrap();
+        want.insert(keys[winner].clone(), added.address);
+        for i in 0..3 {
+            fleet.wait_peers(i, &want, Duration::from_secs(10));
+        }
+    }
+    eprintln!("one network asked for by 9 adds on three headends at once: given once, 5 rounds");
 
     // 3. The etcd leader killed: adds go on after the re-election.
     let leader = fleet.leader();

@@ -495,6 +495,7 @@ impl Registry {
             }
         }
         let (mut pool, mut pool6) = mirror.pools(&a.pool, a.pool6.as_ref());
+        let (routes_networks, checked_at) = (!req.allowed_ips.is_empty(), mirror.revision);
         if let Some(ip) = req.address {
             if !pool.is_host(ip) || pool.is_taken(ip) {
                 return Err(format!(
@@ -545,10 +546,26 @@ impl Registry {
                 when.push(Compare::version(lease6.clone(), CompareOp::Equal, 0));
                 then.push(TxnOp::put(lease6, key.to_string(), None));
             }
-            let txn = Txn::new()
-                .when(when)
-                .and_then(then)
-                .or_else(vec![TxnOp::get(peer_key, None)]);
+            let mut otherwise = vec![TxnOp::get(peer_key, None)];
+            if routes_networks {
+                // The overlap check above read our copy at `checked_at`: the add holds only if
+                // no peer record was written since, on any headend (else two headends could
+                // give one network to two peers at the same moment).
+                when.push(
+                    Compare::mod_revision(self.layout.peers(), CompareOp::Less, checked_at + 1)
+                        .with_range(self.layout.peers_end()),
+                );
+                otherwise.push(TxnOp::get(
+                    self.layout.peers(),
+                    Some(
+                        GetOptions::new()
+                            .with_range(self.layout.peers_end())
+                            .with_min_mod_revision(checked_at + 1)
+                            .with_count_only(),
+                    ),
+                ));
+            }
+            let txn = Txn::new().when(when).and_then(then).or_else(otherwise);
             let resp = call(client.txn(txn)).await.map_err(|e| {
                 format!("etcd: {e}; the peer was not added (nothing is queued: try again)")
             })?;
@@ -571,14 +588,26 @@ impl Registry {
                     warnings: Vec::new(),
                 });
             }
-            let exists = resp.op_responses().iter().any(|r| match r {
-                TxnOpResponse::Get(g) => !g.kvs().is_empty(),
-                _ => false,
-            });
-            if exists {
+            let gets: Vec<_> = resp
+                .op_responses()
+                .into_iter()
+                .filter_map(|r| match r {
+                    TxnOpResponse::Get(g) => Some(g),
+                    _ => None,
+                })
+                .collect();
+            if gets.first().is_some_and(|g| !g.kvs().is_empty()) {
                 return Err(format!(
                     "{key} is already a peer of the fleet (added meanwhile)"
                 ));
+            }
+            if gets.get(1).is_some_and(|g| g.count() > 0) {
+                return Err(
+                    "another peer was added to the fleet at the same moment, and \
+                            allowed_ips are checked against a settled registry only: run the \
+                            command again"
+                        .into(),
+                );
             }
             if req.address.is_some() || req.address6.is_some() {
                 return Err("the fixed address was taken meanwhile by another peer".into());

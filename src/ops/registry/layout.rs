@@ -52,6 +52,12 @@ impl Layout {
         format!("{}peers/", self.prefix)
     }
 
+    /// The end of the range of every peer record (etcd ranges are `[key, end)`): the peers'
+    /// prefix with its last byte, `/`, raised by one.
+    pub fn peers_end(&self) -> String {
+        format!("{}peers0", self.prefix)
+    }
+
     /// One peer's record.
     pub fn peer(&self, key: &PublicKey) -> String {
         format!("{}peers/{}", self.prefix, URL_SAFE.encode(key.as_bytes()))
@@ -127,5 +133,18 @@ mod tests {
         assert_eq!(l.parse(b"/concentrator/eu/leases/v4/10.66.0"), None);
         assert_eq!(l.parse(b"/concentrator/eu/headends/"), None);
         assert!(l.peers().starts_with(l.prefix()) && l.headends().starts_with(l.prefix()));
+        // Every peer record sorts inside [peers, peers_end), and nothing else of the fleet.
+        let (start, end) = (l.peers(), l.peers_end());
+        for k in [
+            PublicKey::from([0x00; 32]),
+            PublicKey::from([0xff; 32]),
+            key,
+        ] {
+            let n = l.peer(&k);
+            assert!(start <= n && n < end, "{n}");
+        }
+        for other in [l.lease4(ip), l.headend("a"), l.headends()] {
+            assert!(!(start <= other && other < end), "{other}");
+        }
     }
 }
