@@ -6,20 +6,58 @@
 //! else, and the figure it reports is the server's.
 
 use std::io;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use concentrator::proto::client::Client;
+use concentrator::proto::keys::{PublicKey, StaticSecret};
 use concentrator::proto::time::Instant;
 use concentrator::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
 use concentrator::sys::clock;
 
 use crate::cpu::CpuWatch;
 use crate::report;
-use crate::tools::LoadgenOptions;
+
+/// Options of `loadgen`.
+pub struct LoadgenOptions {
+    pub server: SocketAddr,
+    pub server_key: PublicKey,
+    /// Private keys, one per emulated client (client `i` owns `report::peer_address(i)`).
+    pub keys: Vec<StaticSecret>,
+    pub backend: SocketAddr,
+    pub sockets: usize,
+    pub duration: Duration,
+    /// Handshake mode: handshakes in a loop with this many in flight, no data.
+    pub handshakes_in_flight: Option<usize>,
+    /// Longest the initial handshakes of all clients may take.
+    pub connect_timeout: Duration,
+    /// The server's PID, to report its CPU time during the blast.
+    pub server_pid: Option<u32>,
+    /// The backend sink's PID, to report its CPU time during the blast.
+    pub sink_pid: Option<u32>,
+    /// How the blast seals and sends.
+    pub mode: LoadMode,
+    /// Length of each IP packet the clients send (pre-sealed mode).
+    pub packet_bytes: usize,
+    /// Most memory for the pre-sealed datagrams, in MiB.
+    pub pool_mib: usize,
+    /// Open-loop pacing: at most this many datagrams per second in all (none: as fast as the
+    /// kernel takes them).
+    pub rate_pps: Option<u64>,
+}
+
+/// How the blast seals and sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Every datagram sealed ahead of the run; the timed loop only sends (no echoes).
+    Presealed(SendMode),
+    /// The first generator: sealed one by one in the timed loop, echoes decrypted.
+    SealEach,
+}
 
 /// Messages per `sendmmsg` call: the kernel caps `vlen` at `UIO_MAXIOV` (1024,
 /// include/uapi/linux/uio.h).

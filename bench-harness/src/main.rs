@@ -220,7 +220,7 @@ fn main() -> Result<()> {
             if let Some(s) = blast_seconds {
                 plan.loadgen_seconds = s;
             }
-            run::run(plan)
+            run::run(plan, headend::headend)
         }
         Cmd::Pingpong {
             server,

@@ -15,6 +15,7 @@ use concentrator::proto::rng::OsRandom;
 use concentrator::proto::wire::{self, TAG_LEN, TRANSPORT_HEADER_LEN};
 use concentrator::sys::clock;
 
+pub use crate::blast::{LoadMode, LoadgenOptions};
 use crate::cpu::CpuWatch;
 use crate::mmsg::{self, Batch};
 use crate::report::{self, histogram_to_base64, percentiles};
@@ -163,43 +164,6 @@ pub fn sink(bind: SocketAddr, echo: bool, deadline: Duration, idle: Duration) ->
         })
     );
     Ok(())
-}
-
-/// Options of `loadgen`.
-pub struct LoadgenOptions {
-    pub server: SocketAddr,
-    pub server_key: PublicKey,
-    /// Private keys, one per emulated client (client `i` owns `report::peer_address(i)`).
-    pub keys: Vec<StaticSecret>,
-    pub backend: SocketAddr,
-    pub sockets: usize,
-    pub duration: Duration,
-    /// Handshake mode: handshakes in a loop with this many in flight, no data.
-    pub handshakes_in_flight: Option<usize>,
-    /// Longest the initial handshakes of all clients may take.
-    pub connect_timeout: Duration,
-    /// The server's PID, to report its CPU time during the blast.
-    pub server_pid: Option<u32>,
-    /// The backend sink's PID, to report its CPU time during the blast.
-    pub sink_pid: Option<u32>,
-    /// How the blast seals and sends.
-    pub mode: LoadMode,
-    /// Length of each IP packet the clients send (pre-sealed mode).
-    pub packet_bytes: usize,
-    /// Most memory for the pre-sealed datagrams, in MiB.
-    pub pool_mib: usize,
-    /// Open-loop pacing: at most this many datagrams per second in all (none: as fast as the
-    /// kernel takes them).
-    pub rate_pps: Option<u64>,
-}
-
-/// How the blast seals and sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoadMode {
-    /// Every datagram sealed ahead of the run; the timed loop only sends (no echoes).
-    Presealed(crate::blast::SendMode),
-    /// The first generator: sealed one by one in the timed loop, echoes decrypted.
-    SealEach,
 }
 
 pub fn new_client(secret: StaticSecret, server: PublicKey) -> Client {

@@ -9,22 +9,11 @@ use crate::offload::vnet::VNET_HDR_LEN;
 use crate::proto::time::Instant;
 use crate::proto::wire::TRANSPORT_HEADER_LEN;
 use crate::server::session_table::{TableGuard, TableSnapshot};
-use crate::tunnel::egress_queue::{self, EgressLimits};
+use crate::tunnel::egress_queue;
 use crate::tunnel::fq::{DropCause, Dropped};
 
 use super::stats::DropReason;
-use super::worker::{Outcome, Worker, TUN_READS_IN_FLIGHT};
-
-/// TUN slots of a worker: the reads kept armed, plus what the queue and the sends may hold,
-/// so that at least [`TUN_READS_IN_FLIGHT`] reads stay armed however full the queue is.
-/// Without the queue, only the reads.
-pub(super) fn tun_slot_count(offloads: bool, fair_queue: bool) -> usize {
-    if !fair_queue {
-        return TUN_READS_IN_FLIGHT;
-    }
-    let l = EgressLimits::for_reads(offloads);
-    TUN_READS_IN_FLIGHT + l.queued_packets as usize + l.budget.max_sends as usize
-}
+use super::worker::{Outcome, Worker};
 
 impl Worker {
     /// A TUN read completed into `slot` with `n` bytes: queued.

@@ -1,6 +1,7 @@
 //! The layout of a worker's I/O slots, which the worker (arming reads and receives) and the
 //! packet paths (slicing what completed) must agree on.
 
+use crate::tunnel::egress_queue::EgressLimits;
 /// Bytes of one region of an offload slot (input: a TUN read or a GRO receive; output: the
 /// sealed segments or the coalesced frames).
 pub use crate::tunnel::REGION;
@@ -8,3 +9,19 @@ pub use crate::tunnel::REGION;
 /// most 64 datagrams (UDP_GRO_CNT_MAX, net/ipv4/udp_offload.c), and in the worst case each
 /// becomes its own write or relay.
 pub const OPS_PER_SLOT: usize = 64;
+
+/// Reads kept in flight on the TUN queue at least (with offloads each may carry 64 KB); the
+/// worker has more TUN slots, for what the egress queue and the sends hold
+/// ([`tun_slot_count`]).
+pub const TUN_READS_IN_FLIGHT: usize = 32;
+
+/// TUN slots of a worker: the reads kept armed, plus what the queue and the sends may hold,
+/// so that at least [`TUN_READS_IN_FLIGHT`] reads stay armed however full the queue is.
+/// Without the queue, only the reads.
+pub fn tun_slot_count(offloads: bool, fair_queue: bool) -> usize {
+    if !fair_queue {
+        return TUN_READS_IN_FLIGHT;
+    }
+    let l = EgressLimits::for_reads(offloads);
+    TUN_READS_IN_FLIGHT + l.queued_packets as usize + l.budget.max_sends as usize
+}

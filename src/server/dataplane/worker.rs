@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::queueing::tun_slot_count;
-use super::slots::{OPS_PER_SLOT, REGION};
+use super::slots::{tun_slot_count, OPS_PER_SLOT, REGION};
 use super::stats::{Counters, DropReason, SharedCounters};
 use crate::proto::time::Instant;
 use crate::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
@@ -30,10 +29,6 @@ use crate::tunnel::fq::Dropped;
 
 /// Room for the largest datagram: header + MTU (at most `MAX_MTU`) + tag, rounded up.
 pub const SLOT_BYTES: usize = 2048;
-/// Reads kept in flight on the TUN queue at least (with offloads each may carry 64 KB); the
-/// worker has more TUN slots, for what the egress queue and the sends hold
-/// ([`queueing::tun_slot_count`](super::queueing)).
-pub const TUN_READS_IN_FLIGHT: usize = 32;
 /// Receives kept in flight on each socket.
 pub const RECVS_IN_FLIGHT: usize = 32;
 /// How long a worker sleeps in the kernel at most, so it notices `stop` and publishes counters.
