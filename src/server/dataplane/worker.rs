@@ -1,8 +1,9 @@
 //! One data-plane worker: a TUN queue, its UDP sockets and an io_uring, on one core.
 //!
-//! Slots `0..tun_slots` live on the TUN side: a read from the TUN, queued in the egress queue
-//! (`queueing`), sealed in place when the queue lets it out, sent to the peer, then read again. The other slots live on a socket: a datagram received, opened in place,
-//! written to the TUN (or relayed to another client), then received into again. Every
+//! Slots `0..tun_slots` live on the TUN side: a read from the TUN, sealed in place (with
+//! `fair_queue`, first queued in the egress queue, `queueing`, until it lets the read out), sent
+//! to the peer, then read again. The other slots live on a socket: a datagram received, opened
+//! in place, written to the TUN (or relayed to another client), then received into again. Every
 //! submission of a loop iteration goes to the kernel in one `io_uring_enter`, and all its
 //! completions are handled as one batch under one pinned view of the session table.
 
