@@ -10,20 +10,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::net::route_dev;
 use common::traffic::iperf3_client;
 use common::*;
 
 const SHORT: Duration = Duration::from_secs(20);
-
-/// The device `ip route get DST` picks in `ns`.
-fn route_dev(lab: &Lab, ns: &str, dst: &str) -> String {
-    let out = lab.ip(ns, &["route", "get", dst]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "dev")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no dev in route get {dst}: {out}"))
-        .to_string()
-}
 
 /// Limits what `ns` sends towards `dst` to 50 Mbit/s (tbf), with room in the qdisc for more
 /// than a socket's send buffer: the tunnel's sends then wait for room in their socket, and
