@@ -112,6 +112,11 @@ enum Cmd {
         deadline_s: u64,
         #[arg(long, default_value = "1500")]
         idle_ms: u64,
+        /// When the socket is empty, sleep this long instead of waiting in poll (0: poll).
+        /// A sink asleep in poll is woken by every datagram, and that wake-up is charged to
+        /// whoever delivers the datagram: through a TUN and a veth, the server under test.
+        #[arg(long, default_value = "0")]
+        nap_us: u64,
     },
     /// Emulated clients speaking the protocol (concentrator::proto::client::Client).
     Loadgen {
@@ -250,11 +255,13 @@ fn main() -> Result<()> {
             echo,
             deadline_s,
             idle_ms,
+            nap_us,
         } => tools::sink(
             bind,
             echo,
             Duration::from_secs(deadline_s),
             Duration::from_millis(idle_ms),
+            Duration::from_micros(nap_us),
         ),
         Cmd::Loadgen {
             server,

@@ -111,8 +111,17 @@ pub fn pingpong_client(
 }
 
 /// Counts datagrams on `bind` (and echoes them when `echo`) until `deadline`, or until
-/// `idle` has passed without a datagram once the first one came.
-pub fn sink(bind: SocketAddr, echo: bool, deadline: Duration, idle: Duration) -> Result<()> {
+/// `idle` has passed without a datagram once the first one came. With a non-zero `nap`, an
+/// empty socket is met with a sleep of that long rather than a wait in poll, so that no
+/// datagram finds the sink waiting and wakes it (the socket's buffer holds what arrives
+/// meanwhile).
+pub fn sink(
+    bind: SocketAddr,
+    echo: bool,
+    deadline: Duration,
+    idle: Duration,
+    nap: Duration,
+) -> Result<()> {
     let sock = UdpSocket::bind(bind).with_context(|| format!("binding {bind}"))?;
     mmsg::big_buffers(&sock);
     sock.set_nonblocking(true)?;
@@ -149,7 +158,11 @@ pub fn sink(bind: SocketAddr, echo: bool, deadline: Duration, idle: Duration) ->
                 if first.is_some() && Instant::now() - last >= idle {
                     break;
                 }
-                mmsg::wait_readable(&[&sock], 50)
+                if nap.is_zero() {
+                    mmsg::wait_readable(&[&sock], 50)
+                } else {
+                    std::thread::sleep(nap)
+                }
             }
             Err(e) => return Err(e.into()),
         }
@@ -159,7 +172,7 @@ pub fn sink(bind: SocketAddr, echo: bool, deadline: Duration, idle: Duration) ->
         "{}",
         json!({
             "received": received, "echoed": echoed, "echo_failed": echo_failed,
-            "window_s": window,
+            "window_s": window, "nap_us": nap.as_micros() as u64,
             "pps": if window > 0.0 { received as f64 / window } else { 0.0 },
         })
     );

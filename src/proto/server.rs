@@ -391,7 +391,7 @@ impl Server {
         self.index_owner.retain(|index, owner| {
             let held = peers
                 .get(owner)
-                .is_some_and(|p| p.session.local_indexes().contains(index));
+                .is_some_and(|p| p.session.holds_local_index(*index));
             if !held {
                 report.retired_indexes.push(*index);
             }

@@ -195,6 +195,17 @@ impl Session {
         self.slots.load().local_indexes()
     }
 
+    /// Whether a keypair held has local index `index` (what [`Session::local_indexes`]
+    /// answers, without building the list: the responder asks it for every index it maps,
+    /// at every tick).
+    pub fn holds_local_index(&self, index: u32) -> bool {
+        self.slots
+            .load()
+            .all()
+            .iter()
+            .any(|slot| slot.as_ref().is_some_and(|k| k.local_index == index))
+    }
+
     /// Seals `buf[16..16 + payload_len]` with the current keypair.
     pub fn encrypt(
         &self,
@@ -566,6 +577,12 @@ mod tests {
                     }
                 }
                 proptest::prop_assert_eq!(session.local_indexes(), model.indexes());
+                for index in 0..=next_index {
+                    proptest::prop_assert_eq!(
+                        session.holds_local_index(index),
+                        model.indexes().contains(&index)
+                    );
+                }
                 proptest::prop_assert_eq!(
                     session.current(t(1)).map(|k| k.local_index),
                     model.current
