@@ -69,19 +69,42 @@ fn pings(lab: &Lab, ns: &str, dst: &str, extra: &[&str]) {
 
 #[test]
 fn ecn_travels_between_inner_and_outer_headers_as_rfc_6040_says() {
-    let name = "ecn_travels_between_inner_and_outer_headers_as_rfc_6040_says";
+    ecn_travels(
+        false,
+        "ecn_travels_between_inner_and_outer_headers_as_rfc_6040_says",
+    );
+}
+
+/// The same over an IPv6 underlay: the outer field is the traffic class (`IPV6_TCLASS`).
+#[test]
+fn ecn_travels_in_the_traffic_class_of_an_ipv6_underlay() {
+    ecn_travels(true, "ecn_travels_in_the_traffic_class_of_an_ipv6_underlay");
+}
+
+/// Pings through a lab of one client over an IPv6 underlay if `underlay6`, else IPv4, with
+/// the outer headers counted and marked as the module docs say.
+fn ecn_travels(underlay6: bool, name: &str) {
     if !lab_or_skip(name) {
         return;
     }
-    let mut lab = Lab::new(LabConfig::with_clients(1));
+    let mut lab = Lab::new(LabConfig {
+        underlay6,
+        ..LabConfig::with_clients(1)
+    });
     let client_tun = lab.up()[0].to_string();
     let (srv, bk, cl) = (
         lab.server_ns.clone(),
         lab.backend_ns.clone(),
         lab.client_ns[0].clone(),
     );
-    let client_underlay = lab.client_underlay(0).0;
-    let from_server = format!("ip saddr {SERVER_UNDERLAY} udp sport {PORT}");
+    let (client_underlay, client_underlay6) = lab.client_underlay(0);
+    // The outer header's family: its addresses and its ECN field in nft's terms.
+    let (ip, client_underlay) = match client_underlay6 {
+        Some(address) if underlay6 => ("ip6", address),
+        _ => ("ip", client_underlay),
+    };
+    let server_underlay = lab.server_underlay();
+    let from_server = format!("{ip} saddr {server_underlay} udp sport {PORT}");
     let request = "icmp type echo-request";
     let tunnel_in = format!("iifname \"{CLIENT_TUN}\" {request}");
     // Counted on the client: the outer datagrams from the server, and the inner echo requests
@@ -91,8 +114,8 @@ fn ecn_travels_between_inner_and_outer_headers_as_rfc_6040_says() {
         &cl,
         "ctre_ecn_c",
         &[
-            ("outer_ect0", &format!("{from_server} ip ecn ect0")),
-            ("outer_not_ect", &format!("{from_server} ip ecn not-ect")),
+            ("outer_ect0", &format!("{from_server} {ip} ecn ect0")),
+            ("outer_not_ect", &format!("{from_server} {ip} ecn not-ect")),
             ("inner_ce", &format!("{tunnel_in} ip ecn ce")),
             ("inner_not_ect", &format!("{tunnel_in} ip ecn not-ect")),
         ],
@@ -147,7 +170,7 @@ fn ecn_travels_between_inner_and_outer_headers_as_rfc_6040_says() {
         &[],
         &[(
             "prerouting",
-            &format!("ip saddr {client_underlay} udp dport {PORT} ip ecn set ce"),
+            &format!("{ip} saddr {client_underlay} udp dport {PORT} {ip} ecn set ce"),
         )],
     );
     let ce_before = count(&bk, "ctre_ecn_b", "inner_ce");
@@ -187,7 +210,7 @@ fn ecn_travels_between_inner_and_outer_headers_as_rfc_6040_says() {
         &[],
         &[(
             "postrouting",
-            &format!("ip daddr {client_underlay} udp sport {PORT} ip ecn set ce"),
+            &format!("{ip} daddr {client_underlay} udp sport {PORT} {ip} ecn set ce"),
         )],
     );
     let ce_before = count(&cl, "ctre_ecn_c", "inner_ce");
