@@ -51,7 +51,7 @@ pub enum Decision<'t> {
         /// The client it is for.
         peer: &'t PeerEntry,
         /// The outer TOS byte / traffic class to send it with: the ECN field of the inner
-        /// packet as decapsulated (RFC 6040 §4.1 on the way in again).
+        /// packet as decapsulated (RFC 6040 §4.1 again on the way out).
         outer_tos: u8,
     },
     /// An initiation that passed the gate: queue the datagram (all of it,
