@@ -74,7 +74,14 @@ fuzz_target!(|data: &[u8]| {
     let guard = snapshot.guard();
     // A Not-ECT outer header leaves the inner packet as it was (RFC 6040 §4.2), so a genuine
     // packet arrives unchanged.
-    let decision = gate.decide(&mut datagram, src, Ecn::NotEct, fx::START, &snapshot, &guard);
+    let decision = gate.decide(
+        &mut datagram,
+        src,
+        Ecn::NotEct,
+        fx::START,
+        &snapshot,
+        &guard,
+    );
     let genuine = mode == 2;
     match decision {
         Decision::ToTun(range) => {
