@@ -24,6 +24,7 @@ use concentrator::proto::wire::{
     self, COOKIE_REPLY_LEN, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN,
 };
 use concentrator::server::decision::Decision;
+use concentrator::tunnel::ecn::Ecn;
 use concentrator_fuzz as fx;
 use libfuzzer_sys::fuzz_target;
 
@@ -71,7 +72,16 @@ fuzz_target!(|data: &[u8]| {
     let received = datagram.clone();
     let snapshot = fixture.table.snapshot();
     let guard = snapshot.guard();
-    let decision = gate.decide(&mut datagram, src, fx::START, &snapshot, &guard);
+    // A Not-ECT outer header leaves the inner packet as it was (RFC 6040 §4.2), so a genuine
+    // packet arrives unchanged.
+    let decision = gate.decide(
+        &mut datagram,
+        src,
+        Ecn::NotEct,
+        fx::START,
+        &snapshot,
+        &guard,
+    );
     let genuine = mode == 2;
     match decision {
         Decision::ToTun(range) => {
@@ -87,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(range.start, TRANSPORT_HEADER_LEN);
             assert_eq!(&datagram[range.clone()], &rest[..range.len()]);
         }
-        Decision::Relay { len, peer } => {
+        Decision::Relay { len, peer, .. } => {
             assert!(genuine, "forged datagram relayed: {received:02x?}");
             assert!(
                 len <= datagram.len(),

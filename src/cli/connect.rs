@@ -28,6 +28,7 @@ use concentrator::proto::wire::{AddressAssignment, PushConfig};
 use concentrator::sys::dns::{DnsError, DnsGuard};
 use concentrator::sys::link::{self, RouteGuard};
 use concentrator::sys::{clock, poll, signals, tun, udp};
+use concentrator::tunnel::ecn::{self, Ecn};
 use concentrator::tunnel::ingress::{self, Offered, TunBatch};
 use concentrator::tunnel::{egress_queue, REGION};
 
@@ -275,6 +276,8 @@ fn underlay_socket(server: SocketAddr, offloads: bool, fair_queue: bool) -> Resu
     // The default receive buffer (rmem_default, ~208 KiB) overflows under a burst from the
     // server (a GSO train or a TUN batch): raise it as the server does for its sockets.
     udp::raise_buffers(&s);
+    // The outer ECN field of each datagram, for decapsulation (RFC 6040 §4.2).
+    udp::set_receive_tos(&s, server.is_ipv6()).map_err(|e| anyhow::anyhow!("{e}"))?;
     if fair_queue {
         udp::set_send_buffer(&s, egress_queue::SOCKET_SEND_BUFFER);
     }
@@ -358,7 +361,7 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
             continue;
         }
         for _ in 0..BURST {
-            let (n, segment) = match udp::recv_gro(socket.as_fd(), &mut buf) {
+            let (n, control) = match udp::recv_with_control(socket.as_fd(), &mut buf) {
                 Ok(got) => got,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -366,7 +369,9 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
                     break;
                 }
             };
-            let segment = segment.map_or(n, usize::from).max(1);
+            let segment = control.gro_segment_size.map_or(n, usize::from).max(1);
+            // One value for a whole GRO receive: the kernel merges only equal TOS bytes.
+            let outer_ecn = Ecn::from_tos(control.tos.unwrap_or(0));
             let now = clock::monotonic_now();
             let gso_types = tunnel.as_ref().map_or(GsoTypes::NONE, |t| t.gso_types);
             let mut batch = TunBatch::new(&mut coalesce_buf, gso_types);
@@ -377,6 +382,10 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
                         received_bytes += range.len() as u64;
                         let Some(t) = &tunnel else { continue };
                         let at = start + range.start..start + range.end;
+                        if ecn::decapsulate(outer_ecn, &mut buf[at.clone()]).is_err() {
+                            // CE on a packet that is not ECN-capable: a drop (RFC 6040 §4.2).
+                            continue;
+                        }
                         if !offloads {
                             write_frame(&t.queue, &buf[at]);
                             continue;

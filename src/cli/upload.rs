@@ -16,10 +16,11 @@ use concentrator::proto::rng::{OsRandom, Random};
 use concentrator::proto::session::Session;
 use concentrator::proto::time::Instant;
 use concentrator::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
+use concentrator::sys::cmsg::SendControl;
 use concentrator::sys::{clock, poll, tun, udp};
 use concentrator::tunnel::egress_queue::{self, EgressLimits, EgressQueue};
 use concentrator::tunnel::fq::{Dropped, FqStats};
-use concentrator::tunnel::{egress, REGION};
+use concentrator::tunnel::{ecn, egress, REGION};
 
 /// How long the reader waits for the TUN when nothing is queued, so it notices `stop`.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
@@ -123,6 +124,7 @@ pub(crate) fn read_tun(
     let mut dropped: Vec<Dropped> = Vec::with_capacity(buffers + 1);
     let mut sender = Sender {
         socket: &socket,
+        ipv6: socket.local_addr().is_ok_and(|a| a.is_ipv6()),
         session: &session,
         output: &mut output,
         sent_bytes: &sent_bytes,
@@ -228,6 +230,8 @@ const MAX_SENDS_PER_TRAIN: usize = 4;
 /// Seals and sends what the queue lets out.
 struct Sender<'a> {
     socket: &'a UdpSocket,
+    /// The socket is IPv6 (the outer TOS goes in `IPV6_TCLASS`, else `IP_TOS`).
+    ipv6: bool,
     session: &'a Session,
     output: &'a mut [u8],
     sent_bytes: &'a AtomicU64,
@@ -252,6 +256,8 @@ impl Sender<'_> {
             next: 0,
         };
         if !layout.offloads {
+            // RFC 6040 §4.1: the outer ECN field from the inner packet's, read before sealing.
+            let tos = ecn::outer_tos_for(&buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n]);
             let Ok(len) = self.session.encrypt(buf, n, now) else {
                 self.unsent = Some(unsent);
                 return 0;
@@ -261,6 +267,7 @@ impl Sender<'_> {
                 len,
                 segment: None,
                 datagrams: 1,
+                tos,
             });
             self.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
             self.unsent = Some(unsent);
@@ -293,7 +300,11 @@ impl Sender<'_> {
             } else {
                 &self.output[send.offset..send.offset + send.len]
             };
-            match udp::send_segments(fd, bytes, send.segment) {
+            let control = SendControl {
+                segment_size: send.segment,
+                tos: Some(send.tos),
+            };
+            match udp::send_with_control(fd, bytes, control, self.ipv6) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) => tracing::debug!(error = %e, "send to server failed"),

@@ -29,6 +29,7 @@ use crate::proto::wire::{
 };
 use crate::server::handoff::{LoadSignal, SharedCookieSecrets};
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
+use crate::tunnel::ecn::{self, DecapError, Ecn};
 use crate::tunnel::mss;
 
 mod drop_reason;
@@ -49,6 +50,9 @@ pub enum Decision<'t> {
         len: usize,
         /// The client it is for.
         peer: &'t PeerEntry,
+        /// The outer TOS byte / traffic class to send it with: the ECN field of the inner
+        /// packet as decapsulated (RFC 6040 §4.1 again on the way out).
+        outer_tos: u8,
     },
     /// An initiation that passed the gate: queue the datagram (all of it,
     /// [`wire::INITIATION_LEN`] bytes) for the control thread's Diffie-Hellman.
@@ -122,19 +126,22 @@ impl Gate {
         }
     }
 
-    /// Decides what becomes of `datagram`, received from `src` at `now`, with the peers of
-    /// `table` (looked up under `guard`, which the returned decision borrows from). May rewrite
-    /// the datagram in place (see [`Decision`]).
+    /// Decides what becomes of `datagram`, received from `src` with the outer ECN field
+    /// `outer_ecn` at `now`, with the peers of `table` (looked up under `guard`, which the
+    /// returned decision borrows from). May rewrite the datagram in place (see [`Decision`]).
     pub fn decide<'t>(
         &mut self,
         datagram: &mut [u8],
         src: SocketAddr,
+        outer_ecn: Ecn,
         now: Instant,
         table: &'t TableSnapshot,
         guard: &'t TableGuard<'_>,
     ) -> Decision<'t> {
         let result = match wire::message_type(datagram) {
-            Ok(MessageType::Transport) => self.open_transport(datagram, src, now, table, guard),
+            Ok(MessageType::Transport) => {
+                self.open_transport(datagram, src, outer_ecn, now, table, guard)
+            }
             Ok(MessageType::Initiation) => Ok(self.vet_initiation(datagram, src, now)),
             Ok(_) => Err(DropReason::UnexpectedType),
             Err(_) => Err(DropReason::Malformed),
@@ -188,11 +195,13 @@ impl Gate {
 
     /// A transport message: opened in place under the session its receiver index names;
     /// authenticated, it moves its peer's endpoint to `src`; its inner packet must come from
-    /// one of the peer's addresses, and goes to the TUN, or sealed again to another client.
+    /// one of the peer's addresses, takes the congestion mark of the outer header
+    /// ([`decapsulate_ecn`]), and goes to the TUN, or sealed again to another client.
     fn open_transport<'t>(
         &self,
         datagram: &mut [u8],
         src: SocketAddr,
+        outer_ecn: Ecn,
         now: Instant,
         table: &'t TableSnapshot,
         guard: &'t TableGuard<'_>,
@@ -213,6 +222,8 @@ impl Gate {
             return Err(DropReason::SpoofedSource);
         }
         let (inner_dst, len) = (inner.dst(), inner.total_len());
+        let packet = &mut datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
+        let outer_tos = decapsulate_ecn(outer_ecn, packet)?;
         peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
         if let Some(mtu) = self.config.mss_clamp {
             // A TCP SYN's MSS lowered to fit the tunnel, whether it goes to the TUN or is relayed.
@@ -229,12 +240,25 @@ impl Gate {
                 return Ok(Decision::Relay {
                     len: sealed,
                     peer: other,
+                    outer_tos,
                 });
             }
         }
         Ok(Decision::ToTun(
             TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len,
         ))
+    }
+}
+
+/// Applies the outer header's ECN field to the opened inner `packet` (RFC 6040 §4.2): CE on
+/// the outer header of an ECN-capable packet marks it CE (its IPv4 checksum updated); on a
+/// packet that is not ECN-capable it is a drop, the only congestion signal that transport
+/// understands. Returns the outer TOS byte the packet would be sent on with (RFC 6040 §4.1).
+fn decapsulate_ecn(outer: Ecn, packet: &mut [u8]) -> Result<u8, DropReason> {
+    match ecn::decapsulate(outer, packet) {
+        Ok(decapsulated) => Ok(ecn::outer_ecn_for(decapsulated.inner).bits()),
+        Err(DecapError::CongestedNotEct) => Err(DropReason::CongestedNotEct),
+        Err(DecapError::NotIp) => Err(DropReason::Malformed),
     }
 }
 

@@ -5,7 +5,10 @@ use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use super::cmsg::{parse_gro_cmsg, write_segment_cmsg, CMSG_SPACE, UDP_GRO, UDP_SEGMENT};
+use super::cmsg::{
+    control_bytes, parse_received_cmsgs, write_send_cmsgs, ReceivedControl, SendControl,
+    CMSG_SPACE, CMSG_WORDS, UDP_GRO, UDP_SEGMENT,
+};
 use super::error::SysError;
 
 /// Socket buffer size asked for (best effort).
@@ -14,7 +17,8 @@ const SOCKET_BUFFER: libc::c_int = 4 << 20;
 /// Binds a non-blocking, close-on-exec UDP socket to `addr` with `SO_REUSEPORT` and
 /// `SO_REUSEADDR`, so several workers can share the port. IPv6 sockets are `IPV6_V6ONLY`,
 /// so an IPv4 and an IPv6 socket can use the same port. Send and receive buffers are raised
-/// to 4 MiB when the kernel allows.
+/// to 4 MiB when the kernel allows. Each receive reports the TOS byte or traffic class the
+/// datagram arrived with ([`set_receive_tos`]), for the tunnel's ECN (RFC 6040).
 pub fn bind_reuseport(addr: SocketAddr) -> Result<UdpSocket, SysError> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
@@ -31,6 +35,7 @@ pub fn bind_reuseport(addr: SocketAddr) -> Result<UdpSocket, SysError> {
             .map_err(|e| SysError::io("setting IPV6_V6ONLY", e))?;
     }
     raise_buffers(&fd);
+    set_receive_tos(&fd, domain == libc::AF_INET6)?;
     bind_fd(&fd, &addr)?;
     Ok(UdpSocket::from(fd))
 }
@@ -118,6 +123,18 @@ fn setsockopt_int(
 pub fn set_udp_gro(fd: BorrowedFd<'_>, on: bool) -> Result<(), SysError> {
     setsockopt_int(&fd, libc::SOL_UDP, UDP_GRO, libc::c_int::from(on))
         .map_err(|e| SysError::io("enabling UDP_GRO (needs Linux 5.0+)", e))
+}
+
+/// Makes every receive on `fd` (an IPv6 socket if `ipv6`, else IPv4) report the TOS byte or
+/// traffic class its datagram arrived with: `IP_RECVTOS` (ip(7)) or `IPV6_RECVTCLASS`
+/// (ipv6(7)), an `IP_TOS` / `IPV6_TCLASS` control message next to UDP_GRO's.
+pub fn set_receive_tos(fd: &impl AsRawFd, ipv6: bool) -> Result<(), SysError> {
+    let (level, name, what) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, "IPV6_RECVTCLASS")
+    } else {
+        (libc::IPPROTO_IP, libc::IP_RECVTOS, "IP_RECVTOS")
+    };
+    setsockopt_int(fd, level, name, 1).map_err(|e| SysError::io(format!("enabling {what}"), e))
 }
 
 /// Sets the default GSO segment size (`UDP_SEGMENT`): each send is cut into datagrams of
@@ -216,21 +233,36 @@ pub fn send_segments(
     buf: &[u8],
     segment_size: Option<u16>,
 ) -> io::Result<usize> {
+    let control = SendControl {
+        segment_size,
+        tos: None,
+    };
+    send_with_control(fd, buf, control, false)
+}
+
+/// Sends `buf` on a connected socket (of IPv6 if `ipv6`, else IPv4) with the control messages
+/// of `control` (a UDP_SEGMENT size, a TOS byte or traffic class). One system call.
+pub fn send_with_control(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    control: SendControl,
+    ipv6: bool,
+) -> io::Result<usize> {
     let mut iov = libc::iovec {
         iov_base: buf.as_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    let mut control = [0u64; CMSG_SPACE / 8];
+    let mut space = [0u64; CMSG_WORDS];
     // SAFETY: msghdr is a plain C struct; all-zero is valid (no name, no control).
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    if let Some(size) = segment_size {
-        let used = write_segment_cmsg(&mut control, size);
-        msg.msg_control = control.as_mut_ptr().cast();
+    let used = write_send_cmsgs(&mut space, control, ipv6);
+    if used > 0 {
+        msg.msg_control = space.as_mut_ptr().cast();
         msg.msg_controllen = used as _;
     }
-    // SAFETY: msg points to one iovec over `buf` (read only by the kernel) and to `control`,
+    // SAFETY: msg points to one iovec over `buf` (read only by the kernel) and to `space`,
     // both alive for the call.
     let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
     if n < 0 {
@@ -242,29 +274,37 @@ pub fn send_segments(
 /// Receives on a connected non-blocking socket; returns the bytes and, when UDP GRO merged
 /// several datagrams, their size (each but the last).
 pub fn recv_gro(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<u16>)> {
+    recv_with_control(fd, buf).map(|(n, control)| (n, control.gro_segment_size))
+}
+
+/// Receives on a connected non-blocking socket; returns the bytes and what the control
+/// messages reported (the UDP GRO size, the TOS or traffic class).
+pub fn recv_with_control(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, ReceivedControl)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let mut control = [0u64; CMSG_SPACE / 8];
+    let mut space = [0u64; CMSG_WORDS];
     // SAFETY: msghdr is a plain C struct; all-zero is valid.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_control = space.as_mut_ptr().cast();
     msg.msg_controllen = CMSG_SPACE as _;
-    // SAFETY: msg points to one iovec over `buf` and to `control`, both writable and alive for
+    // SAFETY: msg points to one iovec over `buf` and to `space`, both writable and alive for
     // the call.
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut bytes = [0u8; CMSG_SPACE];
-    for (chunk, word) in bytes.chunks_mut(8).zip(control.iter()) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
     let used = msg.msg_controllen.min(CMSG_SPACE);
-    Ok((n as usize, parse_gro_cmsg(&bytes[..used])))
+    Ok((
+        n as usize,
+        parse_received_cmsgs(&control_bytes(&space)[..used]),
+    ))
 }
 
 #[cfg(test)]
@@ -329,5 +369,38 @@ mod tests {
         let mut buf = [0u8; 512];
         let sizes: Vec<usize> = (0..3).map(|_| rx.recv(&mut buf).unwrap()).collect();
         assert_eq!(sizes, [100, 100, 50]);
+    }
+
+    #[test]
+    fn the_tos_of_a_send_arrives_with_the_datagram_in_either_family() {
+        for (rx_addr, ipv6) in [("127.0.0.1:0", false), ("[::1]:0", true)] {
+            let Ok(rx) = bind_reuseport(rx_addr.parse().unwrap()) else {
+                // Hosts without IPv6 on loopback cannot run this half.
+                eprintln!("SKIPPED {rx_addr} half: cannot bind");
+                continue;
+            };
+            let tx = bind_reuseport(rx_addr.parse().unwrap()).unwrap();
+            tx.connect(rx.local_addr().unwrap()).unwrap();
+            // ECT(0), ECT(1), CE, Not-ECT: only the ECN bits, DSCP 0.
+            for tos in [0x02, 0x01, 0x03, 0x00] {
+                let control = SendControl {
+                    segment_size: None,
+                    tos: Some(tos),
+                };
+                send_with_control(tx.as_fd(), b"ecn", control, ipv6).unwrap();
+                let mut buf = [0u8; 16];
+                let got = (0..200).find_map(|_| match recv_with_control(rx.as_fd(), &mut buf) {
+                    Ok(got) => Some(got),
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        None
+                    }
+                });
+                let (n, control) = got.expect("the datagram arrives on loopback");
+                assert_eq!(&buf[..n], b"ecn");
+                assert_eq!(control.tos, Some(tos), "{rx_addr}");
+                assert_eq!(control.gro_segment_size, None);
+            }
+        }
     }
 }

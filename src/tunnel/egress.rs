@@ -1,6 +1,6 @@
 //! Egress: a TUN read cut into segments of at most the tunnel's MTU, each sealed in place into
 //! an output buffer, one datagram every `stride` bytes, and the `UDP_SEGMENT` sends that carry
-//! them.
+//! them, each with the outer ECN field of its inner packets (RFC 6040 §4.1).
 
 use std::ops::Range;
 
@@ -11,6 +11,7 @@ use crate::proto::constants::MAX_MTU;
 use crate::proto::session::{Session, SessionError};
 use crate::proto::time::Instant;
 use crate::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
+use crate::tunnel::ecn;
 
 /// Datagrams per `UDP_SEGMENT` send: the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels
 /// (include/linux/udp.h), so stay at that.
@@ -48,6 +49,10 @@ pub struct SealedTrain {
     pub end: usize,
     /// Plaintext bytes sealed (the inner packets' lengths).
     pub plaintext: usize,
+    /// The TOS byte / traffic class every datagram goes out with: the outer ECN field for
+    /// the inner packets ([`ecn::outer_tos_for`]). One value for the whole train: every
+    /// segment carries a copy of the super-packet's IP header, ECN field included.
+    pub outer_tos: u8,
 }
 
 /// One send of a train: `len` bytes from `offset` in the output, cut by the kernel into
@@ -62,6 +67,8 @@ pub struct GsoSend {
     pub segment: Option<u16>,
     /// Datagrams it carries.
     pub datagrams: usize,
+    /// The TOS byte / traffic class of its datagrams ([`SealedTrain::outer_tos`]).
+    pub tos: u8,
 }
 
 /// Cuts the TUN read in `input` (a virtio header, then an IP packet or a TSO/USO super-packet)
@@ -73,7 +80,8 @@ pub fn seal_super_packet(
     now: Instant,
 ) -> Result<SealedTrain, EgressError> {
     let hdr = VirtioNetHdr::parse(input).ok_or(OffloadError::Truncated)?;
-    let segments = Segmenter::new(&hdr, &input[VNET_HDR_LEN..], MAX_MTU as usize)?;
+    let packet = &input[VNET_HDR_LEN..];
+    let segments = Segmenter::new(&hdr, packet, MAX_MTU as usize)?;
     let count = segments.segment_count();
     if count == 0 {
         return Err(EgressError::Empty);
@@ -95,6 +103,7 @@ pub fn seal_super_packet(
         count,
         end,
         plaintext,
+        outer_tos: ecn::outer_tos_for(packet),
     })
 }
 
@@ -117,6 +126,7 @@ impl SealedTrain {
                 // All datagrams but the last are exactly `stride` bytes, as UDP_SEGMENT needs.
                 segment: (last - first > 1).then_some(self.stride as u16),
                 datagrams: last - first,
+                tos: self.outer_tos,
             }
         })
     }
@@ -132,6 +142,7 @@ mod tests {
             count,
             end: (count - 1) * stride + last,
             plaintext: 0,
+            outer_tos: 0x02,
         }
     }
 
@@ -144,7 +155,8 @@ mod tests {
                 offset: 7,
                 len: 100,
                 segment: None,
-                datagrams: 1
+                datagrams: 1,
+                tos: 0x02,
             }]
         );
     }
@@ -159,6 +171,7 @@ mod tests {
         for s in &sends {
             assert!(s.len <= BYTES_PER_SEND && s.datagrams <= SEGMENTS_PER_SEND);
             assert_eq!(s.segment, Some(1452));
+            assert_eq!(s.tos, 0x02, "every send of a train has its ECN field");
         }
         assert_eq!(sends[1].offset, 45 * 1452);
         assert_eq!(sends.last().unwrap().len, 9 * 1452 + 500);
@@ -168,6 +181,78 @@ mod tests {
             small.iter().map(|s| s.datagrams).collect::<Vec<_>>(),
             vec![64, 64, 2]
         );
+    }
+
+    /// An IPv4/UDP super-packet of `payload` bytes with TOS `tos`, cut by USO into 100-byte
+    /// payloads (checksum left partial, as the kernel hands it over), after its virtio header.
+    fn uso_read(tos: u8, payload: usize) -> Vec<u8> {
+        use crate::offload::vnet::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4};
+        use crate::proto::wire::checksum;
+        let total = 28 + payload;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[1] = tos;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[10, 1, 0, 2]);
+        p[16..20].copy_from_slice(&[10, 66, 0, 2]);
+        let c = checksum::checksum(&p[..20], 0);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20..22].copy_from_slice(&5000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&6000u16.to_be_bytes());
+        p[24..26].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        let pseudo =
+            checksum::pseudo_header_v4([10, 1, 0, 2], [10, 66, 0, 2], 17, (8 + payload) as u16);
+        p[26..28].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+        let hdr = VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: VIRTIO_NET_HDR_GSO_UDP_L4,
+            hdr_len: 28,
+            gso_size: 100,
+            csum_start: 20,
+            csum_offset: 6,
+        };
+        let mut read = vec![0u8; VNET_HDR_LEN];
+        hdr.emit(&mut read);
+        read.extend_from_slice(&p);
+        read
+    }
+
+    #[test]
+    fn every_segment_and_send_of_a_train_carries_the_super_packets_ecn_field() {
+        use crate::tunnel::ecn::{packet_ecn, Ecn};
+        for ecn in Ecn::ALL {
+            // DSCP AF41 on the inner packet: only the ECN bits go to the outer header.
+            let read = uso_read((34 << 2) | ecn.bits(), 450);
+            let hdr = VirtioNetHdr::parse(&read).unwrap();
+            let segments = Segmenter::new(&hdr, &read[VNET_HDR_LEN..], 1420).unwrap();
+            assert_eq!(segments.segment_count(), 5);
+            for i in 0..5 {
+                let mut out = [0u8; 256];
+                let len = segments.write_segment(i, &mut out).unwrap();
+                assert_eq!(packet_ecn(&out[..len]), Some(ecn), "segment {i}");
+            }
+            let session = keyed_session();
+            let mut output = vec![0u8; 8 * 1024];
+            let now = Instant::from_nanos(1);
+            let train = seal_super_packet(&read, &mut output, &session, now).unwrap();
+            assert_eq!((train.count, train.outer_tos), (5, ecn.bits()));
+            assert!(train.sends(0).all(|send| send.tos == ecn.bits()));
+        }
+    }
+
+    /// A session with a current keypair.
+    fn keyed_session() -> Session {
+        use crate::proto::keypair::Keypair;
+        let now = Instant::from_nanos(1);
+        let session = Session::new();
+        let key = zeroize::Zeroizing::new([3u8; 32]);
+        session.install(
+            std::sync::Arc::new(Keypair::new(&key, &key, 1, 2, now, true)),
+            now,
+        );
+        session
     }
 
     #[test]

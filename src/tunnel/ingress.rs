@@ -158,6 +158,52 @@ mod tests {
     }
 
     #[test]
+    fn a_congestion_mark_is_never_merged_away() {
+        use crate::tunnel::ecn::{packet_ecn, set_ecn, Ecn};
+        // The coalescer merges only packets whose TOS byte (IPv6: traffic class) is equal, as
+        // the kernel's GRO does, so a CE mark set at decapsulation (RFC 6040 §4.2) stays on
+        // its own packet instead of taking the first packet's header.
+        let mut packets: Vec<Vec<u8>> = (0..3).map(|i| udp4(1000, i, 500)).collect();
+        for (p, ecn) in packets.iter_mut().zip([Ecn::Ect0, Ecn::Ce, Ecn::Ect0]) {
+            assert!(set_ecn(p, ecn));
+        }
+        let mut out = vec![0u8; 64 * 1024];
+        let mut batch = TunBatch::new(&mut out, GsoTypes::ALL);
+        let mut seen = Vec::new();
+        let mut write = |f: TunFrame<'_>| {
+            seen.push((f.packets, packet_ecn(&f.bytes[VNET_HDR_LEN..])));
+        };
+        for p in &packets {
+            assert_eq!(batch.offer(p, &mut write), Offered::Taken);
+        }
+        batch.flush(&mut write);
+        assert_eq!(
+            seen,
+            vec![
+                (1, Some(Ecn::Ect0)),
+                (1, Some(Ecn::Ce)),
+                (1, Some(Ecn::Ect0))
+            ]
+        );
+        // Equal marks merge, and the merged header carries them.
+        let mut marked: Vec<Vec<u8>> = (0..3).map(|i| udp4(1000, i, 500)).collect();
+        for p in &mut marked {
+            assert!(set_ecn(p, Ecn::Ce));
+        }
+        let mut out = vec![0u8; 64 * 1024];
+        let mut batch = TunBatch::new(&mut out, GsoTypes::ALL);
+        let mut merged = Vec::new();
+        let mut write = |f: TunFrame<'_>| {
+            merged.push((f.packets, packet_ecn(&f.bytes[VNET_HDR_LEN..])));
+        };
+        for p in &marked {
+            assert_eq!(batch.offer(p, &mut write), Offered::Taken);
+        }
+        batch.flush(&mut write);
+        assert_eq!(merged, vec![(3, Some(Ecn::Ce))]);
+    }
+
+    #[test]
     fn a_packet_larger_than_the_room_is_written_alone() {
         let mut out = vec![0u8; 100];
         let mut batch = TunBatch::new(&mut out, GsoTypes::ALL);

@@ -23,7 +23,9 @@ use crate::proto::wire::{IpPacket, INITIATION_LEN, TRANSPORT_HEADER_LEN};
 use crate::server::decision::Decision;
 use crate::server::handoff::HandshakeMessage;
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
+use crate::sys::cmsg::SendControl;
 use crate::sys::uring::FileIndex;
+use crate::tunnel::ecn::{self, Ecn};
 use crate::tunnel::ingress::{self, Offered, TunBatch, TunFrame};
 use crate::tunnel::{egress, mss};
 
@@ -39,6 +41,9 @@ enum Pending {
         file: FileIndex,
         segment: Option<u16>,
         segments: u64,
+        /// The outer TOS byte / traffic class (`None`: the socket's, 0, for what carries no
+        /// inner packet).
+        tos: Option<u8>,
     },
     Write {
         offset: usize,
@@ -61,13 +66,15 @@ impl PendingOps {
         }
     }
 
-    /// Queues one datagram, `len` bytes from `offset`, to `dest` on the socket of its family.
+    /// Queues one datagram, `len` bytes from `offset`, to `dest` on the socket of its family,
+    /// with outer TOS `tos`.
     fn push_datagram(
         &mut self,
         families: &[bool],
         offset: usize,
         len: usize,
         dest: SocketAddr,
+        tos: Option<u8>,
     ) -> bool {
         socket_for(families, &dest).is_some_and(|file| {
             self.push(Pending::Send {
@@ -77,6 +84,7 @@ impl PendingOps {
                 file,
                 segment: None,
                 segments: 1,
+                tos,
             })
         })
     }
@@ -99,6 +107,11 @@ fn socket_for(families: &[bool], dest: &SocketAddr) -> Option<FileIndex> {
         .iter()
         .position(|is_v4| *is_v4 == dest.is_ipv4())
         .map(FileIndex::socket)
+}
+
+/// The control messages of a send: its UDP_SEGMENT size and its outer TOS byte.
+fn send_control(segment_size: Option<u16>, tos: Option<u8>) -> SendControl {
+    SendControl { segment_size, tos }
 }
 
 /// The drop reason of a TUN read the egress path refused.
@@ -150,6 +163,8 @@ impl Worker {
         let packet = &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
         let (peer, endpoint) = destination(packet, table, guard)?;
         let file = socket_for(&self.socket_families, &endpoint).ok_or(DropReason::NoEndpoint)?;
+        // RFC 6040 §4.1: the outer ECN field from the inner packet's, read before sealing.
+        let tos = ecn::outer_tos_for(packet);
         let len = peer.session.encrypt(buf, n, now)?;
         peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
         let mut ops = PendingOps::new();
@@ -160,6 +175,7 @@ impl Worker {
             file,
             segment: None,
             segments: 1,
+            tos: Some(tos),
         });
         Ok(self.submit(slot, &ops))
     }
@@ -200,6 +216,7 @@ impl Worker {
                 file,
                 segment: send.segment,
                 segments: send.datagrams as u64,
+                tos: Some(send.tos),
             });
         }
         Ok(self.submit(slot, &ops))
@@ -221,9 +238,18 @@ impl Worker {
                     file,
                     segment,
                     segments,
+                    tos,
                 } => self
                     .ring
-                    .send(slot, op_index, file, offset, len, dest, segment)
+                    .send(
+                        slot,
+                        op_index,
+                        file,
+                        offset,
+                        len,
+                        dest,
+                        send_control(segment, tos),
+                    )
                     .map(|()| {
                         self.counters.udp_tx_packets += segments;
                         self.counters.udp_tx_bytes += len as u64;
@@ -264,6 +290,10 @@ impl Worker {
         guard: &TableGuard<'_>,
     ) -> Result<Outcome, DropReason> {
         let src = self.ring.source(slot).ok_or(DropReason::Malformed)?;
+        // One outer ECN field for every datagram of a GRO receive: the kernel's GRO merges
+        // only datagrams whose TOS / traffic class is equal (inet_gro_receive and
+        // ipv6_gro_receive flush on a difference).
+        let outer_ecn = Ecn::from_tos(self.ring.received_tos(slot).unwrap_or(0));
         let segment = match self.ring.gro_segment_size(slot) {
             Some(size) if size > 0 => usize::from(size),
             _ => n,
@@ -289,7 +319,10 @@ impl Worker {
             slot_ops.counters.udp_rx_packets += 1;
             slot_ops.counters.udp_rx_bytes += (end - start) as u64;
             let datagram = &mut input[start..end];
-            match self.gate.decide(datagram, src, now, table, guard) {
+            match self
+                .gate
+                .decide(datagram, src, outer_ecn, now, table, guard)
+            {
                 Decision::ToTun(range) if self.offloads => {
                     let packet = start + range.start..start + range.end;
                     let mut queue = |f: TunFrame<'_>| {
@@ -341,19 +374,23 @@ impl SlotOps<'_> {
     ) {
         match decision {
             Decision::ToTun(range) => self.write(at + range.start, range.len(), 1),
-            Decision::Relay { len, peer } => match peer.endpoint() {
+            Decision::Relay {
+                len,
+                peer,
+                outer_tos,
+            } => match peer.endpoint() {
                 Some(endpoint) => {
                     self.counters.relayed_packets += 1;
-                    self.send(at, len, endpoint);
+                    self.send(at, len, endpoint, Some(outer_tos));
                 }
                 None => self.counters.drop(DropReason::NoEndpoint),
             },
             Decision::CookieReply { len } => {
                 self.counters.cookie_replies += 1;
-                self.send(at, len, src);
+                self.send(at, len, src, None);
             }
             Decision::QueueHandshake => self.queue_handshake(datagram, src, now),
-            Decision::KeepaliveReply { len } => self.send(at, len, src),
+            Decision::KeepaliveReply { len } => self.send(at, len, src, None),
             Decision::Keepalive => {}
             Decision::Drop(why) => self.counters.drop(why),
         }
@@ -380,11 +417,11 @@ impl SlotOps<'_> {
         }
     }
 
-    /// Queues a send of `len` bytes from `offset` to `dest`.
-    fn send(&mut self, offset: usize, len: usize, dest: SocketAddr) {
+    /// Queues a send of `len` bytes from `offset` to `dest`, with outer TOS `tos`.
+    fn send(&mut self, offset: usize, len: usize, dest: SocketAddr, tos: Option<u8>) {
         if !self
             .pending
-            .push_datagram(self.socket_families, offset, len, dest)
+            .push_datagram(self.socket_families, offset, len, dest, tos)
         {
             self.counters.drop(DropReason::IoError);
         }

@@ -470,6 +470,8 @@ mod tests {
     use crate::server::session_table::PeerEntry;
     use std::net::Ipv4Addr;
 
+    mod ecn;
+
     /// A worker without offloads whose "TUN" is a UDP socket (nothing is read from it), with
     /// one socket, and a peer at 10.66.0.2 with an endpoint and a current keypair.
     fn worker() -> Worker {

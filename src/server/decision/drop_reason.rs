@@ -39,11 +39,15 @@ pub enum DropReason {
     UnexpectedType,
     /// The kernel refused a send or write.
     IoError,
+    /// Congestion experienced (CE) on the outer header of a packet whose transport is not
+    /// ECN-capable: dropped at decapsulation, as RFC 6040 §4.2 says (a drop is the only
+    /// congestion signal that transport understands).
+    CongestedNotEct,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::NoPeer,
         DropReason::NoEndpoint,
         DropReason::NoKeypair,
@@ -58,6 +62,7 @@ impl DropReason {
         DropReason::HandshakeShed,
         DropReason::UnexpectedType,
         DropReason::IoError,
+        DropReason::CongestedNotEct,
     ];
 
     /// Stable snake_case name (metrics labels, JSON keys): never rename one.
@@ -77,6 +82,7 @@ impl DropReason {
             DropReason::HandshakeShed => "handshake_shed",
             DropReason::UnexpectedType => "unexpected_type",
             DropReason::IoError => "io_error",
+            DropReason::CongestedNotEct => "congested_not_ect",
         }
     }
 }
@@ -122,6 +128,7 @@ mod tests {
                 "handshake_shed",
                 "unexpected_type",
                 "io_error",
+                "congested_not_ect",
             ]
         );
         for (i, reason) in DropReason::ALL.iter().enumerate() {

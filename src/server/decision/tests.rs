@@ -18,6 +18,7 @@ use crate::proto::suite::Suite;
 use crate::proto::wire::{AddressAssignment, INITIATION_LEN, RESPONSE_LEN};
 use crate::server::session_table::SessionTable;
 
+mod ecn;
 mod flood;
 mod wireguard;
 
@@ -92,16 +93,36 @@ impl Headend {
         self.load.publish(Some(Instant::from_nanos(u64::MAX)));
     }
 
-    /// Runs `datagram` from `src` through the gate; the decision, with anything it borrows
-    /// from the table resolved to an owned value, and the datagram as the gate left it.
+    /// Runs `datagram` from `src` through the gate, arrived with a Not-ECT outer header; the
+    /// decision, with anything it borrows from the table resolved to an owned value, and the
+    /// datagram as the gate left it.
     fn decide(&mut self, datagram: &mut [u8], src: SocketAddr, now: Instant) -> Outcome {
+        self.decide_marked(datagram, src, Ecn::NotEct, now)
+    }
+
+    /// [`Headend::decide`] for a datagram whose outer header arrived with `outer_ecn`.
+    fn decide_marked(
+        &mut self,
+        datagram: &mut [u8],
+        src: SocketAddr,
+        outer_ecn: Ecn,
+        now: Instant,
+    ) -> Outcome {
         let snapshot = self.table.snapshot();
         let guard = snapshot.guard();
-        match self.gate.decide(datagram, src, now, &snapshot, &guard) {
+        match self
+            .gate
+            .decide(datagram, src, outer_ecn, now, &snapshot, &guard)
+        {
             Decision::ToTun(range) => Outcome::ToTun(range),
-            Decision::Relay { len, peer } => Outcome::Relay {
+            Decision::Relay {
+                len,
+                peer,
+                outer_tos,
+            } => Outcome::Relay {
                 len,
                 to: peer.assignment.ipv4,
+                outer_tos,
             },
             Decision::QueueHandshake => Outcome::QueueHandshake,
             Decision::CookieReply { len } => Outcome::CookieReply { len },
@@ -204,11 +225,19 @@ impl Headend {
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     ToTun(Range<usize>),
-    Relay { len: usize, to: Ipv4Addr },
+    Relay {
+        len: usize,
+        to: Ipv4Addr,
+        outer_tos: u8,
+    },
     QueueHandshake,
-    CookieReply { len: usize },
+    CookieReply {
+        len: usize,
+    },
     Keepalive,
-    KeepaliveReply { len: usize },
+    KeepaliveReply {
+        len: usize,
+    },
     Drop(DropReason),
 }
 
@@ -279,7 +308,8 @@ fn relayed(
         h.decide(datagram, src, T0),
         Outcome::Relay {
             len,
-            to: client_address(to)
+            to: client_address(to),
+            outer_tos: 0,
         }
     );
     datagram[..len].to_vec()

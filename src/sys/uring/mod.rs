@@ -25,7 +25,10 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 mod multishot;
 
 use self::multishot::{header_field, reap_multishot, BufRing};
-use super::cmsg::{parse_gro_cmsg, write_segment_cmsg, CMSG_SPACE};
+use super::cmsg::{
+    control_bytes, parse_received_cmsgs, write_send_cmsgs, ReceivedControl, SendControl,
+    CMSG_SPACE, CMSG_WORDS,
+};
 use super::error::SysError;
 use super::udp::{raw_to_socket_addr, socket_addr_to_raw};
 
@@ -204,7 +207,7 @@ struct OpRecord {
     iov: libc::iovec,
     msg: libc::msghdr,
     addr: libc::sockaddr_storage,
-    cmsg: [u64; CMSG_SPACE / 8],
+    cmsg: [u64; CMSG_WORDS],
 }
 
 struct Slot {
@@ -347,19 +350,27 @@ impl Uring {
     /// The segment size the kernel reported with the last `recvmsg` on `slot` when UDP GRO
     /// merged several datagrams into it (`None`: one datagram).
     pub fn gro_segment_size(&self, slot: u32) -> Option<u16> {
+        self.received_control(slot)?.gro_segment_size
+    }
+
+    /// The TOS byte or traffic class the last `recvmsg` on `slot` arrived with (`None`: the
+    /// socket does not report it, `IP_RECVTOS` / `IPV6_RECVTCLASS` off). One value for all
+    /// the datagrams of a GRO receive: the kernel merges only datagrams whose TOS is equal.
+    pub fn received_tos(&self, slot: u32) -> Option<u8> {
+        self.received_control(slot)?.tos
+    }
+
+    /// The control messages of the last `recvmsg` on `slot`.
+    fn received_control(&self, slot: u32) -> Option<ReceivedControl> {
         let s = self.slots.get(slot as usize)?;
         if s.multishot_filled {
             let len = (header_field(&s.buf, 4) as usize).min(CMSG_SPACE);
             let at = RECV_OUT_LEN + NAME_SPACE;
-            return parse_gro_cmsg(&s.buf[at..at + len]);
+            return Some(parse_received_cmsgs(&s.buf[at..at + len]));
         }
         let record = s.ops.first()?;
-        let mut bytes = [0u8; CMSG_SPACE];
-        for (chunk, word) in bytes.chunks_mut(8).zip(record.cmsg.iter()) {
-            chunk.copy_from_slice(&word.to_ne_bytes());
-        }
         let used = record.msg.msg_controllen.min(CMSG_SPACE);
-        parse_gro_cmsg(&bytes[..used])
+        Some(parse_received_cmsgs(&control_bytes(&record.cmsg)[..used]))
     }
 
     /// Queues the entry of an operation [`claim`](Uring::claim)ed on `slot`; if it cannot be
@@ -449,7 +460,7 @@ impl Uring {
     }
 
     /// Queues a `recvmsg` into `buf[offset..offset + len]` on registered socket `file`, with
-    /// room for the UDP GRO control message.
+    /// room for the UDP GRO and the TOS / traffic class control messages.
     pub fn recv(
         &mut self,
         slot: u32,
@@ -480,8 +491,11 @@ impl Uring {
     }
 
     /// Queues a `sendmsg` of `buf[offset..offset + len]` to `dest` on registered socket `file`,
-    /// as operation `op_index` of the slot. With `segment_size`, the kernel cuts the buffer into
-    /// datagrams of that size (UDP_SEGMENT; the last may be shorter).
+    /// as operation `op_index` of the slot, with the control messages of `control`: with a
+    /// segment size the kernel cuts the buffer into datagrams of that size (UDP_SEGMENT; the
+    /// last may be shorter), with a TOS every one of them carries it (`IP_TOS` to an IPv4
+    /// `dest`, `IPV6_TCLASS` to an IPv6 one: each socket is of one family, IPv6 ones
+    /// `IPV6_V6ONLY`).
     #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
@@ -491,7 +505,7 @@ impl Uring {
         offset: usize,
         len: usize,
         dest: SocketAddr,
-        segment_size: Option<u16>,
+        control: SendControl,
     ) -> io::Result<()> {
         let s = self.claim(slot, op_index, offset, len)?;
         let base = s.buf[RECV_HEADROOM + offset..].as_mut_ptr();
@@ -507,16 +521,13 @@ impl Uring {
         r.msg.msg_iov = &mut r.iov;
         r.msg.msg_iovlen = 1;
         r.msg.msg_flags = 0;
-        match segment_size {
-            Some(size) => {
-                let used = write_segment_cmsg(&mut r.cmsg, size);
-                r.msg.msg_control = r.cmsg.as_mut_ptr().cast();
-                r.msg.msg_controllen = used as _;
-            }
-            None => {
-                r.msg.msg_control = std::ptr::null_mut();
-                r.msg.msg_controllen = 0;
-            }
+        let used = write_send_cmsgs(&mut r.cmsg, control, dest.is_ipv6());
+        if used > 0 {
+            r.msg.msg_control = r.cmsg.as_mut_ptr().cast();
+            r.msg.msg_controllen = used as _;
+        } else {
+            r.msg.msg_control = std::ptr::null_mut();
+            r.msg.msg_controllen = 0;
         }
         let entry = opcode::SendMsg::new(types::Fixed(u32::from(file.0)), &r.msg)
             .build()
@@ -592,7 +603,7 @@ impl OpRecord {
             msg: unsafe { std::mem::zeroed() },
             // SAFETY: as above.
             addr: unsafe { std::mem::zeroed() },
-            cmsg: [0; CMSG_SPACE / 8],
+            cmsg: [0; CMSG_WORDS],
         }
     }
 }

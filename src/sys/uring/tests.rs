@@ -2,34 +2,7 @@
 //! (multishot into provided buffers, running out of buffers, the single-shot fallback).
 
 use super::*;
-use crate::sys::cmsg::{SOL_UDP, UDP_GRO};
-
-#[test]
-fn segment_cmsg_round_trips_through_the_parser_layout() {
-    let mut space = [0u64; CMSG_SPACE / 8];
-    let used = write_segment_cmsg(&mut space, 1452);
-    assert_eq!(used, 24);
-    let mut bytes = [0u8; CMSG_SPACE];
-    for (chunk, word) in bytes.chunks_mut(8).zip(space.iter()) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    assert_eq!(u64::from_ne_bytes(bytes[..8].try_into().unwrap()), 18);
-    assert_eq!(u16::from_ne_bytes(bytes[16..18].try_into().unwrap()), 1452);
-}
-
-#[test]
-fn gro_cmsg_is_found_and_garbage_is_not() {
-    let mut control = [0u8; 24];
-    control[..8].copy_from_slice(&20u64.to_ne_bytes());
-    control[8..12].copy_from_slice(&SOL_UDP.to_ne_bytes());
-    control[12..16].copy_from_slice(&UDP_GRO.to_ne_bytes());
-    control[16..20].copy_from_slice(&1432i32.to_ne_bytes());
-    assert_eq!(parse_gro_cmsg(&control), Some(1432));
-    control[..8].copy_from_slice(&200u64.to_ne_bytes());
-    assert_eq!(parse_gro_cmsg(&control), None);
-    assert_eq!(parse_gro_cmsg(&[]), None);
-}
-
+use crate::sys::cmsg::SendControl;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
@@ -402,4 +375,107 @@ fn a_multishot_receive_that_ends_without_a_buffer_says_why() {
             failure: None
         }
     );
+}
+
+/// Waits (up to 2 s) for one datagram on blocking-free `socket`; its bytes and control.
+fn next_datagram(socket: &UdpSocket) -> (Vec<u8>, crate::sys::cmsg::ReceivedControl) {
+    use std::os::fd::AsFd;
+    let mut buf = [0u8; 2048];
+    for _ in 0..200 {
+        if let Ok((n, control)) = crate::sys::udp::recv_with_control(socket.as_fd(), &mut buf) {
+            return (buf[..n].to_vec(), control);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no datagram within 2 s on loopback");
+}
+
+#[test]
+fn a_send_carries_its_tos_on_every_segment_in_either_family() {
+    for (local, ipv6) in [("127.0.0.1:0", false), ("[::1]:0", true)] {
+        let Ok(receiver) = crate::sys::udp::bind_reuseport(local.parse().unwrap()) else {
+            eprintln!("SKIPPED {local}: cannot bind (no IPv6 on loopback?)");
+            continue;
+        };
+        let sender = UdpSocket::bind(local).unwrap();
+        let Ok(mut ring) = ring_on(&sender, 1, 8) else {
+            eprintln!("SKIPPED: no io_uring here");
+            return;
+        };
+        ring.buffer(0).unwrap()[..250].fill(7);
+        let dest = receiver.local_addr().unwrap();
+        // Three datagrams of one UDP_SEGMENT send, ECT(1), DSCP 0.
+        let control = SendControl {
+            segment_size: Some(100),
+            tos: Some(0x01),
+        };
+        ring.send(0, 0, SOCKET, 0, 250, dest, control).unwrap();
+        let mut done = Vec::new();
+        for _ in 0..40 {
+            done.extend_from_slice(ring.submit_and_wait(Duration::from_millis(50)).unwrap());
+            if !done.is_empty() {
+                break;
+            }
+        }
+        let Some(Completion::Slot(c)) = done.first() else {
+            panic!("the send completes: {done:?}");
+        };
+        assert_eq!(
+            c.result,
+            Ok(250),
+            "{local}: UDP_SEGMENT and the TOS in one sendmsg"
+        );
+        for expected in [100, 100, 50] {
+            let (bytes, control) = next_datagram(&receiver);
+            assert_eq!(bytes.len(), expected, "{local}");
+            assert_eq!(control.tos, Some(0x01), "{local}, ipv6 {ipv6}");
+        }
+    }
+}
+
+#[test]
+fn the_tos_a_datagram_arrived_with_is_reported_for_its_slot() {
+    // Multishot receive into provided buffers.
+    let Some((mut ring, receiver, sender)) = setup(2) else {
+        return;
+    };
+    crate::sys::udp::set_receive_tos(&receiver, false).unwrap();
+    let send = |bytes: &[u8], tos: u8| {
+        use std::os::fd::AsFd;
+        let control = SendControl {
+            segment_size: None,
+            tos: Some(tos),
+        };
+        crate::sys::udp::send_with_control(sender.as_fd(), bytes, control, false).unwrap();
+    };
+    send(b"ect0", 0x02);
+    send(b"ce", 0x03);
+    let got = receive(&mut ring, 2).datagrams;
+    assert_eq!(got.len(), 2);
+    for (slot, payload, _) in &got {
+        let expected = if payload == b"ce" { 0x03 } else { 0x02 };
+        assert_eq!(ring.received_tos(*slot), Some(expected), "{payload:?}");
+        assert_eq!(ring.gro_segment_size(*slot), None);
+    }
+    // The single-shot receive of kernels without buffer rings.
+    let receiver = crate::sys::udp::bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.connect(receiver.local_addr().unwrap()).unwrap();
+    let mut ring = ring_on(&receiver, 2, 16).unwrap();
+    ring.recv(1, SOCKET, 0, 2048).unwrap();
+    let control = SendControl {
+        segment_size: None,
+        tos: Some(0x01),
+    };
+    use std::os::fd::AsFd;
+    crate::sys::udp::send_with_control(sender.as_fd(), b"ect1", control, false).unwrap();
+    let mut done = Vec::new();
+    for _ in 0..40 {
+        done.extend_from_slice(ring.submit_and_wait(Duration::from_millis(50)).unwrap());
+        if !done.is_empty() {
+            break;
+        }
+    }
+    assert!(matches!(done.first(), Some(Completion::Slot(c)) if c.result == Ok(4)));
+    assert_eq!(ring.received_tos(1), Some(0x01));
 }
