@@ -258,8 +258,9 @@ impl Gate {
 /// the datagram has room for it, which is the room of the sender's plaintext: a WireGuard
 /// sender padded it by the same rule (under its own MTU, normally the same); a native sender
 /// did not, so what it sends to a WireGuard peer goes on unpadded (the receiver takes that:
-/// it reads the packet's length from its IP header). The datagram cannot grow in place: in a
-/// GRO receive the next one follows it.
+/// it reads the packet's length from its IP header; and the length was on the wire unpadded
+/// on the way in). The datagram cannot grow in place: in a GRO receive the next one follows
+/// it.
 fn relay_padding(to: &PeerEntry, len: usize, datagram_len: usize) -> Padding {
     let padded = TRANSPORT_HEADER_LEN + to.padding.padded_len(len) + TAG_LEN;
     if padded <= datagram_len {
