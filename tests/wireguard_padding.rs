@@ -3,8 +3,9 @@
 //! (whitepaper section 5.4.6; wireguard-go `device/send.go` `calculatePaddingSize`), so each
 //! transport message is 16 + 48 + 16 = 80 bytes, UDP length 88 (unpadded: 73, UDP length 81).
 //! nftables counters on the underlay count both lengths each way: the server's echo replies
-//! to the client, with offloads (segment trains) and without (one packet at a time), and
-//! wireguard-go's echo requests to the server. boringtun (0.7.1) does not pad what it sends
+//! to the client, with offloads (segment trains), without (one packet at a time) and through
+//! the fair queue, and wireguard-go's echo requests to the server. boringtun (0.7.1) does not
+//! pad what it sends
 //! ("TODO: spec requires padding", `noise/session.rs`): with it, only the server's direction
 //! is checked, and its unpadded packets arriving show that the server takes either.
 //!
@@ -32,11 +33,17 @@ const UNPADDED_UDP_LEN: u16 = 81;
 const PINGS: u32 = 5;
 const DEADLINE: Duration = Duration::from_secs(15);
 
-/// A lab whose second client namespace runs `kind`, connected as a WireGuard peer, with
+/// A lab whose server has the top-level `settings` and whose second client namespace runs
+/// `kind`, connected as a WireGuard peer, with
 /// counters of padded and unpadded transport messages of one ping in each direction:
 /// `to_client_padded` / `to_client_unpadded` in the client's namespace, `to_server_padded` /
 /// `to_server_unpadded` in the server's. The stock endpoint is dropped before the lab.
-fn pinged_through(name: &str, kind: StockKind, offloads: bool) -> Option<(Lab, StockEndpoint)> {
+fn pinged_through(
+    name: &str,
+    kind: StockKind,
+    offloads: bool,
+    settings: &str,
+) -> Option<(Lab, StockEndpoint)> {
     if !(lab_or_skip(name) && tools_or_skip(name, common::stock::TOOLS)) {
         return None;
     }
@@ -55,6 +62,7 @@ fn pinged_through(name: &str, kind: StockKind, offloads: bool) -> Option<(Lab, S
          address = \"{STOCK_ADDRESS}\"\n"
     );
     std::fs::write(&config, text).unwrap();
+    lab.add_server_settings(settings);
     lab.start_server();
     let (stock_ns, server_ns) = (lab.client_ns[1].clone(), lab.server_ns.clone());
     let stock = StockEndpoint::start(kind, &stock_ns, lab.dir());
@@ -122,8 +130,9 @@ fn assert_padded(lab: &Lab, ns: &str, direction: &str) {
     );
 }
 
-fn server_pads_and_wireguard_go_pads(name: &str, offloads: bool) {
-    let Some((lab, stock)) = pinged_through(name, StockKind::WireguardGo, offloads) else {
+fn server_pads_and_wireguard_go_pads(name: &str, offloads: bool, settings: &str) {
+    let Some((lab, stock)) = pinged_through(name, StockKind::WireguardGo, offloads, settings)
+    else {
         return;
     };
     assert_padded(&lab, &lab.client_ns[1], "to_client");
@@ -136,6 +145,7 @@ fn wireguard_transport_is_padded_both_ways_with_offloads() {
     server_pads_and_wireguard_go_pads(
         "wireguard_transport_is_padded_both_ways_with_offloads",
         true,
+        "",
     );
 }
 
@@ -144,13 +154,23 @@ fn wireguard_transport_is_padded_both_ways_without_offloads() {
     server_pads_and_wireguard_go_pads(
         "wireguard_transport_is_padded_both_ways_without_offloads",
         false,
+        "",
+    );
+}
+
+#[test]
+fn wireguard_transport_is_padded_through_the_fair_queue() {
+    server_pads_and_wireguard_go_pads(
+        "wireguard_transport_is_padded_through_the_fair_queue",
+        true,
+        "fair_queue = true",
     );
 }
 
 #[test]
 fn the_server_pads_what_it_sends_boringtun() {
     let name = "the_server_pads_what_it_sends_boringtun";
-    let Some((lab, stock)) = pinged_through(name, StockKind::Boringtun, true) else {
+    let Some((lab, stock)) = pinged_through(name, StockKind::Boringtun, true, "") else {
         return;
     };
     assert_padded(&lab, &lab.client_ns[1], "to_client");
