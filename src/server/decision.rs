@@ -292,6 +292,7 @@ fn answer_keepalive<'t>(datagram: &mut [u8], peer: &'t PeerEntry, now: Instant) 
     if !silent {
         return Decision::Keepalive;
     }
+    // Empty, in either suite: WireGuard pads no keepalive.
     match peer
         .session
         .encrypt(&mut datagram[..TRANSPORT_MIN_LEN], 0, now)
