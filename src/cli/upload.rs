@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use concentrator::offload::vnet::VNET_HDR_LEN;
 use concentrator::proto::constants::MAX_MTU;
+use concentrator::proto::padding::Padding;
 use concentrator::proto::rng::{OsRandom, Random};
 use concentrator::proto::session::Session;
 use concentrator::proto::time::Instant;
@@ -273,7 +274,11 @@ impl Sender<'_> {
             self.unsent = Some(unsent);
             return len;
         }
-        if let Ok(train) = egress::seal_super_packet(&buf[..n], self.output, self.session, now) {
+        // The client speaks the native suite only, which is not padded.
+        let padding = Padding::None;
+        if let Ok(train) =
+            egress::seal_super_packet(&buf[..n], self.output, self.session, padding, now)
+        {
             for (slot, send) in unsent.sends.iter_mut().zip(train.sends(0)) {
                 *slot = Some(send);
             }

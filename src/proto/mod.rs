@@ -13,6 +13,7 @@ pub mod cookie;
 pub mod handshake;
 pub mod keypair;
 pub mod keys;
+pub mod padding;
 pub mod ratelimit;
 pub mod replay;
 pub mod rng;

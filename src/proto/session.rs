@@ -13,7 +13,9 @@ use arc_swap::{ArcSwap, Guard};
 
 use super::constants::{KEEPALIVE_TIMEOUT, ZERO_KEYS_AFTER};
 use super::keypair::{Keypair, TransportError};
+use super::padding::Padding;
 use super::time::Instant;
+use super::wire::TRANSPORT_HEADER_LEN;
 
 /// Why a packet could not be sent or received on a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -206,16 +208,37 @@ impl Session {
             .any(|slot| slot.as_ref().is_some_and(|k| k.local_index == index))
     }
 
-    /// Seals `buf[16..16 + payload_len]` with the current keypair.
+    /// Seals `buf[16..16 + payload_len]` with the current keypair, unpadded.
+    #[inline]
     pub fn encrypt(
         &self,
         buf: &mut [u8],
         payload_len: usize,
         now: Instant,
     ) -> Result<usize, SessionError> {
+        self.encrypt_padded(buf, payload_len, Padding::None, now)
+    }
+
+    /// Seals `buf[16..16 + payload_len]` with the current keypair, padded with zeros after it
+    /// as `padding` says: `buf` must have room for the header, the padded plaintext
+    /// ([`Padding::padded_len`]) and the tag. Returns the length of the whole message.
+    #[inline]
+    pub fn encrypt_padded(
+        &self,
+        buf: &mut [u8],
+        payload_len: usize,
+        padding: Padding,
+        now: Instant,
+    ) -> Result<usize, SessionError> {
         let slots = self.slots.load();
         let keypair = slots.current.as_ref().ok_or(SessionError::NoKeypair)?;
-        let len = keypair.seal(buf, payload_len, now)?;
+        let padded_len = padding.padded_len(payload_len);
+        let zeros = TRANSPORT_HEADER_LEN + payload_len..TRANSPORT_HEADER_LEN + padded_len;
+        // Without room for them, `seal` refuses the message (before taking a counter).
+        if let Some(padding_bytes) = buf.get_mut(zeros) {
+            padding_bytes.fill(0);
+        }
+        let len = keypair.seal(buf, padded_len, now)?;
         self.note_sent(now, payload_len > 0);
         Ok(len)
     }
@@ -399,6 +422,34 @@ mod tests {
         let n = client.seal(&mut buf, 4, t(1)).unwrap();
         buf.truncate(n);
         buf
+    }
+
+    #[test]
+    fn padded_plaintext_is_zeros_after_the_packet_and_needs_room() {
+        use crate::proto::padding::Padding;
+        use crate::proto::wire::TAG_LEN;
+        let session = Session::new();
+        // The client's keypair seals for the server's twin.
+        let (server, client) = responder_pair(7, 1);
+        session.install(Arc::new(client), t(0));
+        let padding = Padding::WireGuard { mtu: 1420 };
+        // Room for 16 bytes of plaintext, 3 of them the packet, the rest stale bytes.
+        let mut buf = vec![0xee; TRANSPORT_HEADER_LEN + 16 + TAG_LEN];
+        buf[16..19].copy_from_slice(b"abc");
+        let short = &mut buf[..TRANSPORT_HEADER_LEN + 15 + TAG_LEN];
+        assert_eq!(
+            session.encrypt_padded(short, 3, padding, t(1)),
+            Err(SessionError::Transport(TransportError::BufferTooSmall))
+        );
+        let n = session.encrypt_padded(&mut buf, 3, padding, t(1)).unwrap();
+        assert_eq!(n, TRANSPORT_HEADER_LEN + 16 + TAG_LEN);
+        let (counter, plain) = server.open(&mut buf[..n], t(2)).unwrap();
+        assert_eq!(counter, 0, "the refused message took no counter");
+        assert_eq!(&buf[plain], b"abc\0\0\0\0\0\0\0\0\0\0\0\0\0");
+        // A keepalive stays empty.
+        let mut keepalive = vec![0xee; 64];
+        let n = session.encrypt_padded(&mut keepalive, 0, padding, t(1));
+        assert_eq!(n, Ok(TRANSPORT_HEADER_LEN + TAG_LEN));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use crate::proto::admission::{Admission, Verdict};
 use crate::proto::constants::KEEPALIVE_ANSWER_AFTER;
 use crate::proto::cookie::ServerMacKeys;
+use crate::proto::padding::Padding;
 use crate::proto::ratelimit::{SlotLimiter, DEFAULT_BURST, DEFAULT_PACKETS_PER_SECOND};
 use crate::proto::rng::{PrfRandom, Random};
 use crate::proto::time::Instant;
@@ -233,9 +234,11 @@ impl Gate {
         if self.config.client_to_client {
             if let Some(other) = table.by_address(inner_dst, guard) {
                 // The plaintext sits between the old header's and the old tag's room: seal it
-                // there.
-                let room = &mut datagram[..TRANSPORT_HEADER_LEN + len + TAG_LEN];
-                let sealed = other.session.encrypt(room, len, now)?;
+                // there, padded for the other peer as far as that room goes.
+                let padding = relay_padding(other, len, datagram.len());
+                let room = TRANSPORT_HEADER_LEN + padding.padded_len(len) + TAG_LEN;
+                let room = &mut datagram[..room];
+                let sealed = other.session.encrypt_padded(room, len, padding, now)?;
                 other.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 return Ok(Decision::Relay {
                     len: sealed,
@@ -247,6 +250,23 @@ impl Gate {
         Ok(Decision::ToTun(
             TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len,
         ))
+    }
+}
+
+/// How an inner packet of `len` bytes is padded when relayed to `to`, sealed in place in a
+/// received datagram of `datagram_len` bytes: by `to`'s rule ([`PeerEntry::padding`]) when
+/// the datagram has room for it, which is the room of the sender's plaintext: a WireGuard
+/// sender padded it by the same rule (under its own MTU, normally the same); a native sender
+/// did not, so what it sends to a WireGuard peer goes on unpadded (the receiver takes that:
+/// it reads the packet's length from its IP header; and the length was on the wire unpadded
+/// on the way in). The datagram cannot grow in place: in a GRO receive the next one follows
+/// it.
+fn relay_padding(to: &PeerEntry, len: usize, datagram_len: usize) -> Padding {
+    let padded = TRANSPORT_HEADER_LEN + to.padding.padded_len(len) + TAG_LEN;
+    if padded <= datagram_len {
+        to.padding
+    } else {
+        Padding::None
     }
 }
 
@@ -272,6 +292,7 @@ fn answer_keepalive<'t>(datagram: &mut [u8], peer: &'t PeerEntry, now: Instant) 
     if !silent {
         return Decision::Keepalive;
     }
+    // Empty, in either suite: WireGuard pads no keepalive.
     match peer
         .session
         .encrypt(&mut datagram[..TRANSPORT_MIN_LEN], 0, now)

@@ -8,6 +8,7 @@
 //! `ArcSwap`). A worker takes a [`TableSnapshot`] and pins a [`TableGuard`] once per batch of
 //! completions and looks up as often as it likes under it.
 
+use crate::proto::padding::Padding;
 use crate::proto::suite::Suite;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +34,9 @@ pub struct PeerEntry {
     /// The protocol it speaks (for `show`, fixed for the entry's life; the data path needs none:
     /// its keypairs know).
     pub suite: Suite,
+    /// How what is sealed for it is padded: its suite's rule under its assignment's MTU (the
+    /// tunnel's), fixed with the suite ([`PeerEntry::with_suite`]).
+    pub padding: Padding,
     /// The networks routed to it besides its addresses (`allowed_ips`), normalized; written by
     /// the control thread with the table ([`SessionTable::set_allowed_ips`]), never read on
     /// the data path (the table answers there).
@@ -57,6 +61,7 @@ impl PeerEntry {
             session,
             assignment,
             suite: Suite::Native,
+            padding: Padding::for_suite(Suite::Native, assignment.mtu),
             allowed_ips: ArcSwap::from_pointee(Vec::new()),
             endpoint: ArcSwapOption::empty(),
             rx_bytes: AtomicU64::new(0),
@@ -67,6 +72,7 @@ impl PeerEntry {
     /// The same entry for a peer of `suite`.
     pub fn with_suite(mut self, suite: Suite) -> Self {
         self.suite = suite;
+        self.padding = Padding::for_suite(suite, self.assignment.mtu);
         self
     }
 

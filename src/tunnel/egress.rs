@@ -8,6 +8,7 @@ use crate::offload::split::Segmenter;
 use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::offload::OffloadError;
 use crate::proto::constants::MAX_MTU;
+use crate::proto::padding::Padding;
 use crate::proto::session::{Session, SessionError};
 use crate::proto::time::Instant;
 use crate::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
@@ -72,11 +73,17 @@ pub struct GsoSend {
 }
 
 /// Cuts the TUN read in `input` (a virtio header, then an IP packet or a TSO/USO super-packet)
-/// into segments of at most [`MAX_MTU`] bytes and seals each under `session` into `output`.
+/// into segments of at most [`MAX_MTU`] bytes and seals each under `session` into `output`,
+/// padded as `padding` says (the peer's suite).
+///
+/// The stride holds the first segment, the longest, padded: every other one, padded, fits
+/// (padding never makes a shorter packet longer than a longer one's), so all datagrams but
+/// the last are exactly `stride` bytes, as `UDP_SEGMENT` needs, and the last is padded too.
 pub fn seal_super_packet(
     input: &[u8],
     output: &mut [u8],
     session: &Session,
+    padding: Padding,
     now: Instant,
 ) -> Result<SealedTrain, EgressError> {
     let hdr = VirtioNetHdr::parse(input).ok_or(OffloadError::Truncated)?;
@@ -86,7 +93,7 @@ pub fn seal_super_packet(
     if count == 0 {
         return Err(EgressError::Empty);
     }
-    let stride = segments.segment_len(0) + TRANSPORT_HEADER_LEN + TAG_LEN;
+    let stride = padding.padded_len(segments.segment_len(0)) + TRANSPORT_HEADER_LEN + TAG_LEN;
     if count * stride > output.len() {
         return Err(EgressError::NoRoom);
     }
@@ -95,7 +102,10 @@ pub fn seal_super_packet(
         let at = i * stride;
         let room = &mut output[at + TRANSPORT_HEADER_LEN..at + stride - TAG_LEN];
         let len = segments.write_segment(i, room)?;
-        end = at + session.encrypt(&mut output[at..at + stride], len, now)?;
+        // A segment longer than the first would not fit its stride padded: `encrypt_padded`
+        // refuses it rather than write into the next datagram.
+        let datagram = &mut output[at..at + stride];
+        end = at + session.encrypt_padded(datagram, len, padding, now)?;
         plaintext += len;
     }
     Ok(SealedTrain {
@@ -135,6 +145,8 @@ impl SealedTrain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::keypair::Keypair;
+    use crate::proto::suite::Suite;
 
     fn train(stride: usize, count: usize, last: usize) -> SealedTrain {
         SealedTrain {
@@ -186,6 +198,11 @@ mod tests {
     /// An IPv4/UDP super-packet of `payload` bytes with TOS `tos`, cut by USO into 100-byte
     /// payloads (checksum left partial, as the kernel hands it over), after its virtio header.
     fn uso_read(tos: u8, payload: usize) -> Vec<u8> {
+        uso_read_cut(tos, payload, 100)
+    }
+
+    /// [`uso_read`] cut into `gso_size`-byte payloads.
+    fn uso_read_cut(tos: u8, payload: usize, gso_size: u16) -> Vec<u8> {
         use crate::offload::vnet::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4};
         use crate::proto::wire::checksum;
         let total = 28 + payload;
@@ -209,7 +226,7 @@ mod tests {
             flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
             gso_type: VIRTIO_NET_HDR_GSO_UDP_L4,
             hdr_len: 28,
-            gso_size: 100,
+            gso_size,
             csum_start: 20,
             csum_offset: 6,
         };
@@ -236,7 +253,8 @@ mod tests {
             let session = keyed_session();
             let mut output = vec![0u8; 8 * 1024];
             let now = Instant::from_nanos(1);
-            let train = seal_super_packet(&read, &mut output, &session, now).unwrap();
+            let train =
+                seal_super_packet(&read, &mut output, &session, Padding::None, now).unwrap();
             assert_eq!((train.count, train.outer_tos), (5, ecn.bits()));
             assert!(train.sends(0).all(|send| send.tos == ecn.bits()));
         }
@@ -244,15 +262,133 @@ mod tests {
 
     /// A session with a current keypair.
     fn keyed_session() -> Session {
-        use crate::proto::keypair::Keypair;
+        keyed_session_of(Suite::Native)
+    }
+
+    /// A session with a current keypair of `suite`, sealing under the key it opens with.
+    fn keyed_session_of(suite: Suite) -> Session {
         let now = Instant::from_nanos(1);
         let session = Session::new();
-        let key = zeroize::Zeroizing::new([3u8; 32]);
-        session.install(
-            std::sync::Arc::new(Keypair::new(&key, &key, 1, 2, now, true)),
-            now,
-        );
+        session.install(std::sync::Arc::new(twin_keypair(suite)), now);
         session
+    }
+
+    /// A keypair of `suite` with the same key both ways: it opens what [`keyed_session_of`]
+    /// seals.
+    fn twin_keypair(suite: Suite) -> Keypair {
+        let key = zeroize::Zeroizing::new([3u8; 32]);
+        Keypair::for_suite(suite, &key, &key, 1, 2, Instant::from_nanos(1), true)
+    }
+
+    /// The datagrams of `train` in `output`, each opened by a twin keypair of `suite`: its
+    /// length on the wire and its plaintext.
+    fn opened_datagrams(train: &SealedTrain, output: &[u8], suite: Suite) -> Vec<(usize, Vec<u8>)> {
+        let opener = twin_keypair(suite);
+        (0..train.count)
+            .map(|i| {
+                let at = i * train.stride;
+                let end = if i + 1 == train.count {
+                    train.end
+                } else {
+                    at + train.stride
+                };
+                let mut datagram = output[at..end].to_vec();
+                let (_, plain) = opener.open(&mut datagram, Instant::from_nanos(2)).unwrap();
+                (end - at, datagram[plain].to_vec())
+            })
+            .collect()
+    }
+
+    /// Segment `i` of `read` as the segmenter cuts it.
+    fn segment(read: &[u8], i: usize) -> Vec<u8> {
+        let hdr = VirtioNetHdr::parse(read).unwrap();
+        let segments = Segmenter::new(&hdr, &read[VNET_HDR_LEN..], MAX_MTU as usize).unwrap();
+        let mut out = vec![0u8; segments.segment_len(i)];
+        segments.write_segment(i, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_wireguard_train_is_padded_to_16_within_the_mtu_and_keeps_its_stride() {
+        let padding = Padding::WireGuard { mtu: 1420 };
+        // (UDP payload per segment, super-packet payload, the datagrams' lengths): segments
+        // of 129 bytes and a last one of 74, padded to 144 and 80; segments of 1419, capped
+        // at the MTU, and a last one of 246, padded to 256.
+        for (gso_size, payload, lengths) in [
+            (101, 450, vec![176, 176, 176, 176, 112]),
+            (1391, 3000, vec![1452, 1452, 288]),
+        ] {
+            let read = uso_read_cut(0, payload, gso_size);
+            let session = keyed_session_of(Suite::WireGuard);
+            // Stale bytes in the output: the padding must be zeros all the same.
+            let mut output = vec![0xee; 8 * 1024];
+            let now = Instant::from_nanos(1);
+            let train = seal_super_packet(&read, &mut output, &session, padding, now).unwrap();
+            assert_eq!(
+                train.stride, lengths[0],
+                "the stride holds a padded segment"
+            );
+            let opened = opened_datagrams(&train, &output, Suite::WireGuard);
+            assert_eq!(opened.iter().map(|o| o.0).collect::<Vec<_>>(), lengths);
+            for (i, (len, plain)) in opened.iter().enumerate() {
+                let inner = len - TRANSPORT_HEADER_LEN - TAG_LEN;
+                assert!(
+                    inner % 16 == 0 || inner == 1420,
+                    "datagram {i}: {len} bytes"
+                );
+                let packet = segment(&read, i);
+                assert_eq!(&plain[..packet.len()], &packet[..], "datagram {i}");
+                assert!(
+                    plain[packet.len()..].iter().all(|b| *b == 0),
+                    "datagram {i}"
+                );
+            }
+            assert_eq!(
+                train.plaintext,
+                payload + 28 * lengths.len(),
+                "inner bytes only"
+            );
+            // UDP_SEGMENT: every send's datagrams but its last are exactly `stride` bytes.
+            for send in train.sends(0) {
+                if let Some(segment) = send.segment {
+                    assert_eq!(usize::from(segment), train.stride);
+                    assert!(send.len > (send.datagrams - 1) * train.stride);
+                    assert!(send.len <= send.datagrams * train.stride);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_native_train_is_not_padded() {
+        let read = uso_read_cut(0, 450, 101);
+        let session = keyed_session();
+        let mut output = vec![0u8; 8 * 1024];
+        let now = Instant::from_nanos(1);
+        let train = seal_super_packet(&read, &mut output, &session, Padding::None, now).unwrap();
+        assert_eq!(train.stride, 129 + 32);
+        let opened = opened_datagrams(&train, &output, Suite::Native);
+        assert_eq!(
+            opened.iter().map(|o| o.0).collect::<Vec<_>>(),
+            vec![161, 161, 161, 161, 74 + 32]
+        );
+        for (i, (_, plain)) in opened.iter().enumerate() {
+            assert_eq!(plain, &segment(&read, i), "datagram {i}");
+        }
+    }
+
+    #[test]
+    fn a_wireguard_train_that_does_not_fit_the_output_is_refused() {
+        let read = uso_read_cut(0, 450, 101);
+        let session = keyed_session_of(Suite::WireGuard);
+        let padding = Padding::WireGuard { mtu: 1420 };
+        // Room for the five datagrams unpadded (4 x 161 + 106), not padded (4 x 176 + 112).
+        let mut output = vec![0u8; 4 * 176 + 111];
+        let now = Instant::from_nanos(1);
+        assert_eq!(
+            seal_super_packet(&read, &mut output, &session, padding, now),
+            Err(EgressError::NoRoom)
+        );
     }
 
     #[test]
@@ -261,7 +397,7 @@ mod tests {
         let mut out = [0u8; 64];
         let now = Instant::from_nanos(1);
         assert_eq!(
-            seal_super_packet(&[0u8; 4], &mut out, &session, now),
+            seal_super_packet(&[0u8; 4], &mut out, &session, Padding::None, now),
             Err(EgressError::Malformed(OffloadError::Truncated))
         );
     }
@@ -276,7 +412,13 @@ mod tests {
         p[2..4].copy_from_slice(&28u16.to_be_bytes());
         p[9] = 17;
         let mut out = vec![0u8; 256];
-        let r = seal_super_packet(&input, &mut out, &session, Instant::from_nanos(1));
+        let r = seal_super_packet(
+            &input,
+            &mut out,
+            &session,
+            Padding::None,
+            Instant::from_nanos(1),
+        );
         assert_eq!(r, Err(EgressError::Session(SessionError::NoKeypair)));
     }
 }

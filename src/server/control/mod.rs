@@ -684,6 +684,7 @@ impl Control {
             let Some(endpoint) = entry.endpoint() else {
                 continue;
             };
+            // Empty, in either suite: WireGuard pads no keepalive (0 is a multiple of 16).
             let mut buf = [0u8; TRANSPORT_MIN_LEN];
             if let Ok(n) = entry.session.encrypt(&mut buf, 0, now) {
                 self.send(&buf[..n], endpoint);

@@ -165,7 +165,7 @@ impl Worker {
         let file = socket_for(&self.socket_families, &endpoint).ok_or(DropReason::NoEndpoint)?;
         // RFC 6040 §4.1: the outer ECN field from the inner packet's, read before sealing.
         let tos = ecn::outer_tos_for(packet);
-        let len = peer.session.encrypt(buf, n, now)?;
+        let len = peer.session.encrypt_padded(buf, n, peer.padding, now)?;
         peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
         let mut ops = PendingOps::new();
         ops.push(Pending::Send {
@@ -201,8 +201,9 @@ impl Worker {
         }
         let packet = input.get(VNET_HDR_LEN..n).ok_or(DropReason::Malformed)?;
         let (peer, endpoint) = destination(packet, table, guard)?;
-        let train = egress::seal_super_packet(&input[..n], output, &peer.session, now)
-            .map_err(egress_drop)?;
+        let train =
+            egress::seal_super_packet(&input[..n], output, &peer.session, peer.padding, now)
+                .map_err(egress_drop)?;
         peer.tx_bytes
             .fetch_add(train.plaintext as u64, Ordering::Relaxed);
         self.counters.tun_rx_packets += train.count as u64 - 1;

@@ -6,6 +6,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 
 use super::*;
+use crate::proto::padding::Padding;
 use crate::proto::suite::Suite;
 
 /// A WireGuard client (boringtun) connected through the [`Headend`], and its peer entry.
@@ -129,7 +130,8 @@ fn native_and_wireguard_clients_in_one_table_reach_each_other_through_the_relay(
     let wg = h.connect_wireguard(3, udp("192.0.2.3:4000"));
     let mut tunn = wg.tunn;
 
-    // Native to WireGuard: sealed again under the WireGuard peer's ChaCha20-Poly1305 keys.
+    // Native to WireGuard: sealed again under the WireGuard peer's ChaCha20-Poly1305 keys,
+    // unpadded: the native datagram has no room for padding (`relay_padding`).
     let packet = ipv4_packet(client_address(2), client_address(3));
     let mut datagram = seal(&mut native.client, &packet, T0);
     let relayed_to_wg = relayed(&mut h, &mut datagram, native.udp, 3, packet.len());
@@ -182,5 +184,67 @@ fn under_load_a_wireguard_initiation_gets_a_wireguard_cookie_reply_then_is_queue
     assert_eq!(
         native.receive(&mut datagram[..len], T0),
         ClientEvent::CookieReceived
+    );
+}
+
+/// `packet` followed by zeros to WireGuard's padded length under a 1420 MTU, as wireguard-go
+/// seals it (boringtun itself does not pad).
+fn padded_as_wireguard_go(packet: &[u8]) -> Vec<u8> {
+    let mut padded = packet.to_vec();
+    padded.resize(
+        crate::proto::padding::wireguard_padded_len(packet.len(), 1420),
+        0,
+    );
+    padded
+}
+
+#[test]
+fn a_padded_wireguard_packet_goes_to_the_tun_without_its_padding() {
+    let mut h = Headend::new(false);
+    let a = h.connect_wireguard(2, udp("192.0.2.2:4000"));
+    let mut tunn = a.tunn;
+    let packet = ipv4_packet(client_address(2), BACKEND);
+    let padded = padded_as_wireguard_go(&packet);
+    assert_eq!(padded.len(), 48);
+    let mut datagram = wg_seal(&mut tunn, &padded);
+    assert_to_tun_from(&mut h, &a.entry, &mut datagram, &packet, a.udp);
+}
+
+#[test]
+fn a_relay_to_a_wireguard_peer_is_padded_and_one_to_a_native_peer_is_not() {
+    let mut h = Headend::new(true);
+    let mut native = h.connect_confirmed(2, udp("192.0.2.2:4000"));
+    let wg = h.connect_wireguard(3, udp("192.0.2.3:4000"));
+    let other_wg = h.connect_wireguard(4, udp("192.0.2.4:4000"));
+    let (mut tunn, mut other_tunn) = (wg.tunn, other_wg.tunn);
+
+    // WireGuard to WireGuard: the sender's padding is room for the receiver's.
+    let packet = ipv4_packet(client_address(3), client_address(4));
+    let mut stale_padding = padded_as_wireguard_go(&packet);
+    stale_padding[packet.len()..].fill(0xee);
+    let mut datagram = wg_seal(&mut tunn, &stale_padding);
+    let padded_len = TRANSPORT_HEADER_LEN + 48 + TAG_LEN;
+    assert_eq!(
+        h.decide(&mut datagram, wg.udp, T0),
+        Outcome::Relay {
+            len: padded_len,
+            to: client_address(4),
+            outer_tos: 0,
+        }
+    );
+    assert_eq!(other_wg.entry.padding, Padding::WireGuard { mtu: 1420 });
+    match to_wg_client(&mut other_tunn, &datagram[..padded_len]) {
+        Some(TunnOutput::Tunnel(p)) => assert_eq!(p, packet),
+        other => panic!("boringtun did not deliver the relayed packet: {other:?}"),
+    }
+    // The padding is zeros whatever the sender's was: `Session::encrypt_padded` (its tests).
+
+    // WireGuard to native: sealed without padding.
+    let packet = ipv4_packet(client_address(3), client_address(2));
+    let mut datagram = wg_seal(&mut tunn, &padded_as_wireguard_go(&packet));
+    let relayed_to_native = relayed(&mut h, &mut datagram, wg.udp, 2, packet.len());
+    assert_eq!(
+        opened_by(&mut native.client, relayed_to_native, "the native client"),
+        packet
     );
 }
