@@ -21,7 +21,7 @@ use crate::offload::vnet::VNET_HDR_LEN;
 use crate::proto::time::Instant;
 use crate::proto::wire::{IpPacket, INITIATION_LEN, TRANSPORT_HEADER_LEN};
 use crate::server::decision::Decision;
-use crate::server::handoff::HandshakeMessage;
+use crate::server::handoff::{HandshakeMessage, ServerMessage, WorkerRole};
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
 use crate::sys::uring::FileIndex;
 use crate::tunnel::ingress::{self, Offered, TunBatch, TunFrame};
@@ -280,6 +280,7 @@ impl Worker {
             counters: &mut self.counters,
             socket_families: &self.socket_families,
             handshakes: &self.ctx.handshakes,
+            role: &self.ctx.role,
         };
         // Output frames are written from the slot's output region, which starts at `REGION`.
         let mut batch = TunBatch::new(output, self.gso_types);
@@ -326,6 +327,7 @@ struct SlotOps<'w> {
     counters: &'w mut Counters,
     socket_families: &'w [bool],
     handshakes: &'w Sender<HandshakeMessage>,
+    role: &'w WorkerRole,
 }
 
 impl SlotOps<'_> {
@@ -353,6 +355,7 @@ impl SlotOps<'_> {
                 self.send(at, len, src);
             }
             Decision::QueueHandshake => self.queue_handshake(datagram, src, now),
+            Decision::PassToControl => self.pass_to_control(datagram, src, now),
             Decision::KeepaliveReply { len } => self.send(at, len, src),
             Decision::Keepalive => {}
             Decision::Drop(why) => self.counters.drop(why),
@@ -373,6 +376,23 @@ impl SlotOps<'_> {
             received: now,
         };
         match self.handshakes.try_send(message) {
+            Ok(()) => self.counters.handshakes_forwarded += 1,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters.drop(DropReason::HandshakeQueueFull)
+            }
+        }
+    }
+
+    /// Passes a datagram from the server to a client's control thread; a full queue drops it.
+    fn pass_to_control(&mut self, datagram: &[u8], src: SocketAddr, now: Instant) {
+        let (WorkerRole::Client(control), Some(message)) =
+            (self.role, ServerMessage::new(datagram, src, now))
+        else {
+            // Only a client's gate passes datagrams on, none longer than a message holds.
+            self.counters.drop(DropReason::UnexpectedType);
+            return;
+        };
+        match control.try_send(message) {
             Ok(()) => self.counters.handshakes_forwarded += 1,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.counters.drop(DropReason::HandshakeQueueFull)

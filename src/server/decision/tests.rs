@@ -18,6 +18,7 @@ use crate::proto::suite::Suite;
 use crate::proto::wire::{AddressAssignment, INITIATION_LEN, RESPONSE_LEN};
 use crate::server::session_table::SessionTable;
 
+mod client;
 mod flood;
 mod wireguard;
 
@@ -70,6 +71,7 @@ impl Headend {
         let server = Server::new(secret(&mut rng), T0, &mut rng);
         let load = Arc::new(LoadSignal::default());
         let config = GateConfig {
+            role: GateRole::Server,
             mac_keys: Arc::new(crate::proto::cookie::ServerMacKeys::new(
                 server.public_key().as_bytes(),
             )),
@@ -104,6 +106,7 @@ impl Headend {
                 to: peer.assignment.ipv4,
             },
             Decision::QueueHandshake => Outcome::QueueHandshake,
+            Decision::PassToControl => Outcome::PassToControl,
             Decision::CookieReply { len } => Outcome::CookieReply { len },
             Decision::Keepalive => Outcome::Keepalive,
             Decision::KeepaliveReply { len } => Outcome::KeepaliveReply { len },
@@ -206,6 +209,7 @@ enum Outcome {
     ToTun(Range<usize>),
     Relay { len: usize, to: Ipv4Addr },
     QueueHandshake,
+    PassToControl,
     CookieReply { len: usize },
     Keepalive,
     KeepaliveReply { len: usize },
