@@ -1,21 +1,22 @@
 //! The client: `concentrator connect --config client.toml`.
 //!
-//! Two threads: this one receives from the server (opening, coalescing, writing to the TUN) and
-//! runs the protocol's timers; a second one reads the TUN (cutting super-packets into segments,
-//! sealing, sending them as one UDP_SEGMENT batch). They share the session, whose sealing is
-//! lock-free.
+//! This thread is the control thread: it drives the protocol's client (handshakes, rekeys,
+//! keepalives, failover between server endpoints) and sets up the tunnel (TUN, addresses,
+//! routes, pushed routes and DNS). Before the first handshake it speaks to the server on the
+//! socket itself; once connected, the data plane (`concentrator::client::dataplane`, the
+//! server's io_uring worker on this TUN and socket) carries every packet both ways and hands
+//! this thread only the server's handshake messages and pushes.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use concentrator::client::dataplane::{self, ClientDataplane, DataplaneOptions};
 use concentrator::config::ClientConfig;
 use concentrator::offload::coalesce::GsoTypes;
 use concentrator::offload::vnet::VNET_HDR_LEN;
@@ -23,25 +24,26 @@ use concentrator::proto::client::{Client, ClientDrop, ClientEvent, ClientParams}
 use concentrator::proto::constants::LIVENESS_PROBE_INTERVAL;
 use concentrator::proto::keys::{PresharedKey, StaticSecret};
 use concentrator::proto::rng::OsRandom;
-use concentrator::proto::session::Session;
 use concentrator::proto::wire::{AddressAssignment, PushConfig};
+use concentrator::server::dataplane::stats::Counters;
+use concentrator::server::handoff::ServerMessage;
 use concentrator::sys::dns::{DnsError, DnsGuard};
 use concentrator::sys::link::{self, RouteGuard};
 use concentrator::sys::{clock, poll, signals, tun, udp};
-use concentrator::tunnel::ingress::{self, Offered, TunBatch};
-use concentrator::tunnel::{egress_queue, REGION};
+use concentrator::tunnel::egress_queue;
 
-/// Reads from one descriptor before looking at the other.
+/// Datagrams read from the socket before the tunnel is up, per wake-up.
 const BURST: usize = 64;
+/// Longest wait for a message or a timer, so that a stop signal is seen this soon.
+const SIGNAL_CHECK: Duration = Duration::from_millis(200);
 
-/// The tunnel's TUN, routes and reader thread; all removed on drop (thread, routes, device).
+/// The tunnel's TUN, routes and data plane; all removed on drop (worker, routes, device).
 /// Fields drop in order: what the server pushed goes first (its routes before the host route
 /// to the server that kept the server out of them), then the configuration's routes while the
 /// device still exists, then the last queue closes and the kernel removes the device.
 struct Tunnel {
     assignment: AddressAssignment,
-    stop: Arc<AtomicBool>,
-    reader: Option<JoinHandle<()>>,
+    dataplane: ClientDataplane,
     pushed: Pushed,
     routes: RouteGuard,
     /// The TUN's name.
@@ -49,27 +51,30 @@ struct Tunnel {
     /// Whether `routes` holds a host route to the server along its path outside the tunnel.
     server_pinned: bool,
     _tun: tun::Tun,
-    queue: OwnedFd,
-    /// The super-packets the TUN takes in writes (the offloads it accepted).
-    gso_types: GsoTypes,
+    /// A duplicate of the worker's queue, so that the device outlives the routes above.
+    _queue: OwnedFd,
 }
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
+        self.dataplane.stop();
+        log_counters(&self.dataplane.counters());
     }
+}
+
+/// What the tunnel's data plane needs from the control thread.
+struct DataplaneLink<'a> {
+    socket: &'a UdpSocket,
+    client: &'a Client,
+    endpoint: SocketAddr,
+    to_control: &'a Sender<ServerMessage>,
 }
 
 fn bring_up(
     config: &ClientConfig,
     a: &AddressAssignment,
     offloads: bool,
-    socket: &UdpSocket,
-    session: Arc<Session>,
-    sent_bytes: Arc<AtomicU64>,
+    link: DataplaneLink<'_>,
 ) -> Result<Tunnel> {
     // A device of this name still being torn down (a previous client's) would be joined and
     // then vanish: wait for it first.
@@ -116,32 +121,30 @@ fn bring_up(
         .take_queues()
         .pop()
         .context("TUN device without a queue")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let queue = queue.try_clone().context("duplicating the TUN queue")?;
-        let socket = socket.try_clone().context("duplicating the UDP socket")?;
-        let stop = stop.clone();
-        let fair_queue = config.fair_queue;
-        std::thread::Builder::new()
-            .name("tun-reader".into())
-            .spawn(move || {
-                super::upload::read_tun(
-                    queue, socket, session, offloads, fair_queue, stop, sent_bytes,
-                )
-            })?
-    };
+    let worker_queue = queue.try_clone().context("duplicating the TUN queue")?;
+    let dataplane = ClientDataplane::start(
+        worker_queue,
+        link.socket,
+        link.client.session().clone(),
+        config.server_public_key,
+        link.endpoint,
+        DataplaneOptions {
+            offloads,
+            gso_types,
+            fair_queue: config.fair_queue,
+        },
+        link.to_control.clone(),
+    )?;
     tracing::info!(interface = %name, address = %v4, mtu = a.mtu, full_tunnel = config.full_tunnel, offloads, "tunnel up");
     Ok(Tunnel {
         assignment: *a,
-        queue,
-        stop,
-        reader: Some(reader),
+        dataplane,
         pushed: Pushed::default(),
         routes,
         name,
         server_pinned,
         _tun: dev,
-        gso_types,
+        _queue: queue,
     })
 }
 
@@ -286,10 +289,28 @@ fn underlay_socket(server: SocketAddr, offloads: bool, fair_queue: bool) -> Resu
     Ok(s)
 }
 
-/// Writes a frame the ingress path completed to the TUN.
-fn write_frame(queue: &OwnedFd, frame: &[u8]) {
-    if let Err(e) = tun::write(queue.as_fd(), frame) {
-        tracing::debug!(error = %e, "TUN write failed");
+/// Logs what the data plane moved and dropped, and what went through its egress queue.
+fn log_counters(c: &Counters) {
+    tracing::info!(
+        sent_bytes = c.tun_rx_bytes,
+        received_bytes = c.tun_tx_bytes,
+        sent_datagrams = c.udp_tx_packets,
+        received_datagrams = c.udp_rx_packets,
+        drops = c.total_drops(),
+        "data plane"
+    );
+    let q = &c.queue;
+    if q.enqueued_packets > 0 {
+        tracing::info!(
+            queued_packets = q.enqueued_packets,
+            queued_bytes = q.enqueued_bytes,
+            ce_marks = q.ce_marks,
+            aqm_drops = q.aqm_drops,
+            overflow_drops = q.overflow_drops,
+            mean_delay_us = q.sojourn.mean().as_micros() as u64,
+            max_delay_us = q.sojourn.max_nanos / 1000,
+            "upload queue"
+        );
     }
 }
 
@@ -318,47 +339,127 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
         now,
         clock::wall_clock(),
     );
-    let endpoints = &config.server_endpoints;
-    let mut endpoint = 0;
-    if endpoints.len() > 1 {
+    if config.server_endpoints.len() > 1 {
         client.set_liveness_probe(Some(LIVENESS_PROBE_INTERVAL));
     }
-    let sent_bytes = Arc::new(AtomicU64::new(0));
-    let mut received_bytes = 0u64;
-    let mut rng = OsRandom;
-    let mut tunnel: Option<Tunnel> = None;
-    let mut buf = vec![0u8; REGION];
-    let mut coalesce_buf = vec![0u8; REGION];
-    let mut small = [0u8; 256];
-    tracing::info!(server = %config.server_endpoint, endpoints = endpoints.len(), "connecting");
-    loop {
-        if let Some(signals::Signal::Stop) = signals::wait(Duration::ZERO) {
-            break;
-        }
-        let now = clock::monotonic_now();
-        if client.server_silent(now) {
-            // Only with several endpoints: the next one takes over (same key, and with a
-            // shared registry the same address).
-            let silent = endpoints[endpoint];
-            endpoint = (endpoint + 1) % endpoints.len();
-            socket
-                .connect(endpoints[endpoint])
-                .with_context(|| format!("setting the server address {}", endpoints[endpoint]))?;
-            client.switch_server(now);
-            tracing::warn!(%silent, next = %endpoints[endpoint], "the server stopped answering; moving to the next");
-        }
-        while let Some(n) = client.poll_transmit(now, &mut rng, &mut small) {
-            if let Err(e) = socket.send(&small[..n]) {
-                tracing::debug!(error = %e, "send to server failed");
+    let (to_control, from_dataplane) = dataplane::server_messages();
+    let mut control = Control {
+        config: &config,
+        offloads,
+        socket: &socket,
+        client,
+        endpoint: 0,
+        tunnel: None,
+        to_control,
+    };
+    tracing::info!(server = %config.server_endpoint, endpoints = config.server_endpoints.len(), "connecting");
+    let result = control.run(&from_dataplane);
+    tracing::info!("disconnecting");
+    drop(control.tunnel.take());
+    result
+}
+
+/// The control thread's state.
+struct Control<'a> {
+    config: &'a ClientConfig,
+    offloads: bool,
+    socket: &'a UdpSocket,
+    client: Client,
+    /// Which of the configuration's server endpoints is in use.
+    endpoint: usize,
+    tunnel: Option<Tunnel>,
+    /// A sender for the data plane's queue of server messages (each data plane gets a clone).
+    to_control: Sender<ServerMessage>,
+}
+
+impl Control<'_> {
+    /// Runs until a stop signal, or an error that ends the client.
+    fn run(&mut self, from_dataplane: &Receiver<ServerMessage>) -> Result<()> {
+        let mut buf = vec![0u8; concentrator::tunnel::REGION];
+        let mut small = [0u8; 256];
+        loop {
+            if let Some(signals::Signal::Stop) = signals::wait(Duration::ZERO) {
+                return Ok(());
+            }
+            let now = clock::monotonic_now();
+            if self.client.server_silent(now) {
+                self.next_server(now)?;
+            }
+            while let Some(n) = self.client.poll_transmit(now, &mut OsRandom, &mut small) {
+                if let Err(e) = self.socket.send(&small[..n]) {
+                    tracing::debug!(error = %e, "send to server failed");
+                }
+            }
+            // Timers may have dropped keypairs (stale keys, an abandoned handshake).
+            if let Some(t) = self.tunnel.as_mut() {
+                t.dataplane.sync_indexes();
+                if t.dataplane.died() {
+                    anyhow::bail!(
+                        "the data plane stopped (see the error above); restart the client"
+                    );
+                }
+            }
+            let wait = (self.client.next_timeout(now) - now).min(SIGNAL_CHECK);
+            if self.tunnel.is_some() {
+                self.receive_from_dataplane(from_dataplane, wait)?;
+            } else {
+                self.receive_from_socket(&mut buf, wait)?;
             }
         }
-        let wait = (client.next_timeout(now) - now).min(Duration::from_millis(200));
-        let [readable] = poll::readable([socket.as_fd()], wait)?;
+    }
+
+    /// Moves to the next server endpoint (the silent one stopped answering); the same key,
+    /// and with a shared registry the same address.
+    fn next_server(&mut self, now: concentrator::proto::time::Instant) -> Result<()> {
+        let endpoints = &self.config.server_endpoints;
+        let silent = endpoints[self.endpoint];
+        self.endpoint = (self.endpoint + 1) % endpoints.len();
+        let next = endpoints[self.endpoint];
+        self.socket
+            .connect(next)
+            .with_context(|| format!("setting the server address {next}"))?;
+        self.client.switch_server(now);
+        if let Some(t) = self.tunnel.as_mut() {
+            t.dataplane.set_endpoint(next);
+            t.dataplane.sync_indexes();
+        }
+        tracing::warn!(%silent, %next, "the server stopped answering; moving to the next");
+        Ok(())
+    }
+
+    /// With the tunnel up: waits up to `wait` for what the data plane passes on (the server's
+    /// handshake messages and pushes) and handles all of it.
+    fn receive_from_dataplane(
+        &mut self,
+        from_dataplane: &Receiver<ServerMessage>,
+        wait: Duration,
+    ) -> Result<()> {
+        let mut message = match from_dataplane.recv_timeout(wait) {
+            Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) => return Ok(()),
+            // This thread holds a sender: never.
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        loop {
+            let now = clock::monotonic_now();
+            let event = self.client.receive(message.datagram_mut(), now);
+            self.handle(event)?;
+            match from_dataplane.try_recv() {
+                Ok(next) => message = next,
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Before the tunnel is up: waits up to `wait` for datagrams from the server on the socket
+    /// and handles them (a handshake response, cookie replies, a push).
+    fn receive_from_socket(&mut self, buf: &mut [u8], wait: Duration) -> Result<()> {
+        let [readable] = poll::readable([self.socket.as_fd()], wait)?;
         if !readable {
-            continue;
+            return Ok(());
         }
         for _ in 0..BURST {
-            let (n, segment) = match udp::recv_gro(socket.as_fd(), &mut buf) {
+            let (n, segment) = match udp::recv_gro(self.socket.as_fd(), buf) {
                 Ok(got) => got,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -367,84 +468,75 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
                 }
             };
             let segment = segment.map_or(n, usize::from).max(1);
-            let now = clock::monotonic_now();
-            let gso_types = tunnel.as_ref().map_or(GsoTypes::NONE, |t| t.gso_types);
-            let mut batch = TunBatch::new(&mut coalesce_buf, gso_types);
             for start in (0..n).step_by(segment) {
                 let end = (start + segment).min(n);
-                match client.receive(&mut buf[start..end], now) {
-                    ClientEvent::Packet(range) => {
-                        received_bytes += range.len() as u64;
-                        let Some(t) = &tunnel else { continue };
-                        let at = start + range.start..start + range.end;
-                        if !offloads {
-                            write_frame(&t.queue, &buf[at]);
-                            continue;
-                        }
-                        let mut write = |f: ingress::TunFrame<'_>| write_frame(&t.queue, f.bytes);
-                        if batch.offer(&buf[at.clone()], &mut write) == Offered::WriteAlone {
-                            // The transport header's room before the packet takes its header.
-                            if let Some(frame) = ingress::frame_in_place(&mut buf, at) {
-                                write_frame(&t.queue, &buf[frame]);
-                            }
-                        }
-                    }
-                    ClientEvent::Connected(a) => {
-                        if tunnel.as_ref().is_some_and(|t| t.assignment != a) {
-                            tracing::info!(
-                                "the server assigned a new address; rebuilding the tunnel"
-                            );
-                            tunnel = None;
-                        }
-                        if tunnel.is_none() {
-                            let mut t = bring_up(
-                                &config,
-                                &a,
-                                offloads,
-                                &socket,
-                                client.session().clone(),
-                                sent_bytes.clone(),
-                            )?;
-                            // A rebuilt tunnel keeps what the server pushed before (it pushes
-                            // again after this handshake, and only a change is reported).
-                            if !client.pushed().is_empty() {
-                                t.apply_push(&config, client.pushed());
-                            }
-                            tunnel = Some(t);
-                        }
-                    }
-                    ClientEvent::Pushed(push) => {
-                        tracing::info!(
-                            routes = push.routes().len(),
-                            dns = push.dns().len(),
-                            "the server pushed routes and DNS servers"
-                        );
-                        if let Some(t) = tunnel.as_mut() {
-                            t.apply_push(&config, &push);
-                        }
-                    }
-                    ClientEvent::Dropped(ClientDrop::BadPush) => tracing::warn!(
-                        "the server pushed routes or DNS servers this client cannot read \
-                         (malformed, or a newer format); ignored"
-                    ),
-                    ClientEvent::CookieReceived => {
-                        tracing::info!("server under load: the next initiation carries its cookie")
-                    }
-                    ClientEvent::Keepalive
-                    | ClientEvent::PushRepeated
-                    | ClientEvent::Dropped(_) => {}
-                }
+                let now = clock::monotonic_now();
+                let event = self.client.receive(&mut buf[start..end], now);
+                self.handle(event)?;
             }
-            if let Some(t) = &tunnel {
-                batch.flush(&mut |f| write_frame(&t.queue, f.bytes));
+            if self.tunnel.is_some() {
+                // The data plane receives from now on (what is left in the socket included).
+                break;
             }
         }
+        Ok(())
     }
-    tracing::info!(
-        sent_bytes = sent_bytes.load(Ordering::Relaxed),
-        received_bytes,
-        "disconnecting"
-    );
-    drop(tunnel);
-    Ok(())
+
+    /// Acts on what a datagram from the server was.
+    fn handle(&mut self, event: ClientEvent) -> Result<()> {
+        match event {
+            ClientEvent::Connected(a) => self.connected(a)?,
+            ClientEvent::Pushed(push) => {
+                tracing::info!(
+                    routes = push.routes().len(),
+                    dns = push.dns().len(),
+                    "the server pushed routes and DNS servers"
+                );
+                if let Some(t) = self.tunnel.as_mut() {
+                    t.apply_push(self.config, &push);
+                }
+            }
+            ClientEvent::Dropped(ClientDrop::BadPush) => tracing::warn!(
+                "the server pushed routes or DNS servers this client cannot read \
+                 (malformed, or a newer format); ignored"
+            ),
+            ClientEvent::CookieReceived => {
+                tracing::info!("server under load: the next initiation carries its cookie")
+            }
+            // Packets come through the data plane once the tunnel is up; before, there is no
+            // TUN to write them to.
+            ClientEvent::Packet(_)
+            | ClientEvent::Keepalive
+            | ClientEvent::PushRepeated
+            | ClientEvent::Dropped(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A handshake completed with assignment `a`: the tunnel is built (or rebuilt, for a new
+    /// address), and the data plane learns the new keypair's index.
+    fn connected(&mut self, a: AddressAssignment) -> Result<()> {
+        if self.tunnel.as_ref().is_some_and(|t| t.assignment != a) {
+            tracing::info!("the server assigned a new address; rebuilding the tunnel");
+            self.tunnel = None;
+        }
+        if let Some(t) = self.tunnel.as_mut() {
+            t.dataplane.sync_indexes();
+            return Ok(());
+        }
+        let link = DataplaneLink {
+            socket: self.socket,
+            client: &self.client,
+            endpoint: self.config.server_endpoints[self.endpoint],
+            to_control: &self.to_control,
+        };
+        let mut t = bring_up(self.config, &a, self.offloads, link)?;
+        // A rebuilt tunnel keeps what the server pushed before (it pushes again after this
+        // handshake, and only a change is reported).
+        if !self.client.pushed().is_empty() {
+            t.apply_push(self.config, self.client.pushed());
+        }
+        self.tunnel = Some(t);
+        Ok(())
+    }
 }
