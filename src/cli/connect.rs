@@ -355,8 +355,23 @@ pub fn run(config_path: &Path, no_offloads: bool) -> Result<()> {
     tracing::info!(server = %config.server_endpoint, endpoints = config.server_endpoints.len(), "connecting");
     let result = control.run(&from_dataplane);
     tracing::info!("disconnecting");
-    drop(control.tunnel.take());
+    if let Some(t) = control.tunnel.take() {
+        tear_down(t);
+    }
     result
+}
+
+/// How long a closed TUN may linger before the client gives up waiting for it.
+const TUN_LINGER: Duration = Duration::from_secs(3);
+
+/// Removes `tunnel` and waits for its device to be gone: the worker's ring releases its
+/// registered TUN queue asynchronously, and until then the device and its routes remain.
+fn tear_down(tunnel: Tunnel) {
+    let name = tunnel.name.clone();
+    drop(tunnel);
+    if !link::wait_until_gone(&name, TUN_LINGER) {
+        tracing::warn!(interface = %name, "the TUN device is still there after the tunnel closed");
+    }
 }
 
 /// The control thread's state.
@@ -518,7 +533,9 @@ impl Control<'_> {
     fn connected(&mut self, a: AddressAssignment) -> Result<()> {
         if self.tunnel.as_ref().is_some_and(|t| t.assignment != a) {
             tracing::info!("the server assigned a new address; rebuilding the tunnel");
-            self.tunnel = None;
+            if let Some(t) = self.tunnel.take() {
+                tear_down(t);
+            }
         }
         if let Some(t) = self.tunnel.as_mut() {
             t.dataplane.sync_indexes();
