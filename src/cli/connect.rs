@@ -74,7 +74,7 @@ fn bring_up(
     config: &ClientConfig,
     a: &AddressAssignment,
     offloads: bool,
-    link: DataplaneLink<'_>,
+    plane: DataplaneLink<'_>,
 ) -> Result<Tunnel> {
     // A device of this name still being torn down (a previous client's) would be joined and
     // then vanish: wait for it first.
@@ -124,16 +124,16 @@ fn bring_up(
     let worker_queue = queue.try_clone().context("duplicating the TUN queue")?;
     let dataplane = ClientDataplane::start(
         worker_queue,
-        link.socket,
-        link.client.session().clone(),
+        plane.socket,
+        plane.client.session().clone(),
         config.server_public_key,
-        link.endpoint,
+        plane.endpoint,
         DataplaneOptions {
             offloads,
             gso_types,
             fair_queue: config.fair_queue,
         },
-        link.to_control.clone(),
+        plane.to_control.clone(),
     )?;
     tracing::info!(interface = %name, address = %v4, mtu = a.mtu, full_tunnel = config.full_tunnel, offloads, "tunnel up");
     Ok(Tunnel {
@@ -541,13 +541,13 @@ impl Control<'_> {
             t.dataplane.sync_indexes();
             return Ok(());
         }
-        let link = DataplaneLink {
+        let plane = DataplaneLink {
             socket: self.socket,
             client: &self.client,
             endpoint: self.config.server_endpoints[self.endpoint],
             to_control: &self.to_control,
         };
-        let mut t = bring_up(self.config, &a, self.offloads, link)?;
+        let mut t = bring_up(self.config, &a, self.offloads, plane)?;
         // A rebuilt tunnel keeps what the server pushed before (it pushes again after this
         // handshake, and only a change is reported).
         if !self.client.pushed().is_empty() {
