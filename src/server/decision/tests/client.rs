@@ -130,7 +130,7 @@ impl ClientEnd {
     }
 
     /// `packet` sealed by the server for the client.
-    fn from_server(&self, packet: &[u8], now: Instant) -> Vec<u8> {
+    fn sealed_by_server(&self, packet: &[u8], now: Instant) -> Vec<u8> {
         let mut buf = vec![0u8; TRANSPORT_HEADER_LEN + packet.len() + TAG_LEN];
         buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + packet.len()].copy_from_slice(packet);
         let n = self
@@ -190,7 +190,7 @@ fn a_packet_from_the_server_goes_to_the_tun_whatever_its_source() {
     let mut end = ClientEnd::new(false);
     end.connect();
     let packet = ipv4_packet(INTERNET_HOST, client_address(2));
-    let mut datagram = end.from_server(&packet, T0);
+    let mut datagram = end.sealed_by_server(&packet, T0);
     let Outcome::ToTun(range) = end.decide(&mut datagram, T0) else {
         panic!("not to the TUN");
     };
@@ -211,7 +211,7 @@ fn a_packet_under_an_index_not_yet_published_is_dropped() {
         end.table.remove_index(index);
     }
     let packet = ipv4_packet(INTERNET_HOST, client_address(2));
-    let mut datagram = end.from_server(&packet, T0);
+    let mut datagram = end.sealed_by_server(&packet, T0);
     assert_eq!(
         end.decide(&mut datagram, T0),
         Outcome::Drop(DropReason::UnknownIndex)
@@ -224,7 +224,7 @@ fn a_keepalive_from_the_server_is_never_answered() {
     end.connect();
     // Long after the client last sent anything: a server's gate would answer now.
     let later = T0 + KEEPALIVE_ANSWER_AFTER * 2;
-    let mut keepalive = end.from_server(&[], later);
+    let mut keepalive = end.sealed_by_server(&[], later);
     assert_eq!(end.decide(&mut keepalive, later), Outcome::Keepalive);
     assert_eq!(end.client.session().last_received(), Some(later));
 }
@@ -235,7 +235,7 @@ fn a_client_never_relays_even_if_configured_as_a_server_would_be() {
     end.connect();
     // Addressed to a network the table routes to the server itself.
     let packet = ipv4_packet(INTERNET_HOST, Ipv4Addr::new(10, 9, 9, 9));
-    let mut datagram = end.from_server(&packet, T0);
+    let mut datagram = end.sealed_by_server(&packet, T0);
     assert!(
         matches!(end.decide(&mut datagram, T0), Outcome::ToTun(_)),
         "to the TUN, not sealed back to the server"
