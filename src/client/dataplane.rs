@@ -280,4 +280,107 @@ mod tests {
         assert!(!published(21) && !published(31), "a clear forgets them all");
         assert!(dataplane.published.is_empty());
     }
+
+    /// An IPv4/UDP packet from `src` to `dst` with an 8-byte payload.
+    fn ipv4_packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut p = vec![0u8; 36];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&36u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p[28..36].copy_from_slice(b"dataplan");
+        p
+    }
+
+    fn connected_pair() -> (UdpSocket, UdpSocket) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        b.connect(a.local_addr().unwrap()).unwrap();
+        for s in [&a, &b] {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+        }
+        (a, b)
+    }
+
+    /// The worker in the client role, without root: its "TUN" is one end of a connected UDP
+    /// pair (a read is a datagram the test sends to the other end; a write arrives there), and
+    /// its server a UDP socket of the test holding the other side's keys.
+    #[test]
+    fn packets_go_both_ways_and_the_servers_handshake_messages_reach_the_control_thread() {
+        let now = clock::monotonic_now();
+        let (c2s, s2c) = (
+            zeroize::Zeroizing::new([1u8; 32]),
+            zeroize::Zeroizing::new([2u8; 32]),
+        );
+        let session = Arc::new(Session::new());
+        session.install(Arc::new(Keypair::new(&c2s, &s2c, 11, 22, now, true)), now);
+        let server_keys = Keypair::new(&s2c, &c2s, 22, 11, now, true);
+        let (tun, tun_peer) = connected_pair();
+        let (socket, server) = connected_pair();
+        let (to_control, from_dataplane) = server_messages();
+        let options = DataplaneOptions {
+            offloads: false,
+            gso_types: GsoTypes::NONE,
+            fair_queue: false,
+        };
+        let started = ClientDataplane::start(
+            tun.into(),
+            &socket,
+            session,
+            key(),
+            server.local_addr().unwrap(),
+            options,
+            to_control,
+        );
+        let mut dataplane = match started {
+            Ok(d) => d,
+            Err(DataplaneError::WorkerStart(e)) => {
+                eprintln!("SKIPPED packets_go_both_ways: no io_uring here ({e})");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let mut buf = [0u8; 2048];
+
+        // Out: read from the TUN, sealed for the server, sent to its endpoint.
+        let out = ipv4_packet([10, 66, 0, 2], [203, 0, 113, 80]);
+        tun_peer.send(&out).unwrap();
+        let n = server
+            .recv(&mut buf)
+            .expect("the sealed packet reaches the server");
+        let (_, plaintext) = server_keys.open(&mut buf[..n], now).expect("sealed for it");
+        assert_eq!(&buf[plaintext], &out[..]);
+
+        // In: opened under the published index, written to the TUN.
+        let back = ipv4_packet([203, 0, 113, 80], [10, 66, 0, 2]);
+        let mut sealed = [0u8; 2048];
+        sealed[16..16 + back.len()].copy_from_slice(&back);
+        let len = server_keys.seal(&mut sealed, back.len(), now).unwrap();
+        server.send(&sealed[..len]).unwrap();
+        let n = tun_peer
+            .recv(&mut buf)
+            .expect("the opened packet reaches the TUN");
+        assert_eq!(&buf[..n], &back[..]);
+
+        // A handshake response goes to the control thread, whole.
+        let mut response = [0u8; crate::proto::wire::RESPONSE_LEN];
+        response[0] = 2;
+        response[4] = 9;
+        server.send(&response).unwrap();
+        let mut message = from_dataplane
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the response reaches the control thread");
+        assert_eq!(message.datagram_mut(), &response[..]);
+        assert_eq!(message.src, server.local_addr().unwrap());
+
+        let counters = dataplane.counters();
+        assert_eq!(counters.total_drops(), 0, "{counters:?}");
+        assert!(!dataplane.died());
+        dataplane.stop();
+        assert!(dataplane.worker.is_none(), "joined");
+    }
 }

@@ -307,3 +307,73 @@ fn cookie_replies_pass_and_initiations_are_dropped() {
         );
     }
 }
+
+/// `packet` sealed by the client's session at `now`, as its worker seals a TUN read.
+fn sealed_by_client(end: &ClientEnd, packet: &[u8], now: Instant) -> Vec<u8> {
+    let mut buf = vec![0u8; TRANSPORT_HEADER_LEN + packet.len() + TAG_LEN];
+    buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + packet.len()].copy_from_slice(packet);
+    let n = end
+        .client
+        .session()
+        .encrypt(&mut buf, packet.len(), now)
+        .expect("connected");
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn data_through_the_gate_drives_the_clients_keepalives_and_rekeys() {
+    use crate::proto::constants::{KEEPALIVE_TIMEOUT, REKEY_AFTER_TIME};
+    let mut end = ClientEnd::new(false);
+    end.connect();
+    let ms = Duration::from_millis;
+    let sent_at = T0 + ms(10);
+    sealed_by_client(
+        &end,
+        &ipv4_packet(client_address(2), INTERNET_HOST),
+        sent_at,
+    );
+    assert_eq!(end.client.session().unanswered_since(), Some(sent_at));
+    let answered_at = sent_at + ms(10);
+    let answer = ipv4_packet(INTERNET_HOST, client_address(2));
+    let mut datagram = end.sealed_by_server(&answer, answered_at);
+    assert!(matches!(
+        end.decide(&mut datagram, answered_at),
+        Outcome::ToTun(_)
+    ));
+    assert_eq!(end.client.session().unanswered_since(), None, "answered");
+    // Data came in and the client has sent nothing since: its passive keepalive is due.
+    let quiet = sent_at + KEEPALIVE_TIMEOUT;
+    let keepalive = transmit(&mut end.client, quiet, &mut end.rng);
+    assert_eq!(keepalive.len(), TRANSPORT_MIN_LEN);
+    // The keys age the same whichever thread seals and opens under them.
+    let initiation = transmit(&mut end.client, T0 + REKEY_AFTER_TIME, &mut end.rng);
+    assert_eq!(initiation.len(), INITIATION_LEN, "a rekey");
+}
+
+#[test]
+fn a_server_that_answers_through_the_gate_is_not_silent() {
+    use crate::proto::constants::LIVENESS_PROBE_INTERVAL;
+    let mut end = ClientEnd::new(false);
+    end.client.set_liveness_probe(Some(LIVENESS_PROBE_INTERVAL));
+    end.connect();
+    let sent_at = T0 + Duration::from_millis(10);
+    sealed_by_client(
+        &end,
+        &ipv4_packet(client_address(2), INTERNET_HOST),
+        sent_at,
+    );
+    let later = sent_at + LIVENESS_PROBE_INTERVAL * 2;
+    assert!(end.client.server_silent(later), "data went unanswered");
+    let answered_at = sent_at + Duration::from_millis(1);
+    let answer = ipv4_packet(INTERNET_HOST, client_address(2));
+    let mut datagram = end.sealed_by_server(&answer, answered_at);
+    assert!(matches!(
+        end.decide(&mut datagram, answered_at),
+        Outcome::ToTun(_)
+    ));
+    assert!(
+        !end.client.server_silent(later),
+        "the answer opened at the gate counts"
+    );
+}
