@@ -13,10 +13,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::proto::cookie::CookieSecrets;
-use crate::proto::time::Instant;
 use crossbeam_channel::Sender;
 
+use crate::proto::cookie::CookieSecrets;
+use crate::proto::time::Instant;
 use crate::proto::wire::{INITIATION_LEN, MAX_PUSH_PAYLOAD_LEN, RESPONSE_LEN, TRANSPORT_MIN_LEN};
 
 /// Capacity of the queue of handshake messages from the workers.
