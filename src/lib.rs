@@ -9,11 +9,13 @@
 //! - [`route`]: the longest-prefix table for per-peer `allowed_ips`.
 //! - [`tunnel`]: the egress and ingress packet paths the server and the client share.
 //! - [`server`]: the headend as a library (engine, data plane, control thread, session table).
+//! - [`client`]: the client's data plane: the server's worker, run on the client's TUN.
 //! - [`ops`]: the operator's side (control socket, metrics, latency logs).
 // `unsafe` is refused everywhere but in `sys`, including in modules added later; the other
 // modules also forbid it themselves, so no inner `allow` can bring it back.
 #![deny(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod offload;
 pub mod ops;

@@ -118,7 +118,7 @@ fn unsafe_is_forbidden_outside_sys() {
     let src = root().join("src");
     let mut missing = Vec::new();
     for module in [
-        "config", "offload", "ops", "proto", "route", "server", "tunnel",
+        "client", "config", "offload", "ops", "proto", "route", "server", "tunnel",
     ] {
         let file = src.join(module).join("mod.rs");
         let text =
@@ -136,8 +136,8 @@ fn unsafe_is_forbidden_outside_sys() {
             .into_owned();
         let module = name.trim_end_matches(".rs");
         let known = [
-            "config", "offload", "ops", "proto", "route", "server", "tunnel", "sys", "cli", "lib",
-            "main",
+            "client", "config", "offload", "ops", "proto", "route", "server", "tunnel", "sys",
+            "cli", "lib", "main",
         ];
         assert!(
             known.contains(&module),

@@ -425,6 +425,46 @@ fn server_restart_right_after_sigkill() {
 }
 
 #[test]
+fn a_new_address_after_a_server_restart_rebuilds_the_tunnel() {
+    let Some(mut lab) =
+        one_client_through_or_skip("a_new_address_after_a_server_restart_rebuilds_the_tunnel")
+    else {
+        return;
+    };
+    lab.kill_server();
+    // The restarted server gives the client a fixed address of its own, not the one it had.
+    let path = lab.server_config_path();
+    let text = std::fs::read_to_string(&path).expect("server config");
+    let fixed = "10.66.250.9";
+    let text = text.replacen(
+        "[[peer]]\n",
+        &format!("[[peer]]\naddress = \"{fixed}\"\n"),
+        1,
+    );
+    std::fs::write(&path, text).expect("server config");
+    let s = lab.server_ns.clone();
+    wait_link_gone(
+        &lab,
+        &s,
+        SERVER_TUN,
+        Instant::now(),
+        Duration::from_secs(10),
+        "SIGKILL",
+    );
+    lab.start_server();
+    wait_ping_resumes(&lab, Instant::now(), Duration::from_secs(25));
+    let (status, log) = lab.stop_client(0);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "client did not exit cleanly ({status:?}):\n{log}"
+    );
+    assert!(
+        log.contains("rebuilding the tunnel") && log.contains(&format!("address={fixed}/")),
+        "the client did not rebuild its tunnel with the new address:\n{log}"
+    );
+}
+
+#[test]
 fn full_tunnel_routes_and_clean_exit() {
     if !lab_or_skip("full_tunnel_routes_and_clean_exit") {
         return;

@@ -247,6 +247,32 @@ fn iperf3_tcp(offloads: bool, test: &str) {
 
 both_modes!(iperf3_tcp, iperf3_tcp_offloads_on, iperf3_tcp_offloads_off);
 
+/// Runs a 2-second iperf3 UDP test with `extra` through client 0 on `port`, upload or
+/// download (`reverse`); the share of datagrams lost, in percent, as the receiver saw it.
+fn udp_through_client(lab: &mut Lab, m: &str, port: u16, reverse: bool, extra: &[&str]) -> f64 {
+    let mut extra = extra.to_vec();
+    if reverse {
+        extra.push("-R");
+    }
+    let v = iperf3_client(lab, 0, port, 2, &extra);
+    // For UDP, `end.sum` is what the receiving side saw (iperf3 3.x).
+    let sum = &v["end"]["sum"];
+    let packets = sum["packets"].as_u64().expect("end.sum.packets");
+    let lost = sum["lost_packets"].as_u64().expect("end.sum.lost_packets");
+    let lost_percent = sum["lost_percent"].as_f64().unwrap_or(0.0);
+    let received = packets.saturating_sub(lost);
+    eprintln!(
+        "[{m}] iperf3 UDP {extra:?}: {packets} datagrams sent, {received} received, \
+         {lost} lost ({lost_percent:.2}%), {} out of order",
+        sum["out_of_order"].as_u64().unwrap_or(0)
+    );
+    assert!(
+        packets > 0 && received > 0,
+        "[{m}] {extra:?}: the receiver got nothing: {sum}"
+    );
+    lost_percent
+}
+
 fn iperf3_udp(offloads: bool, test: &str) {
     if !lab_or_skip(test) || !tools_or_skip(test, &["iperf3", "ss"]) {
         return;
@@ -258,30 +284,17 @@ fn iperf3_udp(offloads: bool, test: &str) {
         // 50 Mbit/s: well within what a debug build carries on a busy shared 2-core machine
         // (at 200 Mbit/s it lost most datagrams whenever the load average passed ~8, a speed
         // test in disguise); still thousands of datagrams per second through the offload paths.
-        let mut extra = vec!["-u", "-b", "50M", "-l", "1200"];
-        if reverse {
-            extra.push("-R");
-        }
-        let v = iperf3_client(&mut lab, 0, port, 2, &extra);
-        // For UDP, `end.sum` is what the receiving side saw (iperf3 3.x).
-        let sum = &v["end"]["sum"];
-        let packets = sum["packets"].as_u64().expect("end.sum.packets");
-        let lost = sum["lost_packets"].as_u64().expect("end.sum.lost_packets");
-        let lost_percent = sum["lost_percent"].as_f64().unwrap_or(0.0);
-        let received = packets.saturating_sub(lost);
-        eprintln!(
-            "[{m}] iperf3 UDP reverse={reverse}: {packets} datagrams sent, {received} received, \
-             {lost} lost ({lost_percent:.2}%), {} out of order",
-            sum["out_of_order"].as_u64().unwrap_or(0)
-        );
-        assert!(
-            packets > 0 && received > 0,
-            "[{m}] reverse={reverse}: the receiver got nothing: {sum}"
+        let lost_percent = udp_through_client(
+            &mut lab,
+            m,
+            port,
+            reverse,
+            &["-u", "-b", "50M", "-l", "1200"],
         );
         assert!(
             lost_percent < 50.0,
             "[{m}] reverse={reverse}: {lost_percent:.1}% of the UDP datagrams lost at 50 \
-             Mbit/s: the tunnel is not forwarding UDP properly: {sum}"
+             Mbit/s: the tunnel is not forwarding UDP properly"
         );
     }
     assert_no_csum_errors(&lab, m);
@@ -289,6 +302,35 @@ fn iperf3_udp(offloads: bool, test: &str) {
 }
 
 both_modes!(iperf3_udp, iperf3_udp_offloads_on, iperf3_udp_offloads_off);
+
+/// A flood of small datagrams (64-byte payloads, 10 000 a second: 5 Mbit/s) both ways
+/// through the client, each one its own TUN read or write (UDP is not merged into
+/// super-packets): most must arrive. The bar is generous: a functional check on a shared
+/// machine, not a speed test.
+fn iperf3_udp_small(offloads: bool, test: &str) {
+    if !lab_or_skip(test) || !tools_or_skip(test, &["iperf3", "ss"]) {
+        return;
+    }
+    let _serial = serial();
+    let (mut lab, _) = lab_up(offloads);
+    let m = mode(offloads);
+    for (port, reverse) in [(5205, false), (5206, true)] {
+        let flood = ["-u", "-b", "5120K", "-l", "64"];
+        let lost_percent = udp_through_client(&mut lab, m, port, reverse, &flood);
+        assert!(
+            lost_percent < 50.0,
+            "[{m}] reverse={reverse}: {lost_percent:.1}% of 10 000 small datagrams a second \
+             lost: the client does not carry a small-packet flood"
+        );
+    }
+    stop_and_check_logs(&mut lab, offloads);
+}
+
+both_modes!(
+    iperf3_udp_small,
+    iperf3_udp_small_offloads_on,
+    iperf3_udp_small_offloads_off
+);
 
 // ---------------------------------------------------------------------------------------------
 // UDP integrity with USO (UDP_SEGMENT) in the sender

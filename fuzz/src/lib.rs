@@ -22,7 +22,7 @@ use concentrator::proto::time::Instant;
 use concentrator::proto::wire::{
     self, AddressAssignment, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_HEADER_LEN,
 };
-use concentrator::server::decision::{Gate, GateConfig};
+use concentrator::server::decision::{Gate, GateConfig, GateRole};
 use concentrator::server::handoff::LoadSignal;
 use concentrator::server::session_table::{PeerEntry, SessionTable};
 use zeroize::Zeroizing;
@@ -396,6 +396,7 @@ pub fn gate(client_to_client: bool, under_load: bool) -> Gate {
         load.publish(Some(Instant::from_nanos(u64::MAX)));
     }
     let config = GateConfig {
+        role: GateRole::Server,
         mac_keys: Arc::new(ServerMacKeys::new(server_public().as_bytes())),
         load,
         cookie_secrets: Arc::new(ArcSwap::new(server_cookie_secrets())),

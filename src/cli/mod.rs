@@ -10,4 +10,3 @@ pub mod reload;
 pub mod save;
 pub mod serve;
 pub mod show;
-mod upload;

@@ -1,7 +1,9 @@
 //! What a worker does with one received datagram, decided without I/O: [`Gate::decide`] takes
 //! the bytes, their source, the time and the session table, and returns a [`Decision`] (write
 //! to the TUN, relay to another client, queue a handshake, answer with a cookie, nothing for a
-//! keepalive, or drop with a [`DropReason`]), as boringtun's `Tunn` returns a `TunnResult`.
+//! keepalive, pass to a client's control thread, or drop with a [`DropReason`]), as
+//! boringtun's `Tunn` returns a `TunnResult`. The same gate serves a client's worker, in the
+//! client role ([`GateRole`]).
 //! The worker carries the decision out (writes, sends, the handshake queue, its counters).
 //!
 //! Deciding works on the datagram in place: a transport message is opened where it lies, and a
@@ -28,7 +30,7 @@ use crate::proto::time::Instant;
 use crate::proto::wire::{
     self, IpPacket, MessageType, COOKIE_REPLY_LEN, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN,
 };
-use crate::server::handoff::{LoadSignal, SharedCookieSecrets};
+use crate::server::handoff::{LoadSignal, SharedCookieSecrets, MAX_SERVER_MESSAGE_LEN};
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
 use crate::tunnel::ecn::{self, DecapError, Ecn};
 use crate::tunnel::mss;
@@ -58,6 +60,10 @@ pub enum Decision<'t> {
     /// An initiation that passed the gate: queue the datagram (all of it,
     /// [`wire::INITIATION_LEN`] bytes) for the control thread's Diffie-Hellman.
     QueueHandshake,
+    /// Client role: a handshake response, cookie reply or push message from the server: pass
+    /// the datagram (all of it, at most [`MAX_SERVER_MESSAGE_LEN`] bytes) to the client's
+    /// control thread, which holds the handshake state and what the server pushed.
+    PassToControl,
     /// Send the first `len` bytes back to the source: a cookie reply, written over the
     /// initiation it answers (under load, without a valid mac2).
     CookieReply {
@@ -77,11 +83,28 @@ pub enum Decision<'t> {
     Drop(DropReason),
 }
 
-/// What a gate reads but does not own, fixed for its worker's life: the server's mac keys,
-/// the control thread's load signal and cookie secrets, and whether clients reach each other
-/// through the server.
+/// Which end of the tunnels a gate stands at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateRole {
+    /// The headend: vets initiations (cookie replies under load), answers a client's
+    /// keepalive after a silence, relays between clients; drops responses, cookie replies and
+    /// pushes, which only a client receives.
+    Server,
+    /// A client, whose one peer is its server: passes responses, cookie replies and pushes to
+    /// its control thread ([`Decision::PassToControl`]); drops initiations (a client answers
+    /// none); sends nothing of its own (no cookie replies, no keepalive answers, no relay: its
+    /// control thread sends its keepalives on its own timers).
+    Client,
+}
+
+/// What a gate reads but does not own, fixed for its worker's life: its role, the server's
+/// mac keys, the control thread's load signal and cookie secrets, and whether clients reach
+/// each other through the server.
 #[derive(Clone)]
 pub struct GateConfig {
+    /// Which end of the tunnels the gate stands at (a client's gate reads none of the
+    /// server's fields below but `mss_clamp`).
+    pub role: GateRole,
     /// The server's mac1 keys (both suites): initiations are checked before they are queued.
     pub mac_keys: Arc<ServerMacKeys>,
     /// The control thread's under-load state (while it holds, initiations need a valid mac2).
@@ -139,13 +162,16 @@ impl Gate {
         table: &'t TableSnapshot,
         guard: &'t TableGuard<'_>,
     ) -> Decision<'t> {
-        let result = match wire::message_type(datagram) {
-            Ok(MessageType::Transport) => {
+        let result = match (wire::message_type(datagram), self.config.role) {
+            (Ok(MessageType::Transport), _) => {
                 self.open_transport(datagram, src, outer_ecn, now, table, guard)
             }
-            Ok(MessageType::Initiation) => Ok(self.vet_initiation(datagram, src, now)),
-            Ok(_) => Err(DropReason::UnexpectedType),
-            Err(_) => Err(DropReason::Malformed),
+            (Ok(MessageType::Initiation), GateRole::Server) => {
+                Ok(self.vet_initiation(datagram, src, now))
+            }
+            (Ok(kind), GateRole::Client) => for_client_control(kind, datagram, table, guard),
+            (Ok(_), GateRole::Server) => Err(DropReason::UnexpectedType),
+            (Err(_), _) => Err(DropReason::Malformed),
         };
         result.unwrap_or_else(Decision::Drop)
     }
@@ -215,7 +241,11 @@ impl Gate {
         // Authenticated: the peer's endpoint follows it (roaming).
         peer.roam_to(src);
         if received.plaintext.is_empty() {
-            return Ok(answer_keepalive(datagram, peer, now));
+            return Ok(match self.config.role {
+                GateRole::Server => answer_keepalive(datagram, peer, now),
+                // The client's control thread keeps its side alive on its own timers.
+                GateRole::Client => Decision::Keepalive,
+            });
         }
         let packet = &datagram[received.plaintext.clone()];
         let inner = IpPacket::new_checked(packet).map_err(|_| DropReason::Malformed)?;
@@ -231,7 +261,7 @@ impl Gate {
             let packet = &mut datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
             mss::clamp_mss(packet, mtu, mss::ChecksumState::Complete);
         }
-        if self.config.client_to_client {
+        if self.config.client_to_client && self.config.role == GateRole::Server {
             if let Some(other) = table.by_address(inner_dst, guard) {
                 // The plaintext sits between the old header's and the old tag's room: seal it
                 // there, padded for the other peer as far as that room goes.
@@ -279,6 +309,33 @@ fn decapsulate_ecn(outer: Ecn, packet: &mut [u8]) -> Result<u8, DropReason> {
         Ok(decapsulated) => Ok(ecn::outer_ecn_for(decapsulated.inner).bits()),
         Err(DecapError::CongestedNotEct) => Err(DropReason::CongestedNotEct),
         Err(DecapError::NotIp) => Err(DropReason::Malformed),
+    }
+}
+
+/// What a client's gate does with a message of `kind` other than transport data: responses
+/// and cookie replies (their lengths checked by [`wire::message_type`]) go to the control
+/// thread, which alone can tell whether they answer its handshake; a push only under a
+/// receiver index of the table (one of the client's keypairs) and within the longest push, so
+/// junk of that type does not fill the control thread's queue; initiations are dropped.
+fn for_client_control(
+    kind: MessageType,
+    datagram: &[u8],
+    table: &TableSnapshot,
+    guard: &TableGuard<'_>,
+) -> Result<Decision<'static>, DropReason> {
+    match kind {
+        MessageType::Response | MessageType::CookieReply => Ok(Decision::PassToControl),
+        MessageType::Push => {
+            if datagram.len() > MAX_SERVER_MESSAGE_LEN {
+                return Err(DropReason::Malformed);
+            }
+            let index = wire::push_receiver_index(datagram).ok_or(DropReason::Malformed)?;
+            table
+                .by_index(index, guard)
+                .map(|_| Decision::PassToControl)
+                .ok_or(DropReason::UnknownIndex)
+        }
+        MessageType::Initiation | MessageType::Transport => Err(DropReason::UnexpectedType),
     }
 }
 

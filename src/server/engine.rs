@@ -15,7 +15,7 @@ use super::control::{reload, Control, HandshakeStats};
 use super::dataplane::stats::{Counters, DropReason, SharedCounters};
 use super::dataplane::worker::{self, InjectedPanic, WorkerContext};
 pub use super::error::{EngineError, MAX_WORKERS};
-use super::handoff::{LoadSignal, HANDSHAKE_QUEUE};
+use super::handoff::{LoadSignal, WorkerRole, HANDSHAKE_QUEUE};
 use super::host::Host;
 use super::latency::SharedLatency;
 use super::session_table::SessionTable;
@@ -209,6 +209,7 @@ impl Engine {
                 sockets,
                 table: wiring.table.clone(),
                 handshakes: wiring.handshakes_tx.clone(),
+                role: WorkerRole::Server,
                 counters: self.counters[id].clone(),
                 latency: self.latencies[id].clone(),
                 stop: self.stop.clone(),

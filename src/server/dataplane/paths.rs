@@ -21,7 +21,7 @@ use crate::offload::vnet::VNET_HDR_LEN;
 use crate::proto::time::Instant;
 use crate::proto::wire::{IpPacket, INITIATION_LEN, TRANSPORT_HEADER_LEN};
 use crate::server::decision::Decision;
-use crate::server::handoff::HandshakeMessage;
+use crate::server::handoff::{HandshakeMessage, ServerMessage, WorkerRole};
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
 use crate::sys::cmsg::SendControl;
 use crate::sys::uring::FileIndex;
@@ -311,6 +311,7 @@ impl Worker {
             counters: &mut self.counters,
             socket_families: &self.socket_families,
             handshakes: &self.ctx.handshakes,
+            role: &self.ctx.role,
         };
         // Output frames are written from the slot's output region, which starts at `REGION`.
         let mut batch = TunBatch::new(output, self.gso_types);
@@ -360,6 +361,7 @@ struct SlotOps<'w> {
     counters: &'w mut Counters,
     socket_families: &'w [bool],
     handshakes: &'w Sender<HandshakeMessage>,
+    role: &'w WorkerRole,
 }
 
 impl SlotOps<'_> {
@@ -391,6 +393,7 @@ impl SlotOps<'_> {
                 self.send(at, len, src, None);
             }
             Decision::QueueHandshake => self.queue_handshake(datagram, src, now),
+            Decision::PassToControl => self.pass_to_control(datagram, src, now),
             Decision::KeepaliveReply { len } => self.send(at, len, src, None),
             Decision::Keepalive => {}
             Decision::Drop(why) => self.counters.drop(why),
@@ -411,6 +414,23 @@ impl SlotOps<'_> {
             received: now,
         };
         match self.handshakes.try_send(message) {
+            Ok(()) => self.counters.handshakes_forwarded += 1,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters.drop(DropReason::HandshakeQueueFull)
+            }
+        }
+    }
+
+    /// Passes a datagram from the server to a client's control thread; a full queue drops it.
+    fn pass_to_control(&mut self, datagram: &[u8], src: SocketAddr, now: Instant) {
+        let (WorkerRole::Client(control), Some(message)) =
+            (self.role, ServerMessage::new(datagram, src, now))
+        else {
+            // Only a client's gate passes datagrams on, none longer than a message holds.
+            self.counters.drop(DropReason::UnexpectedType);
+            return;
+        };
+        match control.try_send(message) {
             Ok(()) => self.counters.handshakes_forwarded += 1,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.counters.drop(DropReason::HandshakeQueueFull)

@@ -19,8 +19,8 @@ use super::slots::{tun_slot_count, OPS_PER_SLOT, REGION};
 use super::stats::{Counters, DropReason, SharedCounters};
 use crate::proto::time::Instant;
 use crate::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
-use crate::server::decision::{Gate, GateConfig};
-use crate::server::handoff::{HandshakeMessage, LoadSignal, SharedCookieSecrets};
+use crate::server::decision::{Gate, GateConfig, GateRole};
+use crate::server::handoff::{HandshakeMessage, LoadSignal, SharedCookieSecrets, WorkerRole};
 use crate::server::latency::{latency_histogram, record_latency, SharedLatency};
 use crate::server::session_table::{SessionTable, TableGuard, TableSnapshot};
 use crate::sys::clock::monotonic_now;
@@ -97,6 +97,9 @@ pub struct WorkerContext {
     pub table: Arc<SessionTable>,
     /// Where handshake messages go.
     pub handshakes: Sender<HandshakeMessage>,
+    /// A headend's worker, or a client's (whose gate passes its server's handshake messages
+    /// and pushes to the client's control thread).
+    pub role: WorkerRole,
     /// Where the counters are published.
     pub counters: Arc<SharedCounters>,
     /// Where the per-packet latency (batch received to sent) is published.
@@ -226,6 +229,10 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         .collect();
     let gate = Gate::new(
         GateConfig {
+            role: match ctx.role {
+                WorkerRole::Server => GateRole::Server,
+                WorkerRole::Client(_) => GateRole::Client,
+            },
             mac_keys: ctx.mac_keys.clone(),
             load: ctx.load.clone(),
             cookie_secrets: ctx.cookie_secrets.clone(),
@@ -509,6 +516,7 @@ mod tests {
             sockets: vec![UdpSocket::bind("127.0.0.1:0").unwrap()],
             table,
             handshakes,
+            role: WorkerRole::Server,
             counters: Arc::default(),
             latency: Arc::default(),
             stop: Arc::default(),

@@ -35,7 +35,8 @@ pub enum DropReason {
     /// without a valid mac2 past the worker's cookie-reply budget, or with one past its
     /// source's handshake rate.
     HandshakeShed,
-    /// A message type the server never receives (responses, cookie replies).
+    /// A message type this end never receives: on the server responses, cookie replies and
+    /// pushes; on a client initiations.
     UnexpectedType,
     /// The kernel refused a send or write.
     IoError,

@@ -18,6 +18,7 @@ use crate::proto::suite::Suite;
 use crate::proto::wire::{AddressAssignment, INITIATION_LEN, RESPONSE_LEN};
 use crate::server::session_table::SessionTable;
 
+mod client;
 mod ecn;
 mod flood;
 mod wireguard;
@@ -71,6 +72,7 @@ impl Headend {
         let server = Server::new(secret(&mut rng), T0, &mut rng);
         let load = Arc::new(LoadSignal::default());
         let config = GateConfig {
+            role: GateRole::Server,
             mac_keys: Arc::new(crate::proto::cookie::ServerMacKeys::new(
                 server.public_key().as_bytes(),
             )),
@@ -125,6 +127,7 @@ impl Headend {
                 outer_tos,
             },
             Decision::QueueHandshake => Outcome::QueueHandshake,
+            Decision::PassToControl => Outcome::PassToControl,
             Decision::CookieReply { len } => Outcome::CookieReply { len },
             Decision::Keepalive => Outcome::Keepalive,
             Decision::KeepaliveReply { len } => Outcome::KeepaliveReply { len },
@@ -231,6 +234,7 @@ enum Outcome {
         outer_tos: u8,
     },
     QueueHandshake,
+    PassToControl,
     CookieReply {
         len: usize,
     },
