@@ -112,27 +112,10 @@ impl Headend {
     ) -> Outcome {
         let snapshot = self.table.snapshot();
         let guard = snapshot.guard();
-        match self
-            .gate
-            .decide(datagram, src, outer_ecn, now, &snapshot, &guard)
-        {
-            Decision::ToTun(range) => Outcome::ToTun(range),
-            Decision::Relay {
-                len,
-                peer,
-                outer_tos,
-            } => Outcome::Relay {
-                len,
-                to: peer.assignment.ipv4,
-                outer_tos,
-            },
-            Decision::QueueHandshake => Outcome::QueueHandshake,
-            Decision::PassToControl => Outcome::PassToControl,
-            Decision::CookieReply { len } => Outcome::CookieReply { len },
-            Decision::Keepalive => Outcome::Keepalive,
-            Decision::KeepaliveReply { len } => Outcome::KeepaliveReply { len },
-            Decision::Drop(why) => Outcome::Drop(why),
-        }
+        Outcome::of(
+            self.gate
+                .decide(datagram, src, outer_ecn, now, &snapshot, &guard),
+        )
     }
 
     /// Configures peer `n` at 10.66.0.n with `public_key`, speaking `suite`.
@@ -243,6 +226,30 @@ enum Outcome {
         len: usize,
     },
     Drop(DropReason),
+}
+
+impl Outcome {
+    /// What a test compares of a decision (the relay's peer by its address).
+    fn of(decision: Decision<'_>) -> Outcome {
+        match decision {
+            Decision::ToTun(range) => Outcome::ToTun(range),
+            Decision::Relay {
+                len,
+                peer,
+                outer_tos,
+            } => Outcome::Relay {
+                len,
+                to: peer.assignment.ipv4,
+                outer_tos,
+            },
+            Decision::QueueHandshake => Outcome::QueueHandshake,
+            Decision::PassToControl => Outcome::PassToControl,
+            Decision::CookieReply { len } => Outcome::CookieReply { len },
+            Decision::Keepalive => Outcome::Keepalive,
+            Decision::KeepaliveReply { len } => Outcome::KeepaliveReply { len },
+            Decision::Drop(why) => Outcome::Drop(why),
+        }
+    }
 }
 
 fn secret(rng: &mut SeededRandom) -> StaticSecret {

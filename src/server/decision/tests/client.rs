@@ -66,31 +66,14 @@ impl ClientEnd {
     fn decide(&mut self, datagram: &mut [u8], now: Instant) -> Outcome {
         let snapshot = self.table.snapshot();
         let guard = snapshot.guard();
-        match self.gate.decide(
+        Outcome::of(self.gate.decide(
             datagram,
             udp(SERVER_UDP),
             Ecn::NotEct,
             now,
             &snapshot,
             &guard,
-        ) {
-            Decision::ToTun(range) => Outcome::ToTun(range),
-            Decision::Relay {
-                len,
-                peer,
-                outer_tos,
-            } => Outcome::Relay {
-                len,
-                to: peer.assignment.ipv4,
-                outer_tos,
-            },
-            Decision::QueueHandshake => Outcome::QueueHandshake,
-            Decision::PassToControl => Outcome::PassToControl,
-            Decision::CookieReply { len } => Outcome::CookieReply { len },
-            Decision::Keepalive => Outcome::Keepalive,
-            Decision::KeepaliveReply { len } => Outcome::KeepaliveReply { len },
-            Decision::Drop(why) => Outcome::Drop(why),
-        }
+        ))
     }
 
     /// The server's response to the client's first initiation.
