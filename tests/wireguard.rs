@@ -145,13 +145,7 @@ fn stock_client_end_to_end(name: &str, kind: StockKind, stop: Stop) {
     // key is not the lab's: its peer is written here, with the WireGuard suite.
     let mut lab = Lab::new(LabConfig::second_client_unknown());
     let (stock_private, stock_public) = wg_keypair();
-    let config = lab.server_config_path();
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = format!(
-        "{text}\n[[peer]]\npublic_key = \"{stock_public}\"\nprotocol = \"wireguard\"\n\
-         address = \"{STOCK_ADDRESS}\"\n"
-    );
-    std::fs::write(&config, text).unwrap();
+    lab.add_wireguard_peer(&stock_public, STOCK_ADDRESS);
     lab.start_server();
     lab.start_client(0);
     let native_address = lab.wait_tunnel(0).to_string();

@@ -55,13 +55,7 @@ fn pinged_through(
         ..LabConfig::second_client_unknown()
     });
     let (private_key, public_key) = wg_keypair();
-    let config = lab.server_config_path();
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = format!(
-        "{text}\n[[peer]]\npublic_key = \"{public_key}\"\nprotocol = \"wireguard\"\n\
-         address = \"{STOCK_ADDRESS}\"\n"
-    );
-    std::fs::write(&config, text).unwrap();
+    lab.add_wireguard_peer(&public_key, STOCK_ADDRESS);
     lab.add_server_settings(settings);
     lab.start_server();
     let (stock_ns, server_ns) = (lab.client_ns[1].clone(), lab.server_ns.clone());

@@ -670,6 +670,18 @@ impl Lab {
         self.dir.join("server.toml")
     }
 
+    /// Adds a peer speaking the WireGuard suite, with `public_key` and the fixed `address`, to
+    /// the server's configuration (a stock client whose key is not the lab's).
+    pub fn add_wireguard_peer(&self, public_key: &str, address: &str) {
+        let path = self.server_config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = format!(
+            "{text}\n[[peer]]\npublic_key = \"{public_key}\"\nprotocol = \"wireguard\"\n\
+             address = \"{address}\"\n"
+        );
+        std::fs::write(&path, text).unwrap();
+    }
+
     /// Adds `settings` (TOML lines) to the server's configuration, before its peers.
     pub fn add_server_settings(&self, settings: &str) {
         let path = self.server_config_path();
