@@ -31,7 +31,7 @@ fn address(i: usize) -> Ipv4Addr {
 
 /// Peer `i`'s site when it has one (every 100th peer): 172.16.0.0/12 holds 4096 /24s.
 fn site(i: usize) -> Option<Ipv4Net> {
-    (i % 100 == 0).then(|| {
+    i.is_multiple_of(100).then(|| {
         let base = 0xac10_0000u32 + ((i / 100) as u32 % 4096) * 256;
         Ipv4Net::new(Ipv4Addr::from(base), 24).unwrap()
     })

@@ -288,7 +288,7 @@ fn under_load_junk_from_the_victims_address_does_not_lock_it_out_of_handshakes()
             if junk_sent % 2 == 1 {
                 s.rng.fill(&mut m[132..]); // a random mac2 rather than none
             }
-            let port = if junk_sent % 3 == 0 {
+            let port = if junk_sent.is_multiple_of(3) {
                 victim.port()
             } else {
                 50_000

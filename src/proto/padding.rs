@@ -133,7 +133,7 @@ mod tests {
                 if len <= mtu || mtu == 0 {
                     let within = if mtu == 0 { usize::MAX } else { mtu };
                     assert!(
-                        padded % PADDING_MULTIPLE == 0 || padded == within,
+                        padded.is_multiple_of(PADDING_MULTIPLE) || padded == within,
                         "len {len} mtu {mtu}: {padded}"
                     );
                 }

@@ -243,6 +243,38 @@ impl Session {
         Ok(len)
     }
 
+    /// Seals a train of `count` messages in place with the current keypair
+    /// ([`Keypair::seal_train`]): message i at `buf[i * stride]`, its `payload_len(i)` bytes
+    /// padded with zeros after them as `padding` says; each padded message with header and tag
+    /// must fit in `stride` (the last in what `buf` has left). Returns where the last ends.
+    pub fn encrypt_train(
+        &self,
+        buf: &mut [u8],
+        stride: usize,
+        count: usize,
+        padding: Padding,
+        payload_len: impl Fn(usize) -> usize,
+        now: Instant,
+    ) -> Result<usize, SessionError> {
+        let slots = self.slots.load();
+        let keypair = slots.current.as_ref().ok_or(SessionError::NoKeypair)?;
+        let mut carries_data = false;
+        for i in 0..count {
+            let len = payload_len(i);
+            carries_data |= len > 0;
+            let zeros = i * stride + TRANSPORT_HEADER_LEN + len
+                ..i * stride + TRANSPORT_HEADER_LEN + padding.padded_len(len);
+            // Without room for them, `seal_train` refuses the train (before taking a counter).
+            if let Some(padding_bytes) = buf.get_mut(zeros) {
+                padding_bytes.fill(0);
+            }
+        }
+        let padded_len = |i| padding.padded_len(payload_len(i));
+        let end = keypair.seal_train(buf, stride, count, padded_len, now)?;
+        self.note_sent(now, carries_data);
+        Ok(end)
+    }
+
     /// Opens a transport message addressed to `local_index` with whichever keypair holds that
     /// index; a packet under `next` confirms it and rotates the slots.
     #[inline]

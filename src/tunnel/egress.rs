@@ -97,17 +97,22 @@ pub fn seal_super_packet(
     if count * stride > output.len() {
         return Err(EgressError::NoRoom);
     }
-    let (mut end, mut plaintext) = (0, 0);
+    let mut plaintext = 0;
     for i in 0..count {
         let at = i * stride;
         let room = &mut output[at + TRANSPORT_HEADER_LEN..at + stride - TAG_LEN];
-        let len = segments.write_segment(i, room)?;
-        // A segment longer than the first would not fit its stride padded: `encrypt_padded`
-        // refuses it rather than write into the next datagram.
-        let datagram = &mut output[at..at + stride];
-        end = at + session.encrypt_padded(datagram, len, padding, now)?;
-        plaintext += len;
+        plaintext += segments.write_segment(i, room)?;
     }
+    // A segment longer than the first would not fit its stride padded: `encrypt_train`
+    // refuses the train rather than write into the next datagram.
+    let end = session.encrypt_train(
+        output,
+        stride,
+        count,
+        padding,
+        |i| segments.segment_len(i),
+        now,
+    )?;
     Ok(SealedTrain {
         stride,
         count,
@@ -333,7 +338,7 @@ mod tests {
             for (i, (len, plain)) in opened.iter().enumerate() {
                 let inner = len - TRANSPORT_HEADER_LEN - TAG_LEN;
                 assert!(
-                    inner % 16 == 0 || inner == 1420,
+                    inner.is_multiple_of(16) || inner == 1420,
                     "datagram {i}: {len} bytes"
                 );
                 let packet = segment(&read, i);

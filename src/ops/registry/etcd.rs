@@ -242,7 +242,7 @@ impl Registry {
                         self.unregister(&mut client).await;
                         return End::Stopped;
                     }
-                    if ticks % KEEPALIVE_TICKS == 0 {
+                    if ticks.is_multiple_of(KEEPALIVE_TICKS) {
                         let alive = async {
                             keeper.keep_alive().await.map_err(|e| e.to_string())?;
                             match keepalives.message().await {
@@ -260,7 +260,7 @@ impl Registry {
                             Err(_) => return End::Lost("keep-alive: no answer in time".into()),
                         }
                     }
-                    if ticks % LOAD_TICKS == 0 {
+                    if ticks.is_multiple_of(LOAD_TICKS) {
                         let now = self.clients_carried();
                         if now != clients && self.register(&mut client, lease, now).await.is_ok() {
                             clients = now;
