@@ -77,6 +77,11 @@ fn assert_no_csum_errors(lab: &Lab, m: &str) {
 /// the client's `tunnel up` line says `offloads=true|false`, and the server dropped nothing as
 /// malformed (a super-packet the segmenter rejected). Returns the server's counters.
 fn stop_and_check_logs(lab: &mut Lab, offloads: bool) -> Vec<WorkerCounters> {
+    stop_and_check_both_logs(lab, offloads).0
+}
+
+/// [`stop_and_check_logs`], also returning the client's log.
+fn stop_and_check_both_logs(lab: &mut Lab, offloads: bool) -> (Vec<WorkerCounters>, String) {
     let (_, client_log) = lab.stop_client(0);
     let log = lab.stop_server();
     let up = log
@@ -113,7 +118,22 @@ fn stop_and_check_logs(lab: &mut Lab, offloads: bool) -> Vec<WorkerCounters> {
         0,
         "the server dropped packets as malformed: {c:?}"
     );
-    c
+    (c, client_log)
+}
+
+/// The datagrams the client's data plane sent and the sends that carried them, from its
+/// `data plane` line at exit.
+fn client_datagrams_and_sends(client_log: &str) -> (u64, u64) {
+    let line = client_log
+        .lines()
+        .find(|l| l.contains("data plane") && l.contains("sent_datagrams="))
+        .unwrap_or_else(|| panic!("no 'data plane' counters in the client log:\n{client_log}"));
+    let value = |key: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    };
+    (value("sent_datagrams="), value("sends="))
 }
 
 /// A transfer from one namespace to an address in another: `(lab, from_ns, to_ns, to_addr,
@@ -306,7 +326,9 @@ both_modes!(iperf3_udp, iperf3_udp_offloads_on, iperf3_udp_offloads_off);
 /// A flood of small datagrams (64-byte payloads, 10 000 a second: 5 Mbit/s) both ways
 /// through the client, each one its own TUN read or write (UDP is not merged into
 /// super-packets): most must arrive. The bar is generous: a functional check on a shared
-/// machine, not a speed test.
+/// machine, not a speed test. Both ends send the small datagrams read in one batch together
+/// (`UDP_SEGMENT`): iperf3 paces in bursts (one per millisecond), so there are fewer sends
+/// than datagrams, downloads on the server and uploads on the client.
 fn iperf3_udp_small(offloads: bool, test: &str) {
     if !lab_or_skip(test) || !tools_or_skip(test, &["iperf3", "ss"]) {
         return;
@@ -314,16 +336,44 @@ fn iperf3_udp_small(offloads: bool, test: &str) {
     let _serial = serial();
     let (mut lab, _) = lab_up(offloads);
     let m = mode(offloads);
+    let sent = |lab: &Lab| {
+        let show = lab.show_json();
+        let sum = |field: &str| -> u64 {
+            show["workers"]
+                .as_array()
+                .map(|w| w.iter().filter_map(|w| w[field].as_u64()).sum())
+                .unwrap_or(0)
+        };
+        (sum("udp_tx_packets"), sum("udp_tx_sends"))
+    };
     for (port, reverse) in [(5205, false), (5206, true)] {
         let flood = ["-u", "-b", "5120K", "-l", "64"];
+        let before = sent(&lab);
         let lost_percent = udp_through_client(&mut lab, m, port, reverse, &flood);
         assert!(
             lost_percent < 50.0,
             "[{m}] reverse={reverse}: {lost_percent:.1}% of 10 000 small datagrams a second \
              lost: the client does not carry a small-packet flood"
         );
+        if reverse {
+            let after = sent(&lab);
+            let (datagrams, sends) = (after.0 - before.0, after.1 - before.1);
+            eprintln!("[{m}] server: {datagrams} datagrams sent in {sends} sends");
+            assert!(
+                datagrams >= 10_000 && sends < datagrams,
+                "[{m}] the server sent {datagrams} datagrams of a small-packet flood in \
+                 {sends} sends: none gathered"
+            );
+        }
     }
-    stop_and_check_logs(&mut lab, offloads);
+    let (_, client_log) = stop_and_check_both_logs(&mut lab, offloads);
+    let (datagrams, sends) = client_datagrams_and_sends(&client_log);
+    eprintln!("[{m}] client: {datagrams} datagrams sent in {sends} sends");
+    assert!(
+        datagrams >= 10_000 && sends < datagrams,
+        "[{m}] the client sent {datagrams} datagrams of a small-packet flood in {sends} sends: \
+         none gathered"
+    );
 }
 
 both_modes!(

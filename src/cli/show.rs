@@ -128,11 +128,12 @@ pub fn render(v: &ShowReply) -> String {
         );
         let _ = writeln!(
             o,
-            "  total: {} received ({} packets), {} sent ({} packets)",
+            "  total: {} received ({} packets), {} sent ({} packets in {} sends)",
             bytes(w.udp_rx_bytes),
             w.udp_rx_packets,
             bytes(w.udp_tx_bytes),
-            w.udp_tx_packets
+            w.udp_tx_packets,
+            w.udp_tx_sends
         );
         let _ = writeln!(o, "  drops: {}{}", w.drops_total, nonzero(&w.drops));
         let _ = writeln!(o, "  latency: {}", latency(&w.latency));

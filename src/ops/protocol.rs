@@ -132,6 +132,10 @@ pub struct WorkerReport {
     pub udp_rx_bytes: u64,
     pub udp_tx_packets: u64,
     pub udp_tx_bytes: u64,
+    /// Sends that carried the datagrams sent (a `UDP_SEGMENT` send carries several); an older
+    /// server leaves it out.
+    #[serde(default)]
+    pub udp_tx_sends: u64,
     pub tun_rx_packets: u64,
     pub tun_rx_bytes: u64,
     pub tun_tx_packets: u64,

@@ -333,6 +333,7 @@ fn log_counters(worker: usize, c: &Counters) {
         tun_tx = c.tun_tx_packets,
         udp_rx = c.udp_rx_packets,
         udp_tx = c.udp_tx_packets,
+        udp_sends = c.udp_tx_sends,
         drops = c.total_drops(),
         drop_reasons = %reasons,
         "worker counters"

@@ -257,6 +257,7 @@ fn log_counters(c: &Counters) {
         sent_bytes = c.tun_rx_bytes,
         received_bytes = c.tun_tx_bytes,
         sent_datagrams = c.udp_tx_packets,
+        sends = c.udp_tx_sends,
         received_datagrams = c.udp_rx_packets,
         drops = c.total_drops(),
         "data plane"

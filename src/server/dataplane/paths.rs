@@ -102,7 +102,7 @@ impl PendingOps {
 }
 
 /// The socket for `dest`'s address family (`families[i]`: socket `i` is IPv4).
-fn socket_for(families: &[bool], dest: &SocketAddr) -> Option<FileIndex> {
+pub(super) fn socket_for(families: &[bool], dest: &SocketAddr) -> Option<FileIndex> {
     families
         .iter()
         .position(|is_v4| *is_v4 == dest.is_ipv4())
@@ -110,7 +110,7 @@ fn socket_for(families: &[bool], dest: &SocketAddr) -> Option<FileIndex> {
 }
 
 /// The control messages of a send: its UDP_SEGMENT size and its outer TOS byte.
-fn send_control(segment_size: Option<u16>, tos: Option<u8>) -> SendControl {
+pub(super) fn send_control(segment_size: Option<u16>, tos: Option<u8>) -> SendControl {
     SendControl { segment_size, tos }
 }
 
@@ -167,6 +167,9 @@ impl Worker {
         let tos = ecn::outer_tos_for(packet);
         let len = peer.session.encrypt_padded(buf, n, peer.padding, now)?;
         peer.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if self.staging.enabled() && self.stage(slot, 0..len, endpoint, tos) {
+            return Ok(Outcome::Consumed);
+        }
         let mut ops = PendingOps::new();
         ops.push(Pending::Send {
             offset: 0,
@@ -208,6 +211,15 @@ impl Worker {
             .fetch_add(train.plaintext as u64, Ordering::Relaxed);
         self.counters.tun_rx_packets += train.count as u64 - 1;
         let file = socket_for(&self.socket_families, &endpoint).ok_or(DropReason::NoEndpoint)?;
+        if self.staging.enabled() {
+            // A single datagram waits for others of the batch in the staging slot; a train
+            // goes after what is staged, in the order the packets were read.
+            let alone = REGION..REGION + train.end;
+            if train.count == 1 && self.stage(slot, alone, endpoint, train.outer_tos) {
+                return Ok(Outcome::Consumed);
+            }
+            self.flush_staged();
+        }
         let mut ops = PendingOps::new();
         for send in train.sends(REGION) {
             ops.push(Pending::Send {
@@ -254,6 +266,7 @@ impl Worker {
                     .map(|()| {
                         self.counters.udp_tx_packets += segments;
                         self.counters.udp_tx_bytes += len as u64;
+                        self.counters.udp_tx_sends += 1;
                     }),
                 Pending::Write {
                     offset,

@@ -25,3 +25,22 @@ pub fn tun_slot_count(offloads: bool, fair_queue: bool) -> usize {
     let l = EgressLimits::for_reads(offloads);
     TUN_READS_IN_FLIGHT + l.queued_packets as usize + l.budget.max_sends as usize
 }
+
+/// Staging slots of a worker without the egress queue: the single datagrams sealed from one
+/// batch of TUN reads are copied into one, back to back, and leave in as few `UDP_SEGMENT`
+/// sends as their destinations, TOS and lengths allow ([`crate::tunnel::train`]). A slot is
+/// busy until its sends complete; the next batch takes another.
+pub const STAGING_SLOTS: usize = 4;
+/// Bytes of a staging slot: the datagrams of a whole batch, at most [`TUN_READS_IN_FLIGHT`]
+/// of at most `MAX_MTU` (1920) + 32 bytes each.
+pub const STAGING_BYTES: usize = 64 << 10;
+/// Sends from one staging slot at most: one per datagram of a batch in the worst case.
+pub const STAGING_SENDS: usize = TUN_READS_IN_FLIGHT;
+
+const _: () = assert!(
+    TUN_READS_IN_FLIGHT
+        * (crate::proto::constants::MAX_MTU as usize
+            + crate::proto::wire::TRANSPORT_HEADER_LEN
+            + crate::proto::wire::TAG_LEN)
+        <= STAGING_BYTES
+);

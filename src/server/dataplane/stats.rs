@@ -28,6 +28,8 @@ pub struct Counters {
     pub udp_tx_packets: u64,
     /// Bytes sent.
     pub udp_tx_bytes: u64,
+    /// Sends that carried them (a `UDP_SEGMENT` send carries several datagrams).
+    pub udp_tx_sends: u64,
     /// Client-to-client packets relayed without the TUN.
     pub relayed_packets: u64,
     /// Handshake messages passed to the control thread.
@@ -54,7 +56,7 @@ impl Counters {
 }
 
 /// Counters of [`Counters`] before the drops.
-const PLAIN_COUNTERS: usize = 11;
+const PLAIN_COUNTERS: usize = 12;
 
 /// Numbers of [`FqStats`] published, before its sojourn buckets.
 const QUEUE_COUNTERS: usize = 16;
@@ -141,6 +143,7 @@ impl SharedCounters {
             c.relayed_packets,
             c.handshakes_forwarded,
             c.cookie_replies,
+            c.udp_tx_sends,
         ];
         let queue = queue_values(&c.queue);
         let all = plain
@@ -172,6 +175,7 @@ impl SharedCounters {
             relayed_packets: v[8],
             handshakes_forwarded: v[9],
             cookie_replies: v[10],
+            udp_tx_sends: v[11],
             ..Counters::default()
         };
         c.drops.copy_from_slice(&v[PLAIN_COUNTERS..QUEUE_AT]);
@@ -189,6 +193,7 @@ mod tests {
         let mut c = Counters {
             tun_rx_packets: 3,
             udp_tx_bytes: 99,
+            udp_tx_sends: 4,
             relayed_packets: 2,
             ..Default::default()
         };

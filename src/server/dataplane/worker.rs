@@ -2,10 +2,13 @@
 //!
 //! Slots `0..tun_slots` live on the TUN side: a read from the TUN, sealed in place (with
 //! `fair_queue`, first queued in the egress queue, `queueing`, until it lets the read out), sent
-//! to the peer, then read again. The other slots live on a socket: a datagram received, opened
-//! in place, written to the TUN (or relayed to another client), then received into again. Every
-//! submission of a loop iteration goes to the kernel in one `io_uring_enter`, and all its
-//! completions are handled as one batch under one pinned view of the session table.
+//! to the peer, then read again; without `fair_queue`, a read that sealed to a single datagram
+//! is copied into a staging slot and read into again at once, and the staged datagrams leave
+//! together at the end of the batch (`gather`). The socket slots come next: a datagram
+//! received, opened in place, written to the TUN (or relayed to another client), then received
+//! into again. The staging slots are the last. Every submission of a loop iteration goes to the
+//! kernel in one `io_uring_enter`, and all its completions are handled as one batch under one
+//! pinned view of the session table.
 
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -15,7 +18,10 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::slots::{tun_slot_count, OPS_PER_SLOT, REGION};
+use super::gather::Staging;
+use super::slots::{
+    tun_slot_count, OPS_PER_SLOT, REGION, STAGING_BYTES, STAGING_SENDS, STAGING_SLOTS,
+};
 use super::stats::{Counters, DropReason, SharedCounters};
 use crate::proto::time::Instant;
 use crate::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
@@ -24,7 +30,7 @@ use crate::server::handoff::{HandshakeMessage, LoadSignal, SharedCookieSecrets, 
 use crate::server::latency::{latency_histogram, record_latency, SharedLatency};
 use crate::server::session_table::{SessionTable, TableGuard, TableSnapshot};
 use crate::sys::clock::monotonic_now;
-use crate::sys::uring::{Completion, FileIndex, IoFailure, Op, Uring};
+use crate::sys::uring::{Completion, FileIndex, IoFailure, Op, SlotClass, Uring};
 use crate::tunnel::egress_queue::{EgressLimits, EgressQueue};
 use crate::tunnel::fq::Dropped;
 
@@ -160,6 +166,8 @@ pub(super) struct Worker {
     pub(super) queue_dropped: Vec<Dropped>,
     /// Per TUN slot, the bytes its sends in flight count against the send budget (0: none).
     pub(super) send_bytes: Vec<u64>,
+    /// Where single datagrams of a batch are gathered into `UDP_SEGMENT` sends (`gather`).
+    pub(super) staging: Staging,
 }
 
 /// Runs a worker until `stop` is set. `ready` gets the outcome of the set-up (the ring must be
@@ -181,6 +189,49 @@ pub fn run(
     }
 }
 
+/// The worker's ring: its TUN slots, `RECVS_IN_FLIGHT` receive slots per socket (behind a
+/// multishot receive where the kernel has it), then its staging slots, which it returns.
+fn ring_for(
+    ctx: &WorkerContext,
+    tun_slots: usize,
+) -> Result<(Uring, Staging), crate::sys::error::SysError> {
+    let sockets: Vec<_> = ctx.sockets.iter().map(|s| s.as_raw_fd()).collect();
+    let slots = tun_slots + RECVS_IN_FLIGHT * ctx.sockets.len();
+    let (slot_bytes, ops) = if ctx.offloads {
+        (2 * REGION, OPS_PER_SLOT)
+    } else {
+        (SLOT_BYTES, 1)
+    };
+    // The egress queue sends in its own order, packet by packet; without it, single
+    // datagrams are gathered into staging slots (`gather`).
+    let staging = if ctx.fair_queue { 0 } else { STAGING_SLOTS };
+    let entries = (slots * ops + staging * STAGING_SENDS)
+        .next_power_of_two()
+        .min(4096) as u32;
+    let classes = [
+        SlotClass {
+            count: slots,
+            bytes: slot_bytes,
+            ops,
+        },
+        SlotClass {
+            count: staging,
+            bytes: STAGING_BYTES,
+            ops: STAGING_SENDS,
+        },
+    ];
+    let mut ring = Uring::with_slots(ctx.tun.as_raw_fd(), &sockets, &classes, entries)?;
+    for number in 0..sockets.len() {
+        // One multishot receive per socket into its slots (kernel 6.0+); else one receive
+        // armed per slot.
+        let file = FileIndex::socket(number);
+        if let Err(e) = ring.enable_multishot(file, RECVS_IN_FLIGHT as u16) {
+            tracing::info!(worker = ctx.id, error = %e, "no multishot receive (kernel before 6.0?): one receive per slot");
+        }
+    }
+    Ok((ring, Staging::new(slots as u32, staging as u32)))
+}
+
 fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
     if let Some(core) = ctx.core {
         if !core_affinity::set_for_current(core) {
@@ -191,31 +242,8 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
             );
         }
     }
-    let sockets: Vec<_> = ctx.sockets.iter().map(|s| s.as_raw_fd()).collect();
     let tun_slots = tun_slot_count(ctx.offloads, ctx.fair_queue);
-    let slots = tun_slots + RECVS_IN_FLIGHT * ctx.sockets.len();
-    let (slot_bytes, ops) = if ctx.offloads {
-        (2 * REGION, OPS_PER_SLOT)
-    } else {
-        (SLOT_BYTES, 1)
-    };
-    let entries = (slots * ops).next_power_of_two().min(4096) as u32;
-    let mut ring = Uring::new(
-        ctx.tun.as_raw_fd(),
-        &sockets,
-        slots,
-        slot_bytes,
-        ops,
-        entries,
-    )?;
-    for number in 0..sockets.len() {
-        // One multishot receive per socket into its slots (kernel 6.0+); else one receive
-        // armed per slot.
-        let file = FileIndex::socket(number);
-        if let Err(e) = ring.enable_multishot(file, RECVS_IN_FLIGHT as u16) {
-            tracing::info!(worker = ctx.id, error = %e, "no multishot receive (kernel before 6.0?): one receive per slot");
-        }
-    }
+    let (ring, staging) = ring_for(&ctx, tun_slots)?;
     let unarmed = Vec::with_capacity(ring.slot_count());
     let seed = crate::proto::rng::Random::next_u32(&mut crate::proto::rng::OsRandom);
     let egress_queue =
@@ -256,6 +284,7 @@ fn setup(ctx: WorkerContext) -> Result<Worker, crate::sys::error::SysError> {
         egress_queue,
         queue_dropped: Vec::with_capacity(tun_slots + 1),
         send_bytes: vec![0; tun_slots],
+        staging,
     })
 }
 
@@ -302,6 +331,10 @@ impl Worker {
     }
 
     fn try_rearm(&mut self, slot: u32) -> std::io::Result<()> {
+        if slot >= self.staging.first {
+            // A staging slot has no home operation: it waits idle for the next batch.
+            return Ok(());
+        }
         match (slot < self.tun_slots, self.offloads) {
             (true, false) => self.ring.read(
                 slot,
@@ -369,6 +402,8 @@ impl Worker {
             if !self.egress_queue.is_empty() {
                 self.drain_egress_queue(monotonic_now(), &snapshot, &guard);
             }
+            // What the batch staged leaves with the next wait.
+            self.flush_staged();
             drop(guard);
             drop(snapshot);
             let packets =
@@ -478,6 +513,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     mod ecn;
+    mod gather;
 
     /// A worker without offloads whose "TUN" is a UDP socket (nothing is read from it), with
     /// one socket, and a peer at 10.66.0.2 with an endpoint and a current keypair.
@@ -486,6 +522,11 @@ mod tests {
     }
 
     fn worker_with(offloads: bool) -> Worker {
+        worker_built(offloads, true)
+    }
+
+    /// [`worker_with`], with or without the egress queue (`fair_queue`).
+    fn worker_built(offloads: bool, fair_queue: bool) -> Worker {
         let now = Instant::from_nanos(1);
         let server = crate::proto::server::Server::new(
             StaticSecret::generate(&mut OsRandom),
@@ -526,7 +567,7 @@ mod tests {
             load: Arc::default(),
             cookie_secrets: Arc::new(arc_swap::ArcSwap::new(server.cookie_secrets().clone())),
             offloads,
-            fair_queue: true,
+            fair_queue,
             gso_types: crate::offload::coalesce::GsoTypes::NONE,
             panic_after_packets: None,
         };
@@ -591,7 +632,7 @@ mod tests {
             w.arm_all();
             // What `ingress` slices the received datagrams from.
             let input = if offloads { REGION } else { SLOT_BYTES };
-            for slot in w.tun_slots..w.ring.slot_count() as u32 {
+            for slot in w.tun_slots..w.staging.first {
                 assert_eq!(
                     w.ring.receive_capacity(slot),
                     Some(input),

@@ -202,6 +202,15 @@ const MULTISHOT_RECEIVE: u32 = u32::MAX;
 /// Page alignment the kernel requires of a buffer ring it does not allocate itself.
 const PAGE: usize = 4096;
 
+/// Slots of one kind in [`Uring::with_slots`]: `count` slots of `bytes` bytes, each able to
+/// carry `ops` operations at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotClass {
+    pub count: usize,
+    pub bytes: usize,
+    pub ops: usize,
+}
+
 /// The kernel-facing records of one operation.
 struct OpRecord {
     iov: libc::iovec,
@@ -256,6 +265,22 @@ impl Uring {
         ops_per_slot: usize,
         entries: u32,
     ) -> Result<Uring, SysError> {
+        let class = SlotClass {
+            count: slots,
+            bytes: buf_size,
+            ops: ops_per_slot,
+        };
+        Uring::with_slots(tun, sockets, &[class], entries)
+    }
+
+    /// [`Uring::new`] with slots of several kinds: the slots of `classes[0]` first (numbered
+    /// from 0), then those of `classes[1]`, and so on.
+    pub fn with_slots(
+        tun: RawFd,
+        sockets: &[RawFd],
+        classes: &[SlotClass],
+        entries: u32,
+    ) -> Result<Uring, SysError> {
         if sockets.len() > FileIndex::MAX_SOCKETS {
             return Err(SysError::InvalidArgument(format!(
                 "{} sockets for one io_uring: at most {} (use fewer sockets per worker)",
@@ -286,8 +311,10 @@ impl Uring {
         ring.submitter()
             .register_files(&files)
             .map_err(|e| SysError::io("registering files with io_uring", e))?;
-        let slots = (0..slots)
-            .map(|_| Slot {
+        let slots = classes
+            .iter()
+            .flat_map(|c| (0..c.count).map(move |_| (c.bytes, c.ops)))
+            .map(|(buf_size, ops_per_slot)| Slot {
                 buf: vec![0u8; RECV_HEADROOM + buf_size].into_boxed_slice(),
                 ops: (0..ops_per_slot.max(1)).map(|_| OpRecord::new()).collect(),
                 busy: 0,
@@ -319,6 +346,29 @@ impl Uring {
     pub fn buffer(&mut self, slot: u32) -> Option<&mut [u8]> {
         let s = self.slots.get_mut(slot as usize)?;
         (s.busy == 0).then_some(&mut s.buf[RECV_HEADROOM..])
+    }
+
+    /// The buffers of two different idle slots at once (to copy from one into the other);
+    /// `None` if either is busy or out of range, or they are the same slot.
+    pub fn buffer_pair(&mut self, a: u32, b: u32) -> Option<(&mut [u8], &mut [u8])> {
+        let (a, b) = (a as usize, b as usize);
+        if a == b || a.max(b) >= self.slots.len() {
+            return None;
+        }
+        let (low, high) = self.slots.split_at_mut(a.max(b));
+        let (first, second) = (&mut low[a.min(b)], &mut high[0]);
+        if first.busy != 0 || second.busy != 0 {
+            return None;
+        }
+        let (first, second) = (
+            &mut first.buf[RECV_HEADROOM..],
+            &mut second.buf[RECV_HEADROOM..],
+        );
+        Some(if a < b {
+            (first, second)
+        } else {
+            (second, first)
+        })
     }
 
     /// The most payload the kernel may put in `slot`'s data with the last receive armed on it

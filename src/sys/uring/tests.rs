@@ -479,3 +479,53 @@ fn the_tos_a_datagram_arrived_with_is_reported_for_its_slot() {
     assert!(matches!(done.first(), Some(Completion::Slot(c)) if c.result == Ok(4)));
     assert_eq!(ring.received_tos(1), Some(0x01));
 }
+
+#[test]
+fn slot_classes_have_their_own_sizes_and_pairs_of_idle_buffers_are_lent_together() {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let fd = socket.as_raw_fd();
+    let classes = [
+        SlotClass {
+            count: 2,
+            bytes: 2048,
+            ops: 1,
+        },
+        SlotClass {
+            count: 1,
+            bytes: 8192,
+            ops: 4,
+        },
+    ];
+    let Ok(mut ring) = Uring::with_slots(fd, &[fd], &classes, 16) else {
+        eprintln!("SKIPPED slot_classes_...: no io_uring here");
+        return;
+    };
+    assert_eq!(ring.slot_count(), 3);
+    assert_eq!(ring.buffer(1).map(|b| b.len()), Some(2048));
+    assert_eq!(ring.buffer(2).map(|b| b.len()), Some(8192));
+    // Four operations fit slot 2, a fifth does not.
+    let dest = socket.local_addr().unwrap();
+    for op in 0..4 {
+        ring.send(2, op, SOCKET, 0, 8, dest, SendControl::default())
+            .unwrap();
+    }
+    assert!(ring
+        .send(2, 4, SOCKET, 0, 8, dest, SendControl::default())
+        .is_err());
+    assert!(ring.buffer_pair(0, 2).is_none(), "slot 2 is busy");
+    ring.submit_and_wait(Duration::from_secs(1)).unwrap();
+    for _ in 0..10 {
+        if ring.buffer(2).is_some() {
+            break;
+        }
+        ring.submit_and_wait(Duration::from_millis(100)).unwrap();
+    }
+    let (a, b) = ring.buffer_pair(2, 0).expect("both idle");
+    assert_eq!((a.len(), b.len()), (8192, 2048), "in the order asked");
+    a[..4].copy_from_slice(b"abcd");
+    b[..4].copy_from_slice(&[1, 2, 3, 4]);
+    assert_eq!(&ring.buffer(2).unwrap()[..4], b"abcd");
+    assert_eq!(&ring.buffer(0).unwrap()[..4], &[1, 2, 3, 4]);
+    assert!(ring.buffer_pair(1, 1).is_none());
+    assert!(ring.buffer_pair(0, 3).is_none());
+}
