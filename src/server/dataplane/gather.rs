@@ -18,7 +18,7 @@ use crate::tunnel::train::TrainBuilder;
 pub(super) struct Staging {
     /// The first staging slot (they are the ring's last).
     pub(super) first: u32,
-    /// How many (0: no gathering, with the egress queue).
+    /// How many (0: no gathering, with the egress queue or without offloads).
     count: u32,
     /// The slot being filled in this batch.
     filling: Option<u32>,

@@ -203,8 +203,13 @@ fn ring_for(
         (SLOT_BYTES, 1)
     };
     // The egress queue sends in its own order, packet by packet; without it, single
-    // datagrams are gathered into staging slots (`gather`).
-    let staging = if ctx.fair_queue { 0 } else { STAGING_SLOTS };
+    // datagrams are gathered into staging slots (`gather`), sent with `UDP_SEGMENT`: an
+    // offload, so not with `offloads = false`, the kill switch for all of them.
+    let staging = if ctx.fair_queue || !ctx.offloads {
+        0
+    } else {
+        STAGING_SLOTS
+    };
     let entries = (slots * ops + staging * STAGING_SENDS)
         .next_power_of_two()
         .min(4096) as u32;

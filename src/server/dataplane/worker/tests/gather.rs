@@ -5,11 +5,11 @@ use super::*;
 use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use std::os::fd::AsFd;
 
-/// A worker without the egress queue whose test peer's endpoint is a fresh loopback socket
-/// (reporting the TOS of what arrives), and that socket.
+/// A worker without the egress queue (gathering with offloads) whose test peer's endpoint is a
+/// fresh loopback socket (reporting the TOS of what arrives), and that socket.
 fn gathering_worker(offloads: bool) -> (Worker, UdpSocket) {
     let w = worker_built(offloads, false);
-    assert!(w.staging.enabled());
+    assert_eq!(w.staging.enabled(), offloads, "gathering is an offload");
     let receiver = crate::sys::udp::bind_reuseport("127.0.0.1:0".parse().unwrap())
         .expect("a loopback socket reporting the TOS");
     let snapshot = w.ctx.table.snapshot();
@@ -105,52 +105,79 @@ fn twin() -> Keypair {
 
 #[test]
 fn small_reads_of_one_batch_leave_in_one_send_and_arrive_whole_and_in_order() {
-    for offloads in [false, true] {
-        let (mut w, receiver) = gathering_worker(offloads);
-        let packets = one_batch(&mut w, &[0b10; 8]);
-        assert_eq!(w.counters.udp_tx_packets, 8, "offloads {offloads}");
-        assert_eq!(w.counters.udp_tx_sends, 1, "offloads {offloads}");
-        let got = receive(&receiver, 8);
-        assert_eq!(got.len(), 8, "offloads {offloads}: every datagram arrives");
-        let opener = twin();
-        for (i, ((datagram, tos), packet)) in got.into_iter().zip(&packets).enumerate() {
-            assert_eq!(tos, Some(0b10), "offloads {offloads}, datagram {i}");
-            assert_eq!(
-                datagram.len(),
-                TRANSPORT_HEADER_LEN + 28 + TAG_LEN,
-                "offloads {offloads}, datagram {i}: cut where it was sealed"
-            );
-            assert_eq!(&open(&opener, datagram), packet, "offloads {offloads}, {i}");
-        }
+    // Gathering is an offload: on with offloads only.
+    let offloads = true;
+    let (mut w, receiver) = gathering_worker(offloads);
+    let packets = one_batch(&mut w, &[0b10; 8]);
+    assert_eq!(w.counters.udp_tx_packets, 8, "offloads {offloads}");
+    assert_eq!(w.counters.udp_tx_sends, 1, "offloads {offloads}");
+    let got = receive(&receiver, 8);
+    assert_eq!(got.len(), 8, "offloads {offloads}: every datagram arrives");
+    let opener = twin();
+    for (i, ((datagram, tos), packet)) in got.into_iter().zip(&packets).enumerate() {
+        assert_eq!(tos, Some(0b10), "offloads {offloads}, datagram {i}");
         assert_eq!(
-            w.counters.udp_tx_bytes,
-            8 * (TRANSPORT_HEADER_LEN + 28 + TAG_LEN) as u64
+            datagram.len(),
+            TRANSPORT_HEADER_LEN + 28 + TAG_LEN,
+            "offloads {offloads}, datagram {i}: cut where it was sealed"
         );
+        assert_eq!(&open(&opener, datagram), packet, "offloads {offloads}, {i}");
+    }
+    assert_eq!(
+        w.counters.udp_tx_bytes,
+        8 * (TRANSPORT_HEADER_LEN + 28 + TAG_LEN) as u64
+    );
+}
+
+#[test]
+fn without_offloads_each_datagram_is_its_own_send() {
+    // `offloads = false` switches every offload off, `UDP_SEGMENT` included.
+    let (mut w, receiver) = gathering_worker(false);
+    let snapshot = w.ctx.table.snapshot();
+    let guard = snapshot.guard();
+    let mut packets = Vec::new();
+    for i in 0..8u16 {
+        let slot = u32::from(i);
+        let (n, packet) = tun_read(&mut w, slot, i, 0b10);
+        packets.push(packet);
+        let outcome = w.egress(slot, n, Instant::from_nanos(2), &snapshot, &guard);
+        assert!(
+            matches!(outcome, Ok(Outcome::Queued)),
+            "packet {i}: sent from its slot"
+        );
+    }
+    w.ring.submit_and_wait(Duration::from_millis(20)).unwrap();
+    assert_eq!((w.counters.udp_tx_packets, w.counters.udp_tx_sends), (8, 8));
+    let got = receive(&receiver, 8);
+    let opener = twin();
+    assert_eq!(got.len(), 8, "every datagram arrives");
+    for ((datagram, _), packet) in got.into_iter().zip(&packets) {
+        assert_eq!(&open(&opener, datagram), packet);
     }
 }
 
 #[test]
 fn datagrams_of_another_tos_leave_in_another_send() {
-    for offloads in [false, true] {
-        let (mut w, receiver) = gathering_worker(offloads);
-        // ECT(0) x3, Not-ECT x2, ECT(0): three sends, each with one outer TOS.
-        let tos = [0b10, 0b10, 0b10, 0b00, 0b00, 0b10];
-        let packets = one_batch(&mut w, &tos);
-        assert_eq!(w.counters.udp_tx_packets, 6, "offloads {offloads}");
-        assert_eq!(w.counters.udp_tx_sends, 3, "offloads {offloads}");
-        let got = receive(&receiver, 6);
-        let opener = twin();
-        assert_eq!(got.len(), 6, "offloads {offloads}");
-        for (i, (datagram, got_tos)) in got.into_iter().enumerate() {
-            assert_eq!(got_tos, Some(tos[i]), "offloads {offloads}, datagram {i}");
-            assert_eq!(open(&opener, datagram), packets[i]);
-        }
+    // Gathering is an offload: on with offloads only.
+    let offloads = true;
+    let (mut w, receiver) = gathering_worker(offloads);
+    // ECT(0) x3, Not-ECT x2, ECT(0): three sends, each with one outer TOS.
+    let tos = [0b10, 0b10, 0b10, 0b00, 0b00, 0b10];
+    let packets = one_batch(&mut w, &tos);
+    assert_eq!(w.counters.udp_tx_packets, 6, "offloads {offloads}");
+    assert_eq!(w.counters.udp_tx_sends, 3, "offloads {offloads}");
+    let got = receive(&receiver, 6);
+    let opener = twin();
+    assert_eq!(got.len(), 6, "offloads {offloads}");
+    for (i, (datagram, got_tos)) in got.into_iter().enumerate() {
+        assert_eq!(got_tos, Some(tos[i]), "offloads {offloads}, datagram {i}");
+        assert_eq!(open(&opener, datagram), packets[i]);
     }
 }
 
 #[test]
 fn a_batch_without_a_free_staging_slot_sends_from_the_read_slots() {
-    let (mut w, receiver) = gathering_worker(false);
+    let (mut w, receiver) = gathering_worker(true);
     // Every staging slot busy with a send in flight, whose completions are not reaped.
     let dest = receiver.local_addr().unwrap();
     let first = w.staging.first;
@@ -160,7 +187,7 @@ fn a_batch_without_a_free_staging_slot_sends_from_the_read_slots() {
             .send(slot, 0, FileIndex::socket(0), 0, 8, dest, control)
             .unwrap();
     }
-    let n = tun_packet(&mut w, 0);
+    let (n, _) = tun_read(&mut w, 0, 0, 0);
     let snapshot = w.ctx.table.snapshot();
     let guard = snapshot.guard();
     let outcome = w.egress(0, n, Instant::from_nanos(2), &snapshot, &guard);
