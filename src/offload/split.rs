@@ -183,8 +183,33 @@ impl<'p> Segmenter<'p> {
         self.hdr_len + (payload - i * self.gso_size).min(self.gso_size)
     }
 
+    /// The payload of segment `i` (after its IP and L4 headers), where it is in the
+    /// super-packet; empty for a packet that is not cut (not GSO) or an index out of range.
+    pub fn segment_payload(&self, i: usize) -> &'p [u8] {
+        if i >= self.count || matches!(self.kind, Kind::Plain { .. }) {
+            return &[];
+        }
+        let start = self.hdr_len + i * self.gso_size;
+        &self.packet[start..start + (self.segment_len(i) - self.hdr_len)]
+    }
+
     /// Writes segment `i` to the start of `out` and returns its length.
     pub fn write_segment(&self, i: usize, out: &mut [u8]) -> Result<usize, OffloadError> {
+        let (head, payload) = self.write_segment_head(i, out)?;
+        out[head..head + payload.len()].copy_from_slice(payload);
+        Ok(head + payload.len())
+    }
+
+    /// Writes segment `i`'s headers (IP and L4, checksum included) to the start of `out` and
+    /// returns their length and the payload that follows them in the segment, where it is in
+    /// the super-packet: a caller that copies it anyway (sealing it, say) need not copy it
+    /// first. `out` must have room for the whole segment. A packet that is not cut
+    /// (not GSO) is all head.
+    pub fn write_segment_head(
+        &self,
+        i: usize,
+        out: &mut [u8],
+    ) -> Result<(usize, &'p [u8]), OffloadError> {
         if i >= self.count {
             return Err(OffloadError::SegmentIndex);
         }
@@ -196,18 +221,18 @@ impl<'p> Segmenter<'p> {
                 if let Some((start, field)) = csum {
                     finish_partial(out, start, field);
                 }
-                return Ok(seg_len);
+                return Ok((seg_len, &[]));
             }
             Kind::Tcp => (true, TCP_CSUM),
             Kind::Udp => (false, UDP_CSUM),
         };
         let h = self.hdr_len;
         let l4 = self.l3.l4_offset;
-        let start = h + i * self.gso_size;
+        let payload = self.segment_payload(i);
         out[..h].copy_from_slice(&self.packet[..h]);
-        out[h..].copy_from_slice(&self.packet[start..start + (seg_len - h)]);
 
-        // The header was copied from the checked packet.
+        // The header was copied from the checked packet; `out` has the segment's length (the
+        // payload's part of it not written yet), which the IP length fields are checked against.
         let mut ip = IpPacket::new_unchecked(&mut *out);
         // inet_gso_segment: consecutive IPv4 IDs unless the skb is SKB_GSO_TCP_FIXEDID, which
         // virtio cannot express.
@@ -235,13 +260,16 @@ impl<'p> Segmenter<'p> {
 
         out[l4 + csum_field] = 0;
         out[l4 + csum_field + 1] = 0;
-        let mut c = checksum::checksum(&out[l4..], pseudo);
+        // The payload summed where it is: the L4 header's length is even (TCP: a multiple
+        // of 4, UDP: 8), so its words line up as they would after the header.
+        let initial = checksum::add(pseudo, checksum::sum(payload));
+        let mut c = checksum::checksum(&out[l4..h], initial);
         if !is_tcp && c == 0 {
             // RFC 768: a computed zero is sent as all ones (zero means "no checksum").
             c = 0xffff;
         }
         out[l4 + csum_field..l4 + csum_field + 2].copy_from_slice(&c.to_be_bytes());
-        Ok(seg_len)
+        Ok((h, payload))
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chachapoly_batch::{BatchKey, SealJob, LANES};
+use chachapoly_batch::{BatchKey, Insert, SealJob, LANES};
 use ring::aead::{Aad, Algorithm, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
 use zeroize::Zeroizing;
 
@@ -41,6 +41,17 @@ pub enum TransportError {
     /// Authentication failed: wrong key, or header, ciphertext or tag altered.
     #[error("authentication failed")]
     Authentication,
+}
+
+/// One message of a train ([`Keypair::seal_train`]): its plaintext's length, and the part of
+/// the plaintext that is not in the train's buffer, if any (a segment's payload, sealed from
+/// the super-packet it was read into rather than copied first).
+#[derive(Debug, Clone, Copy)]
+pub struct TrainMessage<'s> {
+    /// Bytes of plaintext.
+    pub len: usize,
+    /// Plaintext bytes `at..at + bytes.len()` (within `len`), read from `bytes`.
+    pub insert: Option<(usize, &'s [u8])>,
 }
 
 /// The keys of one completed handshake, shared by every worker that sends or receives for it.
@@ -296,29 +307,36 @@ impl Keypair {
     }
 
     /// Seals a train of `count` transport messages in place: message i starts at
-    /// `buf[i * stride]`, its plaintext is the `payload_len(i)` bytes after its header, and
-    /// header, plaintext and tag fit in `stride` bytes (the last in what `buf` has left).
-    /// Takes consecutive counters, as `count` calls of [`Keypair::seal`] would, and returns
-    /// where the last message ends. Nothing is sealed and no counter taken if a message does
-    /// not fit.
+    /// `buf[i * stride]`, its plaintext is the `message(i).len` bytes after its header (but
+    /// for what `message(i).insert` gives), and header, plaintext and tag fit in `stride`
+    /// bytes (the last in what `buf` has left). Takes consecutive counters, as `count` calls of
+    /// [`Keypair::seal`] would, and returns where the last message ends. Nothing is sealed and
+    /// no counter taken if a message does not fit.
     ///
-    /// WireGuard on a CPU with AVX-512 IFMA: [`LANES`] messages at a time (the remainder of
-    /// fewer than half as many one at a time, where that is faster).
-    pub fn seal_train(
+    /// WireGuard on a CPU with AVX-512 IFMA: [`LANES`] messages at a time, inserts copied as
+    /// they are encrypted (the remainder of fewer than half as many one at a time, where that
+    /// is faster). Elsewhere inserts are copied in first, then each message sealed alone.
+    pub fn seal_train<'s>(
         &self,
         buf: &mut [u8],
         stride: usize,
         count: usize,
-        payload_len: impl Fn(usize) -> usize,
+        message: impl Fn(usize) -> TrainMessage<'s>,
         now: Instant,
     ) -> Result<usize, TransportError> {
         if count == 0 {
             return Ok(0);
         }
         let overhead = TRANSPORT_HEADER_LEN + TAG_LEN;
-        let fits = (0..count - 1).all(|i| payload_len(i) + overhead <= stride);
-        let end = (count - 1) * stride + payload_len(count - 1) + overhead;
-        if !fits || end > buf.len() {
+        let fits = |i: usize| {
+            let m = message(i);
+            let insert_fits = m
+                .insert
+                .is_none_or(|(at, bytes)| at.saturating_add(bytes.len()) <= m.len);
+            insert_fits && (i + 1 == count || m.len + overhead <= stride)
+        };
+        let end = (count - 1) * stride + message(count - 1).len + overhead;
+        if !(0..count).all(fits) || end > buf.len() {
             return Err(TransportError::BufferTooSmall);
         }
         if now - self.created >= REJECT_AFTER_TIME {
@@ -326,9 +344,9 @@ impl Keypair {
         }
         let Some(batch) = self.train_sealing.as_ref() else {
             for i in 0..count {
-                let len = payload_len(i);
-                let counter = self.take_counters(self.charge(len), 1)?;
-                self.seal_at(MessageType::Transport, counter, &mut buf[i * stride..], len)?;
+                let m = message(i);
+                let counter = self.take_counters(self.charge(m.len), 1)?;
+                self.seal_copied(buf, stride, i, m, counter)?;
             }
             return Ok(end);
         };
@@ -340,33 +358,46 @@ impl Keypair {
             count - count % LANES
         };
         let messages = buf[..end].chunks_mut(stride).take(batched).enumerate();
-        let jobs = messages.map(|(i, message)| {
+        let jobs = messages.map(|(i, datagram)| {
             let counter = first + i as u64;
-            let (header, rest) = message.split_at_mut(TRANSPORT_HEADER_LEN);
+            let TrainMessage { len, insert } = message(i);
+            let (header, rest) = datagram.split_at_mut(TRANSPORT_HEADER_LEN);
             let header: &mut [u8; TRANSPORT_HEADER_LEN] = header.try_into().expect("split at 16");
             wire::write_sealed_header(header, MessageType::Transport, self.remote_index, counter);
-            let (payload, rest) = rest.split_at_mut(payload_len(i));
+            let (payload, rest) = rest.split_at_mut(len);
             let tag: &mut [u8; TAG_LEN] = (&mut rest[..TAG_LEN]).try_into().expect("16 bytes");
             SealJob {
                 nonce: nonce_bytes(counter),
                 in_out: payload,
+                insert: insert.map(|(at, bytes)| Insert { at, bytes }),
                 tag,
             }
         });
-        // Lengths were checked against the limit above (a datagram is far below it).
+        // Lengths and inserts were checked above (a datagram is far below the length limit).
         batch
             .seal(jobs)
             .map_err(|_| TransportError::BufferTooSmall)?;
         for i in batched..count {
-            let counter = first + i as u64;
-            self.seal_at(
-                MessageType::Transport,
-                counter,
-                &mut buf[i * stride..],
-                payload_len(i),
-            )?;
+            self.seal_copied(buf, stride, i, message(i), first + i as u64)?;
         }
         Ok(end)
+    }
+
+    /// Message `i` of a train alone: its insert copied in, then sealed under `counter`.
+    fn seal_copied(
+        &self,
+        buf: &mut [u8],
+        stride: usize,
+        i: usize,
+        message: TrainMessage<'_>,
+        counter: u64,
+    ) -> Result<(), TransportError> {
+        let at = i * stride;
+        if let Some((offset, bytes)) = message.insert {
+            let start = at + TRANSPORT_HEADER_LEN + offset;
+            buf[start..start + bytes.len()].copy_from_slice(bytes);
+        }
+        self.seal_at(MessageType::Transport, counter, &mut buf[at..], message.len)
     }
 
     /// The associated data of a message with this header: the header itself (native, so that
@@ -462,7 +493,7 @@ mod tests {
         let now = Instant::from_nanos(2);
         let stride = TRANSPORT_HEADER_LEN + 1408 + TAG_LEN;
         for suite in [Suite::WireGuard, Suite::Native] {
-            for count in 1..=20 {
+            for (count, inserted) in (1..=20).flat_map(|n| [(n, false), (n, true)]) {
                 // All of one length but the last, which is shorter (a TSO train's shape).
                 let len = |i: usize| if i + 1 == count { 17 + 3 * count } else { 1408 };
                 let (train_tx, rx) = pair_of(suite);
@@ -471,9 +502,27 @@ mod tests {
                     assert_eq!(train_tx.train_sealing.is_some(), BatchKey::is_supported());
                 }
                 let plain: Vec<u8> = (0..count * stride).map(|i| (i % 251) as u8).collect();
+                // Inserted: a 52-byte head in place, the rest of the plaintext from a copy,
+                // junk where it would go.
+                let head = 52;
                 let mut train = plain.clone();
+                let source = plain.clone();
+                if inserted {
+                    for i in 0..count {
+                        let at = i * stride + TRANSPORT_HEADER_LEN;
+                        train[at + head.min(len(i))..at + len(i)].fill(0xee);
+                    }
+                }
+                let message = |i: usize| {
+                    let at = i * stride + TRANSPORT_HEADER_LEN;
+                    let from = head.min(len(i));
+                    TrainMessage {
+                        len: len(i),
+                        insert: inserted.then(|| (from, &source[at + from..at + len(i)])),
+                    }
+                };
                 let end = train_tx
-                    .seal_train(&mut train, stride, count, len, now)
+                    .seal_train(&mut train, stride, count, message, now)
                     .unwrap();
                 assert_eq!(end, (count - 1) * stride + len(count - 1) + 32);
                 let mut single = plain.clone();
@@ -482,7 +531,7 @@ mod tests {
                         .seal(&mut single[i * stride..], len(i), now)
                         .unwrap();
                 }
-                assert_eq!(train, single, "{suite:?}, {count} messages");
+                assert_eq!(train, single, "{suite:?}, {count} messages, {inserted}");
                 assert_eq!(train_tx.messages_sent(), single_tx.messages_sent());
                 for i in 0..count {
                     let at = i * stride;
@@ -497,24 +546,30 @@ mod tests {
 
     #[test]
     fn a_train_with_a_message_too_long_for_its_stride_is_refused_whole() {
+        let whole = |len: usize| TrainMessage { len, insert: None };
+        let source = [7u8; 300];
         for suite in [Suite::WireGuard, Suite::Native] {
             let (tx, _) = pair_of(suite);
             let mut buf = vec![0u8; 10 * 200];
             let now = Instant::from_nanos(2);
-            let too_long = |i: usize| if i == 4 { 200 - 31 } else { 100 };
+            let too_long = |i: usize| whole(if i == 4 { 200 - 31 } else { 100 });
             assert_eq!(
                 tx.seal_train(&mut buf, 200, 10, too_long, now),
                 Err(TransportError::BufferTooSmall)
             );
             // The last one beyond the buffer.
+            let last_too_long = |i: usize| whole(if i == 9 { 200 - 32 + 1 } else { 100 });
             assert_eq!(
-                tx.seal_train(
-                    &mut buf,
-                    200,
-                    10,
-                    |i| if i == 9 { 200 - 32 + 1 } else { 100 },
-                    now
-                ),
+                tx.seal_train(&mut buf, 200, 10, last_too_long, now),
+                Err(TransportError::BufferTooSmall)
+            );
+            // An insert beyond its message.
+            let insert_too_long = |i: usize| TrainMessage {
+                len: 100,
+                insert: (i == 9).then_some((50, &source[..51])),
+            };
+            assert_eq!(
+                tx.seal_train(&mut buf, 200, 10, insert_too_long, now),
                 Err(TransportError::BufferTooSmall)
             );
             assert_eq!(tx.messages_sent(), 0, "no counter taken");

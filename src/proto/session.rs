@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 
 use super::constants::{KEEPALIVE_TIMEOUT, ZERO_KEYS_AFTER};
-use super::keypair::{Keypair, TransportError};
+use super::keypair::{Keypair, TrainMessage, TransportError};
 use super::padding::Padding;
 use super::time::Instant;
 use super::wire::TRANSPORT_HEADER_LEN;
@@ -244,23 +244,23 @@ impl Session {
     }
 
     /// Seals a train of `count` messages in place with the current keypair
-    /// ([`Keypair::seal_train`]): message i at `buf[i * stride]`, its `payload_len(i)` bytes
+    /// ([`Keypair::seal_train`]): message i at `buf[i * stride]`, its `message(i).len` bytes
     /// padded with zeros after them as `padding` says; each padded message with header and tag
     /// must fit in `stride` (the last in what `buf` has left). Returns where the last ends.
-    pub fn encrypt_train(
+    pub fn encrypt_train<'s>(
         &self,
         buf: &mut [u8],
         stride: usize,
         count: usize,
         padding: Padding,
-        payload_len: impl Fn(usize) -> usize,
+        message: impl Fn(usize) -> TrainMessage<'s>,
         now: Instant,
     ) -> Result<usize, SessionError> {
         let slots = self.slots.load();
         let keypair = slots.current.as_ref().ok_or(SessionError::NoKeypair)?;
         let mut carries_data = false;
         for i in 0..count {
-            let len = payload_len(i);
+            let len = message(i).len;
             carries_data |= len > 0;
             let zeros = i * stride + TRANSPORT_HEADER_LEN + len
                 ..i * stride + TRANSPORT_HEADER_LEN + padding.padded_len(len);
@@ -269,8 +269,14 @@ impl Session {
                 padding_bytes.fill(0);
             }
         }
-        let padded_len = |i| padding.padded_len(payload_len(i));
-        let end = keypair.seal_train(buf, stride, count, padded_len, now)?;
+        let padded = |i| {
+            let m = message(i);
+            TrainMessage {
+                len: padding.padded_len(m.len),
+                ..m
+            }
+        };
+        let end = keypair.seal_train(buf, stride, count, padded, now)?;
         self.note_sent(now, carries_data);
         Ok(end)
     }

@@ -8,6 +8,7 @@ use crate::offload::split::Segmenter;
 use crate::offload::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::offload::OffloadError;
 use crate::proto::constants::MAX_MTU;
+use crate::proto::keypair::TrainMessage;
 use crate::proto::padding::Padding;
 use crate::proto::session::{Session, SessionError};
 use crate::proto::time::Instant;
@@ -97,22 +98,25 @@ pub fn seal_super_packet(
     if count * stride > output.len() {
         return Err(EgressError::NoRoom);
     }
+    // Each segment's headers are written in place; its payload is sealed from the read,
+    // copied as it is encrypted (`TrainMessage::insert`).
     let mut plaintext = 0;
     for i in 0..count {
         let at = i * stride;
         let room = &mut output[at + TRANSPORT_HEADER_LEN..at + stride - TAG_LEN];
-        plaintext += segments.write_segment(i, room)?;
+        let (head, payload) = segments.write_segment_head(i, room)?;
+        plaintext += head + payload.len();
     }
+    let message = |i| {
+        let payload = segments.segment_payload(i);
+        TrainMessage {
+            len: segments.segment_len(i),
+            insert: Some((segments.segment_len(i) - payload.len(), payload)),
+        }
+    };
     // A segment longer than the first would not fit its stride padded: `encrypt_train`
     // refuses the train rather than write into the next datagram.
-    let end = session.encrypt_train(
-        output,
-        stride,
-        count,
-        padding,
-        |i| segments.segment_len(i),
-        now,
-    )?;
+    let end = session.encrypt_train(output, stride, count, padding, message, now)?;
     Ok(SealedTrain {
         stride,
         count,

@@ -37,10 +37,22 @@ pub const MAX_MESSAGE_LEN: u64 = 274_877_906_880;
 pub struct SealJob<'a> {
     /// The message's nonce; never reuse one under a key.
     pub nonce: [u8; NONCE_LEN],
-    /// Plaintext in, ciphertext out.
+    /// Plaintext in (but for what `insert` gives), ciphertext out.
     pub in_out: &'a mut [u8],
+    /// Part of the plaintext read from elsewhere, copied as it is encrypted: a packet's
+    /// payload can be sealed from where it was read, its header built in `in_out`.
+    pub insert: Option<Insert<'a>>,
     /// Where the tag goes.
     pub tag: &'a mut [u8; TAG_LEN],
+}
+
+/// Plaintext bytes of a [`SealJob`] that are not in its `in_out`.
+#[derive(Debug, Clone, Copy)]
+pub struct Insert<'a> {
+    /// Where they belong in the message.
+    pub at: usize,
+    /// The bytes; what `in_out` holds there is ignored.
+    pub bytes: &'a [u8],
 }
 
 /// One message to open in place.
@@ -59,11 +71,18 @@ pub enum BatchError {
     /// A message is longer than [`MAX_MESSAGE_LEN`]; the group it was in was left untouched
     /// (earlier groups of [`LANES`] messages were already done).
     MessageTooLong,
+    /// An [`Insert`] reaches beyond its message; the group it was in was left untouched.
+    InsertOutOfRange,
 }
 
 impl std::fmt::Display for BatchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("message longer than ChaCha20-Poly1305 allows (RFC 8439 P_MAX)")
+        f.write_str(match self {
+            BatchError::MessageTooLong => {
+                "message longer than ChaCha20-Poly1305 allows (RFC 8439 P_MAX)"
+            }
+            BatchError::InsertOutOfRange => "inserted plaintext reaches beyond its message",
+        })
     }
 }
 
@@ -133,12 +152,15 @@ impl BatchKey {
             if n == 0 {
                 return Ok(());
             }
-            if group
-                .iter()
-                .flatten()
-                .any(|j| j.in_out.len() as u64 > MAX_MESSAGE_LEN)
-            {
-                return Err(BatchError::MessageTooLong);
+            for job in group.iter().flatten() {
+                if job.in_out.len() as u64 > MAX_MESSAGE_LEN {
+                    return Err(BatchError::MessageTooLong);
+                }
+                if let Some(insert) = job.insert {
+                    if insert.at.saturating_add(insert.bytes.len()) > job.in_out.len() {
+                        return Err(BatchError::InsertOutOfRange);
+                    }
+                }
             }
             self.seal_group(&mut group[..n]);
             if n < LANES {
@@ -195,6 +217,9 @@ impl BatchKey {
         let mut lanes = x86::Lanes::default();
         for (i, job) in group.iter_mut().flatten().enumerate() {
             lanes.set(i, &job.nonce, &mut *job.in_out);
+            if let Some(insert) = job.insert {
+                lanes.insert(i, insert.at, insert.bytes);
+            }
         }
         // SAFETY: a `BatchKey` exists only where `is_supported` found the three extensions.
         let tags = unsafe { x86::seal(&self.words, &mut lanes) };

@@ -32,6 +32,9 @@ pub(crate) struct Lanes<'a> {
     /// Each lane's nonce as ChaCha20 state words 13..16 (RFC 8439 §2.3, little-endian).
     nonces: [[u32; 3]; LANES],
     data: [&'a mut [u8]; LANES],
+    /// Plaintext of each lane read from elsewhere: where it belongs, and the bytes (empty:
+    /// none); checked to lie within the lane's message.
+    inserts: [(usize, &'a [u8]); LANES],
     count: usize,
 }
 
@@ -40,6 +43,7 @@ impl Default for Lanes<'_> {
         Lanes {
             nonces: [[0; 3]; LANES],
             data: [(); LANES].map(|_| <&mut [u8]>::default()),
+            inserts: [(0, &[]); LANES],
             count: 0,
         }
     }
@@ -53,6 +57,12 @@ impl<'a> Lanes<'a> {
         }
         self.data[i] = data;
         self.count = self.count.max(i + 1);
+    }
+
+    /// Lane `i`'s plaintext at `at..at + bytes.len()` comes from `bytes`, which the caller
+    /// checked to lie within the message.
+    pub(crate) fn insert(&mut self, i: usize, at: usize, bytes: &'a [u8]) {
+        self.inserts[i] = (at, bytes);
     }
 }
 
@@ -172,26 +182,45 @@ fn run_blocks(
             bytes.zeroize();
             continue;
         }
-        let data = &mut *lanes.data[lane];
         let at = (counter - 1) * BLOCK;
+        let (insert_at, insert) = lanes.inserts[lane];
+        let data = &mut *lanes.data[lane];
         let rest = &mut data[at..];
-        if rest.len() >= BLOCK {
-            let ptr = rest.as_mut_ptr();
-            // SAFETY: `rest` has at least 64 bytes from `ptr`, the width of the load and store.
-            unsafe {
-                let text = _mm512_loadu_si512(ptr.cast());
-                _mm512_storeu_si512(ptr.cast(), _mm512_xor_si512(text, blocks[j]));
-            }
+        let n = rest.len().min(BLOCK);
+        // Bits 0..k of a byte mask.
+        let below = |k: usize| if k >= BLOCK { !0u64 } else { (1u64 << k) - 1 };
+        let block_mask: __mmask64 = below(n);
+        // The block's bytes that come from the insert, as positions within the block.
+        let from = insert_at.saturating_sub(at).min(n);
+        let to = (insert_at + insert.len()).saturating_sub(at).min(n);
+        let insert_mask: __mmask64 = below(to) & !below(from);
+        let ptr = rest.as_mut_ptr();
+        // The insert's bytes for this block start `at - insert_at` into it (before its start
+        // when the block begins before it: those positions are masked off).
+        let insert_ptr = insert.as_ptr().wrapping_add(at).wrapping_sub(insert_at);
+        let text = if block_mask == !0 && insert_mask == 0 {
+            // SAFETY: `rest` has 64 bytes from `ptr`, the width of the load.
+            unsafe { _mm512_loadu_si512(ptr.cast()) }
+        } else if block_mask == !0 && insert_mask == !0 {
+            // SAFETY: all 64 positions are the insert's, which has them from `insert_ptr`.
+            unsafe { _mm512_loadu_si512(insert_ptr.cast()) }
         } else {
-            // The last, partial block: bytes beyond the message are neither read nor written.
-            let mask: __mmask64 = (1u64 << rest.len()) - 1;
-            let ptr = rest.as_mut_ptr();
-            // SAFETY: the mask covers exactly the `rest.len()` bytes `rest` has from `ptr`;
-            // masked-off bytes are not accessed (and cannot fault).
+            // SAFETY: the masks cover exactly the bytes `rest` has from `ptr` and `insert`
+            // from `insert_ptr`; masked-off bytes are not accessed (and cannot fault).
             unsafe {
-                let text = _mm512_maskz_loadu_epi8(mask, ptr.cast());
-                _mm512_mask_storeu_epi8(ptr.cast(), mask, _mm512_xor_si512(text, blocks[j]));
+                _mm512_or_si512(
+                    _mm512_maskz_loadu_epi8(block_mask & !insert_mask, ptr.cast()),
+                    _mm512_maskz_loadu_epi8(insert_mask, insert_ptr.cast()),
+                )
             }
+        };
+        let sealed = _mm512_xor_si512(text, blocks[j]);
+        if block_mask == !0 {
+            // SAFETY: `rest` has 64 bytes from `ptr`, the width of the store.
+            unsafe { _mm512_storeu_si512(ptr.cast(), sealed) };
+        } else {
+            // SAFETY: the mask covers exactly the `n` bytes `rest` has from `ptr`.
+            unsafe { _mm512_mask_storeu_epi8(ptr.cast(), block_mask, sealed) };
         }
     }
 }

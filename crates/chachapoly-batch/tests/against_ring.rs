@@ -1,7 +1,7 @@
 //! The batches against ring's ChaCha20-Poly1305, one message at a time: same ciphertext, same
 //! tag, for any mix of lengths, nonces and batch sizes; opening accepts exactly what was sealed.
 
-use chachapoly_batch::{BatchKey, OpenJob, SealJob, LANES, TAG_LEN};
+use chachapoly_batch::{BatchError, BatchKey, Insert, OpenJob, SealJob, LANES, TAG_LEN};
 use proptest::prelude::*;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
@@ -44,6 +44,7 @@ fn batch_seal(
                 .map(|((text, tag), nonce)| SealJob {
                     nonce: *nonce,
                     in_out: text,
+                    insert: None,
                     tag,
                 }),
         )
@@ -168,8 +169,77 @@ fn an_empty_batch_does_nothing() {
     assert!(!called);
 }
 
+#[test]
+fn an_insert_beyond_its_message_is_refused_and_nothing_sealed() {
+    if !supported() {
+        return;
+    }
+    let batch = BatchKey::new(&[2; 32]).unwrap();
+    let mut text = vec![0u8; 100];
+    let mut tag = [0u8; TAG_LEN];
+    let job = SealJob {
+        nonce: nonce(1),
+        in_out: &mut text,
+        insert: Some(Insert {
+            at: 90,
+            bytes: &[1; 11],
+        }),
+        tag: &mut tag,
+    };
+    assert_eq!(batch.seal([job]), Err(BatchError::InsertOutOfRange));
+    assert_eq!((text, tag), (vec![0u8; 100], [0; TAG_LEN]));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Messages whose plaintext is partly read from elsewhere seal as the whole plaintext
+    /// would: a header in place, a payload inserted (anywhere, any length, across blocks).
+    #[test]
+    fn inserted_plaintext_seals_as_if_it_were_in_place(
+        key in any::<[u8; 32]>(),
+        messages in prop::collection::vec(
+            (prop::collection::vec(any::<u8>(), 0..1600), any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+            1..20,
+        ),
+    ) {
+        if !BatchKey::is_supported() {
+            return Ok(());
+        }
+        let batch = BatchKey::new(&key).unwrap();
+        // Each message: the plaintext, and where its inserted part is (start, end).
+        let parts: Vec<(Vec<u8>, usize, usize)> = messages
+            .into_iter()
+            .map(|(plain, a, b)| {
+                let (a, b) = (a.index(plain.len() + 1), b.index(plain.len() + 1));
+                (plain, a.min(b), a.max(b))
+            })
+            .collect();
+        // In place: the plaintext with the inserted part overwritten by junk (ignored).
+        let mut texts: Vec<Vec<u8>> = parts
+            .iter()
+            .map(|(plain, from, to)| {
+                let mut t = plain.clone();
+                t[*from..*to].fill(0xee);
+                t
+            })
+            .collect();
+        let mut tags = vec![[0u8; TAG_LEN]; parts.len()];
+        let jobs = texts.iter_mut().zip(tags.iter_mut()).zip(&parts).enumerate().map(
+            |(i, ((text, tag), (plain, from, to)))| SealJob {
+                nonce: nonce(i as u64),
+                in_out: text,
+                insert: Some(Insert { at: *from, bytes: &plain[*from..*to] }),
+                tag,
+            },
+        );
+        batch.seal(jobs).unwrap();
+        for (i, (plain, _, _)) in parts.iter().enumerate() {
+            let (expected, expected_tag) = ring_seal(&key, nonce(i as u64), plain);
+            prop_assert_eq!(&texts[i], &expected);
+            prop_assert_eq!(tags[i], expected_tag);
+        }
+    }
 
     #[test]
     fn any_batch_matches_ring(
