@@ -243,6 +243,7 @@ fn metrics_pass_promtool() {
         "concentrator_egress_queue_drops_total{worker=\"0\",cause=\"aqm\"}",
         "concentrator_egress_queue_ce_marks_total{worker=\"0\"}",
         "concentrator_egress_queue_delay_seconds_bucket{worker=\"0\",le=\"0.001024\"}",
+        "concentrator_udp_sends_total{worker=\"0\"}",
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
@@ -263,6 +264,14 @@ fn metrics_pass_promtool() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(queued >= 5.0, "{text}");
+    // Each echo reply left in a send of its own (they are a ping interval apart).
+    let sends: f64 = text
+        .lines()
+        .find(|l| l.starts_with("concentrator_udp_sends_total{worker=\"0\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(sends >= 5.0, "{text}");
     if tools_or_skip("metrics_pass_promtool (promtool part)", &["promtool"]) {
         let out = cmd::run(
             &["promtool", "check", "metrics"],

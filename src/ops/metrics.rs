@@ -260,6 +260,19 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
         }
     }
     o.head(
+        "udp_sends_total",
+        "counter",
+        "UDP send operations per worker: with UDP_SEGMENT one carries several of the datagrams \
+         counted in packets_total{path=\"udp\",direction=\"tx\"}.",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        o.sample(
+            "udp_sends_total",
+            &format!("worker=\"{w}\""),
+            c.udp_tx_sends,
+        );
+    }
+    o.head(
         "relayed_packets_total",
         "counter",
         "Client-to-client packets relayed inside a worker.",
