@@ -22,110 +22,111 @@ fn nonce(counter: u64) -> [u8; 12] {
     n
 }
 
-/// Nanoseconds per message of the round that began at `started`, kept if the fastest yet.
-fn record(best: &mut f64, started: Instant, train: usize) {
-    let per = started.elapsed().as_nanos() as f64 / (ROUNDS * train) as f64;
-    *best = best.min(per);
+/// The fastest nanoseconds per message yet, for each variant.
+struct Fastest {
+    train: usize,
+    per_message: Vec<f64>,
 }
 
-fn report(what: &str, per: f64) {
-    let gbps = (MESSAGE * 8) as f64 / per;
-    println!("{what:<28} {per:8.1} ns per {MESSAGE}-byte message, {gbps:5.2} Gbit/s");
+impl Fastest {
+    /// Runs `round` ROUNDS times (given the round's number) and keeps the time per message
+    /// for `variant` if it is the fastest yet.
+    fn time(&mut self, variant: usize, mut round: impl FnMut(usize)) {
+        let started = Instant::now();
+        for r in 0..ROUNDS {
+            round(r);
+        }
+        let per = started.elapsed().as_nanos() as f64 / (ROUNDS * self.train) as f64;
+        self.per_message[variant] = self.per_message[variant].min(per);
+    }
 }
+
+/// Seals the train with the batch under counters from `first`; with `payloads`, each
+/// message's bytes after its header inserted from there instead of being in place.
+fn batch_seal(
+    batch: &BatchKey,
+    texts: &mut [Vec<u8>],
+    tags: &mut [[u8; TAG_LEN]],
+    first: u64,
+    payloads: Option<&[Vec<u8>]>,
+) {
+    let jobs = texts
+        .iter_mut()
+        .zip(tags.iter_mut())
+        .enumerate()
+        .map(|(i, (text, tag))| SealJob {
+            nonce: nonce(first + i as u64),
+            in_out: text,
+            insert: payloads.map(|p| Insert {
+                at: HEADER,
+                bytes: &p[i],
+            }),
+            tag,
+        });
+    batch.seal(jobs).unwrap();
+}
+
+const VARIANTS: [&str; 6] = [
+    "ring, one at a time: seal",
+    "batch: seal",
+    "batch: seal, payload inserted",
+    "batch: copy payload, seal",
+    "batch: open (+ a copy)",
+    "ring: open (+ a copy)",
+];
 
 fn main() {
-    #[allow(non_snake_case)]
-    let TRAIN: usize = std::env::var("TRAIN")
+    let train: usize = std::env::var("TRAIN")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(44);
     let key = [9u8; 32];
-    let mut texts = vec![vec![0x5au8; MESSAGE]; TRAIN];
-    let mut tags = vec![[0u8; TAG_LEN]; TRAIN];
     let ring_key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key).unwrap());
-    let mut best = [f64::MAX; 6];
+    let Some(batch) = BatchKey::new(&key) else {
+        println!("no AVX-512F/BW/IFMA here: no batches");
+        return;
+    };
+    let mut texts = vec![vec![0x5au8; MESSAGE]; train];
+    let mut tags = vec![[0u8; TAG_LEN]; train];
+    let payloads = vec![vec![0x3cu8; MESSAGE - HEADER]; train];
+    let mut fastest = Fastest {
+        train,
+        per_message: vec![f64::MAX; VARIANTS.len()],
+    };
     for _ in 0..REPEATS {
-        let started = Instant::now();
-        for round in 0..ROUNDS {
+        fastest.time(0, |round| {
             for (i, text) in texts.iter_mut().enumerate() {
-                let n = Nonce::assume_unique_for_key(nonce((round * TRAIN + i) as u64));
+                let n = Nonce::assume_unique_for_key(nonce((round * train + i) as u64));
                 let tag = ring_key
                     .seal_in_place_separate_tag(n, Aad::empty(), text)
                     .unwrap();
                 tags[i].copy_from_slice(tag.as_ref());
             }
             black_box(&tags);
-        }
-        record(&mut best[0], started, TRAIN);
-        let Some(batch) = BatchKey::new(&key) else {
-            println!("no AVX-512F/AVX-512BW here: no batches");
-            return;
-        };
-        let started = Instant::now();
-        for round in 0..ROUNDS {
-            let jobs = texts
-                .iter_mut()
-                .zip(tags.iter_mut())
-                .enumerate()
-                .map(|(i, (text, tag))| SealJob {
-                    nonce: nonce((round * TRAIN + i) as u64),
-                    in_out: text,
-                    insert: None,
-                    tag,
-                });
-            batch.seal(jobs).unwrap();
+        });
+        fastest.time(1, |round| {
+            batch_seal(&batch, &mut texts, &mut tags, (round * train) as u64, None);
             black_box(&tags);
-        }
-        record(&mut best[4], started, TRAIN);
-        // A segmenter's way: a 52-byte header in place, the payload inserted from the read.
-        let payloads = vec![vec![0x3cu8; MESSAGE - HEADER]; TRAIN];
-        let started = Instant::now();
-        for round in 0..ROUNDS {
-            let jobs = texts
-                .iter_mut()
-                .zip(tags.iter_mut())
-                .zip(payloads.iter())
-                .enumerate()
-                .map(|(i, ((text, tag), payload))| SealJob {
-                    nonce: nonce((round * TRAIN + i) as u64),
-                    in_out: text,
-                    insert: Some(Insert {
-                        at: HEADER,
-                        bytes: payload,
-                    }),
-                    tag,
-                });
-            batch.seal(jobs).unwrap();
+        });
+        // A segmenter's way: the header in place, the payload inserted from the read.
+        fastest.time(2, |round| {
+            let first = (round * train) as u64;
+            batch_seal(&batch, &mut texts, &mut tags, first, Some(&payloads));
             black_box(&tags);
-        }
-        record(&mut best[5], started, TRAIN);
+        });
         // The same with the payload copied first, then sealed in place.
-        let started = Instant::now();
-        for round in 0..ROUNDS {
+        fastest.time(3, |round| {
             for (text, payload) in texts.iter_mut().zip(payloads.iter()) {
                 text[HEADER..].copy_from_slice(payload);
             }
-            let jobs = texts
-                .iter_mut()
-                .zip(tags.iter_mut())
-                .enumerate()
-                .map(|(i, (text, tag))| SealJob {
-                    nonce: nonce((round * TRAIN + i) as u64),
-                    in_out: text,
-                    insert: None,
-                    tag,
-                });
-            batch.seal(jobs).unwrap();
+            batch_seal(&batch, &mut texts, &mut tags, (round * train) as u64, None);
             black_box(&tags);
-        }
-        record(&mut best[1], started, TRAIN);
-        // Open what the last round sealed, again and again (the verdicts must all be good).
-        let sealed = texts.clone();
-        let sealed_tags = tags.clone();
-        let last = ROUNDS - 1;
-        let started = Instant::now();
+        });
+        // Open what the last round sealed, again and again (every verdict must be good).
+        let (sealed, sealed_tags) = (texts.clone(), tags.clone());
+        let last = ((ROUNDS - 1) * train) as u64;
         let mut good = 0usize;
-        for _ in 0..ROUNDS {
+        fastest.time(4, |_| {
             texts.clone_from(&sealed);
             let jobs =
                 texts
@@ -133,32 +134,27 @@ fn main() {
                     .zip(sealed_tags.iter())
                     .enumerate()
                     .map(|(i, (text, tag))| OpenJob {
-                        nonce: nonce((last * TRAIN + i) as u64),
+                        nonce: nonce(last + i as u64),
                         in_out: text,
                         tag: *tag,
                     });
             batch.open(jobs, |_, ok| good += usize::from(ok)).unwrap();
-        }
-        assert_eq!(good, ROUNDS * TRAIN);
-        record(&mut best[2], started, TRAIN);
-        let started = Instant::now();
-        for _ in 0..ROUNDS {
+        });
+        assert_eq!(good, ROUNDS * train);
+        fastest.time(5, |_| {
             texts.clone_from(&sealed);
             for (i, text) in texts.iter_mut().enumerate() {
-                let n = Nonce::assume_unique_for_key(nonce((last * TRAIN + i) as u64));
+                let n = Nonce::assume_unique_for_key(nonce(last + i as u64));
                 let mut whole = std::mem::take(text);
                 whole.extend_from_slice(&sealed_tags[i]);
                 ring_key.open_in_place(n, Aad::empty(), &mut whole).unwrap();
                 whole.truncate(MESSAGE);
                 *text = whole;
             }
-        }
-        record(&mut best[3], started, TRAIN);
+        });
     }
-    report("ring, one at a time: seal", best[0]);
-    report("batch: seal", best[4]);
-    report("batch: seal, payload inserted", best[5]);
-    report("batch: copy payload, seal", best[1]);
-    report("batch: open (+ a copy)", best[2]);
-    report("ring: open (+ a copy)", best[3]);
+    for (what, per) in VARIANTS.iter().zip(&fastest.per_message) {
+        let gbps = (MESSAGE * 8) as f64 / per;
+        println!("{what:<30} {per:8.1} ns per {MESSAGE}-byte message, {gbps:5.2} Gbit/s");
+    }
 }

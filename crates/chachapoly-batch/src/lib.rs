@@ -88,6 +88,25 @@ impl std::fmt::Display for BatchError {
 
 impl std::error::Error for BatchError {}
 
+/// The next [`LANES`] jobs (fewer at the end), and how many there are.
+fn next_group<J>(jobs: &mut impl Iterator<Item = J>) -> ([Option<J>; LANES], usize) {
+    let mut group: [Option<J>; LANES] = [const { None }; LANES];
+    let mut n = 0;
+    for (slot, job) in group.iter_mut().zip(jobs) {
+        *slot = Some(job);
+        n += 1;
+    }
+    (group, n)
+}
+
+/// A message within [`MAX_MESSAGE_LEN`].
+fn check_len(message: &[u8]) -> Result<(), BatchError> {
+    if message.len() as u64 > MAX_MESSAGE_LEN {
+        return Err(BatchError::MessageTooLong);
+    }
+    Ok(())
+}
+
 /// A ChaCha20-Poly1305 key ready for batches. Its bytes are erased when it is dropped.
 pub struct BatchKey {
     /// The key as ChaCha20's eight little-endian state words (RFC 8439 §2.3).
@@ -138,24 +157,12 @@ impl BatchKey {
     pub fn seal<'a>(&self, jobs: impl IntoIterator<Item = SealJob<'a>>) -> Result<(), BatchError> {
         let mut jobs = jobs.into_iter();
         loop {
-            let mut group: [Option<SealJob<'a>>; LANES] = [const { None }; LANES];
-            let mut n = 0;
-            for slot in group.iter_mut() {
-                match jobs.next() {
-                    Some(job) => {
-                        *slot = Some(job);
-                        n += 1;
-                    }
-                    None => break,
-                }
-            }
+            let (mut group, n) = next_group(&mut jobs);
             if n == 0 {
                 return Ok(());
             }
             for job in group.iter().flatten() {
-                if job.in_out.len() as u64 > MAX_MESSAGE_LEN {
-                    return Err(BatchError::MessageTooLong);
-                }
+                check_len(job.in_out)?;
                 if let Some(insert) = job.insert {
                     if insert.at.saturating_add(insert.bytes.len()) > job.in_out.len() {
                         return Err(BatchError::InsertOutOfRange);
@@ -180,26 +187,12 @@ impl BatchKey {
         let mut jobs = jobs.into_iter();
         let mut first = 0;
         loop {
-            let mut group: [Option<OpenJob<'a>>; LANES] = [const { None }; LANES];
-            let mut n = 0;
-            for slot in group.iter_mut() {
-                match jobs.next() {
-                    Some(job) => {
-                        *slot = Some(job);
-                        n += 1;
-                    }
-                    None => break,
-                }
-            }
+            let (mut group, n) = next_group(&mut jobs);
             if n == 0 {
                 return Ok(());
             }
-            if group
-                .iter()
-                .flatten()
-                .any(|j| j.in_out.len() as u64 > MAX_MESSAGE_LEN)
-            {
-                return Err(BatchError::MessageTooLong);
+            for job in group.iter().flatten() {
+                check_len(job.in_out)?;
             }
             let good = self.open_group(&mut group[..n]);
             for (i, ok) in good.iter().take(n).enumerate() {

@@ -579,6 +579,20 @@ mod tests {
         setup(ctx).unwrap()
     }
 
+    /// Moves the test peer's endpoint to a fresh loopback socket that reports the TOS of what
+    /// arrives, and returns that socket.
+    fn peer_at_loopback(w: &Worker) -> std::net::UdpSocket {
+        let receiver = crate::sys::udp::bind_reuseport("127.0.0.1:0".parse().unwrap())
+            .expect("a loopback socket reporting the TOS");
+        let snapshot = w.ctx.table.snapshot();
+        let guard = snapshot.guard();
+        let peer = snapshot
+            .by_address(Ipv4Addr::new(10, 66, 0, 2).into(), &guard)
+            .expect("the test peer");
+        peer.roam_to(receiver.local_addr().unwrap());
+        receiver
+    }
+
     /// Puts a 28-byte IPv4 packet to 10.66.0.2 where a TUN read lands in `slot`; its length.
     fn tun_packet(w: &mut Worker, slot: u32) -> usize {
         let mut packet = [0u8; 28];

@@ -9,14 +9,9 @@ use std::os::fd::AsFd;
 fn a_tun_packet_leaves_with_its_ecn_field_on_the_outer_header() {
     for offloads in [false, true] {
         let mut w = worker_with(offloads);
-        let receiver = crate::sys::udp::bind_reuseport("127.0.0.1:0".parse().unwrap())
-            .expect("a loopback socket reporting the TOS");
+        let receiver = peer_at_loopback(&w);
         let snapshot = w.ctx.table.snapshot();
         let guard = snapshot.guard();
-        let peer = snapshot
-            .by_address(Ipv4Addr::new(10, 66, 0, 2).into(), &guard)
-            .expect("the test peer");
-        peer.roam_to(receiver.local_addr().unwrap());
         // CE, ECT(0), ECT(1), Not-ECT under DSCP EF: only the ECN bits go out.
         for ecn in [0b11u8, 0b10, 0b01, 0b00] {
             let n = tun_packet(&mut w, 0);

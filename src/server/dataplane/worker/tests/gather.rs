@@ -10,16 +10,7 @@ use std::os::fd::AsFd;
 fn gathering_worker(offloads: bool) -> (Worker, UdpSocket) {
     let w = worker_built(offloads, false);
     assert_eq!(w.staging.enabled(), offloads, "gathering is an offload");
-    let receiver = crate::sys::udp::bind_reuseport("127.0.0.1:0".parse().unwrap())
-        .expect("a loopback socket reporting the TOS");
-    let snapshot = w.ctx.table.snapshot();
-    let guard = snapshot.guard();
-    let peer = snapshot
-        .by_address(Ipv4Addr::new(10, 66, 0, 2).into(), &guard)
-        .expect("the test peer");
-    peer.roam_to(receiver.local_addr().unwrap());
-    drop(guard);
-    drop(snapshot);
+    let receiver = peer_at_loopback(&w);
     (w, receiver)
 }
 
