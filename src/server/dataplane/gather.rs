@@ -1,49 +1,17 @@
-//! Gathering small sends (without the egress queue): a TUN read that sealed to a single
-//! datagram is copied into the worker's staging slot instead of being sent from its own slot,
-//! which goes back to reading at once; at the end of the batch of completions (before the
-//! worker waits again, so nothing waits longer than it would have) the staged datagrams leave
-//! in the `UDP_SEGMENT` sends [`TrainBuilder`] grouped them into: one per run of datagrams to
-//! one endpoint with one TOS and one length.
+//! Gathering small sends (with offloads, without the egress queue): a TUN read that sealed to
+//! a single datagram is copied into the worker's staging slot (`staging`) instead of being sent
+//! from its own slot, which goes back to reading at once; at the end of the batch of
+//! completions (before the worker waits again, so nothing waits longer than it would have) the
+//! staged datagrams leave in the `UDP_SEGMENT` sends `tunnel::train::TrainBuilder` grouped
+//! them into: one per run of datagrams to one endpoint with one TOS and one length.
 
 use std::net::SocketAddr;
 use std::ops::Range;
 
 use super::paths::{send_control, socket_for};
-use super::slots::{STAGING_BYTES, STAGING_SENDS};
+use super::slots::STAGING_BYTES;
 use super::stats::DropReason;
 use super::worker::Worker;
-use crate::tunnel::train::TrainBuilder;
-
-/// The staging slots and what the one being filled holds.
-pub(super) struct Staging {
-    /// The first staging slot (they are the ring's last).
-    pub(super) first: u32,
-    /// How many (0: no gathering, with the egress queue or without offloads).
-    count: u32,
-    /// The slot being filled in this batch.
-    filling: Option<u32>,
-    /// Where to look for an idle one next.
-    next: u32,
-    trains: TrainBuilder<SocketAddr, STAGING_SENDS>,
-}
-
-impl Staging {
-    /// `count` staging slots from slot `first`.
-    pub(super) fn new(first: u32, count: u32) -> Staging {
-        Staging {
-            first,
-            count,
-            filling: None,
-            next: 0,
-            trains: TrainBuilder::new(STAGING_BYTES),
-        }
-    }
-
-    /// Whether the worker gathers at all.
-    pub(super) fn enabled(&self) -> bool {
-        self.count > 0
-    }
-}
 
 impl Worker {
     /// Copies the sealed datagram at `range` of TUN slot `from`, to `dest` with outer TOS

@@ -5,5 +5,6 @@ mod gather;
 mod paths;
 mod queueing;
 pub mod slots;
+mod staging;
 pub mod stats;
 pub mod worker;

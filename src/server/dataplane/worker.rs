@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::gather::Staging;
 use super::slots::{
     tun_slot_count, OPS_PER_SLOT, REGION, STAGING_BYTES, STAGING_SENDS, STAGING_SLOTS,
 };
+use super::staging::Staging;
 use super::stats::{Counters, DropReason, SharedCounters};
 use crate::proto::time::Instant;
 use crate::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
