@@ -51,6 +51,20 @@ fn drops(show: &serde_json::Value, reason: &str) -> u64 {
         .sum()
 }
 
+/// `ecn_alarms` in a `show --json` answer, over the workers.
+fn ecn_alarms(show: &serde_json::Value) -> u64 {
+    show["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no workers in {show}"))
+        .iter()
+        .map(|w| {
+            w["ecn_alarms"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no ecn_alarms in {w}"))
+        })
+        .sum()
+}
+
 /// Deletes nft table `inet table` in `ns`.
 fn drop_table(lab: &Lab, ns: &str, table: &str) {
     lab.exec_ok(
@@ -201,6 +215,35 @@ fn ecn_travels(underlay6: bool, name: &str) {
         "a Not-ECT packet under outer CE was delivered"
     );
     drop_table(&lab, &srv, "ctre_ecn_s");
+
+    // 2b. A node on the path that makes the outer headers ECT(1), the packets inside not
+    // being ECN-capable: RFC 6040 §4.2 forwards them as they are and calls the combination an
+    // alarm ("(!!!)"); the server counts it.
+    ecn_table(
+        &lab,
+        &srv,
+        "ctre_ecn_s3",
+        &[],
+        &[(
+            "prerouting",
+            &format!("{ip} saddr {client_underlay} udp dport {PORT} {ip} ecn set ect1"),
+        )],
+    );
+    let alarms_before = ecn_alarms(&lab.show_json());
+    let plain_before = count(&bk, "ctre_ecn_b", "inner_not_ect");
+    pings(&lab, &cl, BACKEND, &[]);
+    let alarms = ecn_alarms(&lab.show_json()) - alarms_before;
+    assert!(
+        alarms >= u64::from(PINGS),
+        "{alarms} ECN alarms for {PINGS} Not-ECT echo requests under outer ECT(1): {}",
+        lab.show_json()["workers"]
+    );
+    let delivered = count(&bk, "ctre_ecn_b", "inner_not_ect") - plain_before;
+    assert!(
+        delivered >= u64::from(PINGS),
+        "{delivered} of {PINGS} Not-ECT echo requests under outer ECT(1) delivered"
+    );
+    drop_table(&lab, &srv, "ctre_ecn_s3");
 
     // 3. The same towards the client, which opens what the server sends.
     ecn_table(

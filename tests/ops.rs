@@ -244,6 +244,7 @@ fn metrics_pass_promtool() {
         "concentrator_egress_queue_ce_marks_total{worker=\"0\"}",
         "concentrator_egress_queue_delay_seconds_bucket{worker=\"0\",le=\"0.001024\"}",
         "concentrator_udp_sends_total{worker=\"0\"}",
+        "concentrator_ecn_alarms_total{worker=\"0\"} 0",
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }

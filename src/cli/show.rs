@@ -136,6 +136,13 @@ pub fn render(v: &ShowReply) -> String {
             w.udp_tx_sends
         );
         let _ = writeln!(o, "  drops: {}{}", w.drops_total, nonzero(&w.drops));
+        if w.ecn_alarms > 0 {
+            let _ = writeln!(
+                o,
+                "  ecn alarms: {} (outer and inner ECN that RFC 6040 says no tunnel sends)",
+                w.ecn_alarms
+            );
+        }
         let _ = writeln!(o, "  latency: {}", latency(&w.latency));
         let q = &w.queue;
         let _ = writeln!(

@@ -273,6 +273,15 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
         );
     }
     o.head(
+        "ecn_alarms_total",
+        "counter",
+        "Packets per worker that arrived with an outer and inner ECN combination RFC 6040 \
+         section 4.2 marks as an alarm (something on the path rewrites ECN).",
+    );
+    for (w, c) in counters.iter().enumerate() {
+        o.sample("ecn_alarms_total", &format!("worker=\"{w}\""), c.ecn_alarms);
+    }
+    o.head(
         "relayed_packets_total",
         "counter",
         "Client-to-client packets relayed inside a worker.",

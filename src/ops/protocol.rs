@@ -136,6 +136,10 @@ pub struct WorkerReport {
     /// server leaves it out.
     #[serde(default)]
     pub udp_tx_sends: u64,
+    /// Packets that arrived with an ECN combination RFC 6040 §4.2 marks "(!!!)": something on
+    /// the path rewrites ECN; an older server leaves it out.
+    #[serde(default)]
+    pub ecn_alarms: u64,
     pub tun_rx_packets: u64,
     pub tun_rx_bytes: u64,
     pub tun_tx_packets: u64,

@@ -57,6 +57,7 @@ pub fn show(ops: &Ops, offset: usize, limit: usize) -> Result<ShowReply, String>
             udp_tx_packets: c.udp_tx_packets,
             udp_tx_bytes: c.udp_tx_bytes,
             udp_tx_sends: c.udp_tx_sends,
+            ecn_alarms: c.ecn_alarms,
             tun_rx_packets: c.tun_rx_packets,
             tun_rx_bytes: c.tun_rx_bytes,
             tun_tx_packets: c.tun_tx_packets,

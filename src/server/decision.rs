@@ -15,6 +15,7 @@
 //! gate's own (its under-load check and the nonces of its cookie replies), so every outcome is
 //! a unit test and a fuzz target away.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -32,7 +33,7 @@ use crate::proto::wire::{
 };
 use crate::server::handoff::{LoadSignal, SharedCookieSecrets, MAX_SERVER_MESSAGE_LEN};
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
-use crate::tunnel::ecn::{self, DecapError, Ecn};
+use crate::tunnel::ecn::{self, DecapError, Ecn, Unusual};
 use crate::tunnel::mss;
 
 mod drop_reason;
@@ -126,6 +127,10 @@ pub struct Gate {
     admission: Admission<SlotLimiter>,
     /// Nonces of the cookie replies this gate writes.
     nonces: PrfRandom,
+    /// Packets that arrived with an ECN combination RFC 6040 §4.2 marks "(!!!)" (no
+    /// compliant ingress sends it: something on the path rewrites ECN), since the worker last
+    /// took the count ([`Gate::take_ecn_alarms`]).
+    ecn_alarms: Cell<u64>,
 }
 
 /// Slots of a gate's per-source limiter of valid-mac2 initiations: 16 384 x 16 bytes,
@@ -147,7 +152,14 @@ impl Gate {
                 PROVEN_SOURCE_SLOTS,
             )),
             nonces: PrfRandom::new(seed),
+            ecn_alarms: Cell::new(0),
         }
+    }
+
+    /// The packets with an ECN combination RFC 6040 §4.2 says to log as an alarm "(!!!)" seen
+    /// since the last call (forwarded as its table says; only counted).
+    pub fn take_ecn_alarms(&self) -> u64 {
+        self.ecn_alarms.replace(0)
     }
 
     /// Decides what becomes of `datagram`, received from `src` with the outer ECN field
@@ -254,7 +266,10 @@ impl Gate {
         }
         let (inner_dst, len) = (inner.dst(), inner.total_len());
         let packet = &mut datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
-        let outer_tos = decapsulate_ecn(outer_ecn, packet)?;
+        let (outer_tos, unusual) = decapsulate_ecn(outer_ecn, packet)?;
+        if unusual == Unusual::ShouldLog {
+            self.ecn_alarms.set(self.ecn_alarms.get() + 1);
+        }
         peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
         if let Some(mtu) = self.config.mss_clamp {
             // A TCP SYN's MSS lowered to fit the tunnel, whether it goes to the TUN or is relayed.
@@ -303,10 +318,14 @@ fn relay_padding(to: &PeerEntry, len: usize, datagram_len: usize) -> Padding {
 /// Applies the outer header's ECN field to the opened inner `packet` (RFC 6040 §4.2): CE on
 /// the outer header of an ECN-capable packet marks it CE (its IPv4 checksum updated); on a
 /// packet that is not ECN-capable it is a drop, the only congestion signal that transport
-/// understands. Returns the outer TOS byte the packet would be sent on with (RFC 6040 §4.1).
-fn decapsulate_ecn(outer: Ecn, packet: &mut [u8]) -> Result<u8, DropReason> {
+/// understands. Returns the outer TOS byte the packet would be sent on with (RFC 6040 §4.1),
+/// and how unusual the arriving combination was.
+fn decapsulate_ecn(outer: Ecn, packet: &mut [u8]) -> Result<(u8, Unusual), DropReason> {
     match ecn::decapsulate(outer, packet) {
-        Ok(decapsulated) => Ok(ecn::outer_ecn_for(decapsulated.inner).bits()),
+        Ok(decapsulated) => Ok((
+            ecn::outer_ecn_for(decapsulated.inner).bits(),
+            decapsulated.unusual,
+        )),
         Err(DecapError::CongestedNotEct) => Err(DropReason::CongestedNotEct),
         Err(DecapError::NotIp) => Err(DropReason::Malformed),
     }

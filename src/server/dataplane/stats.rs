@@ -30,6 +30,8 @@ pub struct Counters {
     pub udp_tx_bytes: u64,
     /// Sends that carried them (a `UDP_SEGMENT` send carries several datagrams).
     pub udp_tx_sends: u64,
+    /// Packets that arrived with an ECN combination RFC 6040 §4.2 marks "(!!!)".
+    pub ecn_alarms: u64,
     /// Client-to-client packets relayed without the TUN.
     pub relayed_packets: u64,
     /// Handshake messages passed to the control thread.
@@ -56,7 +58,7 @@ impl Counters {
 }
 
 /// Counters of [`Counters`] before the drops.
-const PLAIN_COUNTERS: usize = 12;
+const PLAIN_COUNTERS: usize = 13;
 
 /// Numbers of [`FqStats`] published, before its sojourn buckets.
 const QUEUE_COUNTERS: usize = 16;
@@ -144,6 +146,7 @@ impl SharedCounters {
             c.handshakes_forwarded,
             c.cookie_replies,
             c.udp_tx_sends,
+            c.ecn_alarms,
         ];
         let queue = queue_values(&c.queue);
         let all = plain
@@ -176,6 +179,7 @@ impl SharedCounters {
             handshakes_forwarded: v[9],
             cookie_replies: v[10],
             udp_tx_sends: v[11],
+            ecn_alarms: v[12],
             ..Counters::default()
         };
         c.drops.copy_from_slice(&v[PLAIN_COUNTERS..QUEUE_AT]);
@@ -194,6 +198,7 @@ mod tests {
             tun_rx_packets: 3,
             udp_tx_bytes: 99,
             udp_tx_sends: 4,
+            ecn_alarms: 5,
             relayed_packets: 2,
             ..Default::default()
         };

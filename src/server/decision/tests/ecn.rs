@@ -28,6 +28,15 @@ fn figure_4(inner: Ecn, outer: Ecn) -> Option<Ecn> {
     }
 }
 
+/// Whether RFC 6040 §4.2 (Figure 4) marks the arrival of `inner` under `outer` "(!!!)":
+/// currently unused combinations the decapsulator should log as an alarm.
+fn figure_4_alarm(inner: Ecn, outer: Ecn) -> bool {
+    matches!(
+        (inner, outer),
+        (Ecn::NotEct, Ecn::Ect0 | Ecn::Ect1) | (Ecn::Ce, Ecn::Ect1)
+    )
+}
+
 /// `packet` with traffic class `DSCP | ecn` (IPv4 header checksum filled in).
 fn with_tos(mut packet: Vec<u8>, ecn: Ecn) -> Vec<u8> {
     let tos = DSCP | ecn.bits();
@@ -108,6 +117,8 @@ fn every_pair_of_outer_and_inner_ecn_reaches_the_tun_as_rfc_6040_says() {
                 let mut datagram = seal(&mut a.client, &packet, T0);
                 let got = h.decide_marked(&mut datagram, a.udp, outer, T0);
                 let case = format!("IPv{}, inner {inner:?}, outer {outer:?}", packet[0] >> 4);
+                let alarms = h.gate.take_ecn_alarms();
+                assert_eq!(alarms, u64::from(figure_4_alarm(inner, outer)), "{case}");
                 let Some(expected) = figure_4(inner, outer) else {
                     assert_eq!(got, Outcome::Drop(DropReason::CongestedNotEct), "{case}");
                     continue;
