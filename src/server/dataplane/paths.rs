@@ -358,6 +358,7 @@ impl Worker {
         batch.flush(&mut |f: TunFrame<'_>| {
             slot_ops.write(REGION + f.offset, f.bytes.len(), f.packets as u64)
         });
+        slot_ops.counters.ecn_alarms += self.gate.take_ecn_alarms();
         let pending = slot_ops.pending;
         if pending.len == 0 {
             // Every datagram was dropped (counted above) or needed nothing.
