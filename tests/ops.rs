@@ -201,6 +201,15 @@ fn reload_changes_one_peer_while_another_peer_pings() {
     );
 }
 
+/// The value of the sample `series` (name and labels) in a scraped exposition.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
 /// GET http://127.0.0.1:PORT/metrics inside the server's namespace.
 fn scrape(lab: &Lab, port: u16) -> String {
     let url = format!("http://127.0.0.1:{port}/metrics");
@@ -248,30 +257,19 @@ fn metrics_pass_promtool() {
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
-    let udp_rx: f64 = text
-        .lines()
-        .find(|l| {
-            l.starts_with("concentrator_packets_total{worker=\"0\",path=\"udp\",direction=\"rx\"}")
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let udp_rx = sample(
+        &text,
+        "concentrator_packets_total{worker=\"0\",path=\"udp\",direction=\"rx\"}",
+    );
     assert!(udp_rx >= 5.0, "{text}");
     // The echo replies came out of the TUN, so through the worker's egress queue.
-    let queued: f64 = text
-        .lines()
-        .find(|l| l.starts_with("concentrator_egress_queue_packets_total{worker=\"0\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let queued = sample(
+        &text,
+        "concentrator_egress_queue_packets_total{worker=\"0\"}",
+    );
     assert!(queued >= 5.0, "{text}");
     // Each echo reply left in a send of its own (they are a ping interval apart).
-    let sends: f64 = text
-        .lines()
-        .find(|l| l.starts_with("concentrator_udp_sends_total{worker=\"0\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let sends = sample(&text, "concentrator_udp_sends_total{worker=\"0\"}");
     assert!(sends >= 5.0, "{text}");
     if tools_or_skip("metrics_pass_promtool (promtool part)", &["promtool"]) {
         let out = cmd::run(
