@@ -17,6 +17,11 @@ use super::padding::Padding;
 use super::time::Instant;
 use super::wire::TRANSPORT_HEADER_LEN;
 
+/// The most messages [`Session::decrypt_train`] opens under one lookup: a UDP GRO receive
+/// holds at most 64 datagrams (`UDP_GRO_CNT_MAX`, include/net/udp.h); longer trains are
+/// taken in parts.
+pub const MAX_TRAIN: usize = 64;
+
 /// Why a packet could not be sent or received on a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
@@ -293,6 +298,73 @@ impl Session {
         self.open(local_index, buf, now, true)
     }
 
+    /// Decrypts a train of transport messages for `local_index`, laid out as a GRO receive
+    /// lays its datagrams out (message i at `buf[i * stride..]`, `stride` bytes, the last one
+    /// what is left), as that many calls of [`Session::decrypt`] would, and tells `each` what
+    /// each one gave, in order: the keypair is looked up once and the messages opened several
+    /// at a time where the suite and the CPU allow ([`Keypair::open_train`]).
+    pub fn decrypt_train(
+        &self,
+        local_index: u32,
+        buf: &mut [u8],
+        stride: usize,
+        now: Instant,
+        mut each: impl FnMut(usize, Result<Received, SessionError>),
+    ) {
+        if stride == 0 {
+            each(0, self.decrypt(local_index, buf, now));
+            return;
+        }
+        for (part, messages) in buf.chunks_mut(stride * MAX_TRAIN).enumerate() {
+            let first = part * MAX_TRAIN;
+            let count = messages.len().div_ceil(stride);
+            let slots = self.slots.load();
+            let found = [
+                (&slots.current, false),
+                (&slots.next, true),
+                (&slots.previous, false),
+            ]
+            .into_iter()
+            .find_map(|(slot, is_next)| {
+                slot.as_ref()
+                    .filter(|k| k.local_index == local_index)
+                    .map(|k| (k, is_next))
+            });
+            let Some((keypair, is_next)) = found else {
+                (0..count).for_each(|i| each(first + i, Err(SessionError::UnknownIndex)));
+                continue;
+            };
+            let mut results: [Option<Result<Range<usize>, TransportError>>; MAX_TRAIN] =
+                std::array::from_fn(|_| None);
+            keypair.open_train(messages, stride, now, |i, r| {
+                results[i] = Some(r.map(|(_, plaintext)| plaintext));
+            });
+            let opened = || results.iter().flatten().filter_map(|r| r.as_ref().ok());
+            if opened().next().is_some() {
+                stamp(&self.last_received, now);
+                self.unanswered_since.store(0, Ordering::Relaxed);
+                if opened().any(|plaintext| !plaintext.is_empty()) {
+                    stamp(&self.last_received_data, now);
+                }
+            }
+            // The promotion is reported on the first message that opened, as `decrypt` would.
+            let mut confirmed_next =
+                is_next && opened().next().is_some() && self.confirm_next(keypair);
+            for (i, result) in results.into_iter().take(count).enumerate() {
+                let result = result.unwrap_or(Err(TransportError::Malformed));
+                each(
+                    first + i,
+                    result
+                        .map(|plaintext| Received {
+                            plaintext,
+                            confirmed_next: std::mem::take(&mut confirmed_next),
+                        })
+                        .map_err(SessionError::from),
+                );
+            }
+        }
+    }
+
     /// Opens a push message as [`Session::decrypt`] opens transport data, except that its
     /// payload does not count as data: it asks for no passive keepalive in return.
     pub fn decrypt_push(
@@ -533,6 +605,54 @@ mod tests {
             Err(SessionError::NoKeypair),
             "a cleared session still seals"
         );
+    }
+
+    #[test]
+    fn a_train_confirms_next_once_and_opens_as_its_datagrams_would() {
+        use crate::proto::suite::Suite;
+        for suite in [Suite::Native, Suite::WireGuard] {
+            let session = Session::new();
+            let keys = |seed: u8| (Zeroizing::new([seed; 32]), Zeroizing::new([!seed; 32]));
+            let pair = |seed: u8, index: u32| {
+                let (a, b) = keys(seed);
+                let server = Keypair::for_suite(suite, &b, &a, index, 100 + index, t(0), false);
+                let client = Keypair::for_suite(suite, &a, &b, 100 + index, index, t(0), true);
+                (Arc::new(server), client)
+            };
+            let (first, _) = pair(1, 1);
+            session.install(first, t(0));
+            let (second, second_client) = pair(2, 2);
+            session.install(second, t(0));
+            assert_eq!(session.current(t(1)).map(|k| k.local_index), None);
+            // Ten pings under the new keypair, as one GRO receive lays them out.
+            let train: Vec<u8> = (0..10).flat_map(|_| sealed_by(&second_client)).collect();
+            let mut buf = train.clone();
+            let mut seen = Vec::new();
+            session.decrypt_train(2, &mut buf, 36, t(2), |i, r| seen.push((i, r)));
+            let expected: Vec<_> = (0..10)
+                .map(|i| {
+                    let received = Received {
+                        plaintext: 16..20,
+                        confirmed_next: i == 0,
+                    };
+                    (i, Ok(received))
+                })
+                .collect();
+            assert_eq!(seen, expected, "{suite:?}");
+            assert!(buf.chunks(36).all(|d| &d[16..20] == b"ping"));
+            assert_eq!(session.current(t(2)).map(|k| k.local_index), Some(2));
+            assert_eq!(session.last_received(), Some(t(2)));
+            // Again: every one replayed; an index of no keypair: every one unknown.
+            let mut seen = Vec::new();
+            session.decrypt_train(2, &mut train.clone(), 36, t(3), |_, r| seen.push(r));
+            assert_eq!(seen.len(), 10);
+            assert!(seen
+                .iter()
+                .all(|r| matches!(r, Err(SessionError::Transport(_)))));
+            let mut seen = Vec::new();
+            session.decrypt_train(9, &mut train.clone(), 36, t(3), |_, r| seen.push(r));
+            assert_eq!(seen, vec![Err(SessionError::UnknownIndex); 10]);
+        }
     }
 
     #[test]

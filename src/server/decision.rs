@@ -27,6 +27,7 @@ use crate::proto::cookie::ServerMacKeys;
 use crate::proto::padding::Padding;
 use crate::proto::ratelimit::{SlotLimiter, DEFAULT_BURST, DEFAULT_PACKETS_PER_SECOND};
 use crate::proto::rng::{PrfRandom, Random};
+use crate::proto::session::Received;
 use crate::proto::time::Instant;
 use crate::proto::wire::{
     self, IpPacket, MessageType, COOKIE_REPLY_LEN, TAG_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_MIN_LEN,
@@ -37,8 +38,10 @@ use crate::tunnel::ecn::{self, DecapError, Ecn, Unusual};
 use crate::tunnel::mss;
 
 mod drop_reason;
+mod train;
 
 pub use drop_reason::DropReason;
+pub use train::OpenedTrain;
 
 /// What to do with a received datagram. Offsets and lengths are within the datagram as passed
 /// to [`Gate::decide`], which has already rewritten it where a variant says so.
@@ -250,6 +253,24 @@ impl Gate {
             .by_index(index, guard)
             .ok_or(DropReason::UnknownIndex)?;
         let received = peer.session.decrypt(index, datagram, now)?;
+        self.accept_opened(datagram, peer, received, src, outer_ecn, now, table, guard)
+    }
+
+    /// A transport message `peer`'s session opened in place (`received`): the rest of
+    /// [`Gate::open_transport`], for a message opened alone or in a train
+    /// ([`Gate::open_train`]).
+    #[allow(clippy::too_many_arguments)]
+    fn accept_opened<'t>(
+        &self,
+        datagram: &mut [u8],
+        peer: &'t PeerEntry,
+        received: Received,
+        src: SocketAddr,
+        outer_ecn: Ecn,
+        now: Instant,
+        table: &'t TableSnapshot,
+        guard: &'t TableGuard<'_>,
+    ) -> Result<Decision<'t>, DropReason> {
         // Authenticated: the peer's endpoint follows it (roaming).
         peer.roam_to(src);
         if received.plaintext.is_empty() {

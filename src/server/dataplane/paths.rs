@@ -328,16 +328,32 @@ impl Worker {
         };
         // Output frames are written from the slot's output region, which starts at `REGION`.
         let mut batch = TunBatch::new(output, self.gso_types);
+        // A GRO receive of one peer's datagrams is opened several at a time.
+        let mut train = self
+            .gate
+            .open_train(&mut input[..n], segment, now, table, guard);
         let mut start = 0;
         while start < n {
             let end = (start + segment).min(n);
             slot_ops.counters.udp_rx_packets += 1;
             slot_ops.counters.udp_rx_bytes += (end - start) as u64;
             let datagram = &mut input[start..end];
-            match self
-                .gate
-                .decide(datagram, src, outer_ecn, now, table, guard)
-            {
+            let decision = match train.as_mut() {
+                Some(train) => self.gate.decide_opened(
+                    train,
+                    start / segment,
+                    datagram,
+                    src,
+                    outer_ecn,
+                    now,
+                    table,
+                    guard,
+                ),
+                None => self
+                    .gate
+                    .decide(datagram, src, outer_ecn, now, table, guard),
+            };
+            match decision {
                 Decision::ToTun(range) if self.offloads => {
                     let packet = start + range.start..start + range.end;
                     let mut queue = |f: TunFrame<'_>| {

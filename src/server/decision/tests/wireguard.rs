@@ -248,3 +248,116 @@ fn a_relay_to_a_wireguard_peer_is_padded_and_one_to_a_native_peer_is_not() {
         packet
     );
 }
+
+impl Headend {
+    /// Runs `datagrams`, one GRO receive (`stride` bytes each, the last what is left), from
+    /// `src` through [`Gate::open_train`] and [`Gate::decide_opened`], as the worker does; `None`
+    /// where the gate takes them one by one instead.
+    fn decide_train(
+        &mut self,
+        datagrams: &mut [u8],
+        stride: usize,
+        src: SocketAddr,
+    ) -> Option<Vec<Outcome>> {
+        let snapshot = self.table.snapshot();
+        let guard = snapshot.guard();
+        let mut train = self
+            .gate
+            .open_train(datagrams, stride, T0, &snapshot, &guard)?;
+        let outcomes = datagrams.chunks_mut(stride).enumerate().map(|(i, d)| {
+            let decision =
+                self.gate
+                    .decide_opened(&mut train, i, d, src, Ecn::NotEct, T0, &snapshot, &guard);
+            Outcome::of(decision)
+        });
+        Some(outcomes.collect())
+    }
+}
+
+#[test]
+fn a_receive_of_one_peer_is_opened_as_a_train_and_each_datagram_decided_as_alone() {
+    let mut h = Headend::new(true);
+    let mut native = h.connect_confirmed(2, udp("192.0.2.2:4000"));
+    let wg = h.connect_wireguard(3, udp("192.0.2.3:4000"));
+    let mut tunn = wg.tunn;
+    // Twelve datagrams of one size, as a GRO receive brings them: to the backend, but one
+    // from an address the peer does not own, one to the native client, one tampered with.
+    let packets: Vec<Vec<u8>> = (0..12)
+        .map(|i| match i {
+            4 => ipv4_packet(client_address(9), BACKEND),
+            7 => ipv4_packet(client_address(3), client_address(2)),
+            _ => ipv4_packet(client_address(3), BACKEND),
+        })
+        .collect();
+    let sealed: Vec<Vec<u8>> = packets.iter().map(|p| wg_seal(&mut tunn, p)).collect();
+    let stride = sealed[0].len();
+    assert!(sealed.iter().all(|d| d.len() == stride), "padded alike");
+    let mut train = sealed.concat();
+    train[9 * stride + 30] ^= 1;
+    let roamed = udp("198.51.100.9:5000");
+    let outcomes = h
+        .decide_train(&mut train, stride, roamed)
+        .expect("one peer's receive is a train");
+    assert_eq!(outcomes.len(), 12);
+    let inner = TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + 36;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let datagram = &train[i * stride..(i + 1) * stride];
+        match i {
+            4 => assert_eq!(outcome, Outcome::Drop(DropReason::SpoofedSource)),
+            9 => assert_eq!(outcome, Outcome::Drop(DropReason::Authentication)),
+            7 => {
+                let len = TRANSPORT_HEADER_LEN + 36 + TAG_LEN;
+                let to = client_address(2);
+                let outer_tos = 0;
+                assert_eq!(outcome, Outcome::Relay { len, to, outer_tos });
+                let relayed = datagram[..len].to_vec();
+                assert_eq!(opened_by(&mut native.client, relayed, "native"), packets[7]);
+            }
+            _ => {
+                assert_eq!(outcome, Outcome::ToTun(inner.clone()), "datagram {i}");
+                assert_eq!(&datagram[inner.clone()], &packets[i][..], "opened in place");
+            }
+        }
+    }
+    assert_eq!(wg.entry.endpoint(), Some(roamed), "roamed with the train");
+    // The same receive untouched: replays all, but the one that was tampered with before.
+    let again = h
+        .decide_train(&mut sealed.concat(), stride, roamed)
+        .unwrap();
+    for (i, outcome) in again.into_iter().enumerate() {
+        let expected = match i {
+            9 => Outcome::ToTun(inner.clone()),
+            _ => Outcome::Drop(DropReason::Replay),
+        };
+        assert_eq!(outcome, expected, "datagram {i} again");
+    }
+    // A receive that mixes peers, or holds one datagram, is not a train.
+    let mixed = [
+        wg_seal(&mut tunn, &packets[0]),
+        seal(
+            &mut native.client,
+            &ipv4_packet(client_address(2), BACKEND),
+            T0,
+        ),
+    ];
+    assert!(h
+        .decide_train(&mut mixed.concat(), stride, roamed)
+        .is_none());
+    let mut one = wg_seal(&mut tunn, &packets[0]);
+    assert!(h.decide_train(&mut one, stride, roamed).is_none());
+}
+
+#[test]
+fn a_native_peers_receive_is_a_train_too() {
+    let mut h = Headend::new(false);
+    let mut native = h.connect_confirmed(2, udp("192.0.2.2:4000"));
+    let packet = ipv4_packet(client_address(2), BACKEND);
+    let mut train: Vec<u8> = (0..6)
+        .flat_map(|_| seal(&mut native.client, &packet, T0))
+        .collect();
+    let stride = train.len() / 6;
+    let outcomes = h.decide_train(&mut train, stride, native.udp).unwrap();
+    let inner = TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + packet.len();
+    assert!(outcomes.len() == 6 && outcomes.iter().all(|o| *o == Outcome::ToTun(inner.clone())));
+    assert!(train.chunks(stride).all(|d| d[inner.clone()] == packet[..]));
+}
