@@ -20,7 +20,7 @@ export RUSTC_BOOTSTRAP=1
 # cargo-fuzz and a C++ compiler (libFuzzer), installed when missing.
 bash scripts/deps.sh fuzz
 
-TARGETS=(wire_parse responder client_receive offload_roundtrip datagram_decision uapi_parse wireguard_responder)
+TARGETS=(wire_parse responder client_receive offload_roundtrip datagram_decision datagram_train uapi_parse wireguard_responder)
 # One build for all targets, so the run time is all fuzzing.
 cargo fuzz build -s "$SANITIZER"
 

@@ -158,7 +158,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(fx::server_suite_of(&received).is_some());
             assert_eq!(datagram, received, "a queued initiation is left as it came");
         }
-        Decision::PassToControl => panic!("a server's gate passed a datagram to a client's control"),
+        Decision::PassToControl => {
+            panic!("a server's gate passed a datagram to a client's control")
+        }
         Decision::Drop(_) => {}
     }
 });

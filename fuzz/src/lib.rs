@@ -329,10 +329,17 @@ pub const KNOWN_PEER_INDEX: u32 = 0x0101_0101;
 /// The receiver index of the second peer's keypair on the server.
 pub const OTHER_PEER_INDEX: u32 = 0x0202_0202;
 
-/// A session holding one keypair, current at [`START`].
-fn live_session(send: u8, receive: u8, local: u32, remote: u32) -> Session {
+/// A session holding one keypair of `suite`, current at [`START`].
+fn live_session_of(
+    suite: concentrator::proto::suite::Suite,
+    send: u8,
+    receive: u8,
+    local: u32,
+    remote: u32,
+) -> Session {
     let session = Session::new();
-    let keypair = Keypair::new(
+    let keypair = Keypair::for_suite(
+        suite,
         &Zeroizing::new([send; 32]),
         &Zeroizing::new([receive; 32]),
         local,
@@ -345,8 +352,13 @@ fn live_session(send: u8, receive: u8, local: u32, remote: u32) -> Session {
 }
 
 impl DecisionFixture {
-    /// The table and both ends.
+    /// The table and both ends, native.
     pub fn new() -> Self {
+        Self::of_suite(concentrator::proto::suite::Suite::Native)
+    }
+
+    /// The table and both ends, with keys of `suite`.
+    pub fn of_suite(suite: concentrator::proto::suite::Suite) -> Self {
         let table = SessionTable::new();
         let peers = [
             (client_public(), assignment(), KNOWN_PEER_INDEX, 1u8),
@@ -363,15 +375,15 @@ impl DecisionFixture {
             ),
         ];
         for (key, assignment, index, k) in peers {
-            let session = Arc::new(live_session(k, k + 1, index, !index));
+            let session = Arc::new(live_session_of(suite, k, k + 1, index, !index));
             let entry = Arc::new(PeerEntry::new(key, session, assignment));
             table.insert_peer(&entry);
             table.insert_index(index, &entry);
         }
         DecisionFixture {
             table,
-            known_peer: live_session(2, 1, !KNOWN_PEER_INDEX, KNOWN_PEER_INDEX),
-            other_peer: live_session(4, 3, !OTHER_PEER_INDEX, OTHER_PEER_INDEX),
+            known_peer: live_session_of(suite, 2, 1, !KNOWN_PEER_INDEX, KNOWN_PEER_INDEX),
+            other_peer: live_session_of(suite, 4, 3, !OTHER_PEER_INDEX, OTHER_PEER_INDEX),
         }
     }
 }
