@@ -104,7 +104,7 @@ fuzz_target!(|data: &[u8]| {
         .enumerate()
         .map(|(i, d)| {
             let decision = gate.decide_opened(
-                &mut train,
+                Some(&mut train),
                 i,
                 d,
                 src,

@@ -338,22 +338,11 @@ impl Worker {
             slot_ops.counters.udp_rx_packets += 1;
             slot_ops.counters.udp_rx_bytes += (end - start) as u64;
             let datagram = &mut input[start..end];
-            let decision = match train.as_mut() {
-                Some(train) => self.gate.decide_opened(
-                    train,
-                    start / segment,
-                    datagram,
-                    src,
-                    outer_ecn,
-                    now,
-                    table,
-                    guard,
-                ),
-                None => self
-                    .gate
-                    .decide(datagram, src, outer_ecn, now, table, guard),
-            };
-            match decision {
+            let (i, train) = (start / segment, train.as_mut());
+            match self
+                .gate
+                .decide_opened(train, i, datagram, src, outer_ecn, now, table, guard)
+            {
                 Decision::ToTun(range) if self.offloads => {
                     let packet = start + range.start..start + range.end;
                     let mut queue = |f: TunFrame<'_>| {

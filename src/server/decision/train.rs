@@ -55,12 +55,13 @@ impl Gate {
         Some(OpenedTrain { peer, results })
     }
 
-    /// Decides what becomes of datagram `i` of `train` (`datagram`, received from `src` with
-    /// the outer ECN field `outer_ecn`), as [`Gate::decide`] would have for it alone.
+    /// Decides what becomes of datagram `i` of a receive (`datagram`, received from `src`
+    /// with the outer ECN field `outer_ecn`) that [`Gate::open_train`] opened as `train`, as
+    /// [`Gate::decide`] would have for it alone; without a train, [`Gate::decide`] itself.
     #[allow(clippy::too_many_arguments)]
     pub fn decide_opened<'t>(
         &mut self,
-        train: &mut OpenedTrain<'t>,
+        train: Option<&mut OpenedTrain<'t>>,
         i: usize,
         datagram: &mut [u8],
         src: SocketAddr,
@@ -69,14 +70,13 @@ impl Gate {
         table: &'t TableSnapshot,
         guard: &'t TableGuard<'_>,
     ) -> Decision<'t> {
-        match train.results.get_mut(i).and_then(Option::take) {
-            Some(Ok(received)) => self
-                .accept_opened(
-                    datagram, train.peer, received, src, outer_ecn, now, table, guard,
-                )
+        let opened = train.and_then(|t| Some((t.peer, t.results.get_mut(i)?.take()?)));
+        match opened {
+            Some((peer, Ok(received))) => self
+                .accept_opened(datagram, peer, received, src, outer_ecn, now, table, guard)
                 .unwrap_or_else(Decision::Drop),
-            Some(Err(why)) => Decision::Drop(why),
-            // Not part of the train (or asked twice): on its own.
+            Some((_, Err(why))) => Decision::Drop(why),
+            // No train, not part of it (or asked twice): on its own.
             None => self.decide(datagram, src, outer_ecn, now, table, guard),
         }
     }

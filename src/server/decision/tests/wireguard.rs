@@ -265,9 +265,16 @@ impl Headend {
             .gate
             .open_train(datagrams, stride, T0, &snapshot, &guard)?;
         let outcomes = datagrams.chunks_mut(stride).enumerate().map(|(i, d)| {
-            let decision =
-                self.gate
-                    .decide_opened(&mut train, i, d, src, Ecn::NotEct, T0, &snapshot, &guard);
+            let decision = self.gate.decide_opened(
+                Some(&mut train),
+                i,
+                d,
+                src,
+                Ecn::NotEct,
+                T0,
+                &snapshot,
+                &guard,
+            );
             Outcome::of(decision)
         });
         Some(outcomes.collect())
