@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use concentrator::proto::wire::{
     self, COOKIE_REPLY_LEN, INITIATION_LEN, TAG_LEN, TRANSPORT_HEADER_LEN,
 };
-use concentrator::server::decision::Decision;
+use concentrator::server::decision::{Arrival, Decision};
 use concentrator::tunnel::ecn::Ecn;
 use concentrator_fuzz as fx;
 use libfuzzer_sys::fuzz_target;
@@ -74,14 +74,12 @@ fuzz_target!(|data: &[u8]| {
     let guard = snapshot.guard();
     // A Not-ECT outer header leaves the inner packet as it was (RFC 6040 §4.2), so a genuine
     // packet arrives unchanged.
-    let decision = gate.decide(
-        &mut datagram,
+    let arrival = Arrival {
         src,
-        Ecn::NotEct,
-        fx::START,
-        &snapshot,
-        &guard,
-    );
+        outer_ecn: Ecn::NotEct,
+        now: fx::START,
+    };
+    let decision = gate.decide(&mut datagram, arrival, &snapshot, &guard);
     let genuine = mode == 2;
     match decision {
         Decision::ToTun(range) => {

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use concentrator::proto::suite::Suite;
 use concentrator::proto::wire::{TAG_LEN, TRANSPORT_HEADER_LEN};
-use concentrator::server::decision::Decision;
+use concentrator::server::decision::{Arrival, Decision};
 use concentrator::tunnel::ecn::Ecn;
 use concentrator_fuzz as fx;
 use libfuzzer_sys::fuzz_target;
@@ -73,6 +73,11 @@ fuzz_target!(|data: &[u8]| {
         receive.truncate(receive.len() - cut);
     }
 
+    let arrival = Arrival {
+        src,
+        outer_ecn: Ecn::NotEct,
+        now: fx::START,
+    };
     let mut gate = fx::gate(client_to_client, false);
     let snapshot = one_by_one.table.snapshot();
     let guard = snapshot.guard();
@@ -80,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
     let expected: Vec<Outcome> = alone
         .chunks_mut(stride)
         .map(|d| {
-            let decision = gate.decide(d, src, Ecn::NotEct, fx::START, &snapshot, &guard);
+            let decision = gate.decide(d, arrival, &snapshot, &guard);
             outcome(decision, d)
         })
         .collect();
@@ -103,16 +108,7 @@ fuzz_target!(|data: &[u8]| {
         .chunks_mut(stride)
         .enumerate()
         .map(|(i, d)| {
-            let decision = gate.decide_opened(
-                Some(&mut train),
-                i,
-                d,
-                src,
-                Ecn::NotEct,
-                fx::START,
-                &snapshot,
-                &guard,
-            );
+            let decision = gate.decide_opened(Some(&mut train), i, d, arrival, &snapshot, &guard);
             outcome(decision, d)
         })
         .collect();

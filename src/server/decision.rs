@@ -43,6 +43,17 @@ mod train;
 pub use drop_reason::DropReason;
 pub use train::OpenedTrain;
 
+/// How a datagram arrived: what [`Gate::decide`] needs to know of it besides its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// Its UDP source: a peer's endpoint follows it when it authenticates (roaming).
+    pub src: SocketAddr,
+    /// The ECN field of its outer IP header, for the decapsulation of RFC 6040 §4.2.
+    pub outer_ecn: Ecn,
+    /// When it was received.
+    pub now: Instant,
+}
+
 /// What to do with a received datagram. Offsets and lengths are within the datagram as passed
 /// to [`Gate::decide`], which has already rewritten it where a variant says so.
 #[derive(Debug)]
@@ -165,24 +176,20 @@ impl Gate {
         self.ecn_alarms.replace(0)
     }
 
-    /// Decides what becomes of `datagram`, received from `src` with the outer ECN field
-    /// `outer_ecn` at `now`, with the peers of `table` (looked up under `guard`, which the
-    /// returned decision borrows from). May rewrite the datagram in place (see [`Decision`]).
+    /// Decides what becomes of `datagram`, which arrived as `arrival` says, with the peers of
+    /// `table` (looked up under `guard`, which the returned decision borrows from). May
+    /// rewrite the datagram in place (see [`Decision`]).
     pub fn decide<'t>(
         &mut self,
         datagram: &mut [u8],
-        src: SocketAddr,
-        outer_ecn: Ecn,
-        now: Instant,
+        arrival: Arrival,
         table: &'t TableSnapshot,
         guard: &'t TableGuard<'_>,
     ) -> Decision<'t> {
         let result = match (wire::message_type(datagram), self.config.role) {
-            (Ok(MessageType::Transport), _) => {
-                self.open_transport(datagram, src, outer_ecn, now, table, guard)
-            }
+            (Ok(MessageType::Transport), _) => self.open_transport(datagram, arrival, table, guard),
             (Ok(MessageType::Initiation), GateRole::Server) => {
-                Ok(self.vet_initiation(datagram, src, now))
+                Ok(self.vet_initiation(datagram, arrival.src, arrival.now))
             }
             (Ok(kind), GateRole::Client) => for_client_control(kind, datagram, table, guard),
             (Ok(_), GateRole::Server) => Err(DropReason::UnexpectedType),
@@ -242,9 +249,7 @@ impl Gate {
     fn open_transport<'t>(
         &self,
         datagram: &mut [u8],
-        src: SocketAddr,
-        outer_ecn: Ecn,
-        now: Instant,
+        arrival: Arrival,
         table: &'t TableSnapshot,
         guard: &'t TableGuard<'_>,
     ) -> Result<Decision<'t>, DropReason> {
@@ -252,30 +257,27 @@ impl Gate {
         let peer = table
             .by_index(index, guard)
             .ok_or(DropReason::UnknownIndex)?;
-        let received = peer.session.decrypt(index, datagram, now)?;
-        self.accept_opened(datagram, peer, received, src, outer_ecn, now, table, guard)
+        let received = peer.session.decrypt(index, datagram, arrival.now)?;
+        self.accept_opened(datagram, peer, received, arrival, table, guard)
     }
 
     /// A transport message `peer`'s session opened in place (`received`): the rest of
     /// [`Gate::open_transport`], for a message opened alone or in a train
     /// ([`Gate::open_train`]).
-    #[allow(clippy::too_many_arguments)]
     fn accept_opened<'t>(
         &self,
         datagram: &mut [u8],
         peer: &'t PeerEntry,
         received: Received,
-        src: SocketAddr,
-        outer_ecn: Ecn,
-        now: Instant,
+        arrival: Arrival,
         table: &'t TableSnapshot,
         guard: &'t TableGuard<'_>,
     ) -> Result<Decision<'t>, DropReason> {
         // Authenticated: the peer's endpoint follows it (roaming).
-        peer.roam_to(src);
+        peer.roam_to(arrival.src);
         if received.plaintext.is_empty() {
             return Ok(match self.config.role {
-                GateRole::Server => answer_keepalive(datagram, peer, now),
+                GateRole::Server => answer_keepalive(datagram, peer, arrival.now),
                 // The client's control thread keeps its side alive on its own timers.
                 GateRole::Client => Decision::Keepalive,
             });
@@ -287,7 +289,7 @@ impl Gate {
         }
         let (inner_dst, len) = (inner.dst(), inner.total_len());
         let packet = &mut datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
-        let (outer_tos, unusual) = decapsulate_ecn(outer_ecn, packet)?;
+        let (outer_tos, unusual) = decapsulate_ecn(arrival.outer_ecn, packet)?;
         if unusual == Unusual::ShouldLog {
             self.ecn_alarms.set(self.ecn_alarms.get() + 1);
         }
@@ -304,7 +306,9 @@ impl Gate {
                 let padding = relay_padding(other, len, datagram.len());
                 let room = TRANSPORT_HEADER_LEN + padding.padded_len(len) + TAG_LEN;
                 let room = &mut datagram[..room];
-                let sealed = other.session.encrypt_padded(room, len, padding, now)?;
+                let sealed = other
+                    .session
+                    .encrypt_padded(room, len, padding, arrival.now)?;
                 other.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 return Ok(Decision::Relay {
                     len: sealed,

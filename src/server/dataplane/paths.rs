@@ -20,7 +20,7 @@ use super::worker::{Outcome, Worker};
 use crate::offload::vnet::VNET_HDR_LEN;
 use crate::proto::time::Instant;
 use crate::proto::wire::{IpPacket, INITIATION_LEN, TRANSPORT_HEADER_LEN};
-use crate::server::decision::Decision;
+use crate::server::decision::{Arrival, Decision};
 use crate::server::handoff::{HandshakeMessage, ServerMessage, WorkerRole};
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
 use crate::sys::cmsg::SendControl;
@@ -307,7 +307,11 @@ impl Worker {
         // One outer ECN field for every datagram of a GRO receive: the kernel's GRO merges
         // only datagrams whose TOS / traffic class is equal (inet_gro_receive and
         // ipv6_gro_receive flush on a difference).
-        let outer_ecn = Ecn::from_tos(self.ring.received_tos(slot).unwrap_or(0));
+        let arrival = Arrival {
+            src,
+            outer_ecn: Ecn::from_tos(self.ring.received_tos(slot).unwrap_or(0)),
+            now,
+        };
         let segment = match self.ring.gro_segment_size(slot) {
             Some(size) if size > 0 => usize::from(size),
             _ => n,
@@ -341,7 +345,7 @@ impl Worker {
             let (i, train) = (start / segment, train.as_mut());
             match self
                 .gate
-                .decide_opened(train, i, datagram, src, outer_ecn, now, table, guard)
+                .decide_opened(train, i, datagram, arrival, table, guard)
             {
                 Decision::ToTun(range) if self.offloads => {
                     let packet = start + range.start..start + range.end;

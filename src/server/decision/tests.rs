@@ -112,10 +112,12 @@ impl Headend {
     ) -> Outcome {
         let snapshot = self.table.snapshot();
         let guard = snapshot.guard();
-        Outcome::of(
-            self.gate
-                .decide(datagram, src, outer_ecn, now, &snapshot, &guard),
-        )
+        let arrival = Arrival {
+            src,
+            outer_ecn,
+            now,
+        };
+        Outcome::of(self.gate.decide(datagram, arrival, &snapshot, &guard))
     }
 
     /// Configures peer `n` at 10.66.0.n with `public_key`, speaking `suite`.

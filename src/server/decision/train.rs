@@ -5,14 +5,11 @@
 //!
 //! [`Session::decrypt_train`]: crate::proto::session::Session::decrypt_train
 
-use std::net::SocketAddr;
-
-use super::{Decision, DropReason, Gate};
+use super::{Arrival, Decision, DropReason, Gate};
 use crate::proto::session::{Received, MAX_TRAIN};
 use crate::proto::time::Instant;
 use crate::proto::wire;
 use crate::server::session_table::{PeerEntry, TableGuard, TableSnapshot};
-use crate::tunnel::ecn::Ecn;
 
 /// What [`Gate::open_train`] found for each datagram of a receive, for
 /// [`Gate::decide_opened`] to finish.
@@ -55,29 +52,26 @@ impl Gate {
         Some(OpenedTrain { peer, results })
     }
 
-    /// Decides what becomes of datagram `i` of a receive (`datagram`, received from `src`
-    /// with the outer ECN field `outer_ecn`) that [`Gate::open_train`] opened as `train`, as
-    /// [`Gate::decide`] would have for it alone; without a train, [`Gate::decide`] itself.
-    #[allow(clippy::too_many_arguments)]
+    /// Decides what becomes of datagram `i` of a receive (`datagram`, arrived as `arrival`
+    /// says) that [`Gate::open_train`] opened as `train`, as [`Gate::decide`] would have for
+    /// it alone; without a train, [`Gate::decide`] itself.
     pub fn decide_opened<'t>(
         &mut self,
         train: Option<&mut OpenedTrain<'t>>,
         i: usize,
         datagram: &mut [u8],
-        src: SocketAddr,
-        outer_ecn: Ecn,
-        now: Instant,
+        arrival: Arrival,
         table: &'t TableSnapshot,
         guard: &'t TableGuard<'_>,
     ) -> Decision<'t> {
         let opened = train.and_then(|t| Some((t.peer, t.results.get_mut(i)?.take()?)));
         match opened {
             Some((peer, Ok(received))) => self
-                .accept_opened(datagram, peer, received, src, outer_ecn, now, table, guard)
+                .accept_opened(datagram, peer, received, arrival, table, guard)
                 .unwrap_or_else(Decision::Drop),
             Some((_, Err(why))) => Decision::Drop(why),
             // No train, not part of it (or asked twice): on its own.
-            None => self.decide(datagram, src, outer_ecn, now, table, guard),
+            None => self.decide(datagram, arrival, table, guard),
         }
     }
 }

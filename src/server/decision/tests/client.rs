@@ -66,14 +66,12 @@ impl ClientEnd {
     fn decide(&mut self, datagram: &mut [u8], now: Instant) -> Outcome {
         let snapshot = self.table.snapshot();
         let guard = snapshot.guard();
-        Outcome::of(self.gate.decide(
-            datagram,
-            udp(SERVER_UDP),
-            Ecn::NotEct,
+        let arrival = Arrival {
+            src: udp(SERVER_UDP),
+            outer_ecn: Ecn::NotEct,
             now,
-            &snapshot,
-            &guard,
-        ))
+        };
+        Outcome::of(self.gate.decide(datagram, arrival, &snapshot, &guard))
     }
 
     /// The server's response to the client's first initiation.

@@ -265,16 +265,14 @@ impl Headend {
             .gate
             .open_train(datagrams, stride, T0, &snapshot, &guard)?;
         let outcomes = datagrams.chunks_mut(stride).enumerate().map(|(i, d)| {
-            let decision = self.gate.decide_opened(
-                Some(&mut train),
-                i,
-                d,
+            let arrival = Arrival {
                 src,
-                Ecn::NotEct,
-                T0,
-                &snapshot,
-                &guard,
-            );
+                outer_ecn: Ecn::NotEct,
+                now: T0,
+            };
+            let decision =
+                self.gate
+                    .decide_opened(Some(&mut train), i, d, arrival, &snapshot, &guard);
             Outcome::of(decision)
         });
         Some(outcomes.collect())
