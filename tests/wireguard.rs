@@ -263,7 +263,36 @@ fn stock_client_end_to_end(name: &str, kind: StockKind, stop: Stop) {
         counters.iter().all(|c| c.dropped("authentication") == 0),
         "{counters:?}"
     );
+    check_train_cipher_logged(&log);
     drop(stock);
+}
+
+/// The start line names how WireGuard trains are sealed (`wireguard_trains=`), and what it
+/// says agrees with the CPU's flags as the kernel lists them: the batch needs AVX-512
+/// F, BW and IFMA.
+fn check_train_cipher_logged(log: &str) {
+    let up = log
+        .lines()
+        .find(|l| l.contains("concentrator is up"))
+        .unwrap_or_else(|| panic!("no start line in the server log:\n{log}"));
+    let said = up
+        .split("wireguard_trains=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no wireguard_trains= in the start line: {up}"));
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    let has_batch = ["avx512f", "avx512bw", "avx512ifma"]
+        .iter()
+        .all(|f| flags.contains(f));
+    assert_eq!(
+        said.starts_with("\"chacha20-poly1305, eight"),
+        has_batch,
+        "the start line says {said}, the CPU's flags say AVX-512 F/BW/IFMA: {has_batch}"
+    );
 }
 
 #[test]

@@ -72,6 +72,7 @@ pub fn run(config_path: &Path, options: ServeOptions) -> Result<()> {
         workers = engine_options.workers,
         peers,
         offloads = %engine.offload_names(),
+        wireguard_trains = concentrator::proto::keypair::wireguard_train_cipher(),
         control_socket = %socket_path,
         uapi = %uapi_path,
         "concentrator is up"

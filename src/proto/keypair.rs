@@ -111,6 +111,18 @@ fn aead_key(algorithm: &'static Algorithm, bytes: &[u8; 32]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(algorithm, bytes).expect("AEAD key is 32 bytes"))
 }
 
+/// How this CPU seals and opens the WireGuard suite's trains (a super-packet's segments, a
+/// GRO receive's datagrams), for the start-up log: the batch where the CPU has AVX-512
+/// F/BW/IFMA, else ring one message at a time. A download's server CPU depends on it
+/// (docs/benchmarks.md measures both).
+pub fn wireguard_train_cipher() -> &'static str {
+    if BatchKey::is_supported() {
+        "chacha20-poly1305, eight messages at a time (avx512 ifma)"
+    } else {
+        "chacha20-poly1305, one message at a time (ring; no avx512 ifma on this cpu)"
+    }
+}
+
 /// The transport AEAD of a suite.
 fn algorithm(suite: Suite) -> &'static Algorithm {
     match suite {
@@ -560,6 +572,19 @@ mod tests {
             Keypair::new(&a, &b, 1, 2, t, true),
             Keypair::new(&b, &a, 2, 1, t, false),
         )
+    }
+
+    #[test]
+    fn the_logged_train_cipher_is_the_one_a_wireguard_keypair_uses() {
+        let (tx, _) = pair_of(Suite::WireGuard);
+        let batched = tx.train_sealing.is_some();
+        assert_eq!(batched, BatchKey::is_supported());
+        assert_eq!(wireguard_train_cipher().contains("eight"), batched);
+        let (native, _) = pair_of(Suite::Native);
+        assert!(
+            native.train_sealing.is_none(),
+            "AES-GCM trains go through ring"
+        );
     }
 
     /// Seals `payload_len` bytes; returns the sealed length and the counter it used.
