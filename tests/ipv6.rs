@@ -149,11 +149,7 @@ fn check_ratios(what: &str, offloads: bool, ratios: [(&str, f64); 2]) {
 
 /// The TSO/USO flags the server's start line names (`offloads=csum,tso4,...`).
 fn server_offloads(log: &str) -> Vec<String> {
-    let clean = log.to_string();
-    let up = clean
-        .lines()
-        .find(|l| l.contains("concentrator is up"))
-        .unwrap_or_else(|| panic!("no start line in the server log:\n{log}"));
+    let up = common::start_line(log);
     up.split_whitespace()
         .find_map(|kv| kv.strip_prefix("offloads="))
         .unwrap_or_else(|| panic!("no offloads= in the start line: {up}"))

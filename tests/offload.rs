@@ -84,10 +84,7 @@ fn stop_and_check_logs(lab: &mut Lab, offloads: bool) -> Vec<WorkerCounters> {
 fn stop_and_check_both_logs(lab: &mut Lab, offloads: bool) -> (Vec<WorkerCounters>, String) {
     let (_, client_log) = lab.stop_client(0);
     let log = lab.stop_server();
-    let up = log
-        .lines()
-        .find(|l| l.contains("concentrator is up"))
-        .unwrap_or_else(|| panic!("no start line in the server log:\n{log}"));
+    let up = common::start_line(&log);
     let names = up
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix("offloads="))

@@ -271,10 +271,7 @@ fn stock_client_end_to_end(name: &str, kind: StockKind, stop: Stop) {
 /// says agrees with the CPU's flags as the kernel lists them: the batch needs AVX-512
 /// F, BW and IFMA.
 fn check_train_cipher_logged(log: &str) {
-    let up = log
-        .lines()
-        .find(|l| l.contains("concentrator is up"))
-        .unwrap_or_else(|| panic!("no start line in the server log:\n{log}"));
+    let up = common::start_line(log);
     let said = up
         .split("wireguard_trains=")
         .nth(1)

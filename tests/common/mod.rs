@@ -229,6 +229,14 @@ impl WorkerCounters {
     }
 }
 
+/// The server's start line (`concentrator is up ...`) in its log; panics, with the log, when
+/// there is none.
+pub fn start_line(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("concentrator is up"))
+        .unwrap_or_else(|| panic!("no start line in the server log:\n{log}"))
+}
+
 /// Parses the `worker counters worker=0 tun_rx=.. tun_tx=.. udp_rx=.. udp_tx=.. drops=..
 /// [drop_reasons=a=1,b=2]` lines.
 pub fn parse_counters(log: &str) -> Vec<WorkerCounters> {
