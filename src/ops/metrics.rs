@@ -59,6 +59,24 @@ impl Out {
         }
     }
 
+    /// One sample of `name` per worker, path and direction: `of` gives a worker's values for
+    /// udp rx, udp tx, tun rx and tun tx, in that order.
+    fn per_path_and_direction(
+        &mut self,
+        name: &str,
+        counters: &[crate::server::dataplane::stats::Counters],
+        of: impl Fn(&crate::server::dataplane::stats::Counters) -> [u64; 4],
+    ) {
+        const PATHS_AND_DIRECTIONS: [(&str, &str); 4] =
+            [("udp", "rx"), ("udp", "tx"), ("tun", "rx"), ("tun", "tx")];
+        for (w, c) in counters.iter().enumerate() {
+            for ((path, dir), v) in PATHS_AND_DIRECTIONS.into_iter().zip(of(c)) {
+                let labels = format!("worker=\"{w}\",path=\"{path}\",direction=\"{dir}\"");
+                self.sample(name, &labels, v);
+            }
+        }
+    }
+
     /// `h` (nanoseconds) as a Prometheus histogram in seconds: cumulative `_bucket` series,
     /// `_sum` and `_count`. HdrHistogram keeps 3 significant digits, so a value within 0.1%
     /// of a bound may be counted on either side of it.
@@ -226,39 +244,27 @@ pub fn render(ops: &Ops, per_peer: bool) -> String {
         "counter",
         "Packets per worker, path (udp: the encrypted side; tun: the plain side) and direction.",
     );
-    for (w, c) in counters.iter().enumerate() {
-        for (path, dir, v) in [
-            ("udp", "rx", c.udp_rx_packets),
-            ("udp", "tx", c.udp_tx_packets),
-            ("tun", "rx", c.tun_rx_packets),
-            ("tun", "tx", c.tun_tx_packets),
-        ] {
-            o.sample(
-                "packets_total",
-                &format!("worker=\"{w}\",path=\"{path}\",direction=\"{dir}\""),
-                v,
-            );
-        }
-    }
+    o.per_path_and_direction("packets_total", &counters, |c| {
+        [
+            c.udp_rx_packets,
+            c.udp_tx_packets,
+            c.tun_rx_packets,
+            c.tun_tx_packets,
+        ]
+    });
     o.head(
         "bytes_total",
         "counter",
         "Bytes per worker, path and direction.",
     );
-    for (w, c) in counters.iter().enumerate() {
-        for (path, dir, v) in [
-            ("udp", "rx", c.udp_rx_bytes),
-            ("udp", "tx", c.udp_tx_bytes),
-            ("tun", "rx", c.tun_rx_bytes),
-            ("tun", "tx", c.tun_tx_bytes),
-        ] {
-            o.sample(
-                "bytes_total",
-                &format!("worker=\"{w}\",path=\"{path}\",direction=\"{dir}\""),
-                v,
-            );
-        }
-    }
+    o.per_path_and_direction("bytes_total", &counters, |c| {
+        [
+            c.udp_rx_bytes,
+            c.udp_tx_bytes,
+            c.tun_rx_bytes,
+            c.tun_tx_bytes,
+        ]
+    });
     o.head(
         "udp_sends_total",
         "counter",
