@@ -64,8 +64,16 @@ fn run_output(
     Ok((command, out))
 }
 
-/// Sets the MTU of `dev` and brings it up.
+/// Sets the MTU of `dev` and brings it up, without an IPv6 link-local address: a tunnel has no
+/// neighbours to discover, and with one the kernel sends router solicitations into the TUN,
+/// which the far end can only drop and count (as `no_peer` on a server, `spoofed_source` for
+/// a client's). Addresses added to it work all the same.
 pub fn set_up(dev: &str, mtu: u32) -> Result<(), SysError> {
+    // Before `up`, when the kernel would make the address. Where it cannot be set (a kernel
+    // without IPv6) there is no link-local address to leave out either.
+    if let Err(e) = ip(&["link", "set", "dev", dev, "addrgenmode", "none"]) {
+        tracing::debug!(%dev, error = %e, "no IPv6 address generation mode to set");
+    }
     ip(&["link", "set", "dev", dev, "mtu", &mtu.to_string(), "up"]).map(drop)
 }
 

@@ -294,6 +294,7 @@ mod tests {
     use crate::sys::link;
     use crate::sys::testutil::{is_root_or_skip, Netns};
     use std::os::fd::AsFd;
+    use std::process::Command;
 
     fn checksum(data: &[u8]) -> u16 {
         let mut sum: u32 = 0;
@@ -351,6 +352,13 @@ mod tests {
             assert_eq!(tun.queue_fds().len(), 2);
             link::set_up(tun.name(), 1420).expect("link up");
             link::add_address(tun.name(), "10.77.0.1/24".parse().unwrap()).expect("addr");
+            // Up without an IPv6 link-local address (nothing of the kernel's own goes out).
+            let addresses = Command::new("ip")
+                .args(["-6", "addr", "show", "dev", tun.name()])
+                .output()
+                .expect("ip -6 addr");
+            let addresses = String::from_utf8_lossy(&addresses.stdout);
+            assert!(!addresses.contains("fe80"), "{addresses}");
 
             let ping = echo_request([10, 77, 0, 2], [10, 77, 0, 1], 0x4242);
             let q0 = tun.queue_fds()[0].as_fd();
@@ -371,7 +379,7 @@ mod tests {
                     }
                 }
                 match got {
-                    // Skip anything else the kernel sends (e.g. IPv6 router solicitations).
+                    // Skip anything else the kernel might send.
                     Some(p) if p.len() >= 28 && p[0] >> 4 == 4 && p[9] == 1 && p[20] == 0 => {
                         break p
                     }
