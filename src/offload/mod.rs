@@ -20,7 +20,7 @@ pub mod split;
 pub mod vnet;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::proto::wire::IpError;
 pub use coalesce::{Coalesced, Coalescer, GsoTypes, Push};

@@ -26,15 +26,17 @@ const ID0: u16 = 0xfffe; // wraps during the split
 const SEQ0: u32 = 0xffff_f000; // wraps during the split
 const MTU: usize = 1500;
 
+/// A super-packet to build ([`super_packet`]); the egress tests build theirs here too.
 #[derive(Debug, Clone, Copy)]
-struct Spec {
-    v6: bool,
-    tcp: bool,
-    payload: usize,
-    gso: u16,
+pub(crate) struct Spec {
+    pub(crate) v6: bool,
+    pub(crate) tcp: bool,
+    pub(crate) payload: usize,
+    pub(crate) gso: u16,
     /// TCP flags in addition to ACK.
-    flags: u8,
-    options: bool,
+    pub(crate) flags: u8,
+    /// TCP options: two NOPs and a timestamp (12 bytes).
+    pub(crate) options: bool,
 }
 
 fn payload_bytes(n: usize) -> Vec<u8> {
@@ -65,7 +67,7 @@ fn ip_header(v6: bool, proto: IpNumber, l4_len: usize) -> Vec<u8> {
 
 /// Builds a super-packet the way the kernel hands it to us: lengths over the whole packet and
 /// the L4 checksum field holding the folded pseudo-header sum (`CHECKSUM_PARTIAL`).
-fn super_packet(s: Spec) -> (VirtioNetHdr, Vec<u8>) {
+pub(crate) fn super_packet(s: Spec) -> (VirtioNetHdr, Vec<u8>) {
     let payload = payload_bytes(s.payload);
     let (l4, proto, csum_offset) = if s.tcp {
         let mut t = TcpHeader::new(40000, 443, SEQ0, 501);

@@ -394,54 +394,17 @@ mod tests {
     /// A TCP super-packet (IPv4 or IPv6, 12 bytes of options) of `payload` bytes cut by TSO
     /// into `gso_size`-byte payloads, checksum left partial, after its virtio header.
     fn tso_read(v6: bool, payload: usize, gso_size: u16) -> Vec<u8> {
-        use crate::offload::vnet::{
-            VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
-        };
-        use crate::proto::wire::{checksum, IpPacket};
-        let (src, dst) = (
-            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
-            [0xfd; 16],
-        );
-        let l3 = if v6 { 40 } else { 20 };
-        let l4_len = 32 + payload;
-        let mut p = vec![0u8; l3 + l4_len];
-        if v6 {
-            p[0] = 0x60;
-            p[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            (p[6], p[7]) = (6, 64);
-            p[8..24].copy_from_slice(&src);
-            p[24..40].copy_from_slice(&dst);
-        } else {
-            p[0] = 0x45;
-            p[2..4].copy_from_slice(&((l3 + l4_len) as u16).to_be_bytes());
-            (p[8], p[9]) = (64, 6);
-            p[12..20].copy_from_slice(&[10, 1, 0, 2, 10, 66, 0, 2]);
-            IpPacket::new_unchecked(&mut p[..]).fill_checksum();
-        }
-        let pseudo = IpPacket::new_unchecked(&p[..]).pseudo_header_sum(6, l4_len);
-        let tcp = &mut p[l3..];
-        tcp[..4].copy_from_slice(&[0x13, 0x88, 0xc3, 0x50]);
-        tcp[4..8].copy_from_slice(&0xffff_f000u32.to_be_bytes());
-        tcp[12] = 8 << 4; // 32 bytes: 12 of options (NOPs)
-        tcp[13] = 0x18; // ACK, PSH
-        tcp[20..32].fill(1);
-        tcp[16..18].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
-        for (i, b) in tcp[32..].iter_mut().enumerate() {
-            *b = (i * 7 + 3) as u8;
-        }
-        let hdr = VirtioNetHdr {
-            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            gso_type: if v6 {
-                VIRTIO_NET_HDR_GSO_TCPV6
-            } else {
-                VIRTIO_NET_HDR_GSO_TCPV4
-            },
-            hdr_len: (l3 + 32) as u16,
-            gso_size,
-            csum_start: l3 as u16,
-            csum_offset: 16,
-        };
-        read_of(hdr, &p)
+        use crate::offload::split::TCP_PSH;
+        use crate::offload::tests::{super_packet, Spec};
+        let (hdr, packet) = super_packet(Spec {
+            v6,
+            tcp: true,
+            payload,
+            gso: gso_size,
+            flags: TCP_PSH,
+            options: true,
+        });
+        read_of(hdr, &packet)
     }
 
     /// TCP trains sealed in batches of eight and the rest one by one (WireGuard, where the CPU
